@@ -1,0 +1,117 @@
+//! `location`: run a ring node. With no arguments, join the local ring found on
+//! ports 9900 and up (or start one) and listen on the first free port from 9900.
+
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use thrifty_p2p::{Config, NodeAddr, discover, launch};
+
+/// Run a thrifty-p2p node: a member of a peer-to-peer key-value ring.
+///
+/// Examples:
+///   location 9900                   start a new ring on port 9900
+///   location localhost:9900 9901    join the ring of localhost:9900, listen on 9901
+///   location                        join the local ring on 9900.. or start one
+///
+/// The node serves the whole Store service (Base, Locator, Store) over Thrift's
+/// binary protocol. Stop it with Ctrl-C (SIGINT) or SIGTERM: it hands its keys
+/// to their new owners before it exits.
+#[derive(Parser, Debug)]
+#[command(version, verbatim_doc_comment)]
+struct Args {
+    /// A member of the ring to join (HOST:PORT), then the port to listen on.
+    /// With one argument it is the port (a new ring); with none, probe 9900 and up.
+    #[arg(value_name = "[PEER] [PORT]", num_args = 0..=2)]
+    positional: Vec<String>,
+
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+
+    /// Host name or IP other members use to reach this node (its name on the
+    /// ring). Defaults to the --bind address; required when binding 0.0.0.0.
+    #[arg(long, value_name = "HOST")]
+    advertise: Option<String>,
+
+    /// Largest value accepted, in bytes.
+    #[arg(long, default_value_t = Config::default().max_value_bytes)]
+    max_value_bytes: usize,
+
+    /// Most client connections served at once.
+    #[arg(long, default_value_t = Config::default().max_connections)]
+    max_connections: usize,
+
+    /// Seconds an idle connection stays open.
+    #[arg(long, default_value_t = Config::default().idle_timeout.as_secs())]
+    idle_timeout: u64,
+
+    /// Seconds a leaving node keeps trying to hand its keys over.
+    #[arg(long, default_value_t = Config::default().leave_timeout.as_secs())]
+    leave_timeout: u64,
+}
+
+fn config(args: Args) -> Result<Config, String> {
+    let mut config = Config {
+        bind: args.bind,
+        advertise: args.advertise,
+        max_value_bytes: args.max_value_bytes,
+        max_connections: args.max_connections.max(1),
+        idle_timeout: Duration::from_secs(args.idle_timeout),
+        leave_timeout: Duration::from_secs(args.leave_timeout),
+        ..Config::default()
+    };
+    let port = |text: &str| {
+        text.parse::<u16>()
+            .map_err(|_| format!("`{text}` is not a port (0-65535); see `location --help`"))
+    };
+    match args.positional.as_slice() {
+        [] => {
+            config.seed = discover::find_node("localhost").ok();
+            config.port = discover::free_port(config.bind).map_err(|e| e.to_string())?;
+        }
+        [only] => config.port = port(only)?,
+        [peer, own] => {
+            config.seed = Some(peer.parse::<NodeAddr>().map_err(|e| e.to_string())?);
+            config.port = port(own)?;
+        }
+        _ => return Err("too many arguments; see `location --help`".into()),
+    }
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let config = match config(Args::parse()) {
+        Ok(config) => config,
+        Err(message) => {
+            eprintln!("location: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let running = match launch::start(config) {
+        Ok(running) => running,
+        Err(e) => {
+            eprintln!("location: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Tests and scripts read this line to learn the port when started with 0.
+    println!(
+        "listening on {} as {}",
+        running.local_addr(),
+        running.addr()
+    );
+    let node = running.node().clone();
+    if let Err(e) = ctrlc::set_handler(move || node.request_stop()) {
+        eprintln!("location: cannot install the Ctrl-C handler: {e}");
+        return ExitCode::FAILURE;
+    }
+    let left_behind = running.run_until_stopped();
+    if left_behind > 0 {
+        eprintln!("location: {left_behind} keys could not be handed over");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}

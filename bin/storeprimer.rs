@@ -1,0 +1,36 @@
+//! `storeprimer`: load the NATO alphabet (A -> Alpha ... Z -> Zulu) into a ring.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use thrifty_p2p::NodeAddr;
+use thrifty_p2p::tools::{NATO, Session};
+
+/// Load the NATO alphabet (A -> Alpha ... Z -> Zulu) into a thrifty-p2p ring;
+/// `storetest` reads it back.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// A node of the ring (HOST:PORT). Default: the first node answering on
+    /// localhost from port 9900 up.
+    #[arg(long, value_name = "HOST:PORT")]
+    peer: Option<NodeAddr>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = Session::open(args.peer).and_then(|mut session| {
+        for (key, value) in NATO {
+            session.put(key.as_bytes(), value.as_bytes())?;
+            println!("{key} -> {value}");
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("storeprimer: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! `Config`: every setting a node runs with, documented, with its default.
+//! Binaries fill it from the command line; no module reads argv or the environment.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use crate::addr::NodeAddr;
+use crate::frame::Limits;
+
+/// Largest key accepted, in bytes. Keys travel in every handoff batch and live
+/// in memory twice over during a handoff, so they are kept far smaller than values.
+pub const MAX_KEY_BYTES: usize = 64 * 1024;
+
+/// How a node runs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on. Default 127.0.0.1.
+    pub bind: IpAddr,
+    /// Port to listen on; 0 picks a free one. Default 9900.
+    pub port: u16,
+    /// Host other members use to reach this node (its name on the ring).
+    /// Default: the bind address, which must then not be a wildcard.
+    pub advertise: Option<String>,
+    /// A member of an existing ring to join; `None` starts a new ring.
+    pub seed: Option<NodeAddr>,
+    /// Most client connections served at once; further ones wait in the
+    /// listen backlog. Default 1024.
+    pub max_connections: usize,
+    /// A connection idle this long is closed. Default 5 minutes.
+    pub idle_timeout: Duration,
+    /// Largest value accepted, in bytes. Default 64 MiB.
+    pub max_value_bytes: usize,
+    /// Most elements in one list, set or map of a message. Default 1,000,000.
+    pub max_list_len: usize,
+    /// Connect timeout for calls to peers. Default 1 s.
+    pub connect_timeout: Duration,
+    /// Reply timeout for calls to peers. Default 10 s.
+    pub rpc_timeout: Duration,
+    /// How often to exchange member tables with a random peer. Default 1 s.
+    pub gossip_interval: Duration,
+    /// Most entries in one handoff batch. Default 2,000.
+    pub handoff_batch_entries: usize,
+    /// Most value bytes in one handoff batch. Default 4 MiB.
+    pub handoff_batch_bytes: usize,
+    /// How long a leaving node keeps trying to hand its keys over before it gives
+    /// up and exits anyway. Default 60 s.
+    pub leave_timeout: Duration,
+    /// After joining, reads that miss locally also ask the key's previous owner
+    /// for this long, covering keys whose handoff is still on its way. Default 60 s.
+    pub settle_window: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 9900,
+            advertise: None,
+            seed: None,
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(300),
+            max_value_bytes: 64 << 20,
+            max_list_len: 1_000_000,
+            connect_timeout: Duration::from_secs(1),
+            rpc_timeout: Duration::from_secs(10),
+            gossip_interval: Duration::from_secs(1),
+            handoff_batch_entries: 2_000,
+            handoff_batch_bytes: 4 << 20,
+            leave_timeout: Duration::from_secs(60),
+            settle_window: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Config {
+    /// Limits for reading one message: a value, a key and room for the envelope.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_message: self
+                .max_value_bytes
+                .max(self.handoff_batch_bytes)
+                .saturating_add(MAX_KEY_BYTES)
+                .saturating_add(64 * 1024),
+            max_container: self.max_list_len,
+            ..Limits::default()
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! The library's error type. Each variant's doc says whether any state changed.
+
+use std::time::Duration;
+
+/// Everything that can go wrong in the library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A `host:port` could not be parsed. Nothing changed.
+    #[error("`{input}` is not a node address: {reason}")]
+    BadAddress {
+        /// What the user typed.
+        input: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A peer could not be connected to. Nothing was sent to it.
+    #[error(
+        "cannot reach {peer}: {reason}; check that a node is running there (start one with `location PORT`)"
+    )]
+    Unreachable {
+        /// The address tried.
+        peer: String,
+        /// The connect error.
+        reason: String,
+    },
+    /// A peer was connected but the call failed midway (timeout, reset, protocol
+    /// error). A write may or may not have been applied; retrying is safe because
+    /// every write is versioned.
+    #[error("call to {peer} failed: {reason}")]
+    Rpc {
+        /// The address called.
+        peer: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The peer answered with an error of its own. Nothing was stored.
+    #[error("{peer} refused: {message}")]
+    Refused {
+        /// The address called.
+        peer: String,
+        /// The peer's message.
+        message: String,
+    },
+    /// A value is larger than this node accepts. Nothing was stored.
+    #[error(
+        "value of {size} bytes exceeds the limit of {limit} bytes (raise it with --max-value-bytes)"
+    )]
+    TooLarge {
+        /// The value's size.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A request bounced between nodes that disagree on the owner. Nothing stored.
+    #[error(
+        "the ring is changing and no node took key ownership after {hops} forwards; retry shortly"
+    )]
+    TooManyHops {
+        /// Forwards made.
+        hops: i8,
+    },
+    /// No node of the ring is reachable or the ring is empty. Nothing stored.
+    #[error("no reachable member owns the key; the ring may be empty or shutting down")]
+    NoOwner,
+    /// The node is shutting down and takes no more work. Nothing changed.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// Could not bind the listening socket. The node did not start.
+    #[error("cannot listen on {addr}: {source}; choose another port or stop the process using it")]
+    Bind {
+        /// The address tried.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No local node answered or no port was free in the probed range.
+    #[error("no {what} on localhost ports {first}..={last}; {hint}")]
+    NotFound {
+        /// What was searched for.
+        what: &'static str,
+        /// First port probed.
+        first: u16,
+        /// Last port probed.
+        last: u16,
+        /// What to do.
+        hint: &'static str,
+    },
+    /// Waited too long for something.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// Any other I/O failure.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,49 @@
+//! thrifty-p2p: a peer-to-peer distributed key-value store. Nodes form a flat,
+//! full-membership ring, place keys with MD5 consistent hashing, and speak Apache
+//! Thrift to each other and to clients (wire-compatible with the 2009 program).
+//!
+//! # Layout
+//!
+//! Pure core (no sockets, no clocks of their own):
+//! - [`ring`]: the consistent-hash ring; which member owns a key.
+//! - [`membership`]: the member table and its merge rules (incarnations, tombstones).
+//! - [`store`]: the local keys, versioned, in memory.
+//! - [`version`]: hybrid logical clock versions that settle conflicting copies.
+//! - [`frame`]: finds where one Thrift message ends, within limits.
+//! - [`addr`], [`config`], [`error`]: names, settings and errors.
+//!
+//! Node and RPC edge:
+//! - [`node`]: one member: routing, join, handoff, graceful leave.
+//! - [`idl`]: code generated from `thrift/` (never edited by hand).
+//! - [`convert`]: generated Thrift types to and from domain types.
+//! - [`handler`]: the generated service traits, implemented over [`node`].
+//! - [`server`]: our accept loop and connections (cap, idle timeout, shutdown).
+//! - [`client`]: outbound calls and the per-peer connection pool.
+//! - [`launch`]: start a node process, run it, stop it.
+//! - [`discover`]: find a local ring by probing ports from 9900, like the original.
+//! - [`tools`]: what the command-line clients share.
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod addr;
+pub mod client;
+pub mod config;
+pub mod convert;
+pub mod discover;
+pub mod error;
+pub mod frame;
+pub mod handler;
+pub mod idl;
+pub mod launch;
+pub mod membership;
+pub mod node;
+pub mod ring;
+pub mod server;
+pub mod store;
+pub mod tools;
+pub mod version;
+
+pub use addr::NodeAddr;
+pub use config::Config;
+pub use error::{Error, Result};

@@ -1,0 +1,155 @@
+//! The accept loop and connections: our own, because the thrift crate's
+//! `TServer` has no connection cap, no idle timeout, no shutdown, and answers
+//! oneway calls that fail (which desynchronises the caller).
+//!
+//! Each connection reads whole messages (found with `frame::scan`, within the
+//! node's limits) before anything is decoded, hands each one to the generated
+//! processor over in-memory buffers, and writes the reply, unless the method is
+//! oneway. Because framing is ours, an unknown method or a bad argument costs one
+//! exception reply, never the connection's sync.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
+use thrift::server::TProcessor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+
+use crate::client::protocol_config;
+use crate::frame::{self, Frame, Limits, MessageKind};
+use crate::handler::{Handler, ONEWAY_METHODS};
+use crate::idl::diststore::StoreSyncProcessor;
+use crate::node::Node;
+
+/// How long shutdown waits for busy connections to finish their current call.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves `listener` until `shutdown` turns true, then stops accepting, lets each
+/// connection finish the call it is in, and returns.
+pub async fn serve(listener: TcpListener, node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
+    let max = node.config().max_connections;
+    let permits = Arc::new(Semaphore::new(max));
+    loop {
+        // Waiting for a permit before accepting leaves excess clients in the
+        // kernel's backlog instead of spawning without bound.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            _ = stopped(&mut shutdown) => break,
+        };
+        let socket = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    // Usually EMFILE: back off a little instead of spinning.
+                    log::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        let node = node.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(socket, node, shutdown).await {
+                log::debug!("connection closed: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    // Every permit back means every connection has finished.
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, permits.acquire_many(all)).await;
+}
+
+/// Resolves once shutdown is signalled (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // Map the guard away here: it is not `Send` and must not live in a task.
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// Why a connection ended, for the log.
+#[derive(Debug, thiserror::Error)]
+enum Closed {
+    #[error("peer closed the connection")]
+    Eof,
+    #[error("idle for {0:?}")]
+    Idle(Duration),
+    #[error("server shutting down")]
+    Shutdown,
+    #[error("malformed message: {0}")]
+    Malformed(#[from] frame::FrameError),
+    #[error("unexpected {0:?} message from a client")]
+    NotACall(MessageKind),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+async fn connection(
+    mut socket: TcpStream,
+    node: Arc<Node>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), Closed> {
+    socket.set_nodelay(true)?;
+    let limits = node.config().limits();
+    let idle = node.config().idle_timeout;
+    let processor = StoreSyncProcessor::new(Handler::new(node));
+    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut reply: Vec<u8> = Vec::with_capacity(16 * 1024);
+    loop {
+        let frame = loop {
+            if !buf.is_empty()
+                && let Some(frame) = frame::scan(&buf, &limits)?
+            {
+                break frame;
+            }
+            if *shutdown.borrow() && buf.is_empty() {
+                return Err(Closed::Shutdown);
+            }
+            // Grow geometrically so that re-scanning from the start stays linear.
+            buf.reserve(buf.len().max(16 * 1024));
+            let read = tokio::select! {
+                read = tokio::time::timeout(idle, socket.read_buf(&mut buf)) => read,
+                _ = shutdown.wait_for(|stop| *stop), if buf.is_empty() => return Err(Closed::Shutdown),
+            };
+            match read {
+                Err(_) => return Err(Closed::Idle(idle)),
+                Ok(Ok(0)) => return Err(Closed::Eof),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.into()),
+            }
+        };
+        let answer = process(&processor, &buf[..frame.len], &frame, &limits, &mut reply)?;
+        buf.drain(..frame.len);
+        if answer {
+            socket.write_all(&reply).await?;
+        }
+    }
+}
+
+/// Runs one message through the generated processor. Returns whether `reply`
+/// holds an answer to send.
+fn process(
+    processor: &StoreSyncProcessor<Handler>,
+    message: &[u8],
+    frame: &Frame,
+    limits: &Limits,
+    reply: &mut Vec<u8>,
+) -> Result<bool, Closed> {
+    if !matches!(frame.kind, MessageKind::Call | MessageKind::Oneway) {
+        return Err(Closed::NotACall(frame.kind));
+    }
+    let oneway = frame.kind == MessageKind::Oneway || ONEWAY_METHODS.contains(&frame.name.as_str());
+    reply.clear();
+    let mut input =
+        TBinaryInputProtocol::with_config(message, frame.strict, protocol_config(limits));
+    let mut output = TBinaryOutputProtocol::new(&mut *reply, frame.strict);
+    if let Err(e) = processor.process(&mut input, &mut output) {
+        // The processor already wrote an exception reply where one was due.
+        log::debug!("call to {} failed: {e}", frame.name);
+    }
+    Ok(!oneway && !reply.is_empty())
+}

@@ -1,0 +1,116 @@
+//! What the command-line clients (`storeput`, `storeget`, `storeprimer`,
+//! `storetest`) share: finding a node, and the calls they make.
+
+use crate::addr::NodeAddr;
+use crate::client::{Client, ClientOptions, call_error, connect};
+use crate::convert;
+use crate::discover;
+use crate::error::Result;
+use crate::idl::diststore::TStoreSyncClient;
+use crate::idl::locator::TLocatorSyncClient;
+
+/// The NATO alphabet that `storeprimer` loads and `storetest` checks.
+pub const NATO: [(&str, &str); 26] = [
+    ("A", "Alpha"),
+    ("B", "Bravo"),
+    ("C", "Charlie"),
+    ("D", "Delta"),
+    ("E", "Echo"),
+    ("F", "Foxtrot"),
+    ("G", "Golf"),
+    ("H", "Hotel"),
+    ("I", "India"),
+    ("J", "Juliett"),
+    ("K", "Kilo"),
+    ("L", "Lima"),
+    ("M", "Mike"),
+    ("N", "November"),
+    ("O", "Oscar"),
+    ("P", "Papa"),
+    ("Q", "Quebec"),
+    ("R", "Romeo"),
+    ("S", "Sierra"),
+    ("T", "Tango"),
+    ("U", "Uniform"),
+    ("V", "Victor"),
+    ("W", "Whiskey"),
+    ("X", "X-ray"),
+    ("Y", "Yankee"),
+    ("Z", "Zulu"),
+];
+
+/// A connection to one node of a ring.
+pub struct Session {
+    peer: NodeAddr,
+    client: Client,
+}
+
+impl Session {
+    /// Connects to `peer`, or, when `None`, to the first node answering on
+    /// localhost from port 9900 up.
+    pub fn open(peer: Option<NodeAddr>) -> Result<Self> {
+        let peer = match peer {
+            Some(peer) => peer,
+            None => discover::find_node("localhost")?,
+        };
+        let client = connect(&peer, &ClientOptions::default())?;
+        Ok(Session { peer, client })
+    }
+
+    /// The node this session talks to.
+    pub fn peer(&self) -> &NodeAddr {
+        &self.peer
+    }
+
+    /// Stores `value` at `key`; returns once the key's owner has it.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.client
+            .store(key.to_vec(), value.to_vec())
+            .map_err(|e| call_error(&self.peer, e))
+    }
+
+    /// The value at `key`, if stored.
+    pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let lookup = self
+            .client
+            .fetch(key.to_vec())
+            .map_err(|e| call_error(&self.peer, e))?;
+        Ok(lookup.value)
+    }
+
+    /// The member that owns `key`, if the ring is not empty.
+    pub fn owner(&mut self, key: &[u8]) -> Result<Option<NodeAddr>> {
+        let location = self
+            .client
+            .locate(key.to_vec())
+            .map_err(|e| call_error(&self.peer, e))?;
+        Ok(convert::addr(&location))
+    }
+}
+
+/// One key `storetest` did not get back as loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    /// The key.
+    pub key: String,
+    /// What came back instead (None: absent).
+    pub got: Option<String>,
+    /// The member expected to hold it.
+    pub owner: Option<NodeAddr>,
+}
+
+/// Reads the NATO alphabet back; returns every key that did not come back.
+pub fn check_nato(session: &mut Session) -> Result<Vec<Missing>> {
+    let mut missing = Vec::new();
+    for (key, want) in NATO {
+        let got = session.get(key.as_bytes())?;
+        if got.as_deref() != Some(want.as_bytes()) {
+            missing.push(Missing {
+                key: key.to_string(),
+                got: got.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                owner: session.owner(key.as_bytes())?,
+            });
+        }
+    }
+    Ok(missing)
+}

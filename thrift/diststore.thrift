@@ -1,0 +1,57 @@
+// The store service: a distributed key-value store on top of the locator ring.
+//
+// `get` and `put` are the 2009 interface and stay as they were (UTF-8 strings, put
+// is oneway). The thrifty-p2p methods are acknowledged and use `binary`.
+
+include "locator.thrift"
+
+namespace py diststore
+namespace rs diststore
+
+/** Why a store operation failed. Nothing was stored when a write raises it. */
+exception StoreError {
+  1: string message,
+}
+
+/** The answer to a read: `value` is unset when the key is not stored. */
+struct Lookup {
+  1: optional binary value,
+}
+
+/**
+ * A stored value with its version, as moved between nodes. Versions are hybrid
+ * logical clock readings; `origin` breaks ties, so every node settles on the same
+ * value for a key.
+ */
+struct Entry {
+  1: binary key,
+  2: binary value,
+  3: i64 version,
+  4: i32 origin,
+}
+
+service Store extends locator.Locator {
+  // ---- the original interface ----
+  /** The value stored at `key`, routed to its owner; "" when absent. */
+  string get(1: string key),
+  /** Store a value at the key's owner. Not acknowledged: use `store` for that. */
+  oneway void put(1: string key, 2: string value),
+
+  // ---- thrifty-p2p additions ----
+  /** Read any bytes key, routed to its owner. */
+  Lookup fetch(1: binary key) throws (1: StoreError err),
+  /** Write any bytes value, routed to its owner; returns once the owner stored it. */
+  void store(1: binary key, 2: binary value) throws (1: StoreError err),
+
+  // ---- node to node ----
+  /** `fetch` forwarded by a node; `hops` counts the forwards so far. */
+  Lookup relay_fetch(1: binary key, 2: i8 hops) throws (1: StoreError err),
+  /** `store` forwarded by a node; `hops` counts the forwards so far. */
+  void relay_store(1: binary key, 2: binary value, 3: i8 hops) throws (1: StoreError err),
+  /**
+   * Take over these entries (handoff on join and leave). For each
+   * key the newer version wins. Returns once every entry is applied, so the sender
+   * may then delete its copies.
+   */
+  void absorb(1: list<Entry> entries) throws (1: StoreError err),
+}

@@ -1,0 +1,66 @@
+// The locator service: ring membership and key placement.
+//
+// Everything the 2009 program defined (see ../shared/PROTOCOL.md) keeps its name,
+// field ids and types. Methods added for thrifty-p2p are acknowledged (never
+// oneway) and carry keys as `binary`, so any bytes round-trip.
+
+namespace py locator
+namespace rs locator
+
+/** A node's address. Ports above 32767 travel as negative numbers. */
+struct Location {
+  1: string address,
+  2: i16 port,
+}
+
+/** How a member stands in the ring, as gossiped between thrifty-p2p nodes. */
+enum MemberStatus {
+  /** Serving and owning its share of the ring. */
+  ALIVE = 1,
+  /** Left on purpose, after handing its keys over. */
+  LEFT = 2,
+  /** Could not be reached and was dropped by its peers. */
+  DEAD = 3,
+}
+
+/**
+ * One row of a node's member table. A newer incarnation always wins; within one
+ * incarnation LEFT and DEAD win over ALIVE. A node that restarts, or that hears it
+ * was declared dead while still running, takes a new, higher incarnation.
+ */
+struct Member {
+  1: Location location,
+  2: i64 incarnation,
+  3: MemberStatus status,
+}
+
+service Base {
+  void ping(),
+  string service_type(),
+  list<string> service_types(),
+  oneway void debug(),
+  oneway void die(),
+}
+
+service Locator extends Base {
+  // ---- the original interface ----
+  oneway void join(1: Location location),
+  oneway void remove(1: Location location, 2: list<Location> authorities),
+  oneway void add(1: Location location, 2: list<Location> authorities),
+  list<Location> get_all(),
+  Location get_node(1: string key),
+
+  // ---- thrifty-p2p additions ----
+  /**
+   * A new node announces itself to a member of the ring. The receiver adds it,
+   * spreads the news, and answers with its whole member table.
+   */
+  list<Member> enter(1: Member member),
+  /**
+   * Push-pull anti-entropy for membership: the caller sends its table and gets the
+   * receiver's table back (after the receiver merged the caller's).
+   */
+  list<Member> gossip(1: list<Member> members),
+  /** The member that owns a key given as bytes (address "" and port 0 when empty). */
+  Location locate(1: binary key),
+}
