@@ -1,0 +1,209 @@
+//! Shared by the integration tests: real `location` processes on ephemeral
+//! ports (killed on drop), clients to them, and waiting for a condition with a
+//! deadline instead of sleeping.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use thrifty_p2p::NodeAddr;
+use thrifty_p2p::client::{Client, ClientOptions, connect};
+use thrifty_p2p::tools::Session;
+
+/// A running `location` process.
+pub struct NodeProc {
+    child: Child,
+    /// The node's name on the ring, `127.0.0.1:PORT`.
+    pub addr: NodeAddr,
+    log: PathBuf,
+}
+
+static NEXT_LOG: AtomicUsize = AtomicUsize::new(0);
+
+fn log_path(test: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("node-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let n = NEXT_LOG.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!("{test}-{}-{n}.log", std::process::id()))
+}
+
+impl NodeProc {
+    /// Starts a node on an ephemeral port of 127.0.0.1, joining `seed` if given.
+    pub fn start(seed: Option<&NodeAddr>) -> NodeProc {
+        Self::start_with(seed, &[])
+    }
+
+    /// Like `start`, with extra command-line options.
+    pub fn start_with(seed: Option<&NodeAddr>, extra: &[&str]) -> NodeProc {
+        let mut args: Vec<String> = vec!["--bind".into(), "127.0.0.1".into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        if let Some(seed) = seed {
+            args.push(seed.to_string());
+        }
+        args.push("0".into());
+        Self::spawn(&args)
+    }
+
+    /// Starts `location` with exactly `args`; it must print its listening line.
+    pub fn spawn(args: &[String]) -> NodeProc {
+        let log = log_path("node");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_location"))
+            .args(args)
+            .env("RUST_LOG", "thrifty_p2p=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start location");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let Some(name) = line
+            .trim()
+            .rsplit(" as ")
+            .next()
+            .filter(|_| line.starts_with("listening on"))
+        else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "location {args:?} did not start: stdout {line:?}, log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        };
+        NodeProc {
+            child,
+            addr: name.parse().unwrap(),
+            log,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal by name (`INT`, `TERM`, `KILL`, `STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A Thrift client connected to this node.
+    pub fn client(&self) -> Client {
+        connect(&self.addr, &ClientOptions::default()).expect("connect to node")
+    }
+
+    /// A session for the command-line operations.
+    pub fn session(&self) -> Session {
+        Session::open(Some(self.addr.clone())).expect("open session")
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("---- last lines of {} ({}):", self.addr, self.log.display());
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; returns
+/// whether it held.
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The members a node reports through `get_all`, as sorted `host:port` strings.
+pub fn members_of(node: &NodeAddr) -> Option<Vec<String>> {
+    use thrifty_p2p::idl::locator::TLocatorSyncClient;
+    let mut client = connect(node, &ClientOptions::default()).ok()?;
+    let mut members: Vec<String> = client
+        .get_all()
+        .ok()?
+        .iter()
+        .filter_map(thrifty_p2p::convert::addr)
+        .map(|a| a.to_string())
+        .collect();
+    members.sort();
+    Some(members)
+}
+
+/// Runs one of the crate's command-line tools; returns (exit code, stdout, stderr).
+pub fn run_tool(tool: &str, args: &[&str], stdin: Option<&[u8]>) -> (i32, Vec<u8>, String) {
+    use std::io::Write;
+    let path = match tool {
+        "storeput" => env!("CARGO_BIN_EXE_storeput"),
+        "storeget" => env!("CARGO_BIN_EXE_storeget"),
+        "storeprimer" => env!("CARGO_BIN_EXE_storeprimer"),
+        "storetest" => env!("CARGO_BIN_EXE_storetest"),
+        "location" => env!("CARGO_BIN_EXE_location"),
+        other => panic!("unknown tool {other}"),
+    };
+    let mut child = Command::new(path)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,286 @@
+//! The ring's promises, checked against real `location` processes: the README
+//! walkthrough, command-line errors, membership, routing, and no key lost when
+//! nodes join and leave under writes.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{NodeProc, members_of, run_tool, wait_until};
+use thrifty_p2p::NodeAddr;
+use thrifty_p2p::idl::diststore::TStoreSyncClient;
+use thrifty_p2p::node::PEEK;
+
+/// Starts a seed and `n - 1` nodes joining it, and waits until all agree.
+fn ring(n: usize) -> Vec<NodeProc> {
+    let seed = NodeProc::start(None);
+    let mut nodes = vec![];
+    for _ in 1..n {
+        nodes.push(NodeProc::start(Some(&seed.addr)));
+    }
+    nodes.insert(0, seed);
+    wait_for_agreement(&nodes, n);
+    nodes
+}
+
+fn wait_for_agreement(nodes: &[NodeProc], n: usize) {
+    let agreed = wait_until(Duration::from_secs(15), || {
+        let views: Vec<_> = nodes.iter().map(|p| members_of(&p.addr)).collect();
+        views
+            .iter()
+            .all(|v| v.as_ref().is_some_and(|m| m.len() == n))
+            && views.windows(2).all(|w| w[0] == w[1])
+    });
+    assert!(agreed, "nodes did not agree on {n} members");
+}
+
+fn peer(node: &NodeProc) -> String {
+    node.addr.to_string()
+}
+
+#[test]
+fn the_readme_walkthrough_works() {
+    let nodes = ring(3);
+    let first = peer(&nodes[0]);
+    assert_eq!(
+        run_tool("storeput", &["a", "apple", "--peer", &first], None).0,
+        0
+    );
+    assert_eq!(
+        run_tool("storeput", &["c", "crayon", "--peer", &first], None).0,
+        0
+    );
+    let (code, out, _) = run_tool("storeget", &["c", "--peer", &peer(&nodes[2])], None);
+    assert_eq!((code, out.as_slice()), (0, b"crayon".as_slice()));
+
+    // A fourth node joins through the second; the keys it now owns move to it.
+    let fourth = NodeProc::start(Some(&nodes[1].addr));
+    let mut all: Vec<&NodeProc> = nodes.iter().collect();
+    all.push(&fourth);
+    assert!(wait_until(Duration::from_secs(10), || {
+        all.iter()
+            .all(|p| members_of(&p.addr).is_some_and(|m| m.len() == 4))
+    }));
+    assert_eq!(run_tool("storeprimer", &["--peer", &first], None).0, 0);
+
+    // The second node leaves on SIGINT, handing its keys over first.
+    let mut nodes = nodes;
+    let mut second = nodes.remove(1);
+    second.signal("INT");
+    let status = second
+        .wait_exit(Duration::from_secs(30))
+        .expect("node exits");
+    assert!(status.success(), "leaving node exited with {status:?}");
+    let (code, out, _) = run_tool("storeget", &["a", "--peer", &peer(&fourth)], None);
+    assert_eq!((code, out.as_slice()), (0, b"apple".as_slice()));
+    let (code, out, err) = run_tool("storetest", &["--peer", &first], None);
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, 0, "storetest: {out} {err}");
+    assert!(out.contains("26 of 26 keys came back"), "{out}");
+}
+
+#[test]
+fn command_line_errors_say_what_went_wrong() {
+    let node = NodeProc::start(None);
+    let addr = peer(&node);
+
+    let (code, _, err) = run_tool("storeget", &["nothing-here", "--peer", &addr], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("`nothing-here` is not stored"), "{err}");
+
+    // Find a port with nobody listening: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("127.0.0.1:{port}");
+    let (code, _, err) = run_tool("storeget", &["k", "--peer", &dead], None);
+    assert_eq!(code, 2);
+    assert!(err.contains(&dead) && err.contains("location"), "{err}");
+
+    let (code, _, err) = run_tool("storeput", &["k", "v", "--peer", "no-port"], None);
+    assert_ne!(code, 0);
+    assert!(err.contains("HOST:PORT"), "{err}");
+
+    let (code, _, err) = run_tool("location", &["--bind", "127.0.0.1", "notaport"], None);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("not a port") && err.contains("--help"),
+        "{err}"
+    );
+
+    let (code, _, err) = run_tool("location", &["--bind", "0.0.0.0", "0"], None);
+    assert_ne!(code, 0);
+    assert!(err.contains("--advertise"), "{err}");
+}
+
+#[test]
+fn storeput_reads_any_bytes_from_stdin_and_storeget_writes_them_raw() {
+    let node = NodeProc::start(None);
+    let addr = peer(&node);
+    let value: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    let (code, _, err) = run_tool("storeput", &["blob", "-", "--peer", &addr], Some(&value));
+    assert_eq!(code, 0, "{err}");
+    let (code, out, _) = run_tool("storeget", &["blob", "--peer", &addr], None);
+    assert_eq!(code, 0);
+    assert!(out == value, "value came back different");
+}
+
+#[test]
+fn eight_nodes_joining_at_once_agree_on_the_members() {
+    let seed = NodeProc::start(None);
+    let seed_addr = seed.addr.clone();
+    let joiners: Vec<NodeProc> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| NodeProc::start(Some(&seed_addr))))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let started = Instant::now();
+    let mut all = joiners;
+    all.push(seed);
+    wait_for_agreement(&all, 9);
+    eprintln!(
+        "9 members agreed {:?} after the last start",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn an_unreachable_member_is_dropped_everywhere() {
+    let mut nodes = ring(3);
+    let victim = nodes.pop().unwrap();
+    let gone = victim.addr.to_string();
+    victim.signal("KILL");
+    drop(victim);
+    let dropped = wait_until(Duration::from_secs(15), || {
+        nodes
+            .iter()
+            .all(|p| members_of(&p.addr).is_some_and(|m| m.len() == 2 && !m.contains(&gone)))
+    });
+    assert!(dropped, "the killed member was not dropped");
+}
+
+#[test]
+fn writes_sent_to_any_node_land_on_the_owner() {
+    let nodes = ring(3);
+    let mut session = nodes[0].session();
+    for i in 0..200 {
+        let key = format!("key-{i}");
+        let via = &nodes[i % 3];
+        via.session().put(key.as_bytes(), b"v").unwrap();
+        let owner = session.owner(key.as_bytes()).unwrap().unwrap();
+        let holder = nodes.iter().find(|p| p.addr == owner).unwrap();
+        // PEEK reads only the receiver's own store.
+        let local = holder
+            .client()
+            .relay_fetch(key.as_bytes().to_vec(), PEEK)
+            .unwrap();
+        assert_eq!(local.value.as_deref(), Some(b"v".as_slice()), "{key}");
+        for other in nodes.iter().filter(|p| p.addr != owner) {
+            let stray = other
+                .client()
+                .relay_fetch(key.as_bytes().to_vec(), PEEK)
+                .unwrap();
+            assert_eq!(stray.value, None, "{key} also on {}", other.addr);
+        }
+    }
+}
+
+/// Writes keys round-robin through `via` until `stop`, retrying a write until
+/// it is acknowledged; returns the last acknowledged value of every key.
+fn writer(via: NodeAddr, keys: usize, stop: Arc<AtomicBool>) -> HashMap<String, String> {
+    let mut acked = HashMap::new();
+    let mut session = None;
+    let mut round = 0;
+    'rounds: loop {
+        for i in 0..keys {
+            if stop.load(Ordering::Relaxed) && round > 0 {
+                break 'rounds;
+            }
+            let key = format!("key-{i:05}");
+            let value = format!("{key}-round-{round}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let s = session.get_or_insert_with(|| {
+                    thrifty_p2p::tools::Session::open(Some(via.clone())).unwrap()
+                });
+                match s.put(key.as_bytes(), value.as_bytes()) {
+                    Ok(()) => break,
+                    Err(e) => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "write of {key} kept failing: {e}"
+                        );
+                        session = None;
+                    }
+                }
+            }
+            acked.insert(key, value);
+        }
+        round += 1;
+    }
+    acked
+}
+
+#[test]
+fn join_and_leave_under_writes_lose_no_acknowledged_write() {
+    const KEYS: usize = 10_000;
+    let nodes = ring(3);
+    let stop = Arc::new(AtomicBool::new(false));
+    let via = nodes[0].addr.clone();
+    let writing = {
+        let stop = stop.clone();
+        std::thread::spawn(move || writer(via, KEYS, stop))
+    };
+    // Let the first round land, then change the ring twice while writes go on.
+    let seeded = wait_until(Duration::from_secs(120), || {
+        nodes[0]
+            .session()
+            .get(format!("key-{:05}", KEYS - 1).as_bytes())
+            .is_ok_and(|v| v.is_some())
+    });
+    assert!(seeded, "the first round of writes did not finish");
+    let joiner = NodeProc::start(Some(&nodes[1].addr));
+    let mut nodes = nodes;
+    let mut leaver = nodes.remove(2);
+    leaver.signal("INT");
+    let status = leaver
+        .wait_exit(Duration::from_secs(60))
+        .expect("leaver exits");
+    assert!(status.success(), "leaver exited with {status:?}");
+    nodes.push(joiner);
+    wait_for_agreement(&nodes, 3);
+    stop.store(true, Ordering::Relaxed);
+    let acked = writing.join().unwrap();
+    assert_eq!(acked.len(), KEYS);
+
+    // Handoffs may still be in flight: wait until everything reads back, and
+    // count what does not by the deadline.
+    let mut lost = Vec::new();
+    let settled = wait_until(Duration::from_secs(30), || {
+        let mut session = nodes[1].session();
+        lost = acked
+            .iter()
+            .filter(|(k, v)| {
+                session.get(k.as_bytes()).ok().flatten().as_deref() != Some(v.as_bytes())
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        lost.is_empty()
+    });
+    eprintln!(
+        "keys lost after join + SIGINT leave under writes: {}",
+        lost.len()
+    );
+    assert!(
+        settled,
+        "{} keys lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
