@@ -50,6 +50,38 @@ struct Args {
     /// Seconds a leaving node keeps trying to hand its keys over.
     #[arg(long, default_value_t = Config::default().leave_timeout.as_secs())]
     leave_timeout: u64,
+
+    /// Copies of each key, on distinct members (capped by the ring's size).
+    #[arg(long, default_value_t = Config::default().replicas)]
+    replicas: usize,
+
+    /// Replicas that must store a write before it is acknowledged
+    /// [default: a majority of the key's replicas].
+    #[arg(long, value_name = "W")]
+    write_quorum: Option<usize>,
+
+    /// Replicas every read consults (1: the owner, falling back to the others
+    /// when it misses or is catching up).
+    #[arg(long, value_name = "R", default_value_t = Config::default().read_quorum)]
+    read_quorum: usize,
+
+    /// Seconds without an answer to probes after which a member is declared
+    /// dead and dropped everywhere (decimals allowed, e.g. 2.5).
+    #[arg(long, value_name = "SECS", default_value_t = Config::default().failure_timeout.as_secs_f64())]
+    failure_timeout: f64,
+
+    /// Keep data on disk in DIR (crash-safe); without it, data lives in memory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
+
+    /// With --data-dir: fsync every write, so it survives power loss too (slower).
+    #[arg(long, requires = "data_dir")]
+    fsync: bool,
+
+    /// Accept the `isolate` call, which cuts the node off from its peers
+    /// (for partition tests; never in production).
+    #[arg(long, hide = true)]
+    fault_injection: bool,
 }
 
 fn config(args: Args) -> Result<Config, String> {
@@ -60,8 +92,36 @@ fn config(args: Args) -> Result<Config, String> {
         max_connections: args.max_connections.max(1),
         idle_timeout: Duration::from_secs(args.idle_timeout),
         leave_timeout: Duration::from_secs(args.leave_timeout),
+        replicas: args.replicas,
+        write_quorum: args.write_quorum,
+        read_quorum: args.read_quorum,
+        failure_timeout: Duration::try_from_secs_f64(args.failure_timeout)
+            .ok()
+            .filter(|t| *t >= Duration::from_millis(100))
+            .ok_or("--failure-timeout must be at least 0.1 seconds")?,
+        data_dir: args.data_dir,
+        fsync: args.fsync,
+        fault_injection: args.fault_injection,
         ..Config::default()
     };
+    if config.replicas == 0 {
+        return Err("--replicas must be at least 1".into());
+    }
+    if config
+        .write_quorum
+        .is_some_and(|w| w == 0 || w > config.replicas)
+    {
+        return Err(format!(
+            "--write-quorum must be between 1 and --replicas ({})",
+            config.replicas
+        ));
+    }
+    if config.read_quorum == 0 || config.read_quorum > config.replicas {
+        return Err(format!(
+            "--read-quorum must be between 1 and --replicas ({})",
+            config.replicas
+        ));
+    }
     let port = |text: &str| {
         text.parse::<u16>()
             .map_err(|_| format!("`{text}` is not a port (0-65535); see `location --help`"))

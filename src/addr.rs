@@ -34,12 +34,14 @@ impl NodeAddr {
             .map_err(|e| Error::Unreachable {
                 peer: self.to_string(),
                 reason: format!("cannot resolve host: {e}"),
+                refused: false,
             })?
             .collect();
         if addrs.is_empty() {
             return Err(Error::Unreachable {
                 peer: self.to_string(),
                 reason: "the host resolves to no address".into(),
+                refused: false,
             });
         }
         Ok(addrs)

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::io::{self, BufWriter, Read};
 use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -138,6 +139,9 @@ pub fn connect(peer: &NodeAddr, options: &ClientOptions) -> Result<Client> {
     }
     Err(Error::Unreachable {
         peer: peer.to_string(),
+        refused: last_error
+            .as_ref()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
         reason: last_error.map_or_else(|| "no address".into(), |e| e.to_string()),
     })
 }
@@ -191,6 +195,8 @@ fn breaks_connection(error: &thrift::Error) -> bool {
 pub struct Pool {
     idle: Mutex<HashMap<NodeAddr, Vec<Client>>>,
     options: ClientOptions,
+    /// Fault injection: while set, every call fails as if the peer were cut off.
+    isolated: AtomicBool,
 }
 
 /// Idle connections kept per peer; more are closed after use.
@@ -202,6 +208,7 @@ impl Pool {
         Pool {
             idle: Mutex::new(HashMap::new()),
             options,
+            isolated: AtomicBool::new(false),
         }
     }
 
@@ -213,6 +220,13 @@ impl Pool {
         peer: &NodeAddr,
         mut call: impl FnMut(&mut Client) -> thrift::Result<R>,
     ) -> Result<R> {
+        if self.isolated.load(Ordering::Relaxed) {
+            return Err(Error::Unreachable {
+                peer: peer.to_string(),
+                reason: "this node is isolated (fault injection)".into(),
+                refused: false,
+            });
+        }
         let pooled = self.idle.lock().get_mut(peer).and_then(Vec::pop);
         if let Some(mut client) = pooled {
             match call(&mut client) {
@@ -249,6 +263,14 @@ impl Pool {
         let conns = idle.entry(peer.clone()).or_default();
         if conns.len() < MAX_IDLE_PER_PEER {
             conns.push(client);
+        }
+    }
+
+    /// Cuts this pool off from every peer (fault injection), or restores it.
+    pub fn set_isolated(&self, on: bool) {
+        self.isolated.store(on, Ordering::Relaxed);
+        if on {
+            self.idle.lock().clear();
         }
     }
 

@@ -45,9 +45,28 @@ pub struct Config {
     /// How long a leaving node keeps trying to hand its keys over before it gives
     /// up and exits anyway. Default 60 s.
     pub leave_timeout: Duration,
-    /// After joining, reads that miss locally also ask the key's previous owner
-    /// for this long, covering keys whose handoff is still on its way. Default 60 s.
-    pub settle_window: Duration,
+    /// Copies of each key, on distinct members (capped by the ring's size).
+    /// Default 3.
+    pub replicas: usize,
+    /// Replicas that must store a write before it is acknowledged; `None` means
+    /// a majority of the key's replicas.
+    pub write_quorum: Option<usize>,
+    /// Replicas consulted by every read (1: the owner alone, falling back to the
+    /// others when it misses or is catching up). Default 1.
+    pub read_quorum: usize,
+    /// A member that does not answer probes for about this long is declared
+    /// dead and dropped everywhere. Default 5 s.
+    pub failure_timeout: Duration,
+    /// How often each node compares its data with the next peer in turn
+    /// (anti-entropy). Default 2 s; a ring change starts a full round at once.
+    pub anti_entropy_interval: Duration,
+    /// Where to keep data on disk; `None` keeps it in memory.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// With `data_dir`: fsync every write (survives power loss, slower).
+    /// Without it, writes survive a crash of the process but not of the machine.
+    pub fsync: bool,
+    /// Accept the `isolate` call (tests simulate partitions with it).
+    pub fault_injection: bool,
 }
 
 impl Default for Config {
@@ -67,12 +86,29 @@ impl Default for Config {
             handoff_batch_entries: 2_000,
             handoff_batch_bytes: 4 << 20,
             leave_timeout: Duration::from_secs(60),
-            settle_window: Duration::from_secs(60),
+            replicas: 3,
+            write_quorum: None,
+            read_quorum: 1,
+            failure_timeout: Duration::from_secs(5),
+            anti_entropy_interval: Duration::from_secs(2),
+            data_dir: None,
+            fsync: false,
+            fault_injection: false,
         }
     }
 }
 
 impl Config {
+    /// The write quorum for a key with `n` replicas.
+    pub fn write_quorum_of(&self, n: usize) -> usize {
+        self.write_quorum.unwrap_or(n / 2 + 1).clamp(1, n.max(1))
+    }
+
+    /// The read quorum for a key with `n` replicas.
+    pub fn read_quorum_of(&self, n: usize) -> usize {
+        self.read_quorum.clamp(1, n.max(1))
+    }
+
     /// Limits for reading one message: a value, a key and room for the envelope.
     pub fn limits(&self) -> Limits {
         Limits {

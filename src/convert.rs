@@ -49,7 +49,7 @@ pub fn member_state(member: &Member) -> Option<MemberState> {
     })
 }
 
-/// An entry for the wire.
+/// An entry for the wire (a tombstone travels without a value).
 pub fn entry(key: Vec<u8>, stored: Stored) -> Entry {
     Entry::new(
         key,
@@ -59,14 +59,17 @@ pub fn entry(key: Vec<u8>, stored: Stored) -> Entry {
     )
 }
 
-/// A key, value and version from the wire; `None` when a field is missing.
-pub fn from_entry(entry: Entry) -> Option<(Vec<u8>, Vec<u8>, Version)> {
+/// A key and its stored copy from the wire; `None` when a required field is
+/// missing. A missing value is a tombstone.
+pub fn from_entry(entry: Entry) -> Option<(Vec<u8>, Stored)> {
     Some((
         entry.key?,
-        entry.value?,
-        Version {
-            stamp: entry.version? as u64,
-            origin: entry.origin? as u32,
+        Stored {
+            value: entry.value,
+            version: Version {
+                stamp: entry.version? as u64,
+                origin: entry.origin? as u32,
+            },
         },
     ))
 }

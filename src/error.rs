@@ -22,6 +22,9 @@ pub enum Error {
         peer: String,
         /// The connect error.
         reason: String,
+        /// Whether the connection was actively refused (nothing listens there),
+        /// as opposed to timing out.
+        refused: bool,
     },
     /// A peer was connected but the call failed midway (timeout, reset, protocol
     /// error). A write may or may not have been applied; retrying is safe because
@@ -59,6 +62,21 @@ pub enum Error {
         /// Forwards made.
         hops: i8,
     },
+    /// Fewer replicas than the write quorum stored a write. The write stays on
+    /// the replicas that took it and may still spread; retrying is safe.
+    #[error(
+        "only {stored} of the {needed} replicas needed stored the write; retry, or check the ring's health"
+    )]
+    Quorum {
+        /// Replicas that stored it.
+        stored: usize,
+        /// The write quorum.
+        needed: usize,
+    },
+    /// A relayed write arrived after its sender stopped waiting for it. Nothing
+    /// was stored (the sender has retried elsewhere).
+    #[error("the relayed write expired before this node could apply it")]
+    Expired,
     /// No node of the ring is reachable or the ring is empty. Nothing stored.
     #[error("no reachable member owns the key; the ring may be empty or shutting down")]
     NoOwner,
@@ -88,6 +106,12 @@ pub enum Error {
     /// Waited too long for something.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The local storage engine failed: an I/O error, a full or failing disk, an
+    /// entry it cannot decode, or a data directory that is unusable or locked by
+    /// another process. State may be unchanged, or the write being made may be
+    /// lost; a write that already returned `Ok` is not affected.
+    #[error("storage failed: {0}; check the --data-dir disk")]
+    Storage(String),
     /// Any other I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),

@@ -1,6 +1,7 @@
 //! `Handler`: the generated Thrift service traits, implemented by calling `Node`.
 //! Only conversion and error mapping live here; decisions are the node's.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use thrift::{ApplicationError, ApplicationErrorKind};
@@ -21,6 +22,29 @@ pub const SERVICE_TYPES: [&str; 3] = ["locator.Base", "locator.Locator", "distst
 /// Methods declared `oneway` in the IDL. The server never answers them, even
 /// when the caller marked the message as a plain call.
 pub const ONEWAY_METHODS: [&str; 6] = ["debug", "die", "join", "remove", "add", "put"];
+
+/// Methods only nodes call on each other (and `ping`, which failure detection
+/// uses): what an isolated node drops, to simulate a partition.
+pub const PEER_METHODS: [&str; 13] = [
+    "ping",
+    "enter",
+    "gossip",
+    "probe",
+    "join",
+    "add",
+    "remove",
+    "relay_fetch",
+    "relay_store",
+    "relay_erase",
+    "peek",
+    "diff_buckets",
+    "reconcile",
+];
+
+/// Whether a method is node-to-node traffic (`absorb` included).
+pub fn is_peer_method(name: &str) -> bool {
+    name == "absorb" || PEER_METHODS.contains(&name)
+}
 
 /// Serves one connection's calls.
 #[derive(Clone)]
@@ -131,6 +155,28 @@ impl LocatorSyncHandler for Handler {
             .owner(&key)
             .map_or_else(convert::no_location, |a| convert::location(&a)))
     }
+
+    fn handle_replicas(&self, key: Vec<u8>, count: i32) -> thrift::Result<Vec<Location>> {
+        let count = usize::try_from(count).unwrap_or(0);
+        Ok(self
+            .node
+            .replicas(&key)
+            .iter()
+            .take(count)
+            .map(convert::location)
+            .collect())
+    }
+
+    fn handle_probe(&self, target: Location) -> thrift::Result<bool> {
+        let Some(target) = convert::addr(&target) else {
+            return Ok(false);
+        };
+        Ok(crate::node::blocking(|| self.node.ping(&target)))
+    }
+
+    fn handle_isolate(&self, on: bool) -> thrift::Result<()> {
+        self.node.set_isolated(on).map_err(app_error)
+    }
 }
 
 impl StoreSyncHandler for Handler {
@@ -144,7 +190,10 @@ impl StoreSyncHandler for Handler {
 
     fn handle_put(&self, key: String, value: String) -> thrift::Result<()> {
         // Oneway: nobody hears an error, so log it rather than return it.
-        if let Err(e) = self.node.store_value(key.as_bytes(), value.as_bytes(), 0) {
+        if let Err(e) = self
+            .node
+            .write(key.as_bytes(), Some(value.as_bytes()), 0, None)
+        {
             log::warn!("put of a {}-byte value failed: {e}", value.len());
         }
         Ok(())
@@ -156,7 +205,17 @@ impl StoreSyncHandler for Handler {
     }
 
     fn handle_store(&self, key: Vec<u8>, value: Vec<u8>) -> thrift::Result<()> {
-        self.node.store_value(&key, &value, 0).map_err(store_error)
+        self.node
+            .write(&key, Some(&value), 0, None)
+            .map_err(store_error)
+    }
+
+    fn handle_erase(&self, key: Vec<u8>) -> thrift::Result<()> {
+        self.node.write(&key, None, 0, None).map_err(store_error)
+    }
+
+    fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>> {
+        Ok(self.node.stats())
     }
 
     fn handle_relay_fetch(&self, key: Vec<u8>, hops: i8) -> thrift::Result<Lookup> {
@@ -164,13 +223,45 @@ impl StoreSyncHandler for Handler {
         Ok(Lookup::new(value))
     }
 
-    fn handle_relay_store(&self, key: Vec<u8>, value: Vec<u8>, hops: i8) -> thrift::Result<()> {
+    fn handle_relay_store(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        hops: i8,
+        expires: i64,
+    ) -> thrift::Result<()> {
         self.node
-            .store_value(&key, &value, hops)
+            .write(&key, Some(&value), hops, Some(expires))
+            .map_err(store_error)
+    }
+
+    fn handle_relay_erase(&self, key: Vec<u8>, hops: i8, expires: i64) -> thrift::Result<()> {
+        self.node
+            .write(&key, None, hops, Some(expires))
+            .map_err(store_error)
+    }
+
+    fn handle_peek(&self, keys: Vec<Vec<u8>>) -> thrift::Result<Vec<Entry>> {
+        self.node.peek(keys).map_err(store_error)
+    }
+
+    fn handle_diff_buckets(&self, caller: Location, digests: Vec<i64>) -> thrift::Result<Vec<i32>> {
+        crate::node::blocking(|| self.node.diff_buckets(&caller, &digests)).map_err(store_error)
+    }
+
+    fn handle_reconcile(
+        &self,
+        caller: Location,
+        buckets: Vec<i32>,
+        entries: Vec<Entry>,
+    ) -> thrift::Result<Vec<Entry>> {
+        crate::node::blocking(|| self.node.reconcile(&caller, &buckets, entries))
             .map_err(store_error)
     }
 
     fn handle_absorb(&self, entries: Vec<Entry>) -> thrift::Result<()> {
-        self.node.absorb(entries).map(|_| ()).map_err(store_error)
+        crate::node::blocking(|| self.node.absorb(entries))
+            .map(|_| ())
+            .map_err(store_error)
     }
 }

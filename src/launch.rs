@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::server;
+use crate::store::Store;
 
 /// A node that is up and serving.
 pub struct Running {
@@ -45,7 +46,11 @@ pub fn start(config: Config) -> Result<Running> {
         None => config.bind.to_string(),
     };
     let me = NodeAddr::new(host, local.port());
-    let node = Node::new(config.clone(), me);
+    let store = match &config.data_dir {
+        Some(dir) => Store::open(dir, config.fsync)?,
+        None => Store::memory(),
+    };
+    let node = Node::new(config.clone(), me, store);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -74,6 +79,14 @@ pub fn start(config: Config) -> Result<Running> {
     std::thread::Builder::new()
         .name("handoff".into())
         .spawn(move || worker.handoff_worker())?;
+    let worker = node.clone();
+    std::thread::Builder::new()
+        .name("detector".into())
+        .spawn(move || worker.detector_worker())?;
+    let worker = node.clone();
+    std::thread::Builder::new()
+        .name("anti-entropy".into())
+        .spawn(move || worker.anti_entropy_worker())?;
     let gossiper = node.clone();
     std::thread::Builder::new()
         .name("gossip".into())

@@ -10,10 +10,13 @@
 //! - [`store`]: the local keys, versioned, in memory.
 //! - [`version`]: hybrid logical clock versions that settle conflicting copies.
 //! - [`frame`]: finds where one Thrift message ends, within limits.
+//! - [`antientropy`]: bucket digests that let two replicas find where they differ.
 //! - [`addr`], [`config`], [`error`]: names, settings and errors.
 //!
 //! Node and RPC edge:
-//! - [`node`]: one member: routing, join, handoff, graceful leave.
+//! - [`node`]: one member: routing, replication, failure detection,
+//!   anti-entropy, join, handoff, graceful leave.
+//! - [`replicate`]: per-peer batched replication, quorum acks, hints.
 //! - [`idl`]: code generated from `thrift/` (never edited by hand).
 //! - [`convert`]: generated Thrift types to and from domain types.
 //! - [`handler`]: the generated service traits, implemented over [`node`].
@@ -27,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
+pub mod antientropy;
 pub mod client;
 pub mod config;
 pub mod convert;
@@ -38,6 +42,7 @@ pub mod idl;
 pub mod launch;
 pub mod membership;
 pub mod node;
+pub mod replicate;
 pub mod ring;
 pub mod server;
 pub mod store;

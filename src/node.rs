@@ -1,12 +1,14 @@
-//! `Node`: one member of the ring. It owns the membership view, the local store
-//! and the outbound pool, and decides where each request goes: served here,
-//! forwarded to the key's owner, or handed over when the ring changes.
+//! `Node`: one member of the ring. It owns the membership view, the local store,
+//! replication and the outbound pools, and decides where each request goes:
+//! coordinated here, or forwarded to the key's replicas.
 //!
-//! Everything here is synchronous; the server calls in from its connection tasks
-//! (see `server`), and background work runs on plain threads. Calls to peers block,
-//! so the request path wraps them in `tokio::task::block_in_place`.
+//! Everything here is synchronous. The server calls in from its connection
+//! tasks (see `server`) and background work runs on plain threads: gossip,
+//! failure detection, anti-entropy, handoff and one replication sender per peer.
+//! Calls to peers block, so the request path wraps them in
+//! `tokio::task::block_in_place` (see [`blocking`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,25 +17,46 @@ use md5::{Digest, Md5};
 use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::addr::NodeAddr;
-use crate::client::{ClientOptions, Pool};
+use crate::antientropy::{BUCKETS, Digests, bucket_of};
+use crate::client::{Client, ClientOptions, Pool};
 use crate::config::{Config, MAX_KEY_BYTES};
 use crate::convert;
 use crate::error::{Error, Result};
 use crate::idl::diststore::{Entry, TStoreSyncClient};
-use crate::idl::locator::{Member, TLocatorSyncClient};
-use crate::membership::{Change, MemberState, Membership};
+use crate::idl::locator::{Location, Member, TBaseSyncClient, TLocatorSyncClient};
+use crate::membership::{Change, MemberState, Membership, Status};
+use crate::replicate::{Ack, Replicator};
 use crate::ring::Ring;
-use crate::store::Store;
-use crate::version::Clock;
+use crate::store::{Store, Stored};
+use crate::version::{Clock, Version};
 
 /// Forwards a request may take before the node holding it serves it itself.
 /// Two covers a leave in progress (client -> old owner -> new owner); more only
 /// means nodes disagree, and then serving beats bouncing.
 pub const MAX_HOPS: i8 = 2;
 
-/// The `hops` of a relayed read that only looks in the receiver's own store:
-/// how a settling node asks a key's previous owner without being asked back.
+/// The `hops` of a relayed read that only looks in the receiver's own store.
 pub const PEEK: i8 = -1;
+
+/// Microseconds since the Unix epoch.
+fn wall_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+/// Runs blocking work from the request path. On a multi-threaded tokio worker
+/// it uses `block_in_place`, so the worker's other connections move to another
+/// thread meanwhile; elsewhere it just runs.
+pub fn blocking<R>(work: impl FnOnce() -> R) -> R {
+    let on_worker = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if on_worker {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
 
 /// Who a node thinks the members are, and the rings derived from that.
 struct View {
@@ -42,13 +65,10 @@ struct View {
     ring: Arc<Ring<NodeAddr>>,
     /// Where requests go: `ring`, or `ring` without us while we leave.
     routing: Arc<Ring<NodeAddr>>,
-    /// `ring` without us, while we settle after joining: who owned our keys before.
-    previous: Option<Arc<Ring<NodeAddr>>>,
     leaving: bool,
-    joined_at: Option<Instant>,
 }
 
-/// Counts ring changes so the handoff worker knows when to look again.
+/// Counts ring changes so background workers know when to look again.
 #[derive(Default)]
 struct Epoch {
     value: Mutex<u64>,
@@ -93,47 +113,77 @@ pub struct Node {
     clock: Clock,
     store: Store,
     view: RwLock<View>,
-    pool: Pool,
+    /// Node-to-node calls.
+    pool: Arc<Pool>,
+    /// Direct failure-detection pings, with short timeouts.
+    probes: Pool,
+    /// Indirect probe requests (they wait for a ping of their own).
+    indirect: Pool,
+    replicator: Arc<Replicator>,
     epoch: Epoch,
     stop_requested: AtomicBool,
     stop_signal: Condvar,
     stop_lock: Mutex<()>,
     gossip_cursor: AtomicUsize,
+    /// Set while this node may hold stale data (just joined, came back after
+    /// being declared dead, or was paused): reads then consult every replica.
+    syncing: AtomicBool,
+    isolated: AtomicBool,
 }
 
 impl Node {
-    /// A node named `me`, alone in its own ring.
-    pub fn new(config: Config, me: NodeAddr) -> Arc<Self> {
+    /// A node named `me`, alone in its own ring, keeping its keys in `store`.
+    pub fn new(config: Config, me: NodeAddr, store: Store) -> Arc<Self> {
         let incarnation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
             .unwrap_or(0);
         let members = Membership::new(me.clone(), incarnation);
         let ring = Arc::new(Ring::new([me.clone()]));
-        let pool = Pool::new(ClientOptions {
+        let options = ClientOptions {
             connect_timeout: config.connect_timeout,
             rpc_timeout: config.rpc_timeout,
             limits: config.limits(),
+        };
+        let probe_timeout = config.failure_timeout / 5;
+        let pool = Arc::new(Pool::new(options));
+        let probes = Pool::new(ClientOptions {
+            connect_timeout: probe_timeout,
+            rpc_timeout: probe_timeout,
+            ..options
         });
+        let indirect = Pool::new(ClientOptions {
+            connect_timeout: probe_timeout,
+            rpc_timeout: probe_timeout * 3,
+            ..options
+        });
+        let replicator = Replicator::new(
+            pool.clone(),
+            config.handoff_batch_entries,
+            config.handoff_batch_bytes,
+        );
         let digest = Md5::digest(me.to_string().as_bytes());
         let origin = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
         Arc::new(Node {
             clock: Clock::new(origin),
-            store: Store::new(),
+            store,
             view: RwLock::new(View {
                 members,
                 routing: ring.clone(),
                 ring,
-                previous: None,
                 leaving: false,
-                joined_at: None,
             }),
             pool,
+            probes,
+            indirect,
+            replicator,
             epoch: Epoch::default(),
             stop_requested: AtomicBool::new(false),
             stop_signal: Condvar::new(),
             stop_lock: Mutex::new(()),
             gossip_cursor: AtomicUsize::new(0),
+            syncing: AtomicBool::new(false),
+            isolated: AtomicBool::new(false),
             config,
             me,
         })
@@ -171,6 +221,17 @@ impl Node {
         self.view.read().routing.owner(key).cloned()
     }
 
+    /// The members holding `key`, owner first: its preference list.
+    pub fn replicas(&self, key: &[u8]) -> Vec<NodeAddr> {
+        self.view
+            .read()
+            .routing
+            .owners(key, self.config.replicas)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
     /// Applies membership updates; rebuilds the ring when the alive set changed,
     /// and spreads news that is ours to spread. Returns whether the ring changed.
     fn update_members(
@@ -180,6 +241,7 @@ impl Node {
     ) -> bool {
         let mut to_spread = Vec::new();
         let mut departed = Vec::new();
+        let mut refuted = false;
         let ring_changed;
         {
             let mut view = self.view.write();
@@ -187,14 +249,17 @@ impl Node {
                 match change {
                     Change::None => {}
                     Change::Updated(state) => {
-                        if state.status != crate::membership::Status::Alive {
+                        if state.status != Status::Alive {
                             departed.push(state.addr.clone());
                         }
                         if spread_updates {
                             to_spread.push(state);
                         }
                     }
-                    Change::Refuted(state) => to_spread.push(state),
+                    Change::Refuted(state) => {
+                        refuted = true;
+                        to_spread.push(state);
+                    }
                 }
             }
             let alive: Vec<NodeAddr> = view.members.alive().cloned().collect();
@@ -206,21 +271,22 @@ impl Node {
                 } else {
                     ring.clone()
                 };
-                view.previous = view
-                    .joined_at
-                    .filter(|t| t.elapsed() < self.config.settle_window)
-                    .map(|_| Arc::new(ring.without(&self.me)));
                 view.ring = ring;
             }
         }
         for addr in &departed {
             self.pool.forget(addr);
         }
+        if refuted {
+            // We were declared dead: writes went elsewhere meanwhile.
+            log::warn!("peers declared us dead; rejoining and catching up");
+            self.syncing.store(true, Ordering::Release);
+        }
         if ring_changed {
             log::info!("ring is now {:?}", self.members_text());
             self.epoch.bump();
         }
-        self.spread(to_spread);
+        self.spread(to_spread, refuted);
         ring_changed
     }
 
@@ -228,13 +294,24 @@ impl Node {
         self.members().iter().map(ToString::to_string).collect()
     }
 
-    /// Sends `updates` to every alive peer, in the background.
-    fn spread(self: &Arc<Self>, updates: Vec<MemberState>) {
+    /// Sends `updates` to every alive peer in the background; with `to_dead`
+    /// also to members we think dead (a refutation must reach across a healed
+    /// partition, where each side holds the other dead).
+    fn spread(self: &Arc<Self>, updates: Vec<MemberState>, to_dead: bool) {
         if updates.is_empty() {
             return;
         }
         let message: Vec<Member> = updates.iter().map(convert::member).collect();
-        for peer in self.view.read().members.peers() {
+        let targets: Vec<NodeAddr> = if to_dead {
+            self.table()
+                .into_iter()
+                .filter(|s| s.addr != self.me && s.status != Status::Left)
+                .map(|s| s.addr)
+                .collect()
+        } else {
+            self.view.read().members.peers()
+        };
+        for peer in targets {
             let node = self.clone();
             let message = message.clone();
             std::thread::spawn(move || node.exchange(&peer, message));
@@ -245,11 +322,21 @@ impl Node {
     fn exchange(self: &Arc<Self>, peer: &NodeAddr, message: Vec<Member>) {
         match self.pool.call(peer, |c| c.gossip(message.clone())) {
             Ok(table) => self.merge_table(&table),
-            Err(Error::Unreachable { reason, .. }) => {
-                log::warn!("{peer} is unreachable ({reason}); dropping it from the ring");
-                self.declare_dead(peer);
+            Err(e) => self.note_failure(peer, &e),
+        }
+    }
+
+    /// A failed call to `peer`: a refused connection means nothing listens
+    /// there any more, so it is dropped at once; anything else is left to the
+    /// failure detector, which does not evict a node for one slow answer.
+    fn note_failure(self: &Arc<Self>, peer: &NodeAddr, error: &Error) {
+        if let Error::Unreachable { refused: true, .. } = error {
+            if self.view.read().members.state(peer).map(|s| s.status) == Some(Status::Alive) {
+                log::warn!("{peer} refused a connection; dropping it from the ring");
             }
-            Err(e) => log::debug!("gossip with {peer} failed: {e}"),
+            self.declare_dead(peer);
+        } else {
+            log::debug!("call to {peer} failed: {error}");
         }
     }
 
@@ -280,27 +367,40 @@ impl Node {
         self.update_members(true, |m| vec![m.admit_legacy(addr)]);
     }
 
-    /// Drops `addr` from the ring and spreads the news (the 2009 `remove`, or a
-    /// peer that could not be reached).
+    /// Drops `addr` from the ring and spreads the news (the 2009 `remove`, a
+    /// refused connection, or the failure detector's verdict).
     pub fn declare_dead(self: &Arc<Self>, addr: &NodeAddr) {
         self.update_members(true, |m| vec![m.declare_dead(addr)]);
     }
 
-    /// One round of background gossip with the next peer in turn; this is also
-    /// how an unreachable member gets noticed and dropped.
+    /// One round of background gossip with the next peer in turn. Every fifth
+    /// round also tries one member we hold dead, so that the two sides of a
+    /// healed partition find each other again.
     pub fn gossip_round(self: &Arc<Self>) {
-        let peers = self.view.read().members.peers();
-        if peers.is_empty() {
+        let turn = self.gossip_cursor.fetch_add(1, Ordering::Relaxed);
+        let table = self.table();
+        let candidates: Vec<NodeAddr> = if turn % 5 == 4 {
+            table
+                .iter()
+                .filter(|s| s.status == Status::Dead)
+                .map(|s| s.addr.clone())
+                .collect()
+        } else {
+            self.view.read().members.peers()
+        };
+        if candidates.is_empty() {
             return;
         }
-        let turn = self.gossip_cursor.fetch_add(1, Ordering::Relaxed) % peers.len();
-        let table: Vec<Member> = self.table().iter().map(convert::member).collect();
-        self.exchange(&peers[turn], table);
+        let peer = &candidates[turn % candidates.len()];
+        let message: Vec<Member> = table.iter().map(convert::member).collect();
+        self.exchange(peer, message);
     }
 
     /// Joins the ring that `seed` belongs to: announce ourselves, take its table,
     /// then greet every member directly so concurrent joiners learn of us quickly.
     pub fn join(self: &Arc<Self>, seed: &NodeAddr) -> Result<()> {
+        // Until the first anti-entropy round, our data (if any) may be stale.
+        self.syncing.store(true, Ordering::Release);
         let me = convert::member(&self.view.read().members.my_state());
         let table = match self.pool.call(seed, |c| c.enter(me.clone())) {
             Ok(table) => table,
@@ -309,17 +409,15 @@ impl Node {
             }
             Err(e) => return Err(e),
         };
-        self.view.write().joined_at = Some(Instant::now());
         self.merge_table(&table);
         let my_state = self.view.read().members.my_state();
-        self.spread(vec![my_state]);
+        self.spread(vec![my_state], false);
         Ok(())
     }
 
     /// Joins a ring of 2009 nodes: `get_all`, then `join` on the seed.
     fn join_legacy(self: &Arc<Self>, seed: &NodeAddr) -> Result<()> {
         let members = self.pool.call(seed, |c| c.get_all())?;
-        self.view.write().joined_at = Some(Instant::now());
         let addrs: Vec<NodeAddr> = members.iter().filter_map(convert::addr).collect();
         self.update_members(false, |m| addrs.iter().map(|a| m.admit_legacy(a)).collect());
         let me = convert::location(&self.me);
@@ -327,150 +425,580 @@ impl Node {
         Ok(())
     }
 
+    // ---- failure detection ----
+
+    /// Whether `target` answers a ping within the probe timeout.
+    pub fn ping(&self, target: &NodeAddr) -> bool {
+        self.probes.call(target, |c| c.ping()).is_ok()
+    }
+
+    /// Failure detector, SWIM-style: every tenth of the failure timeout, ping
+    /// the next peer in turn; if it does not answer, ask two other peers to
+    /// ping it; only if none of them reaches it either is it declared dead.
+    /// A loop that finds itself far behind schedule was paused (SIGSTOP, a
+    /// stalled VM): peers may have declared us dead and moved on, so catch up.
+    pub fn detector_worker(self: &Arc<Self>) {
+        let period = self.config.failure_timeout / 10;
+        let mut cursor = 0usize;
+        let mut last = Instant::now();
+        while !self.wait_for_stop_timeout(period) {
+            let now = Instant::now();
+            if now.duration_since(last) > period + self.config.failure_timeout / 2 {
+                log::warn!("this node was paused; re-syncing before trusting its data");
+                self.syncing.store(true, Ordering::Release);
+                self.epoch.bump();
+            }
+            last = now;
+            let peers = self.view.read().members.peers();
+            if peers.is_empty() {
+                continue;
+            }
+            cursor = cursor.wrapping_add(1);
+            let target = peers[cursor % peers.len()].clone();
+            if self.ping(&target) {
+                continue;
+            }
+            if !self.probe_indirectly(&target, &peers) {
+                log::warn!("{target} did not answer direct or indirect probes; declaring it dead");
+                self.declare_dead(&target);
+            }
+        }
+    }
+
+    fn probe_indirectly(self: &Arc<Self>, target: &NodeAddr, peers: &[NodeAddr]) -> bool {
+        let helpers: Vec<NodeAddr> = peers
+            .iter()
+            .filter(|p| *p != target)
+            .take(2)
+            .cloned()
+            .collect();
+        if helpers.is_empty() {
+            // Nobody to ask: one more direct try before giving up.
+            return self.ping(target);
+        }
+        let location = convert::location(target);
+        std::thread::scope(|s| {
+            let asks: Vec<_> = helpers
+                .iter()
+                .map(|helper| {
+                    let location = location.clone();
+                    s.spawn(move || {
+                        self.indirect
+                            .call(helper, |c| c.probe(location.clone()))
+                            .unwrap_or(false)
+                    })
+                })
+                .collect();
+            asks.into_iter().any(|a| a.join().unwrap_or(false))
+        })
+    }
+
     // ---- reads and writes ----
 
-    fn check_sizes(&self, key: &[u8], value: &[u8]) -> Result<()> {
+    fn check_sizes(&self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
         if key.len() > MAX_KEY_BYTES {
             return Err(Error::TooLarge {
                 size: key.len(),
                 limit: MAX_KEY_BYTES,
             });
         }
-        if value.len() > self.config.max_value_bytes {
+        let size = value.map_or(0, <[u8]>::len);
+        if size > self.config.max_value_bytes {
             return Err(Error::TooLarge {
-                size: value.len(),
+                size,
                 limit: self.config.max_value_bytes,
             });
         }
         Ok(())
     }
 
-    /// A call to a peer from the request path: blocking, so tokio may move this
-    /// worker's other tasks to another thread meanwhile.
+    /// A call to a peer from the request path.
     fn forward<R>(
         &self,
         peer: &NodeAddr,
-        call: impl FnMut(&mut crate::client::Client) -> thrift::Result<R>,
+        call: impl FnMut(&mut Client) -> thrift::Result<R>,
     ) -> Result<R> {
-        let in_runtime = tokio::runtime::Handle::try_current()
-            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-        if in_runtime {
-            tokio::task::block_in_place(|| self.pool.call(peer, call))
-        } else {
-            self.pool.call(peer, call)
+        blocking(|| self.pool.call(peer, call))
+    }
+
+    /// Whether a failed forward should move on to the key's next replica.
+    fn try_next(self: &Arc<Self>, peer: &NodeAddr, error: &Error) -> bool {
+        match error {
+            Error::Unreachable { .. } | Error::Rpc { .. } => {
+                self.note_failure(peer, error);
+                true
+            }
+            _ => false,
         }
     }
 
-    /// Reads `key`, from here or from its owner. `hops` counts forwards so far.
+    /// Reads `key`: coordinated by its owner (or, when the owner cannot be
+    /// reached, the next replica). `hops` counts forwards so far.
     pub fn fetch(self: &Arc<Self>, key: &[u8], hops: i8) -> Result<Option<Vec<u8>>> {
         if hops == PEEK {
-            return Ok(self.store.get(key).map(|s| s.value));
+            return Ok(self.store.get(key)?.and_then(|s| s.value));
         }
-        for _ in 0..3 {
-            let owner = match self.owner(key) {
-                Some(owner) if owner != self.me && hops < MAX_HOPS => owner,
-                _ => return Ok(self.fetch_here(key)),
-            };
-            match self.forward(&owner, |c| c.relay_fetch(key.to_vec(), hops + 1)) {
-                // A key we still hold but no longer own is on its way to the owner:
-                // until it arrives, our copy is the answer.
+        let replicas = self.replicas(key);
+        if replicas.is_empty() {
+            return Err(Error::NoOwner);
+        }
+        if hops >= MAX_HOPS && !self.view.read().leaving {
+            return self.coordinate_read(key, &replicas);
+        }
+        for target in &replicas {
+            if *target == self.me {
+                return self.coordinate_read(key, &replicas);
+            }
+            match self.forward(target, |c| c.relay_fetch(key.to_vec(), hops + 1)) {
+                // A key we still hold but no longer replicate is on its way to
+                // its owner: until it arrives, our copy is the answer.
                 Ok(lookup) => {
-                    return Ok(lookup
-                        .value
-                        .or_else(|| self.store.get(key).map(|s| s.value)));
+                    return Ok(match lookup.value {
+                        Some(value) => Some(value),
+                        None => self.store.get(key)?.and_then(|s| s.value),
+                    });
                 }
-                Err(Error::Unreachable { .. }) => self.declare_dead(&owner),
+                Err(e) if self.try_next(target, &e) => continue,
                 Err(e) => return Err(e),
             }
         }
         Err(Error::NoOwner)
     }
 
-    /// Serves a read here. Shortly after joining, a miss also asks the key's
-    /// previous owner, whose handoff to us may still be on its way.
-    fn fetch_here(&self, key: &[u8]) -> Option<Vec<u8>> {
-        if let Some(stored) = self.store.get(key) {
-            return Some(stored.value);
+    /// Serves a read here. The local copy answers alone unless it is missing,
+    /// this node is catching up, or the read quorum asks for more; then every
+    /// other replica is asked, the newest copy wins, and stale replicas are
+    /// repaired with it.
+    fn coordinate_read(
+        self: &Arc<Self>,
+        key: &[u8],
+        replicas: &[NodeAddr],
+    ) -> Result<Option<Vec<u8>>> {
+        let local = self.store.get(key)?;
+        let quorum = self.config.read_quorum_of(replicas.len());
+        let holds = replicas.contains(&self.me);
+        if local.is_some() && holds && quorum == 1 && !self.syncing.load(Ordering::Acquire) {
+            return Ok(local.and_then(|s| s.value));
         }
-        let previous = self.view.read().previous.clone()?;
-        let owner = previous.owner(key)?.clone();
-        match self.forward(&owner, |c| c.relay_fetch(key.to_vec(), PEEK)) {
-            Ok(lookup) => lookup.value,
-            Err(e) => {
-                log::debug!("asking previous owner {owner} for a key failed: {e}");
-                None
+        let mut answers = usize::from(holds);
+        let mut copies: Vec<(NodeAddr, Option<Version>)> = Vec::new();
+        let mut newest = local.clone();
+        for peer in replicas.iter().filter(|p| **p != self.me) {
+            match self.forward(peer, |c| c.peek(vec![key.to_vec()])) {
+                Ok(entries) => {
+                    answers += 1;
+                    let theirs = entries
+                        .into_iter()
+                        .find_map(convert::from_entry)
+                        .map(|(_, s)| s);
+                    copies.push((peer.clone(), theirs.as_ref().map(|s| s.version)));
+                    if theirs.as_ref().map(|s| s.version) > newest.as_ref().map(|s| s.version) {
+                        newest = theirs;
+                    }
+                }
+                Err(e) => self.note_failure(peer, &e),
             }
         }
+        if answers < quorum {
+            return Err(Error::Quorum {
+                stored: answers,
+                needed: quorum,
+            });
+        }
+        if let Some(best) = &newest {
+            self.clock.observe(best.version);
+            if local.as_ref().map(|s| s.version) < Some(best.version) && holds {
+                self.store.merge(key, best.value.as_deref(), best.version)?;
+            }
+            let entry = convert::entry(key.to_vec(), best.clone());
+            for (peer, version) in copies {
+                if version < Some(best.version) {
+                    self.replicator.send(&peer, entry.clone(), None);
+                }
+            }
+        }
+        Ok(newest.and_then(|s| s.value))
     }
 
-    /// Writes `key`, here or at its owner. `hops` counts forwards so far.
-    pub fn store_value(self: &Arc<Self>, key: &[u8], value: &[u8], hops: i8) -> Result<()> {
+    /// Writes `key` (a value, or `None` to erase it): coordinated by its owner
+    /// (or, when the owner cannot be reached, the next replica), acknowledged
+    /// once a write quorum of replicas stored it. `hops` counts forwards so far.
+    /// `expires` is when the node that relayed the write stops waiting for it
+    /// (microseconds since the epoch; `None` for a client's own call).
+    pub fn write(
+        self: &Arc<Self>,
+        key: &[u8],
+        value: Option<&[u8]>,
+        hops: i8,
+        expires: Option<i64>,
+    ) -> Result<()> {
+        if let Some(expires) = expires
+            && wall_micros() > expires
+        {
+            // The sender gave up on us (we were paused or swamped) and has
+            // retried elsewhere; a fresh version for this stale write could
+            // bury a newer one.
+            return Err(Error::Expired);
+        }
         self.check_sizes(key, value)?;
-        for _ in 0..3 {
-            let (owner, leaving) = {
-                let view = self.view.read();
-                (view.routing.owner(key).cloned(), view.leaving)
-            };
-            // A leaving node never keeps a write: its handoff may be done already.
-            let owner = match owner {
-                Some(owner) if owner != self.me && (hops < MAX_HOPS || leaving) => owner,
-                Some(_) if !leaving => {
-                    self.store_here(key, value);
-                    return Ok(());
-                }
-                _ => return Err(Error::NoOwner),
-            };
-            match self.forward(&owner, |c| {
-                c.relay_store(key.to_vec(), value.to_vec(), hops.saturating_add(1))
-            }) {
+        let replicas = self.replicas(key);
+        if replicas.is_empty() {
+            return Err(Error::NoOwner);
+        }
+        // A leaving node never keeps a write: its handoff may be done already.
+        if hops >= MAX_HOPS && !self.view.read().leaving {
+            return self.coordinate_write(key, value, &replicas);
+        }
+        for target in &replicas {
+            if *target == self.me {
+                return self.coordinate_write(key, value, &replicas);
+            }
+            let next = hops.saturating_add(1);
+            // Give up on the relay a little before our own call times out.
+            let expires = wall_micros() + (self.config.rpc_timeout * 9 / 10).as_micros() as i64;
+            let result = self.forward(target, |c| match value {
+                Some(v) => c.relay_store(key.to_vec(), v.to_vec(), next, expires),
+                None => c.relay_erase(key.to_vec(), next, expires),
+            });
+            match result {
                 Ok(()) => return Ok(()),
-                Err(Error::Unreachable { .. }) => self.declare_dead(&owner),
+                Err(e) if self.try_next(target, &e) => continue,
                 Err(e) => return Err(e),
             }
         }
         Err(Error::NoOwner)
     }
 
-    fn store_here(&self, key: &[u8], value: &[u8]) {
-        self.store.overwrite(key, value, |old| match old {
+    /// Stores a new version here and sends it to the other replicas; returns
+    /// once the write quorum holds it.
+    fn coordinate_write(
+        self: &Arc<Self>,
+        key: &[u8],
+        value: Option<&[u8]>,
+        replicas: &[NodeAddr],
+    ) -> Result<()> {
+        let version = self.store.overwrite(key, value, |old| match old {
             Some(old) => self.clock.tick_after(old),
             None => self.clock.tick(),
-        });
+        })?;
+        let here = usize::from(replicas.contains(&self.me));
+        let quorum = self.config.write_quorum_of(replicas.len());
+        let others: Vec<&NodeAddr> = replicas.iter().filter(|p| **p != self.me).collect();
+        let needed = quorum.saturating_sub(here);
+        if others.is_empty() {
+            return Ok(());
+        }
+        let ack = Ack::new();
+        let entry = convert::entry(
+            key.to_vec(),
+            Stored {
+                value: value.map(<[u8]>::to_vec),
+                version,
+            },
+        );
+        for peer in &others {
+            self.replicator.send(peer, entry.clone(), Some(ack.clone()));
+        }
+        if needed == 0 {
+            return Ok(());
+        }
+        let acked = blocking(|| ack.wait(needed, others.len(), self.config.rpc_timeout));
+        if acked >= needed {
+            Ok(())
+        } else {
+            Err(Error::Quorum {
+                stored: acked + here,
+                needed: quorum,
+            })
+        }
     }
 
     /// Takes over entries sent by a peer; for each key the newer version wins.
     pub fn absorb(&self, entries: Vec<Entry>) -> Result<usize> {
         let mut applied = 0;
         for entry in entries {
-            let Some((key, value, version)) = convert::from_entry(entry) else {
+            let Some((key, stored)) = convert::from_entry(entry) else {
                 continue;
             };
-            self.clock.observe(version);
-            if self.store.merge(&key, &value, version) {
+            self.clock.observe(stored.version);
+            if self
+                .store
+                .merge(&key, stored.value.as_deref(), stored.version)?
+            {
                 applied += 1;
             }
         }
         Ok(applied)
     }
 
+    /// Our own copies of `keys`, tombstones included, with versions.
+    pub fn peek(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        for key in keys {
+            if let Some(stored) = self.store.get(&key)? {
+                entries.push(convert::entry(key, stored));
+            }
+        }
+        Ok(entries)
+    }
+
+    // ---- anti-entropy ----
+
+    /// Whether `a` and `b` both replicate `key` in `ring`.
+    fn both_replicate(
+        &self,
+        ring: &Ring<NodeAddr>,
+        key: &[u8],
+        a: &NodeAddr,
+        b: &NodeAddr,
+    ) -> bool {
+        let owners = ring.owners(key, self.config.replicas);
+        owners.contains(&a) && owners.contains(&b)
+    }
+
+    /// Digests of our copies of the keys we share with `peer`.
+    fn digests_with(&self, ring: &Ring<NodeAddr>, peer: &NodeAddr) -> Result<Digests> {
+        let mut digests = Digests::new();
+        self.store.scan(|key, version, tombstone| {
+            if self.both_replicate(ring, key, &self.me, peer) {
+                digests.add(key, version, tombstone);
+            }
+            true
+        })?;
+        Ok(digests)
+    }
+
+    /// The ring to compare with `caller`, which must be a member in our view:
+    /// comparing with a node we do not count (one coming back after being
+    /// declared dead) would find nothing shared, and it would wrongly conclude
+    /// that it has caught up.
+    fn ring_shared_with(&self, caller: &Location) -> Result<(NodeAddr, Arc<Ring<NodeAddr>>)> {
+        let view = self.view.read();
+        match convert::addr(caller) {
+            Some(addr) if view.ring.contains(&addr) => Ok((addr, view.routing.clone())),
+            other => Err(Error::Refused {
+                peer: self.me.to_string(),
+                message: format!(
+                    "{} is not a member in this node's view yet; retry after gossip",
+                    other.map_or_else(|| "the caller".into(), |a| a.to_string())
+                ),
+            }),
+        }
+    }
+
+    /// Answers `diff_buckets`: where our copies shared with `caller` differ.
+    pub fn diff_buckets(&self, caller: &Location, digests: &[i64]) -> Result<Vec<i32>> {
+        let (caller, ring) = self.ring_shared_with(caller)?;
+        Ok(self.digests_with(&ring, &caller)?.differing(digests))
+    }
+
+    /// Our keys shared with `peer` in `buckets`, grouped by bucket.
+    fn shared_keys_in(
+        &self,
+        ring: &Ring<NodeAddr>,
+        peer: &NodeAddr,
+        buckets: &HashSet<usize>,
+    ) -> Result<BTreeMap<usize, Vec<Vec<u8>>>> {
+        let mut keys: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
+        self.store.scan(|key, _, _| {
+            let bucket = bucket_of(key);
+            if buckets.contains(&bucket) && self.both_replicate(ring, key, &self.me, peer) {
+                keys.entry(bucket).or_default().push(key.to_vec());
+            }
+            true
+        })?;
+        Ok(keys)
+    }
+
+    /// Answers `reconcile`: keeps the newer of each entry sent, and returns our
+    /// entries in `buckets` (shared with `caller`) that are newer than the
+    /// caller's or that it lacks.
+    pub fn reconcile(
+        &self,
+        caller: &Location,
+        buckets: &[i32],
+        entries: Vec<Entry>,
+    ) -> Result<Vec<Entry>> {
+        let (caller, ring) = self.ring_shared_with(caller)?;
+        let mut theirs: HashMap<Vec<u8>, Version> = HashMap::new();
+        for entry in entries {
+            if let Some((key, stored)) = convert::from_entry(entry) {
+                self.clock.observe(stored.version);
+                self.store
+                    .merge(&key, stored.value.as_deref(), stored.version)?;
+                theirs.insert(key, stored.version);
+            }
+        }
+        let buckets: HashSet<usize> = buckets
+            .iter()
+            .map(|&b| b as usize)
+            .filter(|&b| b < BUCKETS)
+            .collect();
+        let mut answer = Vec::new();
+        for key in self
+            .shared_keys_in(&ring, &caller, &buckets)?
+            .into_values()
+            .flatten()
+        {
+            if let Some(stored) = self.store.get(&key)?
+                && theirs.get(&key).is_none_or(|v| *v < stored.version)
+            {
+                answer.push(convert::entry(key, stored));
+            }
+        }
+        Ok(answer)
+    }
+
+    /// Brings our copies and `peer`'s copies of the keys we share to the same
+    /// versions: compare bucket digests, then exchange entries of the buckets
+    /// that differ, in bounded batches. Returns how many entries we sent.
+    pub fn sync_with(self: &Arc<Self>, peer: &NodeAddr) -> Result<usize> {
+        let ring = self.view.read().routing.clone();
+        let me = convert::location(&self.me);
+        let digests = self.digests_with(&ring, peer)?.to_wire();
+        let differing = self
+            .pool
+            .call(peer, |c| c.diff_buckets(me.clone(), digests.clone()))?;
+        if differing.is_empty() {
+            return Ok(0);
+        }
+        let wanted: HashSet<usize> = differing
+            .iter()
+            .map(|&b| b as usize)
+            .filter(|&b| b < BUCKETS)
+            .collect();
+        let mut keys = self.shared_keys_in(&ring, peer, &wanted)?;
+        let mut sent = 0;
+        let mut batch_buckets = Vec::new();
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let mut buckets: Vec<usize> = wanted.into_iter().collect();
+        buckets.sort_unstable();
+        for (i, bucket) in buckets.iter().enumerate() {
+            for key in keys.remove(bucket).unwrap_or_default() {
+                if let Some(stored) = self.store.get(&key)? {
+                    bytes += key.len() + stored.value.as_ref().map_or(0, Vec::len);
+                    batch.push(convert::entry(key, stored));
+                }
+            }
+            batch_buckets.push(*bucket as i32);
+            let last = i + 1 == buckets.len();
+            if last
+                || bytes >= self.config.handoff_batch_bytes
+                || batch.len() >= self.config.handoff_batch_entries
+            {
+                sent += batch.len();
+                let newer = self.pool.call(peer, |c| {
+                    c.reconcile(me.clone(), batch_buckets.clone(), batch.clone())
+                })?;
+                self.absorb(newer)?;
+                batch_buckets.clear();
+                batch.clear();
+                bytes = 0;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Background worker: after every ring change (and while catching up),
+    /// a full anti-entropy round with every peer; otherwise one peer in turn
+    /// every interval. Also delivers hints to peers that answer again.
+    pub fn anti_entropy_worker(self: &Arc<Self>) {
+        let mut synced_epoch = u64::MAX;
+        let mut turn = 0usize;
+        while !self.stop_requested() {
+            let epoch = self.epoch.get();
+            let peers = self.view.read().members.peers();
+            let full = epoch != synced_epoch || self.syncing.load(Ordering::Acquire);
+            let round: Vec<NodeAddr> = if full {
+                peers.clone()
+            } else {
+                turn = turn.wrapping_add(1);
+                peers
+                    .get(turn % peers.len().max(1))
+                    .cloned()
+                    .into_iter()
+                    .collect()
+            };
+            let mut complete = true;
+            for peer in &round {
+                match self.sync_with(peer) {
+                    Ok(0) => {}
+                    Ok(n) => log::debug!("anti-entropy with {peer}: {n} entries compared"),
+                    Err(e) => {
+                        complete = false;
+                        self.note_failure(peer, &e);
+                    }
+                }
+            }
+            if full && complete && self.epoch.get() == epoch {
+                synced_epoch = epoch;
+                if self.syncing.swap(false, Ordering::AcqRel) {
+                    log::info!("caught up with every replica");
+                }
+            }
+            self.deliver_hints();
+            let pause = if complete {
+                self.config.anti_entropy_interval
+            } else {
+                Duration::from_millis(200)
+            };
+            self.epoch.wait_past(epoch, pause);
+        }
+    }
+
+    /// Sends hinted keys (with their current copies) to peers that are alive.
+    fn deliver_hints(self: &Arc<Self>) {
+        for peer in self.replicator.hinted_peers() {
+            let alive = self
+                .view
+                .read()
+                .members
+                .state(&peer)
+                .is_some_and(|s| s.status == Status::Alive);
+            if !alive {
+                continue;
+            }
+            for key in self.replicator.take_hints(&peer) {
+                match self.store.get(&key) {
+                    Ok(Some(stored)) => {
+                        self.replicator
+                            .send(&peer, convert::entry(key, stored), None)
+                    }
+                    Ok(None) => {}
+                    Err(e) => log::warn!("reading a hinted key failed: {e}"),
+                }
+            }
+        }
+    }
+
     // ---- handoff ----
 
-    /// Sends every key we hold but do not own to its owner, in bounded batches,
-    /// deleting each copy only after the owner acknowledged it (and only if no
-    /// newer write arrived meanwhile). Ownership is re-checked before each batch.
+    /// Sends every key we hold but no longer replicate to its owner, in bounded
+    /// batches, deleting each copy only after the owner acknowledged it (and only
+    /// if no newer write arrived meanwhile). Ownership is re-checked before each
+    /// batch. (The owner's anti-entropy then completes the other replicas.)
     pub fn handoff_pass(self: &Arc<Self>) -> HandoffReport {
+        let mut report = HandoffReport::default();
         let epoch = self.epoch.get();
         let routing = self.view.read().routing.clone();
-        let mut by_owner: BTreeMap<NodeAddr, Vec<Vec<u8>>> = BTreeMap::new();
-        for key in self
+        let n = self.config.replicas;
+        let keys = match self
             .store
-            .keys_where(|k| routing.owner(k).is_some_and(|o| *o != self.me))
+            .keys_where(|k| !routing.owners(k, n).contains(&&self.me))
         {
+            Ok(keys) => keys,
+            Err(e) => {
+                log::warn!("handoff could not list keys: {e}");
+                return report;
+            }
+        };
+        let mut by_owner: BTreeMap<NodeAddr, Vec<Vec<u8>>> = BTreeMap::new();
+        for key in keys {
             if let Some(owner) = routing.owner(&key) {
                 by_owner.entry(owner.clone()).or_default().push(key);
             }
         }
-        let mut report = HandoffReport::default();
         for (owner, keys) in by_owner {
             let mut keys = keys.into_iter().peekable();
             while keys.peek().is_some() {
@@ -485,8 +1013,8 @@ impl Node {
                     && batch.len() < self.config.handoff_batch_entries
                 {
                     let Some(key) = keys.next() else { break };
-                    if let Some(stored) = self.store.get(&key) {
-                        bytes += key.len() + stored.value.len();
+                    if let Ok(Some(stored)) = self.store.get(&key) {
+                        bytes += key.len() + stored.value.as_ref().map_or(0, Vec::len);
                         sent.push((key.clone(), stored.version));
                         batch.push(convert::entry(key, stored));
                     }
@@ -497,19 +1025,18 @@ impl Node {
                 match self.pool.call(&owner, |c| c.absorb(batch.clone())) {
                     Ok(()) => {
                         for (key, version) in &sent {
-                            self.store.remove_if(key, *version);
+                            if let Err(e) = self.store.remove_if(key, *version) {
+                                log::warn!("deleting a handed-off key failed: {e}");
+                            }
                         }
                         report.moved += sent.len();
                     }
-                    Err(Error::Unreachable { .. }) => {
-                        self.declare_dead(&owner);
-                        report.restarted = true;
-                        return report;
-                    }
                     Err(e) => {
                         log::warn!("handing {} keys to {owner} failed: {e}", sent.len());
+                        self.note_failure(&owner, &e);
                         report.stuck += sent.len() + keys.count();
-                        break;
+                        report.restarted = true;
+                        return report;
                     }
                 }
             }
@@ -524,17 +1051,19 @@ impl Node {
     /// every few seconds anyway (to pick up keys that were stored off-owner).
     pub fn handoff_worker(self: &Arc<Self>) {
         let mut seen = u64::MAX;
-        while !self.stop_requested.load(Ordering::Acquire) {
-            let now = self.epoch.wait_past(seen, Duration::from_secs(2));
-            seen = now;
-            if self.stop_requested.load(Ordering::Acquire) {
+        while !self.stop_requested() {
+            seen = self.epoch.wait_past(seen, Duration::from_secs(2));
+            if self.stop_requested() {
                 break;
             }
-            while self.handoff_pass().restarted {}
+            let mut report = self.handoff_pass();
+            while report.restarted && report.stuck == 0 {
+                report = self.handoff_pass();
+            }
         }
     }
 
-    // ---- leaving ----
+    // ---- stopping and leaving ----
 
     /// Asks the node to leave the ring (SIGINT, SIGTERM, `die`). `wait_for_stop`
     /// returns once this has been called.
@@ -579,7 +1108,9 @@ impl Node {
         self.epoch.bump();
         let deadline = Instant::now() + self.config.leave_timeout;
         log::info!("leaving: handing over {} keys", self.store.len());
-        while !self.store.is_empty() && Instant::now() < deadline {
+        // Tombstones travel too (they keep erased keys erased), so the loop
+        // runs until a pass finds nothing left to move, not until `len` is 0.
+        while Instant::now() < deadline {
             if self.view.read().routing.is_empty() {
                 log::warn!(
                     "last member leaving: its {} keys have nowhere to go",
@@ -588,7 +1119,13 @@ impl Node {
                 break;
             }
             let report = self.handoff_pass();
-            if report.moved == 0 && !report.restarted {
+            if report.restarted {
+                continue;
+            }
+            if report.moved == 0 && report.stuck == 0 {
+                break;
+            }
+            if report.moved == 0 {
                 // Owners refused or failed; give the ring a moment to change.
                 self.epoch
                     .wait_past(self.epoch.get(), Duration::from_millis(200));
@@ -603,23 +1140,58 @@ impl Node {
             convert::member(&view.members.leave())
         };
         let peers = self.view.read().members.peers();
-        let handles: Vec<_> = peers
-            .into_iter()
-            .map(|peer| {
-                let node = self.clone();
+        std::thread::scope(|s| {
+            for peer in &peers {
                 let farewell = farewell.clone();
-                std::thread::spawn(move || {
-                    if let Err(e) = node.pool.call(&peer, |c| c.gossip(vec![farewell.clone()])) {
+                s.spawn(move || {
+                    if let Err(e) = self.pool.call(peer, |c| c.gossip(vec![farewell.clone()])) {
                         log::debug!("telling {peer} we left failed: {e}");
                     }
-                })
-            })
-            .collect();
-        for handle in handles {
-            let _ = handle.join();
-        }
+                });
+            }
+        });
         log::info!("left the ring");
         left_behind
+    }
+
+    // ---- operations aids ----
+
+    /// Counters for `stats`.
+    pub fn stats(&self) -> BTreeMap<String, i64> {
+        let view = self.view.read();
+        let mut stats = BTreeMap::new();
+        let mut put = |name: &str, value: usize| {
+            stats.insert(name.to_string(), value as i64);
+        };
+        put("keys", self.store.len());
+        put("members", view.ring.len());
+        put("replicas", self.config.replicas.min(view.ring.len()));
+        put("replication_pending", self.replicator.pending());
+        put("hints", self.replicator.hint_count());
+        put("syncing", usize::from(self.syncing.load(Ordering::Acquire)));
+        put("leaving", usize::from(view.leaving));
+        stats
+    }
+
+    /// Fault injection: cut this node off from its peers (or reconnect it).
+    pub fn set_isolated(&self, on: bool) -> Result<()> {
+        if !self.config.fault_injection {
+            return Err(Error::Refused {
+                peer: self.me.to_string(),
+                message: "isolate needs a node started with --fault-injection".into(),
+            });
+        }
+        log::warn!("fault injection: isolated = {on}");
+        self.isolated.store(on, Ordering::Release);
+        for pool in [&*self.pool, &self.probes, &self.indirect] {
+            pool.set_isolated(on);
+        }
+        Ok(())
+    }
+
+    /// Whether the node is cut off from its peers by fault injection.
+    pub fn isolated(&self) -> bool {
+        self.isolated.load(Ordering::Acquire)
     }
 
     /// Logs the node's view (the 2009 `debug`).
@@ -634,7 +1206,7 @@ impl Node {
                 state.status
             );
         }
-        let keys = self.store.keys_where(|_| true);
+        let keys = self.store.keys_where(|_| true).unwrap_or_default();
         log::info!("debug: {} keys", keys.len());
         for key in keys.iter().take(100) {
             log::info!("debug: key {}", String::from_utf8_lossy(key));

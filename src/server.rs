@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::client::protocol_config;
 use crate::frame::{self, Frame, Limits, MessageKind};
-use crate::handler::{Handler, ONEWAY_METHODS};
+use crate::handler::{Handler, ONEWAY_METHODS, is_peer_method};
 use crate::idl::diststore::StoreSyncProcessor;
 use crate::node::Node;
 
@@ -84,6 +84,8 @@ enum Closed {
     Malformed(#[from] frame::FrameError),
     #[error("unexpected {0:?} message from a client")]
     NotACall(MessageKind),
+    #[error("dropped: this node is isolated (fault injection)")]
+    Isolated,
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -96,7 +98,7 @@ async fn connection(
     socket.set_nodelay(true)?;
     let limits = node.config().limits();
     let idle = node.config().idle_timeout;
-    let processor = StoreSyncProcessor::new(Handler::new(node));
+    let processor = StoreSyncProcessor::new(Handler::new(node.clone()));
     let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut reply: Vec<u8> = Vec::with_capacity(16 * 1024);
     loop {
@@ -122,17 +124,42 @@ async fn connection(
                 Ok(Err(e)) => return Err(e.into()),
             }
         };
-        let answer = process(&processor, &buf[..frame.len], &frame, &limits, &mut reply)?;
+        let answer = process(
+            &node,
+            &processor,
+            &buf[..frame.len],
+            &frame,
+            &limits,
+            &mut reply,
+        )?;
         buf.drain(..frame.len);
         if answer {
-            socket.write_all(&reply).await?;
+            write_reply(&mut socket, &reply, idle).await?;
         }
     }
+}
+
+/// Writes `reply`, giving up once the peer has taken none of it for `idle`: a
+/// peer that stops reading its replies is as idle as one that stops sending,
+/// and must not hold its connection (and its permit) forever.
+async fn write_reply(socket: &mut TcpStream, reply: &[u8], idle: Duration) -> Result<(), Closed> {
+    let mut written = 0;
+    while written < reply.len() {
+        let n = tokio::time::timeout(idle, socket.write(&reply[written..]))
+            .await
+            .map_err(|_| Closed::Idle(idle))??;
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+        }
+        written += n;
+    }
+    Ok(())
 }
 
 /// Runs one message through the generated processor. Returns whether `reply`
 /// holds an answer to send.
 fn process(
+    node: &Node,
     processor: &StoreSyncProcessor<Handler>,
     message: &[u8],
     frame: &Frame,
@@ -142,10 +169,21 @@ fn process(
     if !matches!(frame.kind, MessageKind::Call | MessageKind::Oneway) {
         return Err(Closed::NotACall(frame.kind));
     }
+    if node.isolated() && is_peer_method(&frame.name) {
+        return Err(Closed::Isolated);
+    }
     let oneway = frame.kind == MessageKind::Oneway || ONEWAY_METHODS.contains(&frame.name.as_str());
     reply.clear();
+    // Nothing in a message is longer than the message. Bounding the decoder by
+    // this message's length (not the node's limit) stops a wrongly typed field,
+    // say an i32 that the generated code reads as a string length, from making
+    // it reserve up to `max_message` bytes for a few bytes received.
+    let within = Limits {
+        max_message: message.len(),
+        ..*limits
+    };
     let mut input =
-        TBinaryInputProtocol::with_config(message, frame.strict, protocol_config(limits));
+        TBinaryInputProtocol::with_config(message, frame.strict, protocol_config(&within));
     let mut output = TBinaryOutputProtocol::new(&mut *reply, frame.strict);
     if let Err(e) = processor.process(&mut input, &mut output) {
         // The processor already wrote an exception reply where one was due.

@@ -69,6 +69,13 @@ impl Session {
             .map_err(|e| call_error(&self.peer, e))
     }
 
+    /// Deletes `key` (a tombstone keeps old copies from coming back).
+    pub fn erase(&mut self, key: &[u8]) -> Result<()> {
+        self.client
+            .erase(key.to_vec())
+            .map_err(|e| call_error(&self.peer, e))
+    }
+
     /// The value at `key`, if stored.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         let lookup = self

@@ -166,27 +166,37 @@ fn an_unreachable_member_is_dropped_everywhere() {
 }
 
 #[test]
-fn writes_sent_to_any_node_land_on_the_owner() {
-    let nodes = ring(3);
-    let mut session = nodes[0].session();
-    for i in 0..200 {
-        let key = format!("key-{i}");
-        let via = &nodes[i % 3];
-        via.session().put(key.as_bytes(), b"v").unwrap();
-        let owner = session.owner(key.as_bytes()).unwrap().unwrap();
-        let holder = nodes.iter().find(|p| p.addr == owner).unwrap();
+fn writes_sent_to_any_node_land_on_the_keys_replicas_only() {
+    use thrifty_p2p::idl::locator::TLocatorSyncClient;
+    let nodes = ring(4);
+    let mut probe = nodes[0].client();
+    let holds = |node: &NodeAddr, key: &str| {
+        let holder = nodes.iter().find(|p| p.addr == *node).unwrap();
         // PEEK reads only the receiver's own store.
         let local = holder
             .client()
             .relay_fetch(key.as_bytes().to_vec(), PEEK)
             .unwrap();
-        assert_eq!(local.value.as_deref(), Some(b"v".as_slice()), "{key}");
-        for other in nodes.iter().filter(|p| p.addr != owner) {
-            let stray = other
-                .client()
-                .relay_fetch(key.as_bytes().to_vec(), PEEK)
-                .unwrap();
-            assert_eq!(stray.value, None, "{key} also on {}", other.addr);
+        local.value.as_deref() == Some(b"v".as_slice())
+    };
+    for i in 0..100 {
+        let key = format!("key-{i}");
+        nodes[i % 4].session().put(key.as_bytes(), b"v").unwrap();
+        let replicas: Vec<NodeAddr> = probe
+            .replicas(key.as_bytes().to_vec(), 3)
+            .unwrap()
+            .iter()
+            .filter_map(thrifty_p2p::convert::addr)
+            .collect();
+        assert_eq!(replicas.len(), 3);
+        // Acknowledged: the owner and a majority hold it at once, all three soon.
+        assert!(holds(&replicas[0], &key), "{key} not on its owner");
+        assert!(replicas.iter().filter(|r| holds(r, &key)).count() >= 2);
+        assert!(wait_until(Duration::from_secs(10), || replicas
+            .iter()
+            .all(|r| holds(r, &key))));
+        for other in nodes.iter().filter(|p| !replicas.contains(&p.addr)) {
+            assert!(!holds(&other.addr, &key), "{key} also on {}", other.addr);
         }
     }
 }

@@ -25,7 +25,8 @@ struct Lookup {
  */
 struct Entry {
   1: binary key,
-  2: binary value,
+  /** Unset for a tombstone (the key was erased). */
+  2: optional binary value,
   3: i64 version,
   4: i32 origin,
 }
@@ -40,14 +41,42 @@ service Store extends locator.Locator {
   // ---- thrifty-p2p additions ----
   /** Read any bytes key, routed to its owner. */
   Lookup fetch(1: binary key) throws (1: StoreError err),
-  /** Write any bytes value, routed to its owner; returns once the owner stored it. */
+  /**
+   * Write any bytes value, routed to the key's replicas; returns once a write
+   * quorum of them stored it.
+   */
   void store(1: binary key, 2: binary value) throws (1: StoreError err),
+  /** Delete a key (it leaves a versioned tombstone, so no old copy comes back). */
+  void erase(1: binary key) throws (1: StoreError err),
+  /** Counters describing this node (keys, replication backlog, hints, ...). */
+  map<string, i64> stats(),
 
   // ---- node to node ----
   /** `fetch` forwarded by a node; `hops` counts the forwards so far. */
   Lookup relay_fetch(1: binary key, 2: i8 hops) throws (1: StoreError err),
-  /** `store` forwarded by a node; `hops` counts the forwards so far. */
-  void relay_store(1: binary key, 2: binary value, 3: i8 hops) throws (1: StoreError err),
+  /**
+   * `store` forwarded by a node; `hops` counts the forwards so far. `expires`
+   * (microseconds since the epoch) is when the sender stops waiting: a relay
+   * that arrives later (the receiver was paused) is dropped, because its
+   * sender has moved on and applying it now could bury a newer write.
+   */
+  void relay_store(1: binary key, 2: binary value, 3: i8 hops, 4: i64 expires) throws (1: StoreError err),
+  /** `erase` forwarded by a node; `hops` and `expires` as for `relay_store`. */
+  void relay_erase(1: binary key, 2: i8 hops, 3: i64 expires) throws (1: StoreError err),
+  /** This node's own copies of `keys`, with versions; absent keys are left out. */
+  list<Entry> peek(1: list<binary> keys) throws (1: StoreError err),
+  /**
+   * Anti-entropy, step 1: `digests[b]` summarises the caller's copies in bucket
+   * `b` of the keys both nodes replicate; the answer lists the buckets where the
+   * receiver's summary differs.
+   */
+  list<i32> diff_buckets(1: locator.Location caller, 2: list<i64> digests) throws (1: StoreError err),
+  /**
+   * Anti-entropy, step 2: the caller's entries in `buckets` (shared keys only).
+   * The receiver keeps the newer of each, and answers with its entries in those
+   * buckets that are newer than the caller's or that the caller lacks.
+   */
+  list<Entry> reconcile(1: locator.Location caller, 2: list<i32> buckets, 3: list<Entry> entries) throws (1: StoreError err),
   /**
    * Take over these entries (handoff on join and leave). For each
    * key the newer version wins. Returns once every entry is applied, so the sender

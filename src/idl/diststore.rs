@@ -183,6 +183,7 @@ impl Default for Lookup {
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
 pub struct Entry {
   pub key: Option<Vec<u8>>,
+  /// Unset for a tombstone (the key was erased).
   pub value: Option<Vec<u8>>,
   pub version: Option<i64>,
   pub origin: Option<i32>,
@@ -203,7 +204,7 @@ impl TSerializable for Entry {
   fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<Entry> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<Vec<u8>> = Some(Vec::new());
-    let mut f_2: Option<Vec<u8>> = Some(Vec::new());
+    let mut f_2: Option<Vec<u8>> = None;
     let mut f_3: Option<i64> = Some(0);
     let mut f_4: Option<i32> = Some(0);
     loop {
@@ -294,12 +295,32 @@ pub trait TStoreSyncClient : locator::TLocatorSyncClient {
   fn put(&mut self, key: String, value: String) -> thrift::Result<()>;
   /// Read any bytes key, routed to its owner.
   fn fetch(&mut self, key: Vec<u8>) -> thrift::Result<Lookup>;
-  /// Write any bytes value, routed to its owner; returns once the owner stored it.
+  /// Write any bytes value, routed to the key's replicas; returns once a write
+  /// quorum of them stored it.
   fn store(&mut self, key: Vec<u8>, value: Vec<u8>) -> thrift::Result<()>;
+  /// Delete a key (it leaves a versioned tombstone, so no old copy comes back).
+  fn erase(&mut self, key: Vec<u8>) -> thrift::Result<()>;
+  /// Counters describing this node (keys, replication backlog, hints, ...).
+  fn stats(&mut self) -> thrift::Result<BTreeMap<String, i64>>;
   /// `fetch` forwarded by a node; `hops` counts the forwards so far.
   fn relay_fetch(&mut self, key: Vec<u8>, hops: i8) -> thrift::Result<Lookup>;
-  /// `store` forwarded by a node; `hops` counts the forwards so far.
-  fn relay_store(&mut self, key: Vec<u8>, value: Vec<u8>, hops: i8) -> thrift::Result<()>;
+  /// `store` forwarded by a node; `hops` counts the forwards so far. `expires`
+  /// (microseconds since the epoch) is when the sender stops waiting: a relay
+  /// that arrives later (the receiver was paused) is dropped, because its
+  /// sender has moved on and applying it now could bury a newer write.
+  fn relay_store(&mut self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64) -> thrift::Result<()>;
+  /// `erase` forwarded by a node; `hops` and `expires` as for `relay_store`.
+  fn relay_erase(&mut self, key: Vec<u8>, hops: i8, expires: i64) -> thrift::Result<()>;
+  /// This node's own copies of `keys`, with versions; absent keys are left out.
+  fn peek(&mut self, keys: Vec<Vec<u8>>) -> thrift::Result<Vec<Entry>>;
+  /// Anti-entropy, step 1: `digests[b]` summarises the caller's copies in bucket
+  /// `b` of the keys both nodes replicate; the answer lists the buckets where the
+  /// receiver's summary differs.
+  fn diff_buckets(&mut self, caller: locator::Location, digests: Vec<i64>) -> thrift::Result<Vec<i32>>;
+  /// Anti-entropy, step 2: the caller's entries in `buckets` (shared keys only).
+  /// The receiver keeps the newer of each, and answers with its entries in those
+  /// buckets that are newer than the caller's or that the caller lacks.
+  fn reconcile(&mut self, caller: locator::Location, buckets: Vec<i32>, entries: Vec<Entry>) -> thrift::Result<Vec<Entry>>;
   /// Take over these entries (handoff on join and leave). For each
   /// key the newer version wins. Returns once every entry is applied, so the sender
   /// may then delete its copies.
@@ -427,6 +448,60 @@ impl <C: TThriftClient + TStoreSyncClientMarker + locator::TLocatorSyncClientMar
       result.ok_or()
     }
   }
+  fn erase(&mut self, key: Vec<u8>) -> thrift::Result<()> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("erase", TMessageType::Call, self.sequence_number());
+        let call_args = StoreEraseArgs { key };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("erase", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreEraseResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn stats(&mut self) -> thrift::Result<BTreeMap<String, i64>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("stats", TMessageType::Call, self.sequence_number());
+        let call_args = StoreStatsArgs {  };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("stats", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreStatsResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
   fn relay_fetch(&mut self, key: Vec<u8>, hops: i8) -> thrift::Result<Lookup> {
     (
       {
@@ -454,12 +529,12 @@ impl <C: TThriftClient + TStoreSyncClientMarker + locator::TLocatorSyncClientMar
       result.ok_or()
     }
   }
-  fn relay_store(&mut self, key: Vec<u8>, value: Vec<u8>, hops: i8) -> thrift::Result<()> {
+  fn relay_store(&mut self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64) -> thrift::Result<()> {
     (
       {
         self.increment_sequence_number();
         let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Call, self.sequence_number());
-        let call_args = StoreRelayStoreArgs { key, value, hops };
+        let call_args = StoreRelayStoreArgs { key, value, hops, expires };
         self.o_prot_mut().write_message_begin(&message_ident)?;
         call_args.write_to_out_protocol(self.o_prot_mut())?;
         self.o_prot_mut().write_message_end()?;
@@ -477,6 +552,114 @@ impl <C: TThriftClient + TStoreSyncClientMarker + locator::TLocatorSyncClientMar
       }
       verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
       let result = StoreRelayStoreResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn relay_erase(&mut self, key: Vec<u8>, hops: i8, expires: i64) -> thrift::Result<()> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Call, self.sequence_number());
+        let call_args = StoreRelayEraseArgs { key, hops, expires };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("relay_erase", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreRelayEraseResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn peek(&mut self, keys: Vec<Vec<u8>>) -> thrift::Result<Vec<Entry>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("peek", TMessageType::Call, self.sequence_number());
+        let call_args = StorePeekArgs { keys };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("peek", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StorePeekResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn diff_buckets(&mut self, caller: locator::Location, digests: Vec<i64>) -> thrift::Result<Vec<i32>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("diff_buckets", TMessageType::Call, self.sequence_number());
+        let call_args = StoreDiffBucketsArgs { caller, digests };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("diff_buckets", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreDiffBucketsResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn reconcile(&mut self, caller: locator::Location, buckets: Vec<i32>, entries: Vec<Entry>) -> thrift::Result<Vec<Entry>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("reconcile", TMessageType::Call, self.sequence_number());
+        let call_args = StoreReconcileArgs { caller, buckets, entries };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("reconcile", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreReconcileResult::read_from_in_protocol(self.i_prot_mut())?;
       self.i_prot_mut().read_message_end()?;
       result.ok_or()
     }
@@ -521,12 +704,32 @@ pub trait StoreSyncHandler : locator::LocatorSyncHandler {
   fn handle_put(&self, key: String, value: String) -> thrift::Result<()>;
   /// Read any bytes key, routed to its owner.
   fn handle_fetch(&self, key: Vec<u8>) -> thrift::Result<Lookup>;
-  /// Write any bytes value, routed to its owner; returns once the owner stored it.
+  /// Write any bytes value, routed to the key's replicas; returns once a write
+  /// quorum of them stored it.
   fn handle_store(&self, key: Vec<u8>, value: Vec<u8>) -> thrift::Result<()>;
+  /// Delete a key (it leaves a versioned tombstone, so no old copy comes back).
+  fn handle_erase(&self, key: Vec<u8>) -> thrift::Result<()>;
+  /// Counters describing this node (keys, replication backlog, hints, ...).
+  fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>>;
   /// `fetch` forwarded by a node; `hops` counts the forwards so far.
   fn handle_relay_fetch(&self, key: Vec<u8>, hops: i8) -> thrift::Result<Lookup>;
-  /// `store` forwarded by a node; `hops` counts the forwards so far.
-  fn handle_relay_store(&self, key: Vec<u8>, value: Vec<u8>, hops: i8) -> thrift::Result<()>;
+  /// `store` forwarded by a node; `hops` counts the forwards so far. `expires`
+  /// (microseconds since the epoch) is when the sender stops waiting: a relay
+  /// that arrives later (the receiver was paused) is dropped, because its
+  /// sender has moved on and applying it now could bury a newer write.
+  fn handle_relay_store(&self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64) -> thrift::Result<()>;
+  /// `erase` forwarded by a node; `hops` and `expires` as for `relay_store`.
+  fn handle_relay_erase(&self, key: Vec<u8>, hops: i8, expires: i64) -> thrift::Result<()>;
+  /// This node's own copies of `keys`, with versions; absent keys are left out.
+  fn handle_peek(&self, keys: Vec<Vec<u8>>) -> thrift::Result<Vec<Entry>>;
+  /// Anti-entropy, step 1: `digests[b]` summarises the caller's copies in bucket
+  /// `b` of the keys both nodes replicate; the answer lists the buckets where the
+  /// receiver's summary differs.
+  fn handle_diff_buckets(&self, caller: locator::Location, digests: Vec<i64>) -> thrift::Result<Vec<i32>>;
+  /// Anti-entropy, step 2: the caller's entries in `buckets` (shared keys only).
+  /// The receiver keeps the newer of each, and answers with its entries in those
+  /// buckets that are newer than the caller's or that the caller lacks.
+  fn handle_reconcile(&self, caller: locator::Location, buckets: Vec<i32>, entries: Vec<Entry>) -> thrift::Result<Vec<Entry>>;
   /// Take over these entries (handoff on join and leave). For each
   /// key the newer version wins. Returns once every entry is applied, so the sender
   /// may then delete its copies.
@@ -555,11 +758,29 @@ impl <H: StoreSyncHandler> StoreSyncProcessor<H> {
   fn process_store(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_store(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
+  fn process_erase(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_erase(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_stats(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_stats(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
   fn process_relay_fetch(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_relay_fetch(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_relay_store(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_relay_store(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_relay_erase(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_relay_erase(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_peek(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_peek(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_diff_buckets(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_diff_buckets(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_reconcile(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_reconcile(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_absorb(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_absorb(&self.handler, incoming_sequence_number, i_prot, o_prot)
@@ -587,6 +808,15 @@ impl <H: StoreSyncHandler> StoreSyncProcessor<H> {
   }
   fn process_locate(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     locator::TLocatorProcessFunctions::process_locate(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_replicas(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    locator::TLocatorProcessFunctions::process_replicas(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_probe(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    locator::TLocatorProcessFunctions::process_probe(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_isolate(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    locator::TLocatorProcessFunctions::process_isolate(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_ping(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     locator::TBaseProcessFunctions::process_ping(&self.handler, incoming_sequence_number, i_prot, o_prot)
@@ -789,6 +1019,103 @@ impl TStoreProcessFunctions {
       },
     }
   }
+  pub fn process_erase<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreEraseArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_erase(args.key) {
+      Ok(_) => {
+        let message_ident = TMessageIdentifier::new("erase", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreEraseResult { err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreEraseResult{ err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("erase", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("erase", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("erase", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("erase", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_stats<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let _ = StoreStatsArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_stats() {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("stats", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreStatsResult { result_value: Some(handler_return) };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("stats", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("stats", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
   pub fn process_relay_fetch<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let args = StoreRelayFetchArgs::read_from_in_protocol(i_prot)?;
     match handler.handle_relay_fetch(args.key, args.hops) {
@@ -851,7 +1178,7 @@ impl TStoreProcessFunctions {
   }
   pub fn process_relay_store<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let args = StoreRelayStoreArgs::read_from_in_protocol(i_prot)?;
-    match handler.handle_relay_store(args.key, args.value, args.hops) {
+    match handler.handle_relay_store(args.key, args.value, args.hops, args.expires) {
       Ok(_) => {
         let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Reply, incoming_sequence_number);
         o_prot.write_message_begin(&message_ident)?;
@@ -900,6 +1227,246 @@ impl TStoreProcessFunctions {
               )
             };
             let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_relay_erase<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreRelayEraseArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_relay_erase(args.key, args.hops, args.expires) {
+      Ok(_) => {
+        let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreRelayEraseResult { err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreRelayEraseResult{ err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_peek<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StorePeekArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_peek(args.keys) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("peek", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StorePeekResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StorePeekResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("peek", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("peek", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("peek", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("peek", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_diff_buckets<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreDiffBucketsArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_diff_buckets(args.caller, args.digests) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("diff_buckets", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreDiffBucketsResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreDiffBucketsResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("diff_buckets", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("diff_buckets", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("diff_buckets", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("diff_buckets", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_reconcile<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreReconcileArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_reconcile(args.caller, args.buckets, args.entries) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("reconcile", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreReconcileResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreReconcileResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("reconcile", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("reconcile", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("reconcile", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("reconcile", TMessageType::Exception, incoming_sequence_number);
             o_prot.write_message_begin(&message_ident)?;
             thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
             o_prot.write_message_end()?;
@@ -987,11 +1554,29 @@ impl <H: StoreSyncHandler> TProcessor for StoreSyncProcessor<H> {
       "store" => {
         self.process_store(message_ident.sequence_number, i_prot, o_prot)
       },
+      "erase" => {
+        self.process_erase(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "stats" => {
+        self.process_stats(message_ident.sequence_number, i_prot, o_prot)
+      },
       "relay_fetch" => {
         self.process_relay_fetch(message_ident.sequence_number, i_prot, o_prot)
       },
       "relay_store" => {
         self.process_relay_store(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "relay_erase" => {
+        self.process_relay_erase(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "peek" => {
+        self.process_peek(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "diff_buckets" => {
+        self.process_diff_buckets(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "reconcile" => {
+        self.process_reconcile(message_ident.sequence_number, i_prot, o_prot)
       },
       "absorb" => {
         self.process_absorb(message_ident.sequence_number, i_prot, o_prot)
@@ -1019,6 +1604,15 @@ impl <H: StoreSyncHandler> TProcessor for StoreSyncProcessor<H> {
       },
       "locate" => {
         self.process_locate(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "replicas" => {
+        self.process_replicas(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "probe" => {
+        self.process_probe(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "isolate" => {
+        self.process_isolate(message_ident.sequence_number, i_prot, o_prot)
       },
       "ping" => {
         self.process_ping(message_ident.sequence_number, i_prot, o_prot)
@@ -1461,6 +2055,221 @@ impl StoreStoreResult {
 }
 
 //
+// StoreEraseArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreEraseArgs {
+  key: Vec<u8>,
+}
+
+impl StoreEraseArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreEraseArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreEraseArgs.key", &f_1)?;
+    let ret = StoreEraseArgs {
+      key: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("erase_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+    o_prot.write_bytes(&self.key)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreEraseResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreEraseResult {
+  err: Option<StoreError>,
+}
+
+impl StoreEraseResult {
+  fn ok_or(self) -> thrift::Result<()> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else {
+      Ok(())
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreEraseResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreEraseResult {
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreEraseResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreStatsArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreStatsArgs {
+}
+
+impl StoreStatsArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreStatsArgs> {
+    i_prot.read_struct_begin()?;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreStatsArgs {};
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("stats_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreStatsResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreStatsResult {
+  result_value: Option<BTreeMap<String, i64>>,
+}
+
+impl StoreStatsResult {
+  fn ok_or(self) -> thrift::Result<BTreeMap<String, i64>> {
+    if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreStats"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreStatsResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<BTreeMap<String, i64>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let map_ident = i_prot.read_map_begin()?;
+          let mut val: BTreeMap<String, i64> = BTreeMap::new();
+          for _ in 0..map_ident.size {
+            let map_key_0 = i_prot.read_string()?;
+            let map_val_1 = i_prot.read_i64()?;
+            val.insert(map_key_0, map_val_1);
+          }
+          i_prot.read_map_end()?;
+          f_0 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreStatsResult {
+      result_value: f_0,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreStatsResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Map, 0))?;
+      o_prot.write_map_begin(&TMapIdentifier::new(TType::String, TType::I64, fld_var.len() as i32))?;
+      for (k, v) in fld_var {
+        o_prot.write_string(k)?;
+        o_prot.write_i64(*v)?;
+      }
+      o_prot.write_map_end()?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
 // StoreRelayFetchArgs
 //
 
@@ -1605,6 +2414,7 @@ struct StoreRelayStoreArgs {
   key: Vec<u8>,
   value: Vec<u8>,
   hops: i8,
+  expires: i64,
 }
 
 impl StoreRelayStoreArgs {
@@ -1613,6 +2423,7 @@ impl StoreRelayStoreArgs {
     let mut f_1: Option<Vec<u8>> = None;
     let mut f_2: Option<Vec<u8>> = None;
     let mut f_3: Option<i8> = None;
+    let mut f_4: Option<i64> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -1632,6 +2443,10 @@ impl StoreRelayStoreArgs {
           let val = i_prot.read_i8()?;
           f_3 = Some(val);
         },
+        4 => {
+          let val = i_prot.read_i64()?;
+          f_4 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -1642,10 +2457,12 @@ impl StoreRelayStoreArgs {
     verify_required_field_exists("StoreRelayStoreArgs.key", &f_1)?;
     verify_required_field_exists("StoreRelayStoreArgs.value", &f_2)?;
     verify_required_field_exists("StoreRelayStoreArgs.hops", &f_3)?;
+    verify_required_field_exists("StoreRelayStoreArgs.expires", &f_4)?;
     let ret = StoreRelayStoreArgs {
       key: f_1.expect("auto-generated code should have checked for presence of required fields"),
       value: f_2.expect("auto-generated code should have checked for presence of required fields"),
       hops: f_3.expect("auto-generated code should have checked for presence of required fields"),
+      expires: f_4.expect("auto-generated code should have checked for presence of required fields"),
     };
     Ok(ret)
   }
@@ -1660,6 +2477,9 @@ impl StoreRelayStoreArgs {
     o_prot.write_field_end()?;
     o_prot.write_field_begin(&TFieldIdentifier::new("hops", TType::I08, 3))?;
     o_prot.write_i8(self.hops)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("expires", TType::I64, 4))?;
+    o_prot.write_i64(self.expires)?;
     o_prot.write_field_end()?;
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
@@ -1723,6 +2543,610 @@ impl StoreRelayStoreResult {
 }
 
 //
+// StoreRelayEraseArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreRelayEraseArgs {
+  key: Vec<u8>,
+  hops: i8,
+  expires: i64,
+}
+
+impl StoreRelayEraseArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreRelayEraseArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    let mut f_2: Option<i8> = None;
+    let mut f_3: Option<i64> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i8()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_i64()?;
+          f_3 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreRelayEraseArgs.key", &f_1)?;
+    verify_required_field_exists("StoreRelayEraseArgs.hops", &f_2)?;
+    verify_required_field_exists("StoreRelayEraseArgs.expires", &f_3)?;
+    let ret = StoreRelayEraseArgs {
+      key: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      hops: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      expires: f_3.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("relay_erase_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+    o_prot.write_bytes(&self.key)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("hops", TType::I08, 2))?;
+    o_prot.write_i8(self.hops)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("expires", TType::I64, 3))?;
+    o_prot.write_i64(self.expires)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreRelayEraseResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreRelayEraseResult {
+  err: Option<StoreError>,
+}
+
+impl StoreRelayEraseResult {
+  fn ok_or(self) -> thrift::Result<()> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else {
+      Ok(())
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreRelayEraseResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreRelayEraseResult {
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreRelayEraseResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StorePeekArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StorePeekArgs {
+  keys: Vec<Vec<u8>>,
+}
+
+impl StorePeekArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StorePeekArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<Vec<u8>>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<Vec<u8>> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_2 = i_prot.read_bytes()?;
+            val.push(list_elem_2);
+          }
+          i_prot.read_list_end()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StorePeekArgs.keys", &f_1)?;
+    let ret = StorePeekArgs {
+      keys: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("peek_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("keys", TType::List, 1))?;
+    o_prot.write_list_begin(&TListIdentifier::new(TType::String, self.keys.len() as i32))?;
+    for e in &self.keys {
+      o_prot.write_bytes(e)?;
+    }
+    o_prot.write_list_end()?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StorePeekResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StorePeekResult {
+  result_value: Option<Vec<Entry>>,
+  err: Option<StoreError>,
+}
+
+impl StorePeekResult {
+  fn ok_or(self) -> thrift::Result<Vec<Entry>> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StorePeek"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StorePeekResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<Entry>> = None;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_3 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_3);
+          }
+          i_prot.read_list_end()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StorePeekResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StorePeekResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
+      for e in fld_var {
+        e.write_to_out_protocol(o_prot)?;
+      }
+      o_prot.write_list_end()?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreDiffBucketsArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreDiffBucketsArgs {
+  caller: locator::Location,
+  digests: Vec<i64>,
+}
+
+impl StoreDiffBucketsArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreDiffBucketsArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<locator::Location> = None;
+    let mut f_2: Option<Vec<i64>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = locator::Location::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<i64> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_4 = i_prot.read_i64()?;
+            val.push(list_elem_4);
+          }
+          i_prot.read_list_end()?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreDiffBucketsArgs.caller", &f_1)?;
+    verify_required_field_exists("StoreDiffBucketsArgs.digests", &f_2)?;
+    let ret = StoreDiffBucketsArgs {
+      caller: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      digests: f_2.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("diff_buckets_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("caller", TType::Struct, 1))?;
+    self.caller.write_to_out_protocol(o_prot)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("digests", TType::List, 2))?;
+    o_prot.write_list_begin(&TListIdentifier::new(TType::I64, self.digests.len() as i32))?;
+    for e in &self.digests {
+      o_prot.write_i64(*e)?;
+    }
+    o_prot.write_list_end()?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreDiffBucketsResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreDiffBucketsResult {
+  result_value: Option<Vec<i32>>,
+  err: Option<StoreError>,
+}
+
+impl StoreDiffBucketsResult {
+  fn ok_or(self) -> thrift::Result<Vec<i32>> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreDiffBuckets"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreDiffBucketsResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<i32>> = None;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<i32> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_5 = i_prot.read_i32()?;
+            val.push(list_elem_5);
+          }
+          i_prot.read_list_end()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreDiffBucketsResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreDiffBucketsResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::I32, fld_var.len() as i32))?;
+      for e in fld_var {
+        o_prot.write_i32(*e)?;
+      }
+      o_prot.write_list_end()?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreReconcileArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreReconcileArgs {
+  caller: locator::Location,
+  buckets: Vec<i32>,
+  entries: Vec<Entry>,
+}
+
+impl StoreReconcileArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreReconcileArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<locator::Location> = None;
+    let mut f_2: Option<Vec<i32>> = None;
+    let mut f_3: Option<Vec<Entry>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = locator::Location::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<i32> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_6 = i_prot.read_i32()?;
+            val.push(list_elem_6);
+          }
+          i_prot.read_list_end()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_7 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_7);
+          }
+          i_prot.read_list_end()?;
+          f_3 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreReconcileArgs.caller", &f_1)?;
+    verify_required_field_exists("StoreReconcileArgs.buckets", &f_2)?;
+    verify_required_field_exists("StoreReconcileArgs.entries", &f_3)?;
+    let ret = StoreReconcileArgs {
+      caller: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      buckets: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      entries: f_3.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("reconcile_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("caller", TType::Struct, 1))?;
+    self.caller.write_to_out_protocol(o_prot)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("buckets", TType::List, 2))?;
+    o_prot.write_list_begin(&TListIdentifier::new(TType::I32, self.buckets.len() as i32))?;
+    for e in &self.buckets {
+      o_prot.write_i32(*e)?;
+    }
+    o_prot.write_list_end()?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("entries", TType::List, 3))?;
+    o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, self.entries.len() as i32))?;
+    for e in &self.entries {
+      e.write_to_out_protocol(o_prot)?;
+    }
+    o_prot.write_list_end()?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreReconcileResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreReconcileResult {
+  result_value: Option<Vec<Entry>>,
+  err: Option<StoreError>,
+}
+
+impl StoreReconcileResult {
+  fn ok_or(self) -> thrift::Result<Vec<Entry>> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreReconcile"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreReconcileResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<Entry>> = None;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_8 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_8);
+          }
+          i_prot.read_list_end()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreReconcileResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreReconcileResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
+      for e in fld_var {
+        e.write_to_out_protocol(o_prot)?;
+      }
+      o_prot.write_list_end()?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
 // StoreAbsorbArgs
 //
 
@@ -1746,8 +3170,8 @@ impl StoreAbsorbArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_0 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_0);
+            let list_elem_9 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_9);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);

@@ -1,0 +1,574 @@
+//! The disk engine: entries in one fjall keyspace under `--data-dir`.
+//!
+//! fjall writes each insert to its journal and hands it to the OS before
+//! returning (the keyspace option `manual_journal_persist(false)`), so a write
+//! that returned `Ok` survives `kill -9`; the crash test below fails if that
+//! option is flipped. With `sync`, each write also waits for an
+//! `fdatasync` of the journal; writers that arrive while one is running share
+//! the next one (group commit), so concurrent writers do not pay one flush each.
+//!
+//! Trade-off of `sync`: without it, an OS crash or power loss can drop the
+//! writes the kernel had not yet written back (up to ~30 s of them with
+//! Linux defaults), which replication must repair from the other replicas; with it, every
+//! write waits for the disk. Measured on the 2-core development VM (release,
+//! 100-byte values, `disk_write_figures` below): without `sync` about 3-5 µs
+//! per write on one thread and 120-195k writes/s on four; with `sync`
+//! 0.15-2.6 ms per write (the VM's fsync latency varies that much) and
+//! 700-9,000 writes/s on four threads, which share flushes.
+//!
+//! fjall's transactional databases would make read-modify-write atomic, but
+//! the single-writer one serialises all writers and the optimistic one makes
+//! them retry on conflict; instead each key maps to one of a fixed set of
+//! stripe locks held across the read and the write. This process
+//! is the only writer (fjall locks the directory), so that makes each
+//! operation atomic per key while writers to other keys proceed.
+//!
+//! On-disk layout: the fjall key is `0 | key` (fjall refuses empty keys); the
+//! fjall value is `tag (1) | stamp (8, BE) | origin (4, BE) | value`, tag 1 for
+//! a value, tag 0 for a tombstone (with no bytes after the header). Keys are
+//! limited to 65534 bytes and values to 4 GiB less 13 bytes.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use parking_lot::Mutex;
+
+use super::{Engine, Stored};
+use crate::error::{Error, Result};
+use crate::version::Version;
+
+/// Stripe locks: many more than cores, so two writers rarely share one.
+const STRIPES: usize = 256;
+/// Entries copied out per step of a scan; each step reads a fresh snapshot,
+/// so a long scan does not pin old data in the LSM tree.
+const SCAN_BATCH: usize = 1024;
+const HEADER: usize = 13;
+const TAG_VALUE: u8 = 1;
+const TAG_TOMBSTONE: u8 = 0;
+/// The one keyspace (fjall's name for a table) holding the entries.
+const KEYSPACE: &str = "entries";
+/// First byte of every fjall key that holds an entry (see [`stored_key`]).
+/// Other first bytes are free for other kinds of record later.
+const KEY_PREFIX: u8 = 0;
+/// fjall's key limit, less the prefix byte.
+const MAX_KEY: usize = u16::MAX as usize - 1;
+/// fjall's value limit, less the header.
+const MAX_VALUE: usize = u32::MAX as usize - HEADER;
+
+/// The disk engine.
+pub(super) struct Disk {
+    // Field order is drop order: the keyspace handle goes before the database.
+    entries: Keyspace,
+    db: Database,
+    stripes: Vec<Mutex<()>>,
+    hasher: RandomState,
+    /// Entries holding a value: fjall only estimates its length.
+    values: AtomicUsize,
+    /// `Some` when every write must be fsynced before it returns.
+    sync: Option<GroupSync>,
+}
+
+/// Group commit for `sync`: each write takes a ticket once it is in the
+/// journal; a flush covers every ticket issued before it started, so a writer
+/// whose ticket is covered by a flush that already finished returns at once.
+struct GroupSync {
+    issued: AtomicU64,
+    /// The highest ticket known to be on disk; held while flushing.
+    flushed: Mutex<u64>,
+}
+
+impl Disk {
+    pub(super) fn open(dir: &Path, sync: bool) -> Result<Disk> {
+        let db = Database::builder(dir)
+            .open()
+            .map_err(|e| open_error(dir, &e))?;
+        let entries = db
+            // Spelled out though it is the default: this is what makes each
+            // write reach the OS before `insert` returns.
+            .keyspace(KEYSPACE, || {
+                KeyspaceCreateOptions::default().manual_journal_persist(false)
+            })
+            .map_err(|e| open_error(dir, &e))?;
+        let disk = Disk {
+            entries,
+            db,
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            hasher: RandomState::new(),
+            values: AtomicUsize::new(0),
+            sync: sync.then(|| GroupSync {
+                issued: AtomicU64::new(0),
+                flushed: Mutex::new(0),
+            }),
+        };
+        let mut values = 0;
+        disk.scan(&mut |_, _, tombstone| {
+            values += usize::from(!tombstone);
+            true
+        })?;
+        disk.values.store(values, Ordering::Relaxed);
+        Ok(disk)
+    }
+
+    fn stripe(&self, key: &[u8]) -> &Mutex<()> {
+        &self.stripes[self.hasher.hash_one(key) as usize % STRIPES]
+    }
+
+    /// The entry under `stored` (a key from [`stored_key`]).
+    fn read(&self, stored: &[u8]) -> Result<Option<Stored>> {
+        let Some(bytes) = self.entries.get(stored).map_err(storage)? else {
+            return Ok(None);
+        };
+        let (version, tombstone) = decode(stored, &bytes)?;
+        Ok(Some(Stored {
+            value: (!tombstone).then(|| bytes[HEADER..].to_vec()),
+            version,
+        }))
+    }
+
+    /// Writes the entry; the caller holds the key's stripe and passes what the
+    /// key held before, so the value count stays exact.
+    fn write(
+        &self,
+        stored: &[u8],
+        value: Option<&[u8]>,
+        version: Version,
+        old: Option<&Stored>,
+    ) -> Result<()> {
+        self.entries
+            .insert(stored, encode(value, version)?)
+            .map_err(storage)?;
+        let was_value = old.is_some_and(|old| old.value.is_some());
+        match (was_value, value.is_some()) {
+            (false, true) => self.values.fetch_add(1, Ordering::Relaxed),
+            (true, false) => self.values.fetch_sub(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        Ok(())
+    }
+
+    /// Returns once every write this thread finished is on disk, if `sync`.
+    /// Called after the stripe is released, so the flush does not hold up
+    /// other writers of the same stripe.
+    fn flushed(&self) -> Result<()> {
+        let Some(sync) = &self.sync else {
+            return Ok(());
+        };
+        let ticket = sync.issued.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut flushed = sync.flushed.lock();
+        if *flushed >= ticket {
+            return Ok(());
+        }
+        // Every ticket up to `covers` belongs to a write already in the
+        // journal, which the flush below therefore includes.
+        let covers = sync.issued.load(Ordering::SeqCst);
+        self.db.persist(PersistMode::SyncData).map_err(storage)?;
+        *flushed = covers;
+        Ok(())
+    }
+}
+
+impl Engine for Disk {
+    fn get(&self, key: &[u8]) -> Result<Option<Stored>> {
+        match stored_key(key) {
+            Ok(stored) => self.read(&stored),
+            // Too long to have been stored.
+            Err(_) => Ok(None),
+        }
+    }
+
+    fn merge(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<bool> {
+        let stored = stored_key(key)?;
+        {
+            let _stripe = self.stripe(key).lock();
+            let old = self.read(&stored)?;
+            if old.as_ref().is_some_and(|old| old.version >= version) {
+                return Ok(false);
+            }
+            self.write(&stored, value, version, old.as_ref())?;
+        }
+        self.flushed()?;
+        Ok(true)
+    }
+
+    fn overwrite(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        next: &mut dyn FnMut(Option<Version>) -> Version,
+    ) -> Result<Version> {
+        let stored = stored_key(key)?;
+        let version = {
+            let _stripe = self.stripe(key).lock();
+            let old = self.read(&stored)?;
+            let version = next(old.as_ref().map(|old| old.version));
+            self.write(&stored, value, version, old.as_ref())?;
+            version
+        };
+        self.flushed()?;
+        Ok(version)
+    }
+
+    fn remove_if(&self, key: &[u8], version: Version) -> Result<bool> {
+        let Ok(stored) = stored_key(key) else {
+            return Ok(false);
+        };
+        {
+            let _stripe = self.stripe(key).lock();
+            let Some(old) = self.read(&stored)? else {
+                return Ok(false);
+            };
+            if old.version != version {
+                return Ok(false);
+            }
+            self.entries.remove(stored).map_err(storage)?;
+            if old.value.is_some() {
+                self.values.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.flushed()?;
+        Ok(true)
+    }
+
+    fn len(&self) -> usize {
+        self.values.load(Ordering::Relaxed)
+    }
+
+    fn scan(&self, visit: &mut dyn FnMut(&[u8], Version, bool) -> bool) -> Result<()> {
+        // In batches, each from a fresh iterator starting after the last key
+        // seen, and visited after the iterator is dropped: fjall iterators
+        // never block writers, but a long-lived one pins a snapshot.
+        let mut start = Bound::Included(vec![KEY_PREFIX]);
+        let end = Bound::Excluded(vec![KEY_PREFIX + 1]);
+        let mut batch = Vec::with_capacity(SCAN_BATCH);
+        loop {
+            batch.clear();
+            for guard in self.entries.range((start, end.clone())).take(SCAN_BATCH) {
+                let (stored, bytes) = guard.into_inner().map_err(storage)?;
+                let (version, tombstone) = decode(&stored, &bytes)?;
+                batch.push((stored, version, tombstone));
+            }
+            for (stored, version, tombstone) in &batch {
+                if !visit(&stored[1..], *version, *tombstone) {
+                    return Ok(());
+                }
+            }
+            match batch.last() {
+                Some((stored, _, _)) if batch.len() == SCAN_BATCH => {
+                    start = Bound::Excluded(stored.to_vec());
+                }
+                _ => return Ok(()),
+            }
+        }
+    }
+}
+
+/// The fjall key for `key`. fjall refuses empty keys and keys over 65535
+/// bytes (it panics), so every key gets a one-byte prefix, and longer keys
+/// are refused here.
+fn stored_key(key: &[u8]) -> Result<Vec<u8>> {
+    if key.len() > MAX_KEY {
+        return Err(Error::Storage(format!(
+            "a key of {} bytes exceeds the disk engine's limit of {MAX_KEY} bytes (nothing was stored)",
+            key.len()
+        )));
+    }
+    let mut stored = Vec::with_capacity(1 + key.len());
+    stored.push(KEY_PREFIX);
+    stored.extend_from_slice(key);
+    Ok(stored)
+}
+
+fn encode(value: Option<&[u8]>, version: Version) -> Result<Vec<u8>> {
+    let body = value.unwrap_or_default();
+    if body.len() > MAX_VALUE {
+        return Err(Error::Storage(format!(
+            "a value of {} bytes exceeds the disk engine's limit of {MAX_VALUE} bytes (nothing was stored)",
+            body.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(HEADER + body.len());
+    bytes.push(if value.is_some() {
+        TAG_VALUE
+    } else {
+        TAG_TOMBSTONE
+    });
+    bytes.extend_from_slice(&version.stamp.to_be_bytes());
+    bytes.extend_from_slice(&version.origin.to_be_bytes());
+    bytes.extend_from_slice(body);
+    Ok(bytes)
+}
+
+/// The version and tombstone flag of the entry under `stored`.
+fn decode(stored: &[u8], bytes: &[u8]) -> Result<(Version, bool)> {
+    let corrupt = || {
+        Error::Storage(format!(
+            "the entry under {:?} is not in this program's format",
+            String::from_utf8_lossy(stored)
+        ))
+    };
+    let header = bytes.get(..HEADER).ok_or_else(corrupt)?;
+    let tombstone = match header[0] {
+        TAG_VALUE => false,
+        TAG_TOMBSTONE if bytes.len() == HEADER => true,
+        _ => return Err(corrupt()),
+    };
+    let mut stamp = [0; 8];
+    stamp.copy_from_slice(&header[1..9]);
+    let mut origin = [0; 4];
+    origin.copy_from_slice(&header[9..13]);
+    let version = Version {
+        stamp: u64::from_be_bytes(stamp),
+        origin: u32::from_be_bytes(origin),
+    };
+    Ok((version, tombstone))
+}
+
+fn storage(error: fjall::Error) -> Error {
+    Error::Storage(describe(&error))
+}
+
+fn open_error(dir: &Path, error: &fjall::Error) -> Error {
+    let dir = dir.display();
+    Error::Storage(match error {
+        fjall::Error::Locked => {
+            format!("{dir} is in use by another process; stop it or choose another directory")
+        }
+        _ => format!("cannot open {dir}: {}", describe(error)),
+    })
+}
+
+/// fjall's `Display` is its `Debug`; say I/O errors the usual way.
+fn describe(error: &fjall::Error) -> String {
+    match error {
+        fjall::Error::Io(io) => io.to_string(),
+        fjall::Error::Poisoned => {
+            "an earlier write to the journal failed, so the engine refuses writes; restart the node"
+                .to_string()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+
+    use crate::store::Store;
+    use crate::version::Version;
+
+    fn v(stamp: u64) -> Version {
+        Version { stamp, origin: 7 }
+    }
+
+    #[test]
+    fn reopening_keeps_values_tombstones_and_the_count() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), false).unwrap();
+            for i in 0..100u32 {
+                store.merge(&i.to_be_bytes(), Some(b"x"), v(1)).unwrap();
+            }
+            store.merge(&0u32.to_be_bytes(), None, v(2)).unwrap();
+            store.remove_if(&1u32.to_be_bytes(), v(1)).unwrap();
+            store.overwrite(b"empty", Some(b""), |_| v(3)).unwrap();
+        }
+        let store = Store::open(dir.path(), false).unwrap();
+        assert_eq!(store.len(), 99);
+        assert_eq!(store.get(&0u32.to_be_bytes()).unwrap().unwrap().value, None);
+        assert_eq!(store.get(&1u32.to_be_bytes()).unwrap(), None);
+        assert_eq!(
+            store.get(&2u32.to_be_bytes()).unwrap().unwrap().version,
+            v(1)
+        );
+        assert_eq!(store.get(b"empty").unwrap().unwrap().value, Some(vec![]));
+        assert!(!store.merge(&0u32.to_be_bytes(), Some(b"x"), v(1)).unwrap());
+        assert_eq!(store.keys_where(|_| true).unwrap().len(), 100);
+    }
+
+    #[test]
+    fn synced_writes_from_four_threads_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), true).unwrap();
+            std::thread::scope(|scope| {
+                for thread in 0..4u32 {
+                    let store = &store;
+                    scope.spawn(move || {
+                        for i in 0..25u32 {
+                            let key = [thread.to_be_bytes(), i.to_be_bytes()].concat();
+                            store.merge(&key, Some(b"x"), v(1)).unwrap();
+                        }
+                    });
+                }
+            });
+        }
+        assert_eq!(Store::open(dir.path(), true).unwrap().len(), 100);
+    }
+
+    #[test]
+    fn a_directory_in_use_by_another_store_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path(), false).unwrap();
+        let error = Store::open(dir.path(), false).unwrap_err().to_string();
+        assert!(error.contains("in use by another process"), "{error}");
+        assert!(error.contains(&dir.path().display().to_string()), "{error}");
+    }
+
+    #[test]
+    fn an_unusable_directory_is_refused_clearly() {
+        // A path below a regular file: unusable even for root, unlike a
+        // directory without write permission.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a-file");
+        std::fs::write(&file, b"not a directory").unwrap();
+        let error = Store::open(&file.join("data"), false)
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("storage failed: cannot open"), "{error}");
+        assert!(error.contains("a-file"), "{error}");
+    }
+
+    #[test]
+    fn a_key_too_long_for_fjall_is_refused_without_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let longest = vec![b'k'; super::MAX_KEY];
+        assert!(store.merge(&longest, Some(b"x"), v(1)).unwrap());
+        let too_long = vec![b'k'; super::MAX_KEY + 1];
+        let error = store.merge(&too_long, Some(b"x"), v(1)).unwrap_err();
+        assert!(error.to_string().contains("exceeds"), "{error}");
+        assert_eq!(store.get(&too_long).unwrap(), None);
+        assert!(!store.remove_if(&too_long, v(1)).unwrap());
+        assert_eq!(store.len(), 1);
+    }
+
+    /// Tells the child half of the crash test where to write.
+    const CRASH_DIR: &str = "THRIFTY_P2P_STORE_CRASH_DIR";
+
+    fn crash_value(i: u64) -> Vec<u8> {
+        format!("value of key {i}").into_bytes()
+    }
+
+    /// The child half of `every_write_that_returned_survives_sigkill`.
+    #[test]
+    #[ignore = "run by every_write_that_returned_survives_sigkill, in a child process"]
+    fn crash_child_writes_until_killed() {
+        let Some(dir) = std::env::var_os(CRASH_DIR) else {
+            return;
+        };
+        let store = Store::open(std::path::Path::new(&dir), false).unwrap();
+        // Not `println!`: the test harness may capture that.
+        let mut out = std::io::stdout().lock();
+        // Bounded, so an orphaned child stops by itself.
+        for i in 0..1_000_000u64 {
+            let key = i.to_be_bytes();
+            store.merge(&key, Some(&crash_value(i)), v(i + 1)).unwrap();
+            // Every fifth key is deleted again, through the other write path.
+            if i % 5 == 4 {
+                store
+                    .overwrite(&key, None, |old| v(old.unwrap().stamp + 1))
+                    .unwrap();
+                writeln!(out, "deleted {i}").unwrap();
+            } else {
+                writeln!(out, "wrote {i}").unwrap();
+            }
+            out.flush().unwrap();
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn every_write_that_returned_survives_sigkill() {
+        use std::os::unix::process::ExitStatusExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let (_, module) = module_path!().split_once("::").unwrap();
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .arg(format!("{module}::crash_child_writes_until_killed"))
+            .args(["--exact", "--ignored", "--nocapture", "--test-threads=1"])
+            .env(CRASH_DIR, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut printed = Vec::new();
+        let mut record = |line: &str| {
+            if let Some(i) = line.strip_prefix("wrote ") {
+                printed.push((i.parse::<u64>().unwrap(), false));
+            } else if let Some(i) = line.strip_prefix("deleted ") {
+                printed.push((i.parse::<u64>().unwrap(), true));
+            }
+        };
+        // Wait for the child to be well into its stream, then kill it while
+        // it keeps writing.
+        let mut seen = 0;
+        while seen < 3000 {
+            let line = lines
+                .next()
+                .expect("the child stopped before it was killed")
+                .unwrap();
+            seen += usize::from(line.starts_with("wrote ") || line.starts_with("deleted "));
+            record(&line);
+        }
+        child.kill().unwrap(); // SIGKILL on Unix
+        // Lines printed before it died count too: their writes had returned.
+        for line in lines {
+            record(&line.unwrap());
+        }
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(9), "the child must die by SIGKILL");
+
+        let store = Store::open(dir.path(), false).unwrap();
+        for &(i, deleted) in &printed {
+            let stored = store.get(&i.to_be_bytes()).unwrap();
+            let stored = stored.unwrap_or_else(|| panic!("key {i} was lost"));
+            if deleted {
+                assert_eq!(stored.value, None, "key {i}");
+                assert_eq!(stored.version, v(i + 2), "key {i}");
+            } else {
+                assert_eq!(stored.value, Some(crash_value(i)), "key {i}");
+            }
+        }
+        assert!(printed.len() >= 3000);
+    }
+
+    /// Prints write latency and throughput; run in release:
+    /// `cargo test --release --lib disk_write_figures -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn disk_write_figures() {
+        for (sync, single, threaded) in [(false, 200_000u64, 400_000u64), (true, 2_000, 8_000)] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path(), sync).unwrap();
+            let value = [7u8; 100];
+            let start = Instant::now();
+            for i in 0..single {
+                store.merge(&i.to_be_bytes(), Some(&value), v(1)).unwrap();
+            }
+            let each = start.elapsed() / single as u32;
+            let start = Instant::now();
+            std::thread::scope(|scope| {
+                for thread in 0..4u64 {
+                    let store = &store;
+                    scope.spawn(move || {
+                        for i in 0..threaded / 4 {
+                            let key = (1 << 40 | thread << 32 | i).to_be_bytes();
+                            store.merge(&key, Some(&value), v(1)).unwrap();
+                        }
+                    });
+                }
+            });
+            let rate = threaded as f64 / start.elapsed().as_secs_f64();
+            println!(
+                "sync={sync}: {each:?} per write on one thread; {rate:.0} writes/s on four threads"
+            );
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! The engine contract, written once over `&dyn Engine` and run against every
+//! engine (the disk engine in a fresh temporary directory per test).
+
+use std::collections::HashMap;
+
+use super::{Engine, Store, Stored};
+use crate::version::Version;
+
+fn v(stamp: u64) -> Version {
+    Version { stamp, origin: 0 }
+}
+
+fn value_of(engine: &dyn Engine, key: &[u8]) -> Option<Vec<u8>> {
+    engine.get(key).unwrap().and_then(|stored| stored.value)
+}
+
+/// Every entry the scan visits, asserting none is visited twice.
+fn scanned(engine: &dyn Engine) -> HashMap<Vec<u8>, (Version, bool)> {
+    let mut seen = HashMap::new();
+    engine
+        .scan(&mut |key, version, tombstone| {
+            let first = seen.insert(key.to_vec(), (version, tombstone)).is_none();
+            assert!(first, "scan visited {key:?} twice");
+            true
+        })
+        .unwrap();
+    seen
+}
+
+/// Declares each contract test once per engine: `memory::NAME` and `disk::NAME`.
+macro_rules! for_every_engine {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(Store::memory().engine());
+                }
+            )*
+            use super::Store;
+        }
+        mod disk {
+            $(
+                #[test]
+                fn $name() {
+                    let dir = tempfile::tempdir().unwrap();
+                    super::$name(Store::open(dir.path(), false).unwrap().engine());
+                }
+            )*
+            use super::Store;
+        }
+    };
+}
+
+for_every_engine!(
+    a_newer_version_wins,
+    an_equal_or_older_version_is_ignored,
+    a_tombstone_hides_the_value_and_blocks_an_older_resurrection,
+    overwrite_sees_the_previous_version_even_of_a_tombstone,
+    remove_if_spares_a_newer_write,
+    remove_if_forgets_a_tombstone_too,
+    scan_sees_every_entry_exactly_once_with_its_tombstone_flag,
+    scan_stops_when_visit_says_so,
+    scan_lets_visit_write_to_the_store,
+    len_ignores_tombstones,
+    concurrent_overwrites_from_four_threads_end_with_the_max_version,
+    binary_keys_and_values_round_trip_and_an_empty_value_is_not_a_tombstone,
+);
+
+fn a_newer_version_wins(engine: &dyn Engine) {
+    assert!(engine.merge(b"k", Some(b"old"), v(1)).unwrap());
+    assert!(engine.merge(b"k", Some(b"new"), v(2)).unwrap());
+    assert_eq!(
+        engine.get(b"k").unwrap(),
+        Some(Stored {
+            value: Some(b"new".to_vec()),
+            version: v(2)
+        })
+    );
+    // The origin breaks ties between equal stamps.
+    let tie = Version {
+        stamp: 2,
+        origin: 1,
+    };
+    assert!(engine.merge(b"k", Some(b"tie"), tie).unwrap());
+    assert_eq!(value_of(engine, b"k").unwrap(), b"tie");
+}
+
+fn an_equal_or_older_version_is_ignored(engine: &dyn Engine) {
+    assert!(engine.merge(b"k", Some(b"new"), v(2)).unwrap());
+    assert!(!engine.merge(b"k", Some(b"same"), v(2)).unwrap());
+    assert!(!engine.merge(b"k", Some(b"old"), v(1)).unwrap());
+    assert!(!engine.merge(b"k", None, v(1)).unwrap());
+    assert_eq!(value_of(engine, b"k").unwrap(), b"new");
+    assert_eq!(engine.get(b"k").unwrap().unwrap().version, v(2));
+}
+
+fn a_tombstone_hides_the_value_and_blocks_an_older_resurrection(engine: &dyn Engine) {
+    engine.merge(b"k", Some(b"a"), v(1)).unwrap();
+    assert!(engine.merge(b"k", None, v(2)).unwrap());
+    assert_eq!(
+        engine.get(b"k").unwrap(),
+        Some(Stored {
+            value: None,
+            version: v(2)
+        })
+    );
+    // A replica that was down offers the value it still has.
+    assert!(!engine.merge(b"k", Some(b"a"), v(1)).unwrap());
+    assert_eq!(value_of(engine, b"k"), None);
+    // A write made after the delete does bring the key back.
+    assert!(engine.merge(b"k", Some(b"b"), v(3)).unwrap());
+    assert_eq!(value_of(engine, b"k").unwrap(), b"b");
+    // A tombstone for a key never seen is kept too.
+    assert!(engine.merge(b"never", None, v(5)).unwrap());
+    assert!(!engine.merge(b"never", Some(b"x"), v(4)).unwrap());
+}
+
+fn overwrite_sees_the_previous_version_even_of_a_tombstone(engine: &dyn Engine) {
+    let mut seen = Vec::new();
+    let mut next = |old: Option<Version>| {
+        seen.push(old);
+        v(old.map_or(10, |old| old.stamp + 1))
+    };
+    assert_eq!(
+        engine.overwrite(b"k", Some(b"a"), &mut next).unwrap(),
+        v(10)
+    );
+    assert_eq!(engine.overwrite(b"k", None, &mut next).unwrap(), v(11));
+    assert_eq!(
+        engine.overwrite(b"k", Some(b"b"), &mut next).unwrap(),
+        v(12)
+    );
+    assert_eq!(seen, [None, Some(v(10)), Some(v(11))]);
+    assert_eq!(
+        engine.get(b"k").unwrap(),
+        Some(Stored {
+            value: Some(b"b".to_vec()),
+            version: v(12)
+        })
+    );
+}
+
+fn remove_if_spares_a_newer_write(engine: &dyn Engine) {
+    engine.merge(b"k", Some(b"a"), v(1)).unwrap();
+    engine.merge(b"k", Some(b"b"), v(2)).unwrap();
+    assert!(!engine.remove_if(b"k", v(1)).unwrap());
+    assert!(!engine.remove_if(b"k", v(3)).unwrap());
+    assert_eq!(value_of(engine, b"k").unwrap(), b"b");
+    assert!(engine.remove_if(b"k", v(2)).unwrap());
+    assert_eq!(engine.get(b"k").unwrap(), None);
+    assert!(!engine.remove_if(b"k", v(2)).unwrap());
+    assert!(!engine.remove_if(b"absent", v(2)).unwrap());
+}
+
+fn remove_if_forgets_a_tombstone_too(engine: &dyn Engine) {
+    engine.merge(b"k", None, v(4)).unwrap();
+    assert!(engine.remove_if(b"k", v(4)).unwrap());
+    assert_eq!(engine.get(b"k").unwrap(), None);
+    // Forgotten: an older copy is now accepted, which is why callers remove a
+    // tombstone only once no older copy can come back.
+    assert!(engine.merge(b"k", Some(b"a"), v(1)).unwrap());
+}
+
+fn scan_sees_every_entry_exactly_once_with_its_tombstone_flag(engine: &dyn Engine) {
+    // More keys than one scan batch of the disk engine, across every shard.
+    let count = 3000u32;
+    for i in 0..count {
+        let value = (i % 3 != 0).then_some(&b"x"[..]);
+        engine
+            .merge(&i.to_be_bytes(), value, v(u64::from(i) + 1))
+            .unwrap();
+    }
+    let seen = scanned(engine);
+    assert_eq!(seen.len(), count as usize);
+    for i in 0..count {
+        assert_eq!(
+            seen[&i.to_be_bytes().to_vec()],
+            (v(u64::from(i) + 1), i % 3 == 0),
+            "key {i}"
+        );
+    }
+}
+
+fn scan_stops_when_visit_says_so(engine: &dyn Engine) {
+    for i in 0..2000u32 {
+        engine.merge(&i.to_be_bytes(), Some(b"x"), v(1)).unwrap();
+    }
+    let mut visits = 0;
+    engine
+        .scan(&mut |_, _, _| {
+            visits += 1;
+            visits < 10
+        })
+        .unwrap();
+    assert_eq!(visits, 10);
+}
+
+fn scan_lets_visit_write_to_the_store(engine: &dyn Engine) {
+    for i in 0..100u32 {
+        engine.merge(&i.to_be_bytes(), Some(b"x"), v(1)).unwrap();
+    }
+    // Anti-entropy may repair or delete what it visits: no lock may be held.
+    engine
+        .scan(&mut |key, version, _| {
+            engine.get(key).unwrap();
+            engine.merge(key, None, v(version.stamp + 1)).unwrap();
+            true
+        })
+        .unwrap();
+    assert!(scanned(engine).values().all(|&(_, tombstone)| tombstone));
+    assert_eq!(engine.len(), 0);
+}
+
+fn len_ignores_tombstones(engine: &dyn Engine) {
+    assert_eq!(engine.len(), 0);
+    engine.merge(b"a", Some(b"1"), v(1)).unwrap();
+    engine.merge(b"b", Some(b"2"), v(1)).unwrap();
+    engine.merge(b"c", None, v(1)).unwrap();
+    assert_eq!(engine.len(), 2);
+    engine.merge(b"a", None, v(2)).unwrap();
+    assert_eq!(engine.len(), 1);
+    engine.overwrite(b"a", Some(b"3"), &mut |_| v(3)).unwrap();
+    assert_eq!(engine.len(), 2);
+    engine.overwrite(b"b", Some(b"4"), &mut |_| v(3)).unwrap();
+    assert_eq!(engine.len(), 2);
+    engine.remove_if(b"c", v(1)).unwrap();
+    assert_eq!(engine.len(), 2);
+    engine.remove_if(b"b", v(3)).unwrap();
+    assert_eq!(engine.len(), 1);
+}
+
+fn concurrent_overwrites_from_four_threads_end_with_the_max_version(engine: &dyn Engine) {
+    // Each overwrite adds one to the version it replaces, so the final stamp
+    // counts the overwrites that were applied: any lost update shows.
+    const THREADS: u64 = 4;
+    const ROUNDS: u64 = 256;
+    const KEYS: u64 = 8;
+    let maxima: Vec<Vec<u64>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|thread| {
+                scope.spawn(move || {
+                    let mut max = vec![0; KEYS as usize];
+                    for round in 0..ROUNDS {
+                        let key = round % KEYS;
+                        let value = (thread % 2 == 0).then_some(&b"v"[..]);
+                        let got = engine
+                            .overwrite(&key.to_be_bytes(), value, &mut |old| {
+                                v(old.map_or(0, |old| old.stamp) + 1)
+                            })
+                            .unwrap();
+                        max[key as usize] = max[key as usize].max(got.stamp);
+                    }
+                    max
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    for key in 0..KEYS {
+        let stored = engine.get(&key.to_be_bytes()).unwrap().unwrap();
+        let returned = maxima.iter().map(|m| m[key as usize]).max().unwrap();
+        assert_eq!(stored.version, v(THREADS * ROUNDS / KEYS));
+        assert_eq!(stored.version.stamp, returned);
+    }
+    let values = scanned(engine).values().filter(|(_, t)| !t).count();
+    assert_eq!(engine.len(), values);
+}
+
+fn binary_keys_and_values_round_trip_and_an_empty_value_is_not_a_tombstone(engine: &dyn Engine) {
+    let key: Vec<u8> = (0..=255).collect();
+    let value: Vec<u8> = (0..=255).rev().cycle().take(1000).collect();
+    engine.merge(&key, Some(&value), v(1)).unwrap();
+    assert_eq!(value_of(engine, &key).unwrap(), value);
+
+    engine.merge(b"\0", Some(b""), v(1)).unwrap();
+    engine.merge(b"", Some(b"\xff\0"), v(1)).unwrap();
+    engine.merge(b"gone", None, v(1)).unwrap();
+    assert_eq!(
+        engine.get(b"\0").unwrap(),
+        Some(Stored {
+            value: Some(Vec::new()),
+            version: v(1)
+        })
+    );
+    assert_eq!(value_of(engine, b"").unwrap(), b"\xff\0");
+    assert_eq!(engine.get(b"gone").unwrap().unwrap().value, None);
+    assert_eq!(engine.len(), 3);
+    let seen = scanned(engine);
+    assert_eq!(seen[&b"\0".to_vec()], (v(1), false));
+    assert_eq!(seen[&b"gone".to_vec()], (v(1), true));
+}
+
+#[test]
+fn keys_where_includes_tombstoned_keys() {
+    let store = Store::memory();
+    for i in 0..1000u32 {
+        let value = (i % 2 == 0).then_some(&b"x"[..]);
+        store.merge(&i.to_be_bytes(), value, v(1)).unwrap();
+    }
+    assert_eq!(store.keys_where(|k| k[3] % 4 == 1).unwrap().len(), 250);
+    assert_eq!(store.keys_where(|_| true).unwrap().len(), 1000);
+    assert_eq!(store.len(), 500);
+    assert!(!store.is_empty());
+}
+
+#[test]
+fn store_overwrite_takes_a_one_shot_closure() {
+    let store = Store::memory();
+    let base = vec![1u64];
+    let version = store
+        .overwrite(b"k", Some(b"v"), move |old| {
+            // `base` is moved in and consumed: only an `FnOnce` can do this.
+            let base = base.into_iter().sum::<u64>();
+            v(old.map_or(base, |old| old.stamp + 1))
+        })
+        .unwrap();
+    assert_eq!(version, v(1));
+}
