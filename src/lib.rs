@@ -7,7 +7,8 @@
 //! Pure core (no sockets, no clocks of their own):
 //! - [`ring`]: the consistent-hash ring; which member owns a key.
 //! - [`membership`]: the member table and its merge rules (incarnations, tombstones).
-//! - [`store`]: the local keys, versioned, in memory.
+//! - [`store`]: the local keys, versioned, with tombstones; in memory or on
+//!   disk (fjall), behind one engine interface.
 //! - [`version`]: hybrid logical clock versions that settle conflicting copies.
 //! - [`frame`]: finds where one Thrift message ends, within limits.
 //! - [`antientropy`]: bucket digests that let two replicas find where they differ.

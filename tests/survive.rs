@@ -447,3 +447,68 @@ fn after_a_partition_heals_every_replica_converges() {
         );
     }
 }
+
+/// Measurement, not a CI test (it takes a minute): `cargo test --release --test
+/// survive -- --ignored --nocapture`. Default failure timeout (5 s).
+#[test]
+#[ignore]
+fn measure_detection_and_repair_of_100_000_keys() {
+    const KEYS: usize = 100_000;
+    let seed = NodeProc::start(None);
+    let mut nodes = vec![seed];
+    for _ in 1..5 {
+        let joiner = NodeProc::start(Some(&nodes[0].addr));
+        nodes.push(joiner);
+    }
+    wait_for_members(&nodes, 5);
+    let via = nodes[0].addr.clone();
+    let keys: Vec<String> = (0..KEYS).map(|i| format!("key-{i:06}")).collect();
+    let loaded = Instant::now();
+    std::thread::scope(|s| {
+        for part in keys.chunks(KEYS / 8) {
+            let via = via.clone();
+            s.spawn(move || {
+                let mut session = Session::open(Some(via)).unwrap();
+                for key in part {
+                    session.put(key.as_bytes(), &[7u8; 100]).unwrap();
+                }
+            });
+        }
+    });
+    eprintln!("loaded {KEYS} keys of 100 bytes in {:?}", loaded.elapsed());
+    assert!(wait_until(Duration::from_secs(60), || replicated(
+        &via, &keys, 3
+    )));
+
+    // SIGSTOP: nothing refuses connections, so only the probes can tell.
+    let stopped = nodes.remove(4);
+    stopped.signal("STOP");
+    let survivors: Vec<&NodeProc> = nodes.iter().collect();
+    let detected = wait_until_dropped(&survivors, &stopped.addr);
+    let repair = Instant::now();
+    assert!(wait_until(Duration::from_secs(120), || replicated(
+        &via, &keys, 3
+    )));
+    eprintln!(
+        "SIGSTOP with the default 5 s failure timeout: dropped everywhere after {detected:?}; \
+         {KEYS} keys back to 3 replicas {:?} after that",
+        repair.elapsed()
+    );
+
+    // kill -9: the port refuses connections, which drops the member at once.
+    let killed = nodes.remove(3);
+    killed.signal("KILL");
+    let gone = killed.addr.clone();
+    drop(killed);
+    let survivors: Vec<&NodeProc> = nodes.iter().collect();
+    let detected = wait_until_dropped(&survivors, &gone);
+    let repair = Instant::now();
+    assert!(wait_until(Duration::from_secs(120), || replicated(
+        &via, &keys, 3
+    )));
+    eprintln!(
+        "kill -9: dropped everywhere after {detected:?}; {KEYS} keys back to 3 replicas {:?} after that",
+        repair.elapsed()
+    );
+    stopped.signal("CONT");
+}
