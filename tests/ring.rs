@@ -4,38 +4,16 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{NodeProc, members_of, run_tool, wait_until};
+use common::{
+    NodeProc, lost, members_of, run_tool, start_ring, wait_for_members, wait_until, writer,
+};
 use thrifty_p2p::NodeAddr;
 use thrifty_p2p::idl::diststore::TStoreSyncClient;
 use thrifty_p2p::node::PEEK;
-
-/// Starts a seed and `n - 1` nodes joining it, and waits until all agree.
-fn ring(n: usize) -> Vec<NodeProc> {
-    let seed = NodeProc::start(None);
-    let mut nodes = vec![];
-    for _ in 1..n {
-        nodes.push(NodeProc::start(Some(&seed.addr)));
-    }
-    nodes.insert(0, seed);
-    wait_for_agreement(&nodes, n);
-    nodes
-}
-
-fn wait_for_agreement(nodes: &[NodeProc], n: usize) {
-    let agreed = wait_until(Duration::from_secs(15), || {
-        let views: Vec<_> = nodes.iter().map(|p| members_of(&p.addr)).collect();
-        views
-            .iter()
-            .all(|v| v.as_ref().is_some_and(|m| m.len() == n))
-            && views.windows(2).all(|w| w[0] == w[1])
-    });
-    assert!(agreed, "nodes did not agree on {n} members");
-}
 
 fn peer(node: &NodeProc) -> String {
     node.addr.to_string()
@@ -43,7 +21,7 @@ fn peer(node: &NodeProc) -> String {
 
 #[test]
 fn the_readme_walkthrough_works() {
-    let nodes = ring(3);
+    let nodes = start_ring(3, &[]);
     let first = peer(&nodes[0]);
     assert_eq!(
         run_tool("storeput", &["a", "apple", "--peer", &first], None).0,
@@ -143,7 +121,7 @@ fn eight_nodes_joining_at_once_agree_on_the_members() {
     let started = Instant::now();
     let mut all = joiners;
     all.push(seed);
-    wait_for_agreement(&all, 9);
+    wait_for_members(&all, 9);
     eprintln!(
         "9 members agreed {:?} after the last start",
         started.elapsed()
@@ -152,7 +130,7 @@ fn eight_nodes_joining_at_once_agree_on_the_members() {
 
 #[test]
 fn an_unreachable_member_is_dropped_everywhere() {
-    let mut nodes = ring(3);
+    let mut nodes = start_ring(3, &[]);
     let victim = nodes.pop().unwrap();
     let gone = victim.addr.to_string();
     victim.signal("KILL");
@@ -168,7 +146,7 @@ fn an_unreachable_member_is_dropped_everywhere() {
 #[test]
 fn writes_sent_to_any_node_land_on_the_keys_replicas_only() {
     use thrifty_p2p::idl::locator::TLocatorSyncClient;
-    let nodes = ring(4);
+    let nodes = start_ring(4, &[]);
     let mut probe = nodes[0].client();
     let holds = |node: &NodeAddr, key: &str| {
         let holder = nodes.iter().find(|p| p.addr == *node).unwrap();
@@ -201,51 +179,15 @@ fn writes_sent_to_any_node_land_on_the_keys_replicas_only() {
     }
 }
 
-/// Writes keys round-robin through `via` until `stop`, retrying a write until
-/// it is acknowledged; returns the last acknowledged value of every key.
-fn writer(via: NodeAddr, keys: usize, stop: Arc<AtomicBool>) -> HashMap<String, String> {
-    let mut acked = HashMap::new();
-    let mut session = None;
-    let mut round = 0;
-    'rounds: loop {
-        for i in 0..keys {
-            if stop.load(Ordering::Relaxed) && round > 0 {
-                break 'rounds;
-            }
-            let key = format!("key-{i:05}");
-            let value = format!("{key}-round-{round}");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let s = session.get_or_insert_with(|| {
-                    thrifty_p2p::tools::Session::open(Some(via.clone())).unwrap()
-                });
-                match s.put(key.as_bytes(), value.as_bytes()) {
-                    Ok(()) => break,
-                    Err(e) => {
-                        assert!(
-                            Instant::now() < deadline,
-                            "write of {key} kept failing: {e}"
-                        );
-                        session = None;
-                    }
-                }
-            }
-            acked.insert(key, value);
-        }
-        round += 1;
-    }
-    acked
-}
-
 #[test]
 fn join_and_leave_under_writes_lose_no_acknowledged_write() {
     const KEYS: usize = 10_000;
-    let nodes = ring(3);
+    let nodes = start_ring(3, &[]);
     let stop = Arc::new(AtomicBool::new(false));
     let via = nodes[0].addr.clone();
     let writing = {
         let stop = stop.clone();
-        std::thread::spawn(move || writer(via, KEYS, stop))
+        std::thread::spawn(move || writer(via, KEYS, stop, Arc::default()))
     };
     // Let the first round land, then change the ring twice while writes go on.
     let seeded = wait_until(Duration::from_secs(120), || {
@@ -264,33 +206,26 @@ fn join_and_leave_under_writes_lose_no_acknowledged_write() {
         .expect("leaver exits");
     assert!(status.success(), "leaver exited with {status:?}");
     nodes.push(joiner);
-    wait_for_agreement(&nodes, 3);
+    wait_for_members(&nodes, 3);
     stop.store(true, Ordering::Relaxed);
     let acked = writing.join().unwrap();
     assert_eq!(acked.len(), KEYS);
 
     // Handoffs may still be in flight: wait until everything reads back, and
     // count what does not by the deadline.
-    let mut lost = Vec::new();
+    let mut missing = Vec::new();
     let settled = wait_until(Duration::from_secs(30), || {
-        let mut session = nodes[1].session();
-        lost = acked
-            .iter()
-            .filter(|(k, v)| {
-                session.get(k.as_bytes()).ok().flatten().as_deref() != Some(v.as_bytes())
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        lost.is_empty()
+        missing = lost(&nodes[1].addr, &acked);
+        missing.is_empty()
     });
     eprintln!(
         "keys lost after join + SIGINT leave under writes: {}",
-        lost.len()
+        missing.len()
     );
     assert!(
         settled,
         "{} keys lost, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
+        missing.len(),
+        &missing[..missing.len().min(5)]
     );
 }

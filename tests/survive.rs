@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{NodeProc, members_of, wait_until};
+use common::{NodeProc, lost, members_of, start_ring, wait_for_members, wait_until, writer};
 use thrifty_p2p::NodeAddr;
 use thrifty_p2p::client::{ClientOptions, connect};
 use thrifty_p2p::convert;
@@ -20,28 +20,10 @@ use thrifty_p2p::tools::Session;
 /// Fast failure detection keeps the suite short; the default is 5 s.
 const FAILURE_TIMEOUT: &str = "2";
 
-fn start_ring(n: usize, extra: &[&str]) -> Vec<NodeProc> {
+fn start(n: usize, extra: &[&str]) -> Vec<NodeProc> {
     let mut opts = vec!["--failure-timeout", FAILURE_TIMEOUT];
     opts.extend_from_slice(extra);
-    let seed = NodeProc::start_with(None, &opts);
-    let mut nodes = vec![seed];
-    for _ in 1..n {
-        let joiner = NodeProc::start_with(Some(&nodes[0].addr), &opts);
-        nodes.push(joiner);
-    }
-    wait_for_members(&nodes, n);
-    nodes
-}
-
-fn wait_for_members(nodes: &[NodeProc], n: usize) {
-    let agreed = wait_until(Duration::from_secs(20), || {
-        let views: Vec<_> = nodes.iter().map(|p| members_of(&p.addr)).collect();
-        views
-            .iter()
-            .all(|v| v.as_ref().is_some_and(|m| m.len() == n))
-            && views.windows(2).all(|w| w[0] == w[1])
-    });
-    assert!(agreed, "nodes did not agree on {n} members");
+    start_ring(n, &opts)
 }
 
 fn stat(node: &NodeAddr, name: &str) -> Option<i64> {
@@ -112,59 +94,6 @@ fn fully_replicated(via: &NodeAddr, keys: &[String], copies: usize) -> bool {
     })
 }
 
-/// Writes keys round-robin through `via` until `stop`, retrying each write
-/// until acknowledged, counting acknowledgements in `done`; returns the last
-/// acknowledged value of every key.
-fn writer(
-    via: NodeAddr,
-    keys: usize,
-    stop: Arc<AtomicBool>,
-    done: Arc<AtomicUsize>,
-) -> HashMap<String, String> {
-    let mut acked = HashMap::new();
-    let mut session: Option<Session> = None;
-    let mut round = 0;
-    'rounds: loop {
-        for i in 0..keys {
-            if stop.load(Ordering::Relaxed) && round > 0 {
-                break 'rounds;
-            }
-            let key = format!("key-{i:05}");
-            let value = format!("{key}-round-{round}");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                let s = session.get_or_insert_with(|| Session::open(Some(via.clone())).unwrap());
-                match s.put(key.as_bytes(), value.as_bytes()) {
-                    Ok(()) => break,
-                    Err(e) => {
-                        assert!(
-                            Instant::now() < deadline,
-                            "write of {key} kept failing: {e}"
-                        );
-                        session = None;
-                    }
-                }
-            }
-            acked.insert(key, value);
-            done.fetch_add(1, Ordering::Relaxed);
-        }
-        round += 1;
-    }
-    acked
-}
-
-/// Keys whose value read through `via` is not the last acknowledged one.
-fn lost(via: &NodeAddr, acked: &HashMap<String, String>) -> Vec<String> {
-    let mut session = Session::open(Some(via.clone())).unwrap();
-    let mut lost: Vec<String> = acked
-        .iter()
-        .filter(|(k, v)| session.get(k.as_bytes()).ok().flatten().as_deref() != Some(v.as_bytes()))
-        .map(|(k, _)| k.clone())
-        .collect();
-    lost.sort();
-    lost
-}
-
 fn wait_until_dropped(nodes: &[&NodeProc], gone: &NodeAddr) -> Duration {
     let started = Instant::now();
     let gone = gone.to_string();
@@ -180,7 +109,7 @@ fn wait_until_dropped(nodes: &[&NodeProc], gone: &NodeAddr) -> Duration {
 #[test]
 fn kill_9_of_one_node_then_another_after_repair_loses_no_acknowledged_write() {
     const KEYS: usize = 2_000;
-    let mut nodes = start_ring(5, &[]);
+    let mut nodes = start(5, &[]);
     let via = nodes[0].addr.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
@@ -230,7 +159,7 @@ fn kill_9_of_one_node_then_another_after_repair_loses_no_acknowledged_write() {
 #[test]
 fn two_nodes_killed_at_the_same_instant_lose_no_acknowledged_write() {
     const KEYS: usize = 1_000;
-    let mut nodes = start_ring(5, &[]);
+    let mut nodes = start(5, &[]);
     let via = nodes[0].addr.clone();
     let mut acked = HashMap::new();
     let mut session = Session::open(Some(via.clone())).unwrap();
@@ -273,7 +202,7 @@ fn two_nodes_killed_at_the_same_instant_lose_no_acknowledged_write() {
 #[test]
 fn a_paused_node_is_dropped_rejoins_and_no_value_goes_back_in_time() {
     const KEYS: usize = 500;
-    let nodes = start_ring(4, &[]);
+    let nodes = start(4, &[]);
     let via = nodes[0].addr.clone();
     let paused = &nodes[3];
     let stop = Arc::new(AtomicBool::new(false));
@@ -380,7 +309,7 @@ fn every_node_killed_and_restarted_with_its_data_dir_keeps_every_acknowledged_wr
 
 #[test]
 fn after_a_partition_heals_every_replica_converges() {
-    let nodes = start_ring(3, &["--fault-injection"]);
+    let nodes = start(3, &["--fault-injection"]);
     let (a, c) = (&nodes[0], &nodes[2]);
     let mut session = a.session();
     session.put(b"erased-on-one-side", b"old").unwrap();

@@ -4,10 +4,12 @@
 
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -206,4 +208,81 @@ pub fn run_tool(tool: &str, args: &[&str], stdin: Option<&[u8]>) -> (i32, Vec<u8
         out.stdout,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Starts a seed and `n - 1` nodes joining it, all with `opts`, and waits
+/// until every node reports the same `n` members.
+pub fn start_ring(n: usize, opts: &[&str]) -> Vec<NodeProc> {
+    let mut nodes = vec![NodeProc::start_with(None, opts)];
+    for _ in 1..n {
+        let joiner = NodeProc::start_with(Some(&nodes[0].addr), opts);
+        nodes.push(joiner);
+    }
+    wait_for_members(&nodes, n);
+    nodes
+}
+
+/// Waits until every node reports the same `n` members.
+pub fn wait_for_members(nodes: &[NodeProc], n: usize) {
+    let agreed = wait_until(Duration::from_secs(20), || {
+        let views: Vec<_> = nodes.iter().map(|p| members_of(&p.addr)).collect();
+        views
+            .iter()
+            .all(|v| v.as_ref().is_some_and(|m| m.len() == n))
+            && views.windows(2).all(|w| w[0] == w[1])
+    });
+    assert!(agreed, "nodes did not agree on {n} members");
+}
+
+/// Writes keys round-robin through `via` until `stop`, retrying each write
+/// until acknowledged, counting acknowledgements in `done`; returns the last
+/// acknowledged value of every key.
+pub fn writer(
+    via: NodeAddr,
+    keys: usize,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicUsize>,
+) -> HashMap<String, String> {
+    let mut acked = HashMap::new();
+    let mut session: Option<Session> = None;
+    let mut round = 0;
+    'rounds: loop {
+        for i in 0..keys {
+            if stop.load(Ordering::Relaxed) && round > 0 {
+                break 'rounds;
+            }
+            let key = format!("key-{i:05}");
+            let value = format!("{key}-round-{round}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let s = session.get_or_insert_with(|| Session::open(Some(via.clone())).unwrap());
+                match s.put(key.as_bytes(), value.as_bytes()) {
+                    Ok(()) => break,
+                    Err(e) => {
+                        assert!(
+                            Instant::now() < deadline,
+                            "write of {key} kept failing: {e}"
+                        );
+                        session = None;
+                    }
+                }
+            }
+            acked.insert(key, value);
+            done.fetch_add(1, Ordering::Relaxed);
+        }
+        round += 1;
+    }
+    acked
+}
+
+/// Keys whose value read through `via` is not the last acknowledged one.
+pub fn lost(via: &NodeAddr, acked: &HashMap<String, String>) -> Vec<String> {
+    let mut session = Session::open(Some(via.clone())).unwrap();
+    let mut lost: Vec<String> = acked
+        .iter()
+        .filter(|(k, v)| session.get(k.as_bytes()).ok().flatten().as_deref() != Some(v.as_bytes()))
+        .map(|(k, _)| k.clone())
+        .collect();
+    lost.sort();
+    lost
 }
