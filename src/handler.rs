@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
+
 use thrift::{ApplicationError, ApplicationErrorKind};
 
 use crate::addr::NodeAddr;
 use crate::convert;
 use crate::error::Error;
-use crate::idl::diststore::{Entry, Lookup, StoreError, StoreSyncHandler};
+use crate::idl::diststore::{Entry, Lookup, StoreError, StoreSyncHandler, StoreSyncProcessor};
 use crate::idl::locator::{BaseSyncHandler, Location, LocatorSyncHandler, Member};
 use crate::node::Node;
 
@@ -46,17 +48,146 @@ pub fn is_peer_method(name: &str) -> bool {
     name == "absorb" || PEER_METHODS.contains(&name)
 }
 
+/// Methods that may wait on other nodes. The server serves them
+/// asynchronously ([`serve_async`]), so they never block a tokio worker.
+pub const ASYNC_METHODS: [&str; 8] = [
+    "get",
+    "put",
+    "fetch",
+    "store",
+    "erase",
+    "relay_fetch",
+    "relay_store",
+    "relay_erase",
+];
+
+/// A read or write, as an asynchronously served method asks for it.
+#[derive(Debug)]
+pub enum Call {
+    /// `get`, `fetch`, `relay_fetch`.
+    Read {
+        /// The key.
+        key: Vec<u8>,
+        /// Forwards so far.
+        hops: i8,
+    },
+    /// `put`, `store`, `erase` and their relays.
+    Write {
+        /// The key.
+        key: Vec<u8>,
+        /// The value; `None` erases.
+        value: Option<Vec<u8>>,
+        /// Forwards so far.
+        hops: i8,
+        /// When the relaying node stops waiting, if relayed.
+        expires: Option<i64>,
+    },
+}
+
+/// The outcome of a [`Call`]: the value read (writes answer `None`).
+pub type Answer = Result<Option<Vec<u8>>, Error>;
+
+/// How the handler treats the asynchronously served methods. The generated
+/// processor does all decoding and encoding; the server runs it twice per
+/// such call: once to capture the call's arguments, once (after the call was
+/// served asynchronously) to replay its answer as the reply.
+enum Mode {
+    /// Serving everything else; the async methods never reach it.
+    Serve,
+    /// Record the call; the reply the processor writes is thrown away.
+    Capture(Arc<Mutex<Option<Call>>>),
+    /// Answer with the outcome computed already.
+    Replay(Arc<Mutex<Option<Answer>>>),
+}
+
 /// Serves one connection's calls.
-#[derive(Clone)]
 pub struct Handler {
     node: Arc<Node>,
+    mode: Mode,
 }
 
 impl Handler {
     /// A handler for `node`.
     pub fn new(node: Arc<Node>) -> Self {
-        Handler { node }
+        Handler {
+            node,
+            mode: Mode::Serve,
+        }
     }
+
+    fn read(&self, key: Vec<u8>, hops: i8) -> Answer {
+        match &self.mode {
+            Mode::Capture(slot) => {
+                *slot.lock() = Some(Call::Read { key, hops });
+                Ok(None)
+            }
+            Mode::Replay(slot) => slot.lock().take().unwrap_or(Err(Error::NoOwner)),
+            Mode::Serve => Err(not_async()),
+        }
+    }
+
+    fn write(
+        &self,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        hops: i8,
+        expires: Option<i64>,
+    ) -> Result<(), Error> {
+        match &self.mode {
+            Mode::Capture(slot) => {
+                *slot.lock() = Some(Call::Write {
+                    key,
+                    value,
+                    hops,
+                    expires,
+                });
+                Ok(())
+            }
+            Mode::Replay(slot) => slot.lock().take().unwrap_or(Err(Error::NoOwner)).map(drop),
+            Mode::Serve => Err(not_async()),
+        }
+    }
+}
+
+fn not_async() -> Error {
+    Error::Refused {
+        peer: "this node".into(),
+        message: "internal error: an async method reached the synchronous handler".into(),
+    }
+}
+
+/// Serves one asynchronously served message (see [`ASYNC_METHODS`]): the
+/// generated processor decodes it, the node serves the call without blocking,
+/// and the processor encodes the answer into `reply`. `run` runs a processor
+/// over the message and `reply` (decoding and encoding limits are the
+/// server's business).
+pub async fn serve_async(node: &Arc<Node>, mut run: impl FnMut(&StoreSyncProcessor<Handler>)) {
+    let captured = Arc::new(Mutex::new(None));
+    run(&StoreSyncProcessor::new(Handler {
+        node: node.clone(),
+        mode: Mode::Capture(captured.clone()),
+    }));
+    // No call captured: the arguments did not decode, and the processor has
+    // written the exception reply already.
+    let Some(call) = captured.lock().take() else {
+        return;
+    };
+    let answer = match call {
+        Call::Read { key, hops } => node.fetch(&key, hops).await,
+        Call::Write {
+            key,
+            value,
+            hops,
+            expires,
+        } => node
+            .write(&key, value.as_deref(), hops, expires)
+            .await
+            .map(|()| None),
+    };
+    run(&StoreSyncProcessor::new(Handler {
+        node: node.clone(),
+        mode: Mode::Replay(Arc::new(Mutex::new(Some(answer)))),
+    }));
 }
 
 /// A library error as the `StoreError` exception of the new methods.
@@ -181,7 +312,7 @@ impl LocatorSyncHandler for Handler {
 
 impl StoreSyncHandler for Handler {
     fn handle_get(&self, key: String) -> thrift::Result<String> {
-        let value = self.node.fetch(key.as_bytes(), 0).map_err(app_error)?;
+        let value = self.read(key.into_bytes(), 0).map_err(app_error)?;
         // The 2009 interface answers "" for a missing key, and its values are text.
         Ok(value
             .map(|v| String::from_utf8_lossy(&v).into_owned())
@@ -190,28 +321,24 @@ impl StoreSyncHandler for Handler {
 
     fn handle_put(&self, key: String, value: String) -> thrift::Result<()> {
         // Oneway: nobody hears an error, so log it rather than return it.
-        if let Err(e) = self
-            .node
-            .write(key.as_bytes(), Some(value.as_bytes()), 0, None)
-        {
-            log::warn!("put of a {}-byte value failed: {e}", value.len());
+        let size = value.len();
+        if let Err(e) = self.write(key.into_bytes(), Some(value.into_bytes()), 0, None) {
+            log::warn!("put of a {size}-byte value failed: {e}");
         }
         Ok(())
     }
 
     fn handle_fetch(&self, key: Vec<u8>) -> thrift::Result<Lookup> {
-        let value = self.node.fetch(&key, 0).map_err(store_error)?;
+        let value = self.read(key, 0).map_err(store_error)?;
         Ok(Lookup::new(value))
     }
 
     fn handle_store(&self, key: Vec<u8>, value: Vec<u8>) -> thrift::Result<()> {
-        self.node
-            .write(&key, Some(&value), 0, None)
-            .map_err(store_error)
+        self.write(key, Some(value), 0, None).map_err(store_error)
     }
 
     fn handle_erase(&self, key: Vec<u8>) -> thrift::Result<()> {
-        self.node.write(&key, None, 0, None).map_err(store_error)
+        self.write(key, None, 0, None).map_err(store_error)
     }
 
     fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>> {
@@ -219,7 +346,7 @@ impl StoreSyncHandler for Handler {
     }
 
     fn handle_relay_fetch(&self, key: Vec<u8>, hops: i8) -> thrift::Result<Lookup> {
-        let value = self.node.fetch(&key, hops).map_err(store_error)?;
+        let value = self.read(key, hops).map_err(store_error)?;
         Ok(Lookup::new(value))
     }
 
@@ -230,14 +357,12 @@ impl StoreSyncHandler for Handler {
         hops: i8,
         expires: i64,
     ) -> thrift::Result<()> {
-        self.node
-            .write(&key, Some(&value), hops, Some(expires))
+        self.write(key, Some(value), hops, Some(expires))
             .map_err(store_error)
     }
 
     fn handle_relay_erase(&self, key: Vec<u8>, hops: i8, expires: i64) -> thrift::Result<()> {
-        self.node
-            .write(&key, None, hops, Some(expires))
+        self.write(key, None, hops, Some(expires))
             .map_err(store_error)
     }
 
@@ -260,8 +385,13 @@ impl StoreSyncHandler for Handler {
     }
 
     fn handle_absorb(&self, entries: Vec<Entry>) -> thrift::Result<()> {
-        crate::node::blocking(|| self.node.absorb(entries))
-            .map(|_| ())
-            .map_err(store_error)
+        // Merging is quick (memory, or one write(2) per entry on disk) unless
+        // every write is fsynced; only then is it worth moving off the worker.
+        let absorbed = if self.node.config().fsync {
+            crate::node::blocking(|| self.node.absorb(entries))
+        } else {
+            self.node.absorb(entries)
+        };
+        absorbed.map(drop).map_err(store_error)
     }
 }

@@ -23,6 +23,8 @@
 //! - [`handler`]: the generated service traits, implemented over [`node`].
 //! - [`server`]: our accept loop and connections (cap, idle timeout, shutdown).
 //! - [`client`]: outbound calls and the per-peer connection pool.
+//! - [`relay`]: async node-to-node calls for the request path (generated
+//!   client as codec, tokio sockets).
 //! - [`launch`]: start a node process, run it, stop it.
 //! - [`discover`]: find a local ring by probing ports from 9900, like the original.
 //! - [`tools`]: what the command-line clients share.
@@ -43,6 +45,7 @@ pub mod idl;
 pub mod launch;
 pub mod membership;
 pub mod node;
+pub mod relay;
 pub mod replicate;
 pub mod ring;
 pub mod server;

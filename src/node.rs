@@ -18,13 +18,14 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::addr::NodeAddr;
 use crate::antientropy::{BUCKETS, Digests, bucket_of};
-use crate::client::{Client, ClientOptions, Pool};
+use crate::client::{ClientOptions, Pool};
 use crate::config::{Config, MAX_KEY_BYTES};
 use crate::convert;
 use crate::error::{Error, Result};
 use crate::idl::diststore::{Entry, TStoreSyncClient};
 use crate::idl::locator::{Location, Member, TBaseSyncClient, TLocatorSyncClient};
 use crate::membership::{Change, MemberState, Membership, Status};
+use crate::relay::{self, AsyncPool};
 use crate::replicate::{Ack, Replicator};
 use crate::ring::Ring;
 use crate::store::{Store, Stored};
@@ -120,6 +121,8 @@ pub struct Node {
     /// Indirect probe requests (they wait for a ping of their own).
     indirect: Pool,
     replicator: Arc<Replicator>,
+    /// Async calls from the request path (forwards, read fallbacks).
+    relay: AsyncPool,
     epoch: Epoch,
     stop_requested: AtomicBool,
     stop_signal: Condvar,
@@ -177,6 +180,7 @@ impl Node {
             probes,
             indirect,
             replicator,
+            relay: AsyncPool::new(config.connect_timeout, config.rpc_timeout, config.limits()),
             epoch: Epoch::default(),
             stop_requested: AtomicBool::new(false),
             stop_signal: Condvar::new(),
@@ -219,6 +223,14 @@ impl Node {
     /// The member that owns `key` for routing.
     pub fn owner(&self, key: &[u8]) -> Option<NodeAddr> {
         self.view.read().routing.owner(key).cloned()
+    }
+
+    /// The routing ring and whether we are leaving, read together. The ring is
+    /// shared, so a request borrows its preference list from it without
+    /// copying any address.
+    fn placement(&self) -> (Arc<Ring<NodeAddr>>, bool) {
+        let view = self.view.read();
+        (view.routing.clone(), view.leaving)
     }
 
     /// The members holding `key`, owner first: its preference list.
@@ -276,6 +288,7 @@ impl Node {
         }
         for addr in &departed {
             self.pool.forget(addr);
+            self.relay.forget(addr);
         }
         if refuted {
             // We were declared dead: writes went elsewhere meanwhile.
@@ -512,15 +525,6 @@ impl Node {
         Ok(())
     }
 
-    /// A call to a peer from the request path.
-    fn forward<R>(
-        &self,
-        peer: &NodeAddr,
-        call: impl FnMut(&mut Client) -> thrift::Result<R>,
-    ) -> Result<R> {
-        blocking(|| self.pool.call(peer, call))
-    }
-
     /// Whether a failed forward should move on to the key's next replica.
     fn try_next(self: &Arc<Self>, peer: &NodeAddr, error: &Error) -> bool {
         match error {
@@ -534,22 +538,28 @@ impl Node {
 
     /// Reads `key`: coordinated by its owner (or, when the owner cannot be
     /// reached, the next replica). `hops` counts forwards so far.
-    pub fn fetch(self: &Arc<Self>, key: &[u8], hops: i8) -> Result<Option<Vec<u8>>> {
+    pub async fn fetch(self: &Arc<Self>, key: &[u8], hops: i8) -> Result<Option<Vec<u8>>> {
         if hops == PEEK {
             return Ok(self.store.get(key)?.and_then(|s| s.value));
         }
-        let replicas = self.replicas(key);
+        let (ring, leaving) = self.placement();
+        let replicas = ring.owners(key, self.config.replicas);
         if replicas.is_empty() {
             return Err(Error::NoOwner);
         }
-        if hops >= MAX_HOPS && !self.view.read().leaving {
-            return self.coordinate_read(key, &replicas);
+        if hops >= MAX_HOPS && !leaving {
+            return self.coordinate_read(key, &replicas).await;
         }
-        for target in &replicas {
+        let request = relay::encode(|c| c.relay_fetch(key.to_vec(), hops + 1).map(drop));
+        for &target in &replicas {
             if *target == self.me {
-                return self.coordinate_read(key, &replicas);
+                return self.coordinate_read(key, &replicas).await;
             }
-            match self.forward(target, |c| c.relay_fetch(key.to_vec(), hops + 1)) {
+            let result = self
+                .relay
+                .call(target, &request, |c| c.relay_fetch(Vec::new(), 0))
+                .await;
+            match result {
                 // A key we still hold but no longer replicate is on its way to
                 // its owner: until it arrives, our copy is the answer.
                 Ok(lookup) => {
@@ -569,22 +579,27 @@ impl Node {
     /// this node is catching up, or the read quorum asks for more; then every
     /// other replica is asked, the newest copy wins, and stale replicas are
     /// repaired with it.
-    fn coordinate_read(
+    async fn coordinate_read(
         self: &Arc<Self>,
         key: &[u8],
-        replicas: &[NodeAddr],
+        replicas: &[&NodeAddr],
     ) -> Result<Option<Vec<u8>>> {
         let local = self.store.get(key)?;
         let quorum = self.config.read_quorum_of(replicas.len());
-        let holds = replicas.contains(&self.me);
+        let holds = replicas.contains(&&self.me);
         if local.is_some() && holds && quorum == 1 && !self.syncing.load(Ordering::Acquire) {
             return Ok(local.and_then(|s| s.value));
         }
         let mut answers = usize::from(holds);
         let mut copies: Vec<(NodeAddr, Option<Version>)> = Vec::new();
         let mut newest = local.clone();
-        for peer in replicas.iter().filter(|p| **p != self.me) {
-            match self.forward(peer, |c| c.peek(vec![key.to_vec()])) {
+        let request = relay::encode(|c| c.peek(vec![key.to_vec()]).map(drop));
+        for &peer in replicas.iter().filter(|p| ***p != self.me) {
+            match self
+                .relay
+                .call(peer, &request, |c| c.peek(Vec::new()))
+                .await
+            {
                 Ok(entries) => {
                     answers += 1;
                     let theirs = entries
@@ -622,10 +637,10 @@ impl Node {
 
     /// Writes `key` (a value, or `None` to erase it): coordinated by its owner
     /// (or, when the owner cannot be reached, the next replica), acknowledged
-    /// once a write quorum of replicas stored it. `hops` counts forwards so far.
+    /// once a write quorum of replicas stored it. `hops` counts forwards so far;
     /// `expires` is when the node that relayed the write stops waiting for it
     /// (microseconds since the epoch; `None` for a client's own call).
-    pub fn write(
+    pub async fn write(
         self: &Arc<Self>,
         key: &[u8],
         value: Option<&[u8]>,
@@ -641,25 +656,35 @@ impl Node {
             return Err(Error::Expired);
         }
         self.check_sizes(key, value)?;
-        let replicas = self.replicas(key);
+        let (ring, leaving) = self.placement();
+        let replicas = ring.owners(key, self.config.replicas);
         if replicas.is_empty() {
             return Err(Error::NoOwner);
         }
         // A leaving node never keeps a write: its handoff may be done already.
-        if hops >= MAX_HOPS && !self.view.read().leaving {
-            return self.coordinate_write(key, value, &replicas);
+        if hops >= MAX_HOPS && !leaving {
+            return self.coordinate_write(key, value, &replicas).await;
         }
-        for target in &replicas {
+        for &target in &replicas {
             if *target == self.me {
-                return self.coordinate_write(key, value, &replicas);
+                return self.coordinate_write(key, value, &replicas).await;
             }
             let next = hops.saturating_add(1);
             // Give up on the relay a little before our own call times out.
             let expires = wall_micros() + (self.config.rpc_timeout * 9 / 10).as_micros() as i64;
-            let result = self.forward(target, |c| match value {
-                Some(v) => c.relay_store(key.to_vec(), v.to_vec(), next, expires),
-                None => c.relay_erase(key.to_vec(), next, expires),
-            });
+            let request = match value {
+                Some(v) => {
+                    relay::encode(|c| c.relay_store(key.to_vec(), v.to_vec(), next, expires))
+                }
+                None => relay::encode(|c| c.relay_erase(key.to_vec(), next, expires)),
+            };
+            let result = self
+                .relay
+                .call(target, &request, |c| match value {
+                    Some(_) => c.relay_store(Vec::new(), Vec::new(), 0, 0),
+                    None => c.relay_erase(Vec::new(), 0, 0),
+                })
+                .await;
             match result {
                 Ok(()) => return Ok(()),
                 Err(e) if self.try_next(target, &e) => continue,
@@ -671,19 +696,23 @@ impl Node {
 
     /// Stores a new version here and sends it to the other replicas; returns
     /// once the write quorum holds it.
-    fn coordinate_write(
+    async fn coordinate_write(
         self: &Arc<Self>,
         key: &[u8],
         value: Option<&[u8]>,
-        replicas: &[NodeAddr],
+        replicas: &[&NodeAddr],
     ) -> Result<()> {
         let version = self.store.overwrite(key, value, |old| match old {
             Some(old) => self.clock.tick_after(old),
             None => self.clock.tick(),
         })?;
-        let here = usize::from(replicas.contains(&self.me));
+        let here = usize::from(replicas.contains(&&self.me));
         let quorum = self.config.write_quorum_of(replicas.len());
-        let others: Vec<&NodeAddr> = replicas.iter().filter(|p| **p != self.me).collect();
+        let others: Vec<&NodeAddr> = replicas
+            .iter()
+            .copied()
+            .filter(|p| **p != self.me)
+            .collect();
         let needed = quorum.saturating_sub(here);
         if others.is_empty() {
             return Ok(());
@@ -702,7 +731,9 @@ impl Node {
         if needed == 0 {
             return Ok(());
         }
-        let acked = blocking(|| ack.wait(needed, others.len(), self.config.rpc_timeout));
+        let acked = ack
+            .wait(needed, others.len(), self.config.rpc_timeout)
+            .await;
         if acked >= needed {
             Ok(())
         } else {
@@ -1186,6 +1217,7 @@ impl Node {
         for pool in [&*self.pool, &self.probes, &self.indirect] {
             pool.set_isolated(on);
         }
+        self.relay.set_isolated(on);
         Ok(())
     }
 

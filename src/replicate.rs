@@ -10,7 +10,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 
@@ -21,11 +21,13 @@ use crate::idl::diststore::{Entry, TStoreSyncClient};
 /// Most hinted keys kept per peer; past that, anti-entropy repairs the rest.
 const MAX_HINTS_PER_PEER: usize = 1_000_000;
 
-/// Counts replica acknowledgements for one write.
+/// Counts replica acknowledgements for one write. Sender threads settle it;
+/// the coordinating request awaits it without blocking its tokio worker.
 #[derive(Default)]
 pub struct Ack {
+    /// (acknowledged, failed)
     state: Mutex<(usize, usize)>,
-    changed: Condvar,
+    changed: tokio::sync::Notify,
 }
 
 impl Ack {
@@ -41,21 +43,30 @@ impl Ack {
         } else {
             state.1 += 1;
         }
-        self.changed.notify_all();
+        drop(state);
+        self.changed.notify_waiters();
     }
 
     /// Waits until `needed` of `total` replicas acknowledged, until so many
     /// failed that `needed` cannot be reached, or until `timeout`. Returns the
     /// acknowledgements counted.
-    pub fn wait(&self, needed: usize, total: usize, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        let mut state = self.state.lock();
-        while state.0 < needed && total - state.1 >= needed {
-            if self.changed.wait_until(&mut state, deadline).timed_out() {
-                break;
+    pub async fn wait(&self, needed: usize, total: usize, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Register for the wake-up before looking, so none is missed.
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let state = self.state.lock();
+                if state.0 >= needed || total - state.1 < needed {
+                    return state.0;
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.state.lock().0;
             }
         }
-        state.0
     }
 }
 
@@ -194,14 +205,24 @@ impl Replicator {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
+
+    fn wait(ack: &Ack, needed: usize, total: usize) -> usize {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(ack.wait(needed, total, Duration::from_secs(10)))
+    }
 
     #[test]
     fn an_ack_returns_once_the_quorum_is_reached() {
         let ack = Ack::new();
         ack.settle(true);
         ack.settle(true);
-        assert_eq!(ack.wait(2, 3, Duration::from_secs(10)), 2);
+        assert_eq!(wait(&ack, 2, 3), 2);
     }
 
     #[test]
@@ -210,7 +231,7 @@ mod tests {
         ack.settle(false);
         ack.settle(false);
         let started = Instant::now();
-        assert_eq!(ack.wait(2, 3, Duration::from_secs(10)), 0);
+        assert_eq!(wait(&ack, 2, 3), 0);
         assert!(started.elapsed() < Duration::from_secs(5));
     }
 
@@ -219,7 +240,7 @@ mod tests {
         let ack = Ack::new();
         let late = ack.clone();
         let handle = std::thread::spawn(move || late.settle(true));
-        assert_eq!(ack.wait(1, 1, Duration::from_secs(10)), 1);
+        assert_eq!(wait(&ack, 1, 1), 1);
         handle.join().unwrap();
     }
 }

@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, watch};
 
 use crate::client::protocol_config;
 use crate::frame::{self, Frame, Limits, MessageKind};
-use crate::handler::{Handler, ONEWAY_METHODS, is_peer_method};
+use crate::handler::{ASYNC_METHODS, Handler, ONEWAY_METHODS, is_peer_method, serve_async};
 use crate::idl::diststore::StoreSyncProcessor;
 use crate::node::Node;
 
@@ -124,14 +124,18 @@ async fn connection(
                 Ok(Err(e)) => return Err(e.into()),
             }
         };
-        let answer = process(
-            &node,
-            &processor,
-            &buf[..frame.len],
-            &frame,
-            &limits,
-            &mut reply,
-        )?;
+        let message = &buf[..frame.len];
+        check(&node, &frame)?;
+        let answer = if ASYNC_METHODS.contains(&frame.name.as_str()) {
+            serve_async(&node, |processor| {
+                process(processor, message, &frame, &limits, &mut reply)
+            })
+            .await;
+            answers(&frame) && !reply.is_empty()
+        } else {
+            process(&processor, message, &frame, &limits, &mut reply);
+            answers(&frame) && !reply.is_empty()
+        };
         buf.drain(..frame.len);
         if answer {
             write_reply(&mut socket, &reply, idle).await?;
@@ -156,23 +160,32 @@ async fn write_reply(socket: &mut TcpStream, reply: &[u8], idle: Duration) -> Re
     Ok(())
 }
 
-/// Runs one message through the generated processor. Returns whether `reply`
-/// holds an answer to send.
-fn process(
-    node: &Node,
-    processor: &StoreSyncProcessor<Handler>,
-    message: &[u8],
-    frame: &Frame,
-    limits: &Limits,
-    reply: &mut Vec<u8>,
-) -> Result<bool, Closed> {
+/// Whether this message may be served at all on this connection.
+fn check(node: &Node, frame: &Frame) -> Result<(), Closed> {
     if !matches!(frame.kind, MessageKind::Call | MessageKind::Oneway) {
         return Err(Closed::NotACall(frame.kind));
     }
     if node.isolated() && is_peer_method(&frame.name) {
         return Err(Closed::Isolated);
     }
-    let oneway = frame.kind == MessageKind::Oneway || ONEWAY_METHODS.contains(&frame.name.as_str());
+    Ok(())
+}
+
+/// Whether a message gets a reply: never for a oneway method, however the
+/// caller marked it.
+fn answers(frame: &Frame) -> bool {
+    frame.kind != MessageKind::Oneway && !ONEWAY_METHODS.contains(&frame.name.as_str())
+}
+
+/// Runs one message through a generated processor, leaving in `reply` what it
+/// wrote (an answer, an exception, or nothing for a oneway method).
+fn process(
+    processor: &StoreSyncProcessor<Handler>,
+    message: &[u8],
+    frame: &Frame,
+    limits: &Limits,
+    reply: &mut Vec<u8>,
+) {
     reply.clear();
     // Nothing in a message is longer than the message. Bounding the decoder by
     // this message's length (not the node's limit) stops a wrongly typed field,
@@ -189,5 +202,4 @@ fn process(
         // The processor already wrote an exception reply where one was due.
         log::debug!("call to {} failed: {e}", frame.name);
     }
-    Ok(!oneway && !reply.is_empty())
 }
