@@ -50,12 +50,12 @@ pub fn start(config: Config) -> Result<Running> {
         Some(dir) => Store::open(dir, config.fsync)?,
         None => Store::memory(),
     };
-    let node = Node::new(config.clone(), me, store);
-
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("thrifty-worker")
         .build()?;
+    let node = Node::new(config.clone(), me, store, runtime.handle().clone());
+
     let listener = {
         let _guard = runtime.enter();
         tokio::net::TcpListener::from_std(listener)?

@@ -121,8 +121,9 @@ pub struct Node {
     /// Indirect probe requests (they wait for a ping of their own).
     indirect: Pool,
     replicator: Arc<Replicator>,
-    /// Async calls from the request path (forwards, read fallbacks).
-    relay: AsyncPool,
+    /// Async calls from the request path (forwards, read fallbacks) and
+    /// replication.
+    relay: Arc<AsyncPool>,
     epoch: Epoch,
     stop_requested: AtomicBool,
     stop_signal: Condvar,
@@ -135,8 +136,14 @@ pub struct Node {
 }
 
 impl Node {
-    /// A node named `me`, alone in its own ring, keeping its keys in `store`.
-    pub fn new(config: Config, me: NodeAddr, store: Store) -> Arc<Self> {
+    /// A node named `me`, alone in its own ring, keeping its keys in `store`;
+    /// its async work (replication) runs on `runtime`.
+    pub fn new(
+        config: Config,
+        me: NodeAddr,
+        store: Store,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Self> {
         let incarnation = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as i64)
@@ -160,8 +167,14 @@ impl Node {
             rpc_timeout: probe_timeout * 3,
             ..options
         });
+        let relay = Arc::new(AsyncPool::new(
+            config.connect_timeout,
+            config.rpc_timeout,
+            config.limits(),
+        ));
         let replicator = Replicator::new(
-            pool.clone(),
+            relay.clone(),
+            runtime,
             config.handoff_batch_entries,
             config.handoff_batch_bytes,
         );
@@ -180,7 +193,7 @@ impl Node {
             probes,
             indirect,
             replicator,
-            relay: AsyncPool::new(config.connect_timeout, config.rpc_timeout, config.limits()),
+            relay,
             epoch: Epoch::default(),
             stop_requested: AtomicBool::new(false),
             stop_signal: Condvar::new(),

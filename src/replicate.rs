@@ -1,22 +1,29 @@
 //! Replication: carrying writes to a key's other replicas.
 //!
-//! Each peer gets one sender thread and a queue. Writes from many requests are
-//! drained into one `absorb` call per round trip, so under load the cost of a
-//! round trip is shared by every write waiting in the queue (group commit).
+//! Each peer gets one sender task (on the node's tokio runtime) and a queue.
+//! Writes from many requests are drained into one `absorb` call per round
+//! trip, so under load the cost of a round trip is shared by every write
+//! waiting in the queue (group commit).
 //! A write's coordinator waits on an [`Ack`] until a quorum of replicas stored
 //! it. Entries a peer could not take become hints: the keys are remembered per
 //! peer and sent again (with their current value) once it answers again.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
 
 use crate::addr::NodeAddr;
-use crate::client::Pool;
-use crate::idl::diststore::{Entry, TStoreSyncClient};
+use crate::idl::diststore::Entry;
+use crate::relay::{self, AsyncPool};
+
+fn entry_bytes(entry: &Entry) -> usize {
+    entry.key.as_ref().map_or(0, Vec::len) + entry.value.as_ref().map_or(0, Vec::len)
+}
 
 /// Most hinted keys kept per peer; past that, anti-entropy repairs the rest.
 const MAX_HINTS_PER_PEER: usize = 1_000_000;
@@ -75,86 +82,78 @@ struct Outgoing {
     ack: Option<Arc<Ack>>,
 }
 
-#[derive(Default)]
-struct Queue {
-    items: Mutex<VecDeque<Outgoing>>,
-    ready: Condvar,
-}
-
 /// Sends entries to peers in batches, and keeps hints for those that failed.
 pub struct Replicator {
-    pool: Arc<Pool>,
-    queues: Mutex<HashMap<NodeAddr, Arc<Queue>>>,
+    relay: Arc<AsyncPool>,
+    runtime: Handle,
+    queues: Mutex<HashMap<NodeAddr, mpsc::UnboundedSender<Outgoing>>>,
     hints: Mutex<HashMap<NodeAddr, HashSet<Vec<u8>>>>,
-    pending: Arc<AtomicUsize>,
+    pending: AtomicUsize,
     batch_entries: usize,
     batch_bytes: usize,
 }
 
 impl Replicator {
-    /// A replicator sending through `pool`, in batches of at most
-    /// `batch_entries` entries or `batch_bytes` bytes.
-    pub fn new(pool: Arc<Pool>, batch_entries: usize, batch_bytes: usize) -> Arc<Self> {
+    /// A replicator sending through `relay` from tasks on `runtime`, in
+    /// batches of at most `batch_entries` entries or `batch_bytes` bytes.
+    pub fn new(
+        relay: Arc<AsyncPool>,
+        runtime: Handle,
+        batch_entries: usize,
+        batch_bytes: usize,
+    ) -> Arc<Self> {
         Arc::new(Replicator {
-            pool,
+            relay,
+            runtime,
             queues: Mutex::new(HashMap::new()),
             hints: Mutex::new(HashMap::new()),
-            pending: Arc::new(AtomicUsize::new(0)),
+            pending: AtomicUsize::new(0),
             batch_entries: batch_entries.max(1),
             batch_bytes,
         })
     }
 
     /// Queues `entry` for `peer`; `ack` (if any) learns whether it was stored.
+    /// Never blocks: callable from the request path and from plain threads.
     pub fn send(self: &Arc<Self>, peer: &NodeAddr, entry: Entry, ack: Option<Arc<Ack>>) {
-        let queue = self.queue(peer);
         self.pending.fetch_add(1, Ordering::Relaxed);
-        queue.items.lock().push_back(Outgoing { entry, ack });
-        queue.ready.notify_one();
-    }
-
-    fn queue(self: &Arc<Self>, peer: &NodeAddr) -> Arc<Queue> {
         let mut queues = self.queues.lock();
-        if let Some(queue) = queues.get(peer) {
-            return queue.clone();
+        let queue = queues.entry(peer.clone()).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let me = self.clone();
+            let peer = peer.clone();
+            self.runtime.spawn(async move { me.sender(peer, rx).await });
+            tx
+        });
+        if let Err(mpsc::error::SendError(lost)) = queue.send(Outgoing { entry, ack }) {
+            // The runtime is shutting down; nothing will carry it.
+            self.pending.fetch_sub(1, Ordering::Relaxed);
+            if let Some(ack) = lost.ack {
+                ack.settle(false);
+            }
         }
-        let queue = Arc::new(Queue::default());
-        queues.insert(peer.clone(), queue.clone());
-        let me = self.clone();
-        let peer = peer.clone();
-        let worker = queue.clone();
-        std::thread::Builder::new()
-            .name(format!("replicate-{peer}"))
-            .spawn(move || me.sender(&peer, &worker))
-            .expect("spawn a replication thread");
-        queue
     }
 
-    /// One peer's sender: drains the queue into batches until the process ends.
-    fn sender(&self, peer: &NodeAddr, queue: &Queue) {
-        loop {
-            let batch = {
-                let mut items = queue.items.lock();
-                while items.is_empty() {
-                    queue.ready.wait(&mut items);
-                }
-                let mut batch = Vec::new();
-                let mut bytes = 0;
-                while let Some(item) = items.pop_front() {
-                    bytes += item.entry.key.as_ref().map_or(0, Vec::len)
-                        + item.entry.value.as_ref().map_or(0, Vec::len);
-                    batch.push(item);
-                    if batch.len() >= self.batch_entries || bytes >= self.batch_bytes {
-                        break;
-                    }
-                }
-                batch
-            };
-            let entries: Vec<Entry> = batch.iter().map(|o| o.entry.clone()).collect();
-            let result = self.pool.call(peer, |c| c.absorb(entries.clone()));
+    /// One peer's sender task: whatever has queued up while the previous
+    /// batch was in flight goes out as the next batch.
+    async fn sender(&self, peer: NodeAddr, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
+        while let Some(first) = queue.recv().await {
+            let mut bytes = entry_bytes(&first.entry);
+            let mut batch = vec![first];
+            while batch.len() < self.batch_entries && bytes < self.batch_bytes {
+                let Ok(item) = queue.try_recv() else { break };
+                bytes += entry_bytes(&item.entry);
+                batch.push(item);
+            }
+            let request =
+                relay::encode(|c| c.absorb(batch.iter().map(|o| o.entry.clone()).collect()));
+            let result = self
+                .relay
+                .call(&peer, &request, |c| c.absorb(Vec::new()))
+                .await;
             if let Err(e) = &result {
                 log::debug!("replicating {} entries to {peer} failed: {e}", batch.len());
-                self.add_hints(peer, batch.iter().filter_map(|o| o.entry.key.clone()));
+                self.add_hints(&peer, batch.iter().filter_map(|o| o.entry.key.clone()));
             }
             for item in &batch {
                 if let Some(ack) = &item.ack {
