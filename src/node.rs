@@ -96,6 +96,17 @@ impl Epoch {
     }
 }
 
+/// Handoff batches in flight at once: enough to keep the link and the
+/// receiver busy while the next batch is read and encoded.
+const HANDOFF_IN_FLIGHT: usize = 4;
+
+/// One handoff batch's outcome: the keys and versions it carried.
+struct HandoffBatch {
+    owner: NodeAddr,
+    sent: Vec<(Vec<u8>, Version)>,
+    result: Result<()>,
+}
+
 /// What one handoff pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HandoffReport {
@@ -121,6 +132,8 @@ pub struct Node {
     /// Indirect probe requests (they wait for a ping of their own).
     indirect: Pool,
     replicator: Arc<Replicator>,
+    /// The node's tokio runtime, for async work started from plain threads.
+    runtime: tokio::runtime::Handle,
     /// Async calls from the request path (forwards, read fallbacks) and
     /// replication.
     relay: Arc<AsyncPool>,
@@ -174,7 +187,7 @@ impl Node {
         ));
         let replicator = Replicator::new(
             relay.clone(),
-            runtime,
+            runtime.clone(),
             config.handoff_batch_entries,
             config.handoff_batch_bytes,
         );
@@ -193,6 +206,7 @@ impl Node {
             probes,
             indirect,
             replicator,
+            runtime,
             relay,
             epoch: Epoch::default(),
             stop_requested: AtomicBool::new(false),
@@ -1043,48 +1057,80 @@ impl Node {
                 by_owner.entry(owner.clone()).or_default().push(key);
             }
         }
-        for (owner, keys) in by_owner {
-            let mut keys = keys.into_iter().peekable();
-            while keys.peek().is_some() {
-                if self.epoch.get() != epoch {
-                    report.restarted = true;
-                    return report;
-                }
-                let mut batch = Vec::new();
-                let mut sent = Vec::new();
-                let mut bytes = 0;
-                while bytes < self.config.handoff_batch_bytes
-                    && batch.len() < self.config.handoff_batch_entries
-                {
-                    let Some(key) = keys.next() else { break };
-                    if let Ok(Some(stored)) = self.store.get(&key) {
-                        bytes += key.len() + stored.value.as_ref().map_or(0, Vec::len);
-                        sent.push((key.clone(), stored.version));
-                        batch.push(convert::entry(key, stored));
+        // Batches are read and encoded here while earlier ones are in flight;
+        // each is encoded once, so a retry resends the same bytes.
+        let settle = |report: &mut HandoffReport, done: HandoffBatch| match done.result {
+            Ok(()) => {
+                for (key, version) in &done.sent {
+                    if let Err(e) = self.store.remove_if(key, *version) {
+                        log::warn!("deleting a handed-off key failed: {e}");
                     }
                 }
-                if batch.is_empty() {
-                    continue;
-                }
-                match self.pool.call(&owner, |c| c.absorb(batch.clone())) {
-                    Ok(()) => {
-                        for (key, version) in &sent {
-                            if let Err(e) = self.store.remove_if(key, *version) {
-                                log::warn!("deleting a handed-off key failed: {e}");
-                            }
-                        }
-                        report.moved += sent.len();
-                    }
-                    Err(e) => {
-                        log::warn!("handing {} keys to {owner} failed: {e}", sent.len());
-                        self.note_failure(&owner, &e);
-                        report.stuck += sent.len() + keys.count();
+                report.moved += done.sent.len();
+            }
+            Err(e) => {
+                log::warn!(
+                    "handing {} keys to {} failed: {e}",
+                    done.sent.len(),
+                    done.owner
+                );
+                self.note_failure(&done.owner, &e);
+                report.stuck += done.sent.len();
+                report.restarted = true;
+            }
+        };
+        self.runtime.block_on(async {
+            let mut in_flight = tokio::task::JoinSet::new();
+            'owners: for (owner, keys) in by_owner {
+                let mut keys = keys.into_iter().peekable();
+                while keys.peek().is_some() {
+                    if self.epoch.get() != epoch || report.restarted {
                         report.restarted = true;
-                        return report;
+                        break 'owners;
                     }
+                    let mut batch = Vec::new();
+                    let mut sent = Vec::new();
+                    let mut bytes = 0;
+                    while bytes < self.config.handoff_batch_bytes
+                        && batch.len() < self.config.handoff_batch_entries
+                    {
+                        let Some(key) = keys.next() else { break };
+                        if let Ok(Some(stored)) = self.store.get(&key) {
+                            bytes += key.len() + stored.value.as_ref().map_or(0, Vec::len);
+                            sent.push((key.clone(), stored.version));
+                            batch.push(convert::entry(key, stored));
+                        }
+                    }
+                    if batch.is_empty() {
+                        continue;
+                    }
+                    let request = relay::encode(|c| c.absorb(batch));
+                    while in_flight.len() >= HANDOFF_IN_FLIGHT {
+                        if let Some(Ok(done)) = in_flight.join_next().await {
+                            settle(&mut report, done);
+                        }
+                    }
+                    let node = self.clone();
+                    let owner = owner.clone();
+                    in_flight.spawn(async move {
+                        let result = node
+                            .relay
+                            .call(&owner, &request, |c| c.absorb(Vec::new()))
+                            .await;
+                        HandoffBatch {
+                            owner,
+                            sent,
+                            result,
+                        }
+                    });
                 }
             }
-        }
+            while let Some(done) = in_flight.join_next().await {
+                if let Ok(done) = done {
+                    settle(&mut report, done);
+                }
+            }
+        });
         if report.moved > 0 {
             log::info!("handed {} keys to their owners", report.moved);
         }
