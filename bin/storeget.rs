@@ -1,13 +1,17 @@
-//! `storeget KEY`: print the value stored at KEY (exit code 1 when absent).
+//! `storeget KEY`: print the value stored at KEY (exit code 1 when absent),
+//! streaming a chunked value from its chunks' owners.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
 use thrifty_p2p::NodeAddr;
+use thrifty_p2p::stream::{Options, StreamError};
 use thrifty_p2p::tools::Session;
 
 /// Print the value stored at KEY in a thrifty-p2p ring, as raw bytes.
+/// A value stored as chunks is fetched chunk by chunk, checked, and written
+/// as it arrives (never held whole in memory).
 /// Exit code 1 when the key is not stored, 2 on any other error.
 #[derive(Parser, Debug)]
 #[command(version)]
@@ -22,21 +26,20 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    match Session::open(args.peer).and_then(|mut s| s.get(args.key.as_bytes())) {
-        Ok(Some(value)) => {
-            let mut out = std::io::stdout().lock();
-            let mut written = out.write_all(&value);
+    let mut out = std::io::stdout().lock();
+    let result = Session::open(args.peer)
+        .map_err(StreamError::from)
+        .and_then(|s| s.get_stream(args.key.as_bytes(), &mut out, &Options::default()));
+    match result {
+        Ok(Some(_)) => {
             // Raw bytes for pipes; a newline only for a person at a terminal.
-            if out.is_terminal() {
-                written = written.and_then(|()| out.write_all(b"\n"));
+            if out.is_terminal()
+                && let Err(e) = out.write_all(b"\n").and_then(|()| out.flush())
+            {
+                eprintln!("storeget: cannot write the value: {e}");
+                return ExitCode::from(2);
             }
-            match written.and_then(|()| out.flush()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("storeget: cannot write the value: {e}");
-                    ExitCode::from(2)
-                }
-            }
+            ExitCode::SUCCESS
         }
         Ok(None) => {
             eprintln!("storeget: key `{}` is not stored", args.key);

@@ -1,40 +1,56 @@
-//! `storeput KEY VALUE`: store a value in the ring (`-` reads it from stdin).
+//! `storeput KEY VALUE`: store a value in the ring (`-` reads it from stdin,
+//! streaming input longer than one chunk straight to the chunks' owners).
 
 use std::io::Read;
 use std::process::ExitCode;
 
 use clap::Parser;
+use clap::builder::RangedU64ValueParser;
 use thrifty_p2p::NodeAddr;
+use thrifty_p2p::stream::{self, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, Options};
 use thrifty_p2p::tools::Session;
 
 /// Store VALUE at KEY in a thrifty-p2p ring. Returns once the key's owner has it.
+///
+/// A value longer than one chunk (--chunk-bytes) is stored as chunks, each
+/// sent straight to the node that owns it, several at a time, then a small
+/// manifest at KEY; `storeget` reassembles it. Standard input is streamed:
+/// it is never held whole in memory.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
     /// The key.
     key: String,
-    /// The value; `-` reads it (any bytes) from standard input.
+    /// The value; `-` reads it (any bytes, any length) from standard input.
     value: String,
     /// A node of the ring (HOST:PORT). Default: the first node answering on
     /// localhost from port 9900 up.
     #[arg(long, value_name = "HOST:PORT")]
     peer: Option<NodeAddr>,
+    /// Bytes per chunk of a streamed value; a value of at most this size is
+    /// stored whole. Must not exceed the nodes' --max-value-bytes (64 MiB by
+    /// default).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_CHUNK_BYTES,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_CHUNK_BYTES as u64))]
+    chunk_bytes: usize,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let value = if args.value == "-" {
-        let mut value = Vec::new();
-        if let Err(e) = std::io::stdin().read_to_end(&mut value) {
-            eprintln!("storeput: cannot read the value from standard input: {e}");
-            return ExitCode::FAILURE;
-        }
-        value
-    } else {
-        args.value.into_bytes()
+    let options = Options {
+        chunk_bytes: args.chunk_bytes,
+        ..Options::default()
     };
-    match Session::open(args.peer).and_then(|mut s| s.put(args.key.as_bytes(), &value)) {
-        Ok(()) => ExitCode::SUCCESS,
+    let input: Box<dyn Read> = if args.value == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        Box::new(std::io::Cursor::new(args.value.into_bytes()))
+    };
+    let result = Session::open(args.peer)
+        .map_err(stream::StreamError::from)
+        .and_then(|s| s.put_stream(args.key.as_bytes(), input, &options));
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("storeput: {e}");
             ExitCode::from(2)

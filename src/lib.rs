@@ -27,6 +27,8 @@
 //!   client as codec, tokio sockets).
 //! - [`launch`]: start a node process, run it, stop it.
 //! - [`discover`]: find a local ring by probing ports from 9900, like the original.
+//! - [`stream`]: large values as chunks sent straight to their owners, in
+//!   parallel, behind a manifest at the key.
 //! - [`tools`]: what the command-line clients share.
 
 #![deny(missing_docs)]
@@ -50,6 +52,7 @@ pub mod replicate;
 pub mod ring;
 pub mod server;
 pub mod store;
+pub mod stream;
 pub mod tools;
 pub mod version;
 

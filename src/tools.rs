@@ -1,6 +1,8 @@
 //! What the command-line clients (`storeput`, `storeget`, `storeprimer`,
 //! `storetest`) share: finding a node, and the calls they make.
 
+use std::io::{Read, Write};
+
 use crate::addr::NodeAddr;
 use crate::client::{Client, ClientOptions, call_error, connect};
 use crate::convert;
@@ -8,6 +10,7 @@ use crate::discover;
 use crate::error::Result;
 use crate::idl::diststore::TStoreSyncClient;
 use crate::idl::locator::TLocatorSyncClient;
+use crate::stream;
 
 /// The NATO alphabet that `storeprimer` loads and `storetest` checks.
 pub const NATO: [(&str, &str); 26] = [
@@ -92,6 +95,31 @@ impl Session {
             .locate(key.to_vec())
             .map_err(|e| call_error(&self.peer, e))?;
         Ok(convert::addr(&location))
+    }
+
+    /// Stores everything `reader` yields at `key`: input that ends within one
+    /// chunk as a plain value, longer input streamed as chunks straight to
+    /// their owners (see [`stream::put`]). Never holds more than
+    /// `options.workers + 1` chunks in memory.
+    pub fn put_stream(
+        &self,
+        key: &[u8],
+        reader: impl Read,
+        options: &stream::Options,
+    ) -> stream::Result<stream::Written> {
+        stream::put(&self.peer, key, reader, options)
+    }
+
+    /// Writes the value at `key` to `writer`, fetching a streamed value's
+    /// chunks from their owners in parallel (see [`stream::get_large`]);
+    /// returns its size, or `None` when the key is not stored.
+    pub fn get_stream(
+        &self,
+        key: &[u8],
+        writer: impl Write,
+        options: &stream::Options,
+    ) -> stream::Result<Option<u64>> {
+        stream::get_large(&self.peer, key, writer, options)
     }
 }
 
