@@ -1,0 +1,143 @@
+//! `storebench`: measure thrifty-p2p beside Redis and print (and by default
+//! write into BENCHMARKS.md) the figures against the project's targets.
+//! `scripts/bench.sh` builds in release and runs it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use thrifty_p2p::bench::{self, BenchConfig, Part};
+
+/// Benchmark thrifty-p2p beside Redis: get and put at 1 and 50 connections,
+/// 100 B and 64 KiB values, on one node, a 3-node ring through a ring-aware
+/// client and through one forwarding node; a 1 GiB transfer; a join and a
+/// SIGINT handoff; a node's memory. Starts and stops its own nodes (the
+/// `location` binary next to this one) and its own redis-server.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Smoke test in about 30 s: short windows, one run, small data. Rough
+    /// figures; BENCHMARKS.md is left alone unless --results is given.
+    #[arg(long)]
+    quick: bool,
+    /// Seconds of one measured window.
+    #[arg(long, value_name = "SECS")]
+    duration: Option<f64>,
+    /// Seconds of warm-up before each cell.
+    #[arg(long, value_name = "SECS")]
+    warmup: Option<f64>,
+    /// Windows per cell and runs per bulk row; medians are reported.
+    #[arg(long, value_name = "N")]
+    repeat: Option<usize>,
+    /// Keys preloaded for values up to 1 KiB.
+    #[arg(long, value_name = "N")]
+    keys: Option<usize>,
+    /// Keys preloaded for larger values.
+    #[arg(long, value_name = "N")]
+    large_keys: Option<usize>,
+    /// Threads running the client's connections.
+    #[arg(long, value_name = "N")]
+    client_threads: Option<usize>,
+    /// MiB moved in and out by the bulk row.
+    #[arg(long, value_name = "MIB")]
+    bulk_mib: Option<usize>,
+    /// MiB the join should move to the new node.
+    #[arg(long, value_name = "MIB")]
+    join_mib: Option<usize>,
+    /// Keys held by the node whose memory is measured.
+    #[arg(long, value_name = "N")]
+    memory_keys: Option<usize>,
+    /// Connection counts, comma-separated [default: 1,50].
+    #[arg(long, value_name = "N,..", value_delimiter = ',')]
+    conns: Vec<usize>,
+    /// Value sizes in bytes, comma-separated [default: 100,65536].
+    #[arg(long, value_name = "BYTES,..", value_delimiter = ',')]
+    values: Vec<usize>,
+    /// Run only these parts, comma-separated: one-node (with Redis beside it),
+    /// ring, bulk, join, memory [default: all].
+    #[arg(long, value_name = "PART,..", value_delimiter = ',')]
+    only: Vec<Part>,
+    /// Copies of each key the nodes keep (their --replicas) [default: 1, as
+    /// Redis beside them; the targets are about single copies].
+    #[arg(long, value_name = "N")]
+    replicas: Option<usize>,
+    /// Skip Redis.
+    #[arg(long)]
+    no_redis: bool,
+    /// Let the scheduler place client and servers (default: servers on the
+    /// first half of the cores, the client on the rest; see BENCHMARKS.md).
+    #[arg(long)]
+    no_pin: bool,
+    /// The `location` binary to start nodes from.
+    #[arg(long, value_name = "PATH")]
+    location: Option<PathBuf>,
+    /// File to write the results into, replacing the previous ones
+    /// [default: BENCHMARKS.md, or none with --quick].
+    #[arg(long, value_name = "PATH")]
+    results: Option<PathBuf>,
+    /// Only print the results.
+    #[arg(long, conflicts_with = "results")]
+    no_results: bool,
+}
+
+fn config(args: &Args) -> BenchConfig {
+    let mut config = if args.quick {
+        BenchConfig::quick()
+    } else {
+        BenchConfig::default()
+    };
+    let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
+    config.duration = args.duration.map_or(config.duration, secs);
+    config.warmup = args.warmup.map_or(config.warmup, secs);
+    config.repeat = args.repeat.unwrap_or(config.repeat).max(1);
+    config.keys = args.keys.unwrap_or(config.keys).max(1);
+    config.large_keys = args.large_keys.unwrap_or(config.large_keys).max(1);
+    config.client_threads = args.client_threads.unwrap_or(config.client_threads);
+    config.bulk_bytes = args.bulk_mib.map_or(config.bulk_bytes, |m| m << 20);
+    config.bulk_chunk = config.bulk_chunk.min(config.bulk_bytes.max(1));
+    config.join_bytes = args.join_mib.map_or(config.join_bytes, |m| m << 20);
+    config.memory_keys = args.memory_keys.unwrap_or(config.memory_keys);
+    config.redis = !args.no_redis;
+    config.replicas = args.replicas.unwrap_or(config.replicas).max(1);
+    config.pin = !args.no_pin;
+    if !args.conns.is_empty() {
+        config.connections = args.conns.clone();
+    }
+    if !args.values.is_empty() {
+        config.value_sizes = args.values.clone();
+    }
+    if !args.only.is_empty() {
+        config.parts = args.only.clone();
+    }
+    if let Some(location) = &args.location {
+        config.location = location.clone();
+    }
+    config
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = config(&args);
+    let results = match (&args.results, args.no_results || args.quick) {
+        (Some(path), _) => Some(path.clone()),
+        (None, false) => Some(PathBuf::from("BENCHMARKS.md")),
+        (None, true) => None,
+    };
+    let report = match bench::run(&config, &mut |step| eprintln!("storebench: {step}")) {
+        Ok(report) => report,
+        Err(e) => {
+            eprintln!("storebench: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("{}", report.to_markdown());
+    if let Some(path) = results {
+        if let Err(e) = bench::write_results(&path, &report) {
+            eprintln!("storebench: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+        eprintln!("storebench: results written to {}", path.display());
+    }
+    ExitCode::SUCCESS
+}

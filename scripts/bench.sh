@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Builds in release and runs storebench: thrifty-p2p beside Redis, figures
+# against the targets of issue 4, results written into BENCHMARKS.md.
+# Installs redis-server and redis-tools from Debian first when missing.
+#
+#   scripts/bench.sh             the full run (about five minutes on two cores)
+#   scripts/bench.sh --quick     a smoke test (about 30 s; BENCHMARKS.md untouched)
+#   scripts/bench.sh --help      every option (durations, sizes, --only PART, ...)
+#
+# Run it on an otherwise idle machine: the client, the nodes and Redis share
+# the cores, and anything else running skews every figure (the report shows
+# how much CPU other processes took during each cell).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+  echo "bench: installing redis-server and redis-tools (apt-get)"
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
+cargo build --release --quiet --bin location --bin storebench
+exec target/release/storebench "$@"
