@@ -1,91 +1,198 @@
-//! The in-memory engine: sharded hash sets of packed entries.
+//! The in-memory engine: per shard, an arena of packed records and a hash
+//! table of 4-byte handles into it.
 //!
-//! Sharded behind `parking_lot` read-write locks: operations are short and never
-//! await, so a blocking lock held for a few hundred nanoseconds is cheaper than
-//! an async one, and sharding keeps cores from contending.
+//! # Layout
 //!
-//! Memory is the constraint (a node may hold millions of small values), so each
-//! entry is one heap allocation holding header, key and value, and the table
-//! stores only that pointer: no separate key allocation, no per-entry struct
-//! padding. For a million 10-byte keys with 100-byte values this measured
-//! 171 MiB resident, 1.64x the raw bytes (`memory_per_million_entries` in the
-//! tests): per entry, a 144-byte malloc chunk for the 127 bytes it holds, and
-//! about 32 bytes of table (a 16-byte pointer and a control byte per slot, at
-//! the 54% load the tables happen to have at that size).
+//! Keys are spread over [`SHARDS`] shards by their hash, each behind a
+//! `parking_lot` read-write lock: operations are short and never await, so a
+//! blocking lock held for a few hundred nanoseconds is cheaper than an async
+//! one, and sharding keeps cores from contending. The lock guards everything in
+//! its shard:
+//!
+//! - an arena of pages, 32 KiB each ([`PAGE`]), into which records are
+//!   appended back to back: `stamp u64 | origin u32 | key_len u32 |
+//!   value_len u32 | key | value`, little-endian. `value_len` is `u32::MAX`
+//!   for a tombstone; the top bit of `key_len` marks a dead record (replaced
+//!   or removed). A record over [`LARGE`] gets a page of its own, so no page
+//!   ends in much unused space.
+//! - a hashbrown [`HashTable`] of [`Handle`]s, each a page number and an
+//!   offset in a `u32`. It holds neither keys nor hashes: a lookup compares
+//!   the key in the record, and a resize rehashes keys read from the arena.
+//!
+//! # Why
+//!
+//! Memory is the constraint: a node may hold millions of small values. The
+//! engine before this one gave each entry its own allocation and kept its
+//! 16-byte pointer in a std `HashSet`. For a million 10-byte keys with 100-byte
+//! values that was 171 MiB resident, 1.64x the raw bytes: a 144-byte malloc
+//! chunk for the 127 bytes of an entry, and about 32 bytes of table per entry
+//! at the 54% load the tables happened to have. Here an entry costs its 20-byte
+//! header, no allocator overhead, and 5 bytes per table bucket (handle and
+//! control byte), about 11 bytes per entry at that same load: 136 MiB
+//! resident, 1.30x (`memory_per_million_entries` below).
+//!
+//! Nor is it slower (`nanoseconds_per_operation_at_a_million_keys` below): a
+//! write copies into a page instead of allocating, an overwrite of the same
+//! size rewrites the record in place, and one SipHash per operation serves
+//! both the shard choice and the table, where there were two.
+//!
+//! # Garbage
+//!
+//! An overwrite whose record is as long as the old one, or shorter by at least
+//! a header, is written over it, the rest of the old record becoming a dead
+//! filler. Otherwise the new record is appended and the old one marked dead,
+//! as `remove_if` marks it. Pages count their dead bytes, and a shard those of
+//! its sealed pages (all but the one taking appends). A page whose records
+//! all died is freed at once. Once more than a quarter of the sealed bytes are
+//! dead ([`DEAD_SHARE`]), the deadest sealed page is compacted: its live
+//! records are copied to the page taking appends, their handles re-pointed
+//! (found by rehashing their keys), and the page is freed; again until under
+//! a quarter. So a shard's arena holds at most 4/3 of its live bytes plus one
+//! page, and one compaction, under the shard's write lock, copies at most
+//! three quarters of a page. A shard left with no key drops its arena.
+//!
+//! # Limits
+//!
+//! A handle has 17 bits of page number, so a shard holds at most 131,072
+//! pages (4 GiB of small records, or as many large ones); past that, writes
+//! fail with [`Error::Storage`]. Keys must be under 2 GiB, values under 4 GiB.
 
-use std::borrow::Borrow;
-use std::collections::HashSet;
-use std::hash::{BuildHasher, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 use parking_lot::RwLock;
 
 use super::{Engine, Stored};
 use crate::error::{Error, Result};
 use crate::version::Version;
 
-/// Enough shards that two cores rarely meet on one lock.
+/// Enough shards that two cores rarely meet on one lock. Memory per entry
+/// does not depend on it: the tables' load factor swings between 44% and 87%
+/// as keys are added, whatever the number of shards.
 const SHARDS: usize = 64;
 
-/// Bytes before the key: stamp (8), origin (4), key length (4), tag (1).
-const HEADER: usize = 17;
-const TAG_VALUE: u8 = 1;
-const TAG_TOMBSTONE: u8 = 0;
+/// Bits of a [`Handle`] that hold the offset within a page.
+const OFFSET_BITS: u32 = 15;
 
-/// One entry in a single allocation: `stamp | origin | key_len | tag | key | value`
-/// (integers little-endian). Hashes and compares by key only, and borrows as
-/// its key, so a `HashSet<Entry>` is a map keyed by `&[u8]`.
-struct Entry(Box<[u8]>);
+/// Size of a page of small records: big enough that allocator overhead and the
+/// unfilled end are small, small enough that compacting one (copying at most
+/// half of it) keeps a shard locked for microseconds.
+const PAGE: usize = 1 << OFFSET_BITS;
 
-impl Entry {
-    fn new(key: &[u8], value: Option<&[u8]>, version: Version) -> Result<Entry> {
-        let key_len = u32::try_from(key.len())
-            .map_err(|_| Error::Storage(format!("key of {} bytes is too long", key.len())))?;
-        let body = value.unwrap_or_default();
-        let mut bytes = Vec::with_capacity(HEADER + key.len() + body.len());
-        bytes.extend_from_slice(&version.stamp.to_le_bytes());
-        bytes.extend_from_slice(&version.origin.to_le_bytes());
-        bytes.extend_from_slice(&key_len.to_le_bytes());
-        bytes.push(if value.is_some() {
-            TAG_VALUE
-        } else {
-            TAG_TOMBSTONE
-        });
-        bytes.extend_from_slice(key);
-        bytes.extend_from_slice(body);
-        // Exact capacity, so this does not reallocate.
-        Ok(Entry(bytes.into_boxed_slice()))
+/// The most pages a shard can hold: what the handle's other bits can number.
+const MAX_PAGES: usize = 1 << (32 - OFFSET_BITS);
+
+/// Records longer than this get a page of their own, so no page of small
+/// records ends in more than this much unused space.
+const LARGE: usize = PAGE / 4;
+
+/// The capacity a shard's first page starts with, doubling up to [`PAGE`], so
+/// a store holding a few keys stays small.
+const FIRST_PAGE: usize = 1024;
+
+/// Compaction keeps the dead bytes of a shard's sealed pages to at most one in
+/// this many, so the arena holds at most 4/3 of its live bytes, plus the page
+/// taking appends.
+///
+/// Measured with 3 million overwrites of 50 to 150 bytes at random keys, after
+/// `memory_per_million_entries`: with a half the process grew to 2.52x the raw
+/// bytes resident, with a third to 2.04x, with a quarter to 1.87x (the engine
+/// before this one, an allocation per entry: 1.80x), and overwrites were no
+/// slower with a quarter. Compacting the deadest page once the whole shard
+/// passes the mark, rather than each page as it passes it, lets pages die
+/// further before their survivors are copied: in a simulation of random
+/// overwrites, about one record copied per record appended.
+const DEAD_SHARE: usize = 4;
+
+/// Bytes before the key: stamp (8), origin (4), key length (4), value length (4).
+const HEADER: usize = 20;
+
+/// Set in the key-length word of a record that was replaced or removed.
+const DEAD: u32 = 1 << 31;
+
+/// The value-length word of a tombstone.
+const TOMBSTONE: u32 = u32::MAX;
+
+/// Where a record is: page number (high 17 bits) and byte offset in the page
+/// (low 15 bits). Four bytes, so the table costs 5 bytes per bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Handle(u32);
+
+impl Handle {
+    fn new(page: usize, offset: usize) -> Handle {
+        debug_assert!(page < MAX_PAGES && offset < PAGE);
+        Handle(((page << OFFSET_BITS) | offset) as u32)
     }
 
-    fn key_len(&self) -> usize {
-        let mut len = [0; 4];
-        len.copy_from_slice(&self.0[12..16]);
-        u32::from_le_bytes(len) as usize
+    fn page(self) -> usize {
+        (self.0 >> OFFSET_BITS) as usize
     }
 
-    fn key(&self) -> &[u8] {
-        &self.0[HEADER..HEADER + self.key_len()]
+    fn offset(self) -> usize {
+        self.0 as usize & (PAGE - 1)
+    }
+}
+
+fn u32_at(bytes: &[u8], at: usize) -> u32 {
+    let mut word = [0; 4];
+    word.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(word)
+}
+
+/// A record read in place: the bytes from its start to the end of its page.
+#[derive(Clone, Copy)]
+struct Record<'a>(&'a [u8]);
+
+impl<'a> Record<'a> {
+    fn key_len(self) -> usize {
+        (u32_at(self.0, 12) & !DEAD) as usize
     }
 
-    fn version(&self) -> Version {
-        let mut stamp = [0; 8];
-        stamp.copy_from_slice(&self.0[0..8]);
-        let mut origin = [0; 4];
-        origin.copy_from_slice(&self.0[8..12]);
-        Version {
-            stamp: u64::from_le_bytes(stamp),
-            origin: u32::from_le_bytes(origin),
+    fn value_len(self) -> usize {
+        match u32_at(self.0, 16) {
+            TOMBSTONE => 0,
+            len => len as usize,
         }
     }
 
-    fn is_tombstone(&self) -> bool {
-        self.0[16] == TAG_TOMBSTONE
+    /// The record's length, header included.
+    fn len(self) -> usize {
+        HEADER + self.key_len() + self.value_len()
     }
 
-    fn value(&self) -> Option<&[u8]> {
-        (!self.is_tombstone()).then(|| &self.0[HEADER + self.key_len()..])
+    fn is_dead(self) -> bool {
+        u32_at(self.0, 12) & DEAD != 0
     }
 
-    fn stored(&self) -> Stored {
+    fn is_tombstone(self) -> bool {
+        u32_at(self.0, 16) == TOMBSTONE
+    }
+
+    fn key(self) -> &'a [u8] {
+        &self.0[HEADER..HEADER + self.key_len()]
+    }
+
+    fn value(self) -> Option<&'a [u8]> {
+        let start = HEADER + self.key_len();
+        (!self.is_tombstone()).then(|| &self.0[start..start + self.value_len()])
+    }
+
+    fn version(self) -> Version {
+        let mut stamp = [0; 8];
+        stamp.copy_from_slice(&self.0[0..8]);
+        Version {
+            stamp: u64::from_le_bytes(stamp),
+            origin: u32_at(self.0, 8),
+        }
+    }
+
+    /// The whole record, to copy it elsewhere.
+    fn bytes(self) -> &'a [u8] {
+        &self.0[..self.len()]
+    }
+
+    fn stored(self) -> Stored {
         Stored {
             value: self.value().map(<[u8]>::to_vec),
             version: self.version(),
@@ -93,44 +200,437 @@ impl Entry {
     }
 }
 
-impl Borrow<[u8]> for Entry {
-    fn borrow(&self) -> &[u8] {
-        self.key()
+/// The length of the record for `key` and `value`, or why it cannot be stored.
+fn record_len(key: &[u8], value: Option<&[u8]>) -> Result<usize> {
+    if key.len() >= DEAD as usize {
+        return Err(Error::Storage(format!(
+            "key of {} bytes is too long",
+            key.len()
+        )));
+    }
+    let value_len = value.map_or(0, <[u8]>::len);
+    if value_len >= TOMBSTONE as usize {
+        return Err(Error::Storage(format!(
+            "value of {value_len} bytes is too long"
+        )));
+    }
+    Ok(HEADER + key.len() + value_len)
+}
+
+/// Sets the dead bit of the record that `record` starts with.
+fn mark_dead(record: &mut [u8]) {
+    let word = u32_at(record, 12) | DEAD;
+    record[12..16].copy_from_slice(&word.to_le_bytes());
+}
+
+/// The header of the record for `key` and `value`, whose lengths
+/// [`record_len`] has checked.
+fn header(key: &[u8], value: Option<&[u8]>, version: Version) -> [u8; HEADER] {
+    let mut header = [0; HEADER];
+    header[0..8].copy_from_slice(&version.stamp.to_le_bytes());
+    header[8..12].copy_from_slice(&version.origin.to_le_bytes());
+    header[12..16].copy_from_slice(&(key.len() as u32).to_le_bytes());
+    let value_len = value.map_or(TOMBSTONE, |value| value.len() as u32);
+    header[16..20].copy_from_slice(&value_len.to_le_bytes());
+    header
+}
+
+/// One page: records back to back, and how many of its bytes are dead.
+#[derive(Default)]
+struct Page {
+    bytes: Vec<u8>,
+    dead: usize,
+}
+
+/// A shard's records. Knows nothing of the table: whoever moves a record
+/// (compaction, in [`Shard::compact`]) re-points its handle.
+#[derive(Default)]
+struct Arena {
+    /// Indexed by [`Handle::page`]. A released page stays as an empty slot.
+    pages: Vec<Page>,
+    /// Empty slots in `pages`, reused before `pages` grows.
+    free: Vec<usize>,
+    /// The page small records are appended to, if any.
+    active: Option<usize>,
+    /// Total length of the sealed pages (all but the active one).
+    sealed: usize,
+    /// Dead bytes in the sealed pages.
+    sealed_dead: usize,
+    /// Bytes of live records (values and tombstones), for accounting.
+    live: usize,
+    /// Records moved by compaction, so tests can tell it ran.
+    #[cfg(test)]
+    moved: usize,
+}
+
+impl Arena {
+    fn record(&self, handle: Handle) -> Record<'_> {
+        Record(&self.pages[handle.page()].bytes[handle.offset()..])
+    }
+
+    /// Appends a record of `len` bytes (from [`record_len`]). Fails only if
+    /// the shard is full, and then stores nothing.
+    fn append(
+        &mut self,
+        len: usize,
+        key: &[u8],
+        value: Option<&[u8]>,
+        version: Version,
+    ) -> Result<Handle> {
+        let handle = self.reserve(len)?;
+        let bytes = &mut self.pages[handle.page()].bytes;
+        bytes.extend_from_slice(&header(key, value, version));
+        bytes.extend_from_slice(key);
+        bytes.extend_from_slice(value.unwrap_or_default());
+        self.live += len;
+        Ok(handle)
+    }
+
+    /// Writes a record of `len` bytes over the live one at `handle`, if it
+    /// fits exactly or leaves room for a dead filler record after it. Returns
+    /// whether it did. Most overwrites keep the value's size, and then leave
+    /// no garbage and need no new handle.
+    fn rewrite(
+        &mut self,
+        handle: Handle,
+        len: usize,
+        key: &[u8],
+        value: Option<&[u8]>,
+        version: Version,
+    ) -> bool {
+        let (index, offset) = (handle.page(), handle.offset());
+        let page = &mut self.pages[index];
+        let old_len = Record(&page.bytes[offset..]).len();
+        let Some(gap) = old_len.checked_sub(len) else {
+            return false;
+        };
+        let Ok(filler) = u32::try_from(gap.saturating_sub(HEADER)) else {
+            return false;
+        };
+        if gap != 0 && (gap < HEADER || filler == TOMBSTONE) {
+            return false;
+        }
+        let bytes = &mut page.bytes[offset..offset + old_len];
+        bytes[..HEADER].copy_from_slice(&header(key, value, version));
+        bytes[HEADER..HEADER + key.len()].copy_from_slice(key);
+        bytes[HEADER + key.len()..len].copy_from_slice(value.unwrap_or_default());
+        if gap != 0 {
+            // A dead record with no key, its value the rest of the gap, so
+            // the page can still be walked record by record.
+            let mut filler_header = [0; HEADER];
+            filler_header[12..16].copy_from_slice(&DEAD.to_le_bytes());
+            filler_header[16..20].copy_from_slice(&filler.to_le_bytes());
+            bytes[len..len + HEADER].copy_from_slice(&filler_header);
+            page.dead += gap;
+            if self.active != Some(index) {
+                self.sealed_dead += gap;
+            }
+        }
+        self.live -= gap;
+        true
+    }
+
+    /// Makes room for `len` bytes at the end of a page and returns the handle
+    /// the record appended there will have. The caller appends exactly `len`
+    /// bytes.
+    fn reserve(&mut self, len: usize) -> Result<Handle> {
+        if len > LARGE {
+            let page = self.new_page(Vec::with_capacity(len))?;
+            // A large record's page is sealed from the start.
+            self.sealed += len;
+            return Ok(Handle::new(page, 0));
+        }
+        let page = match self.active {
+            Some(page) if self.pages[page].bytes.len() + len <= PAGE => page,
+            _ => {
+                let holds_none = self.pages.len() == self.free.len();
+                let capacity = if holds_none { FIRST_PAGE } else { PAGE };
+                let page = self.new_page(Vec::with_capacity(capacity))?;
+                self.seal();
+                self.active = Some(page);
+                page
+            }
+        };
+        let bytes = &mut self.pages[page].bytes;
+        let offset = bytes.len();
+        if bytes.capacity() - offset < len {
+            // Only a shard's first page grows; by doubling, as a `Vec` would,
+            // but never past a page. Records are addressed by offset, so the
+            // move does not disturb them.
+            let capacity = (bytes.capacity() * 2).max(offset + len).min(PAGE);
+            bytes.reserve_exact(capacity - offset);
+        }
+        Ok(Handle::new(page, offset))
+    }
+
+    fn new_page(&mut self, bytes: Vec<u8>) -> Result<usize> {
+        let page = Page { bytes, dead: 0 };
+        if let Some(index) = self.free.pop() {
+            self.pages[index] = page;
+            return Ok(index);
+        }
+        if self.pages.len() == MAX_PAGES {
+            return Err(Error::Storage(format!(
+                "a memory shard is full ({MAX_PAGES} pages); \
+                 the node holds more than this engine can address"
+            )));
+        }
+        self.pages.push(page);
+        Ok(self.pages.len() - 1)
+    }
+
+    /// Stops appending to the active page, giving back its unfilled end.
+    fn seal(&mut self) {
+        if let Some(index) = self.active.take() {
+            let page = &mut self.pages[index];
+            page.bytes.shrink_to_fit();
+            self.sealed += page.bytes.len();
+            self.sealed_dead += page.dead;
+        }
+    }
+
+    /// Marks a live record dead: it was replaced or removed.
+    fn kill(&mut self, handle: Handle) {
+        let (index, offset) = (handle.page(), handle.offset());
+        let page = &mut self.pages[index];
+        let len = Record(&page.bytes[offset..]).len();
+        mark_dead(&mut page.bytes[offset..]);
+        page.dead += len;
+        self.live -= len;
+        let all_dead = page.dead == page.bytes.len();
+        if self.active == Some(index) {
+            // Nothing in it points anywhere: start it over (kept, so a key
+            // written and removed in turn does not allocate each time).
+            if all_dead {
+                page.bytes.clear();
+                page.dead = 0;
+            }
+        } else {
+            self.sealed_dead += len;
+            if all_dead {
+                // Freed at once, with nothing to copy: a large record's
+                // page, or one whose records were all overwritten.
+                self.release(index);
+            }
+        }
+    }
+
+    /// Panics unless the counters agree with the pages. Returns how many live
+    /// records there are.
+    #[cfg(test)]
+    fn check(&self) -> usize {
+        let (mut sealed, mut sealed_dead, mut live, mut records) = (0, 0, 0, 0);
+        for (index, page) in self.pages.iter().enumerate() {
+            let mut dead = 0;
+            let mut offset = 0;
+            while offset < page.bytes.len() {
+                let record = Record(&page.bytes[offset..]);
+                if record.is_dead() {
+                    dead += record.len();
+                } else {
+                    live += record.len();
+                    records += 1;
+                }
+                offset += record.len();
+            }
+            assert_eq!(
+                (offset, dead),
+                (page.bytes.len(), page.dead),
+                "page {index}"
+            );
+            if Some(index) != self.active {
+                sealed += page.bytes.len();
+                sealed_dead += dead;
+            }
+        }
+        assert_eq!(
+            (sealed, sealed_dead, live),
+            (self.sealed, self.sealed_dead, self.live)
+        );
+        records
+    }
+
+    /// Frees a sealed page.
+    fn release(&mut self, index: usize) {
+        let page = std::mem::take(&mut self.pages[index]);
+        self.sealed -= page.bytes.len();
+        self.sealed_dead -= page.dead;
+        self.free.push(index);
+    }
+
+    /// The page to compact next, if more than one byte in [`DEAD_SHARE`] of
+    /// the sealed pages is dead: the deadest, which is then at least as dead.
+    fn victim(&self) -> Option<usize> {
+        if self.sealed_dead * DEAD_SHARE <= self.sealed {
+            return None;
+        }
+        let index = (0..self.pages.len())
+            .filter(|&index| Some(index) != self.active)
+            .max_by_key(|&index| self.pages[index].dead)?;
+        // Always so while the counters are right; checked anyway, so that a
+        // miscount cannot make compaction copy live pages round forever.
+        let page = &self.pages[index];
+        (page.dead * DEAD_SHARE > page.bytes.len()).then_some(index)
     }
 }
 
-impl Hash for Entry {
-    // Must hash exactly as the borrowed `[u8]` key does, for lookups by `&[u8]`.
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.key().hash(state);
-    }
+/// The hash of a key, for both the shard choice and the shard's table.
+fn hash_of(hasher: &RandomState, key: &[u8]) -> u64 {
+    hasher.hash_one(key)
 }
 
-impl PartialEq for Entry {
-    fn eq(&self, other: &Self) -> bool {
-        self.key() == other.key()
-    }
-}
-
-impl Eq for Entry {}
-
+/// One lock's worth of the store.
 #[derive(Default)]
 struct Shard {
-    entries: HashSet<Entry>,
+    table: HashTable<Handle>,
+    arena: Arena,
     /// Entries holding a value, so `len` need not walk the tables.
     values: usize,
 }
 
 impl Shard {
-    /// Replaces whatever `key` holds with the new entry, keeping `values` right.
-    fn put(&mut self, entry: Entry) {
-        if !entry.is_tombstone() {
+    fn find(&self, hash: u64, key: &[u8]) -> Option<Record<'_>> {
+        let handle = self
+            .table
+            .find(hash, |&handle| self.arena.record(handle).key() == key)?;
+        Some(self.arena.record(*handle))
+    }
+
+    /// Writes `value` at `key` with the version `decide` makes from the
+    /// current one, unless `decide` returns `None`. Returns the version written.
+    fn put(
+        &mut self,
+        hasher: &RandomState,
+        hash: u64,
+        key: &[u8],
+        value: Option<&[u8]>,
+        decide: impl FnOnce(Option<Version>) -> Option<Version>,
+    ) -> Result<Option<Version>> {
+        // Checked before `decide` runs, so a bad key costs no version.
+        let len = record_len(key, value)?;
+        let arena = &self.arena;
+        let entry = self.table.entry(
+            hash,
+            |&handle| arena.record(handle).key() == key,
+            |&handle| hash_of(hasher, arena.record(handle).key()),
+        );
+        let version = match entry {
+            Entry::Occupied(mut slot) => {
+                let handle = *slot.get();
+                let old = self.arena.record(handle);
+                let Some(version) = decide(Some(old.version())) else {
+                    return Ok(None);
+                };
+                let old_held_value = !old.is_tombstone();
+                if !self.arena.rewrite(handle, len, key, value, version) {
+                    *slot.get_mut() = self.arena.append(len, key, value, version)?;
+                    self.arena.kill(handle);
+                }
+                if old_held_value {
+                    self.values -= 1;
+                }
+                version
+            }
+            Entry::Vacant(slot) => {
+                let Some(version) = decide(None) else {
+                    return Ok(None);
+                };
+                slot.insert(self.arena.append(len, key, value, version)?);
+                version
+            }
+        };
+        if value.is_some() {
             self.values += 1;
         }
-        if let Some(old) = self.entries.replace(entry)
-            && !old.is_tombstone()
-        {
+        self.compact(hasher);
+        Ok(Some(version))
+    }
+
+    /// Forgets `key` if it holds exactly `version`. Returns whether it did.
+    fn remove_if(&mut self, hasher: &RandomState, hash: u64, key: &[u8], version: Version) -> bool {
+        let arena = &self.arena;
+        let Ok(slot) = self
+            .table
+            .find_entry(hash, |&handle| arena.record(handle).key() == key)
+        else {
+            return false;
+        };
+        let record = self.arena.record(*slot.get());
+        if record.version() != version {
+            return false;
+        }
+        let held_value = !record.is_tombstone();
+        let (handle, _) = slot.remove();
+        if held_value {
             self.values -= 1;
+        }
+        if self.table.is_empty() {
+            // A handoff may empty a shard: give everything back.
+            *self = Shard::default();
+            return true;
+        }
+        self.arena.kill(handle);
+        self.compact(hasher);
+        // Give back most of a table that emptied, with room to spare so a
+        // shard that refills does not resize at once.
+        let len = self.table.len();
+        if self.table.capacity() > 1024 && len * 4 < self.table.capacity() {
+            let arena = &self.arena;
+            self.table.shrink_to(len * 2, |&handle| {
+                hash_of(hasher, arena.record(handle).key())
+            });
+        }
+        true
+    }
+
+    /// Compacts while the sealed pages are too dead ([`DEAD_SHARE`]): copies the
+    /// live records of the deadest page to the active page, re-points their
+    /// handles, and frees it.
+    fn compact(&mut self, hasher: &RandomState) {
+        while let Some(index) = self.arena.victim() {
+            // Taken out to read it while appending; its slot is not free, so
+            // nothing is appended to it meanwhile.
+            let mut page = std::mem::take(&mut self.arena.pages[index]);
+            let mut offset = 0;
+            let mut full = false;
+            // Stops as soon as what is left is all dead.
+            while page.dead < page.bytes.len() {
+                let record = Record(&page.bytes[offset..]);
+                let len = record.len();
+                if !record.is_dead() {
+                    let Ok(moved) = self.arena.reserve(len) else {
+                        // The shard is full. Keep the page as it is now (what
+                        // was moved is marked dead in it) and try no further.
+                        full = true;
+                        break;
+                    };
+                    self.arena.pages[moved.page()]
+                        .bytes
+                        .extend_from_slice(record.bytes());
+                    let old = Handle::new(index, offset);
+                    let slot = self
+                        .table
+                        .find_mut(hash_of(hasher, record.key()), |&handle| handle == old)
+                        .expect("every live record has a handle in the table");
+                    *slot = moved;
+                    mark_dead(&mut page.bytes[offset..]);
+                    page.dead += len;
+                    self.arena.sealed_dead += len;
+                    #[cfg(test)]
+                    {
+                        self.arena.moved += 1;
+                    }
+                }
+                offset += len;
+            }
+            let emptied = page.dead == page.bytes.len();
+            self.arena.pages[index] = page;
+            if emptied {
+                self.arena.release(index);
+            }
+            if full {
+                return;
+            }
         }
     }
 }
@@ -138,13 +638,15 @@ impl Shard {
 /// The in-memory engine.
 pub(super) struct Memory {
     shards: Vec<RwLock<Shard>>,
-    /// Picks the shard. Independent of the tables' own hashers: were it the
-    /// same, every key in a shard would share the low hash bits the table
-    /// indexes by.
+    /// Hashes keys with a key of this process's own (SipHash), since clients
+    /// choose the keys. One hash per operation serves twice: bits 32 and up
+    /// pick the shard, while a table indexes by the low bits and tags buckets
+    /// with the top 7, so the keys of one shard still spread over its table.
     hasher: RandomState,
 }
 
 impl Memory {
+    /// An empty engine.
     pub(super) fn new() -> Memory {
         Memory {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
@@ -152,29 +654,63 @@ impl Memory {
         }
     }
 
-    fn shard(&self, key: &[u8]) -> &RwLock<Shard> {
-        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
+    /// The key's hash and the shard that holds it.
+    fn locate(&self, key: &[u8]) -> (u64, &RwLock<Shard>) {
+        let hash = hash_of(&self.hasher, key);
+        (hash, &self.shards[(hash >> 32) as usize % SHARDS])
     }
+
+    /// What the arenas and tables hold, for tests of the accounting.
+    #[cfg(test)]
+    fn footprint(&self) -> Footprint {
+        let mut footprint = Footprint::default();
+        for shard in &self.shards {
+            let shard = shard.read();
+            // Every test that looks at the accounting checks it too.
+            let records = shard.arena.check();
+            assert_eq!(records, shard.table.len());
+            for &handle in &shard.table {
+                assert!(!shard.arena.record(handle).is_dead());
+            }
+            footprint.live += shard.arena.live;
+            footprint.moved += shard.arena.moved;
+            footprint.arena += (shard.arena.pages.iter())
+                .map(|page| page.bytes.capacity())
+                .sum::<usize>();
+            footprint.arena += shard.arena.pages.capacity() * size_of::<Page>();
+            footprint.table += shard.table.allocation_size();
+        }
+        footprint
+    }
+}
+
+/// Bytes the engine holds, by its own accounting.
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct Footprint {
+    /// Bytes of live records: values and tombstones, headers included.
+    live: usize,
+    /// Capacity of every page, live, dead and unfilled bytes alike, and of
+    /// the page lists.
+    arena: usize,
+    /// The hash tables' allocations.
+    table: usize,
+    /// Records compaction moved.
+    moved: usize,
 }
 
 impl Engine for Memory {
     fn get(&self, key: &[u8]) -> Result<Option<Stored>> {
-        Ok(self.shard(key).read().entries.get(key).map(Entry::stored))
+        let (hash, shard) = self.locate(key);
+        Ok(shard.read().find(hash, key).map(Record::stored))
     }
 
     fn merge(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<bool> {
-        // Built before locking: the allocation and copy need no lock.
-        let entry = Entry::new(key, value, version)?;
-        let mut shard = self.shard(key).write();
-        if shard
-            .entries
-            .get(key)
-            .is_some_and(|old| old.version() >= version)
-        {
-            return Ok(false);
-        }
-        shard.put(entry);
-        Ok(true)
+        let (hash, shard) = self.locate(key);
+        let applied = shard.write().put(&self.hasher, hash, key, value, |old| {
+            old.is_none_or(|old| old < version).then_some(version)
+        })?;
+        Ok(applied.is_some())
     }
 
     fn overwrite(
@@ -183,38 +719,16 @@ impl Engine for Memory {
         value: Option<&[u8]>,
         next: &mut dyn FnMut(Option<Version>) -> Version,
     ) -> Result<Version> {
-        // The version is known only under the lock; build with a placeholder
-        // and patch the header, so the allocation still happens outside it.
-        let mut entry = Entry::new(key, value, Version::default())?;
-        let mut shard = self.shard(key).write();
-        let version = next(shard.entries.get(key).map(Entry::version));
-        entry.0[0..8].copy_from_slice(&version.stamp.to_le_bytes());
-        entry.0[8..12].copy_from_slice(&version.origin.to_le_bytes());
-        shard.put(entry);
-        Ok(version)
+        let (hash, shard) = self.locate(key);
+        let written = shard
+            .write()
+            .put(&self.hasher, hash, key, value, |old| Some(next(old)))?;
+        Ok(written.expect("an overwrite always writes"))
     }
 
     fn remove_if(&self, key: &[u8], version: Version) -> Result<bool> {
-        let mut shard = self.shard(key).write();
-        if shard
-            .entries
-            .get(key)
-            .is_none_or(|old| old.version() != version)
-        {
-            return Ok(false);
-        }
-        if let Some(old) = shard.entries.take(key)
-            && !old.is_tombstone()
-        {
-            shard.values -= 1;
-        }
-        // A handoff may empty most of a shard; give the table back, with
-        // room to spare so a shard that refills does not resize at once.
-        let len = shard.entries.len();
-        if shard.entries.capacity() > 1024 && len * 4 < shard.entries.capacity() {
-            shard.entries.shrink_to(len * 2);
-        }
-        Ok(true)
+        let (hash, shard) = self.locate(key);
+        Ok(shard.write().remove_if(&self.hasher, hash, key, version))
     }
 
     fn len(&self) -> usize {
@@ -231,10 +745,13 @@ impl Engine for Memory {
         for shard in &self.shards {
             keys.clear();
             entries.clear();
-            for entry in &shard.read().entries {
-                keys.extend_from_slice(entry.key());
-                entries.push((keys.len(), entry.version(), entry.is_tombstone()));
+            let shard = shard.read();
+            for &handle in &shard.table {
+                let record = shard.arena.record(handle);
+                keys.extend_from_slice(record.key());
+                entries.push((keys.len(), record.version(), record.is_tombstone()));
             }
+            drop(shard);
             let mut start = 0;
             for &(end, version, tombstone) in &entries {
                 if !visit(&keys[start..end], version, tombstone) {
@@ -249,7 +766,13 @@ impl Engine for Memory {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
+
+    fn v(stamp: u64) -> Version {
+        Version { stamp, origin: 0 }
+    }
 
     fn rss_kib() -> usize {
         let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -257,46 +780,455 @@ mod tests {
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
     }
 
-    /// Prints resident memory per million 10-byte keys with 100-byte values;
-    /// run alone, in release:
+    /// The numbers below `n`, shuffled by a xorshift generator seeded with
+    /// `seed`: an order of access unrelated to the order keys were written
+    /// in, as a server's clients would have it.
+    fn shuffled(n: u32, seed: u64) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..n).collect();
+        let mut state = seed | 1;
+        for i in (1..order.len()).rev() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            order.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        order
+    }
+
+    /// A 10-byte decimal key, written without allocating so that timings
+    /// measure the engine.
+    fn decimal_key(mut n: u32) -> [u8; 10] {
+        let mut key = [b'0'; 10];
+        for digit in key.iter_mut().rev() {
+            *digit = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        key
+    }
+
+    /// Prints resident memory per million 10-byte keys with 100-byte values,
+    /// and its ratio to the raw bytes (issue 4 asks for at most 1.5x), then
+    /// again after three million overwrites of random keys; run alone, in
+    /// release:
     /// `cargo test --release --lib memory_per_million -- --ignored --nocapture --test-threads 1`.
     #[test]
     #[ignore = "a measurement, not a check"]
     fn memory_per_million_entries() {
+        const KEYS: u32 = 1_000_000;
         let memory = Memory::new();
         let value = [7u8; 100];
+        let raw = KEYS as usize * 110 / 1024;
         let before = rss_kib();
-        for i in 0..1_000_000u64 {
-            let key = format!("{i:010}");
+        let report = |when: &str| {
+            let resident = rss_kib() - before;
+            println!(
+                "{when}: {} MiB resident for {} MiB of keys and values: {:.2}x",
+                resident / 1024,
+                raw / 1024,
+                resident as f64 / raw as f64
+            );
+        };
+        for i in 0..KEYS {
             memory
-                .merge(key.as_bytes(), Some(&value), Version::default())
+                .merge(&decimal_key(i), Some(&value), Version::default())
                 .unwrap();
         }
-        let after = rss_kib();
-        let raw = 1_000_000 * 110 / 1024;
-        println!(
-            "{} MiB resident for {} MiB of keys and values: {:.2}x",
-            (after - before) / 1024,
-            raw / 1024,
-            (after - before) as f64 / raw as f64
-        );
-        assert_eq!(memory.len(), 1_000_000);
+        report("written");
+        let mut state = 1u64;
+        for _ in 0..3 * KEYS {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let key = decimal_key((state % u64::from(KEYS)) as u32);
+            memory
+                .overwrite(&key, Some(&value), &mut |old| {
+                    v(old.map_or(0, |old| old.stamp) + 1)
+                })
+                .unwrap();
+        }
+        report("after 3M random overwrites");
+        let sizes = [7u8; 150];
+        for n in 0..3 * KEYS {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let key = decimal_key((state % u64::from(KEYS)) as u32);
+            let value = &sizes[..50 + (n % 101) as usize];
+            memory
+                .overwrite(&key, Some(value), &mut |old| {
+                    v(old.map_or(0, |old| old.stamp) + 1)
+                })
+                .unwrap();
+        }
+        report("after 3M more, of 50 to 150 bytes");
+        assert_eq!(memory.len(), KEYS as usize);
+    }
+
+    /// Prints single-thread nanoseconds per operation on a million 10-byte
+    /// keys with 100-byte values, each pass visiting every key once in its
+    /// own random order; run alone, in release:
+    /// `cargo test --release --lib nanoseconds_per_operation -- --ignored --nocapture --test-threads 1`.
+    #[test]
+    #[ignore = "a measurement, not a check"]
+    fn nanoseconds_per_operation_at_a_million_keys() {
+        const KEYS: u32 = 1_000_000;
+        let memory = Memory::new();
+        let value = [7u8; 150];
+        let mut seed = 0;
+        let mut time = |name: &str, op: &mut dyn FnMut(&[u8; 10], u32)| {
+            seed += 1;
+            let order = shuffled(KEYS, seed);
+            let start = Instant::now();
+            for (n, &i) in order.iter().enumerate() {
+                op(&decimal_key(i), n as u32);
+            }
+            let ns = start.elapsed().as_nanos() as f64 / f64::from(KEYS);
+            println!("{name:<32} {ns:>6.0} ns/op");
+        };
+        let overwrite = |key: &[u8; 10], len: usize| {
+            memory
+                .overwrite(key, Some(&value[..len]), &mut |old| {
+                    v(old.map_or(0, |old| old.stamp) + 1)
+                })
+                .unwrap();
+        };
+        time("merge, new key", &mut |key, _| {
+            memory.merge(key, Some(&value[..100]), v(1)).unwrap();
+        });
+        time("get", &mut |key, _| {
+            std::hint::black_box(memory.get(key).unwrap());
+        });
+        time("merge, newer version", &mut |key, _| {
+            memory.merge(key, Some(&value[..100]), v(2)).unwrap();
+        });
+        time("merge, older version (refused)", &mut |key, _| {
+            memory.merge(key, Some(&value[..100]), v(1)).unwrap();
+        });
+        for pass in 0..3 {
+            time(&format!("overwrite, pass {pass}"), &mut |key, _| {
+                overwrite(key, 100)
+            });
+        }
+        time("overwrite, 50 to 150 bytes", &mut |key, n| {
+            overwrite(key, 50 + (n % 101) as usize)
+        });
+        time("get, after overwrites", &mut |key, _| {
+            std::hint::black_box(memory.get(key).unwrap());
+        });
+        assert_eq!(memory.len(), KEYS as usize);
     }
 
     #[test]
-    fn an_entry_packs_header_key_and_value_in_one_allocation() {
+    fn a_record_packs_header_key_and_value() {
+        let mut arena = Arena::default();
         let version = Version {
             stamp: u64::MAX - 1,
             origin: 9,
         };
-        let entry = Entry::new(b"key", Some(b"value"), version).unwrap();
-        assert_eq!(entry.0.len(), HEADER + 3 + 5);
+        let len = record_len(b"key", Some(b"value")).unwrap();
+        assert_eq!(len, HEADER + 3 + 5);
+        let handle = arena.append(len, b"key", Some(b"value"), version).unwrap();
+        let tombstone = arena
+            .append(HEADER + 3, b"key", None, Version::default())
+            .unwrap();
+        let record = arena.record(handle);
         assert_eq!(
-            (entry.key(), entry.value()),
-            (&b"key"[..], Some(&b"value"[..]))
+            (record.key(), record.value(), record.version(), record.len()),
+            (&b"key"[..], Some(&b"value"[..]), version, len)
         );
-        assert_eq!(entry.version(), version);
-        let tombstone = Entry::new(b"key", None, version).unwrap();
-        assert_eq!((tombstone.key(), tombstone.value()), (&b"key"[..], None));
+        assert_eq!(tombstone.offset(), len, "records are back to back");
+        let record = arena.record(tombstone);
+        assert_eq!((record.key(), record.value()), (&b"key"[..], None));
+        assert!(!record.is_dead());
+        arena.kill(tombstone);
+        assert!(arena.record(tombstone).is_dead());
+        assert_eq!(arena.record(tombstone).key(), b"key");
+        assert_eq!(arena.live, len);
+    }
+
+    /// Every record of a page, walked as compaction walks it: (key, dead, length).
+    fn walk(page: &Page) -> Vec<(Vec<u8>, bool, usize)> {
+        let mut records = Vec::new();
+        let mut offset = 0;
+        while offset < page.bytes.len() {
+            let record = Record(&page.bytes[offset..]);
+            records.push((record.key().to_vec(), record.is_dead(), record.len()));
+            offset += record.len();
+        }
+        records
+    }
+
+    #[test]
+    fn a_value_of_the_same_size_is_written_in_place() {
+        let memory = Memory::new();
+        memory.merge(b"k", Some(&[1; 100]), v(1)).unwrap();
+        let before = memory.footprint();
+        for stamp in 2..1000 {
+            memory
+                .merge(b"k", Some(&[stamp as u8; 100]), v(stamp))
+                .unwrap();
+        }
+        let after = memory.footprint();
+        assert_eq!((after.live, after.arena), (before.live, before.arena));
+        assert_eq!(
+            memory.get(b"k").unwrap().unwrap(),
+            Stored {
+                value: Some(vec![999u64 as u8; 100]),
+                version: v(999)
+            }
+        );
+    }
+
+    #[test]
+    fn a_shorter_value_is_written_in_place_before_a_dead_filler() {
+        let mut arena = Arena::default();
+        let long = record_len(b"a", Some(&[1; 100])).unwrap();
+        let a = arena.append(long, b"a", Some(&[1; 100]), v(1)).unwrap();
+        let b = arena
+            .append(HEADER + 11, b"b", Some(&[1; 10]), v(1))
+            .unwrap();
+        // 100 bytes shorter: in place, with a 100-byte filler.
+        let short = record_len(b"a", None).unwrap();
+        assert!(arena.rewrite(a, short, b"a", None, v(2)));
+        // Longer: no.
+        assert!(!arena.rewrite(a, short + 1, b"a", Some(&[2]), v(3)));
+        // Shorter by less than a header, too little for a filler: no.
+        assert!(!arena.rewrite(b, HEADER + 1, b"b", None, v(2)));
+        let record = arena.record(a);
+        assert_eq!((record.value(), record.version()), (None, v(2)));
+        assert_eq!(
+            walk(&arena.pages[a.page()]),
+            [
+                (b"a".to_vec(), false, short),
+                (Vec::new(), true, long - short),
+                (b"b".to_vec(), false, HEADER + 11),
+            ]
+        );
+        assert_eq!(arena.live, short + HEADER + 11);
+        assert_eq!(arena.pages[a.page()].dead, long - short);
+    }
+
+    #[test]
+    fn a_record_larger_than_a_quarter_page_gets_a_page_of_its_own() {
+        let mut arena = Arena::default();
+        let value = vec![1; LARGE];
+        let len = record_len(b"k", Some(&value)).unwrap();
+        let large = arena.append(len, b"k", Some(&value), v(1)).unwrap();
+        let small = arena.append(HEADER + 1, b"k", None, v(1)).unwrap();
+        assert_eq!(
+            (large.offset(), arena.pages[large.page()].bytes.len()),
+            (0, len)
+        );
+        assert_ne!(small.page(), large.page());
+    }
+
+    /// A value of `len` bytes that says which key it belongs to.
+    fn value_for(key: &[u8], len: usize) -> Vec<u8> {
+        let mut value = key.repeat(len.div_ceil(key.len()));
+        value.truncate(len);
+        value
+    }
+
+    #[test]
+    fn overwriting_the_same_keys_with_varying_sizes_keeps_garbage_bounded() {
+        const KEYS: u64 = 10_000;
+        let memory = Memory::new();
+        let mut expected = vec![None; KEYS as usize];
+        let mut peak: f64 = 0.0;
+        for round in 0..100u64 {
+            for i in 0..KEYS {
+                let key = i.to_be_bytes();
+                // Sizes from 0 to 3,000 bytes, a large record now and then,
+                // and a tombstone in every seventh write.
+                let mix = (i * 7919 + round * 104_729) % 1000;
+                let len = if mix == 0 { 20_000 } else { mix as usize * 3 };
+                let value = (mix % 7 != 3).then(|| value_for(&key, len));
+                if round % 2 == 0 {
+                    memory
+                        .overwrite(&key, value.as_deref(), &mut |_| v(round + 1))
+                        .unwrap();
+                } else {
+                    assert!(memory.merge(&key, value.as_deref(), v(round + 1)).unwrap());
+                }
+                expected[i as usize] = value;
+            }
+            let footprint = memory.footprint();
+            let ratio = footprint.arena as f64 / footprint.live as f64;
+            assert!(ratio < 3.0, "round {round}: {footprint:?}, {ratio:.2}x");
+            // What the design promises: 4/3 of the live bytes, plus a page
+            // taking appends per shard (and the page lists).
+            assert!(
+                footprint.arena < footprint.live * 4 / 3 + SHARDS * (PAGE + 4096),
+                "round {round}: {footprint:?}"
+            );
+            peak = peak.max(ratio);
+        }
+        let footprint = memory.footprint();
+        assert!(footprint.moved > 0, "compaction ran: {footprint:?}");
+        println!("arena peaked at {peak:.2}x the live bytes; {footprint:?}");
+        for (i, value) in expected.iter().enumerate() {
+            let stored = memory.get(&(i as u64).to_be_bytes()).unwrap().unwrap();
+            assert_eq!((&stored.value, stored.version), (value, v(100)), "key {i}");
+        }
+        let values = expected.iter().filter(|value| value.is_some()).count();
+        assert_eq!(memory.len(), values);
+        let mut scanned = 0;
+        memory
+            .scan(&mut |_, version, _| {
+                assert_eq!(version, v(100));
+                scanned += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!(scanned, KEYS);
+    }
+
+    #[test]
+    fn removing_every_key_gives_all_the_memory_back() {
+        let memory = Memory::new();
+        for i in 0..10_000u64 {
+            let key = i.to_be_bytes();
+            let value = (i % 5 != 0).then(|| value_for(&key, (i % 300) as usize));
+            memory.merge(&key, value.as_deref(), v(1)).unwrap();
+            // Some garbage too, and a few large records.
+            let len = if i % 1000 == 0 { 10_000 } else { 100 };
+            memory
+                .merge(&key, Some(&value_for(&key, len)), v(2))
+                .unwrap();
+        }
+        assert!(memory.footprint().live > 10_000 * 100);
+        for i in 0..10_000u64 {
+            assert!(memory.remove_if(&i.to_be_bytes(), v(2)).unwrap());
+        }
+        let footprint = memory.footprint();
+        assert_eq!(
+            (footprint.live, footprint.arena, footprint.table),
+            (0, 0, 0)
+        );
+        assert_eq!(memory.len(), 0);
+        // And the engine still works.
+        assert!(memory.merge(b"again", Some(b"x"), v(1)).unwrap());
+        assert_eq!(memory.get(b"again").unwrap().unwrap().value.unwrap(), b"x");
+    }
+
+    #[test]
+    fn removing_most_keys_compacts_the_rest() {
+        // Enough that, uncompacted, the pages would break the bound below.
+        const KEYS: u64 = 100_000;
+        let memory = Memory::new();
+        for i in 0..KEYS {
+            memory
+                .merge(&i.to_be_bytes(), Some(&[1; 100]), v(1))
+                .unwrap();
+        }
+        for i in (0..KEYS).filter(|i| i % 10 != 0) {
+            assert!(memory.remove_if(&i.to_be_bytes(), v(1)).unwrap());
+        }
+        let footprint = memory.footprint();
+        assert!(footprint.moved > 0, "{footprint:?}");
+        assert!(
+            footprint.arena < footprint.live * 4 / 3 + SHARDS * (PAGE + 4096),
+            "{footprint:?}"
+        );
+        for i in 0..KEYS {
+            let stored = memory.get(&i.to_be_bytes()).unwrap();
+            assert_eq!(stored.is_some(), i % 10 == 0, "key {i}");
+        }
+    }
+
+    #[test]
+    fn a_large_value_that_shrinks_in_place_is_later_moved_and_freed() {
+        let memory = Memory::new();
+        // Small keys everywhere, so that no shard empties (and starts over)
+        // when the large ones go.
+        for i in 0..10_000u64 {
+            memory
+                .merge(&i.to_be_bytes(), Some(&[0; 10]), v(1))
+                .unwrap();
+        }
+        for i in 0..200u64 {
+            let key = format!("large {i}");
+            memory
+                .merge(key.as_bytes(), Some(&[1; 20_000]), v(1))
+                .unwrap();
+            // Still large, half as long: written in place before a filler,
+            // and its page, half dead, is the next compacted.
+            memory
+                .merge(key.as_bytes(), Some(&[2; 10_000]), v(2))
+                .unwrap();
+        }
+        let footprint = memory.footprint();
+        assert!(footprint.moved > 0, "{footprint:?}");
+        for i in 0..200u64 {
+            let key = format!("large {i}");
+            let stored = memory.get(key.as_bytes()).unwrap().unwrap();
+            assert_eq!(stored.value, Some(vec![2; 10_000]));
+            assert!(memory.remove_if(key.as_bytes(), v(2)).unwrap());
+        }
+        let footprint = memory.footprint();
+        assert!(
+            footprint.arena < footprint.live * 4 / 3 + SHARDS * (PAGE + 4096),
+            "{footprint:?}"
+        );
+    }
+
+    #[test]
+    fn readers_see_whole_values_while_writers_overwrite_and_compact() {
+        // Writers overwrite keys with values of varying size (so pages die
+        // and are compacted) while a reader checks that every key is found
+        // and holds a value made for it.
+        const KEYS: u64 = 2000;
+        const WRITERS: u64 = 3;
+        const WRITES: u64 = 20_000;
+        let memory = Memory::new();
+        for i in 0..KEYS {
+            memory.merge(&i.to_be_bytes(), None, v(0)).unwrap();
+        }
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..WRITERS)
+                .map(|writer| {
+                    let memory = &memory;
+                    scope.spawn(move || {
+                        for n in 0..WRITES {
+                            let key = ((n * 7 + writer * 13) % KEYS).to_be_bytes();
+                            let len = ((n * 31 + writer) % 3000) as usize;
+                            let len = if n % 500 == 0 { 12_000 } else { len };
+                            let value = (n % 11 != 0).then(|| value_for(&key, len));
+                            memory
+                                .overwrite(&key, value.as_deref(), &mut |old| {
+                                    v(old.unwrap().stamp + 1)
+                                })
+                                .unwrap();
+                        }
+                    })
+                })
+                .collect();
+            scope.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    for i in 0..KEYS {
+                        let key = i.to_be_bytes();
+                        let stored = memory.get(&key).unwrap().expect("every key stays");
+                        if let Some(value) = stored.value {
+                            assert_eq!(value, value_for(&key, value.len()), "key {i}");
+                        }
+                    }
+                }
+            });
+            // Joined before unwrapping, so a failing writer cannot leave the
+            // reader spinning.
+            let joined: Vec<_> = writers.into_iter().map(|w| w.join()).collect();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            for writer in joined {
+                writer.unwrap();
+            }
+        });
+        let total: u64 = (0..KEYS)
+            .map(|i| memory.get(&i.to_be_bytes()).unwrap().unwrap().version.stamp)
+            .sum();
+        assert_eq!(total, WRITERS * WRITES, "no overwrite was lost");
+        let footprint = memory.footprint();
+        assert!(footprint.arena < 3 * footprint.live, "{footprint:?}");
+        assert!(footprint.moved > 0, "compaction ran: {footprint:?}");
     }
 }
