@@ -893,15 +893,21 @@ impl Bench<'_> {
         Ok(())
     }
 
-    fn ring_cells(&self, report: &mut Report, progress: &mut dyn FnMut(&str)) -> Result<()> {
+    /// Starts three nodes on the servers' cores and waits until they agree.
+    fn start_ring(&self) -> Result<Vec<NodeProc>> {
         let first = self.start_node(None)?;
-        let others = [
+        let mut nodes = vec![
             self.start_node(Some(&first.addr))?,
             self.start_node(Some(&first.addr))?,
         ];
-        let mut nodes = vec![&first];
-        nodes.extend(others.iter());
-        wait_for_ring(&nodes, Duration::from_secs(30))?;
+        nodes.insert(0, first);
+        wait_for_ring(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(30))?;
+        Ok(nodes)
+    }
+
+    fn ring_cells(&self, report: &mut Report, progress: &mut dyn FnMut(&str)) -> Result<()> {
+        let nodes = self.start_ring()?;
+        let first = &nodes[0];
         let pids: Vec<u32> = nodes.iter().map(|n| n.pid()).collect();
         let most_keys = self.config.keys.max(self.config.large_keys);
         let ring_aware = Target::ring_aware(&first.addr, most_keys)?;
@@ -1072,14 +1078,8 @@ impl Bench<'_> {
     /// client and each chunk's owner, in parallel); median seconds each way.
     fn transfer(&self) -> Result<Transfer> {
         let c = self.config;
-        let first = self.start_node(None)?;
-        let others = [
-            self.start_node(Some(&first.addr))?,
-            self.start_node(Some(&first.addr))?,
-        ];
-        let mut nodes = vec![&first];
-        nodes.extend(others.iter());
-        wait_for_ring(&nodes, Duration::from_secs(30))?;
+        let nodes = self.start_ring()?;
+        let first = &nodes[0];
         let value = value_bytes(c.bulk_bytes);
         let options = crate::stream::Options {
             chunk_bytes: c.bulk_chunk,

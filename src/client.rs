@@ -190,26 +190,82 @@ fn breaks_connection(error: &thrift::Error) -> bool {
     )
 }
 
-/// Idle connections to peers, reused across calls.
-#[derive(Default)]
-pub struct Pool {
-    idle: Mutex<HashMap<NodeAddr, Vec<Client>>>,
-    options: ClientOptions,
-    /// Fault injection: while set, every call fails as if the peer were cut off.
+/// Idle connections kept per peer; more are closed after use.
+const MAX_IDLE_PER_PEER: usize = 64;
+
+/// Idle connections of type `C` per peer, and the fault-injection switch that
+/// cuts a node off from its peers. Shared by the blocking [`Pool`] and the
+/// async `relay::AsyncPool`.
+pub struct Idle<C> {
+    conns: Mutex<HashMap<NodeAddr, Vec<C>>>,
+    /// While set, every call fails as if the peer were cut off.
     isolated: AtomicBool,
 }
 
-/// Idle connections kept per peer; more are closed after use.
-const MAX_IDLE_PER_PEER: usize = 64;
+impl<C> Default for Idle<C> {
+    fn default() -> Self {
+        Idle {
+            conns: Mutex::new(HashMap::new()),
+            isolated: AtomicBool::new(false),
+        }
+    }
+}
+
+impl<C> Idle<C> {
+    /// An idle connection to `peer`, or `Ok(None)`; an error while isolated.
+    pub fn take(&self, peer: &NodeAddr) -> Result<Option<C>> {
+        if self.isolated.load(Ordering::Relaxed) {
+            return Err(Error::Unreachable {
+                peer: peer.to_string(),
+                reason: "this node is isolated (fault injection)".into(),
+                refused: false,
+            });
+        }
+        Ok(self.conns.lock().get_mut(peer).and_then(Vec::pop))
+    }
+
+    /// Keeps `conn` for the next call to `peer`, unless enough are idle.
+    pub fn give_back(&self, peer: &NodeAddr, conn: C) {
+        let mut conns = self.conns.lock();
+        let idle = conns.entry(peer.clone()).or_default();
+        if idle.len() < MAX_IDLE_PER_PEER {
+            idle.push(conn);
+        }
+    }
+
+    /// Cuts the node off from every peer (fault injection), or restores it.
+    pub fn set_isolated(&self, on: bool) {
+        self.isolated.store(on, Ordering::Relaxed);
+        if on {
+            self.conns.lock().clear();
+        }
+    }
+
+    /// Closes every idle connection to `peer` (it left or died).
+    pub fn forget(&self, peer: &NodeAddr) {
+        self.conns.lock().remove(peer);
+    }
+}
+
+/// Idle connections to peers, reused across calls.
+#[derive(Default)]
+pub struct Pool {
+    idle: Idle<Client>,
+    options: ClientOptions,
+}
 
 impl Pool {
     /// An empty pool.
     pub fn new(options: ClientOptions) -> Self {
         Pool {
-            idle: Mutex::new(HashMap::new()),
+            idle: Idle::default(),
             options,
-            isolated: AtomicBool::new(false),
         }
+    }
+
+    /// The pool's idle connections and fault-injection switch.
+    pub fn idle(&self) -> &Idle<Client> {
+        &self.idle
     }
 
     /// Runs `call` on a connection to `peer`. A pooled connection that turns out
@@ -220,25 +276,17 @@ impl Pool {
         peer: &NodeAddr,
         mut call: impl FnMut(&mut Client) -> thrift::Result<R>,
     ) -> Result<R> {
-        if self.isolated.load(Ordering::Relaxed) {
-            return Err(Error::Unreachable {
-                peer: peer.to_string(),
-                reason: "this node is isolated (fault injection)".into(),
-                refused: false,
-            });
-        }
-        let pooled = self.idle.lock().get_mut(peer).and_then(Vec::pop);
-        if let Some(mut client) = pooled {
+        if let Some(mut client) = self.idle.take(peer)? {
             match call(&mut client) {
                 Ok(reply) => {
-                    self.give_back(peer, client);
+                    self.idle.give_back(peer, client);
                     return Ok(reply);
                 }
                 Err(e) if breaks_connection(&e) => {
                     log::debug!("pooled connection to {peer} failed ({e}); reconnecting");
                 }
                 Err(e) => {
-                    self.give_back(peer, client);
+                    self.idle.give_back(peer, client);
                     return Err(call_error(peer, e));
                 }
             }
@@ -246,36 +294,15 @@ impl Pool {
         let mut client = connect(peer, &self.options)?;
         match call(&mut client) {
             Ok(reply) => {
-                self.give_back(peer, client);
+                self.idle.give_back(peer, client);
                 Ok(reply)
             }
             Err(e) => {
                 if !breaks_connection(&e) {
-                    self.give_back(peer, client);
+                    self.idle.give_back(peer, client);
                 }
                 Err(call_error(peer, e))
             }
         }
-    }
-
-    fn give_back(&self, peer: &NodeAddr, client: Client) {
-        let mut idle = self.idle.lock();
-        let conns = idle.entry(peer.clone()).or_default();
-        if conns.len() < MAX_IDLE_PER_PEER {
-            conns.push(client);
-        }
-    }
-
-    /// Cuts this pool off from every peer (fault injection), or restores it.
-    pub fn set_isolated(&self, on: bool) {
-        self.isolated.store(on, Ordering::Relaxed);
-        if on {
-            self.idle.lock().clear();
-        }
-    }
-
-    /// Closes every idle connection to `peer` (it left or died).
-    pub fn forget(&self, peer: &NodeAddr) {
-        self.idle.lock().remove(peer);
     }
 }

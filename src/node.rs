@@ -314,8 +314,8 @@ impl Node {
             }
         }
         for addr in &departed {
-            self.pool.forget(addr);
-            self.relay.forget(addr);
+            self.pool.idle().forget(addr);
+            self.relay.idle().forget(addr);
         }
         if refuted {
             // We were declared dead: writes went elsewhere meanwhile.
@@ -1274,9 +1274,9 @@ impl Node {
         log::warn!("fault injection: isolated = {on}");
         self.isolated.store(on, Ordering::Release);
         for pool in [&*self.pool, &self.probes, &self.indirect] {
-            pool.set_isolated(on);
+            pool.idle().set_isolated(on);
         }
-        self.relay.set_isolated(on);
+        self.relay.idle().set_isolated(on);
         Ok(())
     }
 

@@ -11,19 +11,16 @@
 //! sent anywhere; pass empty ones.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io::{self, Write};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::addr::NodeAddr;
-use crate::client::{call_error, protocol_config};
+use crate::client::{Idle, call_error, protocol_config};
 use crate::error::{Error, Result};
 use crate::frame::{self, Limits};
 use crate::idl::diststore::{StoreSyncClient, TStoreSyncClient};
@@ -72,39 +69,26 @@ pub fn decode<R>(
 
 /// Idle async connections to peers, and the timeouts for calls on them.
 pub struct AsyncPool {
-    idle: Mutex<HashMap<NodeAddr, Vec<TcpStream>>>,
+    idle: Idle<TcpStream>,
     connect_timeout: Duration,
     rpc_timeout: Duration,
     limits: Limits,
-    isolated: AtomicBool,
 }
-
-/// Idle connections kept per peer; more are closed after use.
-const MAX_IDLE_PER_PEER: usize = 64;
 
 impl AsyncPool {
     /// An empty pool.
     pub fn new(connect_timeout: Duration, rpc_timeout: Duration, limits: Limits) -> Self {
         AsyncPool {
-            idle: Mutex::new(HashMap::new()),
+            idle: Idle::default(),
             connect_timeout,
             rpc_timeout,
             limits,
-            isolated: AtomicBool::new(false),
         }
     }
 
-    /// Cuts the pool off from every peer (fault injection), or restores it.
-    pub fn set_isolated(&self, on: bool) {
-        self.isolated.store(on, Ordering::Relaxed);
-        if on {
-            self.idle.lock().clear();
-        }
-    }
-
-    /// Closes every idle connection to `peer`.
-    pub fn forget(&self, peer: &NodeAddr) {
-        self.idle.lock().remove(peer);
+    /// The pool's idle connections and fault-injection switch.
+    pub fn idle(&self) -> &Idle<TcpStream> {
+        &self.idle
     }
 
     async fn connect(&self, peer: &NodeAddr) -> Result<TcpStream> {
@@ -164,15 +148,7 @@ impl AsyncPool {
         request: &[u8],
         decode_with: impl Fn(&mut dyn TStoreSyncClient) -> thrift::Result<R>,
     ) -> Result<R> {
-        if self.isolated.load(Ordering::Relaxed) {
-            return Err(Error::Unreachable {
-                peer: peer.to_string(),
-                reason: "this node is isolated (fault injection)".into(),
-                refused: false,
-            });
-        }
-        let pooled = self.idle.lock().get_mut(peer).and_then(Vec::pop);
-        let (mut stream, mut fresh) = match pooled {
+        let (mut stream, mut fresh) = match self.idle.take(peer)? {
             Some(stream) => (stream, false),
             None => (self.connect(peer).await?, true),
         };
@@ -201,11 +177,7 @@ impl AsyncPool {
                 }
             };
             let result = decode(&reply, &self.limits, &decode_with);
-            let mut idle = self.idle.lock();
-            let conns = idle.entry(peer.clone()).or_default();
-            if conns.len() < MAX_IDLE_PER_PEER {
-                conns.push(stream);
-            }
+            self.idle.give_back(peer, stream);
             return result.map_err(|e| call_error(peer, e));
         }
     }
