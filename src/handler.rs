@@ -94,7 +94,9 @@ pub type Answer = Result<Option<Vec<u8>>, Error>;
 enum Mode {
     /// Serving everything else; the async methods never reach it.
     Serve,
-    /// Record the call; the reply the processor writes is thrown away.
+    /// Serve the call at once if it needs no waiting (the reply the processor
+    /// writes is then the answer); otherwise record it, and the reply written
+    /// is thrown away.
     Capture(Arc<Mutex<Option<Call>>>),
     /// Answer with the outcome computed already.
     Replay(Arc<Mutex<Option<Answer>>>),
@@ -117,10 +119,13 @@ impl Handler {
 
     fn read(&self, key: Vec<u8>, hops: i8) -> Answer {
         match &self.mode {
-            Mode::Capture(slot) => {
-                *slot.lock() = Some(Call::Read { key, hops });
-                Ok(None)
-            }
+            Mode::Capture(slot) => match self.node.fetch_now(&key, hops) {
+                Some(answer) => answer,
+                None => {
+                    *slot.lock() = Some(Call::Read { key, hops });
+                    Ok(None)
+                }
+            },
             Mode::Replay(slot) => slot.lock().take().unwrap_or(Err(Error::NoOwner)),
             Mode::Serve => Err(not_async()),
         }
@@ -134,15 +139,19 @@ impl Handler {
         expires: Option<i64>,
     ) -> Result<(), Error> {
         match &self.mode {
-            Mode::Capture(slot) => {
-                *slot.lock() = Some(Call::Write {
-                    key,
-                    value,
-                    hops,
-                    expires,
-                });
-                Ok(())
-            }
+            Mode::Capture(slot) => match self.node.write_now(&key, value.as_deref(), hops, expires)
+            {
+                Some(answer) => answer,
+                None => {
+                    *slot.lock() = Some(Call::Write {
+                        key,
+                        value,
+                        hops,
+                        expires,
+                    });
+                    Ok(())
+                }
+            },
             Mode::Replay(slot) => slot.lock().take().unwrap_or(Err(Error::NoOwner)).map(drop),
             Mode::Serve => Err(not_async()),
         }
@@ -167,8 +176,8 @@ pub async fn serve_async(node: &Arc<Node>, mut run: impl FnMut(&StoreSyncProcess
         node: node.clone(),
         mode: Mode::Capture(captured.clone()),
     }));
-    // No call captured: the arguments did not decode, and the processor has
-    // written the exception reply already.
+    // No call captured: it was served at once, or its arguments did not
+    // decode; either way the processor has written the reply already.
     let Some(call) = captured.lock().take() else {
         return;
     };

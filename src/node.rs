@@ -552,6 +552,83 @@ impl Node {
         Ok(())
     }
 
+    /// Whether this node coordinates a request for a key with these replicas
+    /// without forwarding it: it is the owner, or the request has been
+    /// forwarded enough (a leaving node keeps forwarding: its handoff may be
+    /// done already). Otherwise the request goes to the first replica that
+    /// answers, which may still turn out to be this node.
+    fn coordinates(&self, replicas: &[&NodeAddr], hops: i8, leaving: bool) -> bool {
+        (hops >= MAX_HOPS && !leaving) || replicas.first().is_some_and(|o| **o == self.me)
+    }
+
+    /// Checks a write before anything is stored.
+    fn admit_write(&self, key: &[u8], value: Option<&[u8]>, expires: Option<i64>) -> Result<()> {
+        if let Some(expires) = expires
+            && wall_micros() > expires
+        {
+            // The sender gave up on us (we were paused or swamped) and has
+            // retried elsewhere; a fresh version for this stale write could
+            // bury a newer one.
+            return Err(Error::Expired);
+        }
+        self.check_sizes(key, value)
+    }
+
+    /// Stores `value` here under a new version, newer than the copy it replaces.
+    fn store_new_version(&self, key: &[u8], value: Option<&[u8]>) -> Result<Version> {
+        self.store.overwrite(key, value, |old| match old {
+            Some(old) => self.clock.tick_after(old),
+            None => self.clock.tick(),
+        })
+    }
+
+    /// Serves a read at once if nothing needs waiting for: this node
+    /// coordinates it and its own copy answers alone (the common case). `None`
+    /// means the read needs [`Node::fetch`].
+    pub fn fetch_now(&self, key: &[u8], hops: i8) -> Option<Result<Option<Vec<u8>>>> {
+        if hops == PEEK {
+            return Some(self.store.get(key).map(|s| s.and_then(|s| s.value)));
+        }
+        let (ring, leaving) = self.placement();
+        let replicas = ring.owners(key, self.config.replicas);
+        let alone = self.coordinates(&replicas, hops, leaving)
+            && replicas.contains(&&self.me)
+            && self.config.read_quorum_of(replicas.len()) == 1
+            && !self.syncing.load(Ordering::Acquire);
+        if !alone {
+            return None;
+        }
+        match self.store.get(key) {
+            Ok(Some(stored)) => Some(Ok(stored.value)),
+            // A miss asks the other replicas.
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// Serves a write at once if nothing needs waiting for: this node
+    /// coordinates it and no other replica must acknowledge it (one replica).
+    /// `None` means the write needs [`Node::write`].
+    pub fn write_now(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        hops: i8,
+        expires: Option<i64>,
+    ) -> Option<Result<()>> {
+        if let Err(e) = self.admit_write(key, value, expires) {
+            return Some(Err(e));
+        }
+        let (ring, leaving) = self.placement();
+        let replicas = ring.owners(key, self.config.replicas);
+        let alone =
+            self.coordinates(&replicas, hops, leaving) && replicas.iter().all(|r| **r == self.me);
+        if !alone || replicas.is_empty() {
+            return None;
+        }
+        Some(self.store_new_version(key, value).map(drop))
+    }
+
     /// Whether a failed forward should move on to the key's next replica.
     fn try_next(self: &Arc<Self>, peer: &NodeAddr, error: &Error) -> bool {
         match error {
@@ -574,7 +651,7 @@ impl Node {
         if replicas.is_empty() {
             return Err(Error::NoOwner);
         }
-        if hops >= MAX_HOPS && !leaving {
+        if self.coordinates(&replicas, hops, leaving) {
             return self.coordinate_read(key, &replicas).await;
         }
         let request = relay::encode(|c| c.relay_fetch(key.to_vec(), hops + 1).map(drop));
@@ -674,22 +751,13 @@ impl Node {
         hops: i8,
         expires: Option<i64>,
     ) -> Result<()> {
-        if let Some(expires) = expires
-            && wall_micros() > expires
-        {
-            // The sender gave up on us (we were paused or swamped) and has
-            // retried elsewhere; a fresh version for this stale write could
-            // bury a newer one.
-            return Err(Error::Expired);
-        }
-        self.check_sizes(key, value)?;
+        self.admit_write(key, value, expires)?;
         let (ring, leaving) = self.placement();
         let replicas = ring.owners(key, self.config.replicas);
         if replicas.is_empty() {
             return Err(Error::NoOwner);
         }
-        // A leaving node never keeps a write: its handoff may be done already.
-        if hops >= MAX_HOPS && !leaving {
+        if self.coordinates(&replicas, hops, leaving) {
             return self.coordinate_write(key, value, &replicas).await;
         }
         for &target in &replicas {
@@ -729,10 +797,7 @@ impl Node {
         value: Option<&[u8]>,
         replicas: &[&NodeAddr],
     ) -> Result<()> {
-        let version = self.store.overwrite(key, value, |old| match old {
-            Some(old) => self.clock.tick_after(old),
-            None => self.clock.tick(),
-        })?;
+        let version = self.store_new_version(key, value)?;
         let here = usize::from(replicas.contains(&&self.me));
         let quorum = self.config.write_quorum_of(replicas.len());
         let others: Vec<&NodeAddr> = replicas
