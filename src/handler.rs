@@ -88,9 +88,10 @@ pub enum Call {
 pub type Answer = Result<Option<Vec<u8>>, Error>;
 
 /// How the handler treats the asynchronously served methods. The generated
-/// processor does all decoding and encoding; the server runs it twice per
-/// such call: once to capture the call's arguments, once (after the call was
-/// served asynchronously) to replay its answer as the reply.
+/// processor does all decoding and encoding. The server runs it once; a call
+/// that can be answered at once is answered in that pass. Any other call is
+/// captured, served asynchronously, and a second pass replays its answer as
+/// the reply.
 enum Mode {
     /// Serving everything else; the async methods never reach it.
     Serve,
