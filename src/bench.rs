@@ -310,6 +310,8 @@ struct Bulk {
 
 #[derive(Clone, Copy, Debug)]
 struct Transfer {
+    /// Share of the machine other processes took meanwhile.
+    elsewhere: f64,
     values: usize,
     value: usize,
     secs_in: f64,
@@ -318,6 +320,8 @@ struct Transfer {
 
 #[derive(Clone, Copy, Debug)]
 struct Moved {
+    /// Share of the machine other processes took meanwhile.
+    elsewhere: f64,
     keys: usize,
     bytes: u64,
     secs: f64,
@@ -584,11 +588,12 @@ impl Report {
             for (way, secs) in [("in", t.secs_in), ("out", t.secs_out)] {
                 let _ = writeln!(
                     out,
-                    "| {} | {:.2} GB/s | {:.2} s, 1 connection, median of {} | | {} |",
+                    "| {} | {:.2} GB/s | {:.2} s, median of {}; other procs' CPU {} | | {} |",
                     transfer_label(&t, way),
                     bytes / secs / 1e9,
                     secs,
                     c.repeat,
+                    percent(t.elsewhere),
                     check_for(&transfer_label(&t, way)),
                 );
             }
@@ -610,13 +615,14 @@ impl Report {
             if let Some(m) = moved.filter(|m| m.keys > 0) {
                 let _ = writeln!(
                     out,
-                    "| {what} | {:.0} MB/s | {} keys of {} ({} MiB) in {:.2} s: {} keys/s{how} | | {} |",
+                    "| {what} | {:.0} MB/s | {} keys of {} ({} MiB) in {:.2} s: {} keys/s{how}; other procs' CPU {} | | {} |",
                     m.bytes as f64 / m.secs / 1e6,
                     thousands(m.keys as f64),
                     size(c.join_value),
                     m.bytes >> 20,
                     m.secs,
                     thousands(m.keys as f64 / m.secs),
+                    percent(m.elsewhere),
                     check_for(what.split(' ').next().unwrap_or(what)),
                 );
             }
@@ -1090,6 +1096,8 @@ impl Bench<'_> {
             reason: e.to_string(),
         };
         let (mut ins, mut outs) = (Vec::new(), Vec::new());
+        let pids: Vec<u32> = nodes.iter().map(|n| n.pid()).collect();
+        let before = CpuSnapshot::take(&pids);
         for _ in 0..c.repeat.max(1) {
             let started = Instant::now();
             crate::stream::put(&first.addr, b"bulk", &value[..], &options).map_err(failed)?;
@@ -1106,6 +1114,7 @@ impl Bench<'_> {
             }
         }
         Ok(Transfer {
+            elsewhere: before.elsewhere(&CpuSnapshot::take(&pids)),
             values: value.len().div_ceil(c.bulk_chunk),
             value: c.bulk_chunk,
             secs_in: median(&mut ins),
@@ -1132,6 +1141,7 @@ impl Bench<'_> {
         self.fill(&Target::single(first.socket), keys, value, 50)?;
         progress("join: starting a second node");
 
+        let before = CpuSnapshot::take(&[first.pid()]);
         let started = Instant::now();
         let mut second = self.start_node_alone(Some(&first.addr), 1)?;
         let ring = Ring::new([first.addr.clone(), second.addr.clone()]);
@@ -1155,15 +1165,18 @@ impl Bench<'_> {
         self.runtime
             .block_on(wait_until_held(second.socket, &sample, value, timeout))?;
         let join_secs = started.elapsed().as_secs_f64();
+        let join_elsewhere = before.elsewhere(&CpuSnapshot::take(&[first.pid(), second.pid()]));
         self.runtime
             .block_on(wait_until_held(second.socket, &moved, value, timeout))?;
         let bytes = |keys: &[usize]| (keys.len() * (KEY_LEN + value)) as u64;
 
         progress("handoff: SIGINT to the second node");
+        let before = CpuSnapshot::take(&[first.pid(), second.pid()]);
         let started = Instant::now();
         second.signal("INT")?;
         let status = second.wait()?;
         let leave_secs = started.elapsed().as_secs_f64();
+        let leave_elsewhere = before.elsewhere(&CpuSnapshot::take(&[first.pid()]));
         if !status.success() {
             return Err(failed(format!(
                 "the node sent SIGINT exited with {status}: not every key was handed over (log {})",
@@ -1184,11 +1197,13 @@ impl Bench<'_> {
         ))?;
         Ok((
             Moved {
+                elsewhere: join_elsewhere,
                 keys: moved.len(),
                 bytes: bytes(&moved),
                 secs: join_secs,
             },
             Moved {
+                elsewhere: leave_elsewhere,
                 keys: handed.len(),
                 bytes: bytes(&handed),
                 secs: leave_secs,
