@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{NodeProc, lost, members_of, start_ring, wait_for_members, wait_until, writer};
+use common::{
+    NodeProc, assert_none_lost, lost, members_of, start_ring, wait_for_members, wait_until, writer,
+};
 use thrifty_p2p::NodeAddr;
 use thrifty_p2p::client::{ClientOptions, connect};
 use thrifty_p2p::convert;
@@ -146,14 +148,7 @@ fn kill_9_of_one_node_then_another_after_repair_loses_no_acknowledged_write() {
     let acked = writing.join().unwrap();
     let converged = wait_until(Duration::from_secs(30), || fully_replicated(&via, &keys, 3));
     assert!(converged, "replicas did not settle on the same versions");
-    let lost = lost(&via, &acked);
-    eprintln!("acknowledged writes lost after two kill -9: {}", lost.len());
-    assert!(
-        lost.is_empty(),
-        "lost {} keys, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
+    assert_none_lost("after two kill -9", &lost(&via, &acked));
 }
 
 #[test]
@@ -186,17 +181,7 @@ fn two_nodes_killed_at_the_same_instant_lose_no_acknowledged_write() {
     for addr in &gone {
         wait_until_dropped(&survivors, addr);
     }
-    let lost = lost(&via, &acked);
-    eprintln!(
-        "acknowledged writes lost after two simultaneous kill -9: {}",
-        lost.len()
-    );
-    assert!(
-        lost.is_empty(),
-        "lost {} keys, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
+    assert_none_lost("after two simultaneous kill -9", &lost(&via, &acked));
 }
 
 #[test]
@@ -231,14 +216,8 @@ fn a_paused_node_is_dropped_rejoins_and_no_value_goes_back_in_time() {
     let acked = writing.join().unwrap();
     // Every read, through the resumed node too, sees the last acknowledged value.
     for node in &nodes {
-        let lost = lost(&node.addr, &acked);
-        assert!(
-            lost.is_empty(),
-            "via {}: {} keys went back in time, e.g. {:?}",
-            node.addr,
-            lost.len(),
-            &lost[..lost.len().min(5)]
-        );
+        let what = format!("(gone back in time) reading via {}", node.addr);
+        assert_none_lost(&what, &lost(&node.addr, &acked));
     }
 }
 
@@ -292,18 +271,11 @@ fn every_node_killed_and_restarted_with_its_data_dir_keeps_every_acknowledged_wr
     nodes.insert(0, first);
     wait_for_members(&nodes, 3);
     for node in &nodes {
-        let lost = lost(&node.addr, &acked);
-        eprintln!(
-            "after killing and restarting every node, read via {}: {} lost",
-            node.addr,
-            lost.len()
+        let what = format!(
+            "after killing and restarting every node, read via {}",
+            node.addr
         );
-        assert!(
-            lost.is_empty(),
-            "lost {} keys, e.g. {:?}",
-            lost.len(),
-            &lost[..lost.len().min(5)]
-        );
+        assert_none_lost(&what, &lost(&node.addr, &acked));
     }
 }
 

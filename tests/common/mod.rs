@@ -286,3 +286,15 @@ pub fn lost(via: &NodeAddr, acked: &HashMap<String, String>) -> Vec<String> {
     lost.sort();
     lost
 }
+
+/// Prints how many acknowledged writes were lost `what` (a phrase such as
+/// "after two kill -9") and fails, naming a few, if any were.
+pub fn assert_none_lost(what: &str, lost: &[String]) {
+    eprintln!("acknowledged writes lost {what}: {}", lost.len());
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost {what}, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
