@@ -29,7 +29,7 @@ use crate::relay::{self, AsyncPool};
 use crate::replicate::{Ack, Replicator};
 use crate::ring::Ring;
 use crate::store::{Store, Stored};
-use crate::version::{Clock, Version};
+use crate::version::{Clock, Version, wall_micros};
 
 /// Forwards a request may take before the node holding it serves it itself.
 /// Two covers a leave in progress (client -> old owner -> new owner); more only
@@ -38,13 +38,6 @@ pub const MAX_HOPS: i8 = 2;
 
 /// The `hops` of a relayed read that only looks in the receiver's own store.
 pub const PEEK: i8 = -1;
-
-/// Microseconds since the Unix epoch.
-fn wall_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
 
 /// Runs blocking work from the request path. On a multi-threaded tokio worker
 /// it uses `block_in_place`, so the worker's other connections move to another
@@ -564,7 +557,7 @@ impl Node {
     /// Checks a write before anything is stored.
     fn admit_write(&self, key: &[u8], value: Option<&[u8]>, expires: Option<i64>) -> Result<()> {
         if let Some(expires) = expires
-            && wall_micros() > expires
+            && wall_micros() as i64 > expires
         {
             // The sender gave up on us (we were paused or swamped) and has
             // retried elsewhere; a fresh version for this stale write could
@@ -766,7 +759,8 @@ impl Node {
             }
             let next = hops.saturating_add(1);
             // Give up on the relay a little before our own call times out.
-            let expires = wall_micros() + (self.config.rpc_timeout * 9 / 10).as_micros() as i64;
+            let expires =
+                (wall_micros() + (self.config.rpc_timeout * 9 / 10).as_micros() as u64) as i64;
             let request = match value {
                 Some(v) => {
                     relay::encode(|c| c.relay_store(key.to_vec(), v.to_vec(), next, expires))

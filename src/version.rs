@@ -72,7 +72,8 @@ impl Clock {
     }
 }
 
-fn wall_micros() -> u64 {
+/// Microseconds since the Unix epoch (0 if the clock is before it).
+pub fn wall_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
