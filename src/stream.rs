@@ -625,20 +625,10 @@ fn store_chunk(
 ) -> Result<()> {
     let chunk_key = chunk_key(key, upload, index);
     let candidates = ring.owners(&chunk_key, ring.len());
-    let mut failures = Vec::new();
-    for peer in &candidates {
-        match conns.call(peer, |c| wire::store(c, &chunk_key, chunk)) {
-            Ok(()) => return Ok(()),
-            Err(e @ Error::Refused { .. }) => {
-                failures.push(e.to_string());
-                break;
-            }
-            Err(e) => {
-                log::warn!("chunk {index}: {e}; trying the next member");
-                failures.push(e.to_string());
-            }
-        }
-    }
+    let Err(failures) = conns.call_first(&candidates, index, |c| wire::store(c, &chunk_key, chunk))
+    else {
+        return Ok(());
+    };
     Err(StreamError::ChunkNotStored {
         key: shown(key),
         index,
@@ -759,59 +749,50 @@ fn fetch_chunk(
 ) -> Result<Vec<u8>> {
     let chunk_key = manifest.chunk_key(key, index);
     let candidates = ring.owners(&chunk_key, ring.len());
-    let mut failures = Vec::new();
-    for peer in &candidates {
-        let lookup = match conns.call(peer, |c| c.fetch(chunk_key.clone())) {
-            Ok(lookup) => lookup,
-            Err(e @ Error::Refused { .. }) => {
-                failures.push(e.to_string());
-                break;
-            }
-            Err(e) => {
-                log::warn!("chunk {index}: {e}; trying the next member");
-                failures.push(e.to_string());
-                continue;
-            }
-        };
-        // The owner consults the other replicas before answering "absent".
-        let Some(chunk) = lookup.value else {
-            return Err(StreamError::MissingChunk {
+    let (lookup, peer) = match conns.call_first(&candidates, index, |c| c.fetch(chunk_key.clone()))
+    {
+        Ok(answer) => answer,
+        Err(failures) => {
+            return Err(StreamError::ChunkNotFetched {
                 key: shown(key),
                 index,
                 chunks: manifest.chunks(),
-                owner: peer.to_string(),
+                owner: candidates
+                    .first()
+                    .map_or_else(|| "(no member)".into(), ToString::to_string),
+                reason: failures.join("; then "),
             });
-        };
-        let corrupt = |reason: String| StreamError::CorruptChunk {
+        }
+    };
+    // The owner consults the other replicas before answering "absent".
+    let Some(chunk) = lookup.value else {
+        return Err(StreamError::MissingChunk {
             key: shown(key),
             index,
             chunks: manifest.chunks(),
             owner: peer.to_string(),
-            reason,
-        };
-        let want = manifest.chunk_len(index);
-        if chunk.len() as u64 != want {
-            return Err(corrupt(format!("{} bytes, expected {want}", chunk.len())));
-        }
-        let digest: [u8; 16] = Md5::digest(&chunk).into();
-        if digest != manifest.chunk_md5s[index as usize] {
-            return Err(corrupt(format!(
-                "MD5 {}, expected {}",
-                hex(&digest),
-                hex(&manifest.chunk_md5s[index as usize])
-            )));
-        }
-        return Ok(chunk);
-    }
-    Err(StreamError::ChunkNotFetched {
+        });
+    };
+    let corrupt = |reason: String| StreamError::CorruptChunk {
         key: shown(key),
         index,
         chunks: manifest.chunks(),
-        owner: candidates
-            .first()
-            .map_or_else(|| "(no member)".into(), ToString::to_string),
-        reason: failures.join("; then "),
-    })
+        owner: peer.to_string(),
+        reason,
+    };
+    let want = manifest.chunk_len(index);
+    if chunk.len() as u64 != want {
+        return Err(corrupt(format!("{} bytes, expected {want}", chunk.len())));
+    }
+    let digest: [u8; 16] = Md5::digest(&chunk).into();
+    if digest != manifest.chunk_md5s[index as usize] {
+        return Err(corrupt(format!(
+            "MD5 {}, expected {}",
+            hex(&digest),
+            hex(&manifest.chunk_md5s[index as usize])
+        )));
+    }
+    Ok(chunk)
 }
 
 /// Hands out chunk indices in order, never more than `ahead` past the last
@@ -879,6 +860,34 @@ impl Conns {
             options,
             open: HashMap::new(),
         }
+    }
+
+    /// Makes `call` on the first of `members` that answers, returning the
+    /// answer and who gave it. A connection that fails moves on to the next
+    /// member (which routes the call); a node that answers with an error
+    /// decides, since another would say the same. On failure, every reason,
+    /// in order.
+    fn call_first<'m, R>(
+        &mut self,
+        members: &[&'m NodeAddr],
+        index: u64,
+        mut call: impl FnMut(&mut Client) -> thrift::Result<R>,
+    ) -> std::result::Result<(R, &'m NodeAddr), Vec<String>> {
+        let mut failures = Vec::new();
+        for &peer in members {
+            match self.call(peer, &mut call) {
+                Ok(answer) => return Ok((answer, peer)),
+                Err(e @ Error::Refused { .. }) => {
+                    failures.push(e.to_string());
+                    break;
+                }
+                Err(e) => {
+                    log::warn!("chunk {index}: {e}; trying the next member");
+                    failures.push(e.to_string());
+                }
+            }
+        }
+        Err(failures)
     }
 
     fn call<R>(
