@@ -1,7 +1,7 @@
 //! Conversions between the generated Thrift types and the crate's domain types.
 
 use crate::addr::NodeAddr;
-use crate::idl::diststore::Entry;
+use crate::idl::diststore::{Entry, Lookup};
 use crate::idl::locator::{Location, Member, MemberStatus};
 use crate::membership::{MemberState, Status};
 use crate::store::Stored;
@@ -28,6 +28,7 @@ pub fn addr(location: &Location) -> Option<NodeAddr> {
 pub fn member(state: &MemberState) -> Member {
     let status = match state.status {
         Status::Alive => MemberStatus::ALIVE,
+        Status::Leaving => MemberStatus::LEAVING,
         Status::Dead => MemberStatus::DEAD,
         Status::Left => MemberStatus::LEFT,
     };
@@ -38,6 +39,7 @@ pub fn member(state: &MemberState) -> Member {
 pub fn member_state(member: &Member) -> Option<MemberState> {
     let status = match member.status? {
         MemberStatus::ALIVE => Status::Alive,
+        MemberStatus::LEAVING => Status::Leaving,
         MemberStatus::DEAD => Status::Dead,
         MemberStatus::LEFT => Status::Left,
         _ => return None,
@@ -47,6 +49,63 @@ pub fn member_state(member: &Member) -> Option<MemberState> {
         incarnation: member.incarnation?,
         status,
     })
+}
+
+/// A coordinator's answer to a forwarded read, with the copy's version: a
+/// tombstone travels as a version without a value, an unknown key as neither.
+pub fn lookup(found: Option<Stored>) -> Lookup {
+    match found {
+        Some(stored) => Lookup::new(
+            stored.value,
+            stored.version.stamp as i64,
+            stored.version.origin as i32,
+        ),
+        None => Lookup::new(None, None, None),
+    }
+}
+
+/// The copy in a forwarded read's answer (see [`lookup`]). An answer without a
+/// version (from a node that does not send one) counts as the value alone at
+/// the oldest version, so any copy with a version wins over it.
+pub fn found(lookup: Lookup) -> Option<Stored> {
+    let version = match (lookup.version, lookup.origin) {
+        (Some(stamp), Some(origin)) => Version {
+            stamp: stamp as u64,
+            origin: origin as u32,
+        },
+        _ if lookup.value.is_some() => Version::default(),
+        _ => return None,
+    };
+    Some(Stored {
+        value: lookup.value,
+        version,
+    })
+}
+
+/// A version from its wire fields.
+pub fn version(stamp: i64, origin: i32) -> Version {
+    Version {
+        stamp: stamp as u64,
+        origin: origin as u32,
+    }
+}
+
+/// Domain entries for the wire.
+pub fn entries_out(entries: Vec<crate::peer::Entry>) -> Vec<Entry> {
+    entries
+        .into_iter()
+        .map(|e| entry(e.key, e.stored))
+        .collect()
+}
+
+/// Wire entries as domain entries; malformed ones (a required field missing)
+/// are dropped.
+pub fn entries_in(entries: Vec<Entry>) -> Vec<crate::peer::Entry> {
+    entries
+        .into_iter()
+        .filter_map(from_entry)
+        .map(|(key, stored)| crate::peer::Entry::new(key, stored))
+        .collect()
 }
 
 /// An entry for the wire (a tombstone travels without a value).

@@ -80,6 +80,11 @@ pub enum Error {
     /// No node of the ring is reachable or the ring is empty. Nothing stored.
     #[error("no reachable member owns the key; the ring may be empty or shutting down")]
     NoOwner,
+    /// The node has not finished joining its ring (it was just started or
+    /// restarted), so it can neither tell where a key lives nor vouch for its
+    /// own copies. Nothing changed.
+    #[error("this node is still joining the ring; retry in a moment, or use another node")]
+    Joining,
     /// The node is shutting down and takes no more work. Nothing changed.
     #[error("the node is shutting down")]
     ShuttingDown,

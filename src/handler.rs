@@ -14,6 +14,8 @@ use crate::error::Error;
 use crate::idl::diststore::{Entry, Lookup, StoreError, StoreSyncHandler, StoreSyncProcessor};
 use crate::idl::locator::{BaseSyncHandler, Location, LocatorSyncHandler, Member};
 use crate::node::Node;
+use crate::store::Stored;
+use crate::version::Version;
 
 /// The most derived service a node implements.
 pub const SERVICE_TYPE: &str = "diststore.Store";
@@ -50,7 +52,7 @@ pub fn is_peer_method(name: &str) -> bool {
 
 /// Methods that may wait on other nodes. The server serves them
 /// asynchronously ([`serve_async`]), so they never block a tokio worker.
-pub const ASYNC_METHODS: [&str; 8] = [
+pub const ASYNC_METHODS: [&str; 9] = [
     "get",
     "put",
     "fetch",
@@ -59,9 +61,10 @@ pub const ASYNC_METHODS: [&str; 8] = [
     "relay_fetch",
     "relay_store",
     "relay_erase",
+    "probe",
 ];
 
-/// A read or write, as an asynchronously served method asks for it.
+/// A call that may wait, as an asynchronously served method asks for it.
 #[derive(Debug)]
 pub enum Call {
     /// `get`, `fetch`, `relay_fetch`.
@@ -79,13 +82,27 @@ pub enum Call {
         value: Option<Vec<u8>>,
         /// Forwards so far.
         hops: i8,
+        /// The write's version, if relayed (the entry node took it).
+        version: Option<Version>,
         /// When the relaying node stops waiting, if relayed.
         expires: Option<i64>,
     },
+    /// `probe`: ping a member on a peer's behalf.
+    Probe(NodeAddr),
 }
 
-/// The outcome of a [`Call`]: the value read (writes answer `None`).
-pub type Answer = Result<Option<Vec<u8>>, Error>;
+/// The outcome of a [`Call`].
+#[derive(Debug)]
+pub enum Answer {
+    /// A read's copy, tombstone included (`None`: never seen).
+    Copy(Option<Stored>),
+    /// A write was stored.
+    Done,
+    /// Whether the probed member answered.
+    Probed(bool),
+}
+
+type Outcome = Result<Answer, Error>;
 
 /// How the handler treats the asynchronously served methods. The generated
 /// processor does all decoding and encoding. The server runs it once; a call
@@ -100,7 +117,7 @@ enum Mode {
     /// is thrown away.
     Capture(Arc<Mutex<Option<Call>>>),
     /// Answer with the outcome computed already.
-    Replay(Arc<Mutex<Option<Answer>>>),
+    Replay(Arc<Mutex<Option<Outcome>>>),
 }
 
 /// Serves one connection's calls.
@@ -118,16 +135,40 @@ impl Handler {
         }
     }
 
-    fn read(&self, key: Vec<u8>, hops: i8) -> Answer {
+    fn capture(&self, call: Call) {
+        if let Mode::Capture(slot) = &self.mode {
+            *slot.lock() = Some(call);
+        }
+    }
+
+    fn replayed(&self) -> Outcome {
         match &self.mode {
-            Mode::Capture(slot) => match self.node.fetch_now(&key, hops) {
-                Some(answer) => answer,
+            Mode::Replay(slot) => slot.lock().take().unwrap_or(Err(Error::NoOwner)),
+            _ => Err(not_async()),
+        }
+    }
+
+    /// A read: its copy (tombstone included) or `None`.
+    fn read(&self, key: Vec<u8>, hops: i8) -> Result<Option<Stored>, Error> {
+        match &self.mode {
+            // A relayed read answers with the copy's version, which only
+            // the async path gives.
+            Mode::Capture(_) => match (hops == 0).then(|| self.node.fetch_now(&key, hops)).flatten() {
+                Some(answer) => answer.map(|v| {
+                    v.map(|value| Stored {
+                        value: Some(value),
+                        version: Version::default(),
+                    })
+                }),
                 None => {
-                    *slot.lock() = Some(Call::Read { key, hops });
+                    self.capture(Call::Read { key, hops });
                     Ok(None)
                 }
             },
-            Mode::Replay(slot) => slot.lock().take().unwrap_or(Err(Error::NoOwner)),
+            Mode::Replay(_) => match self.replayed()? {
+                Answer::Copy(copy) => Ok(copy),
+                other => Err(mismatch(&other)),
+            },
             Mode::Serve => Err(not_async()),
         }
     }
@@ -137,23 +178,31 @@ impl Handler {
         key: Vec<u8>,
         value: Option<Vec<u8>>,
         hops: i8,
+        version: Option<Version>,
         expires: Option<i64>,
     ) -> Result<(), Error> {
         match &self.mode {
-            Mode::Capture(slot) => match self.node.write_now(&key, value.as_deref(), hops, expires)
-            {
-                Some(answer) => answer,
-                None => {
-                    *slot.lock() = Some(Call::Write {
-                        key,
-                        value,
-                        hops,
-                        expires,
-                    });
-                    Ok(())
+            Mode::Capture(_) => {
+                let now = if version.is_none() {
+                    self.node.write_now(&key, value.as_deref(), hops, expires)
+                } else {
+                    None
+                };
+                match now {
+                    Some(answer) => answer,
+                    None => {
+                        self.capture(Call::Write {
+                            key,
+                            value,
+                            hops,
+                            version,
+                            expires,
+                        });
+                        Ok(())
+                    }
                 }
-            },
-            Mode::Replay(slot) => slot.lock().take().unwrap_or(Err(Error::NoOwner)).map(drop),
+            }
+            Mode::Replay(_) => self.replayed().map(drop),
             Mode::Serve => Err(not_async()),
         }
     }
@@ -163,6 +212,13 @@ fn not_async() -> Error {
     Error::Refused {
         peer: "this node".into(),
         message: "internal error: an async method reached the synchronous handler".into(),
+    }
+}
+
+fn mismatch(answer: &Answer) -> Error {
+    Error::Refused {
+        peer: "this node".into(),
+        message: format!("internal error: unexpected answer {answer:?}"),
     }
 }
 
@@ -182,21 +238,23 @@ pub async fn serve_async(node: &Arc<Node>, mut run: impl FnMut(&StoreSyncProcess
     let Some(call) = captured.lock().take() else {
         return;
     };
-    let answer = match call {
-        Call::Read { key, hops } => node.fetch(&key, hops).await,
+    let outcome = match call {
+        Call::Read { key, hops } => node.fetch_copy(&key, hops).await.map(Answer::Copy),
         Call::Write {
             key,
             value,
             hops,
+            version,
             expires,
         } => node
-            .write(&key, value.as_deref(), hops, expires)
+            .write(&key, value.as_deref(), hops, version, expires)
             .await
-            .map(|()| None),
+            .map(|()| Answer::Done),
+        Call::Probe(target) => Ok(Answer::Probed(node.ping(&target).await)),
     };
     run(&StoreSyncProcessor::new(Handler {
         node: node.clone(),
-        mode: Mode::Replay(Arc::new(Mutex::new(Some(answer)))),
+        mode: Mode::Replay(Arc::new(Mutex::new(Some(outcome)))),
     }));
 }
 
@@ -212,6 +270,14 @@ fn app_error(error: Error) -> thrift::Error {
         ApplicationErrorKind::InternalError,
         error.to_string(),
     ))
+}
+
+/// The calling node named in an anti-entropy call.
+fn caller_of(location: &Location) -> Result<NodeAddr, Error> {
+    convert::addr(location).ok_or_else(|| Error::Refused {
+        peer: "this node".into(),
+        message: "the caller's location is empty".into(),
+    })
 }
 
 fn bad_location(location: &Location) -> Option<NodeAddr> {
@@ -283,11 +349,17 @@ impl LocatorSyncHandler for Handler {
     }
 
     fn handle_enter(&self, member: Member) -> thrift::Result<Vec<Member>> {
-        Ok(self.node.enter(&member))
+        let table = match convert::member_state(&member) {
+            Some(state) => self.node.enter(state),
+            None => self.node.table(),
+        };
+        Ok(table.iter().map(convert::member).collect())
     }
 
     fn handle_gossip(&self, members: Vec<Member>) -> thrift::Result<Vec<Member>> {
-        Ok(self.node.gossip(&members))
+        let rows = members.iter().filter_map(convert::member_state).collect();
+        let table = self.node.gossip(rows);
+        Ok(table.iter().map(convert::member).collect())
     }
 
     fn handle_locate(&self, key: Vec<u8>) -> thrift::Result<Location> {
@@ -312,7 +384,18 @@ impl LocatorSyncHandler for Handler {
         let Some(target) = convert::addr(&target) else {
             return Ok(false);
         };
-        Ok(crate::node::blocking(|| self.node.ping(&target)))
+        match &self.mode {
+            Mode::Capture(_) => {
+                self.capture(Call::Probe(target));
+                Ok(false)
+            }
+            Mode::Replay(_) => match self.replayed() {
+                Ok(Answer::Probed(answered)) => Ok(answered),
+                Ok(other) => Err(app_error(mismatch(&other))),
+                Err(e) => Err(app_error(e)),
+            },
+            Mode::Serve => Err(app_error(not_async())),
+        }
     }
 
     fn handle_isolate(&self, on: bool) -> thrift::Result<()> {
@@ -322,7 +405,10 @@ impl LocatorSyncHandler for Handler {
 
 impl StoreSyncHandler for Handler {
     fn handle_get(&self, key: String) -> thrift::Result<String> {
-        let value = self.read(key.into_bytes(), 0).map_err(app_error)?;
+        let value = self
+            .read(key.into_bytes(), 0)
+            .map_err(app_error)?
+            .and_then(|s| s.value);
         // The 2009 interface answers "" for a missing key, and its values are text.
         Ok(value
             .map(|v| String::from_utf8_lossy(&v).into_owned())
@@ -332,23 +418,24 @@ impl StoreSyncHandler for Handler {
     fn handle_put(&self, key: String, value: String) -> thrift::Result<()> {
         // Oneway: nobody hears an error, so log it rather than return it.
         let size = value.len();
-        if let Err(e) = self.write(key.into_bytes(), Some(value.into_bytes()), 0, None) {
+        if let Err(e) = self.write(key.into_bytes(), Some(value.into_bytes()), 0, None, None) {
             log::warn!("put of a {size}-byte value failed: {e}");
         }
         Ok(())
     }
 
     fn handle_fetch(&self, key: Vec<u8>) -> thrift::Result<Lookup> {
-        let value = self.read(key, 0).map_err(store_error)?;
-        Ok(Lookup::new(value))
+        let value = self.read(key, 0).map_err(store_error)?.and_then(|s| s.value);
+        Ok(Lookup::new(value, None, None))
     }
 
     fn handle_store(&self, key: Vec<u8>, value: Vec<u8>) -> thrift::Result<()> {
-        self.write(key, Some(value), 0, None).map_err(store_error)
+        self.write(key, Some(value), 0, None, None)
+            .map_err(store_error)
     }
 
     fn handle_erase(&self, key: Vec<u8>) -> thrift::Result<()> {
-        self.write(key, None, 0, None).map_err(store_error)
+        self.write(key, None, 0, None, None).map_err(store_error)
     }
 
     fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>> {
@@ -356,8 +443,8 @@ impl StoreSyncHandler for Handler {
     }
 
     fn handle_relay_fetch(&self, key: Vec<u8>, hops: i8) -> thrift::Result<Lookup> {
-        let value = self.read(key, hops).map_err(store_error)?;
-        Ok(Lookup::new(value))
+        let copy = self.read(key, hops).map_err(store_error)?;
+        Ok(convert::lookup(copy))
     }
 
     fn handle_relay_store(
@@ -366,22 +453,37 @@ impl StoreSyncHandler for Handler {
         value: Vec<u8>,
         hops: i8,
         expires: i64,
+        stamp: i64,
+        origin: i32,
     ) -> thrift::Result<()> {
-        self.write(key, Some(value), hops, Some(expires))
+        let version = convert::version(stamp, origin);
+        self.write(key, Some(value), hops, Some(version), Some(expires))
             .map_err(store_error)
     }
 
-    fn handle_relay_erase(&self, key: Vec<u8>, hops: i8, expires: i64) -> thrift::Result<()> {
-        self.write(key, None, hops, Some(expires))
+    fn handle_relay_erase(
+        &self,
+        key: Vec<u8>,
+        hops: i8,
+        expires: i64,
+        stamp: i64,
+        origin: i32,
+    ) -> thrift::Result<()> {
+        let version = convert::version(stamp, origin);
+        self.write(key, None, hops, Some(version), Some(expires))
             .map_err(store_error)
     }
 
     fn handle_peek(&self, keys: Vec<Vec<u8>>) -> thrift::Result<Vec<Entry>> {
-        self.node.peek(keys).map_err(store_error)
+        let entries = self.node.peek(keys).map_err(store_error)?;
+        Ok(convert::entries_out(entries))
     }
 
     fn handle_diff_buckets(&self, caller: Location, digests: Vec<i64>) -> thrift::Result<Vec<i32>> {
-        crate::node::blocking(|| self.node.diff_buckets(&caller, &digests)).map_err(store_error)
+        let caller = caller_of(&caller).map_err(store_error)?;
+        self.node
+            .diff_buckets(&caller, &digests)
+            .map_err(store_error)
     }
 
     fn handle_reconcile(
@@ -390,18 +492,19 @@ impl StoreSyncHandler for Handler {
         buckets: Vec<i32>,
         entries: Vec<Entry>,
     ) -> thrift::Result<Vec<Entry>> {
-        crate::node::blocking(|| self.node.reconcile(&caller, &buckets, entries))
-            .map_err(store_error)
+        let caller = caller_of(&caller).map_err(store_error)?;
+        let entries = convert::entries_in(entries);
+        let newer = self
+            .node
+            .reconcile(&caller, &buckets, entries)
+            .map_err(store_error)?;
+        Ok(convert::entries_out(newer))
     }
 
     fn handle_absorb(&self, entries: Vec<Entry>) -> thrift::Result<()> {
-        // Merging is quick (memory, or one write(2) per entry on disk) unless
-        // every write is fsynced; only then is it worth moving off the worker.
-        let absorbed = if self.node.config().fsync {
-            crate::node::blocking(|| self.node.absorb(entries))
-        } else {
-            self.node.absorb(entries)
-        };
-        absorbed.map(drop).map_err(store_error)
+        self.node
+            .absorb(convert::entries_in(entries))
+            .map(drop)
+            .map_err(store_error)
     }
 }

@@ -10,9 +10,16 @@ use tokio::sync::watch;
 use crate::addr::NodeAddr;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::node::Node;
+use crate::client::{ClientOptions, call_error, connect};
+use crate::convert;
+use crate::idl::locator::TLocatorSyncClient;
+use crate::node::{Node, Parts};
+use crate::relay::AsyncPool;
 use crate::server;
 use crate::store::Store;
+use crate::tasks::Tasks;
+use crate::transport::ThriftTransport;
+use crate::version::system_wall;
 
 /// A node that is up and serving.
 pub struct Running {
@@ -54,14 +61,24 @@ pub fn start(config: Config) -> Result<Running> {
         .enable_all()
         .thread_name("thrifty-worker")
         .build()?;
-    let node = Node::new(config.clone(), me, store, runtime.handle().clone());
-
-    let listener = {
-        let _guard = runtime.enter();
-        tokio::net::TcpListener::from_std(listener)?
-    };
+    let _inside = runtime.enter();
+    let pool = Arc::new(AsyncPool::new(
+        config.connect_timeout,
+        config.rpc_timeout,
+        config.limits(),
+    ));
+    let node = Node::new(Parts {
+        config: config.clone(),
+        me,
+        store,
+        transport: Arc::new(ThriftTransport::new(pool)),
+        tasks: Tasks::default(),
+        wall: system_wall(),
+    });
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let (shutdown, watcher) = watch::channel(false);
     let server = runtime.spawn(server::serve(listener, node.clone(), watcher));
+    drop(_inside);
     let running = Running {
         node: node.clone(),
         runtime,
@@ -70,34 +87,44 @@ pub fn start(config: Config) -> Result<Running> {
         local,
     };
     if let Some(seed) = &config.seed
-        && let Err(e) = node.join(seed)
+        && let Err(e) = running.runtime.block_on(join(&node, seed, &config))
     {
         running.stop_serving();
         return Err(e);
     }
-    let worker = node.clone();
-    std::thread::Builder::new()
-        .name("handoff".into())
-        .spawn(move || worker.handoff_worker())?;
-    let worker = node.clone();
-    std::thread::Builder::new()
-        .name("detector".into())
-        .spawn(move || worker.detector_worker())?;
-    let worker = node.clone();
-    std::thread::Builder::new()
-        .name("anti-entropy".into())
-        .spawn(move || worker.anti_entropy_worker())?;
-    let gossiper = node.clone();
-    std::thread::Builder::new()
-        .name("gossip".into())
-        .spawn(move || {
-            let interval = gossiper.config().gossip_interval;
-            while !gossiper.wait_for_stop_timeout(interval) {
-                gossiper.gossip_round();
-            }
-        })?;
+    {
+        let _inside = running.runtime.enter();
+        node.start();
+    }
     log::info!("{} serving on {local}", node.me());
     Ok(running)
+}
+
+/// Joins `seed`'s ring; a 2009 node (which has no `enter`) is joined its way:
+/// `get_all`, then `join` on the seed.
+async fn join(node: &Arc<Node>, seed: &NodeAddr, config: &Config) -> Result<()> {
+    match node.join(seed).await {
+        Err(Error::Refused { message, .. }) if message.contains("unknown method") => {}
+        other => return other,
+    }
+    let options = ClientOptions {
+        connect_timeout: config.connect_timeout,
+        rpc_timeout: config.rpc_timeout,
+        limits: config.limits(),
+    };
+    let members = tokio::task::block_in_place(|| {
+        let mut client = connect(seed, &options)?;
+        let members = client.get_all().map_err(|e| call_error(seed, e))?;
+        client
+            .join(convert::location(node.me()))
+            .map_err(|e| call_error(seed, e))?;
+        Ok::<_, Error>(members)
+    })?;
+    for addr in members.iter().filter_map(convert::addr) {
+        node.admit_legacy(&addr);
+    }
+    node.set_ready();
+    Ok(())
 }
 
 impl Running {
@@ -120,8 +147,11 @@ impl Running {
     /// a signal handler), then leaves the ring gracefully and shuts down.
     /// Returns how many keys could not be handed over.
     pub fn run_until_stopped(self) -> usize {
-        self.node.wait_for_stop();
-        let left_behind = self.node.leave();
+        let node = self.node.clone();
+        let left_behind = self.runtime.block_on(async move {
+            node.wait_for_stop().await;
+            node.leave().await
+        });
         self.stop_serving();
         left_behind
     }

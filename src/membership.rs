@@ -17,6 +17,10 @@ use crate::addr::NodeAddr;
 pub enum Status {
     /// Serving its share of the ring.
     Alive,
+    /// Handing its keys over before it leaves: no longer routed or replicated
+    /// to. Within one incarnation it beats `Alive` (the member's own word) and
+    /// loses to `Dead` and `Left`.
+    Leaving,
     /// Dropped after it could not be reached.
     Dead,
     /// Left on purpose after handing its keys over.
@@ -143,6 +147,23 @@ impl Membership {
             incarnation,
             status: Status::Alive,
         })
+    }
+
+    /// Marks ourselves as leaving (handing our keys over); returns our row to
+    /// spread.
+    pub fn start_leaving(&mut self) -> MemberState {
+        let entry = self.table.get_mut(&self.me).expect("own row");
+        entry.1 = Status::Leaving;
+        self.my_state()
+    }
+
+    /// Members that count toward a quorum's size: every row but those that
+    /// left on purpose (a dead member may come back with its data).
+    pub fn known(&self) -> usize {
+        self.table
+            .values()
+            .filter(|(_, status)| *status != Status::Left)
+            .count()
     }
 
     /// Marks ourselves as having left.

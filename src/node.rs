@@ -1,35 +1,56 @@
 //! `Node`: one member of the ring. It owns the membership view, the local store,
-//! replication and the outbound pools, and decides where each request goes:
+//! replication and the peers it talks to, and decides where each request goes:
 //! coordinated here, or forwarded to the key's replicas.
 //!
-//! Everything here is synchronous. The server calls in from its connection
-//! tasks (see `server`) and background work runs on plain threads: gossip,
-//! failure detection, anti-entropy, handoff and one replication sender per peer.
-//! Calls to peers block, so the request path wraps them in
-//! `tokio::task::block_in_place` (see [`blocking`]).
+//! Everything that waits is async on tokio: the server calls in from its
+//! connection tasks, background work (gossip, failure detection,
+//! anti-entropy, handoff, replication senders) runs as the node's [`Tasks`],
+//! time is `tokio::time` and wall time the node's [`Clock`]. Peers are reached
+//! only through a [`Transport`]. So the same code runs as a process (Thrift
+//! over TCP) and in the deterministic simulation ([`crate::sim`]), where time
+//! is virtual and the network is a seeded fault injector.
+//!
+//! # What keeps the guarantee (README, "Consistency model")
+//!
+//! - **One version per write**, taken by the node the client called and kept
+//!   by every forward, retry and replica: a write that arrives late (its
+//!   coordinator was paused, a forward was retried) carries its old version
+//!   and loses to any later write instead of burying it.
+//! - **An owner reads alone only while it can vouch for its copy**: it has
+//!   joined, is not catching up, was not paused, and heard from a peer within
+//!   the lease (a quarter of the failure timeout, shorter than the time peers
+//!   need to declare it dead and move on). Otherwise, and on any stand-in,
+//!   a read asks enough replicas that it meets every write quorum.
+//! - **Forwarded reads keep tombstones**: the coordinator's answer carries the
+//!   copy's version, so an erase is never answered with an older copy.
+//! - **A write quorum counts every member not gone on purpose**, so a node cut
+//!   off in a minority cannot acknowledge alone.
+//! - **A leaving node says so first** (`Leaving`), so peers stop routing and
+//!   replicating to it before it hands its keys over.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
 use md5::{Digest, Md5};
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::RwLock;
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::addr::NodeAddr;
 use crate::antientropy::{BUCKETS, Digests, bucket_of};
-use crate::client::{ClientOptions, Pool};
 use crate::config::{Config, MAX_KEY_BYTES};
-use crate::convert;
 use crate::error::{Error, Result};
-use crate::idl::diststore::{Entry, TStoreSyncClient};
-use crate::idl::locator::{Location, Member, TBaseSyncClient, TLocatorSyncClient};
 use crate::membership::{Change, MemberState, Membership, Status};
-use crate::relay::{self, AsyncPool};
+use crate::peer::{Entry, Reply, Request};
 use crate::replicate::{Ack, Replicator};
 use crate::ring::Ring;
 use crate::store::{Store, Stored};
-use crate::version::{Clock, Version, wall_micros};
+use crate::tasks::Tasks;
+use crate::transport::{BoxFuture, Transport, unexpected};
+use crate::version::{Clock, Version, WallClock};
 
 /// Forwards a request may take before the node holding it serves it itself.
 /// Two covers a leave in progress (client -> old owner -> new owner); more only
@@ -39,66 +60,17 @@ pub const MAX_HOPS: i8 = 2;
 /// The `hops` of a relayed read that only looks in the receiver's own store.
 pub const PEEK: i8 = -1;
 
-/// Runs blocking work from the request path. On a multi-threaded tokio worker
-/// it uses `block_in_place`, so the worker's other connections move to another
-/// thread meanwhile; elsewhere it just runs.
-pub fn blocking<R>(work: impl FnOnce() -> R) -> R {
-    let on_worker = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if on_worker {
-        tokio::task::block_in_place(work)
-    } else {
-        work()
-    }
-}
-
-/// Who a node thinks the members are, and the rings derived from that.
+/// Who a node thinks the members are, and the ring derived from that.
 struct View {
     members: Membership,
-    /// Alive members.
+    /// Alive members: where requests go (a leaving member is not in it, not
+    /// even in its own view).
     ring: Arc<Ring<NodeAddr>>,
-    /// Where requests go: `ring`, or `ring` without us while we leave.
-    routing: Arc<Ring<NodeAddr>>,
-    leaving: bool,
-}
-
-/// Counts ring changes so background workers know when to look again.
-#[derive(Default)]
-struct Epoch {
-    value: Mutex<u64>,
-    changed: Condvar,
-}
-
-impl Epoch {
-    fn get(&self) -> u64 {
-        *self.value.lock()
-    }
-
-    fn bump(&self) {
-        *self.value.lock() += 1;
-        self.changed.notify_all();
-    }
-
-    /// Waits until the epoch moves past `seen` or `timeout` passes.
-    fn wait_past(&self, seen: u64, timeout: Duration) -> u64 {
-        let mut value = self.value.lock();
-        if *value == seen {
-            self.changed.wait_for(&mut value, timeout);
-        }
-        *value
-    }
 }
 
 /// Handoff batches in flight at once: enough to keep the link and the
 /// receiver busy while the next batch is read and encoded.
 const HANDOFF_IN_FLIGHT: usize = 4;
-
-/// One handoff batch's outcome: the keys and versions it carried.
-struct HandoffBatch {
-    owner: NodeAddr,
-    sent: Vec<(Vec<u8>, Version)>,
-    result: Result<()>,
-}
 
 /// What one handoff pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -111,6 +83,51 @@ pub struct HandoffReport {
     pub restarted: bool,
 }
 
+/// The node's way out: the transport, behind the fault-injection switch, noting
+/// when a peer last answered (the node's lease on its own copies).
+struct Outbound {
+    inner: Arc<dyn Transport>,
+    isolated: AtomicBool,
+    started: Instant,
+    /// Milliseconds after `started` when a peer last answered us.
+    contact: Arc<AtomicU64>,
+}
+
+impl Outbound {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+}
+
+impl Transport for Outbound {
+    fn call(&self, peer: &NodeAddr, request: Request, timeout: Duration) -> BoxFuture<Result<Reply>> {
+        if self.isolated.load(Ordering::Acquire) {
+            let peer = peer.to_string();
+            return Box::pin(async move {
+                Err(Error::Unreachable {
+                    peer,
+                    reason: "this node is isolated (fault injection)".into(),
+                    refused: false,
+                })
+            });
+        }
+        let call = self.inner.call(peer, request, timeout);
+        let contact = self.contact.clone();
+        let started = self.started;
+        Box::pin(async move {
+            let reply = call.await;
+            if reply.is_ok() {
+                contact.fetch_max(started.elapsed().as_millis() as u64, Ordering::AcqRel);
+            }
+            reply
+        })
+    }
+
+    fn forget(&self, peer: &NodeAddr) {
+        self.inner.forget(peer);
+    }
+}
+
 /// One member of the ring.
 pub struct Node {
     config: Config,
@@ -118,99 +135,102 @@ pub struct Node {
     clock: Clock,
     store: Store,
     view: RwLock<View>,
-    /// Node-to-node calls.
-    pool: Arc<Pool>,
-    /// Direct failure-detection pings, with short timeouts.
-    probes: Pool,
-    /// Indirect probe requests (they wait for a ping of their own).
-    indirect: Pool,
+    out: Arc<Outbound>,
     replicator: Arc<Replicator>,
-    /// The node's tokio runtime, for async work started from plain threads.
-    runtime: tokio::runtime::Handle,
-    /// Async calls from the request path (forwards, read fallbacks) and
-    /// replication.
-    relay: Arc<AsyncPool>,
-    epoch: Epoch,
-    stop_requested: AtomicBool,
-    stop_signal: Condvar,
-    stop_lock: Mutex<()>,
+    tasks: Tasks,
+    /// Counts ring changes, so background workers know when to look again.
+    epoch: watch::Sender<u64>,
+    stop: watch::Sender<bool>,
     gossip_cursor: AtomicUsize,
     /// Set while this node may hold stale data (just joined, came back after
-    /// being declared dead, or was paused): reads then consult every replica.
+    /// being declared dead, was paused, lost contact): reads then consult
+    /// enough replicas to meet every write quorum.
     syncing: AtomicBool,
-    isolated: AtomicBool,
+    /// Cleared until the node has joined its ring: it refuses reads and
+    /// writes meanwhile, since it cannot tell where a key lives.
+    ready: AtomicBool,
+    /// Milliseconds after `out.started` when the pause watch last ran.
+    last_tick: AtomicU64,
+}
+
+/// The parts a node is built from.
+pub struct Parts {
+    /// Settings.
+    pub config: Config,
+    /// The node's name on the ring.
+    pub me: NodeAddr,
+    /// Its keys.
+    pub store: Store,
+    /// How it reaches peers.
+    pub transport: Arc<dyn Transport>,
+    /// Where its tasks run (and what stops or freezes them).
+    pub tasks: Tasks,
+    /// Its wall clock (versions, incarnations, relay deadlines).
+    pub wall: WallClock,
 }
 
 impl Node {
-    /// A node named `me`, alone in its own ring, keeping its keys in `store`;
-    /// its async work (replication) runs on `runtime`.
-    pub fn new(
-        config: Config,
-        me: NodeAddr,
-        store: Store,
-        runtime: tokio::runtime::Handle,
-    ) -> Arc<Self> {
-        let incarnation = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0);
-        let members = Membership::new(me.clone(), incarnation);
-        let ring = Arc::new(Ring::new([me.clone()]));
-        let options = ClientOptions {
-            connect_timeout: config.connect_timeout,
-            rpc_timeout: config.rpc_timeout,
-            limits: config.limits(),
-        };
-        let probe_timeout = config.failure_timeout / 5;
-        let pool = Arc::new(Pool::new(options));
-        let probes = Pool::new(ClientOptions {
-            connect_timeout: probe_timeout,
-            rpc_timeout: probe_timeout,
-            ..options
-        });
-        let indirect = Pool::new(ClientOptions {
-            connect_timeout: probe_timeout,
-            rpc_timeout: probe_timeout * 3,
-            ..options
-        });
-        let relay = Arc::new(AsyncPool::new(
-            config.connect_timeout,
-            config.rpc_timeout,
-            config.limits(),
-        ));
-        let replicator = Replicator::new(
-            relay.clone(),
-            runtime.clone(),
-            config.handoff_batch_entries,
-            config.handoff_batch_bytes,
-        );
+    /// A node alone in its own ring. When `config.seed` is set it refuses
+    /// reads and writes until [`Node::join`] succeeds.
+    pub fn new(parts: Parts) -> Arc<Self> {
+        let Parts {
+            config,
+            me,
+            store,
+            transport,
+            tasks,
+            wall,
+        } = parts;
         let digest = Md5::digest(me.to_string().as_bytes());
         let origin = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+        let clock = Clock::with_wall(origin, wall);
+        let incarnation = (clock.wall_micros() / 1000) as i64;
+        let members = Membership::new(me.clone(), incarnation);
+        let ring = Arc::new(Ring::new([me.clone()]));
+        let out = Arc::new(Outbound {
+            inner: transport,
+            isolated: AtomicBool::new(false),
+            started: Instant::now(),
+            contact: Arc::new(AtomicU64::new(0)),
+        });
+        let replicator = Replicator::new(
+            out.clone(),
+            tasks.clone(),
+            config.handoff_batch_entries,
+            config.handoff_batch_bytes,
+            config.rpc_timeout,
+        );
         Arc::new(Node {
-            clock: Clock::new(origin),
+            clock,
             store,
-            view: RwLock::new(View {
-                members,
-                routing: ring.clone(),
-                ring,
-                leaving: false,
-            }),
-            pool,
-            probes,
-            indirect,
+            view: RwLock::new(View { members, ring }),
+            out,
             replicator,
-            runtime,
-            relay,
-            epoch: Epoch::default(),
-            stop_requested: AtomicBool::new(false),
-            stop_signal: Condvar::new(),
-            stop_lock: Mutex::new(()),
+            tasks,
+            epoch: watch::channel(0).0,
+            stop: watch::channel(false).0,
             gossip_cursor: AtomicUsize::new(0),
             syncing: AtomicBool::new(false),
-            isolated: AtomicBool::new(false),
+            ready: AtomicBool::new(config.seed.is_none()),
+            last_tick: AtomicU64::new(0),
             config,
             me,
         })
+    }
+
+    /// Starts the background workers: gossip, failure detection, the pause
+    /// watch, anti-entropy and handoff.
+    pub fn start(self: &Arc<Self>) {
+        let node = self.clone();
+        self.tasks.spawn(async move { node.gossip_worker().await });
+        let node = self.clone();
+        self.tasks.spawn(async move { node.detector_worker().await });
+        let node = self.clone();
+        self.tasks.spawn(async move { node.pause_watch().await });
+        let node = self.clone();
+        self.tasks.spawn(async move { node.anti_entropy_worker().await });
+        let node = self.clone();
+        self.tasks.spawn(async move { node.handoff_worker().await });
     }
 
     /// This node's address (its name on the ring).
@@ -228,9 +248,32 @@ impl Node {
         &self.store
     }
 
+    /// The node's tasks (the simulation serves requests with them).
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
+    /// Whether the node has joined its ring and serves reads and writes.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Whether the node is catching up (its copies may be stale).
+    pub fn syncing(&self) -> bool {
+        self.syncing.load(Ordering::Acquire)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.out.now_ms()
+    }
+
+    async fn call(&self, peer: &NodeAddr, request: Request, timeout: Duration) -> Result<Reply> {
+        self.out.call(peer, request, timeout).await
+    }
+
     // ---- membership ----
 
-    /// Alive members, ourselves included, sorted.
+    /// Alive members, ourselves included (unless we are leaving), sorted.
     pub fn members(&self) -> Vec<NodeAddr> {
         self.view.read().ring.members().to_vec()
     }
@@ -240,28 +283,57 @@ impl Node {
         self.view.read().members.table()
     }
 
-    /// The member that owns `key` for routing.
-    pub fn owner(&self, key: &[u8]) -> Option<NodeAddr> {
-        self.view.read().routing.owner(key).cloned()
+    /// Alive members other than ourselves.
+    fn peers(&self) -> Vec<NodeAddr> {
+        self.view.read().members.peers()
     }
 
-    /// The routing ring and whether we are leaving, read together. The ring is
-    /// shared, so a request borrows its preference list from it without
-    /// copying any address.
-    fn placement(&self) -> (Arc<Ring<NodeAddr>>, bool) {
-        let view = self.view.read();
-        (view.routing.clone(), view.leaving)
+    /// Whether we are leaving (or left).
+    fn leaving(&self) -> bool {
+        self.view.read().members.my_state().status != Status::Alive
+    }
+
+    /// The member that owns `key` for routing.
+    pub fn owner(&self, key: &[u8]) -> Option<NodeAddr> {
+        self.view.read().ring.owner(key).cloned()
+    }
+
+    /// The routing ring. It is shared, so a request borrows its preference
+    /// list from it without copying any address.
+    fn placement(&self) -> Arc<Ring<NodeAddr>> {
+        self.view.read().ring.clone()
     }
 
     /// The members holding `key`, owner first: its preference list.
     pub fn replicas(&self, key: &[u8]) -> Vec<NodeAddr> {
         self.view
             .read()
-            .routing
+            .ring
             .owners(key, self.config.replicas)
             .into_iter()
             .cloned()
             .collect()
+    }
+
+    /// The replica count quorums are computed from: the configured count,
+    /// capped by the members that may hold data (every member not gone on
+    /// purpose, dead ones included). A node cut off from most of its ring thus
+    /// still needs the same quorum, which it cannot reach alone.
+    fn quorum_base(&self) -> usize {
+        let known = self.view.read().members.known();
+        self.config.replicas.min(known).max(1)
+    }
+
+    fn write_quorum(&self) -> usize {
+        self.config.write_quorum_of(self.quorum_base())
+    }
+
+    /// Replicas a read must hear from when the local copy cannot answer
+    /// alone: enough to meet every write quorum (R + W > N).
+    fn read_quorum(&self) -> usize {
+        let n = self.quorum_base();
+        let meets_writes = n + 1 - self.write_quorum().min(n);
+        self.config.read_quorum_of(n).max(meets_writes)
     }
 
     /// Applies membership updates; rebuilds the ring when the alive set changed,
@@ -294,21 +366,10 @@ impl Node {
                     }
                 }
             }
-            let alive: Vec<NodeAddr> = view.members.alive().cloned().collect();
-            ring_changed = alive.as_slice() != view.ring.members();
-            if ring_changed {
-                let ring = Arc::new(Ring::new(alive));
-                view.routing = if view.leaving {
-                    Arc::new(ring.without(&self.me))
-                } else {
-                    ring.clone()
-                };
-                view.ring = ring;
-            }
+            ring_changed = Self::rebuild_ring(&mut view);
         }
         for addr in &departed {
-            self.pool.idle().forget(addr);
-            self.relay.idle().forget(addr);
+            self.out.forget(addr);
         }
         if refuted {
             // We were declared dead: writes went elsewhere meanwhile.
@@ -317,10 +378,42 @@ impl Node {
         }
         if ring_changed {
             log::info!("ring is now {:?}", self.members_text());
-            self.epoch.bump();
+            self.bump_epoch();
         }
         self.spread(to_spread, refuted);
         ring_changed
+    }
+
+    /// Recomputes the ring from the table; returns whether it changed.
+    fn rebuild_ring(view: &mut View) -> bool {
+        let alive: Vec<NodeAddr> = view.members.alive().cloned().collect();
+        let changed = alive.as_slice() != view.ring.members();
+        if changed {
+            view.ring = Arc::new(Ring::new(alive));
+        }
+        changed
+    }
+
+    fn bump_epoch(&self) {
+        self.epoch.send_modify(|e| *e += 1);
+    }
+
+    fn epoch(&self) -> u64 {
+        *self.epoch.borrow()
+    }
+
+    /// Waits until the epoch moves past `seen`, a stop is requested, or
+    /// `timeout` passes; returns the epoch.
+    async fn wait_past(&self, seen: u64, timeout: Duration) -> u64 {
+        let mut epoch = self.epoch.subscribe();
+        let mut stop = self.stop.subscribe();
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => {}
+            _ = epoch.wait_for(|e| *e != seen) => {}
+            () = tokio::time::sleep(timeout) => {}
+        }
+        self.epoch()
     }
 
     fn members_text(&self) -> Vec<String> {
@@ -334,7 +427,6 @@ impl Node {
         if updates.is_empty() {
             return;
         }
-        let message: Vec<Member> = updates.iter().map(convert::member).collect();
         let targets: Vec<NodeAddr> = if to_dead {
             self.table()
                 .into_iter()
@@ -342,19 +434,24 @@ impl Node {
                 .map(|s| s.addr)
                 .collect()
         } else {
-            self.view.read().members.peers()
+            self.peers()
         };
         for peer in targets {
             let node = self.clone();
-            let message = message.clone();
-            std::thread::spawn(move || node.exchange(&peer, message));
+            let updates = updates.clone();
+            self.tasks
+                .spawn(async move { node.exchange(&peer, updates).await });
         }
     }
 
-    /// Push-pull with one peer: send `message`, merge the table it answers with.
-    fn exchange(self: &Arc<Self>, peer: &NodeAddr, message: Vec<Member>) {
-        match self.pool.call(peer, |c| c.gossip(message.clone())) {
-            Ok(table) => self.merge_table(&table),
+    /// Push-pull with one peer: send `rows`, merge the table it answers with.
+    async fn exchange(self: &Arc<Self>, peer: &NodeAddr, rows: Vec<MemberState>) {
+        match self
+            .call(peer, Request::Gossip(rows), self.config.rpc_timeout)
+            .await
+        {
+            Ok(Reply::Members(table)) => self.merge_table(table),
+            Ok(other) => log::debug!("{}", unexpected(peer, &other)),
             Err(e) => self.note_failure(peer, &e),
         }
     }
@@ -374,25 +471,22 @@ impl Node {
     }
 
     /// Merges a member table received from a peer.
-    pub fn merge_table(self: &Arc<Self>, table: &[Member]) {
-        let states: Vec<MemberState> = table.iter().filter_map(convert::member_state).collect();
-        self.update_members(false, |m| states.into_iter().map(|s| m.apply(s)).collect());
+    pub fn merge_table(self: &Arc<Self>, table: Vec<MemberState>) {
+        self.update_members(false, |m| table.into_iter().map(|s| m.apply(s)).collect());
     }
 
     /// A peer sent its table (`gossip`): merge it and answer with ours.
-    pub fn gossip(self: &Arc<Self>, table: &[Member]) -> Vec<Member> {
+    pub fn gossip(self: &Arc<Self>, table: Vec<MemberState>) -> Vec<MemberState> {
         self.merge_table(table);
-        self.table().iter().map(convert::member).collect()
+        self.table()
     }
 
     /// A new node announces itself (`enter`): admit it, tell the others, and
     /// answer with our table.
-    pub fn enter(self: &Arc<Self>, member: &Member) -> Vec<Member> {
-        if let Some(state) = convert::member_state(member) {
-            log::info!("{} asks to join", state.addr);
-            self.update_members(true, |m| vec![m.apply(state)]);
-        }
-        self.table().iter().map(convert::member).collect()
+    pub fn enter(self: &Arc<Self>, state: MemberState) -> Vec<MemberState> {
+        log::info!("{} asks to join", state.addr);
+        self.update_members(true, |m| vec![m.apply(state)]);
+        self.table()
     }
 
     /// The 2009 `join`/`add`: admit `addr` (no incarnation on that wire).
@@ -409,7 +503,7 @@ impl Node {
     /// One round of background gossip with the next peer in turn. Every fifth
     /// round also tries one member we hold dead, so that the two sides of a
     /// healed partition find each other again.
-    pub fn gossip_round(self: &Arc<Self>) {
+    pub async fn gossip_round(self: &Arc<Self>) {
         let turn = self.gossip_cursor.fetch_add(1, Ordering::Relaxed);
         let table = self.table();
         let candidates: Vec<NodeAddr> = if turn % 5 == 4 {
@@ -419,111 +513,155 @@ impl Node {
                 .map(|s| s.addr.clone())
                 .collect()
         } else {
-            self.view.read().members.peers()
+            self.peers()
         };
         if candidates.is_empty() {
             return;
         }
-        let peer = &candidates[turn % candidates.len()];
-        let message: Vec<Member> = table.iter().map(convert::member).collect();
-        self.exchange(peer, message);
+        let peer = candidates[turn % candidates.len()].clone();
+        self.exchange(&peer, table).await;
     }
 
-    /// Joins the ring that `seed` belongs to: announce ourselves, take its table,
-    /// then greet every member directly so concurrent joiners learn of us quickly.
-    pub fn join(self: &Arc<Self>, seed: &NodeAddr) -> Result<()> {
-        // Until the first anti-entropy round, our data (if any) may be stale.
+    async fn gossip_worker(self: Arc<Self>) {
+        while !self.wait_for_stop_timeout(self.config.gossip_interval).await {
+            self.gossip_round().await;
+        }
+    }
+
+    /// Joins the ring that `seed` belongs to: announce ourselves, take its
+    /// table, then greet every member directly so concurrent joiners learn of
+    /// us quickly. Until then the node refuses reads and writes; after it, it
+    /// catches up (reads consult a quorum) until a full anti-entropy round.
+    pub async fn join(self: &Arc<Self>, seed: &NodeAddr) -> Result<()> {
         self.syncing.store(true, Ordering::Release);
-        let me = convert::member(&self.view.read().members.my_state());
-        let table = match self.pool.call(seed, |c| c.enter(me.clone())) {
-            Ok(table) => table,
-            Err(Error::Refused { message, .. }) if message.contains("unknown method") => {
-                return self.join_legacy(seed);
-            }
-            Err(e) => return Err(e),
+        let me = self.view.read().members.my_state();
+        let table = match self
+            .call(seed, Request::Enter(me), self.config.rpc_timeout)
+            .await?
+        {
+            Reply::Members(table) => table,
+            other => return Err(unexpected(seed, &other)),
         };
-        self.merge_table(&table);
+        self.merge_table(table);
         let my_state = self.view.read().members.my_state();
         self.spread(vec![my_state], false);
+        self.ready.store(true, Ordering::Release);
         Ok(())
     }
 
-    /// Joins a ring of 2009 nodes: `get_all`, then `join` on the seed.
-    fn join_legacy(self: &Arc<Self>, seed: &NodeAddr) -> Result<()> {
-        let members = self.pool.call(seed, |c| c.get_all())?;
-        let addrs: Vec<NodeAddr> = members.iter().filter_map(convert::addr).collect();
-        self.update_members(false, |m| addrs.iter().map(|a| m.admit_legacy(a)).collect());
-        let me = convert::location(&self.me);
-        self.pool.call(seed, |c| c.join(me.clone()))?;
-        Ok(())
+    /// Marks the node as joined without a seed's table (the 2009 join path,
+    /// which learns the members by other calls).
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
     }
 
     // ---- failure detection ----
 
+    /// The failure detector's probe timeout.
+    fn probe_timeout(&self) -> Duration {
+        self.config.failure_timeout / 5
+    }
+
     /// Whether `target` answers a ping within the probe timeout.
-    pub fn ping(&self, target: &NodeAddr) -> bool {
-        self.probes.call(target, |c| c.ping()).is_ok()
+    pub async fn ping(&self, target: &NodeAddr) -> bool {
+        self.call(target, Request::Ping, self.probe_timeout())
+            .await
+            .is_ok()
     }
 
     /// Failure detector, SWIM-style: every tenth of the failure timeout, ping
     /// the next peer in turn; if it does not answer, ask two other peers to
     /// ping it; only if none of them reaches it either is it declared dead.
-    /// A loop that finds itself far behind schedule was paused (SIGSTOP, a
-    /// stalled VM): peers may have declared us dead and moved on, so catch up.
-    pub fn detector_worker(self: &Arc<Self>) {
+    async fn detector_worker(self: Arc<Self>) {
         let period = self.config.failure_timeout / 10;
         let mut cursor = 0usize;
-        let mut last = Instant::now();
-        while !self.wait_for_stop_timeout(period) {
-            let now = Instant::now();
-            if now.duration_since(last) > period + self.config.failure_timeout / 2 {
-                log::warn!("this node was paused; re-syncing before trusting its data");
-                self.syncing.store(true, Ordering::Release);
-                self.epoch.bump();
-            }
-            last = now;
-            let peers = self.view.read().members.peers();
+        while !self.wait_for_stop_timeout(period).await {
+            let peers = self.peers();
             if peers.is_empty() {
                 continue;
             }
             cursor = cursor.wrapping_add(1);
             let target = peers[cursor % peers.len()].clone();
-            if self.ping(&target) {
+            if self.ping(&target).await {
                 continue;
             }
-            if !self.probe_indirectly(&target, &peers) {
+            if !self.probe_indirectly(&target, &peers).await {
                 log::warn!("{target} did not answer direct or indirect probes; declaring it dead");
                 self.declare_dead(&target);
             }
         }
     }
 
-    fn probe_indirectly(self: &Arc<Self>, target: &NodeAddr, peers: &[NodeAddr]) -> bool {
-        let helpers: Vec<NodeAddr> = peers
-            .iter()
-            .filter(|p| *p != target)
-            .take(2)
-            .cloned()
-            .collect();
+    async fn probe_indirectly(self: &Arc<Self>, target: &NodeAddr, peers: &[NodeAddr]) -> bool {
+        let helpers: Vec<&NodeAddr> = peers.iter().filter(|p| *p != target).take(2).collect();
         if helpers.is_empty() {
             // Nobody to ask: one more direct try before giving up.
-            return self.ping(target);
+            return self.ping(target).await;
         }
-        let location = convert::location(target);
-        std::thread::scope(|s| {
-            let asks: Vec<_> = helpers
-                .iter()
-                .map(|helper| {
-                    let location = location.clone();
-                    s.spawn(move || {
-                        self.indirect
-                            .call(helper, |c| c.probe(location.clone()))
-                            .unwrap_or(false)
-                    })
-                })
-                .collect();
-            asks.into_iter().any(|a| a.join().unwrap_or(false))
-        })
+        let mut asks: FuturesUnordered<_> = helpers
+            .into_iter()
+            .map(|helper| {
+                self.call(
+                    helper,
+                    Request::Probe(target.clone()),
+                    self.probe_timeout() * 3,
+                )
+            })
+            .collect();
+        while let Some(answer) = asks.next().await {
+            if matches!(answer, Ok(Reply::Probed(true))) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Watches for lost time and lost contact. A tick far behind schedule
+    /// means the process was paused (SIGSTOP, a stalled VM): peers may have
+    /// declared us dead and moved on. No answer from any peer for the lease
+    /// means we may be cut off while the others move on. Either way the node
+    /// catches up before trusting its copies again. Only this loop's own sleep
+    /// is measured, so slow probes elsewhere never look like a pause.
+    async fn pause_watch(self: Arc<Self>) {
+        let period = self.config.failure_timeout / 10;
+        let mut last = Instant::now();
+        while !self.wait_for_stop_timeout(period).await {
+            let now = Instant::now();
+            if now.duration_since(last) > period + self.config.failure_timeout / 2 {
+                log::warn!("this node was paused; re-syncing before trusting its data");
+                self.syncing.store(true, Ordering::Release);
+                self.bump_epoch();
+            } else if !self.lease_held() && !self.syncing() && self.ready() {
+                log::warn!("no peer answered for a while; re-syncing before trusting our data");
+                self.syncing.store(true, Ordering::Release);
+                self.bump_epoch();
+            }
+            last = now;
+            self.last_tick.store(self.now_ms(), Ordering::Release);
+        }
+    }
+
+    /// Whether a peer answered us recently enough (a quarter of the failure
+    /// timeout) that none can have declared us dead since. Alone in the ring,
+    /// we always hold it.
+    fn lease_held(&self) -> bool {
+        if self.peers().is_empty() {
+            return true;
+        }
+        let lease = (self.config.failure_timeout / 4).as_millis() as u64;
+        self.now_ms()
+            .saturating_sub(self.out.contact.load(Ordering::Acquire))
+            < lease
+    }
+
+    /// Whether this node's own copies can answer a read alone: joined, not
+    /// catching up, not just resumed from a pause, and holding its lease.
+    fn trusts_itself(&self) -> bool {
+        let paused = self
+            .now_ms()
+            .saturating_sub(self.last_tick.load(Ordering::Acquire))
+            > (self.config.failure_timeout / 2).as_millis() as u64;
+        self.ready() && !self.syncing() && !paused && self.lease_held()
     }
 
     // ---- reads and writes ----
@@ -550,45 +688,38 @@ impl Node {
     /// forwarded enough (a leaving node keeps forwarding: its handoff may be
     /// done already). Otherwise the request goes to the first replica that
     /// answers, which may still turn out to be this node.
-    fn coordinates(&self, replicas: &[&NodeAddr], hops: i8, leaving: bool) -> bool {
-        (hops >= MAX_HOPS && !leaving) || replicas.first().is_some_and(|o| **o == self.me)
+    fn coordinates(&self, replicas: &[&NodeAddr], hops: i8) -> bool {
+        replicas.first().is_some_and(|o| **o == self.me) || (hops >= MAX_HOPS && !self.leaving())
     }
 
     /// Checks a write before anything is stored.
     fn admit_write(&self, key: &[u8], value: Option<&[u8]>, expires: Option<i64>) -> Result<()> {
+        if !self.ready() {
+            return Err(Error::Joining);
+        }
         if let Some(expires) = expires
-            && wall_micros() as i64 > expires
+            && self.clock.wall_micros() as i64 > expires
         {
             // The sender gave up on us (we were paused or swamped) and has
-            // retried elsewhere; a fresh version for this stale write could
-            // bury a newer one.
+            // moved on; the client may have too.
             return Err(Error::Expired);
         }
         self.check_sizes(key, value)
     }
 
-    /// Stores `value` here under a new version, newer than the copy it replaces.
-    fn store_new_version(&self, key: &[u8], value: Option<&[u8]>) -> Result<Version> {
-        self.store.overwrite(key, value, |old| match old {
-            Some(old) => self.clock.tick_after(old),
-            None => self.clock.tick(),
-        })
-    }
-
-    /// Serves a read at once if nothing needs waiting for: this node
-    /// coordinates it and its own copy answers alone (the common case). `None`
-    /// means the read needs [`Node::fetch`].
+    /// Serves a read at once if nothing needs waiting for: this node owns the
+    /// key, trusts its copy, and holds one (a tombstone counts). `None` means
+    /// the read needs [`Node::fetch`].
     pub fn fetch_now(&self, key: &[u8], hops: i8) -> Option<Result<Option<Vec<u8>>>> {
         if hops == PEEK {
             return Some(self.store.get(key).map(|s| s.and_then(|s| s.value)));
         }
-        let (ring, leaving) = self.placement();
+        if !self.ready() {
+            return Some(Err(Error::Joining));
+        }
+        let ring = self.placement();
         let replicas = ring.owners(key, self.config.replicas);
-        let alone = self.coordinates(&replicas, hops, leaving)
-            && replicas.contains(&&self.me)
-            && self.config.read_quorum_of(replicas.len()) == 1
-            && !self.syncing.load(Ordering::Acquire);
-        if !alone {
+        if replicas.first() != Some(&&self.me) || !self.reads_alone() {
             return None;
         }
         match self.store.get(key) {
@@ -597,6 +728,11 @@ impl Node {
             Ok(None) => None,
             Err(e) => Some(Err(e)),
         }
+    }
+
+    /// Whether an owner's read may be answered by its own copy alone.
+    fn reads_alone(&self) -> bool {
+        self.config.read_quorum <= 1 && self.trusts_itself()
     }
 
     /// Serves a write at once if nothing needs waiting for: this node
@@ -612,14 +748,20 @@ impl Node {
         if let Err(e) = self.admit_write(key, value, expires) {
             return Some(Err(e));
         }
-        let (ring, leaving) = self.placement();
+        if hops != 0 {
+            // A relayed write carries the version its entry node took.
+            return None;
+        }
+        let ring = self.placement();
         let replicas = ring.owners(key, self.config.replicas);
-        let alone =
-            self.coordinates(&replicas, hops, leaving) && replicas.iter().all(|r| **r == self.me);
+        let alone = self.coordinates(&replicas, hops)
+            && replicas.iter().all(|r| **r == self.me)
+            && self.write_quorum() <= 1;
         if !alone || replicas.is_empty() {
             return None;
         }
-        Some(self.store_new_version(key, value).map(drop))
+        let version = self.clock.tick();
+        Some(self.store.merge(key, value, version).map(drop))
     }
 
     /// Whether a failed forward should move on to the key's next replica.
@@ -633,38 +775,44 @@ impl Node {
         }
     }
 
-    /// Reads `key`: coordinated by its owner (or, when the owner cannot be
-    /// reached, the next replica). `hops` counts forwards so far.
+    /// Reads `key` for a client: coordinated by its owner (or, when the owner
+    /// cannot be reached, the next replica). `hops` counts forwards so far.
     pub async fn fetch(self: &Arc<Self>, key: &[u8], hops: i8) -> Result<Option<Vec<u8>>> {
+        Ok(self.fetch_copy(key, hops).await?.and_then(|s| s.value))
+    }
+
+    /// Reads `key`'s newest copy, tombstone included, as a forwarded read
+    /// answers it: `None` when no replica asked has ever seen the key.
+    pub async fn fetch_copy(self: &Arc<Self>, key: &[u8], hops: i8) -> Result<Option<Stored>> {
         if hops == PEEK {
-            return Ok(self.store.get(key)?.and_then(|s| s.value));
+            return self.store.get(key);
         }
-        let (ring, leaving) = self.placement();
+        if !self.ready() {
+            return Err(Error::Joining);
+        }
+        let ring = self.placement();
         let replicas = ring.owners(key, self.config.replicas);
         if replicas.is_empty() {
             return Err(Error::NoOwner);
         }
-        if self.coordinates(&replicas, hops, leaving) {
-            return self.coordinate_read(key, &replicas).await;
+        if self.coordinates(&replicas, hops) {
+            let owner = replicas[0] == &self.me;
+            return self.coordinate_read(key, &replicas, owner).await;
         }
-        let request = relay::encode(|c| c.relay_fetch(key.to_vec(), hops + 1).map(drop));
-        for &target in &replicas {
+        for (i, &target) in replicas.iter().enumerate() {
             if *target == self.me {
-                return self.coordinate_read(key, &replicas).await;
+                return self.coordinate_read(key, &replicas, i == 0).await;
             }
-            let result = self
-                .relay
-                .call(target, &request, |c| c.relay_fetch(Vec::new(), 0))
-                .await;
-            match result {
-                // A key we still hold but no longer replicate is on its way to
-                // its owner: until it arrives, our copy is the answer.
-                Ok(lookup) => {
-                    return Ok(match lookup.value {
-                        Some(value) => Some(value),
-                        None => self.store.get(key)?.and_then(|s| s.value),
-                    });
-                }
+            let request = Request::Read {
+                key: key.to_vec(),
+                hops: hops + 1,
+            };
+            match self.call(target, request, self.config.rpc_timeout).await {
+                // A key we still hold but no longer replicate is on its way
+                // to its owner; the newer of its copy and ours is the answer
+                // (a tombstone there wins over an older value here).
+                Ok(Reply::Found(theirs)) => return Ok(newest(theirs, self.store.get(key)?)),
+                Ok(other) => return Err(unexpected(target, &other)),
                 Err(e) if self.try_next(target, &e) => continue,
                 Err(e) => return Err(e),
             }
@@ -672,42 +820,50 @@ impl Node {
         Err(Error::NoOwner)
     }
 
-    /// Serves a read here. The local copy answers alone unless it is missing,
-    /// this node is catching up, or the read quorum asks for more; then every
-    /// other replica is asked, the newest copy wins, and stale replicas are
-    /// repaired with it.
+    /// Serves a read here. An owner that trusts its copy answers alone;
+    /// otherwise (a miss, catching up, a stand-in for the owner, a read quorum
+    /// above one) the other replicas are asked at once, the newest copy wins,
+    /// at least [`Node::read_quorum`] replicas must have answered, and stale
+    /// replicas are repaired with it.
     async fn coordinate_read(
         self: &Arc<Self>,
         key: &[u8],
         replicas: &[&NodeAddr],
-    ) -> Result<Option<Vec<u8>>> {
+        owner: bool,
+    ) -> Result<Option<Stored>> {
         let local = self.store.get(key)?;
-        let quorum = self.config.read_quorum_of(replicas.len());
         let holds = replicas.contains(&&self.me);
-        if local.is_some() && holds && quorum == 1 && !self.syncing.load(Ordering::Acquire) {
-            return Ok(local.and_then(|s| s.value));
+        let trusted = holds && self.trusts_itself();
+        if owner && trusted && self.reads_alone() && local.is_some() {
+            return Ok(local);
         }
-        let mut answers = usize::from(holds);
+        let quorum = self.read_quorum().min(replicas.len()).max(1);
+        let mut answers = usize::from(trusted);
         let mut copies: Vec<(NodeAddr, Option<Version>)> = Vec::new();
-        let mut newest = local.clone();
-        let request = relay::encode(|c| c.peek(vec![key.to_vec()]).map(drop));
-        for &peer in replicas.iter().filter(|p| ***p != self.me) {
-            match self
-                .relay
-                .call(peer, &request, |c| c.peek(Vec::new()))
-                .await
-            {
-                Ok(entries) => {
+        let mut best = local.clone();
+        let mut asks: FuturesUnordered<_> = replicas
+            .iter()
+            .filter(|p| ***p != self.me)
+            .map(|&peer| async move {
+                let reply = self
+                    .call(
+                        peer,
+                        Request::Peek(vec![key.to_vec()]),
+                        self.config.rpc_timeout,
+                    )
+                    .await;
+                (peer, reply)
+            })
+            .collect();
+        while let Some((peer, reply)) = asks.next().await {
+            match reply {
+                Ok(Reply::Entries(entries)) => {
                     answers += 1;
-                    let theirs = entries
-                        .into_iter()
-                        .find_map(convert::from_entry)
-                        .map(|(_, s)| s);
+                    let theirs = entries.into_iter().find(|e| e.key == key).map(|e| e.stored);
                     copies.push((peer.clone(), theirs.as_ref().map(|s| s.version)));
-                    if theirs.as_ref().map(|s| s.version) > newest.as_ref().map(|s| s.version) {
-                        newest = theirs;
-                    }
+                    best = newest(best, theirs);
                 }
+                Ok(other) => log::debug!("{}", unexpected(peer, &other)),
                 Err(e) => self.note_failure(peer, &e),
             }
         }
@@ -717,65 +873,62 @@ impl Node {
                 needed: quorum,
             });
         }
-        if let Some(best) = &newest {
+        if let Some(best) = &best {
             self.clock.observe(best.version);
-            if local.as_ref().map(|s| s.version) < Some(best.version) && holds {
+            if holds && local.as_ref().map(|s| s.version) < Some(best.version) {
                 self.store.merge(key, best.value.as_deref(), best.version)?;
             }
-            let entry = convert::entry(key.to_vec(), best.clone());
             for (peer, version) in copies {
                 if version < Some(best.version) {
-                    self.replicator.send(&peer, entry.clone(), None);
+                    let entry = Entry::new(key.to_vec(), best.clone());
+                    self.replicator.send(&peer, entry, None);
                 }
             }
         }
-        Ok(newest.and_then(|s| s.value))
+        Ok(best)
     }
 
     /// Writes `key` (a value, or `None` to erase it): coordinated by its owner
     /// (or, when the owner cannot be reached, the next replica), acknowledged
-    /// once a write quorum of replicas stored it. `hops` counts forwards so far;
-    /// `expires` is when the node that relayed the write stops waiting for it
-    /// (microseconds since the epoch; `None` for a client's own call).
+    /// once a write quorum of replicas stored it. `hops` counts forwards so
+    /// far. `version` is the write's version when relayed (a client's own call
+    /// gets one here, once, whatever path it then takes); `expires` is when
+    /// the node that relayed it stops waiting (wall microseconds).
     pub async fn write(
         self: &Arc<Self>,
         key: &[u8],
         value: Option<&[u8]>,
         hops: i8,
+        version: Option<Version>,
         expires: Option<i64>,
     ) -> Result<()> {
         self.admit_write(key, value, expires)?;
-        let (ring, leaving) = self.placement();
+        let version = version.unwrap_or_else(|| self.clock.tick());
+        let ring = self.placement();
         let replicas = ring.owners(key, self.config.replicas);
         if replicas.is_empty() {
             return Err(Error::NoOwner);
         }
-        if self.coordinates(&replicas, hops, leaving) {
-            return self.coordinate_write(key, value, &replicas).await;
+        if self.coordinates(&replicas, hops) {
+            return self.coordinate_write(key, value, version, &replicas).await;
         }
+        // Give up on the relay a little before our own call times out.
+        let ours = self.clock.wall_micros() as i64
+            + (self.config.rpc_timeout * 9 / 10).as_micros() as i64;
+        let expires = expires.map_or(ours, |e| e.min(ours));
         for &target in &replicas {
             if *target == self.me {
-                return self.coordinate_write(key, value, &replicas).await;
+                return self.coordinate_write(key, value, version, &replicas).await;
             }
-            let next = hops.saturating_add(1);
-            // Give up on the relay a little before our own call times out.
-            let expires =
-                (wall_micros() + (self.config.rpc_timeout * 9 / 10).as_micros() as u64) as i64;
-            let request = match value {
-                Some(v) => {
-                    relay::encode(|c| c.relay_store(key.to_vec(), v.to_vec(), next, expires))
-                }
-                None => relay::encode(|c| c.relay_erase(key.to_vec(), next, expires)),
+            let request = Request::Write {
+                key: key.to_vec(),
+                value: value.map(<[u8]>::to_vec),
+                hops: hops.saturating_add(1),
+                version,
+                expires,
             };
-            let result = self
-                .relay
-                .call(target, &request, |c| match value {
-                    Some(_) => c.relay_store(Vec::new(), Vec::new(), 0, 0),
-                    None => c.relay_erase(Vec::new(), 0, 0),
-                })
-                .await;
-            match result {
-                Ok(()) => return Ok(()),
+            match self.call(target, request, self.config.rpc_timeout).await {
+                Ok(_) => return Ok(()),
                 Err(e) if self.try_next(target, &e) => continue,
                 Err(e) => return Err(e),
             }
@@ -783,28 +936,34 @@ impl Node {
         Err(Error::NoOwner)
     }
 
-    /// Stores a new version here and sends it to the other replicas; returns
-    /// once the write quorum holds it.
+    /// Stores the write here (unless a newer copy is already here: then the
+    /// write is simply older, and superseded) and sends it to the other
+    /// replicas; returns once the write quorum holds it.
     async fn coordinate_write(
         self: &Arc<Self>,
         key: &[u8],
         value: Option<&[u8]>,
+        version: Version,
         replicas: &[&NodeAddr],
     ) -> Result<()> {
-        let version = self.store_new_version(key, value)?;
-        let here = usize::from(replicas.contains(&&self.me));
-        let quorum = self.config.write_quorum_of(replicas.len());
+        self.clock.observe(version);
+        let here = replicas.contains(&&self.me);
+        if here {
+            self.store.merge(key, value, version)?;
+        }
+        let here = usize::from(here);
+        let quorum = self.write_quorum();
         let others: Vec<&NodeAddr> = replicas
             .iter()
             .copied()
             .filter(|p| **p != self.me)
             .collect();
         let needed = quorum.saturating_sub(here);
-        if others.is_empty() {
+        if others.is_empty() && needed == 0 {
             return Ok(());
         }
         let ack = Ack::new();
-        let entry = convert::entry(
+        let entry = Entry::new(
             key.to_vec(),
             Stored {
                 value: value.map(<[u8]>::to_vec),
@@ -817,9 +976,12 @@ impl Node {
         if needed == 0 {
             return Ok(());
         }
-        let acked = ack
-            .wait(needed, others.len(), self.config.rpc_timeout)
-            .await;
+        let acked = if others.len() < needed {
+            0
+        } else {
+            ack.wait(needed, others.len(), self.config.rpc_timeout)
+                .await
+        };
         if acked >= needed {
             Ok(())
         } else {
@@ -834,14 +996,12 @@ impl Node {
     pub fn absorb(&self, entries: Vec<Entry>) -> Result<usize> {
         let mut applied = 0;
         for entry in entries {
-            let Some((key, stored)) = convert::from_entry(entry) else {
-                continue;
-            };
-            self.clock.observe(stored.version);
-            if self
-                .store
-                .merge(&key, stored.value.as_deref(), stored.version)?
-            {
+            self.clock.observe(entry.stored.version);
+            if self.store.merge(
+                &entry.key,
+                entry.stored.value.as_deref(),
+                entry.stored.version,
+            )? {
                 applied += 1;
             }
         }
@@ -853,7 +1013,7 @@ impl Node {
         let mut entries = Vec::new();
         for key in keys {
             if let Some(stored) = self.store.get(&key)? {
-                entries.push(convert::entry(key, stored));
+                entries.push(Entry::new(key, stored));
             }
         }
         Ok(entries)
@@ -889,24 +1049,24 @@ impl Node {
     /// comparing with a node we do not count (one coming back after being
     /// declared dead) would find nothing shared, and it would wrongly conclude
     /// that it has caught up.
-    fn ring_shared_with(&self, caller: &Location) -> Result<(NodeAddr, Arc<Ring<NodeAddr>>)> {
+    fn ring_shared_with(&self, caller: &NodeAddr) -> Result<Arc<Ring<NodeAddr>>> {
         let view = self.view.read();
-        match convert::addr(caller) {
-            Some(addr) if view.ring.contains(&addr) => Ok((addr, view.routing.clone())),
-            other => Err(Error::Refused {
+        if view.ring.contains(caller) {
+            Ok(view.ring.clone())
+        } else {
+            Err(Error::Refused {
                 peer: self.me.to_string(),
                 message: format!(
-                    "{} is not a member in this node's view yet; retry after gossip",
-                    other.map_or_else(|| "the caller".into(), |a| a.to_string())
+                    "{caller} is not a member in this node's view yet; retry after gossip"
                 ),
-            }),
+            })
         }
     }
 
     /// Answers `diff_buckets`: where our copies shared with `caller` differ.
-    pub fn diff_buckets(&self, caller: &Location, digests: &[i64]) -> Result<Vec<i32>> {
-        let (caller, ring) = self.ring_shared_with(caller)?;
-        Ok(self.digests_with(&ring, &caller)?.differing(digests))
+    pub fn diff_buckets(&self, caller: &NodeAddr, digests: &[i64]) -> Result<Vec<i32>> {
+        let ring = self.ring_shared_with(caller)?;
+        Ok(self.digests_with(&ring, caller)?.differing(digests))
     }
 
     /// Our keys shared with `peer` in `buckets`, grouped by bucket.
@@ -914,7 +1074,7 @@ impl Node {
         &self,
         ring: &Ring<NodeAddr>,
         peer: &NodeAddr,
-        buckets: &HashSet<usize>,
+        buckets: &BTreeSet<usize>,
     ) -> Result<BTreeMap<usize, Vec<Vec<u8>>>> {
         let mut keys: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
         self.store.scan(|key, _, _| {
@@ -932,35 +1092,36 @@ impl Node {
     /// caller's or that it lacks.
     pub fn reconcile(
         &self,
-        caller: &Location,
+        caller: &NodeAddr,
         buckets: &[i32],
         entries: Vec<Entry>,
     ) -> Result<Vec<Entry>> {
-        let (caller, ring) = self.ring_shared_with(caller)?;
-        let mut theirs: HashMap<Vec<u8>, Version> = HashMap::new();
+        let ring = self.ring_shared_with(caller)?;
+        let mut theirs: BTreeMap<Vec<u8>, Version> = BTreeMap::new();
         for entry in entries {
-            if let Some((key, stored)) = convert::from_entry(entry) {
-                self.clock.observe(stored.version);
-                self.store
-                    .merge(&key, stored.value.as_deref(), stored.version)?;
-                theirs.insert(key, stored.version);
-            }
+            self.clock.observe(entry.stored.version);
+            self.store.merge(
+                &entry.key,
+                entry.stored.value.as_deref(),
+                entry.stored.version,
+            )?;
+            theirs.insert(entry.key, entry.stored.version);
         }
-        let buckets: HashSet<usize> = buckets
+        let buckets: BTreeSet<usize> = buckets
             .iter()
             .map(|&b| b as usize)
             .filter(|&b| b < BUCKETS)
             .collect();
         let mut answer = Vec::new();
         for key in self
-            .shared_keys_in(&ring, &caller, &buckets)?
+            .shared_keys_in(&ring, caller, &buckets)?
             .into_values()
             .flatten()
         {
             if let Some(stored) = self.store.get(&key)?
                 && theirs.get(&key).is_none_or(|v| *v < stored.version)
             {
-                answer.push(convert::entry(key, stored));
+                answer.push(Entry::new(key, stored));
             }
         }
         Ok(answer)
@@ -969,17 +1130,21 @@ impl Node {
     /// Brings our copies and `peer`'s copies of the keys we share to the same
     /// versions: compare bucket digests, then exchange entries of the buckets
     /// that differ, in bounded batches. Returns how many entries we sent.
-    pub fn sync_with(self: &Arc<Self>, peer: &NodeAddr) -> Result<usize> {
-        let ring = self.view.read().routing.clone();
-        let me = convert::location(&self.me);
+    pub async fn sync_with(self: &Arc<Self>, peer: &NodeAddr) -> Result<usize> {
+        let ring = self.placement();
         let digests = self.digests_with(&ring, peer)?.to_wire();
-        let differing = self
-            .pool
-            .call(peer, |c| c.diff_buckets(me.clone(), digests.clone()))?;
+        let request = Request::DiffBuckets {
+            caller: self.me.clone(),
+            digests,
+        };
+        let differing = match self.call(peer, request, self.config.rpc_timeout).await? {
+            Reply::Buckets(buckets) => buckets,
+            other => return Err(unexpected(peer, &other)),
+        };
         if differing.is_empty() {
             return Ok(0);
         }
-        let wanted: HashSet<usize> = differing
+        let wanted: BTreeSet<usize> = differing
             .iter()
             .map(|&b| b as usize)
             .filter(|&b| b < BUCKETS)
@@ -989,13 +1154,13 @@ impl Node {
         let mut batch_buckets = Vec::new();
         let mut batch = Vec::new();
         let mut bytes = 0;
-        let mut buckets: Vec<usize> = wanted.into_iter().collect();
-        buckets.sort_unstable();
+        let buckets: Vec<usize> = wanted.into_iter().collect();
         for (i, bucket) in buckets.iter().enumerate() {
             for key in keys.remove(bucket).unwrap_or_default() {
                 if let Some(stored) = self.store.get(&key)? {
-                    bytes += key.len() + stored.value.as_ref().map_or(0, Vec::len);
-                    batch.push(convert::entry(key, stored));
+                    let entry = Entry::new(key, stored);
+                    bytes += entry.bytes();
+                    batch.push(entry);
                 }
             }
             batch_buckets.push(*bucket as i32);
@@ -1005,12 +1170,17 @@ impl Node {
                 || batch.len() >= self.config.handoff_batch_entries
             {
                 sent += batch.len();
-                let newer = self.pool.call(peer, |c| {
-                    c.reconcile(me.clone(), batch_buckets.clone(), batch.clone())
-                })?;
-                self.absorb(newer)?;
-                batch_buckets.clear();
-                batch.clear();
+                let request = Request::Reconcile {
+                    caller: self.me.clone(),
+                    buckets: std::mem::take(&mut batch_buckets),
+                    entries: std::mem::take(&mut batch),
+                };
+                match self.call(peer, request, self.config.rpc_timeout).await? {
+                    Reply::Entries(newer) => {
+                        self.absorb(newer)?;
+                    }
+                    other => return Err(unexpected(peer, &other)),
+                }
                 bytes = 0;
             }
         }
@@ -1020,13 +1190,13 @@ impl Node {
     /// Background worker: after every ring change (and while catching up),
     /// a full anti-entropy round with every peer; otherwise one peer in turn
     /// every interval. Also delivers hints to peers that answer again.
-    pub fn anti_entropy_worker(self: &Arc<Self>) {
+    async fn anti_entropy_worker(self: Arc<Self>) {
         let mut synced_epoch = u64::MAX;
         let mut turn = 0usize;
         while !self.stop_requested() {
-            let epoch = self.epoch.get();
-            let peers = self.view.read().members.peers();
-            let full = epoch != synced_epoch || self.syncing.load(Ordering::Acquire);
+            let epoch = self.epoch();
+            let peers = self.peers();
+            let full = epoch != synced_epoch || self.syncing();
             let round: Vec<NodeAddr> = if full {
                 peers.clone()
             } else {
@@ -1037,9 +1207,9 @@ impl Node {
                     .into_iter()
                     .collect()
             };
-            let mut complete = true;
+            let mut complete = self.ready();
             for peer in &round {
-                match self.sync_with(peer) {
+                match self.sync_with(peer).await {
                     Ok(0) => {}
                     Ok(n) => log::debug!("anti-entropy with {peer}: {n} entries compared"),
                     Err(e) => {
@@ -1048,7 +1218,7 @@ impl Node {
                     }
                 }
             }
-            if full && complete && self.epoch.get() == epoch {
+            if full && complete && self.epoch() == epoch && self.lease_held() {
                 synced_epoch = epoch;
                 if self.syncing.swap(false, Ordering::AcqRel) {
                     log::info!("caught up with every replica");
@@ -1060,7 +1230,7 @@ impl Node {
             } else {
                 Duration::from_millis(200)
             };
-            self.epoch.wait_past(epoch, pause);
+            self.wait_past(epoch, pause).await;
         }
     }
 
@@ -1078,10 +1248,7 @@ impl Node {
             }
             for key in self.replicator.take_hints(&peer) {
                 match self.store.get(&key) {
-                    Ok(Some(stored)) => {
-                        self.replicator
-                            .send(&peer, convert::entry(key, stored), None)
-                    }
+                    Ok(Some(stored)) => self.replicator.send(&peer, Entry::new(key, stored), None),
                     Ok(None) => {}
                     Err(e) => log::warn!("reading a hinted key failed: {e}"),
                 }
@@ -1095,10 +1262,10 @@ impl Node {
     /// batches, deleting each copy only after the owner acknowledged it (and only
     /// if no newer write arrived meanwhile). Ownership is re-checked before each
     /// batch. (The owner's anti-entropy then completes the other replicas.)
-    pub fn handoff_pass(self: &Arc<Self>) -> HandoffReport {
+    pub async fn handoff_pass(self: &Arc<Self>) -> HandoffReport {
         let mut report = HandoffReport::default();
-        let epoch = self.epoch.get();
-        let routing = self.view.read().routing.clone();
+        let epoch = self.epoch();
+        let routing = self.placement();
         let n = self.config.replicas;
         let keys = match self
             .store
@@ -1116,80 +1283,68 @@ impl Node {
                 by_owner.entry(owner.clone()).or_default().push(key);
             }
         }
-        // Batches are read and encoded here while earlier ones are in flight;
-        // each is encoded once, so a retry resends the same bytes.
-        let settle = |report: &mut HandoffReport, done: HandoffBatch| match done.result {
-            Ok(()) => {
-                for (key, version) in &done.sent {
-                    if let Err(e) = self.store.remove_if(key, *version) {
-                        log::warn!("deleting a handed-off key failed: {e}");
+        let settle = |report: &mut HandoffReport,
+                      (owner, sent, result): (NodeAddr, Vec<(Vec<u8>, Version)>, Result<Reply>)| {
+            match result {
+                Ok(_) => {
+                    for (key, version) in &sent {
+                        if let Err(e) = self.store.remove_if(key, *version) {
+                            log::warn!("deleting a handed-off key failed: {e}");
+                        }
                     }
+                    report.moved += sent.len();
                 }
-                report.moved += done.sent.len();
-            }
-            Err(e) => {
-                log::warn!(
-                    "handing {} keys to {} failed: {e}",
-                    done.sent.len(),
-                    done.owner
-                );
-                self.note_failure(&done.owner, &e);
-                report.stuck += done.sent.len();
-                report.restarted = true;
+                Err(e) => {
+                    log::warn!("handing {} keys to {owner} failed: {e}", sent.len());
+                    self.note_failure(&owner, &e);
+                    report.stuck += sent.len();
+                    report.restarted = true;
+                }
             }
         };
-        self.runtime.block_on(async {
-            let mut in_flight = tokio::task::JoinSet::new();
-            'owners: for (owner, keys) in by_owner {
-                let mut keys = keys.into_iter().peekable();
-                while keys.peek().is_some() {
-                    if self.epoch.get() != epoch || report.restarted {
-                        report.restarted = true;
-                        break 'owners;
-                    }
-                    let mut batch = Vec::new();
-                    let mut sent = Vec::new();
-                    let mut bytes = 0;
-                    while bytes < self.config.handoff_batch_bytes
-                        && batch.len() < self.config.handoff_batch_entries
-                    {
-                        let Some(key) = keys.next() else { break };
-                        if let Ok(Some(stored)) = self.store.get(&key) {
-                            bytes += key.len() + stored.value.as_ref().map_or(0, Vec::len);
-                            sent.push((key.clone(), stored.version));
-                            batch.push(convert::entry(key, stored));
-                        }
-                    }
-                    if batch.is_empty() {
-                        continue;
-                    }
-                    let request = relay::encode(|c| c.absorb(batch));
-                    while in_flight.len() >= HANDOFF_IN_FLIGHT {
-                        if let Some(Ok(done)) = in_flight.join_next().await {
-                            settle(&mut report, done);
-                        }
-                    }
-                    let node = self.clone();
-                    let owner = owner.clone();
-                    in_flight.spawn(async move {
-                        let result = node
-                            .relay
-                            .call(&owner, &request, |c| c.absorb(Vec::new()))
-                            .await;
-                        HandoffBatch {
-                            owner,
-                            sent,
-                            result,
-                        }
-                    });
+        // Batches are read here while earlier ones are in flight.
+        let mut in_flight = FuturesUnordered::new();
+        'owners: for (owner, keys) in by_owner {
+            let mut keys = keys.into_iter().peekable();
+            while keys.peek().is_some() {
+                if self.epoch() != epoch || report.restarted {
+                    report.restarted = true;
+                    break 'owners;
                 }
-            }
-            while let Some(done) = in_flight.join_next().await {
-                if let Ok(done) = done {
-                    settle(&mut report, done);
+                let mut batch = Vec::new();
+                let mut sent = Vec::new();
+                let mut bytes = 0;
+                while bytes < self.config.handoff_batch_bytes
+                    && batch.len() < self.config.handoff_batch_entries
+                {
+                    let Some(key) = keys.next() else { break };
+                    if let Ok(Some(stored)) = self.store.get(&key) {
+                        sent.push((key.clone(), stored.version));
+                        let entry = Entry::new(key, stored);
+                        bytes += entry.bytes();
+                        batch.push(entry);
+                    }
                 }
+                if batch.is_empty() {
+                    continue;
+                }
+                while in_flight.len() >= HANDOFF_IN_FLIGHT {
+                    if let Some(done) = in_flight.next().await {
+                        settle(&mut report, done);
+                    }
+                }
+                let owner = owner.clone();
+                in_flight.push(async move {
+                    let result = self
+                        .call(&owner, Request::Absorb(batch), self.config.rpc_timeout)
+                        .await;
+                    (owner, sent, result)
+                });
             }
-        });
+        }
+        while let Some(done) = in_flight.next().await {
+            settle(&mut report, done);
+        }
         if report.moved > 0 {
             log::info!("handed {} keys to their owners", report.moved);
         }
@@ -1198,77 +1353,75 @@ impl Node {
 
     /// Background worker: runs a handoff pass whenever the ring changes, and
     /// every few seconds anyway (to pick up keys that were stored off-owner).
-    pub fn handoff_worker(self: &Arc<Self>) {
+    async fn handoff_worker(self: Arc<Self>) {
         let mut seen = u64::MAX;
         while !self.stop_requested() {
-            seen = self.epoch.wait_past(seen, Duration::from_secs(2));
+            seen = self.wait_past(seen, Duration::from_secs(2)).await;
             if self.stop_requested() {
                 break;
             }
-            let mut report = self.handoff_pass();
-            while report.restarted && report.stuck == 0 {
-                report = self.handoff_pass();
+            let mut report = self.handoff_pass().await;
+            while report.restarted && report.stuck == 0 && !self.stop_requested() {
+                report = self.handoff_pass().await;
             }
         }
     }
 
     // ---- stopping and leaving ----
 
-    /// Asks the node to leave the ring (SIGINT, SIGTERM, `die`). `wait_for_stop`
-    /// returns once this has been called.
+    /// Asks the node to leave the ring (SIGINT, SIGTERM, `die`).
+    /// [`Node::wait_for_stop`] returns once this has been called.
     pub fn request_stop(&self) {
-        let _guard = self.stop_lock.lock();
-        self.stop_requested.store(true, Ordering::Release);
-        self.stop_signal.notify_all();
-        self.epoch.bump();
+        self.stop.send_replace(true);
     }
 
     /// Waits up to `timeout` for a stop request; returns whether one came.
-    pub fn wait_for_stop_timeout(&self, timeout: Duration) -> bool {
-        let mut guard = self.stop_lock.lock();
-        if !self.stop_requested.load(Ordering::Acquire) {
-            self.stop_signal.wait_for(&mut guard, timeout);
-        }
-        self.stop_requested.load(Ordering::Acquire)
+    pub async fn wait_for_stop_timeout(&self, timeout: Duration) -> bool {
+        let mut stop = self.stop.subscribe();
+        let _ = tokio::time::timeout(timeout, stop.wait_for(|s| *s)).await;
+        self.stop_requested()
     }
 
     /// Whether a stop was requested.
     pub fn stop_requested(&self) -> bool {
-        self.stop_requested.load(Ordering::Acquire)
+        *self.stop.borrow()
     }
 
-    /// Blocks until `request_stop` is called.
-    pub fn wait_for_stop(&self) {
-        let mut guard = self.stop_lock.lock();
-        while !self.stop_requested.load(Ordering::Acquire) {
-            self.stop_signal.wait(&mut guard);
-        }
+    /// Waits until [`Node::request_stop`] is called.
+    pub async fn wait_for_stop(&self) {
+        let mut stop = self.stop.subscribe();
+        let _ = stop.wait_for(|s| *s).await;
     }
 
-    /// Leaves the ring gracefully: from now on requests route around us; every
-    /// key goes to its new owner (acknowledged); then the others are told we
-    /// left. Returns how many keys could not be handed over.
-    pub fn leave(self: &Arc<Self>) -> usize {
-        {
+    /// Leaves the ring gracefully: first tells every peer we are leaving (so
+    /// they stop routing and replicating to us), then hands every key to its
+    /// new owner (acknowledged), then tells the others we left. Returns how
+    /// many keys could not be handed over.
+    pub async fn leave(self: &Arc<Self>) -> usize {
+        let announce = {
             let mut view = self.view.write();
-            view.leaving = true;
-            view.routing = Arc::new(view.ring.without(&self.me));
-        }
-        self.epoch.bump();
+            let row = view.members.start_leaving();
+            Self::rebuild_ring(&mut view);
+            row
+        };
+        self.bump_epoch();
+        // Wait (bounded) until the peers heard: after that no new write is
+        // replicated to us, so the handoff below converges.
+        self.tell_peers(announce).await;
         let deadline = Instant::now() + self.config.leave_timeout;
         log::info!("leaving: handing over {} keys", self.store.len());
         // Tombstones travel too (they keep erased keys erased), so the loop
         // runs until a pass finds nothing left to move, not until `len` is 0.
         while Instant::now() < deadline {
-            if self.view.read().routing.is_empty() {
+            if self.placement().is_empty() {
                 log::warn!(
                     "last member leaving: its {} keys have nowhere to go",
                     self.store.len()
                 );
                 break;
             }
-            let report = self.handoff_pass();
-            if report.restarted {
+            let report = self.handoff_pass().await;
+            if report.restarted && report.stuck == 0 {
                 continue;
             }
             if report.moved == 0 && report.stuck == 0 {
@@ -1276,31 +1429,82 @@ impl Node {
             }
             if report.moved == 0 {
                 // Owners refused or failed; give the ring a moment to change.
-                self.epoch
-                    .wait_past(self.epoch.get(), Duration::from_millis(200));
+                self.wait_past(self.epoch(), Duration::from_millis(200))
+                    .await;
             }
         }
         let left_behind = self.store.len();
-        if left_behind > 0 {
+        if left_behind > 0 && !self.placement().is_empty() {
             log::warn!("leaving with {left_behind} keys not handed over");
         }
-        let farewell = {
-            let mut view = self.view.write();
-            convert::member(&view.members.leave())
-        };
-        let peers = self.view.read().members.peers();
-        std::thread::scope(|s| {
-            for peer in &peers {
-                let farewell = farewell.clone();
-                s.spawn(move || {
-                    if let Err(e) = self.pool.call(peer, |c| c.gossip(vec![farewell.clone()])) {
-                        log::debug!("telling {peer} we left failed: {e}");
-                    }
-                });
-            }
-        });
+        let farewell = self.view.write().members.leave();
+        self.tell_peers(farewell).await;
         log::info!("left the ring");
         left_behind
+    }
+
+    /// Sends our own row to every peer at once and waits for them all (each
+    /// within the RPC timeout).
+    async fn tell_peers(self: &Arc<Self>, row: MemberState) {
+        let peers: Vec<NodeAddr> = self
+            .table()
+            .into_iter()
+            .filter(|s| s.addr != self.me && s.status == Status::Alive)
+            .map(|s| s.addr)
+            .collect();
+        let mut calls: FuturesUnordered<_> = peers
+            .iter()
+            .map(|peer| {
+                let request = Request::Gossip(vec![row.clone()]);
+                async move {
+                    let result = self.call(peer, request, self.config.rpc_timeout).await;
+                    (peer, result)
+                }
+            })
+            .collect();
+        while let Some((peer, result)) = calls.next().await {
+            if let Err(e) = result {
+                log::debug!("telling {peer} we are {:?} failed: {e}", row.status);
+            }
+        }
+    }
+
+    // ---- serving peers ----
+
+    /// Serves one request from a peer (the simulation's transport calls this;
+    /// the Thrift server reaches the same methods through the handler).
+    pub async fn handle(self: &Arc<Self>, request: Request) -> Result<Reply> {
+        Ok(match request {
+            Request::Ping => Reply::Done,
+            Request::Enter(state) => Reply::Members(self.enter(state)),
+            Request::Gossip(rows) => Reply::Members(self.gossip(rows)),
+            Request::Probe(target) => Reply::Probed(self.ping(&target).await),
+            Request::Read { key, hops } => Reply::Found(self.fetch_copy(&key, hops).await?),
+            Request::Write {
+                key,
+                value,
+                hops,
+                version,
+                expires,
+            } => {
+                self.write(&key, value.as_deref(), hops, Some(version), Some(expires))
+                    .await?;
+                Reply::Done
+            }
+            Request::Peek(keys) => Reply::Entries(self.peek(keys)?),
+            Request::DiffBuckets { caller, digests } => {
+                Reply::Buckets(self.diff_buckets(&caller, &digests)?)
+            }
+            Request::Reconcile {
+                caller,
+                buckets,
+                entries,
+            } => Reply::Entries(self.reconcile(&caller, &buckets, entries)?),
+            Request::Absorb(entries) => {
+                self.absorb(entries)?;
+                Reply::Done
+            }
+        })
     }
 
     // ---- operations aids ----
@@ -1317,8 +1521,12 @@ impl Node {
         put("replicas", self.config.replicas.min(view.ring.len()));
         put("replication_pending", self.replicator.pending());
         put("hints", self.replicator.hint_count());
-        put("syncing", usize::from(self.syncing.load(Ordering::Acquire)));
-        put("leaving", usize::from(view.leaving));
+        put("syncing", usize::from(self.syncing()));
+        put(
+            "leaving",
+            usize::from(view.members.my_state().status != Status::Alive),
+        );
+        put("ready", usize::from(self.ready()));
         stats
     }
 
@@ -1331,17 +1539,13 @@ impl Node {
             });
         }
         log::warn!("fault injection: isolated = {on}");
-        self.isolated.store(on, Ordering::Release);
-        for pool in [&*self.pool, &self.probes, &self.indirect] {
-            pool.idle().set_isolated(on);
-        }
-        self.relay.idle().set_isolated(on);
+        self.out.isolated.store(on, Ordering::Release);
         Ok(())
     }
 
     /// Whether the node is cut off from its peers by fault injection.
     pub fn isolated(&self) -> bool {
-        self.isolated.load(Ordering::Acquire)
+        self.out.isolated.load(Ordering::Acquire)
     }
 
     /// Logs the node's view (the 2009 `debug`).
@@ -1361,5 +1565,13 @@ impl Node {
         for key in keys.iter().take(100) {
             log::info!("debug: key {}", String::from_utf8_lossy(key));
         }
+    }
+}
+
+/// The newer of two copies (a copy beats none).
+fn newest(a: Option<Stored>, b: Option<Stored>) -> Option<Stored> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.version > a.version { b } else { a }),
+        (a, b) => a.or(b),
     }
 }

@@ -91,7 +91,7 @@ impl AsyncPool {
         &self.idle
     }
 
-    async fn connect(&self, peer: &NodeAddr) -> Result<TcpStream> {
+    async fn connect(&self, peer: &NodeAddr, timeout: Duration) -> Result<TcpStream> {
         let unreachable = |reason: String, refused: bool| Error::Unreachable {
             peer: peer.to_string(),
             reason,
@@ -99,7 +99,7 @@ impl AsyncPool {
         };
         let mut last = unreachable("no address".into(), false);
         for addr in peer.resolve()? {
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     stream.set_nodelay(true)?;
                     return Ok(stream);
@@ -148,18 +148,32 @@ impl AsyncPool {
         request: &[u8],
         decode_with: impl Fn(&mut dyn TStoreSyncClient) -> thrift::Result<R>,
     ) -> Result<R> {
+        self.call_within(peer, request, self.rpc_timeout, decode_with)
+            .await
+    }
+
+    /// [`AsyncPool::call`] with a reply timeout of its own (probes are short);
+    /// connecting takes at most the shorter of it and the pool's.
+    pub async fn call_within<R>(
+        &self,
+        peer: &NodeAddr,
+        request: &[u8],
+        rpc_timeout: Duration,
+        decode_with: impl Fn(&mut dyn TStoreSyncClient) -> thrift::Result<R>,
+    ) -> Result<R> {
+        let connect_timeout = self.connect_timeout.min(rpc_timeout);
         let (mut stream, mut fresh) = match self.idle.take(peer)? {
             Some(stream) => (stream, false),
-            None => (self.connect(peer).await?, true),
+            None => (self.connect(peer, connect_timeout).await?, true),
         };
         loop {
             let reply =
-                tokio::time::timeout(self.rpc_timeout, self.exchange(&mut stream, request)).await;
+                tokio::time::timeout(rpc_timeout, self.exchange(&mut stream, request)).await;
             let reply = match reply {
                 Ok(Ok(reply)) => reply,
                 Ok(Err(e)) if !fresh => {
                     log::debug!("pooled async connection to {peer} failed ({e}); reconnecting");
-                    stream = self.connect(peer).await?;
+                    stream = self.connect(peer, connect_timeout).await?;
                     fresh = true;
                     continue;
                 }
@@ -172,7 +186,7 @@ impl AsyncPool {
                 Err(_) => {
                     return Err(Error::Rpc {
                         peer: peer.to_string(),
-                        reason: format!("no reply within {:?}", self.rpc_timeout),
+                        reason: format!("no reply within {rpc_timeout:?}"),
                     });
                 }
             };
@@ -218,7 +232,7 @@ mod tests {
             ))
             .unwrap();
             thrift::protocol::TSerializable::write_to_out_protocol(
-                &Lookup::new(Some(b"v".to_vec())),
+                &Lookup::new(Some(b"v".to_vec()), None, None),
                 &mut out,
             )
             .unwrap();

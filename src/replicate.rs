@@ -1,6 +1,6 @@
 //! Replication: carrying writes to a key's other replicas.
 //!
-//! Each peer gets one sender task (on the node's tokio runtime) and a queue.
+//! Each peer gets one sender task (one of the node's [`Tasks`]) and a queue.
 //! Writes from many requests are drained into one `absorb` call per round
 //! trip, so under load the cost of a round trip is shared by every write
 //! waiting in the queue (group commit).
@@ -8,22 +8,18 @@
 //! it. Entries a peer could not take become hints: the keys are remembered per
 //! peer and sent again (with their current value) once it answers again.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 
 use crate::addr::NodeAddr;
-use crate::idl::diststore::Entry;
-use crate::relay::{self, AsyncPool};
-
-fn entry_bytes(entry: &Entry) -> usize {
-    entry.key.as_ref().map_or(0, Vec::len) + entry.value.as_ref().map_or(0, Vec::len)
-}
+use crate::peer::{Entry, Request};
+use crate::tasks::Tasks;
+use crate::transport::Transport;
 
 /// Most hinted keys kept per peer; past that, anti-entropy repairs the rest.
 const MAX_HINTS_PER_PEER: usize = 1_000_000;
@@ -84,32 +80,36 @@ struct Outgoing {
 
 /// Sends entries to peers in batches, and keeps hints for those that failed.
 pub struct Replicator {
-    relay: Arc<AsyncPool>,
-    runtime: Handle,
-    queues: Mutex<HashMap<NodeAddr, mpsc::UnboundedSender<Outgoing>>>,
-    hints: Mutex<HashMap<NodeAddr, HashSet<Vec<u8>>>>,
+    transport: Arc<dyn Transport>,
+    tasks: Tasks,
+    queues: Mutex<BTreeMap<NodeAddr, mpsc::UnboundedSender<Outgoing>>>,
+    hints: Mutex<BTreeMap<NodeAddr, BTreeSet<Vec<u8>>>>,
     pending: AtomicUsize,
     batch_entries: usize,
     batch_bytes: usize,
+    timeout: Duration,
 }
 
 impl Replicator {
-    /// A replicator sending through `relay` from tasks on `runtime`, in
-    /// batches of at most `batch_entries` entries or `batch_bytes` bytes.
+    /// A replicator sending through `transport` from tasks spawned with
+    /// `tasks`, in batches of at most `batch_entries` entries or `batch_bytes`
+    /// bytes, waiting at most `timeout` for each batch's reply.
     pub fn new(
-        relay: Arc<AsyncPool>,
-        runtime: Handle,
+        transport: Arc<dyn Transport>,
+        tasks: Tasks,
         batch_entries: usize,
         batch_bytes: usize,
+        timeout: Duration,
     ) -> Arc<Self> {
         Arc::new(Replicator {
-            relay,
-            runtime,
-            queues: Mutex::new(HashMap::new()),
-            hints: Mutex::new(HashMap::new()),
+            transport,
+            tasks,
+            queues: Mutex::new(BTreeMap::new()),
+            hints: Mutex::new(BTreeMap::new()),
             pending: AtomicUsize::new(0),
             batch_entries: batch_entries.max(1),
             batch_bytes,
+            timeout,
         })
     }
 
@@ -122,7 +122,7 @@ impl Replicator {
             let (tx, rx) = mpsc::unbounded_channel();
             let me = self.clone();
             let peer = peer.clone();
-            self.runtime.spawn(async move { me.sender(peer, rx).await });
+            self.tasks.spawn(async move { me.sender(peer, rx).await });
             tx
         });
         if let Err(mpsc::error::SendError(lost)) = queue.send(Outgoing { entry, ack }) {
@@ -138,22 +138,18 @@ impl Replicator {
     /// batch was in flight goes out as the next batch.
     async fn sender(&self, peer: NodeAddr, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
         while let Some(first) = queue.recv().await {
-            let mut bytes = entry_bytes(&first.entry);
+            let mut bytes = first.entry.bytes();
             let mut batch = vec![first];
             while batch.len() < self.batch_entries && bytes < self.batch_bytes {
                 let Ok(item) = queue.try_recv() else { break };
-                bytes += entry_bytes(&item.entry);
+                bytes += item.entry.bytes();
                 batch.push(item);
             }
-            let request =
-                relay::encode(|c| c.absorb(batch.iter().map(|o| o.entry.clone()).collect()));
-            let result = self
-                .relay
-                .call(&peer, &request, |c| c.absorb(Vec::new()))
-                .await;
+            let request = Request::Absorb(batch.iter().map(|o| o.entry.clone()).collect());
+            let result = self.transport.call(&peer, request, self.timeout).await;
             if let Err(e) = &result {
                 log::debug!("replicating {} entries to {peer} failed: {e}", batch.len());
-                self.add_hints(&peer, batch.iter().filter_map(|o| o.entry.key.clone()));
+                self.add_hints(&peer, batch.iter().map(|o| o.entry.key.clone()));
             }
             for item in &batch {
                 if let Some(ack) = &item.ack {
@@ -198,7 +194,7 @@ impl Replicator {
 
     /// Hinted keys, over all peers.
     pub fn hint_count(&self) -> usize {
-        self.hints.lock().values().map(HashSet::len).sum()
+        self.hints.lock().values().map(BTreeSet::len).sum()
     }
 }
 

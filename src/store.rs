@@ -45,6 +45,7 @@ mod memory;
 mod tests;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::error::Result;
 use crate::version::Version;
@@ -101,9 +102,11 @@ pub trait Engine: Send + Sync + 'static {
     fn scan(&self, visit: &mut dyn FnMut(&[u8], Version, bool) -> bool) -> Result<()>;
 }
 
-/// The node's store: an engine plus conveniences.
+/// The node's store: an engine plus conveniences. Clones share the engine
+/// (the simulation keeps a crashed node's store to restart it with).
+#[derive(Clone)]
 pub struct Store {
-    engine: Box<dyn Engine>,
+    engine: Arc<dyn Engine>,
 }
 
 impl std::fmt::Debug for Store {
@@ -125,7 +128,15 @@ impl Store {
     /// An empty in-memory store (the default; lost when the process exits).
     pub fn memory() -> Store {
         Store {
-            engine: Box::new(memory::Memory::new()),
+            engine: Arc::new(memory::Memory::new()),
+        }
+    }
+
+    /// An empty in-memory store whose scans visit keys in the same order in
+    /// every run, for the deterministic simulation ([`crate::sim`]).
+    pub fn memory_deterministic() -> Store {
+        Store {
+            engine: Arc::new(memory::Memory::deterministic()),
         }
     }
 
@@ -138,7 +149,7 @@ impl Store {
     /// cannot be used or another process has it open.
     pub fn open(dir: &Path, sync: bool) -> Result<Store> {
         Ok(Store {
-            engine: Box::new(disk::Disk::open(dir, sync)?),
+            engine: Arc::new(disk::Disk::open(dir, sync)?),
         })
     }
 

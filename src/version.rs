@@ -6,8 +6,18 @@
 //! and jumps forward past any version it has seen, so a write that happens after
 //! another one (causally) always carries a larger version.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Where a clock reads wall time, in microseconds since the Unix epoch: the
+/// system clock for a real node, virtual time in the simulation.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock as a [`WallClock`].
+pub fn system_wall() -> WallClock {
+    Arc::new(wall_micros)
+}
 
 /// Bits below the microsecond count, for events within the same microsecond.
 const LOGICAL_BITS: u32 = 10;
@@ -23,24 +33,44 @@ pub struct Version {
 }
 
 /// A node's hybrid logical clock.
-#[derive(Debug)]
 pub struct Clock {
     last: AtomicU64,
     origin: u32,
+    wall: WallClock,
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Clock")
+            .field("last", &self.last)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Clock {
-    /// A clock that tags its versions with `origin`.
+    /// A clock on the system's wall time that tags its versions with `origin`.
     pub fn new(origin: u32) -> Self {
+        Self::with_wall(origin, system_wall())
+    }
+
+    /// A clock reading wall time from `wall`.
+    pub fn with_wall(origin: u32, wall: WallClock) -> Self {
         Clock {
             last: AtomicU64::new(0),
             origin,
+            wall,
         }
+    }
+
+    /// Wall time as this clock reads it, in microseconds since the epoch.
+    pub fn wall_micros(&self) -> u64 {
+        (self.wall)()
     }
 
     /// A fresh version, larger than every version this clock issued or observed.
     pub fn tick(&self) -> Version {
-        let physical = wall_micros() << LOGICAL_BITS;
+        let physical = (self.wall)() << LOGICAL_BITS;
         let mut last = self.last.load(Ordering::Relaxed);
         loop {
             let next = physical.max(last + 1);

@@ -582,11 +582,11 @@ fn a_value_larger_than_max_value_bytes_is_refused_and_the_node_keeps_serving() {
         matches!(refused, Err(thrift::Error::User(_))),
         "a 2000-byte value must be refused with a StoreError: {refused:?}"
     );
-    assert_eq!(client.fetch(b"big".to_vec()).unwrap(), Lookup::new(None));
+    assert_eq!(client.fetch(b"big".to_vec()).unwrap(), Lookup::new(None, None, None));
     client.store(b"fits".to_vec(), vec![7; 1000]).unwrap();
     assert_eq!(
         client.fetch(b"fits".to_vec()).unwrap(),
-        Lookup::new(vec![7; 1000])
+        Lookup::new(vec![7; 1000], None, None)
     );
     assert_serves(&node);
 }
@@ -700,18 +700,18 @@ fn binary_values_round_trip_and_a_missing_key_has_no_value() {
     client.store(reversed.clone(), every_byte.clone()).unwrap();
     assert_eq!(
         client.fetch(reversed).unwrap(),
-        Lookup::new(every_byte),
+        Lookup::new(every_byte, None, None),
         "every byte value survives, in key and value"
     );
 
     client.store(b"empty".to_vec(), Vec::new()).unwrap();
     assert_eq!(
         client.fetch(b"empty".to_vec()).unwrap(),
-        Lookup::new(Vec::new())
+        Lookup::new(Vec::new(), None, None)
     );
     assert_eq!(
         client.fetch(b"missing".to_vec()).unwrap(),
-        Lookup { value: None }
+        Lookup::new(None, None, None)
     );
 
     // On the wire: an empty value is a present, empty field; a missing one is absent.

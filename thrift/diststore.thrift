@@ -13,9 +13,16 @@ exception StoreError {
   1: string message,
 }
 
-/** The answer to a read: `value` is unset when the key is not stored. */
+/**
+ * The answer to a read: `value` is unset when the key is not stored. Replies to
+ * `relay_fetch` also carry the copy's version (`version` and `origin`), so the
+ * forwarding node can tell an erased key (version set, no value) from one the
+ * replica has never seen (no version): an erase must win over older copies.
+ */
 struct Lookup {
   1: optional binary value,
+  2: optional i64 version,
+  3: optional i32 origin,
 }
 
 /**
@@ -57,12 +64,14 @@ service Store extends locator.Locator {
   /**
    * `store` forwarded by a node; `hops` counts the forwards so far. `expires`
    * (microseconds since the epoch) is when the sender stops waiting: a relay
-   * that arrives later (the receiver was paused) is dropped, because its
-   * sender has moved on and applying it now could bury a newer write.
+   * that arrives later (the receiver was paused) is dropped. `stamp` and
+   * `origin` are the write's version, taken once by the node the client called:
+   * every retry and every replica stores that same version, so a write that
+   * arrives late can never bury a later one.
    */
-  void relay_store(1: binary key, 2: binary value, 3: i8 hops, 4: i64 expires) throws (1: StoreError err),
-  /** `erase` forwarded by a node; `hops` and `expires` as for `relay_store`. */
-  void relay_erase(1: binary key, 2: i8 hops, 3: i64 expires) throws (1: StoreError err),
+  void relay_store(1: binary key, 2: binary value, 3: i8 hops, 4: i64 expires, 5: i64 stamp, 6: i32 origin) throws (1: StoreError err),
+  /** `erase` forwarded by a node; the other fields as for `relay_store`. */
+  void relay_erase(1: binary key, 2: i8 hops, 3: i64 expires, 4: i64 stamp, 5: i32 origin) throws (1: StoreError err),
   /** This node's own copies of `keys`, with versions; absent keys are left out. */
   list<Entry> peek(1: list<binary> keys) throws (1: StoreError err),
   /**

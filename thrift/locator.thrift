@@ -21,11 +21,15 @@ enum MemberStatus {
   LEFT = 2,
   /** Could not be reached and was dropped by its peers. */
   DEAD = 3,
+  /** Did not answer probes; dropped unless it refutes in time. Still owns its share. */
+  SUSPECT = 4,
+  /** Handing its keys over before it leaves: no longer routed to or replicated to. */
+  LEAVING = 5,
 }
 
 /**
  * One row of a node's member table. A newer incarnation always wins; within one
- * incarnation LEFT and DEAD win over ALIVE. A node that restarts, or that hears it
+ * incarnation ALIVE < SUSPECT < LEAVING < DEAD < LEFT. A node that restarts, or that hears it
  * was declared dead while still running, takes a new, higher incarnation.
  */
 struct Member {

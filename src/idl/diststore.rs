@@ -111,16 +111,23 @@ impl Display for StoreError {
 // Lookup
 //
 
-/// The answer to a read: `value` is unset when the key is not stored.
+/// The answer to a read: `value` is unset when the key is not stored. Replies to
+/// `relay_fetch` also carry the copy's version (`version` and `origin`), so the
+/// forwarding node can tell an erased key (version set, no value) from one the
+/// replica has never seen (no version): an erase must win over older copies.
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
 pub struct Lookup {
   pub value: Option<Vec<u8>>,
+  pub version: Option<i64>,
+  pub origin: Option<i32>,
 }
 
 impl Lookup {
-  pub fn new<F1>(value: F1) -> Lookup where F1: Into<Option<Vec<u8>>> {
+  pub fn new<F1, F2, F3>(value: F1, version: F2, origin: F3) -> Lookup where F1: Into<Option<Vec<u8>>>, F2: Into<Option<i64>>, F3: Into<Option<i32>> {
     Lookup {
       value: value.into(),
+      version: version.into(),
+      origin: origin.into(),
     }
   }
 }
@@ -129,6 +136,8 @@ impl TSerializable for Lookup {
   fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<Lookup> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<Vec<u8>> = None;
+    let mut f_2: Option<i64> = None;
+    let mut f_3: Option<i32> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -140,6 +149,14 @@ impl TSerializable for Lookup {
           let val = i_prot.read_bytes()?;
           f_1 = Some(val);
         },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_i32()?;
+          f_3 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -149,6 +166,8 @@ impl TSerializable for Lookup {
     i_prot.read_struct_end()?;
     let ret = Lookup {
       value: f_1,
+      version: f_2,
+      origin: f_3,
     };
     Ok(ret)
   }
@@ -160,6 +179,16 @@ impl TSerializable for Lookup {
       o_prot.write_bytes(fld_var)?;
       o_prot.write_field_end()?
     }
+    if let Some(fld_var) = self.version {
+      o_prot.write_field_begin(&TFieldIdentifier::new("version", TType::I64, 2))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.origin {
+      o_prot.write_field_begin(&TFieldIdentifier::new("origin", TType::I32, 3))?;
+      o_prot.write_i32(fld_var)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }
@@ -169,6 +198,8 @@ impl Default for Lookup {
   fn default() -> Self {
     Lookup{
       value: Some(Vec::new()),
+      version: Some(0),
+      origin: Some(0),
     }
   }
 }
@@ -306,11 +337,13 @@ pub trait TStoreSyncClient : locator::TLocatorSyncClient {
   fn relay_fetch(&mut self, key: Vec<u8>, hops: i8) -> thrift::Result<Lookup>;
   /// `store` forwarded by a node; `hops` counts the forwards so far. `expires`
   /// (microseconds since the epoch) is when the sender stops waiting: a relay
-  /// that arrives later (the receiver was paused) is dropped, because its
-  /// sender has moved on and applying it now could bury a newer write.
-  fn relay_store(&mut self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64) -> thrift::Result<()>;
-  /// `erase` forwarded by a node; `hops` and `expires` as for `relay_store`.
-  fn relay_erase(&mut self, key: Vec<u8>, hops: i8, expires: i64) -> thrift::Result<()>;
+  /// that arrives later (the receiver was paused) is dropped. `stamp` and
+  /// `origin` are the write's version, taken once by the node the client called:
+  /// every retry and every replica stores that same version, so a write that
+  /// arrives late can never bury a later one.
+  fn relay_store(&mut self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
+  /// `erase` forwarded by a node; the other fields as for `relay_store`.
+  fn relay_erase(&mut self, key: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
   /// This node's own copies of `keys`, with versions; absent keys are left out.
   fn peek(&mut self, keys: Vec<Vec<u8>>) -> thrift::Result<Vec<Entry>>;
   /// Anti-entropy, step 1: `digests[b]` summarises the caller's copies in bucket
@@ -529,12 +562,12 @@ impl <C: TThriftClient + TStoreSyncClientMarker + locator::TLocatorSyncClientMar
       result.ok_or()
     }
   }
-  fn relay_store(&mut self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64) -> thrift::Result<()> {
+  fn relay_store(&mut self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()> {
     (
       {
         self.increment_sequence_number();
         let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Call, self.sequence_number());
-        let call_args = StoreRelayStoreArgs { key, value, hops, expires };
+        let call_args = StoreRelayStoreArgs { key, value, hops, expires, stamp, origin };
         self.o_prot_mut().write_message_begin(&message_ident)?;
         call_args.write_to_out_protocol(self.o_prot_mut())?;
         self.o_prot_mut().write_message_end()?;
@@ -556,12 +589,12 @@ impl <C: TThriftClient + TStoreSyncClientMarker + locator::TLocatorSyncClientMar
       result.ok_or()
     }
   }
-  fn relay_erase(&mut self, key: Vec<u8>, hops: i8, expires: i64) -> thrift::Result<()> {
+  fn relay_erase(&mut self, key: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()> {
     (
       {
         self.increment_sequence_number();
         let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Call, self.sequence_number());
-        let call_args = StoreRelayEraseArgs { key, hops, expires };
+        let call_args = StoreRelayEraseArgs { key, hops, expires, stamp, origin };
         self.o_prot_mut().write_message_begin(&message_ident)?;
         call_args.write_to_out_protocol(self.o_prot_mut())?;
         self.o_prot_mut().write_message_end()?;
@@ -715,11 +748,13 @@ pub trait StoreSyncHandler : locator::LocatorSyncHandler {
   fn handle_relay_fetch(&self, key: Vec<u8>, hops: i8) -> thrift::Result<Lookup>;
   /// `store` forwarded by a node; `hops` counts the forwards so far. `expires`
   /// (microseconds since the epoch) is when the sender stops waiting: a relay
-  /// that arrives later (the receiver was paused) is dropped, because its
-  /// sender has moved on and applying it now could bury a newer write.
-  fn handle_relay_store(&self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64) -> thrift::Result<()>;
-  /// `erase` forwarded by a node; `hops` and `expires` as for `relay_store`.
-  fn handle_relay_erase(&self, key: Vec<u8>, hops: i8, expires: i64) -> thrift::Result<()>;
+  /// that arrives later (the receiver was paused) is dropped. `stamp` and
+  /// `origin` are the write's version, taken once by the node the client called:
+  /// every retry and every replica stores that same version, so a write that
+  /// arrives late can never bury a later one.
+  fn handle_relay_store(&self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
+  /// `erase` forwarded by a node; the other fields as for `relay_store`.
+  fn handle_relay_erase(&self, key: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
   /// This node's own copies of `keys`, with versions; absent keys are left out.
   fn handle_peek(&self, keys: Vec<Vec<u8>>) -> thrift::Result<Vec<Entry>>;
   /// Anti-entropy, step 1: `digests[b]` summarises the caller's copies in bucket
@@ -1178,7 +1213,7 @@ impl TStoreProcessFunctions {
   }
   pub fn process_relay_store<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let args = StoreRelayStoreArgs::read_from_in_protocol(i_prot)?;
-    match handler.handle_relay_store(args.key, args.value, args.hops, args.expires) {
+    match handler.handle_relay_store(args.key, args.value, args.hops, args.expires, args.stamp, args.origin) {
       Ok(_) => {
         let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Reply, incoming_sequence_number);
         o_prot.write_message_begin(&message_ident)?;
@@ -1238,7 +1273,7 @@ impl TStoreProcessFunctions {
   }
   pub fn process_relay_erase<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let args = StoreRelayEraseArgs::read_from_in_protocol(i_prot)?;
-    match handler.handle_relay_erase(args.key, args.hops, args.expires) {
+    match handler.handle_relay_erase(args.key, args.hops, args.expires, args.stamp, args.origin) {
       Ok(_) => {
         let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Reply, incoming_sequence_number);
         o_prot.write_message_begin(&message_ident)?;
@@ -2415,6 +2450,8 @@ struct StoreRelayStoreArgs {
   value: Vec<u8>,
   hops: i8,
   expires: i64,
+  stamp: i64,
+  origin: i32,
 }
 
 impl StoreRelayStoreArgs {
@@ -2424,6 +2461,8 @@ impl StoreRelayStoreArgs {
     let mut f_2: Option<Vec<u8>> = None;
     let mut f_3: Option<i8> = None;
     let mut f_4: Option<i64> = None;
+    let mut f_5: Option<i64> = None;
+    let mut f_6: Option<i32> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -2447,6 +2486,14 @@ impl StoreRelayStoreArgs {
           let val = i_prot.read_i64()?;
           f_4 = Some(val);
         },
+        5 => {
+          let val = i_prot.read_i64()?;
+          f_5 = Some(val);
+        },
+        6 => {
+          let val = i_prot.read_i32()?;
+          f_6 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -2458,11 +2505,15 @@ impl StoreRelayStoreArgs {
     verify_required_field_exists("StoreRelayStoreArgs.value", &f_2)?;
     verify_required_field_exists("StoreRelayStoreArgs.hops", &f_3)?;
     verify_required_field_exists("StoreRelayStoreArgs.expires", &f_4)?;
+    verify_required_field_exists("StoreRelayStoreArgs.stamp", &f_5)?;
+    verify_required_field_exists("StoreRelayStoreArgs.origin", &f_6)?;
     let ret = StoreRelayStoreArgs {
       key: f_1.expect("auto-generated code should have checked for presence of required fields"),
       value: f_2.expect("auto-generated code should have checked for presence of required fields"),
       hops: f_3.expect("auto-generated code should have checked for presence of required fields"),
       expires: f_4.expect("auto-generated code should have checked for presence of required fields"),
+      stamp: f_5.expect("auto-generated code should have checked for presence of required fields"),
+      origin: f_6.expect("auto-generated code should have checked for presence of required fields"),
     };
     Ok(ret)
   }
@@ -2480,6 +2531,12 @@ impl StoreRelayStoreArgs {
     o_prot.write_field_end()?;
     o_prot.write_field_begin(&TFieldIdentifier::new("expires", TType::I64, 4))?;
     o_prot.write_i64(self.expires)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("stamp", TType::I64, 5))?;
+    o_prot.write_i64(self.stamp)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("origin", TType::I32, 6))?;
+    o_prot.write_i32(self.origin)?;
     o_prot.write_field_end()?;
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
@@ -2551,6 +2608,8 @@ struct StoreRelayEraseArgs {
   key: Vec<u8>,
   hops: i8,
   expires: i64,
+  stamp: i64,
+  origin: i32,
 }
 
 impl StoreRelayEraseArgs {
@@ -2559,6 +2618,8 @@ impl StoreRelayEraseArgs {
     let mut f_1: Option<Vec<u8>> = None;
     let mut f_2: Option<i8> = None;
     let mut f_3: Option<i64> = None;
+    let mut f_4: Option<i64> = None;
+    let mut f_5: Option<i32> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -2578,6 +2639,14 @@ impl StoreRelayEraseArgs {
           let val = i_prot.read_i64()?;
           f_3 = Some(val);
         },
+        4 => {
+          let val = i_prot.read_i64()?;
+          f_4 = Some(val);
+        },
+        5 => {
+          let val = i_prot.read_i32()?;
+          f_5 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -2588,10 +2657,14 @@ impl StoreRelayEraseArgs {
     verify_required_field_exists("StoreRelayEraseArgs.key", &f_1)?;
     verify_required_field_exists("StoreRelayEraseArgs.hops", &f_2)?;
     verify_required_field_exists("StoreRelayEraseArgs.expires", &f_3)?;
+    verify_required_field_exists("StoreRelayEraseArgs.stamp", &f_4)?;
+    verify_required_field_exists("StoreRelayEraseArgs.origin", &f_5)?;
     let ret = StoreRelayEraseArgs {
       key: f_1.expect("auto-generated code should have checked for presence of required fields"),
       hops: f_2.expect("auto-generated code should have checked for presence of required fields"),
       expires: f_3.expect("auto-generated code should have checked for presence of required fields"),
+      stamp: f_4.expect("auto-generated code should have checked for presence of required fields"),
+      origin: f_5.expect("auto-generated code should have checked for presence of required fields"),
     };
     Ok(ret)
   }
@@ -2606,6 +2679,12 @@ impl StoreRelayEraseArgs {
     o_prot.write_field_end()?;
     o_prot.write_field_begin(&TFieldIdentifier::new("expires", TType::I64, 3))?;
     o_prot.write_i64(self.expires)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("stamp", TType::I64, 4))?;
+    o_prot.write_i64(self.stamp)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("origin", TType::I32, 5))?;
+    o_prot.write_i32(self.origin)?;
     o_prot.write_field_end()?;
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()

@@ -36,10 +36,16 @@ impl MemberStatus {
   pub const LEFT: MemberStatus = MemberStatus(2);
   /// Could not be reached and was dropped by its peers.
   pub const DEAD: MemberStatus = MemberStatus(3);
+  /// Did not answer probes; dropped unless it refutes in time. Still owns its share.
+  pub const SUSPECT: MemberStatus = MemberStatus(4);
+  /// Handing its keys over before it leaves: no longer routed to or replicated to.
+  pub const LEAVING: MemberStatus = MemberStatus(5);
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::ALIVE,
     Self::LEFT,
     Self::DEAD,
+    Self::SUSPECT,
+    Self::LEAVING,
   ];
 }
 
@@ -60,6 +66,8 @@ impl From<i32> for MemberStatus {
       1 => MemberStatus::ALIVE,
       2 => MemberStatus::LEFT,
       3 => MemberStatus::DEAD,
+      4 => MemberStatus::SUSPECT,
+      5 => MemberStatus::LEAVING,
       _ => MemberStatus(i)
     }
   }
@@ -168,7 +176,7 @@ impl Default for Location {
 //
 
 /// One row of a node's member table. A newer incarnation always wins; within one
-/// incarnation LEFT and DEAD win over ALIVE. A node that restarts, or that hears it
+/// incarnation ALIVE < SUSPECT < LEAVING < DEAD < LEFT. A node that restarts, or that hears it
 /// was declared dead while still running, takes a new, higher incarnation.
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
 pub struct Member {

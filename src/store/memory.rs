@@ -57,7 +57,7 @@
 //! pages (4 GiB of small records, or as many large ones); past that, writes
 //! fail with [`Error::Storage`]. Keys must be under 2 GiB, values under 4 GiB.
 
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, DefaultHasher, RandomState};
 
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
@@ -474,8 +474,26 @@ impl Arena {
     }
 }
 
+/// How keys are hashed: with a per-process random key (hash flooding cannot
+/// be aimed at a node), or with a fixed one, for the simulation's replays.
+enum KeyHasher {
+    Random(RandomState),
+    Fixed,
+}
+
+impl BuildHasher for KeyHasher {
+    type Hasher = DefaultHasher;
+
+    fn build_hasher(&self) -> DefaultHasher {
+        match self {
+            KeyHasher::Random(state) => state.build_hasher(),
+            KeyHasher::Fixed => DefaultHasher::new(),
+        }
+    }
+}
+
 /// The hash of a key, for both the shard choice and the shard's table.
-fn hash_of(hasher: &RandomState, key: &[u8]) -> u64 {
+fn hash_of(hasher: &KeyHasher, key: &[u8]) -> u64 {
     hasher.hash_one(key)
 }
 
@@ -500,7 +518,7 @@ impl Shard {
     /// current one, unless `decide` returns `None`. Returns the version written.
     fn put(
         &mut self,
-        hasher: &RandomState,
+        hasher: &KeyHasher,
         hash: u64,
         key: &[u8],
         value: Option<&[u8]>,
@@ -547,7 +565,7 @@ impl Shard {
     }
 
     /// Forgets `key` if it holds exactly `version`. Returns whether it did.
-    fn remove_if(&mut self, hasher: &RandomState, hash: u64, key: &[u8], version: Version) -> bool {
+    fn remove_if(&mut self, hasher: &KeyHasher, hash: u64, key: &[u8], version: Version) -> bool {
         let arena = &self.arena;
         let Ok(slot) = self
             .table
@@ -586,7 +604,7 @@ impl Shard {
     /// Compacts while the sealed pages are too dead ([`DEAD_SHARE`]): copies the
     /// live records of the deadest page to the active page, re-points their
     /// handles, and frees it.
-    fn compact(&mut self, hasher: &RandomState) {
+    fn compact(&mut self, hasher: &KeyHasher) {
         while let Some(index) = self.arena.victim() {
             // Taken out to read it while appending; its slot is not free, so
             // nothing is appended to it meanwhile.
@@ -642,15 +660,26 @@ pub(super) struct Memory {
     /// choose the keys. One hash per operation serves twice: bits 32 and up
     /// pick the shard, while a table indexes by the low bits and tags buckets
     /// with the top 7, so the keys of one shard still spread over its table.
-    hasher: RandomState,
+    hasher: KeyHasher,
 }
 
 impl Memory {
     /// An empty engine.
     pub(super) fn new() -> Memory {
+        Self::with_hasher(KeyHasher::Random(RandomState::new()))
+    }
+
+    /// An engine whose key order (shards, scans) is the same in every run:
+    /// the simulation replays a seed's history exactly. Keys can be chosen to
+    /// collide, so it is for tests, never for a node that faces clients.
+    pub(super) fn deterministic() -> Memory {
+        Self::with_hasher(KeyHasher::Fixed)
+    }
+
+    fn with_hasher(hasher: KeyHasher) -> Memory {
         Memory {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
-            hasher: RandomState::new(),
+            hasher,
         }
     }
 

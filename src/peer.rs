@@ -1,0 +1,122 @@
+//! What nodes say to each other, as domain types: one [`Request`] per
+//! node-to-node call and its [`Reply`]. The node speaks only these; the
+//! [`crate::transport`] carries them (as Thrift between processes, or in
+//! memory in the simulation).
+
+use crate::addr::NodeAddr;
+use crate::membership::MemberState;
+use crate::store::Stored;
+use crate::version::Version;
+
+/// A key's copy as it moves between nodes: a value or a tombstone, with the
+/// version of the write that made it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The key.
+    pub key: Vec<u8>,
+    /// The copy.
+    pub stored: Stored,
+}
+
+impl Entry {
+    /// An entry for `key`.
+    pub fn new(key: Vec<u8>, stored: Stored) -> Self {
+        Entry { key, stored }
+    }
+
+    /// Key and value bytes, for batch limits.
+    pub fn bytes(&self) -> usize {
+        self.key.len() + self.stored.value.as_ref().map_or(0, Vec::len)
+    }
+}
+
+/// One call from a node to a peer.
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// Are you there? (failure detection)
+    Ping,
+    /// A new node announces itself; the answer is the receiver's table.
+    Enter(MemberState),
+    /// Push-pull membership: our rows; the answer is the receiver's table.
+    Gossip(Vec<MemberState>),
+    /// Indirect probe: ping `0` yourself and say whether it answered.
+    Probe(NodeAddr),
+    /// A read forwarded toward the key's coordinator.
+    Read {
+        /// The key.
+        key: Vec<u8>,
+        /// Forwards so far, this one included.
+        hops: i8,
+    },
+    /// A write (or erase, `value: None`) forwarded toward its coordinator.
+    Write {
+        /// The key.
+        key: Vec<u8>,
+        /// The value, or `None` to erase.
+        value: Option<Vec<u8>>,
+        /// Forwards so far, this one included.
+        hops: i8,
+        /// The write's version, taken once by the node the client called.
+        version: Version,
+        /// When the forwarding node stops waiting (wall microseconds).
+        expires: i64,
+    },
+    /// The receiver's own copies of these keys.
+    Peek(Vec<Vec<u8>>),
+    /// Anti-entropy step 1: where do our digests of shared keys differ?
+    DiffBuckets {
+        /// The calling node.
+        caller: NodeAddr,
+        /// One digest per bucket.
+        digests: Vec<i64>,
+    },
+    /// Anti-entropy step 2: keep the newer of these; send back yours.
+    Reconcile {
+        /// The calling node.
+        caller: NodeAddr,
+        /// The buckets compared.
+        buckets: Vec<i32>,
+        /// The caller's entries in those buckets.
+        entries: Vec<Entry>,
+    },
+    /// Take these entries (replication, handoff, repair).
+    Absorb(Vec<Entry>),
+}
+
+impl Request {
+    /// The Thrift method this request travels as (for logs and for the
+    /// fault-injection switch).
+    pub fn method(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::Enter(_) => "enter",
+            Request::Gossip(_) => "gossip",
+            Request::Probe(_) => "probe",
+            Request::Read { .. } => "relay_fetch",
+            Request::Write { value: Some(_), .. } => "relay_store",
+            Request::Write { value: None, .. } => "relay_erase",
+            Request::Peek(_) => "peek",
+            Request::DiffBuckets { .. } => "diff_buckets",
+            Request::Reconcile { .. } => "reconcile",
+            Request::Absorb(_) => "absorb",
+        }
+    }
+}
+
+/// A peer's answer to a [`Request`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// Done, nothing to say (ping, write, absorb).
+    Done,
+    /// A member table (enter, gossip).
+    Members(Vec<MemberState>),
+    /// Whether the probed node answered.
+    Probed(bool),
+    /// The coordinator's copy of a key: `None` when it has never seen it, a
+    /// tombstone when the key was erased.
+    Found(Option<Stored>),
+    /// Entries (peek, reconcile).
+    Entries(Vec<Entry>),
+    /// Bucket numbers (diff_buckets).
+    Buckets(Vec<i32>),
+}
