@@ -1,10 +1,15 @@
 //! `storeprimer`: load the NATO alphabet (A -> Alpha ... Z -> Zulu) into a ring.
 
+#[path = "nato.rs"]
+mod nato;
+
 use std::process::ExitCode;
 
 use clap::Parser;
 use thrifty_p2p::NodeAddr;
-use thrifty_p2p::tools::{NATO, Session};
+use thrifty_p2p::tools::Session;
+
+use crate::nato::NATO;
 
 /// Load the NATO alphabet (A -> Alpha ... Z -> Zulu) into a thrifty-p2p ring;
 /// `storetest` reads it back.

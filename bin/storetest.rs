@@ -1,10 +1,15 @@
 //! `storetest`: read back the NATO alphabet loaded by `storeprimer`.
 
+#[path = "nato.rs"]
+mod nato;
+
 use std::process::ExitCode;
 
 use clap::Parser;
-use thrifty_p2p::NodeAddr;
-use thrifty_p2p::tools::{NATO, Session, check_nato};
+use thrifty_p2p::tools::Session;
+use thrifty_p2p::{NodeAddr, Result};
+
+use crate::nato::NATO;
 
 /// Read back the NATO alphabet that `storeprimer` loaded, and report every key
 /// that did not come back and which node was expected to hold it.
@@ -47,4 +52,31 @@ fn main() -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// One key `storetest` did not get back as loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Missing {
+    /// The key.
+    key: String,
+    /// What came back instead (None: absent).
+    got: Option<String>,
+    /// The member expected to hold it.
+    owner: Option<NodeAddr>,
+}
+
+/// Reads the NATO alphabet back; returns every key that did not come back.
+fn check_nato(session: &mut Session) -> Result<Vec<Missing>> {
+    let mut missing = Vec::new();
+    for (key, want) in NATO {
+        let got = session.get(key.as_bytes())?;
+        if got.as_deref() != Some(want.as_bytes()) {
+            missing.push(Missing {
+                key: key.to_string(),
+                got: got.map(|v| String::from_utf8_lossy(&v).into_owned()),
+                owner: session.owner(key.as_bytes())?,
+            });
+        }
+    }
+    Ok(missing)
 }

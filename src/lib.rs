@@ -30,14 +30,12 @@
 //! - [`stream`]: large values as chunks sent straight to their owners, in
 //!   parallel, behind a manifest at the key.
 //! - [`tools`]: what the command-line clients share.
-//! - [`bench`]: `storebench`: nodes and Redis side by side, figures against targets.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod addr;
 pub mod antientropy;
-pub mod bench;
 pub mod client;
 pub mod config;
 pub mod convert;

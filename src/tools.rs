@@ -12,36 +12,6 @@ use crate::idl::diststore::TStoreSyncClient;
 use crate::idl::locator::TLocatorSyncClient;
 use crate::stream;
 
-/// The NATO alphabet that `storeprimer` loads and `storetest` checks.
-pub const NATO: [(&str, &str); 26] = [
-    ("A", "Alpha"),
-    ("B", "Bravo"),
-    ("C", "Charlie"),
-    ("D", "Delta"),
-    ("E", "Echo"),
-    ("F", "Foxtrot"),
-    ("G", "Golf"),
-    ("H", "Hotel"),
-    ("I", "India"),
-    ("J", "Juliett"),
-    ("K", "Kilo"),
-    ("L", "Lima"),
-    ("M", "Mike"),
-    ("N", "November"),
-    ("O", "Oscar"),
-    ("P", "Papa"),
-    ("Q", "Quebec"),
-    ("R", "Romeo"),
-    ("S", "Sierra"),
-    ("T", "Tango"),
-    ("U", "Uniform"),
-    ("V", "Victor"),
-    ("W", "Whiskey"),
-    ("X", "X-ray"),
-    ("Y", "Yankee"),
-    ("Z", "Zulu"),
-];
-
 /// A connection to one node of a ring.
 pub struct Session {
     peer: NodeAddr,
@@ -121,31 +91,4 @@ impl Session {
     ) -> stream::Result<Option<u64>> {
         stream::get_large(&self.peer, key, writer, options)
     }
-}
-
-/// One key `storetest` did not get back as loaded.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Missing {
-    /// The key.
-    pub key: String,
-    /// What came back instead (None: absent).
-    pub got: Option<String>,
-    /// The member expected to hold it.
-    pub owner: Option<NodeAddr>,
-}
-
-/// Reads the NATO alphabet back; returns every key that did not come back.
-pub fn check_nato(session: &mut Session) -> Result<Vec<Missing>> {
-    let mut missing = Vec::new();
-    for (key, want) in NATO {
-        let got = session.get(key.as_bytes())?;
-        if got.as_deref() != Some(want.as_bytes()) {
-            missing.push(Missing {
-                key: key.to_string(),
-                got: got.map(|v| String::from_utf8_lossy(&v).into_owned()),
-                owner: session.owner(key.as_bytes())?,
-            });
-        }
-    }
-    Ok(missing)
 }

@@ -1,13 +1,44 @@
 //! `storebench`: measure thrifty-p2p beside Redis and print (and by default
 //! write into BENCHMARKS.md) the figures against the project's targets.
 //! `scripts/bench.sh` builds in release and runs it.
+//!
+//! # Layout
+//!
+//! - [`settings`]: what to measure and for how long ([`BenchConfig`], [`Part`]).
+//! - [`run`]: one run: the parts in order, the processes they share.
+//! - [`cells`]: the request-reply cells, on our nodes and on Redis.
+//! - [`bulk`]: the bulk transfer, join, handoff and memory rows.
+//! - [`target`]: which node gets each key.
+//! - [`wire`]: the raw Thrift client: prebuilt calls, replies read just far enough.
+//! - [`nodes`]: the `location` processes under test, and core pinning.
+//! - [`redis`]: `redis-server` and `redis-benchmark`.
+//! - [`procfs`]: CPU time and resident memory from `/proc`.
+//! - [`facts`]: where and when the run happened.
+//! - [`results`]: what a run measured, as data.
+//! - [`report`]: the figures against the targets as Markdown; `BENCHMARKS.md`.
 
+mod bulk;
+mod cells;
+mod facts;
+mod nodes;
+mod procfs;
+mod redis;
+mod report;
+mod results;
+mod run;
+mod settings;
+mod target;
+mod wire;
+
+use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use thrifty_p2p::bench::{self, BenchConfig, Part};
+use thrifty_p2p::Error;
+
+use crate::settings::{BenchConfig, Part};
 
 /// Benchmark thrifty-p2p beside Redis: get and put at 1 and 50 connections,
 /// 100 B and 64 KiB values, on one node, a 3-node ring through a ring-aware
@@ -124,7 +155,7 @@ fn main() -> ExitCode {
         (None, false) => Some(PathBuf::from("BENCHMARKS.md")),
         (None, true) => None,
     };
-    let report = match bench::run(&config, &mut |step| eprintln!("storebench: {step}")) {
+    let report = match run::run(&config, &mut |step| eprintln!("storebench: {step}")) {
         Ok(report) => report,
         Err(e) => {
             eprintln!("storebench: {e}");
@@ -133,11 +164,17 @@ fn main() -> ExitCode {
     };
     println!("{}", report.to_markdown());
     if let Some(path) = results {
-        if let Err(e) = bench::write_results(&path, &report) {
+        if let Err(e) = report::write_results(&path, &report) {
             eprintln!("storebench: cannot write {}: {e}", path.display());
             return ExitCode::from(2);
         }
         eprintln!("storebench: results written to {}", path.display());
     }
     ExitCode::SUCCESS
+}
+
+/// An error that only says what failed (the library's errors name a peer or
+/// a timeout; these are about our own processes and files).
+fn failed(reason: impl ToString) -> Error {
+    Error::Io(io::Error::other(reason.to_string()))
 }

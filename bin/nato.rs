@@ -1,0 +1,31 @@
+//! The NATO alphabet that `storeprimer` loads and `storetest` reads back.
+
+/// The NATO alphabet that `storeprimer` loads and `storetest` checks.
+pub const NATO: [(&str, &str); 26] = [
+    ("A", "Alpha"),
+    ("B", "Bravo"),
+    ("C", "Charlie"),
+    ("D", "Delta"),
+    ("E", "Echo"),
+    ("F", "Foxtrot"),
+    ("G", "Golf"),
+    ("H", "Hotel"),
+    ("I", "India"),
+    ("J", "Juliett"),
+    ("K", "Kilo"),
+    ("L", "Lima"),
+    ("M", "Mike"),
+    ("N", "November"),
+    ("O", "Oscar"),
+    ("P", "Papa"),
+    ("Q", "Quebec"),
+    ("R", "Romeo"),
+    ("S", "Sierra"),
+    ("T", "Tango"),
+    ("U", "Uniform"),
+    ("V", "Victor"),
+    ("W", "Whiskey"),
+    ("X", "X-ray"),
+    ("Y", "Yankee"),
+    ("Z", "Zulu"),
+];

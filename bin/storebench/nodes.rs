@@ -1,0 +1,189 @@
+//! The `location` processes under test (on ephemeral ports, killed on drop),
+//! the cores servers and client are pinned to, and waiting for a ring to agree.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use thrifty_p2p::client::{ClientOptions, connect};
+use thrifty_p2p::convert;
+use thrifty_p2p::idl::locator::TLocatorSyncClient;
+use thrifty_p2p::{Error, NodeAddr, Result};
+
+use crate::failed;
+
+/// A `location` process on an ephemeral port of 127.0.0.1, killed on drop.
+pub struct NodeProc {
+    pub child: Child,
+    pub addr: NodeAddr,
+    pub socket: SocketAddr,
+    pub log: PathBuf,
+}
+
+impl NodeProc {
+    /// Starts a node, joining `seed` if given, and reads its first stdout line,
+    /// `listening on ADDR as NAME`.
+    pub fn start(
+        location: &Path,
+        seed: Option<&NodeAddr>,
+        replicas: usize,
+        cpus: Option<&str>,
+        log: &Path,
+    ) -> Result<NodeProc> {
+        let mut command = on_cpus(cpus, location.as_os_str());
+        command.args(["--bind", "127.0.0.1", "--replicas", &replicas.to_string()]);
+        if let Some(seed) = seed {
+            command.arg(seed.to_string());
+        }
+        let mut child = command
+            .arg("0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log)?)
+            .spawn()
+            .map_err(|e| failed(format!("cannot start {}: {e}", location.display())))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        let parsed = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|rest| rest.split_once(" as "))
+            .and_then(|(socket, name)| Some((socket.parse().ok()?, name.parse().ok()?)));
+        let Some((socket, addr)) = parsed else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(failed(format!(
+                "{} did not start: first line {line:?}; see {}",
+                location.display(),
+                log.display()
+            )));
+        };
+        Ok(NodeProc {
+            child,
+            addr,
+            socket,
+            log: log.to_path_buf(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn signal(&self, name: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .args([format!("-{name}"), self.pid().to_string()])
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(failed(format!("kill -{name} {} failed", self.pid())))
+        }
+    }
+
+    pub fn wait(&mut self) -> Result<ExitStatus> {
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Which cores the servers and the client run on (see
+/// [`crate::settings::BenchConfig::pin`]).
+#[derive(Clone, Debug)]
+pub struct Placement {
+    pub cores: usize,
+    /// `taskset` CPU list of the servers, e.g. `0`.
+    pub servers: String,
+    /// `taskset` CPU list of the client, e.g. `1`.
+    pub client: String,
+}
+
+impl Placement {
+    /// Pins this process (the client, and the children it starts, unless they
+    /// are started elsewhere) to the second half of `cores`. `None` when
+    /// there is one core or `taskset` is missing.
+    pub fn pin(cores: usize) -> Option<Placement> {
+        if cores < 2 {
+            return None;
+        }
+        let half = cores / 2;
+        let list = |from: usize, to: usize| {
+            if to - from == 1 {
+                from.to_string()
+            } else {
+                format!("{from}-{}", to - 1)
+            }
+        };
+        let placement = Placement {
+            cores,
+            servers: list(0, half),
+            client: list(half, cores),
+        };
+        let pinned = Command::new("taskset")
+            .args([
+                "-a",
+                "-p",
+                "-c",
+                &placement.client,
+                &std::process::id().to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        pinned.then_some(placement)
+    }
+}
+
+/// A command running `program` on `cpus` (through `taskset`, which then
+/// replaces itself with the program, keeping the process id), or anywhere.
+pub fn on_cpus(cpus: Option<&str>, program: &std::ffi::OsStr) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut command = Command::new("taskset");
+            command.args(["-c", cpus]).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Waits until every node reports all of them through `get_all`.
+pub fn wait_for_ring(nodes: &[&NodeProc], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let want: Vec<&NodeAddr> = nodes.iter().map(|n| &n.addr).collect();
+    loop {
+        let agreed = nodes.iter().all(|node| {
+            let Ok(mut client) = connect(&node.addr, &ClientOptions::default()) else {
+                return false;
+            };
+            let Ok(locations) = client.get_all() else {
+                return false;
+            };
+            let members: Vec<NodeAddr> = locations.iter().filter_map(convert::addr).collect();
+            members.len() == want.len() && want.iter().all(|w| members.contains(w))
+        });
+        if agreed {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout(timeout));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

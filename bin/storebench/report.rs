@@ -1,0 +1,444 @@
+//! The report: every figure against the targets of issue 4 as Markdown, and
+//! the results block of `BENCHMARKS.md` it replaces.
+
+use std::fmt::Write as _;
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use thrifty_p2p::Result;
+
+use crate::bulk::JOIN_SAMPLE;
+use crate::results::{Cell, Figures, Op, Report, Setup, Transfer};
+
+/// One target of issue 4, checked.
+struct Check {
+    what: String,
+    got: String,
+    pass: bool,
+}
+
+impl Check {
+    fn tag(&self) -> &'static str {
+        if self.pass { "pass" } else { "**miss**" }
+    }
+}
+
+/// Original 2009 program, one connection: about 2,200 gets/s. Target: 20x that.
+const ONE_CONNECTION_GETS: f64 = 20.0 * 2_200.0;
+/// Target for moving bulk data, joins and handoffs (bytes per second).
+const BULK_TARGET: f64 = 1e9;
+const MOVE_TARGET: f64 = 200e6;
+/// Target for resident memory over the raw bytes of keys and values.
+const MEMORY_TARGET: f64 = 1.5;
+
+impl Report {
+    fn one_node(&self, op: Op, conns: usize, value: usize) -> Option<&Cell> {
+        self.cells.iter().find(|c| {
+            c.setup == Setup::OneNode && c.op == op && c.conns == conns && c.value == value
+        })
+    }
+
+    /// The targets that apply to `cell`.
+    fn cell_checks(&self, cell: &Cell) -> Vec<Check> {
+        let mut checks = Vec::new();
+        let name = format!(
+            "{}, {} {}, {} conn{}",
+            cell.setup.label(),
+            cell.op.label(),
+            size(cell.value),
+            cell.conns,
+            if cell.conns == 1 { "" } else { "s" }
+        );
+        match cell.setup {
+            Setup::OneNode => {
+                if cell.conns == 50 && cell.value == 100 {
+                    if let Some(redis) = cell.redis {
+                        let ratio = cell.ours.ops / redis.ops;
+                        checks.push(Check {
+                            what: format!("{name}: ops/s >= 1.0x Redis"),
+                            got: format!("{ratio:.2}x"),
+                            pass: ratio >= 1.0,
+                        });
+                    }
+                    checks.push(Check {
+                        what: format!("{name}: p99 < 1 ms"),
+                        got: format!("{} ms", ms(cell.ours.p99)),
+                        pass: cell.ours.p99 < Duration::from_millis(1),
+                    });
+                }
+                if cell.conns == 1 && cell.value == 100 && cell.op == Op::Get {
+                    let ratio = cell.ours.ops / ONE_CONNECTION_GETS;
+                    checks.push(Check {
+                        what: format!("{name}: >= 20x 2.2k gets/s (44,000/s)"),
+                        got: format!("{ratio:.2}x"),
+                        pass: ratio >= 1.0,
+                    });
+                }
+            }
+            Setup::RingAware | Setup::Forwarding if cell.conns > 1 => {
+                let want = if cell.setup == Setup::RingAware {
+                    0.9
+                } else {
+                    0.6
+                };
+                if let Some(one) = self.one_node(cell.op, cell.conns, cell.value) {
+                    let ratio = cell.ours.ops / one.ours.ops;
+                    checks.push(Check {
+                        what: format!("{name}: >= {want}x one node"),
+                        got: format!("{ratio:.2}x"),
+                        pass: ratio >= want,
+                    });
+                }
+            }
+            _ => {}
+        }
+        checks
+    }
+
+    fn bulk_checks(&self) -> Vec<Check> {
+        let mut checks = Vec::new();
+        if let Some(t) = self.bulk.transfer {
+            let bytes = (t.values * t.value) as f64;
+            for (way, secs) in [("in", t.secs_in), ("out", t.secs_out)] {
+                let rate = bytes / secs;
+                checks.push(Check {
+                    what: format!("{}: >= 1 GB/s", transfer_label(&t, way)),
+                    got: format!("{:.2} GB/s", rate / 1e9),
+                    pass: rate >= BULK_TARGET,
+                });
+            }
+        }
+        for (what, moved) in [("join", self.bulk.join), ("handoff", self.bulk.handoff)] {
+            if let Some(m) = moved.filter(|m| m.keys > 0) {
+                let rate = m.bytes as f64 / m.secs;
+                checks.push(Check {
+                    what: format!("{what}: >= 200 MB/s"),
+                    got: format!("{:.0} MB/s", rate / 1e6),
+                    pass: rate >= MOVE_TARGET,
+                });
+            }
+        }
+        if let Some(m) = self.bulk.memory {
+            let ratio = m.rss as f64 / m.raw as f64;
+            checks.push(Check {
+                what: format!("memory of {} keys: <= 1.5x raw", thousands(m.keys as f64)),
+                got: format!("{ratio:.2}x"),
+                pass: ratio <= MEMORY_TARGET,
+            });
+        }
+        checks
+    }
+
+    /// The report as Markdown: facts, the request-reply table beside Redis, the
+    /// bulk table, and every target with pass or miss.
+    pub fn to_markdown(&self) -> String {
+        let c = &self.config;
+        let f = &self.facts;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Measured {} on {} cores ({}), commit `{}`, load average before the run {}. {}",
+            f.date, f.cores, f.cpu, f.commit, f.load, f.placement
+        );
+        let _ = writeln!(
+            out,
+            "Each cell: {} warm-up, then {} window{} of {} on the same connections; \
+             the median window is shown. Keyspaces: {} keys for values up to 1 KiB, \
+             {} keys for larger ones, all preloaded. Nodes keep {} cop{} of each key. \
+             Client: {} thread{}, one task per connection, request-reply (no pipelining). \
+             MB and GB are 10^6 and 10^9 bytes.",
+            secs(c.warmup),
+            c.repeat,
+            if c.repeat == 1 { "" } else { "s" },
+            secs(c.duration),
+            thousands(c.keys as f64),
+            thousands(c.large_keys as f64),
+            c.replicas,
+            if c.replicas == 1 { "y" } else { "ies" },
+            c.client_threads,
+            if c.client_threads == 1 { "" } else { "s" },
+        );
+        out.push('\n');
+        out.push_str(
+            "| setup | op | conns | value | ops/s | p50 ms | p99 ms | p99.9 ms | CPU µs/op server+client \
+             | Redis ops/s | Redis p50 | Redis p99 | Redis p99.9 | Redis CPU µs/op server+client | ratio | other procs' CPU | targets |\n",
+        );
+        out.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n");
+        for cell in &self.cells {
+            let o = &cell.ours;
+            let (r_ops, r_p50, r_p99, r_p999, r_cpu) = match &cell.redis {
+                Some(r) => (
+                    thousands(r.ops),
+                    ms(r.p50),
+                    ms(r.p99),
+                    r.p999.map_or("-".into(), ms),
+                    cpu_pair(r),
+                ),
+                None => Default::default(),
+            };
+            let ratio = match (cell.setup, &cell.redis) {
+                (Setup::OneNode, Some(r)) => format!("{:.2}x Redis", o.ops / r.ops),
+                (Setup::OneNode, None) => String::new(),
+                _ => self
+                    .one_node(cell.op, cell.conns, cell.value)
+                    .map(|one| format!("{:.2}x 1 node", o.ops / one.ours.ops))
+                    .unwrap_or_default(),
+            };
+            let elsewhere = match (o.elsewhere, cell.redis.and_then(|r| r.elsewhere)) {
+                (Some(ours), Some(redis)) => format!("{} / {}", percent(ours), percent(redis)),
+                (Some(ours), None) => percent(ours),
+                _ => String::new(),
+            };
+            let targets: Vec<String> = self
+                .cell_checks(cell)
+                .iter()
+                .map(|check| {
+                    let short = check.what.rsplit(": ").next().unwrap_or_default();
+                    format!("{short}: {} {}", check.got, check.tag())
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                cell.setup.label(),
+                cell.op.label(),
+                cell.conns,
+                size(cell.value),
+                thousands(o.ops),
+                ms(o.p50),
+                ms(o.p99),
+                o.p999.map_or("-".into(), ms),
+                cpu_pair(o),
+                r_ops,
+                r_p50,
+                r_p99,
+                r_p999,
+                r_cpu,
+                ratio,
+                elsewhere,
+                targets.join("; "),
+            );
+        }
+        out.push('\n');
+        out.push_str("| bulk | figure | detail | Redis | target |\n|---|--:|---|--:|---|\n");
+        let bulk_checks = self.bulk_checks();
+        let check_for = |prefix: &str| {
+            bulk_checks
+                .iter()
+                .find(|ch| ch.what.starts_with(prefix))
+                .map(|ch| {
+                    format!(
+                        "{}: {} {}",
+                        ch.what.rsplit(": ").next().unwrap_or_default(),
+                        ch.got,
+                        ch.tag()
+                    )
+                })
+                .unwrap_or_default()
+        };
+        if let Some(t) = self.bulk.transfer {
+            let bytes = (t.values * t.value) as f64;
+            for (way, secs) in [("in", t.secs_in), ("out", t.secs_out)] {
+                let _ = writeln!(
+                    out,
+                    "| {} | {:.2} GB/s | {:.2} s, median of {}; other procs' CPU {} | | {} |",
+                    transfer_label(&t, way),
+                    bytes / secs / 1e9,
+                    secs,
+                    c.repeat,
+                    percent(t.elsewhere),
+                    check_for(&transfer_label(&t, way)),
+                );
+            }
+        }
+        let join_how = format!(
+            "; start of the new node until a {JOIN_SAMPLE}-key sample is on it (all verified after)"
+        );
+        for (what, moved, how) in [
+            ("join", &self.bulk.join, join_how.as_str()),
+            ("handoff (SIGINT until exit)", &self.bulk.handoff, ""),
+        ] {
+            if moved.is_some_and(|m| m.keys == 0) {
+                let _ = writeln!(
+                    out,
+                    "| {what} | - | no key was held only by the leaving node ({} copies) | | |",
+                    c.replicas
+                );
+            }
+            if let Some(m) = moved.filter(|m| m.keys > 0) {
+                let _ = writeln!(
+                    out,
+                    "| {what} | {:.0} MB/s | {} keys of {} ({} MiB) in {:.2} s: {} keys/s{how}; other procs' CPU {} | | {} |",
+                    m.bytes as f64 / m.secs / 1e6,
+                    thousands(m.keys as f64),
+                    size(c.join_value),
+                    m.bytes >> 20,
+                    m.secs,
+                    thousands(m.keys as f64 / m.secs),
+                    percent(m.elsewhere),
+                    check_for(what.split(' ').next().unwrap_or(what)),
+                );
+            }
+        }
+        if let Some(m) = self.bulk.memory {
+            let _ = writeln!(
+                out,
+                "| memory: {} keys of {} | {:.2}x raw | VmRSS {} MiB (empty node {} MiB, so {:.2}x raw for the data alone); raw keys+values {} MiB | {} | {} |",
+                thousands(m.keys as f64),
+                size(c.memory_value),
+                m.rss as f64 / m.raw as f64,
+                m.rss >> 20,
+                m.rss_empty >> 20,
+                m.rss.saturating_sub(m.rss_empty) as f64 / m.raw as f64,
+                m.raw >> 20,
+                m.redis_rss
+                    .map(|r| format!("{:.2}x raw ({} MiB)", r as f64 / m.raw as f64, r >> 20))
+                    .unwrap_or_default(),
+                check_for("memory"),
+            );
+        }
+        out.push('\n');
+        let mut checks: Vec<Check> = self
+            .cells
+            .iter()
+            .flat_map(|c| self.cell_checks(c))
+            .collect();
+        checks.extend(bulk_checks);
+        let passed = checks.iter().filter(|c| c.pass).count();
+        let _ = writeln!(out, "Targets met: {passed} of {}.\n", checks.len());
+        for check in &checks {
+            let _ = writeln!(out, "- {}: {} {}", check.what, check.got, check.tag());
+        }
+        let busiest = self
+            .cells
+            .iter()
+            .flat_map(|c| [Some(c.ours), c.redis])
+            .flatten()
+            .filter_map(|f| f.elsewhere)
+            .fold(0.0, f64::max);
+        if busiest > 0.05 {
+            let _ = writeln!(
+                out,
+                "\nNote: other processes used up to {} of the machine's CPU during a cell \
+                 (column \"other procs' CPU\", ours / Redis's); rows where it is high are skewed.",
+                percent(busiest)
+            );
+        }
+        if !self.notes.is_empty() {
+            out.push('\n');
+            for note in &self.notes {
+                let _ = writeln!(out, "Note: {note}");
+            }
+        }
+        out
+    }
+}
+
+/// Names the bulk row by what it moved: one value, streamed as chunks.
+fn transfer_label(t: &Transfer, way: &str) -> String {
+    format!(
+        "one {} value {way}, streamed as {} chunks of {} over 3 nodes",
+        size(t.values * t.value),
+        t.values,
+        size(t.value)
+    )
+}
+
+/// Where the results go in `BENCHMARKS.md`; everything between is replaced.
+const BEGIN: &str = "<!-- storebench results: begin (written by storebench; do not edit) -->";
+const END: &str = "<!-- storebench results: end -->";
+
+/// `old` with the text between the result markers replaced by `results`
+/// (or the marked block appended when there is none).
+fn replace_results(old: &str, results: &str) -> String {
+    let block = format!("{BEGIN}\n{}\n{END}\n", results.trim_end());
+    match (old.find(BEGIN), old.find(END)) {
+        (Some(begin), Some(end)) if end > begin => {
+            let after = old[end + END.len()..].trim_start_matches('\n');
+            format!("{}{block}{after}", &old[..begin])
+        }
+        _ if old.trim().is_empty() => format!("# Benchmarks\n\n{block}"),
+        _ => format!("{}\n\n{block}", old.trim_end()),
+    }
+}
+
+/// Writes `report` into the file at `path` in place of the previous results.
+pub fn write_results(path: &Path, report: &Report) -> Result<()> {
+    let old = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e.into()),
+    };
+    std::fs::write(path, replace_results(&old, &report.to_markdown()))?;
+    Ok(())
+}
+
+fn thousands(n: f64) -> String {
+    let digits = format!("{:.0}", n.max(0.0));
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+/// `server + client` CPU per request, in µs.
+fn cpu_pair(f: &Figures) -> String {
+    match (f.cpu_per_op, f.client_cpu_per_op) {
+        (Some(server), Some(client)) => format!("{} + {}", us(server), us(client)),
+        (Some(server), None) => us(server),
+        _ => "-".into(),
+    }
+}
+
+fn percent(share: f64) -> String {
+    format!("{:.0}%", share * 100.0)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1e3)
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1e6)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
+}
+
+pub fn size(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 30 && b % (1 << 30) == 0 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_replace_the_previous_block_and_keep_the_rest() {
+        let first = replace_results("# Benchmarks\n\nHow to run.\n", "old table\n");
+        assert!(first.starts_with("# Benchmarks\n\nHow to run.\n\n"));
+        let second = replace_results(&format!("{first}\nAfter.\n"), "new table");
+        assert!(second.contains("new table") && !second.contains("old table"));
+        assert!(second.contains("How to run.") && second.ends_with("After.\n"));
+        assert_eq!(second.matches(BEGIN).count(), 1);
+    }
+
+    #[test]
+    fn numbers_print_for_people() {
+        assert_eq!(thousands(1_234_567.4), "1,234,567");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(size(65_536), "64 KiB");
+        assert_eq!(size(100), "100 B");
+    }
+}

@@ -1,0 +1,129 @@
+//! What a run measured, as data: the request-reply cells (our figures beside
+//! Redis's) and the bulk, join, handoff and memory rows. [`crate::report`]
+//! renders them.
+
+use std::time::Duration;
+
+use crate::facts::Facts;
+use crate::settings::BenchConfig;
+
+/// How requests reach the keys' owners.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setup {
+    /// One node.
+    OneNode,
+    /// Three nodes; the client computes each key's owner and asks it directly.
+    RingAware,
+    /// Three nodes; every request goes to one of them, which forwards.
+    Forwarding,
+}
+
+impl Setup {
+    pub fn label(self) -> &'static str {
+        match self {
+            Setup::OneNode => "1 node",
+            Setup::RingAware => "3 nodes, ring-aware client",
+            Setup::Forwarding => "3 nodes, all via 1 (forwarding)",
+        }
+    }
+}
+
+/// A request type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Get,
+    Put,
+}
+
+impl Op {
+    pub fn label(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Put => "put",
+        }
+    }
+
+    pub fn redis_test(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Put => "set",
+        }
+    }
+}
+
+/// The figures of one cell (medians over its windows).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Figures {
+    pub ops: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+    /// redis-benchmark's summary has no p99.9; it is read from its percentile
+    /// ladder when printed.
+    pub p999: Option<Duration>,
+    /// Server CPU time (user + system, all server processes) per request.
+    pub cpu_per_op: Option<Duration>,
+    /// Client CPU time (this program, or redis-benchmark) per request.
+    pub client_cpu_per_op: Option<Duration>,
+    /// Share of the machine's CPU that processes other than the benchmark's
+    /// used meanwhile (other work on the machine skews every figure).
+    pub elsewhere: Option<f64>,
+}
+
+/// One row of the request-reply table.
+#[derive(Clone, Debug)]
+pub struct Cell {
+    pub setup: Setup,
+    pub op: Op,
+    pub conns: usize,
+    pub value: usize,
+    pub ours: Figures,
+    pub redis: Option<Figures>,
+}
+
+/// The bulk, join, handoff and memory rows.
+#[derive(Clone, Debug, Default)]
+pub struct Bulk {
+    /// Bytes per direction, values, value size; seconds in, seconds out.
+    pub transfer: Option<Transfer>,
+    pub join: Option<Moved>,
+    pub handoff: Option<Moved>,
+    pub memory: Option<Memory>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Transfer {
+    /// Share of the machine other processes took meanwhile.
+    pub elsewhere: f64,
+    pub values: usize,
+    pub value: usize,
+    pub secs_in: f64,
+    pub secs_out: f64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Moved {
+    /// Share of the machine other processes took meanwhile.
+    pub elsewhere: f64,
+    pub keys: usize,
+    pub bytes: u64,
+    pub secs: f64,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Memory {
+    pub keys: usize,
+    pub raw: u64,
+    pub rss_empty: u64,
+    pub rss: u64,
+    pub redis_rss: Option<u64>,
+}
+
+/// Everything one run measured. [`Report::to_markdown`] renders it.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub facts: Facts,
+    pub config: BenchConfig,
+    pub cells: Vec<Cell>,
+    pub bulk: Bulk,
+    pub notes: Vec<String>,
+}

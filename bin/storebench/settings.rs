@@ -1,0 +1,181 @@
+//! What a run measures and for how long: [`BenchConfig`] and its defaults,
+//! and the [`Part`]s a run can be limited to.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What to measure and for how long. `Default` is the full run (about four
+/// minutes on two cores); [`BenchConfig::quick`] is a smoke test of about 30 s.
+#[derive(Clone, Debug)]
+pub struct BenchConfig {
+    /// The `location` binary nodes are started from. Default: the one next to
+    /// the running program.
+    pub location: PathBuf,
+    /// Load before each cell's measured windows, not counted. Default 0.5 s.
+    pub warmup: Duration,
+    /// Length of one measured window. Default 2 s.
+    pub duration: Duration,
+    /// Measured windows per cell, and runs of each bulk row; the median is
+    /// reported. Default 3.
+    pub repeat: usize,
+    /// Connection counts each cell runs at. Default 1 and 50.
+    pub connections: Vec<usize>,
+    /// Value sizes each cell runs at, in bytes. Default 100 and 65,536.
+    pub value_sizes: Vec<usize>,
+    /// Keys in the keyspace of values up to 1 KiB, all preloaded so every get
+    /// hits. Default 100,000 (redis-benchmark `-r 100000`).
+    pub keys: usize,
+    /// Keys in the keyspace of larger values. Default 4,096 (256 MiB of 64 KiB
+    /// values per setup, preloaded).
+    pub large_keys: usize,
+    /// Threads running the client's connections. Default 1, like redis-benchmark.
+    pub client_threads: usize,
+    /// Bytes the bulk row moves in and out. Default 1 GiB.
+    pub bulk_bytes: usize,
+    /// Chunk size of the streamed bulk value (the streaming default, 8 MiB).
+    pub bulk_chunk: usize,
+    /// Bytes a join should move to the new node; the first node is loaded
+    /// with twice this, since the new one takes about half. Default 1 GiB.
+    pub join_bytes: usize,
+    /// Value size of the keys moved by the join and the handoff. Default 64 KiB.
+    pub join_value: usize,
+    /// Keys a node holds for the memory row. Default 1,000,000.
+    pub memory_keys: usize,
+    /// Value size of those keys. Default 100 bytes.
+    pub memory_value: usize,
+    /// Copies of each key the nodes keep (`location --replicas`). Default 1:
+    /// Redis beside us keeps one copy, and the targets for the ring
+    /// (scale-out, forwarding, join, handoff) are about moving single copies;
+    /// with more, every put also goes to the other replicas.
+    pub replicas: usize,
+    /// Run Redis beside us (needs `redis-server` and `redis-benchmark` on the
+    /// path). Default true.
+    pub redis: bool,
+    /// The parts to run, for profiling one of them. Default all.
+    pub parts: Vec<Part>,
+    /// Pin servers and client to separate cores (with `taskset`): the servers
+    /// (nodes, redis-server) to the first half, the client (this program,
+    /// redis-benchmark) to the rest; for the join and handoff, each node to
+    /// a core of its own. Default true.
+    ///
+    /// Why: unpinned, the scheduler sometimes puts a one-connection client
+    /// on the server's core and sometimes not, and on a virtual machine a
+    /// wake-up across cores costs tens of microseconds, so one-connection
+    /// figures flip between two modes 3-4x apart, for Redis as for us. Pinned,
+    /// the client is on "another machine", as in production, and every run
+    /// is placed the same way.
+    pub pin: bool,
+    /// Where node and Redis logs go. Default a fresh directory under the
+    /// system's temporary directory.
+    pub log_dir: PathBuf,
+}
+
+impl Default for BenchConfig {
+    fn default() -> Self {
+        let location = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("location")))
+            .unwrap_or_else(|| PathBuf::from("location"));
+        BenchConfig {
+            location,
+            warmup: Duration::from_millis(500),
+            duration: Duration::from_secs(2),
+            repeat: 3,
+            connections: vec![1, 50],
+            value_sizes: vec![100, 64 << 10],
+            keys: 100_000,
+            large_keys: 4_096,
+            client_threads: 1,
+            bulk_bytes: 1 << 30,
+            bulk_chunk: thrifty_p2p::stream::DEFAULT_CHUNK_BYTES,
+            join_bytes: 1 << 30,
+            join_value: 64 << 10,
+            memory_keys: 1_000_000,
+            memory_value: 100,
+            replicas: 1,
+            redis: true,
+            parts: Part::ALL.to_vec(),
+            pin: true,
+            log_dir: std::env::temp_dir().join(format!("storebench-{}", std::process::id())),
+        }
+    }
+}
+
+impl BenchConfig {
+    /// A smoke test of the whole program in about 30 s: short windows, one
+    /// run each, small keyspaces, 128 MiB bulk, a 64 MiB join, 100,000 keys
+    /// for memory. Figures from it are rough.
+    pub fn quick() -> Self {
+        BenchConfig {
+            warmup: Duration::from_millis(100),
+            duration: Duration::from_millis(300),
+            repeat: 1,
+            keys: 10_000,
+            large_keys: 256,
+            bulk_bytes: 128 << 20,
+            join_bytes: 64 << 20,
+            memory_keys: 100_000,
+            ..BenchConfig::default()
+        }
+    }
+
+    /// The keyspace used with values of `value` bytes.
+    pub fn keys_for(&self, value: usize) -> usize {
+        if value <= 1024 {
+            self.keys
+        } else {
+            self.large_keys
+        }
+    }
+}
+
+/// A part of the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// Request-reply cells on one node (and Redis beside them).
+    OneNode,
+    /// Request-reply cells on a 3-node ring, ring-aware and forwarding.
+    Ring,
+    /// 1 GiB in and out of one node.
+    Bulk,
+    /// A join, then a SIGINT handoff.
+    Join,
+    /// A node's memory holding many small keys.
+    Memory,
+}
+
+impl Part {
+    /// Every part, in the order they run.
+    pub const ALL: [Part; 5] = [
+        Part::OneNode,
+        Part::Ring,
+        Part::Bulk,
+        Part::Join,
+        Part::Memory,
+    ];
+
+    /// The part's name on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Part::OneNode => "one-node",
+            Part::Ring => "ring",
+            Part::Bulk => "bulk",
+            Part::Join => "join",
+            Part::Memory => "memory",
+        }
+    }
+}
+
+impl std::str::FromStr for Part {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Part::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Part::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown part `{s}`; choose from {}", names.join(", "))
+            })
+    }
+}

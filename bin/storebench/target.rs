@@ -1,0 +1,69 @@
+//! Where requests go: the nodes a client connects to, and which one gets each
+//! key (everything to one node, or each key straight to its owner).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use thrifty_p2p::client::{ClientOptions, call_error, connect};
+use thrifty_p2p::convert;
+use thrifty_p2p::idl::locator::TLocatorSyncClient;
+use thrifty_p2p::ring::Ring;
+use thrifty_p2p::{NodeAddr, Result};
+
+use crate::wire::{Conn, key};
+
+/// The nodes a client connects to, and which one gets each key.
+#[derive(Clone)]
+pub struct Target {
+    nodes: Vec<SocketAddr>,
+    /// Index into `nodes` of each key's owner; `None`: everything to `nodes[0]`.
+    owners: Option<Arc<[u8]>>,
+}
+
+impl Target {
+    pub fn single(node: SocketAddr) -> Target {
+        Target {
+            nodes: vec![node],
+            owners: None,
+        }
+    }
+
+    /// A ring-aware client of the ring `seed` belongs to: the members come from
+    /// `get_all`, and `Ring` says who owns each of keys `0..keys` (computed once
+    /// up front, like the prebuilt keys, to keep the client cheap).
+    pub fn ring_aware(seed: &NodeAddr, keys: usize) -> Result<Target> {
+        let mut client = connect(seed, &ClientOptions::default())?;
+        let locations = client.get_all().map_err(|e| call_error(seed, e))?;
+        let ring = Ring::new(locations.iter().filter_map(convert::addr));
+        let members = ring.members();
+        let nodes = members
+            .iter()
+            .map(|m| Ok(m.resolve()?[0]))
+            .collect::<Result<Vec<_>>>()?;
+        let owners = (0..keys)
+            .map(|i| {
+                let owner = ring.owner(&key(i)).expect("the ring has members");
+                members.binary_search(owner).unwrap_or(0) as u8
+            })
+            .collect();
+        Ok(Target {
+            nodes,
+            owners: Some(owners),
+        })
+    }
+
+    pub fn conn_for(&self, key: usize) -> usize {
+        self.owners
+            .as_ref()
+            .map_or(0, |owners| usize::from(owners[key]))
+    }
+
+    /// One connection to each node.
+    pub async fn connect(&self) -> Result<Vec<Conn>> {
+        let mut connections = Vec::with_capacity(self.nodes.len());
+        for &node in &self.nodes {
+            connections.push(Conn::open(node).await?);
+        }
+        Ok(connections)
+    }
+}

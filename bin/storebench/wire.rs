@@ -1,0 +1,395 @@
+//! The raw Thrift client of the cells: prebuilt calls whose key is swapped in
+//! place, replies read just far enough, one connection to a node.
+//!
+//! Why the client speaks raw Thrift instead of using [`thrifty_p2p::client`]:
+//! the generated client copies each key and value into owned `Vec`s, and its
+//! reader zero-fills a 64 KiB buffer for every reply. redis-benchmark builds
+//! each command once per connection and only swaps the key in place; this
+//! client does the same (every key has the same length: `key:` and 12 digits,
+//! the names redis-benchmark's `-r` produces), and reads a reply only far
+//! enough to find its end and check the answer. So the figures weigh the
+//! server, as redis-benchmark's weigh Redis.
+
+use std::io;
+use std::net::SocketAddr;
+
+use thrifty_p2p::node::PEEK;
+use thrifty_p2p::{Error, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::results::Op;
+
+/// Key length: `key:` and 12 digits, as redis-benchmark names its `-r` keys.
+pub const KEY_LEN: usize = 16;
+
+const STRICT_VERSION: u32 = 0x8001_0000;
+const CALL: u32 = 1;
+const REPLY: u32 = 2;
+const EXCEPTION: u32 = 3;
+const T_STOP: u8 = 0;
+const T_I08: u8 = 3;
+const T_I16: u8 = 6;
+const T_I32: u8 = 8;
+const T_I64: u8 = 10;
+const T_STRING: u8 = 11;
+const T_STRUCT: u8 = 12;
+
+/// Writes key number `index` into `out` (`KEY_LEN` bytes).
+fn write_key(out: &mut [u8], index: usize) {
+    out[..4].copy_from_slice(b"key:");
+    let mut n = index;
+    for digit in out[4..KEY_LEN].iter_mut().rev() {
+        *digit = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
+pub fn key(index: usize) -> [u8; KEY_LEN] {
+    let mut key = [0; KEY_LEN];
+    write_key(&mut key, index);
+    key
+}
+
+/// A value of `len` bytes (any bytes do; these are printable).
+pub fn value_bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+/// A whole call message whose key can be swapped in place.
+pub struct Request {
+    pub bytes: Vec<u8>,
+    key_at: usize,
+}
+
+impl Request {
+    /// `method(1: binary key, ...)`: `rest` writes the fields after the key.
+    fn call(method: &str, rest: impl FnOnce(&mut Vec<u8>)) -> Request {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(STRICT_VERSION | CALL).to_be_bytes());
+        bytes.extend_from_slice(&(method.len() as i32).to_be_bytes());
+        bytes.extend_from_slice(method.as_bytes());
+        bytes.extend_from_slice(&0i32.to_be_bytes());
+        bytes.push(T_STRING);
+        bytes.extend_from_slice(&1i16.to_be_bytes());
+        bytes.extend_from_slice(&(KEY_LEN as i32).to_be_bytes());
+        let key_at = bytes.len();
+        bytes.extend_from_slice(&key(0));
+        rest(&mut bytes);
+        bytes.push(T_STOP);
+        Request { bytes, key_at }
+    }
+
+    pub fn fetch() -> Request {
+        Request::call("fetch", |_| {})
+    }
+
+    pub fn store(value: &[u8]) -> Request {
+        Request::call("store", |bytes| {
+            bytes.push(T_STRING);
+            bytes.extend_from_slice(&2i16.to_be_bytes());
+            bytes.extend_from_slice(&(value.len() as i32).to_be_bytes());
+            bytes.extend_from_slice(value);
+        })
+    }
+
+    /// `relay_fetch(key, PEEK)`: a read of the node's own store only.
+    pub fn peek() -> Request {
+        Request::call("relay_fetch", |bytes| {
+            bytes.push(T_I08);
+            bytes.extend_from_slice(&2i16.to_be_bytes());
+            bytes.push(PEEK as u8);
+        })
+    }
+
+    pub fn set_key(&mut self, index: usize) {
+        write_key(&mut self.bytes[self.key_at..self.key_at + KEY_LEN], index);
+    }
+}
+
+/// What a node answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// `fetch`: the value is `len` bytes at offset `at` of the reply.
+    Value { at: usize, len: usize },
+    /// `fetch`: the key is not stored.
+    Absent,
+    /// `store`: stored.
+    Stored,
+    /// A `StoreError` or an application exception, with its message.
+    Failed(String),
+}
+
+/// Reads bytes of a reply in order; `None` when the buffer ends first.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let bytes = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(bytes)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+
+    fn i16(&mut self) -> Option<i16> {
+        Some(i16::from_be_bytes(self.take(2)?.try_into().ok()?))
+    }
+
+    fn i32(&mut self) -> Option<i32> {
+        Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn len(&mut self) -> Option<std::result::Result<usize, String>> {
+        let n = self.i32()?;
+        Some(usize::try_from(n).map_err(|_| format!("negative length {n}")))
+    }
+}
+
+/// `Ok(None)` from `$e` (the bytes so far end early) returns "incomplete".
+macro_rules! more {
+    ($e:expr) => {
+        match $e {
+            Some(v) => v,
+            None => return Ok(None),
+        }
+    };
+}
+
+/// Reads the reply at the start of `buf`: `Ok(None)` while incomplete, else
+/// its length and answer. Only the shapes `fetch`, `store` and `relay_fetch`
+/// answer with are understood; anything else is an error.
+fn parse_reply(buf: &[u8]) -> std::result::Result<Option<(usize, Answer)>, String> {
+    let mut c = Cursor { buf, pos: 0 };
+    let head = more!(c.i32()) as u32;
+    if head & 0xffff_0000 != STRICT_VERSION {
+        return Err(format!(
+            "reply header 0x{head:08x} is not a strict binary-protocol header"
+        ));
+    }
+    let name = more!(c.len())?;
+    more!(c.take(name));
+    more!(c.i32());
+    match head & 0xff {
+        REPLY => {}
+        EXCEPTION => {
+            let message = more!(struct_message(&mut c))?;
+            return Ok(Some((c.pos, Answer::Failed(message))));
+        }
+        other => return Err(format!("unexpected message type {other} in a reply")),
+    }
+    let field = more!(c.u8());
+    if field == T_STOP {
+        return Ok(Some((c.pos, Answer::Stored)));
+    }
+    let id = more!(c.i16());
+    let answer = match (field, id) {
+        (T_STRUCT, 0) => match more!(c.u8()) {
+            T_STOP => Answer::Absent,
+            T_STRING => {
+                more!(c.i16());
+                let len = more!(c.len())?;
+                let at = c.pos;
+                more!(c.take(len));
+                if more!(c.u8()) != T_STOP {
+                    return Err("unexpected field after Lookup.value".into());
+                }
+                Answer::Value { at, len }
+            }
+            other => return Err(format!("unexpected field type {other} in Lookup")),
+        },
+        (T_STRUCT, 1) => Answer::Failed(more!(struct_message(&mut c))?),
+        _ => return Err(format!("unexpected result field {id} of type {field}")),
+    };
+    if more!(c.u8()) != T_STOP {
+        return Err("unexpected field after the result".into());
+    }
+    Ok(Some((c.pos, answer)))
+}
+
+/// Reads a flat struct (an exception) and returns its field 1 string.
+fn struct_message(c: &mut Cursor) -> Option<std::result::Result<String, String>> {
+    let mut message = String::new();
+    loop {
+        let field = c.u8()?;
+        if field == T_STOP {
+            return Some(Ok(message));
+        }
+        let id = c.i16()?;
+        match field {
+            T_STRING => {
+                let len = match c.len()? {
+                    Ok(len) => len,
+                    Err(e) => return Some(Err(e)),
+                };
+                let text = c.take(len)?;
+                if id == 1 {
+                    message = String::from_utf8_lossy(text).into_owned();
+                }
+            }
+            T_I08 => drop(c.take(1)?),
+            T_I16 => drop(c.take(2)?),
+            T_I32 => drop(c.take(4)?),
+            T_I64 => drop(c.take(8)?),
+            other => {
+                return Some(Err(format!(
+                    "unexpected field type {other} in an exception"
+                )));
+            }
+        }
+    }
+}
+
+/// One client connection to a node, with its reply buffer.
+pub struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    peer: SocketAddr,
+}
+
+impl Conn {
+    pub async fn open(peer: SocketAddr) -> Result<Conn> {
+        let stream = TcpStream::connect(peer)
+            .await
+            .map_err(|e| Error::Unreachable {
+                peer: peer.to_string(),
+                reason: e.to_string(),
+                refused: e.kind() == io::ErrorKind::ConnectionRefused,
+            })?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            buf: Vec::with_capacity(128 << 10),
+            peer,
+        })
+    }
+
+    fn error(&self, reason: impl Into<String>) -> Error {
+        Error::Rpc {
+            peer: self.peer.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Sends one whole call and reads its whole reply.
+    pub async fn call(&mut self, request: &[u8]) -> Result<Answer> {
+        self.stream.write_all(request).await?;
+        self.buf.clear();
+        loop {
+            if !self.buf.is_empty()
+                && let Some((len, answer)) = parse_reply(&self.buf).map_err(|e| self.error(e))?
+            {
+                if len != self.buf.len() {
+                    return Err(self.error("bytes after the reply (the call was answered twice?)"));
+                }
+                return Ok(answer);
+            }
+            if self.buf.capacity() - self.buf.len() < 32 << 10 {
+                self.buf.reserve(self.buf.len().max(64 << 10));
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(self.error("the node closed the connection"));
+            }
+        }
+    }
+
+    /// Checks that `answer` is what `op` on key `index` should get.
+    pub fn expect(&self, answer: Answer, op: Op, value: usize, index: usize) -> Result<()> {
+        match (op, answer) {
+            (Op::Get, Answer::Value { len, .. }) if len == value => Ok(()),
+            (Op::Put, Answer::Stored) => Ok(()),
+            (_, Answer::Failed(message)) => Err(Error::Refused {
+                peer: self.peer.to_string(),
+                message,
+            }),
+            (_, other) => Err(self.error(format!(
+                "{} of {} answered {other:?} (expected a {value}-byte value)",
+                op.label(),
+                String::from_utf8_lossy(&key(index))
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_sixteen_bytes_like_redis_benchmark_keys() {
+        assert_eq!(&key(42), b"key:000000000042");
+        let mut request = Request::fetch();
+        request.set_key(123_456);
+        assert!(
+            request
+                .bytes
+                .windows(KEY_LEN)
+                .any(|w| w == b"key:000000123456")
+        );
+    }
+
+    #[test]
+    fn a_prebuilt_store_call_decodes_as_the_generated_code_would() {
+        use thrifty_p2p::frame::{Limits, MessageKind, scan};
+        let mut request = Request::store(b"hello");
+        request.set_key(7);
+        let frame = scan(&request.bytes, &Limits::default()).unwrap().unwrap();
+        assert_eq!(frame.name, "store");
+        assert_eq!(frame.kind, MessageKind::Call);
+        assert_eq!(frame.len, request.bytes.len());
+    }
+
+    fn reply(result: &[u8]) -> Vec<u8> {
+        let mut bytes = (STRICT_VERSION | REPLY).to_be_bytes().to_vec();
+        bytes.extend_from_slice(&5i32.to_be_bytes());
+        bytes.extend_from_slice(b"fetch");
+        bytes.extend_from_slice(&0i32.to_be_bytes());
+        bytes.extend_from_slice(result);
+        bytes
+    }
+
+    #[test]
+    fn replies_are_read_only_once_complete() {
+        let mut lookup = vec![T_STRUCT, 0, 0, T_STRING, 0, 1, 0, 0, 0, 3];
+        lookup.extend_from_slice(b"abc");
+        lookup.extend_from_slice(&[T_STOP, T_STOP]);
+        let whole = reply(&lookup);
+        for cut in 0..whole.len() {
+            assert_eq!(parse_reply(&whole[..cut]), Ok(None), "cut at {cut}");
+        }
+        let (len, answer) = parse_reply(&whole).unwrap().unwrap();
+        assert_eq!(len, whole.len());
+        let Answer::Value { at, len } = answer else {
+            panic!("not a value: {answer:?}");
+        };
+        assert_eq!(&whole[at..at + len], b"abc");
+        assert_eq!(
+            parse_reply(&reply(&[T_STRUCT, 0, 0, T_STOP, T_STOP]))
+                .unwrap()
+                .unwrap()
+                .1,
+            Answer::Absent
+        );
+        assert_eq!(
+            parse_reply(&reply(&[T_STOP])).unwrap().unwrap().1,
+            Answer::Stored
+        );
+    }
+
+    #[test]
+    fn a_store_error_is_read_with_its_message() {
+        let mut err = vec![T_STRUCT, 0, 1, T_STRING, 0, 1, 0, 0, 0, 4];
+        err.extend_from_slice(b"full");
+        err.extend_from_slice(&[T_STOP, T_STOP]);
+        let whole = reply(&err);
+        assert_eq!(
+            parse_reply(&whole).unwrap().unwrap(),
+            (whole.len(), Answer::Failed("full".into()))
+        );
+    }
+}
