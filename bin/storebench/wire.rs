@@ -189,20 +189,32 @@ fn parse_reply(buf: &[u8]) -> std::result::Result<Option<(usize, Answer)>, Strin
     }
     let id = more!(c.i16());
     let answer = match (field, id) {
-        (T_STRUCT, 0) => match more!(c.u8()) {
-            T_STOP => Answer::Absent,
-            T_STRING => {
-                more!(c.i16());
-                let len = more!(c.len())?;
-                let at = c.pos;
-                more!(c.take(len));
-                if more!(c.u8()) != T_STOP {
-                    return Err("unexpected field after Lookup.value".into());
+        (T_STRUCT, 0) => {
+            // Lookup: an optional value (field 1), then, in `relay_fetch`
+            // replies, the copy's version and origin (i64, i32), skipped.
+            let mut answer = Answer::Absent;
+            loop {
+                match more!(c.u8()) {
+                    T_STOP => break answer,
+                    T_STRING => {
+                        more!(c.i16());
+                        let len = more!(c.len())?;
+                        let at = c.pos;
+                        more!(c.take(len));
+                        answer = Answer::Value { at, len };
+                    }
+                    T_I64 => {
+                        more!(c.i16());
+                        more!(c.take(8));
+                    }
+                    T_I32 => {
+                        more!(c.i16());
+                        more!(c.take(4));
+                    }
+                    other => return Err(format!("unexpected field type {other} in Lookup")),
                 }
-                Answer::Value { at, len }
             }
-            other => return Err(format!("unexpected field type {other} in Lookup")),
-        },
+        }
         (T_STRUCT, 1) => Answer::Failed(more!(struct_message(&mut c))?),
         _ => return Err(format!("unexpected result field {id} of type {field}")),
     };
