@@ -153,7 +153,10 @@ impl Handler {
         match &self.mode {
             // A relayed read answers with the copy's version, which only
             // the async path gives.
-            Mode::Capture(_) => match (hops == 0).then(|| self.node.fetch_now(&key, hops)).flatten() {
+            Mode::Capture(_) => match (hops == 0)
+                .then(|| self.node.fetch_now(&key, hops))
+                .flatten()
+            {
                 Some(answer) => answer.map(|v| {
                     v.map(|value| Stored {
                         value: Some(value),
@@ -425,7 +428,10 @@ impl StoreSyncHandler for Handler {
     }
 
     fn handle_fetch(&self, key: Vec<u8>) -> thrift::Result<Lookup> {
-        let value = self.read(key, 0).map_err(store_error)?.and_then(|s| s.value);
+        let value = self
+            .read(key, 0)
+            .map_err(store_error)?
+            .and_then(|s| s.value);
         Ok(Lookup::new(value, None, None))
     }
 

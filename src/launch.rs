@@ -8,10 +8,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::addr::NodeAddr;
-use crate::config::Config;
-use crate::error::{Error, Result};
 use crate::client::{ClientOptions, call_error, connect};
+use crate::config::Config;
 use crate::convert;
+use crate::error::{Error, Result};
 use crate::idl::locator::TLocatorSyncClient;
 use crate::node::{Node, Parts};
 use crate::relay::AsyncPool;

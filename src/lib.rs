@@ -53,10 +53,10 @@ pub mod replicate;
 pub mod ring;
 pub mod server;
 pub mod store;
-pub mod tasks;
-pub mod transport;
 pub mod stream;
+pub mod tasks;
 pub mod tools;
+pub mod transport;
 pub mod version;
 
 pub use addr::NodeAddr;

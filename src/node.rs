@@ -100,7 +100,12 @@ impl Outbound {
 }
 
 impl Transport for Outbound {
-    fn call(&self, peer: &NodeAddr, request: Request, timeout: Duration) -> BoxFuture<Result<Reply>> {
+    fn call(
+        &self,
+        peer: &NodeAddr,
+        request: Request,
+        timeout: Duration,
+    ) -> BoxFuture<Result<Reply>> {
         if self.isolated.load(Ordering::Acquire) {
             let peer = peer.to_string();
             return Box::pin(async move {
@@ -224,11 +229,13 @@ impl Node {
         let node = self.clone();
         self.tasks.spawn(async move { node.gossip_worker().await });
         let node = self.clone();
-        self.tasks.spawn(async move { node.detector_worker().await });
+        self.tasks
+            .spawn(async move { node.detector_worker().await });
         let node = self.clone();
         self.tasks.spawn(async move { node.pause_watch().await });
         let node = self.clone();
-        self.tasks.spawn(async move { node.anti_entropy_worker().await });
+        self.tasks
+            .spawn(async move { node.anti_entropy_worker().await });
         let node = self.clone();
         self.tasks.spawn(async move { node.handoff_worker().await });
     }
@@ -523,7 +530,10 @@ impl Node {
     }
 
     async fn gossip_worker(self: Arc<Self>) {
-        while !self.wait_for_stop_timeout(self.config.gossip_interval).await {
+        while !self
+            .wait_for_stop_timeout(self.config.gossip_interval)
+            .await
+        {
             self.gossip_round().await;
         }
     }
@@ -913,8 +923,8 @@ impl Node {
             return self.coordinate_write(key, value, version, &replicas).await;
         }
         // Give up on the relay a little before our own call times out.
-        let ours = self.clock.wall_micros() as i64
-            + (self.config.rpc_timeout * 9 / 10).as_micros() as i64;
+        let ours =
+            self.clock.wall_micros() as i64 + (self.config.rpc_timeout * 9 / 10).as_micros() as i64;
         let expires = expires.map_or(ours, |e| e.min(ours));
         for &target in &replicas {
             if *target == self.me {

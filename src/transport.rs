@@ -28,7 +28,12 @@ pub trait Transport: Send + Sync + 'static {
     /// `refused` when nothing listens there), [`Error::Rpc`] when the outcome
     /// is unknown (no reply in time, connection lost), [`Error::Refused`] when
     /// the peer answered with an error of its own.
-    fn call(&self, peer: &NodeAddr, request: Request, timeout: Duration) -> BoxFuture<Result<Reply>>;
+    fn call(
+        &self,
+        peer: &NodeAddr,
+        request: Request,
+        timeout: Duration,
+    ) -> BoxFuture<Result<Reply>>;
 
     /// Drops idle connections to `peer` (it left or died).
     fn forget(&self, _peer: &NodeAddr) {}
@@ -48,7 +53,12 @@ impl ThriftTransport {
 }
 
 impl Transport for ThriftTransport {
-    fn call(&self, peer: &NodeAddr, request: Request, timeout: Duration) -> BoxFuture<Result<Reply>> {
+    fn call(
+        &self,
+        peer: &NodeAddr,
+        request: Request,
+        timeout: Duration,
+    ) -> BoxFuture<Result<Reply>> {
         let pool = self.pool.clone();
         let peer = peer.clone();
         Box::pin(async move {
@@ -64,9 +74,7 @@ impl Transport for ThriftTransport {
                 Request::Enter(state) => {
                     let bytes = relay::encode(|c| c.enter(convert::member(&state)).map(drop));
                     let table = pool
-                        .call_within(peer, &bytes, timeout, |c| {
-                            c.enter(convert::member(&state))
-                        })
+                        .call_within(peer, &bytes, timeout, |c| c.enter(convert::member(&state)))
                         .await?;
                     Ok(Reply::Members(
                         table.iter().filter_map(convert::member_state).collect(),
@@ -85,9 +93,7 @@ impl Transport for ThriftTransport {
                 Request::Probe(target) => {
                     let bytes = relay::encode(|c| c.probe(convert::location(&target)).map(drop));
                     let answered = pool
-                        .call_within(peer, &bytes, timeout, |c| {
-                            c.probe(convert::no_location())
-                        })
+                        .call_within(peer, &bytes, timeout, |c| c.probe(convert::no_location()))
                         .await?;
                     Ok(Reply::Probed(answered))
                 }
@@ -133,7 +139,8 @@ impl Transport for ThriftTransport {
                 }
                 Request::DiffBuckets { caller, digests } => {
                     let bytes = relay::encode(|c| {
-                        c.diff_buckets(convert::location(&caller), digests).map(drop)
+                        c.diff_buckets(convert::location(&caller), digests)
+                            .map(drop)
                     });
                     let buckets = pool
                         .call_within(peer, &bytes, timeout, |c| {
@@ -148,8 +155,12 @@ impl Transport for ThriftTransport {
                     entries,
                 } => {
                     let bytes = relay::encode(|c| {
-                        c.reconcile(convert::location(&caller), buckets, convert::entries_out(entries))
-                            .map(drop)
+                        c.reconcile(
+                            convert::location(&caller),
+                            buckets,
+                            convert::entries_out(entries),
+                        )
+                        .map(drop)
                     });
                     let entries = pool
                         .call_within(peer, &bytes, timeout, |c| {

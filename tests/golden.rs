@@ -125,6 +125,11 @@ const TEXT_KEY: &str = "golden-key";
 const TEXT_VALUE: &str = "h\u{e9}llo w\u{f6}rld \u{2713}";
 /// When a relayed write stops being worth applying: 2100-01-01, in microseconds.
 const FAR_FUTURE: i64 = 4_102_444_800_000_000;
+/// The version a relayed write carries (taken by its entry node): 2026-01-01
+/// in microseconds, shifted by the clock's 10 logical bits.
+const RELAY_STAMP: i64 = 1_767_225_600_000_000 << 10;
+/// The entry node's tie-break.
+const RELAY_ORIGIN: i32 = 0x0102_0304;
 /// A relay deadline long gone (one second after the epoch).
 const LONG_AGO: i64 = 1_000_000;
 
@@ -349,7 +354,7 @@ fn store_node_cases() -> Vec<Case> {
             answer: reply(|r, _| {
                 assert_eq!(
                     expect_reply(r, |c| c.fetch(Vec::new())),
-                    Lookup::new(VALUE.to_vec())
+                    Lookup::new(VALUE.to_vec(), None, None)
                 )
             }),
         },
@@ -359,7 +364,10 @@ fn store_node_cases() -> Vec<Case> {
             request: Method(|c| c.fetch(MISSING_KEY.to_vec()).map(drop)),
             // Absent, not empty: the Lookup has no field at all.
             answer: reply(|r, _| {
-                assert_eq!(expect_reply(r, |c| c.fetch(Vec::new())), Lookup::new(None))
+                assert_eq!(
+                    expect_reply(r, |c| c.fetch(Vec::new())),
+                    Lookup::new(None, None, None)
+                )
             }),
         },
         Case {
@@ -370,11 +378,20 @@ fn store_node_cases() -> Vec<Case> {
         },
         Case {
             name: "relay_store",
-            args: "key c0 80 'relay', value 'relayed' fe, hops 1, expires 2100-01-01",
+            args: "key c0 80 'relay', value 'relayed' fe, hops 1, expires 2100-01-01, version RELAY_STAMP/RELAY_ORIGIN",
             request: Method(|c| {
-                c.relay_store(RELAY_KEY.to_vec(), RELAY_VALUE.to_vec(), 1, FAR_FUTURE)
+                c.relay_store(
+                    RELAY_KEY.to_vec(),
+                    RELAY_VALUE.to_vec(),
+                    1,
+                    FAR_FUTURE,
+                    RELAY_STAMP,
+                    RELAY_ORIGIN,
+                )
             }),
-            answer: reply(|r, _| expect_reply(r, |c| c.relay_store(Vec::new(), Vec::new(), 0, 0))),
+            answer: reply(|r, _| {
+                expect_reply(r, |c| c.relay_store(Vec::new(), Vec::new(), 0, 0, 0, 0))
+            }),
         },
         Case {
             name: "relay_fetch",
@@ -383,7 +400,7 @@ fn store_node_cases() -> Vec<Case> {
             answer: reply(|r, _| {
                 assert_eq!(
                     expect_reply(r, |c| c.relay_fetch(Vec::new(), 0)),
-                    Lookup::new(RELAY_VALUE.to_vec())
+                    Lookup::new(RELAY_VALUE.to_vec(), RELAY_STAMP, RELAY_ORIGIN)
                 )
             }),
         },
@@ -394,25 +411,40 @@ fn store_node_cases() -> Vec<Case> {
             answer: reply(|r, _| {
                 assert_eq!(
                     expect_reply(r, |c| c.relay_fetch(Vec::new(), 0)),
-                    Lookup::new(RELAY_VALUE.to_vec())
+                    Lookup::new(RELAY_VALUE.to_vec(), RELAY_STAMP, RELAY_ORIGIN)
                 )
             }),
         },
         Case {
             name: "relay_erase",
-            args: "key c0 80 'relay', hops 1, expires 2100-01-01",
-            request: Method(|c| c.relay_erase(RELAY_KEY.to_vec(), 1, FAR_FUTURE)),
-            answer: reply(|r, _| expect_reply(r, |c| c.relay_erase(Vec::new(), 0, 0))),
+            args: "key c0 80 'relay', hops 1, expires 2100-01-01, version RELAY_STAMP + 1",
+            request: Method(|c| {
+                c.relay_erase(
+                    RELAY_KEY.to_vec(),
+                    1,
+                    FAR_FUTURE,
+                    RELAY_STAMP + 1,
+                    RELAY_ORIGIN,
+                )
+            }),
+            answer: reply(|r, _| expect_reply(r, |c| c.relay_erase(Vec::new(), 0, 0, 0, 0))),
         },
         Case {
             name: "relay_store.expired",
             args: "key c0 80 'relay', value 'relayed' fe, hops 2, expires 1970 (long gone)",
             request: Method(|c| {
-                c.relay_store(RELAY_KEY.to_vec(), RELAY_VALUE.to_vec(), 2, LONG_AGO)
+                c.relay_store(
+                    RELAY_KEY.to_vec(),
+                    RELAY_VALUE.to_vec(),
+                    2,
+                    LONG_AGO,
+                    RELAY_STAMP + 2,
+                    RELAY_ORIGIN,
+                )
             }),
             answer: reply(|r, _| {
                 let message =
-                    expect_store_error(r, |c| c.relay_store(Vec::new(), Vec::new(), 0, 0));
+                    expect_store_error(r, |c| c.relay_store(Vec::new(), Vec::new(), 0, 0, 0, 0));
                 assert_eq!(
                     message,
                     "the relayed write expired before this node could apply it"
@@ -481,6 +513,7 @@ fn store_node_cases() -> Vec<Case> {
                     ("keys", 2),
                     ("leaving", 0),
                     ("members", 1),
+                    ("ready", 1),
                     ("replicas", 1),
                     ("replication_pending", 0),
                     ("syncing", 0),

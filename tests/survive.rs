@@ -350,10 +350,7 @@ fn after_a_partition_heals_every_replica_converges() {
             None,
             "an erased key came back"
         );
-        assert_eq!(
-            read(&mut s, b"side-a-7").as_deref(),
-            Some(b"a".as_slice())
-        );
+        assert_eq!(read(&mut s, b"side-a-7").as_deref(), Some(b"a".as_slice()));
     }
 }
 

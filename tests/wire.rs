@@ -582,7 +582,10 @@ fn a_value_larger_than_max_value_bytes_is_refused_and_the_node_keeps_serving() {
         matches!(refused, Err(thrift::Error::User(_))),
         "a 2000-byte value must be refused with a StoreError: {refused:?}"
     );
-    assert_eq!(client.fetch(b"big".to_vec()).unwrap(), Lookup::new(None, None, None));
+    assert_eq!(
+        client.fetch(b"big".to_vec()).unwrap(),
+        Lookup::new(None, None, None)
+    );
     client.store(b"fits".to_vec(), vec![7; 1000]).unwrap();
     assert_eq!(
         client.fetch(b"fits".to_vec()).unwrap(),
