@@ -52,6 +52,7 @@ pub mod relay;
 pub mod replicate;
 pub mod ring;
 pub mod server;
+pub mod sim;
 pub mod store;
 pub mod stream;
 pub mod tasks;

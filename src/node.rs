@@ -384,7 +384,11 @@ impl Node {
             self.syncing.store(true, Ordering::Release);
         }
         if ring_changed {
-            log::info!("ring is now {:?}", self.members_text());
+            // Our share of the keys changed: keys we now own may have had
+            // writes acknowledged without us. Until anti-entropy has compared
+            // them with every peer, reads ask a quorum.
+            log::info!("{}: ring is now {:?}", self.me, self.members_text());
+            self.syncing.store(true, Ordering::Release);
             self.bump_epoch();
         }
         self.spread(to_spread, refuted);
@@ -553,8 +557,11 @@ impl Node {
             other => return Err(unexpected(seed, &other)),
         };
         self.merge_table(table);
+        // Greet every member and wait for them (each within the RPC timeout):
+        // once they all route to us, no node still coordinates our keys as
+        // their owner while we do.
         let my_state = self.view.read().members.my_state();
-        self.spread(vec![my_state], false);
+        self.tell_peers(my_state).await;
         self.ready.store(true, Ordering::Release);
         Ok(())
     }
@@ -652,10 +659,10 @@ impl Node {
     }
 
     /// Whether a peer answered us recently enough (a quarter of the failure
-    /// timeout) that none can have declared us dead since. Alone in the ring,
-    /// we always hold it.
+    /// timeout) that none can have declared us dead since. The only member
+    /// ever known holds it always; a node that holds every peer dead does not.
     fn lease_held(&self) -> bool {
-        if self.peers().is_empty() {
+        if self.view.read().members.known() <= 1 {
             return true;
         }
         let lease = (self.config.failure_timeout / 4).as_millis() as u64;
@@ -845,6 +852,7 @@ impl Node {
         let holds = replicas.contains(&&self.me);
         let trusted = holds && self.trusts_itself();
         if owner && trusted && self.reads_alone() && local.is_some() {
+            log::trace!("read {}: owner alone", String::from_utf8_lossy(key));
             return Ok(local);
         }
         let quorum = self.read_quorum().min(replicas.len()).max(1);
@@ -877,6 +885,11 @@ impl Node {
                 Err(e) => self.note_failure(peer, &e),
             }
         }
+        log::trace!(
+            "read {}: {answers} of {quorum} answered (trusted self: {trusted}), newest {:?}",
+            String::from_utf8_lossy(key),
+            best.as_ref().map(|b| b.version)
+        );
         if answers < quorum {
             return Err(Error::Quorum {
                 stored: answers,
@@ -992,6 +1005,13 @@ impl Node {
             ack.wait(needed, others.len(), self.config.rpc_timeout)
                 .await
         };
+        log::trace!(
+            "write {} {:?} to {:?}: {} acks of {needed} needed",
+            String::from_utf8_lossy(key),
+            version,
+            replicas,
+            acked
+        );
         if acked >= needed {
             Ok(())
         } else {
@@ -1473,8 +1493,10 @@ impl Node {
             })
             .collect();
         while let Some((peer, result)) = calls.next().await {
-            if let Err(e) = result {
-                log::debug!("telling {peer} we are {:?} failed: {e}", row.status);
+            match result {
+                Ok(Reply::Members(table)) => self.merge_table(table),
+                Ok(other) => log::debug!("{}", unexpected(peer, &other)),
+                Err(e) => log::debug!("telling {peer} we are {:?} failed: {e}", row.status),
             }
         }
     }

@@ -65,11 +65,23 @@ impl<F: Future> Future for Gated<F> {
     }
 }
 
+tokio::task_local! {
+    /// The name of the node whose task is running, where one was given (the
+    /// simulation names its nodes, so one process's log tells them apart).
+    static NODE: Arc<str>;
+}
+
+/// The name of the node whose task is running, if it has one.
+pub fn current_node() -> Option<Arc<str>> {
+    NODE.try_with(Arc::clone).ok()
+}
+
 /// Spawns a node's tasks; clones share the same stop switch and gate.
 #[derive(Clone)]
 pub struct Tasks {
     killed: Arc<watch::Sender<bool>>,
     gate: Option<Arc<Gate>>,
+    name: Option<Arc<str>>,
 }
 
 impl Default for Tasks {
@@ -84,17 +96,33 @@ impl Tasks {
         Tasks {
             killed: Arc::new(watch::channel(false).0),
             gate,
+            name: None,
+        }
+    }
+
+    /// These tasks, named `name` for [`current_node`].
+    pub fn named(self, name: &str) -> Self {
+        Tasks {
+            name: Some(name.into()),
+            ..self
         }
     }
 
     /// Runs `work` on the current tokio runtime until it ends or [`Tasks::kill`].
     pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
         let mut killed = self.killed.subscribe();
+        let name = self.name.clone();
         let work = async move {
-            tokio::select! {
-                biased;
-                _ = killed.wait_for(|k| *k) => {}
-                () = work => {}
+            let work = async move {
+                tokio::select! {
+                    biased;
+                    _ = killed.wait_for(|k| *k) => {}
+                    () = work => {}
+                }
+            };
+            match name {
+                Some(name) => NODE.scope(name, work).await,
+                None => work.await,
             }
         };
         match &self.gate {
