@@ -1,7 +1,7 @@
 //! Conversions between the generated Thrift types and the crate's domain types.
 
 use crate::addr::NodeAddr;
-use crate::idl::diststore::{Entry, Lookup};
+use crate::idl::diststore::{Entry, Lookup, Replica};
 use crate::idl::locator::{Location, Member, MemberStatus};
 use crate::membership::{MemberState, Status};
 use crate::store::Stored;
@@ -80,6 +80,35 @@ pub fn found(lookup: Lookup) -> Option<Stored> {
         value: lookup.value,
         version,
     })
+}
+
+/// A replica's answer to a quorum read, for the wire.
+pub fn replica(copy: Option<Stored>, trusted: bool, ring: u64) -> Replica {
+    let (value, version) = match copy {
+        Some(stored) => (stored.value, Some(stored.version)),
+        None => (None, None),
+    };
+    Replica::new(
+        value,
+        version.map(|v| v.stamp as i64),
+        version.map(|v| v.origin as i32),
+        trusted,
+        ring as i64,
+    )
+}
+
+/// A replica's answer to a quorum read, from the wire.
+pub fn replica_reply(replica: Replica) -> crate::peer::Reply {
+    let copy = found(Lookup::new(
+        replica.value,
+        replica.version,
+        replica.origin,
+    ));
+    crate::peer::Reply::Replica {
+        copy,
+        trusted: replica.trusted.unwrap_or(false),
+        ring: replica.ring.unwrap_or(0) as u64,
+    }
 }
 
 /// A version from its wire fields.

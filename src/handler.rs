@@ -11,7 +11,9 @@ use thrift::{ApplicationError, ApplicationErrorKind};
 use crate::addr::NodeAddr;
 use crate::convert;
 use crate::error::Error;
-use crate::idl::diststore::{Entry, Lookup, StoreError, StoreSyncHandler, StoreSyncProcessor};
+use crate::idl::diststore::{
+    Entry, Lookup, Replica, StoreError, StoreSyncHandler, StoreSyncProcessor,
+};
 use crate::idl::locator::{BaseSyncHandler, Location, LocatorSyncHandler, Member};
 use crate::node::Node;
 use crate::store::Stored;
@@ -29,8 +31,11 @@ pub const ONEWAY_METHODS: [&str; 6] = ["debug", "die", "join", "remove", "add", 
 
 /// Methods only nodes call on each other (and `ping`, which failure detection
 /// uses): what an isolated node drops, to simulate a partition.
-pub const PEER_METHODS: [&str; 13] = [
+pub const PEER_METHODS: [&str; 16] = [
     "ping",
+    "heartbeat",
+    "replica_read",
+    "replicate",
     "enter",
     "gossip",
     "probe",
@@ -505,6 +510,24 @@ impl StoreSyncHandler for Handler {
             .reconcile(&caller, &buckets, entries)
             .map_err(store_error)?;
         Ok(convert::entries_out(newer))
+    }
+
+    fn handle_heartbeat(&self, _ring: i64) -> thrift::Result<i64> {
+        Ok(self.node.ring_id() as i64)
+    }
+
+    fn handle_replica_read(&self, key: Vec<u8>, ring: i64) -> thrift::Result<Replica> {
+        let (copy, trusted, ours) = self
+            .node
+            .replica_read(&key, ring as u64)
+            .map_err(store_error)?;
+        Ok(convert::replica(copy, trusted, ours))
+    }
+
+    fn handle_replicate(&self, entries: Vec<Entry>, ring: i64) -> thrift::Result<()> {
+        self.node
+            .replicate(convert::entries_in(entries), ring as u64)
+            .map_err(store_error)
     }
 
     fn handle_absorb(&self, entries: Vec<Entry>) -> thrift::Result<()> {

@@ -36,7 +36,6 @@ use std::time::Duration;
 use futures::stream::{FuturesUnordered, StreamExt};
 use md5::{Digest, Md5};
 use parking_lot::RwLock;
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::addr::NodeAddr;
@@ -48,7 +47,7 @@ use crate::peer::{Entry, Reply, Request};
 use crate::replicate::{Ack, Replicator};
 use crate::ring::Ring;
 use crate::store::{Store, Stored};
-use crate::tasks::Tasks;
+use crate::tasks::{Signal, Tasks};
 use crate::transport::{BoxFuture, Transport, unexpected};
 use crate::version::{Clock, Version, WallClock};
 
@@ -66,6 +65,20 @@ struct View {
     /// Alive members: where requests go (a leaving member is not in it, not
     /// even in its own view).
     ring: Arc<Ring<NodeAddr>>,
+    /// A digest of `ring`'s members: two nodes with the same id place every
+    /// key alike.
+    ring_id: u64,
+}
+
+/// The id of a ring with these members (see [`View::ring_id`]).
+fn ring_id_of(members: &[NodeAddr]) -> u64 {
+    let mut md5 = Md5::new();
+    for member in members {
+        md5.update(member.to_string().as_bytes());
+        md5.update(b"\n");
+    }
+    let digest = md5.finalize();
+    u64::from_be_bytes(digest[..8].try_into().expect("an MD5 digest has 16 bytes"))
 }
 
 /// Handoff batches in flight at once: enough to keep the link and the
@@ -83,20 +96,10 @@ pub struct HandoffReport {
     pub restarted: bool,
 }
 
-/// The node's way out: the transport, behind the fault-injection switch, noting
-/// when a peer last answered (the node's lease on its own copies).
+/// The node's way out: the transport, behind the fault-injection switch.
 struct Outbound {
     inner: Arc<dyn Transport>,
     isolated: AtomicBool,
-    started: Instant,
-    /// Milliseconds after `started` when a peer last answered us.
-    contact: Arc<AtomicU64>,
-}
-
-impl Outbound {
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
 }
 
 impl Transport for Outbound {
@@ -116,16 +119,7 @@ impl Transport for Outbound {
                 })
             });
         }
-        let call = self.inner.call(peer, request, timeout);
-        let contact = self.contact.clone();
-        let started = self.started;
-        Box::pin(async move {
-            let reply = call.await;
-            if reply.is_ok() {
-                contact.fetch_max(started.elapsed().as_millis() as u64, Ordering::AcqRel);
-            }
-            reply
-        })
+        self.inner.call(peer, request, timeout)
     }
 
     fn forget(&self, peer: &NodeAddr) {
@@ -144,8 +138,8 @@ pub struct Node {
     replicator: Arc<Replicator>,
     tasks: Tasks,
     /// Counts ring changes, so background workers know when to look again.
-    epoch: watch::Sender<u64>,
-    stop: watch::Sender<bool>,
+    epoch: Signal<u64>,
+    stop: Signal<bool>,
     gossip_cursor: AtomicUsize,
     /// Set while this node may hold stale data (just joined, came back after
     /// being declared dead, was paused, lost contact): reads then consult
@@ -154,8 +148,16 @@ pub struct Node {
     /// Cleared until the node has joined its ring: it refuses reads and
     /// writes meanwhile, since it cannot tell where a key lives.
     ready: AtomicBool,
-    /// Milliseconds after `out.started` when the pause watch last ran.
+    /// When the node was made; the millisecond counts below are since then.
+    started: Instant,
+    /// When the pause watch last ran.
     last_tick: AtomicU64,
+    /// When a peer last confirmed our ring id (it places keys as we do).
+    agreed: AtomicU64,
+    /// When a peer last answered with another ring id.
+    disagreed: AtomicU64,
+    /// Peers being probed now, so a slow probe is not started twice.
+    probing: parking_lot::Mutex<BTreeSet<NodeAddr>>,
 }
 
 /// The parts a node is built from.
@@ -192,11 +194,10 @@ impl Node {
         let incarnation = (clock.wall_micros() / 1000) as i64;
         let members = Membership::new(me.clone(), incarnation);
         let ring = Arc::new(Ring::new([me.clone()]));
+        let ring_id = ring_id_of(ring.members());
         let out = Arc::new(Outbound {
             inner: transport,
             isolated: AtomicBool::new(false),
-            started: Instant::now(),
-            contact: Arc::new(AtomicU64::new(0)),
         });
         let replicator = Replicator::new(
             out.clone(),
@@ -208,16 +209,24 @@ impl Node {
         Arc::new(Node {
             clock,
             store,
-            view: RwLock::new(View { members, ring }),
+            view: RwLock::new(View {
+                members,
+                ring,
+                ring_id,
+            }),
             out,
             replicator,
             tasks,
-            epoch: watch::channel(0).0,
-            stop: watch::channel(false).0,
+            epoch: Signal::new(0),
+            stop: Signal::new(false),
             gossip_cursor: AtomicUsize::new(0),
             syncing: AtomicBool::new(false),
             ready: AtomicBool::new(config.seed.is_none()),
+            started: Instant::now(),
             last_tick: AtomicU64::new(0),
+            agreed: AtomicU64::new(0),
+            disagreed: AtomicU64::new(0),
+            probing: parking_lot::Mutex::new(BTreeSet::new()),
             config,
             me,
         })
@@ -271,7 +280,38 @@ impl Node {
     }
 
     fn now_ms(&self) -> u64 {
-        self.out.now_ms()
+        // Never 0, so that 0 in the atomics means "never".
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    /// This node's ring id.
+    pub fn ring_id(&self) -> u64 {
+        self.view.read().ring_id
+    }
+
+    /// Notes a peer's ring id: the same as ours confirms our view, another
+    /// one means we disagree on where keys live (and the two views must meet:
+    /// push-pull with that peer at once).
+    fn note_view(self: &Arc<Self>, peer: &NodeAddr, theirs: u64) {
+        if theirs == self.ring_id() {
+            self.agreed.fetch_max(self.now_ms(), Ordering::AcqRel);
+        } else {
+            let before = self.disagreed.swap(self.now_ms(), Ordering::AcqRel);
+            log::debug!("{peer} routes with another ring than ours");
+            if self.now_ms().saturating_sub(before) > self.lease().as_millis() as u64 {
+                let node = self.clone();
+                let peer = peer.clone();
+                let table = self.table();
+                self.tasks
+                    .spawn(async move { node.exchange(&peer, table).await });
+            }
+        }
+    }
+
+    /// How long a confirmation of our view lasts: a quarter of the failure
+    /// timeout, less than peers need to declare us dead and move on.
+    fn lease(&self) -> Duration {
+        self.config.failure_timeout / 4
     }
 
     async fn call(&self, peer: &NodeAddr, request: Request, timeout: Duration) -> Result<Reply> {
@@ -329,6 +369,14 @@ impl Node {
     fn quorum_base(&self) -> usize {
         let known = self.view.read().members.known();
         self.config.replicas.min(known).max(1)
+    }
+
+    /// Whether our ring holds a majority of the members that may hold data:
+    /// a node cut off in a minority (or whose view lost most of the ring)
+    /// neither coordinates writes nor vouches for its copies.
+    fn majority_view(&self) -> bool {
+        let view = self.view.read();
+        view.ring.len() * 2 > view.members.known()
     }
 
     fn write_quorum(&self) -> usize {
@@ -389,6 +437,7 @@ impl Node {
             // them with every peer, reads ask a quorum.
             log::info!("{}: ring is now {:?}", self.me, self.members_text());
             self.syncing.store(true, Ordering::Release);
+            self.agreed.store(0, Ordering::Release);
             self.bump_epoch();
         }
         self.spread(to_spread, refuted);
@@ -400,28 +449,27 @@ impl Node {
         let alive: Vec<NodeAddr> = view.members.alive().cloned().collect();
         let changed = alive.as_slice() != view.ring.members();
         if changed {
+            view.ring_id = ring_id_of(&alive);
             view.ring = Arc::new(Ring::new(alive));
         }
         changed
     }
 
     fn bump_epoch(&self) {
-        self.epoch.send_modify(|e| *e += 1);
+        self.epoch.modify(|e| *e += 1);
     }
 
     fn epoch(&self) -> u64 {
-        *self.epoch.borrow()
+        self.epoch.get()
     }
 
     /// Waits until the epoch moves past `seen`, a stop is requested, or
     /// `timeout` passes; returns the epoch.
     async fn wait_past(&self, seen: u64, timeout: Duration) -> u64 {
-        let mut epoch = self.epoch.subscribe();
-        let mut stop = self.stop.subscribe();
         tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => {}
-            _ = epoch.wait_for(|e| *e != seen) => {}
+            _ = self.stop.wait_for(|s| *s) => {}
+            _ = self.epoch.wait_for(|e| *e != seen) => {}
             () = tokio::time::sleep(timeout) => {}
         }
         self.epoch()
@@ -579,11 +627,20 @@ impl Node {
         self.config.failure_timeout / 5
     }
 
-    /// Whether `target` answers a ping within the probe timeout.
-    pub async fn ping(&self, target: &NodeAddr) -> bool {
-        self.call(target, Request::Ping, self.probe_timeout())
+    /// Whether `target` answers a heartbeat within the probe timeout; its
+    /// answer also tells whether it routes as we do.
+    pub async fn ping(self: &Arc<Self>, target: &NodeAddr) -> bool {
+        match self
+            .call(target, Request::Heartbeat(self.ring_id()), self.probe_timeout())
             .await
-            .is_ok()
+        {
+            Ok(Reply::Ring(theirs)) => {
+                self.note_view(target, theirs);
+                true
+            }
+            Ok(_) => true,
+            Err(_) => false,
+        }
     }
 
     /// Failure detector, SWIM-style: every tenth of the failure timeout, ping
@@ -593,20 +650,54 @@ impl Node {
         let period = self.config.failure_timeout / 10;
         let mut cursor = 0usize;
         while !self.wait_for_stop_timeout(period).await {
+            cursor = cursor.wrapping_add(1);
+            if cursor % 5 == 0 {
+                self.knock_on_the_dead(cursor / 5);
+            }
             let peers = self.peers();
             if peers.is_empty() {
                 continue;
             }
-            cursor = cursor.wrapping_add(1);
             let target = peers[cursor % peers.len()].clone();
-            if self.ping(&target).await {
+            // Each probe runs apart, so a silent peer's indirect probes never
+            // hold up the heartbeats to the others.
+            if !self.probing.lock().insert(target.clone()) {
                 continue;
             }
-            if !self.probe_indirectly(&target, &peers).await {
-                log::warn!("{target} did not answer direct or indirect probes; declaring it dead");
-                self.declare_dead(&target);
-            }
+            let node = self.clone();
+            self.tasks.spawn(async move {
+                if !node.ping(&target).await && !node.probe_indirectly(&target, &peers).await {
+                    log::warn!(
+                        "{target} did not answer direct or indirect probes; declaring it dead"
+                    );
+                    node.declare_dead(&target);
+                }
+                node.probing.lock().remove(&target);
+            });
         }
+    }
+
+    /// Heartbeats the `turn`th member we hold dead; if it answers (a healed
+    /// partition, a node that was only slow), swap tables with it at once so
+    /// that whichever side was wrong refutes and both views meet.
+    fn knock_on_the_dead(self: &Arc<Self>, turn: usize) {
+        let dead: Vec<NodeAddr> = self
+            .table()
+            .into_iter()
+            .filter(|s| s.status == Status::Dead)
+            .map(|s| s.addr)
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        let target = dead[turn % dead.len()].clone();
+        let node = self.clone();
+        self.tasks.spawn(async move {
+            if node.ping(&target).await {
+                let table = node.table();
+                node.exchange(&target, table).await;
+            }
+        });
     }
 
     async fn probe_indirectly(self: &Arc<Self>, target: &NodeAddr, peers: &[NodeAddr]) -> bool {
@@ -648,27 +739,25 @@ impl Node {
                 log::warn!("this node was paused; re-syncing before trusting its data");
                 self.syncing.store(true, Ordering::Release);
                 self.bump_epoch();
-            } else if !self.lease_held() && !self.syncing() && self.ready() {
-                log::warn!("no peer answered for a while; re-syncing before trusting our data");
-                self.syncing.store(true, Ordering::Release);
-                self.bump_epoch();
             }
             last = now;
             self.last_tick.store(self.now_ms(), Ordering::Release);
         }
     }
 
-    /// Whether a peer answered us recently enough (a quarter of the failure
-    /// timeout) that none can have declared us dead since. The only member
-    /// ever known holds it always; a node that holds every peer dead does not.
+    /// Whether a peer confirmed our ring recently enough (within the lease)
+    /// that none can have declared us dead since, and none told us of another
+    /// ring meanwhile. The only member ever known holds it always; a node that
+    /// holds every peer dead does not.
     fn lease_held(&self) -> bool {
         if self.view.read().members.known() <= 1 {
             return true;
         }
-        let lease = (self.config.failure_timeout / 4).as_millis() as u64;
-        self.now_ms()
-            .saturating_sub(self.out.contact.load(Ordering::Acquire))
-            < lease
+        let lease = self.lease().as_millis() as u64;
+        let now = self.now_ms();
+        let agreed = self.agreed.load(Ordering::Acquire);
+        let disagreed = self.disagreed.load(Ordering::Acquire);
+        agreed != 0 && now.saturating_sub(agreed) < lease && now.saturating_sub(disagreed) >= lease
     }
 
     /// Whether this node's own copies can answer a read alone: joined, not
@@ -678,7 +767,7 @@ impl Node {
             .now_ms()
             .saturating_sub(self.last_tick.load(Ordering::Acquire))
             > (self.config.failure_timeout / 2).as_millis() as u64;
-        self.ready() && !self.syncing() && !paused && self.lease_held()
+        self.ready() && !self.syncing() && !paused && self.lease_held() && self.majority_view()
     }
 
     // ---- reads and writes ----
@@ -856,30 +945,35 @@ impl Node {
             return Ok(local);
         }
         let quorum = self.read_quorum().min(replicas.len()).max(1);
+        // Only replicas that vouch for their copies count toward the quorum
+        // (they route as we do and have caught up); every copy seen competes
+        // for newest, since a newer copy can only be a later write.
         let mut answers = usize::from(trusted);
         let mut copies: Vec<(NodeAddr, Option<Version>)> = Vec::new();
         let mut best = local.clone();
+        let ring = self.ring_id();
         let mut asks: FuturesUnordered<_> = replicas
             .iter()
             .filter(|p| ***p != self.me)
             .map(|&peer| async move {
-                let reply = self
-                    .call(
-                        peer,
-                        Request::Peek(vec![key.to_vec()]),
-                        self.config.rpc_timeout,
-                    )
-                    .await;
-                (peer, reply)
+                let request = Request::ReplicaRead {
+                    key: key.to_vec(),
+                    ring,
+                };
+                (peer, self.call(peer, request, self.config.rpc_timeout).await)
             })
             .collect();
         while let Some((peer, reply)) = asks.next().await {
             match reply {
-                Ok(Reply::Entries(entries)) => {
-                    answers += 1;
-                    let theirs = entries.into_iter().find(|e| e.key == key).map(|e| e.stored);
-                    copies.push((peer.clone(), theirs.as_ref().map(|s| s.version)));
-                    best = newest(best, theirs);
+                Ok(Reply::Replica {
+                    copy,
+                    trusted,
+                    ring: theirs,
+                }) => {
+                    self.note_view(peer, theirs);
+                    answers += usize::from(trusted);
+                    copies.push((peer.clone(), copy.as_ref().map(|s| s.version)));
+                    best = newest(best, copy);
                 }
                 Ok(other) => log::debug!("{}", unexpected(peer, &other)),
                 Err(e) => self.note_failure(peer, &e),
@@ -970,12 +1064,18 @@ impl Node {
         replicas: &[&NodeAddr],
     ) -> Result<()> {
         self.clock.observe(version);
+        let quorum = self.write_quorum();
+        if !self.majority_view() {
+            return Err(Error::Quorum {
+                stored: 0,
+                needed: quorum,
+            });
+        }
         let here = replicas.contains(&&self.me);
         if here {
             self.store.merge(key, value, version)?;
         }
         let here = usize::from(here);
-        let quorum = self.write_quorum();
         let others: Vec<&NodeAddr> = replicas
             .iter()
             .copied()
@@ -993,8 +1093,10 @@ impl Node {
                 version,
             },
         );
+        let ring = self.ring_id();
         for peer in &others {
-            self.replicator.send(peer, entry.clone(), Some(ack.clone()));
+            self.replicator
+                .send(peer, entry.clone(), Some((ack.clone(), ring)));
         }
         if needed == 0 {
             return Ok(());
@@ -1036,6 +1138,39 @@ impl Node {
             }
         }
         Ok(applied)
+    }
+
+    /// Answers a coordinator's quorum read: our copy, whether we vouch for it
+    /// (we hold the key in our ring, our ring is the caller's `ring`, and we
+    /// trust our copies), and our ring id.
+    pub fn replica_read(&self, key: &[u8], ring: u64) -> Result<(Option<Stored>, bool, u64)> {
+        let copy = self.store.get(key)?;
+        let (ours, holds) = {
+            let view = self.view.read();
+            let holds = view
+                .ring
+                .owners(key, self.config.replicas)
+                .contains(&&self.me);
+            (view.ring_id, holds)
+        };
+        let trusted = ours == ring && holds && self.trusts_itself();
+        Ok((copy, trusted, ours))
+    }
+
+    /// Takes a coordinator's writes (the newer copy wins, as for `absorb`),
+    /// and acknowledges them only if we route as the coordinator did.
+    pub fn replicate(&self, entries: Vec<Entry>, ring: u64) -> Result<()> {
+        self.absorb(entries)?;
+        if ring == self.ring_id() {
+            Ok(())
+        } else {
+            Err(Error::Refused {
+                peer: self.me.to_string(),
+                message: "this node routes with another ring than the coordinator; \
+                          retry once the ring settles"
+                    .into(),
+            })
+        }
     }
 
     /// Our own copies of `keys`, tombstones included, with versions.
@@ -1402,25 +1537,23 @@ impl Node {
     /// Asks the node to leave the ring (SIGINT, SIGTERM, `die`).
     /// [`Node::wait_for_stop`] returns once this has been called.
     pub fn request_stop(&self) {
-        self.stop.send_replace(true);
+        self.stop.set(true);
     }
 
     /// Waits up to `timeout` for a stop request; returns whether one came.
     pub async fn wait_for_stop_timeout(&self, timeout: Duration) -> bool {
-        let mut stop = self.stop.subscribe();
-        let _ = tokio::time::timeout(timeout, stop.wait_for(|s| *s)).await;
+        let _ = tokio::time::timeout(timeout, self.stop.wait_for(|s| *s)).await;
         self.stop_requested()
     }
 
     /// Whether a stop was requested.
     pub fn stop_requested(&self) -> bool {
-        *self.stop.borrow()
+        self.stop.get()
     }
 
     /// Waits until [`Node::request_stop`] is called.
     pub async fn wait_for_stop(&self) {
-        let mut stop = self.stop.subscribe();
-        let _ = stop.wait_for(|s| *s).await;
+        self.stop.wait_for(|s| *s).await;
     }
 
     /// Leaves the ring gracefully: first tells every peer we are leaving (so
@@ -1521,6 +1654,19 @@ impl Node {
             } => {
                 self.write(&key, value.as_deref(), hops, Some(version), Some(expires))
                     .await?;
+                Reply::Done
+            }
+            Request::Heartbeat(_) => Reply::Ring(self.ring_id()),
+            Request::ReplicaRead { key, ring } => {
+                let (copy, trusted, ring) = self.replica_read(&key, ring)?;
+                Reply::Replica {
+                    copy,
+                    trusted,
+                    ring,
+                }
+            }
+            Request::Replicate { entries, ring } => {
+                self.replicate(entries, ring)?;
                 Reply::Done
             }
             Request::Peek(keys) => Reply::Entries(self.peek(keys)?),

@@ -61,6 +61,23 @@ pub enum Request {
         /// When the forwarding node stops waiting (wall microseconds).
         expires: i64,
     },
+    /// Failure detection and view agreement: our ring id; the answer is theirs.
+    Heartbeat(u64),
+    /// A coordinator's quorum read of the receiver's own copy.
+    ReplicaRead {
+        /// The key.
+        key: Vec<u8>,
+        /// The coordinator's ring id.
+        ring: u64,
+    },
+    /// A coordinator's replication of writes, acknowledged only by a replica
+    /// whose ring id is `ring`.
+    Replicate {
+        /// The writes.
+        entries: Vec<Entry>,
+        /// The coordinator's ring id.
+        ring: u64,
+    },
     /// The receiver's own copies of these keys.
     Peek(Vec<Vec<u8>>),
     /// Anti-entropy step 1: where do our digests of shared keys differ?
@@ -95,6 +112,9 @@ impl Request {
             Request::Read { .. } => "relay_fetch",
             Request::Write { value: Some(_), .. } => "relay_store",
             Request::Write { value: None, .. } => "relay_erase",
+            Request::Heartbeat(_) => "heartbeat",
+            Request::ReplicaRead { .. } => "replica_read",
+            Request::Replicate { .. } => "replicate",
             Request::Peek(_) => "peek",
             Request::DiffBuckets { .. } => "diff_buckets",
             Request::Reconcile { .. } => "reconcile",
@@ -119,4 +139,15 @@ pub enum Reply {
     Entries(Vec<Entry>),
     /// Bucket numbers (diff_buckets).
     Buckets(Vec<i32>),
+    /// A ring id (heartbeat).
+    Ring(u64),
+    /// A replica's copy for a quorum read.
+    Replica {
+        /// Its copy (`None`: never seen).
+        copy: Option<Stored>,
+        /// Whether it vouches for the copy.
+        trusted: bool,
+        /// Its ring id.
+        ring: u64,
+    },
 }

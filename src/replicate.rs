@@ -75,7 +75,9 @@ impl Ack {
 
 struct Outgoing {
     entry: Entry,
-    ack: Option<Arc<Ack>>,
+    /// The write's quorum counter and the coordinator's ring id; `None` for
+    /// repairs, which nobody waits for.
+    ack: Option<(Arc<Ack>, u64)>,
 }
 
 /// Sends entries to peers in batches, and keeps hints for those that failed.
@@ -113,9 +115,10 @@ impl Replicator {
         })
     }
 
-    /// Queues `entry` for `peer`; `ack` (if any) learns whether it was stored.
+    /// Queues `entry` for `peer`; `ack` (if any) learns whether it was stored
+    /// by a peer that routes with the coordinator's ring id given with it.
     /// Never blocks: callable from the request path and from plain threads.
-    pub fn send(self: &Arc<Self>, peer: &NodeAddr, entry: Entry, ack: Option<Arc<Ack>>) {
+    pub fn send(self: &Arc<Self>, peer: &NodeAddr, entry: Entry, ack: Option<(Arc<Ack>, u64)>) {
         self.pending.fetch_add(1, Ordering::Relaxed);
         let mut queues = self.queues.lock();
         let queue = queues.entry(peer.clone()).or_insert_with(|| {
@@ -128,7 +131,7 @@ impl Replicator {
         if let Err(mpsc::error::SendError(lost)) = queue.send(Outgoing { entry, ack }) {
             // The runtime is shutting down; nothing will carry it.
             self.pending.fetch_sub(1, Ordering::Relaxed);
-            if let Some(ack) = lost.ack {
+            if let Some((ack, _)) = lost.ack {
                 ack.settle(false);
             }
         }
@@ -137,22 +140,37 @@ impl Replicator {
     /// One peer's sender task: whatever has queued up while the previous
     /// batch was in flight goes out as the next batch.
     async fn sender(&self, peer: NodeAddr, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
-        while let Some(first) = queue.recv().await {
+        let mut next = None;
+        while let Some(first) = match next.take() {
+            Some(item) => Some(item),
+            None => queue.recv().await,
+        } {
+            // One batch carries one ring id (or none): a ring change between
+            // two writes starts a new batch.
+            let ring = first.ack.as_ref().map(|(_, ring)| *ring);
             let mut bytes = first.entry.bytes();
             let mut batch = vec![first];
             while batch.len() < self.batch_entries && bytes < self.batch_bytes {
                 let Ok(item) = queue.try_recv() else { break };
+                if item.ack.as_ref().map(|(_, ring)| *ring) != ring {
+                    next = Some(item);
+                    break;
+                }
                 bytes += item.entry.bytes();
                 batch.push(item);
             }
-            let request = Request::Absorb(batch.iter().map(|o| o.entry.clone()).collect());
+            let entries = batch.iter().map(|o| o.entry.clone()).collect();
+            let request = match ring {
+                Some(ring) => Request::Replicate { entries, ring },
+                None => Request::Absorb(entries),
+            };
             let result = self.transport.call(&peer, request, self.timeout).await;
             if let Err(e) = &result {
                 log::debug!("replicating {} entries to {peer} failed: {e}", batch.len());
                 self.add_hints(&peer, batch.iter().map(|o| o.entry.key.clone()));
             }
             for item in &batch {
-                if let Some(ack) = &item.ack {
+                if let Some((ack, _)) = &item.ack {
                     ack.settle(result.is_ok());
                 }
             }

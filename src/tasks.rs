@@ -10,7 +10,60 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::Notify;
+
+/// A value that tasks can wait on until it satisfies them: `tokio::sync::watch`
+/// without its randomness (watch picks one of eight wait lists at random, so
+/// waiters wake in a different order each run and a simulated seed would not
+/// replay). Waiters wake in the order they started waiting.
+#[derive(Debug, Default)]
+pub struct Signal<T> {
+    value: Mutex<T>,
+    changed: Notify,
+}
+
+impl<T: Clone> Signal<T> {
+    /// A signal holding `value`.
+    pub fn new(value: T) -> Self {
+        Signal {
+            value: Mutex::new(value),
+            changed: Notify::new(),
+        }
+    }
+
+    /// The current value.
+    pub fn get(&self) -> T {
+        self.value.lock().clone()
+    }
+
+    /// Changes the value with `change` and wakes every waiter.
+    pub fn modify(&self, change: impl FnOnce(&mut T)) {
+        change(&mut self.value.lock());
+        self.changed.notify_waiters();
+    }
+
+    /// Sets the value and wakes every waiter.
+    pub fn set(&self, value: T) {
+        self.modify(|v| *v = value);
+    }
+
+    /// Waits until `done` holds for the value; returns that value.
+    pub async fn wait_for(&self, mut done: impl FnMut(&T) -> bool) -> T {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a change in between is not missed.
+            notified.as_mut().enable();
+            {
+                let value = self.value.lock();
+                if done(&value) {
+                    return value.clone();
+                }
+            }
+            notified.await;
+        }
+    }
+}
 
 /// A switch that freezes every task spawned under it.
 #[derive(Default)]
@@ -79,7 +132,7 @@ pub fn current_node() -> Option<Arc<str>> {
 /// Spawns a node's tasks; clones share the same stop switch and gate.
 #[derive(Clone)]
 pub struct Tasks {
-    killed: Arc<watch::Sender<bool>>,
+    killed: Arc<Signal<bool>>,
     gate: Option<Arc<Gate>>,
     name: Option<Arc<str>>,
 }
@@ -94,7 +147,7 @@ impl Tasks {
     /// Tasks that `gate` (if any) can freeze.
     pub fn new(gate: Option<Arc<Gate>>) -> Self {
         Tasks {
-            killed: Arc::new(watch::channel(false).0),
+            killed: Arc::new(Signal::new(false)),
             gate,
             name: None,
         }
@@ -110,7 +163,7 @@ impl Tasks {
 
     /// Runs `work` on the current tokio runtime until it ends or [`Tasks::kill`].
     pub fn spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
-        let mut killed = self.killed.subscribe();
+        let killed = self.killed.clone();
         let name = self.name.clone();
         let work = async move {
             let work = async move {
@@ -137,11 +190,11 @@ impl Tasks {
     /// Ends every task at its next await point (and refuses new ones: they
     /// end at once).
     pub fn kill(&self) {
-        self.killed.send_replace(true);
+        self.killed.set(true);
     }
 
     /// Whether [`Tasks::kill`] was called.
     pub fn is_killed(&self) -> bool {
-        *self.killed.borrow()
+        self.killed.get()
     }
 }

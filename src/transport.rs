@@ -130,6 +130,28 @@ impl Transport for ThriftTransport {
                     .await?;
                     Ok(Reply::Done)
                 }
+                Request::Heartbeat(ring) => {
+                    let bytes = relay::encode(|c| c.heartbeat(ring as i64).map(drop));
+                    let theirs = pool
+                        .call_within(peer, &bytes, timeout, |c| c.heartbeat(0))
+                        .await?;
+                    Ok(Reply::Ring(theirs as u64))
+                }
+                Request::ReplicaRead { key, ring } => {
+                    let bytes = relay::encode(|c| c.replica_read(key, ring as i64).map(drop));
+                    let replica = pool
+                        .call_within(peer, &bytes, timeout, |c| c.replica_read(Vec::new(), 0))
+                        .await?;
+                    Ok(convert::replica_reply(replica))
+                }
+                Request::Replicate { entries, ring } => {
+                    let bytes = relay::encode(|c| {
+                        c.replicate(convert::entries_out(entries), ring as i64)
+                    });
+                    pool.call_within(peer, &bytes, timeout, |c| c.replicate(Vec::new(), 0))
+                        .await?;
+                    Ok(Reply::Done)
+                }
                 Request::Peek(keys) => {
                     let bytes = relay::encode(|c| c.peek(keys).map(drop));
                     let entries = pool

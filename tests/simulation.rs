@@ -37,6 +37,19 @@ fn every_seeded_fault_schedule_keeps_the_guarantee() {
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
 }
 
+#[test]
+fn the_same_seed_replays_the_same_history() {
+    init_log();
+    for seed in [3, 13, 77] {
+        let first = run_seed(seed);
+        let second = run_seed(seed);
+        assert_eq!(
+            first.fingerprint, second.fingerprint,
+            "seed {seed} gave two histories:\n{first}\n{second}"
+        );
+    }
+}
+
 /// With `SIM_LOG=debug` (or another level), prints the nodes' log lines,
 /// each with virtual time and the simulated node's port.
 fn init_log() {

@@ -38,6 +38,23 @@ struct Entry {
   4: i32 origin,
 }
 
+/**
+ * A replica's own copy of a key, as a coordinator's quorum read asks for it.
+ * `value` unset with `version` set is a tombstone; neither set: never seen.
+ */
+struct Replica {
+  1: optional binary value,
+  2: optional i64 version,
+  3: optional i32 origin,
+  /**
+   * The replica vouches for its copy: it holds the key in its ring, its ring
+   * is the caller's, and it has caught up since its ring last changed.
+   */
+  4: bool trusted,
+  /** The replica's ring id (see `heartbeat`). */
+  5: i64 ring,
+}
+
 service Store extends locator.Locator {
   // ---- the original interface ----
   /** The value stored at `key`, routed to its owner; "" when absent. */
@@ -86,6 +103,21 @@ service Store extends locator.Locator {
    * buckets that are newer than the caller's or that the caller lacks.
    */
   list<Entry> reconcile(1: locator.Location caller, 2: list<i32> buckets, 3: list<Entry> entries) throws (1: StoreError err),
+  /**
+   * Failure detection and view agreement: `ring` is the caller's ring id (a
+   * digest of the members it routes to); the answer is the receiver's. Nodes
+   * whose ids differ disagree on where keys live, and neither vouches for its
+   * copies until they agree again.
+   */
+  i64 heartbeat(1: i64 ring),
+  /** A coordinator's quorum read: the receiver's own copy of `key`, and whether it vouches for it. */
+  Replica replica_read(1: binary key, 2: i64 ring) throws (1: StoreError err),
+  /**
+   * A coordinator's replication of writes. The receiver keeps the newer of each
+   * entry, and acknowledges only if its ring id is `ring` (otherwise StoreError):
+   * a write counts toward its quorum only on replicas that agree where it lives.
+   */
+  void replicate(1: list<Entry> entries, 2: i64 ring) throws (1: StoreError err),
   /**
    * Take over these entries (handoff on join and leave). For each
    * key the newer version wins. Returns once every entry is applied, so the sender

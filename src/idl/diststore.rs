@@ -316,6 +316,132 @@ impl Default for Entry {
 }
 
 //
+// Replica
+//
+
+/// A replica's own copy of a key, as a coordinator's quorum read asks for it.
+/// `value` unset with `version` set is a tombstone; neither set: never seen.
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct Replica {
+  pub value: Option<Vec<u8>>,
+  pub version: Option<i64>,
+  pub origin: Option<i32>,
+  /// The replica vouches for its copy: it holds the key in its ring, its ring
+  /// is the caller's, and it has caught up since its ring last changed.
+  pub trusted: Option<bool>,
+  /// The replica's ring id (see `heartbeat`).
+  pub ring: Option<i64>,
+}
+
+impl Replica {
+  pub fn new<F1, F2, F3, F4, F5>(value: F1, version: F2, origin: F3, trusted: F4, ring: F5) -> Replica where F1: Into<Option<Vec<u8>>>, F2: Into<Option<i64>>, F3: Into<Option<i32>>, F4: Into<Option<bool>>, F5: Into<Option<i64>> {
+    Replica {
+      value: value.into(),
+      version: version.into(),
+      origin: origin.into(),
+      trusted: trusted.into(),
+      ring: ring.into(),
+    }
+  }
+}
+
+impl TSerializable for Replica {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<Replica> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    let mut f_2: Option<i64> = None;
+    let mut f_3: Option<i32> = None;
+    let mut f_4: Option<bool> = Some(false);
+    let mut f_5: Option<i64> = Some(0);
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_i32()?;
+          f_3 = Some(val);
+        },
+        4 => {
+          let val = i_prot.read_bool()?;
+          f_4 = Some(val);
+        },
+        5 => {
+          let val = i_prot.read_i64()?;
+          f_5 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = Replica {
+      value: f_1,
+      version: f_2,
+      origin: f_3,
+      trusted: f_4,
+      ring: f_5,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("Replica");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("value", TType::String, 1))?;
+      o_prot.write_bytes(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.version {
+      o_prot.write_field_begin(&TFieldIdentifier::new("version", TType::I64, 2))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.origin {
+      o_prot.write_field_begin(&TFieldIdentifier::new("origin", TType::I32, 3))?;
+      o_prot.write_i32(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.trusted {
+      o_prot.write_field_begin(&TFieldIdentifier::new("trusted", TType::Bool, 4))?;
+      o_prot.write_bool(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.ring {
+      o_prot.write_field_begin(&TFieldIdentifier::new("ring", TType::I64, 5))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+impl Default for Replica {
+  fn default() -> Self {
+    Replica{
+      value: Some(Vec::new()),
+      version: Some(0),
+      origin: Some(0),
+      trusted: Some(false),
+      ring: Some(0),
+    }
+  }
+}
+
+//
 // Store service client
 //
 
@@ -354,6 +480,17 @@ pub trait TStoreSyncClient : locator::TLocatorSyncClient {
   /// The receiver keeps the newer of each, and answers with its entries in those
   /// buckets that are newer than the caller's or that the caller lacks.
   fn reconcile(&mut self, caller: locator::Location, buckets: Vec<i32>, entries: Vec<Entry>) -> thrift::Result<Vec<Entry>>;
+  /// Failure detection and view agreement: `ring` is the caller's ring id (a
+  /// digest of the members it routes to); the answer is the receiver's. Nodes
+  /// whose ids differ disagree on where keys live, and neither vouches for its
+  /// copies until they agree again.
+  fn heartbeat(&mut self, ring: i64) -> thrift::Result<i64>;
+  /// A coordinator's quorum read: the receiver's own copy of `key`, and whether it vouches for it.
+  fn replica_read(&mut self, key: Vec<u8>, ring: i64) -> thrift::Result<Replica>;
+  /// A coordinator's replication of writes. The receiver keeps the newer of each
+  /// entry, and acknowledges only if its ring id is `ring` (otherwise StoreError):
+  /// a write counts toward its quorum only on replicas that agree where it lives.
+  fn replicate(&mut self, entries: Vec<Entry>, ring: i64) -> thrift::Result<()>;
   /// Take over these entries (handoff on join and leave). For each
   /// key the newer version wins. Returns once every entry is applied, so the sender
   /// may then delete its copies.
@@ -697,6 +834,87 @@ impl <C: TThriftClient + TStoreSyncClientMarker + locator::TLocatorSyncClientMar
       result.ok_or()
     }
   }
+  fn heartbeat(&mut self, ring: i64) -> thrift::Result<i64> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("heartbeat", TMessageType::Call, self.sequence_number());
+        let call_args = StoreHeartbeatArgs { ring };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("heartbeat", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreHeartbeatResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn replica_read(&mut self, key: Vec<u8>, ring: i64) -> thrift::Result<Replica> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("replica_read", TMessageType::Call, self.sequence_number());
+        let call_args = StoreReplicaReadArgs { key, ring };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("replica_read", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreReplicaReadResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn replicate(&mut self, entries: Vec<Entry>, ring: i64) -> thrift::Result<()> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("replicate", TMessageType::Call, self.sequence_number());
+        let call_args = StoreReplicateArgs { entries, ring };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("replicate", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreReplicateResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
   fn absorb(&mut self, entries: Vec<Entry>) -> thrift::Result<()> {
     (
       {
@@ -765,6 +983,17 @@ pub trait StoreSyncHandler : locator::LocatorSyncHandler {
   /// The receiver keeps the newer of each, and answers with its entries in those
   /// buckets that are newer than the caller's or that the caller lacks.
   fn handle_reconcile(&self, caller: locator::Location, buckets: Vec<i32>, entries: Vec<Entry>) -> thrift::Result<Vec<Entry>>;
+  /// Failure detection and view agreement: `ring` is the caller's ring id (a
+  /// digest of the members it routes to); the answer is the receiver's. Nodes
+  /// whose ids differ disagree on where keys live, and neither vouches for its
+  /// copies until they agree again.
+  fn handle_heartbeat(&self, ring: i64) -> thrift::Result<i64>;
+  /// A coordinator's quorum read: the receiver's own copy of `key`, and whether it vouches for it.
+  fn handle_replica_read(&self, key: Vec<u8>, ring: i64) -> thrift::Result<Replica>;
+  /// A coordinator's replication of writes. The receiver keeps the newer of each
+  /// entry, and acknowledges only if its ring id is `ring` (otherwise StoreError):
+  /// a write counts toward its quorum only on replicas that agree where it lives.
+  fn handle_replicate(&self, entries: Vec<Entry>, ring: i64) -> thrift::Result<()>;
   /// Take over these entries (handoff on join and leave). For each
   /// key the newer version wins. Returns once every entry is applied, so the sender
   /// may then delete its copies.
@@ -816,6 +1045,15 @@ impl <H: StoreSyncHandler> StoreSyncProcessor<H> {
   }
   fn process_reconcile(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_reconcile(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_heartbeat(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_heartbeat(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_replica_read(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_replica_read(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_replicate(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_replicate(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_absorb(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_absorb(&self.handler, incoming_sequence_number, i_prot, o_prot)
@@ -1511,6 +1749,163 @@ impl TStoreProcessFunctions {
       },
     }
   }
+  pub fn process_heartbeat<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreHeartbeatArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_heartbeat(args.ring) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("heartbeat", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreHeartbeatResult { result_value: Some(handler_return) };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("heartbeat", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("heartbeat", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_replica_read<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreReplicaReadArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_replica_read(args.key, args.ring) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("replica_read", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreReplicaReadResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreReplicaReadResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("replica_read", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("replica_read", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("replica_read", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("replica_read", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_replicate<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreReplicateArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_replicate(args.entries, args.ring) {
+      Ok(_) => {
+        let message_ident = TMessageIdentifier::new("replicate", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreReplicateResult { err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreReplicateResult{ err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("replicate", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("replicate", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("replicate", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("replicate", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
   pub fn process_absorb<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let args = StoreAbsorbArgs::read_from_in_protocol(i_prot)?;
     match handler.handle_absorb(args.entries) {
@@ -1612,6 +2007,15 @@ impl <H: StoreSyncHandler> TProcessor for StoreSyncProcessor<H> {
       },
       "reconcile" => {
         self.process_reconcile(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "heartbeat" => {
+        self.process_heartbeat(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "replica_read" => {
+        self.process_replica_read(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "replicate" => {
+        self.process_replicate(message_ident.sequence_number, i_prot, o_prot)
       },
       "absorb" => {
         self.process_absorb(message_ident.sequence_number, i_prot, o_prot)
@@ -3226,6 +3630,378 @@ impl StoreReconcileResult {
 }
 
 //
+// StoreHeartbeatArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreHeartbeatArgs {
+  ring: i64,
+}
+
+impl StoreHeartbeatArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreHeartbeatArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<i64> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_i64()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreHeartbeatArgs.ring", &f_1)?;
+    let ret = StoreHeartbeatArgs {
+      ring: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("heartbeat_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("ring", TType::I64, 1))?;
+    o_prot.write_i64(self.ring)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreHeartbeatResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreHeartbeatResult {
+  result_value: Option<i64>,
+}
+
+impl StoreHeartbeatResult {
+  fn ok_or(self) -> thrift::Result<i64> {
+    if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreHeartbeat"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreHeartbeatResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<i64> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_i64()?;
+          f_0 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreHeartbeatResult {
+      result_value: f_0,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreHeartbeatResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::I64, 0))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreReplicaReadArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreReplicaReadArgs {
+  key: Vec<u8>,
+  ring: i64,
+}
+
+impl StoreReplicaReadArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreReplicaReadArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    let mut f_2: Option<i64> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreReplicaReadArgs.key", &f_1)?;
+    verify_required_field_exists("StoreReplicaReadArgs.ring", &f_2)?;
+    let ret = StoreReplicaReadArgs {
+      key: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      ring: f_2.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("replica_read_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+    o_prot.write_bytes(&self.key)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("ring", TType::I64, 2))?;
+    o_prot.write_i64(self.ring)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreReplicaReadResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreReplicaReadResult {
+  result_value: Option<Replica>,
+  err: Option<StoreError>,
+}
+
+impl StoreReplicaReadResult {
+  fn ok_or(self) -> thrift::Result<Replica> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreReplicaRead"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreReplicaReadResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Replica> = None;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = Replica::read_from_in_protocol(i_prot)?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreReplicaReadResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreReplicaReadResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreReplicateArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreReplicateArgs {
+  entries: Vec<Entry>,
+  ring: i64,
+}
+
+impl StoreReplicateArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreReplicateArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<Entry>> = None;
+    let mut f_2: Option<i64> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_9 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_9);
+          }
+          i_prot.read_list_end()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreReplicateArgs.entries", &f_1)?;
+    verify_required_field_exists("StoreReplicateArgs.ring", &f_2)?;
+    let ret = StoreReplicateArgs {
+      entries: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      ring: f_2.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("replicate_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("entries", TType::List, 1))?;
+    o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, self.entries.len() as i32))?;
+    for e in &self.entries {
+      e.write_to_out_protocol(o_prot)?;
+    }
+    o_prot.write_list_end()?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("ring", TType::I64, 2))?;
+    o_prot.write_i64(self.ring)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreReplicateResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreReplicateResult {
+  err: Option<StoreError>,
+}
+
+impl StoreReplicateResult {
+  fn ok_or(self) -> thrift::Result<()> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else {
+      Ok(())
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreReplicateResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreReplicateResult {
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreReplicateResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
 // StoreAbsorbArgs
 //
 
@@ -3249,8 +4025,8 @@ impl StoreAbsorbArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_9 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_9);
+            let list_elem_10 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_10);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);

@@ -125,6 +125,32 @@ impl History {
         (writes.len(), acked, self.reads.lock().len())
     }
 
+    /// A digest of the whole history in the order it was recorded: two runs
+    /// of one seed must give the same one.
+    pub fn fingerprint(&self) -> String {
+        use md5::{Digest, Md5};
+        let mut md5 = Md5::new();
+        for w in self.writes.lock().iter() {
+            md5.update(format!("{w:?}\n").as_bytes());
+        }
+        for r in self.reads.lock().iter() {
+            md5.update(format!("{r:?}\n").as_bytes());
+        }
+        if let Ok(path) = std::env::var("SIM_DUMP") {
+            let mut text = String::new();
+            for w in self.writes.lock().iter() {
+                text.push_str(&format!("{w:?}\n"));
+            }
+            for r in self.reads.lock().iter() {
+                text.push_str(&format!("{r:?}\n"));
+            }
+            let n = std::fs::read_dir(&path).map(|d| d.count()).unwrap_or(0);
+            let _ = std::fs::write(format!("{path}/{n}.txt"), text);
+        }
+        let digest = md5.finalize();
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Every violation of the guarantee in the history.
     pub fn check(&self) -> Vec<Violation> {
         let mut violations: Vec<Violation> = self

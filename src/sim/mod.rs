@@ -63,9 +63,9 @@ const EPOCH_MICROS: u64 = 1_767_225_600_000_000;
 /// How the simulated network behaves.
 #[derive(Clone, Debug)]
 pub struct NetConfig {
-    /// Shortest one-way delay.
+    /// Shortest one-way delay (whole milliseconds).
     pub min_delay: Duration,
-    /// Longest one-way delay.
+    /// Longest one-way delay (whole milliseconds).
     pub max_delay: Duration,
     /// Chance that one leg of a call is lost (the caller then times out).
     pub drop_rate: f64,
@@ -74,8 +74,8 @@ pub struct NetConfig {
 impl Default for NetConfig {
     fn default() -> Self {
         NetConfig {
-            min_delay: Duration::from_micros(100),
-            max_delay: Duration::from_millis(2),
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(3),
             drop_rate: 0.0,
         }
     }
@@ -102,8 +102,11 @@ impl Net {
     fn leg(&self, from: &NodeAddr, to: &NodeAddr) -> (Duration, bool) {
         let config = self.config.lock().clone();
         let mut rng = self.rng.lock();
-        let span = config.max_delay.saturating_sub(config.min_delay).as_micros() as u64;
-        let delay = config.min_delay + Duration::from_micros(rng.random_range(0..=span));
+        // Whole milliseconds: tokio's timers tick in milliseconds from a start
+        // that is not aligned with the paused clock's, so a fraction would be
+        // rounded differently from run to run, and the seed would not replay.
+        let span = config.max_delay.saturating_sub(config.min_delay).as_millis() as u64;
+        let delay = config.min_delay + Duration::from_millis(rng.random_range(0..=span));
         let lost = self.cut.lock().contains(&(from.clone(), to.clone()))
             || (config.drop_rate > 0.0 && rng.random_bool(config.drop_rate));
         (delay, lost)

@@ -105,6 +105,8 @@ pub struct Report {
     pub settled: bool,
     /// Broken promises.
     pub violations: Vec<Violation>,
+    /// A digest of the history (the same seed gives the same one).
+    pub fingerprint: String,
 }
 
 impl Report {
@@ -120,8 +122,8 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "seed {}: {} nodes, drop rate {}, {writes} writes ({acked} acknowledged), {reads} reads, \
-             settled: {}",
-            self.plan.seed, self.plan.nodes, self.plan.drop_rate, self.settled
+             settled: {}, history {}",
+            self.plan.seed, self.plan.nodes, self.plan.drop_rate, self.settled, self.fingerprint
         )?;
         for fault in &self.plan.faults {
             writeln!(
@@ -312,6 +314,7 @@ async fn run(plan: Plan) -> Report {
     Report {
         counts: history.counts(),
         violations: history.check(),
+        fingerprint: history.fingerprint(),
         settled,
         plan,
     }
