@@ -85,6 +85,11 @@ pub enum Error {
     /// own copies. Nothing changed.
     #[error("this node is still joining the ring; retry in a moment, or use another node")]
     Joining,
+    /// The node was just paused (SIGSTOP, a stalled machine) and refuses, for a
+    /// moment, the writes that may have waited in it: a version taken now
+    /// could bury a later write. Nothing was stored.
+    #[error("this node was just paused and refuses writes for a moment; retry")]
+    Paused,
     /// The node is shutting down and takes no more work. Nothing changed.
     #[error("the node is shutting down")]
     ShuttingDown,

@@ -152,6 +152,8 @@ pub struct Node {
     started: Instant,
     /// When the pause watch last ran.
     last_tick: AtomicU64,
+    /// When the node last noticed it had been paused.
+    resumed: AtomicU64,
     /// When a peer last confirmed our ring id (it places keys as we do).
     agreed: AtomicU64,
     /// When a peer last answered with another ring id.
@@ -224,6 +226,7 @@ impl Node {
             ready: AtomicBool::new(config.seed.is_none()),
             started: Instant::now(),
             last_tick: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
             agreed: AtomicU64::new(0),
             disagreed: AtomicU64::new(0),
             probing: parking_lot::Mutex::new(BTreeSet::new()),
@@ -732,17 +735,41 @@ impl Node {
     /// is measured, so slow probes elsewhere never look like a pause.
     async fn pause_watch(self: Arc<Self>) {
         let period = self.config.failure_timeout / 10;
-        let mut last = Instant::now();
+        self.last_tick.store(self.now_ms(), Ordering::Release);
         while !self.wait_for_stop_timeout(period).await {
-            let now = Instant::now();
-            if now.duration_since(last) > period + self.config.failure_timeout / 2 {
-                log::warn!("this node was paused; re-syncing before trusting its data");
-                self.syncing.store(true, Ordering::Release);
-                self.bump_epoch();
-            }
-            last = now;
-            self.last_tick.store(self.now_ms(), Ordering::Release);
+            self.noticed_pause();
         }
+    }
+
+    /// Whether the pause watch is late, meaning the node was just paused
+    /// (noted, so the next look says no). Whoever looks first after a pause,
+    /// the watch or a request, sees it; from then on the node catches up, and
+    /// for a short grace refuses the writes that may have waited in it.
+    fn noticed_pause(&self) -> bool {
+        let now = self.now_ms();
+        let last = self.last_tick.swap(now, Ordering::AcqRel);
+        let limit = (self.config.failure_timeout / 5).as_millis() as u64;
+        if last == 0 || now.saturating_sub(last) <= limit {
+            return false;
+        }
+        log::warn!(
+            "{}: this node was paused for {} ms; re-syncing before trusting its data",
+            self.me,
+            now - last
+        );
+        self.resumed.store(now, Ordering::Release);
+        self.syncing.store(true, Ordering::Release);
+        self.bump_epoch();
+        true
+    }
+
+    /// Whether the node was paused within the last quarter of the failure
+    /// timeout: writes that waited in it meanwhile are refused rather than
+    /// given a version now (their clients may have moved on).
+    fn just_resumed(&self) -> bool {
+        let resumed = self.resumed.load(Ordering::Acquire);
+        resumed != 0
+            && self.now_ms().saturating_sub(resumed) < self.lease().as_millis() as u64
     }
 
     /// Whether a peer confirmed our ring recently enough (within the lease)
@@ -763,10 +790,7 @@ impl Node {
     /// Whether this node's own copies can answer a read alone: joined, not
     /// catching up, not just resumed from a pause, and holding its lease.
     fn trusts_itself(&self) -> bool {
-        let paused = self
-            .now_ms()
-            .saturating_sub(self.last_tick.load(Ordering::Acquire))
-            > (self.config.failure_timeout / 2).as_millis() as u64;
+        let paused = self.noticed_pause() || self.just_resumed();
         self.ready() && !self.syncing() && !paused && self.lease_held() && self.majority_view()
     }
 
@@ -798,10 +822,22 @@ impl Node {
         replicas.first().is_some_and(|o| **o == self.me) || (hops >= MAX_HOPS && !self.leaving())
     }
 
-    /// Checks a write before anything is stored.
-    fn admit_write(&self, key: &[u8], value: Option<&[u8]>, expires: Option<i64>) -> Result<()> {
+    /// Checks a write before anything is stored. `relayed`: it carries the
+    /// version its entry node took.
+    fn admit_write(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        expires: Option<i64>,
+        relayed: bool,
+    ) -> Result<()> {
         if !self.ready() {
             return Err(Error::Joining);
+        }
+        if !relayed && (self.noticed_pause() || self.just_resumed()) {
+            // A client's write that waited in a paused node: a version taken
+            // now could bury a later write the client made elsewhere.
+            return Err(Error::Paused);
         }
         if let Some(expires) = expires
             && self.clock.wall_micros() as i64 > expires
@@ -851,7 +887,7 @@ impl Node {
         hops: i8,
         expires: Option<i64>,
     ) -> Option<Result<()>> {
-        if let Err(e) = self.admit_write(key, value, expires) {
+        if let Err(e) = self.admit_write(key, value, expires, hops != 0) {
             return Some(Err(e));
         }
         if hops != 0 {
@@ -1019,7 +1055,7 @@ impl Node {
         version: Option<Version>,
         expires: Option<i64>,
     ) -> Result<()> {
-        self.admit_write(key, value, expires)?;
+        self.admit_write(key, value, expires, version.is_some())?;
         let version = version.unwrap_or_else(|| self.clock.tick());
         let ring = self.placement();
         let replicas = ring.owners(key, self.config.replicas);
