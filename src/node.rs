@@ -872,9 +872,14 @@ impl Node {
         }
     }
 
-    /// Whether an owner's read may be answered by its own copy alone.
+    /// Whether an owner's read may be answered by its own copy alone: only
+    /// where one copy meets every write quorum (one replica, or the read
+    /// quorum set so), and the node trusts its copies. With the defaults
+    /// (N=3, W=2) a read always hears from two replicas that vouch for their
+    /// copies: an owner cannot know alone that no write was acknowledged
+    /// without it (peers that declared it dead, a stand-in coordinator).
     fn reads_alone(&self) -> bool {
-        self.config.read_quorum <= 1 && self.trusts_itself()
+        self.read_quorum() <= 1 && self.trusts_itself()
     }
 
     /// Serves a write at once if nothing needs waiting for: this node
