@@ -298,3 +298,153 @@ pub fn assert_none_lost(what: &str, lost: &[String]) {
         &lost[..lost.len().min(5)]
     );
 }
+
+/// The arguments `NodeProc::start_with` passes to `location`, with the port
+/// chosen by the caller: for restarting a node on the port it had.
+pub fn node_args(seed: Option<&NodeAddr>, port: u16, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec!["--bind".into(), "127.0.0.1".into()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    if let Some(seed) = seed {
+        args.push(seed.to_string());
+    }
+    args.push(port.to_string());
+    args
+}
+
+impl NodeProc {
+    /// Starts `location` with exactly `args`, naming it `addr` (the port the
+    /// args ask for), and returns at once: the node may not listen yet, let
+    /// alone have joined. For tests that talk to a node from the moment its
+    /// port accepts connections.
+    pub fn spawn_at(args: &[String], addr: NodeAddr) -> NodeProc {
+        let log = log_path("node");
+        let child = Command::new(env!("CARGO_BIN_EXE_location"))
+            .args(args)
+            .env("RUST_LOG", "thrifty_p2p=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start location");
+        NodeProc { child, addr, log }
+    }
+
+    /// Stops the process with SIGSTOP until the returned guard is resumed or
+    /// dropped (then SIGCONT), so a failing test leaves no stopped process.
+    pub fn pause(&self) -> Paused<'_> {
+        self.signal("STOP");
+        Paused {
+            node: self,
+            resumed: false,
+        }
+    }
+}
+
+/// A node stopped by [`NodeProc::pause`]; SIGCONT when resumed or dropped.
+pub struct Paused<'a> {
+    node: &'a NodeProc,
+    resumed: bool,
+}
+
+impl Paused<'_> {
+    /// Sends SIGCONT.
+    pub fn resume(mut self) {
+        self.node.signal("CONT");
+        self.resumed = true;
+    }
+}
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        if !self.resumed {
+            // No assertion here: this may run while a test is failing.
+            let _ = Command::new("kill")
+                .args(["-CONT".to_string(), self.node.pid().to_string()])
+                .status();
+        }
+    }
+}
+
+/// One counter from a node's `stats`, if it answers.
+pub fn stat(node: &NodeAddr, name: &str) -> Option<i64> {
+    use thrifty_p2p::idl::diststore::TStoreSyncClient;
+    let mut client = connect(node, &ClientOptions::default()).ok()?;
+    client.stats().ok()?.get(name).copied()
+}
+
+/// Whether every node has no replication queued and no hints kept.
+pub fn drained<'a>(nodes: impl IntoIterator<Item = &'a NodeAddr>) -> bool {
+    nodes
+        .into_iter()
+        .all(|n| stat(n, "replication_pending") == Some(0) && stat(n, "hints") == Some(0))
+}
+
+/// The preference list of `key` in `via`'s view, owner first.
+pub fn replicas_of(via: &NodeAddr, key: &[u8]) -> Option<Vec<NodeAddr>> {
+    use thrifty_p2p::idl::locator::TLocatorSyncClient;
+    let mut client = connect(via, &ClientOptions::default()).ok()?;
+    Some(
+        client
+            .replicas(key.to_vec(), 3)
+            .ok()?
+            .iter()
+            .filter_map(thrifty_p2p::convert::addr)
+            .collect(),
+    )
+}
+
+/// `node`'s own copy of `key` (`peek`): `None` if the node does not answer,
+/// `Some(None)` if it holds nothing, else the entry (a tombstone has no value).
+pub fn local_copy(
+    node: &NodeAddr,
+    key: &[u8],
+) -> Option<Option<thrifty_p2p::idl::diststore::Entry>> {
+    use thrifty_p2p::idl::diststore::TStoreSyncClient;
+    let mut client = connect(node, &ClientOptions::default()).ok()?;
+    Some(client.peek(vec![key.to_vec()]).ok()?.into_iter().next())
+}
+
+/// Reads `key` through `via` on a fresh connection.
+pub fn read_via(via: &NodeAddr, key: &[u8]) -> thrifty_p2p::Result<Option<Vec<u8>>> {
+    Session::open(Some(via.clone()))?.get(key)
+}
+
+impl NodeProc {
+    /// Like `start_with`, but a node that does not start (no listening line
+    /// within 30 s) is an error carrying its output, not a panic: for tests
+    /// that count failed starts.
+    pub fn try_start_with(seed: Option<&NodeAddr>, extra: &[&str]) -> Result<NodeProc, String> {
+        let args = node_args(seed, 0, extra);
+        let log = log_path("node");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_location"))
+            .args(&args)
+            .env("RUST_LOG", "thrifty_p2p=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start location");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+        match line.trim().strip_prefix("listening on ") {
+            Some(rest) => Ok(NodeProc {
+                child,
+                addr: rest.rsplit(" as ").next().unwrap().parse().unwrap(),
+                log,
+            }),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let output = std::fs::read_to_string(&log).unwrap_or_default();
+                let last = output.lines().last().unwrap_or_default().to_string();
+                Err(format!("location {args:?} did not start: {last}"))
+            }
+        }
+    }
+}
