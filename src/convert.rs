@@ -24,10 +24,13 @@ pub fn addr(location: &Location) -> Option<NodeAddr> {
     Some(NodeAddr::new(host, location.port? as u16))
 }
 
-/// A member row for the wire.
+/// A member row for the wire. The wire has no `SUSPECT` or `LEAVING` yet
+/// (`thrift/locator.thrift` is unchanged): both travel as `ALIVE` at the same
+/// incarnation, which every receiver ranks at or below the real row, so the
+/// merge stays safe; receivers just miss the suspicion or the leaving notice.
 pub fn member(state: &MemberState) -> Member {
     let status = match state.status {
-        Status::Alive => MemberStatus::ALIVE,
+        Status::Alive | Status::Suspect | Status::Leaving => MemberStatus::ALIVE,
         Status::Dead => MemberStatus::DEAD,
         Status::Left => MemberStatus::LEFT,
     };
