@@ -28,6 +28,7 @@ pub fn addr(location: &Location) -> Option<NodeAddr> {
 pub fn member(state: &MemberState) -> Member {
     let status = match state.status {
         Status::Alive => MemberStatus::ALIVE,
+        Status::Suspect => MemberStatus::SUSPECT,
         Status::Leaving => MemberStatus::LEAVING,
         Status::Dead => MemberStatus::DEAD,
         Status::Left => MemberStatus::LEFT,
@@ -39,6 +40,7 @@ pub fn member(state: &MemberState) -> Member {
 pub fn member_state(member: &Member) -> Option<MemberState> {
     let status = match member.status? {
         MemberStatus::ALIVE => Status::Alive,
+        MemberStatus::SUSPECT => Status::Suspect,
         MemberStatus::LEAVING => Status::Leaving,
         MemberStatus::DEAD => Status::Dead,
         MemberStatus::LEFT => Status::Left,

@@ -7,6 +7,8 @@
 //! Pure core (no sockets, no clocks of their own):
 //! - [`ring`]: the consistent-hash ring; which member owns a key.
 //! - [`membership`]: the member table and its merge rules (incarnations, tombstones).
+//! - [`swim`]: SWIM failure detection and dissemination with Lifeguard's
+//!   refinements: probes, suspicion, piggyback; time and I/O passed in.
 //! - [`store`]: the local keys, versioned, with tombstones; in memory or on
 //!   disk (fjall), behind one engine interface.
 //! - [`version`]: hybrid logical clock versions that settle conflicting copies.
@@ -55,6 +57,7 @@ pub mod server;
 pub mod sim;
 pub mod store;
 pub mod stream;
+pub mod swim;
 pub mod tasks;
 pub mod tools;
 pub mod transport;

@@ -411,7 +411,7 @@ impl Node {
                 match change {
                     Change::None => {}
                     Change::Updated(state) => {
-                        if state.status != Status::Alive {
+                        if state.status.is_gone() {
                             departed.push(state.addr.clone());
                         }
                         if spread_updates {
@@ -1448,7 +1448,7 @@ impl Node {
                 .read()
                 .members
                 .state(&peer)
-                .is_some_and(|s| s.status == Status::Alive);
+                .is_some_and(|s| s.status.serves());
             if !alive {
                 continue;
             }
