@@ -101,11 +101,7 @@ pub fn replica(copy: Option<Stored>, trusted: bool, ring: u64) -> Replica {
 
 /// A replica's answer to a quorum read, from the wire.
 pub fn replica_reply(replica: Replica) -> crate::peer::Reply {
-    let copy = found(Lookup::new(
-        replica.value,
-        replica.version,
-        replica.origin,
-    ));
+    let copy = found(Lookup::new(replica.value, replica.version, replica.origin));
     crate::peer::Reply::Replica {
         copy,
         trusted: replica.trusted.unwrap_or(false),

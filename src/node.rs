@@ -30,23 +30,25 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use md5::{Digest, Md5};
 use parking_lot::RwLock;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::addr::NodeAddr;
 use crate::antientropy::{BUCKETS, Digests, bucket_of};
 use crate::config::{Config, MAX_KEY_BYTES};
 use crate::error::{Error, Result};
-use crate::membership::{Change, MemberState, Membership, Status};
+use crate::membership::{MemberState, Status};
 use crate::peer::{Entry, Reply, Request};
 use crate::replicate::{Ack, Replicator};
 use crate::ring::Ring;
 use crate::store::{Store, Stored};
+use crate::swim::{Config as SwimConfig, Effect, Swim};
 use crate::tasks::{Signal, Tasks};
 use crate::transport::{BoxFuture, Transport, unexpected};
 use crate::version::{Clock, Version, WallClock};
@@ -61,7 +63,8 @@ pub const PEEK: i8 = -1;
 
 /// Who a node thinks the members are, and the ring derived from that.
 struct View {
-    members: Membership,
+    /// The membership state machine, and through it the member table.
+    swim: Swim,
     /// Alive members: where requests go (a leaving member is not in it, not
     /// even in its own view).
     ring: Arc<Ring<NodeAddr>>,
@@ -140,7 +143,6 @@ pub struct Node {
     /// Counts ring changes, so background workers know when to look again.
     epoch: Signal<u64>,
     stop: Signal<bool>,
-    gossip_cursor: AtomicUsize,
     /// Set while this node may hold stale data (just joined, came back after
     /// being declared dead, was paused, lost contact): reads then consult
     /// enough replicas to meet every write quorum.
@@ -158,8 +160,12 @@ pub struct Node {
     agreed: AtomicU64,
     /// When a peer last answered with another ring id.
     disagreed: AtomicU64,
-    /// Peers being probed now, so a slow probe is not started twice.
-    probing: parking_lot::Mutex<BTreeSet<NodeAddr>>,
+    /// The membership state machine's timing.
+    swim_config: SwimConfig,
+    /// Wakes the membership worker when an input may have news to send.
+    swim_wake: Notify,
+    /// Our own incarnation as last seen, to notice refutations.
+    incarnation: AtomicI64,
 }
 
 /// The parts a node is built from.
@@ -194,7 +200,15 @@ impl Node {
         let origin = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
         let clock = Clock::with_wall(origin, wall);
         let incarnation = (clock.wall_micros() / 1000) as i64;
-        let members = Membership::new(me.clone(), incarnation);
+        let swim_config = SwimConfig::from_failure_timeout(config.failure_timeout);
+        let seed = u64::from(origin) ^ incarnation as u64;
+        let swim = Swim::new(
+            me.clone(),
+            incarnation,
+            swim_config.clone(),
+            seed,
+            Duration::ZERO,
+        );
         let ring = Arc::new(Ring::new([me.clone()]));
         let ring_id = ring_id_of(ring.members());
         let out = Arc::new(Outbound {
@@ -212,16 +226,18 @@ impl Node {
             clock,
             store,
             view: RwLock::new(View {
-                members,
+                swim,
                 ring,
                 ring_id,
             }),
+            swim_config,
+            swim_wake: Notify::new(),
+            incarnation: AtomicI64::new(incarnation),
             out,
             replicator,
             tasks,
             epoch: Signal::new(0),
             stop: Signal::new(false),
-            gossip_cursor: AtomicUsize::new(0),
             syncing: AtomicBool::new(false),
             ready: AtomicBool::new(config.seed.is_none()),
             started: Instant::now(),
@@ -229,20 +245,20 @@ impl Node {
             resumed: AtomicU64::new(0),
             agreed: AtomicU64::new(0),
             disagreed: AtomicU64::new(0),
-            probing: parking_lot::Mutex::new(BTreeSet::new()),
             config,
             me,
         })
     }
 
-    /// Starts the background workers: gossip, failure detection, the pause
-    /// watch, anti-entropy and handoff.
+    /// Starts the background workers: membership (SWIM), view agreement, the
+    /// pause watch, anti-entropy and handoff.
     pub fn start(self: &Arc<Self>) {
         let node = self.clone();
-        self.tasks.spawn(async move { node.gossip_worker().await });
+        self.tasks
+            .spawn(async move { node.membership_worker().await });
         let node = self.clone();
         self.tasks
-            .spawn(async move { node.detector_worker().await });
+            .spawn(async move { node.agreement_worker().await });
         let node = self.clone();
         self.tasks.spawn(async move { node.pause_watch().await });
         let node = self.clone();
@@ -304,7 +320,7 @@ impl Node {
             if self.now_ms().saturating_sub(before) > self.lease().as_millis() as u64 {
                 let node = self.clone();
                 let peer = peer.clone();
-                let table = self.table();
+                let table = self.view.read().swim.table();
                 self.tasks
                     .spawn(async move { node.exchange(&peer, table).await });
             }
@@ -330,17 +346,17 @@ impl Node {
 
     /// The whole member table, tombstones included.
     pub fn table(&self) -> Vec<MemberState> {
-        self.view.read().members.table()
+        self.view.read().swim.membership().table()
     }
 
     /// Alive members other than ourselves.
     fn peers(&self) -> Vec<NodeAddr> {
-        self.view.read().members.peers()
+        self.view.read().swim.membership().peers()
     }
 
     /// Whether we are leaving (or left).
     fn leaving(&self) -> bool {
-        self.view.read().members.my_state().status != Status::Alive
+        self.view.read().swim.membership().my_state().status != Status::Alive
     }
 
     /// The member that owns `key` for routing.
@@ -370,7 +386,7 @@ impl Node {
     /// purpose, dead ones included). A node cut off from most of its ring thus
     /// still needs the same quorum, which it cannot reach alone.
     fn quorum_base(&self) -> usize {
-        let known = self.view.read().members.known();
+        let known = self.view.read().swim.membership().known();
         self.config.replicas.min(known).max(1)
     }
 
@@ -379,7 +395,7 @@ impl Node {
     /// neither coordinates writes nor vouches for its copies.
     fn majority_view(&self) -> bool {
         let view = self.view.read();
-        view.ring.len() * 2 > view.members.known()
+        view.ring.len() * 2 > view.swim.membership().known()
     }
 
     fn write_quorum(&self) -> usize {
@@ -394,44 +410,77 @@ impl Node {
         self.config.read_quorum_of(n).max(meets_writes)
     }
 
-    /// Applies membership updates; rebuilds the ring when the alive set changed,
-    /// and spreads news that is ours to spread. Returns whether the ring changed.
-    fn update_members(
-        self: &Arc<Self>,
-        spread_updates: bool,
-        update: impl FnOnce(&mut Membership) -> Vec<Change>,
-    ) -> bool {
-        let mut to_spread = Vec::new();
-        let mut departed = Vec::new();
+    /// Carries out what the membership state machine asked for: rebuilds
+    /// the ring when the serving set changed, and sends its messages from
+    /// tasks of their own (their answers go back into the machine).
+    fn run_effects(self: &Arc<Self>, effects: Vec<Effect>) {
+        self.carry_out(effects);
+        // An input may have queued news to send at once: let the worker look.
+        self.swim_wake.notify_one();
+    }
+
+    /// [`Node::run_effects`] without waking the worker (the worker's own).
+    fn carry_out(self: &Arc<Self>, effects: Vec<Effect>) {
+        let mut ring_changed = false;
         let mut refuted = false;
-        let ring_changed;
-        {
-            let mut view = self.view.write();
-            for change in update(&mut view.members) {
-                match change {
-                    Change::None => {}
-                    Change::Updated(state) => {
-                        if state.status.is_gone() {
-                            departed.push(state.addr.clone());
-                        }
-                        if spread_updates {
-                            to_spread.push(state);
-                        }
+        for effect in effects {
+            match effect {
+                Effect::Changed(row) => {
+                    if row.addr == self.me {
+                        let before = self.incarnation.swap(row.incarnation, Ordering::AcqRel);
+                        refuted |= row.status == Status::Alive && row.incarnation > before;
+                    } else if row.status.is_gone() {
+                        self.out.forget(&row.addr);
                     }
-                    Change::Refuted(state) => {
-                        refuted = true;
-                        to_spread.push(state);
-                    }
+                    ring_changed |= Self::rebuild_ring(&mut self.view.write());
+                }
+                Effect::Ping { to, probe, updates } => {
+                    let node = self.clone();
+                    self.tasks.spawn(async move {
+                        let timeout = node.swim_config.probe_timeout;
+                        let answer = node.call(&to, Request::Gossip(updates), timeout).await;
+                        let effects = match answer {
+                            Ok(Reply::Members(rows)) => {
+                                node.with_swim(|swim, now| swim.on_reply(probe, &to, rows, now))
+                            }
+                            Err(Error::Unreachable { refused: true, .. }) => {
+                                // Nothing listens there: a crash, not a slow node.
+                                log::warn!("{to} refused a connection; dropping it from the ring");
+                                node.with_swim(|swim, now| swim.declare_dead(&to, now))
+                            }
+                            _ => node.with_swim(|swim, now| swim.on_no_reply(probe, now)),
+                        };
+                        node.run_effects(effects);
+                    });
+                }
+                Effect::IndirectPing { via, target, probe } => {
+                    let node = self.clone();
+                    self.tasks.spawn(async move {
+                        let timeout = node.swim_config.period;
+                        let answer = node.call(&via, Request::Probe(target), timeout).await;
+                        let answer = match answer {
+                            Ok(Reply::Probed(reached)) => Some(reached),
+                            _ => None,
+                        };
+                        let effects =
+                            node.with_swim(|swim, now| swim.on_indirect(probe, &via, answer, now));
+                        node.run_effects(effects);
+                    });
+                }
+                Effect::Gossip { to, updates: rows } | Effect::Sync { to, table: rows } => {
+                    let node = self.clone();
+                    self.tasks
+                        .spawn(async move { node.exchange(&to, rows).await });
                 }
             }
-            ring_changed = Self::rebuild_ring(&mut view);
-        }
-        for addr in &departed {
-            self.out.forget(addr);
         }
         if refuted {
-            // We were declared dead: writes went elsewhere meanwhile.
-            log::warn!("peers declared us dead; rejoining and catching up");
+            // We were suspected or declared dead: writes may have gone
+            // elsewhere meanwhile.
+            log::warn!(
+                "{}: peers suspected or declared us dead; refuted, catching up",
+                self.me
+            );
             self.syncing.store(true, Ordering::Release);
         }
         if ring_changed {
@@ -443,13 +492,52 @@ impl Node {
             self.agreed.store(0, Ordering::Release);
             self.bump_epoch();
         }
-        self.spread(to_spread, refuted);
-        ring_changed
+    }
+
+    /// Runs `input` on the membership state machine at the current time.
+    fn with_swim<R>(&self, input: impl FnOnce(&mut Swim, Duration) -> R) -> R {
+        let now = self.started.elapsed();
+        input(&mut self.view.write().swim, now)
+    }
+
+    /// Pushes `rows` to `peer` and merges its answer (dissemination, syncs,
+    /// and telling a peer whose ring differs from ours what we know).
+    async fn exchange(self: &Arc<Self>, peer: &NodeAddr, rows: Vec<MemberState>) {
+        match self
+            .call(peer, Request::Gossip(rows), self.config.rpc_timeout)
+            .await
+        {
+            Ok(Reply::Members(table)) => {
+                let effects = self.with_swim(|swim, now| swim.on_gossip_reply(peer, table, now));
+                self.run_effects(effects);
+            }
+            Ok(other) => log::debug!("{}", unexpected(peer, &other)),
+            Err(e) => self.note_failure(peer, &e),
+        }
+    }
+
+    /// The membership worker: wakes at the state machine's deadlines (or when
+    /// an input asks for news to go out at once) and runs its timers. It runs
+    /// through a leave (the farewell must spread) and ends once the machine
+    /// has nothing left to do.
+    async fn membership_worker(self: Arc<Self>) {
+        loop {
+            let deadline = self.view.read().swim.next_deadline();
+            let Some(deadline) = deadline else { return };
+            let at = self.started + deadline;
+            tokio::select! {
+                biased;
+                () = self.swim_wake.notified() => {}
+                () = tokio::time::sleep_until(at) => {}
+            }
+            let effects = self.with_swim(|swim, now| swim.tick(now));
+            self.carry_out(effects);
+        }
     }
 
     /// Recomputes the ring from the table; returns whether it changed.
     fn rebuild_ring(view: &mut View) -> bool {
-        let alive: Vec<NodeAddr> = view.members.alive().cloned().collect();
+        let alive: Vec<NodeAddr> = view.swim.membership().alive().cloned().collect();
         let changed = alive.as_slice() != view.ring.members();
         if changed {
             view.ring_id = ring_id_of(&alive);
@@ -482,48 +570,12 @@ impl Node {
         self.members().iter().map(ToString::to_string).collect()
     }
 
-    /// Sends `updates` to every alive peer in the background; with `to_dead`
-    /// also to members we think dead (a refutation must reach across a healed
-    /// partition, where each side holds the other dead).
-    fn spread(self: &Arc<Self>, updates: Vec<MemberState>, to_dead: bool) {
-        if updates.is_empty() {
-            return;
-        }
-        let targets: Vec<NodeAddr> = if to_dead {
-            self.table()
-                .into_iter()
-                .filter(|s| s.addr != self.me && s.status != Status::Left)
-                .map(|s| s.addr)
-                .collect()
-        } else {
-            self.peers()
-        };
-        for peer in targets {
-            let node = self.clone();
-            let updates = updates.clone();
-            self.tasks
-                .spawn(async move { node.exchange(&peer, updates).await });
-        }
-    }
-
-    /// Push-pull with one peer: send `rows`, merge the table it answers with.
-    async fn exchange(self: &Arc<Self>, peer: &NodeAddr, rows: Vec<MemberState>) {
-        match self
-            .call(peer, Request::Gossip(rows), self.config.rpc_timeout)
-            .await
-        {
-            Ok(Reply::Members(table)) => self.merge_table(table),
-            Ok(other) => log::debug!("{}", unexpected(peer, &other)),
-            Err(e) => self.note_failure(peer, &e),
-        }
-    }
-
     /// A failed call to `peer`: a refused connection means nothing listens
     /// there any more, so it is dropped at once; anything else is left to the
     /// failure detector, which does not evict a node for one slow answer.
     fn note_failure(self: &Arc<Self>, peer: &NodeAddr, error: &Error) {
         if let Error::Unreachable { refused: true, .. } = error {
-            if self.view.read().members.state(peer).map(|s| s.status) == Some(Status::Alive) {
+            if self.view.read().swim.membership().status(peer) == Some(Status::Alive) {
                 log::warn!("{peer} refused a connection; dropping it from the ring");
             }
             self.declare_dead(peer);
@@ -532,74 +584,48 @@ impl Node {
         }
     }
 
-    /// Merges a member table received from a peer.
-    pub fn merge_table(self: &Arc<Self>, table: Vec<MemberState>) {
-        self.update_members(false, |m| table.into_iter().map(|s| m.apply(s)).collect());
+    /// A peer's push (`gossip`): merge it and answer (with our table to a
+    /// joiner or a sync, else our piggyback).
+    pub fn gossip(self: &Arc<Self>, rows: Vec<MemberState>) -> Vec<MemberState> {
+        let Some(from) = Swim::sender(&rows).cloned() else {
+            return self.table();
+        };
+        let (reply, effects) = self.with_swim(|swim, now| swim.on_gossip(&from, rows, now));
+        self.run_effects(effects);
+        reply
     }
 
-    /// A peer sent its table (`gossip`): merge it and answer with ours.
-    pub fn gossip(self: &Arc<Self>, table: Vec<MemberState>) -> Vec<MemberState> {
-        self.merge_table(table);
-        self.table()
-    }
-
-    /// A new node announces itself (`enter`): admit it, tell the others, and
-    /// answer with our table.
+    /// A new node announces itself (`enter`): admit it (the news spreads with
+    /// the state machine's gossip) and answer with our whole table.
     pub fn enter(self: &Arc<Self>, state: MemberState) -> Vec<MemberState> {
         log::info!("{} asks to join", state.addr);
-        self.update_members(true, |m| vec![m.apply(state)]);
-        self.table()
+        let from = state.addr.clone();
+        let effects = self.with_swim(|swim, now| swim.learn(&from, vec![state], now));
+        self.run_effects(effects);
+        self.view.read().swim.table()
     }
 
     /// The 2009 `join`/`add`: admit `addr` (no incarnation on that wire).
     pub fn admit_legacy(self: &Arc<Self>, addr: &NodeAddr) {
-        self.update_members(true, |m| vec![m.admit_legacy(addr)]);
+        let effects = self.with_swim(|swim, now| swim.admit_legacy(addr, now));
+        self.run_effects(effects);
     }
 
-    /// Drops `addr` from the ring and spreads the news (the 2009 `remove`, a
-    /// refused connection, or the failure detector's verdict).
+    /// Drops `addr` from the ring and spreads the news (the 2009 `remove`, or
+    /// a refused connection).
     pub fn declare_dead(self: &Arc<Self>, addr: &NodeAddr) {
-        self.update_members(true, |m| vec![m.declare_dead(addr)]);
-    }
-
-    /// One round of background gossip with the next peer in turn. Every fifth
-    /// round also tries one member we hold dead, so that the two sides of a
-    /// healed partition find each other again.
-    pub async fn gossip_round(self: &Arc<Self>) {
-        let turn = self.gossip_cursor.fetch_add(1, Ordering::Relaxed);
-        let table = self.table();
-        let candidates: Vec<NodeAddr> = if turn % 5 == 4 {
-            table
-                .iter()
-                .filter(|s| s.status == Status::Dead)
-                .map(|s| s.addr.clone())
-                .collect()
-        } else {
-            self.peers()
-        };
-        if candidates.is_empty() {
-            return;
-        }
-        let peer = candidates[turn % candidates.len()].clone();
-        self.exchange(&peer, table).await;
-    }
-
-    async fn gossip_worker(self: Arc<Self>) {
-        while !self
-            .wait_for_stop_timeout(self.config.gossip_interval)
-            .await
-        {
-            self.gossip_round().await;
-        }
+        let effects = self.with_swim(|swim, now| swim.declare_dead(addr, now));
+        self.run_effects(effects);
     }
 
     /// Joins the ring that `seed` belongs to: announce ourselves, take its
-    /// table, then greet every member directly so concurrent joiners learn of
-    /// us quickly. Until then the node refuses reads and writes; after it, it
-    /// catches up (reads consult a quorum) until a full anti-entropy round.
+    /// table, then greet every member directly and wait for them, so that no
+    /// node still coordinates our keys as their owner once we do. Until then
+    /// the node refuses reads and writes; after it, it catches up (reads
+    /// consult a quorum) until a full anti-entropy round.
     pub async fn join(self: &Arc<Self>, seed: &NodeAddr) -> Result<()> {
         self.syncing.store(true, Ordering::Release);
-        let me = self.view.read().members.my_state();
+        let me = self.view.read().swim.membership().my_state();
         let table = match self
             .call(seed, Request::Enter(me), self.config.rpc_timeout)
             .await?
@@ -607,11 +633,10 @@ impl Node {
             Reply::Members(table) => table,
             other => return Err(unexpected(seed, &other)),
         };
-        self.merge_table(table);
-        // Greet every member and wait for them (each within the RPC timeout):
-        // once they all route to us, no node still coordinates our keys as
-        // their owner while we do.
-        let my_state = self.view.read().members.my_state();
+        let mut effects = self.with_swim(|swim, now| swim.join(std::slice::from_ref(seed), now));
+        effects.extend(self.with_swim(|swim, now| swim.on_gossip_reply(seed, table, now)));
+        self.run_effects(effects);
+        let my_state = self.view.read().swim.membership().my_state();
         self.tell_peers(my_state).await;
         self.ready.store(true, Ordering::Release);
         Ok(())
@@ -623,9 +648,9 @@ impl Node {
         self.ready.store(true, Ordering::Release);
     }
 
-    // ---- failure detection ----
+    // ---- failure detection and view agreement ----
 
-    /// The failure detector's probe timeout.
+    /// The timeout of a heartbeat.
     fn probe_timeout(&self) -> Duration {
         self.config.failure_timeout / 5
     }
@@ -633,8 +658,12 @@ impl Node {
     /// Whether `target` answers a heartbeat within the probe timeout; its
     /// answer also tells whether it routes as we do.
     pub async fn ping(self: &Arc<Self>, target: &NodeAddr) -> bool {
+        self.ping_within(target, self.probe_timeout()).await
+    }
+
+    async fn ping_within(self: &Arc<Self>, target: &NodeAddr, timeout: Duration) -> bool {
         match self
-            .call(target, Request::Heartbeat(self.ring_id()), self.probe_timeout())
+            .call(target, Request::Heartbeat(self.ring_id()), timeout)
             .await
         {
             Ok(Reply::Ring(theirs)) => {
@@ -646,85 +675,24 @@ impl Node {
         }
     }
 
-    /// Failure detector, SWIM-style: every tenth of the failure timeout, ping
-    /// the next peer in turn; if it does not answer, ask two other peers to
-    /// ping it; only if none of them reaches it either is it declared dead.
-    async fn detector_worker(self: Arc<Self>) {
+    /// View agreement: every tenth of the failure timeout, a heartbeat to the
+    /// next serving peer in turn, whose answer tells whether it routes keys
+    /// as we do (failure detection itself is the membership worker's).
+    async fn agreement_worker(self: Arc<Self>) {
         let period = self.config.failure_timeout / 10;
         let mut cursor = 0usize;
         while !self.wait_for_stop_timeout(period).await {
-            cursor = cursor.wrapping_add(1);
-            if cursor % 5 == 0 {
-                self.knock_on_the_dead(cursor / 5);
-            }
             let peers = self.peers();
             if peers.is_empty() {
                 continue;
             }
+            cursor = cursor.wrapping_add(1);
             let target = peers[cursor % peers.len()].clone();
-            // Each probe runs apart, so a silent peer's indirect probes never
-            // hold up the heartbeats to the others.
-            if !self.probing.lock().insert(target.clone()) {
-                continue;
-            }
             let node = self.clone();
             self.tasks.spawn(async move {
-                if !node.ping(&target).await && !node.probe_indirectly(&target, &peers).await {
-                    log::warn!(
-                        "{target} did not answer direct or indirect probes; declaring it dead"
-                    );
-                    node.declare_dead(&target);
-                }
-                node.probing.lock().remove(&target);
+                node.ping(&target).await;
             });
         }
-    }
-
-    /// Heartbeats the `turn`th member we hold dead; if it answers (a healed
-    /// partition, a node that was only slow), swap tables with it at once so
-    /// that whichever side was wrong refutes and both views meet.
-    fn knock_on_the_dead(self: &Arc<Self>, turn: usize) {
-        let dead: Vec<NodeAddr> = self
-            .table()
-            .into_iter()
-            .filter(|s| s.status == Status::Dead)
-            .map(|s| s.addr)
-            .collect();
-        if dead.is_empty() {
-            return;
-        }
-        let target = dead[turn % dead.len()].clone();
-        let node = self.clone();
-        self.tasks.spawn(async move {
-            if node.ping(&target).await {
-                let table = node.table();
-                node.exchange(&target, table).await;
-            }
-        });
-    }
-
-    async fn probe_indirectly(self: &Arc<Self>, target: &NodeAddr, peers: &[NodeAddr]) -> bool {
-        let helpers: Vec<&NodeAddr> = peers.iter().filter(|p| *p != target).take(2).collect();
-        if helpers.is_empty() {
-            // Nobody to ask: one more direct try before giving up.
-            return self.ping(target).await;
-        }
-        let mut asks: FuturesUnordered<_> = helpers
-            .into_iter()
-            .map(|helper| {
-                self.call(
-                    helper,
-                    Request::Probe(target.clone()),
-                    self.probe_timeout() * 3,
-                )
-            })
-            .collect();
-        while let Some(answer) = asks.next().await {
-            if matches!(answer, Ok(Reply::Probed(true))) {
-                return true;
-            }
-        }
-        false
     }
 
     /// Watches for lost time and lost contact. A tick far behind schedule
@@ -768,8 +736,7 @@ impl Node {
     /// given a version now (their clients may have moved on).
     fn just_resumed(&self) -> bool {
         let resumed = self.resumed.load(Ordering::Acquire);
-        resumed != 0
-            && self.now_ms().saturating_sub(resumed) < self.lease().as_millis() as u64
+        resumed != 0 && self.now_ms().saturating_sub(resumed) < self.lease().as_millis() as u64
     }
 
     /// Whether a peer confirmed our ring recently enough (within the lease)
@@ -777,7 +744,7 @@ impl Node {
     /// ring meanwhile. The only member ever known holds it always; a node that
     /// holds every peer dead does not.
     fn lease_held(&self) -> bool {
-        if self.view.read().members.known() <= 1 {
+        if self.view.read().swim.membership().known() <= 1 {
             return true;
         }
         let lease = self.lease().as_millis() as u64;
@@ -1001,7 +968,10 @@ impl Node {
                     key: key.to_vec(),
                     ring,
                 };
-                (peer, self.call(peer, request, self.config.rpc_timeout).await)
+                (
+                    peer,
+                    self.call(peer, request, self.config.rpc_timeout).await,
+                )
             })
             .collect();
         while let Some((peer, reply)) = asks.next().await {
@@ -1446,9 +1416,10 @@ impl Node {
             let alive = self
                 .view
                 .read()
-                .members
-                .state(&peer)
-                .is_some_and(|s| s.status.serves());
+                .swim
+                .membership()
+                .status(&peer)
+                .is_some_and(Status::serves);
             if !alive {
                 continue;
             }
@@ -1602,13 +1573,9 @@ impl Node {
     /// new owner (acknowledged), then tells the others we left. Returns how
     /// many keys could not be handed over.
     pub async fn leave(self: &Arc<Self>) -> usize {
-        let announce = {
-            let mut view = self.view.write();
-            let row = view.members.start_leaving();
-            Self::rebuild_ring(&mut view);
-            row
-        };
-        self.bump_epoch();
+        let effects = self.with_swim(|swim, now| swim.start_leaving(now));
+        self.run_effects(effects);
+        let announce = self.view.read().swim.membership().my_state();
         // Wait (bounded) until the peers heard: after that no new write is
         // replicated to us, so the handoff below converges.
         self.tell_peers(announce).await;
@@ -1641,7 +1608,9 @@ impl Node {
         if left_behind > 0 && !self.placement().is_empty() {
             log::warn!("leaving with {left_behind} keys not handed over");
         }
-        let farewell = self.view.write().members.leave();
+        let effects = self.with_swim(|swim, now| swim.leave(now));
+        self.run_effects(effects);
+        let farewell = self.view.read().swim.membership().my_state();
         self.tell_peers(farewell).await;
         log::info!("left the ring");
         left_behind
@@ -1653,7 +1622,7 @@ impl Node {
         let peers: Vec<NodeAddr> = self
             .table()
             .into_iter()
-            .filter(|s| s.addr != self.me && s.status == Status::Alive)
+            .filter(|s| s.addr != self.me && s.status.serves())
             .map(|s| s.addr)
             .collect();
         let mut calls: FuturesUnordered<_> = peers
@@ -1668,7 +1637,11 @@ impl Node {
             .collect();
         while let Some((peer, result)) = calls.next().await {
             match result {
-                Ok(Reply::Members(table)) => self.merge_table(table),
+                Ok(Reply::Members(table)) => {
+                    let effects =
+                        self.with_swim(|swim, now| swim.on_gossip_reply(peer, table, now));
+                    self.run_effects(effects);
+                }
                 Ok(other) => log::debug!("{}", unexpected(peer, &other)),
                 Err(e) => log::debug!("telling {peer} we are {:?} failed: {e}", row.status),
             }
@@ -1743,7 +1716,7 @@ impl Node {
         put("syncing", usize::from(self.syncing()));
         put(
             "leaving",
-            usize::from(view.members.my_state().status != Status::Alive),
+            usize::from(view.swim.membership().my_state().status != Status::Alive),
         );
         put("ready", usize::from(self.ready()));
         stats
@@ -1771,7 +1744,7 @@ impl Node {
     pub fn log_debug(&self) {
         let view = self.view.read();
         log::info!("debug: I am {}", self.me);
-        for state in view.members.table() {
+        for state in view.swim.membership().table() {
             log::info!(
                 "debug: member {} incarnation {} {:?}",
                 state.addr,

@@ -526,6 +526,50 @@ impl Swim {
         effects
     }
 
+    /// News from outside the protocol (the 2009 `join`, `add` and `remove`, a
+    /// joiner's `enter`): merges `rows` as if `from` had pushed them.
+    pub fn learn(&mut self, from: &NodeAddr, rows: Vec<MemberState>, now: Duration) -> Vec<Effect> {
+        self.observe(now);
+        let mut effects = Vec::new();
+        self.merge(from, rows, now, &mut effects);
+        self.settle();
+        effects
+    }
+
+    /// Declares `addr` dead at once: a connection to it was refused, so
+    /// nothing listens there any more (a crashed process), and waiting out a
+    /// suspicion would only delay its replacement.
+    pub fn declare_dead(&mut self, addr: &NodeAddr, now: Duration) -> Vec<Effect> {
+        self.observe(now);
+        let mut effects = Vec::new();
+        self.suspicions.remove(addr);
+        let prev = self.members.state(addr);
+        if let Change::Updated(row) = self.members.declare_dead(addr) {
+            let me = self.members.me().clone();
+            self.changed(prev, row, &me, now, true, &mut effects);
+        }
+        self.settle();
+        effects
+    }
+
+    /// Admits `addr` on the word of the 2009 protocol (no incarnation).
+    pub fn admit_legacy(&mut self, addr: &NodeAddr, now: Duration) -> Vec<Effect> {
+        self.observe(now);
+        let mut effects = Vec::new();
+        let prev = self.members.state(addr);
+        if let Change::Updated(row) = self.members.admit_legacy(addr) {
+            let me = self.members.me().clone();
+            self.changed(prev, row, &me, now, true, &mut effects);
+        }
+        self.settle();
+        effects
+    }
+
+    /// Our whole table, our own row first (what a sync pushes).
+    pub fn table(&self) -> Vec<MemberState> {
+        self.full_table()
+    }
+
     // ---- time ----
 
     /// Notices a missed deadline: we were paused or starved.

@@ -145,9 +145,8 @@ impl Transport for ThriftTransport {
                     Ok(convert::replica_reply(replica))
                 }
                 Request::Replicate { entries, ring } => {
-                    let bytes = relay::encode(|c| {
-                        c.replicate(convert::entries_out(entries), ring as i64)
-                    });
+                    let bytes =
+                        relay::encode(|c| c.replicate(convert::entries_out(entries), ring as i64));
                     pool.call_within(peer, &bytes, timeout, |c| c.replicate(Vec::new(), 0))
                         .await?;
                     Ok(Reply::Done)

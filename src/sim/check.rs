@@ -81,14 +81,7 @@ impl History {
     }
 
     /// Records a successful read of `key` that answered `value`.
-    pub fn read(
-        &self,
-        key: &str,
-        via: &str,
-        start: Duration,
-        end: Duration,
-        value: Option<&[u8]>,
-    ) {
+    pub fn read(&self, key: &str, via: &str, start: Duration, end: Duration, value: Option<&[u8]>) {
         let index = match value {
             None => None,
             Some(bytes) => {

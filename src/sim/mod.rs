@@ -105,7 +105,10 @@ impl Net {
         // Whole milliseconds: tokio's timers tick in milliseconds from a start
         // that is not aligned with the paused clock's, so a fraction would be
         // rounded differently from run to run, and the seed would not replay.
-        let span = config.max_delay.saturating_sub(config.min_delay).as_millis() as u64;
+        let span = config
+            .max_delay
+            .saturating_sub(config.min_delay)
+            .as_millis() as u64;
         let delay = config.min_delay + Duration::from_millis(rng.random_range(0..=span));
         let lost = self.cut.lock().contains(&(from.clone(), to.clone()))
             || (config.drop_rate > 0.0 && rng.random_bool(config.drop_rate));
@@ -124,7 +127,12 @@ struct SimTransport {
 }
 
 impl Transport for SimTransport {
-    fn call(&self, peer: &NodeAddr, request: Request, timeout: Duration) -> BoxFuture<Result<Reply>> {
+    fn call(
+        &self,
+        peer: &NodeAddr,
+        request: Request,
+        timeout: Duration,
+    ) -> BoxFuture<Result<Reply>> {
         let net = self.net.clone();
         let from = self.me.clone();
         let peer = peer.clone();
@@ -442,7 +450,11 @@ impl Cluster {
 
     /// Waits (in virtual time) until `done` holds, checking every 10 ms, for
     /// at most `limit`; returns whether it held.
-    pub async fn wait_until(&self, limit: Duration, mut done: impl FnMut(&Cluster) -> bool) -> bool {
+    pub async fn wait_until(
+        &self,
+        limit: Duration,
+        mut done: impl FnMut(&Cluster) -> bool,
+    ) -> bool {
         let deadline = Instant::now() + limit;
         loop {
             if done(self) {
@@ -472,5 +484,8 @@ impl Cluster {
 
 /// The key's replicas as `via` sees them, owner first.
 pub fn replicas_of(cluster: &Cluster, via: &NodeAddr, key: &[u8]) -> Vec<NodeAddr> {
-    cluster.node(via).map(|n| n.replicas(key)).unwrap_or_default()
+    cluster
+        .node(via)
+        .map(|n| n.replicas(key))
+        .unwrap_or_default()
 }
