@@ -73,6 +73,17 @@ pub enum Error {
         /// The write quorum.
         needed: usize,
     },
+    /// Fewer replicas than a read needs could vouch for their copies (the
+    /// ring is changing, or replicas are catching up). Nothing changed.
+    #[error(
+        "only {vouched} of the {needed} replicas a read needs could vouch for their copy (the ring is changing or catching up); retry shortly"
+    )]
+    ReadQuorum {
+        /// Replicas that vouched for their copies.
+        vouched: usize,
+        /// The read quorum.
+        needed: usize,
+    },
     /// A relayed write arrived after its sender stopped waiting for it. Nothing
     /// was stored (the sender has retried elsewhere).
     #[error("the relayed write expired before this node could apply it")]

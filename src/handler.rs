@@ -512,8 +512,12 @@ impl StoreSyncHandler for Handler {
         Ok(convert::entries_out(newer))
     }
 
-    fn handle_heartbeat(&self, _ring: i64) -> thrift::Result<i64> {
-        Ok(self.node.ring_id() as i64)
+    fn handle_heartbeat(&self, ring: i64, caller: Location) -> thrift::Result<i64> {
+        let ours = match convert::addr(&caller) {
+            Some(caller) => self.node.heartbeat(&caller, ring as u64),
+            None => self.node.ring_id(),
+        };
+        Ok(ours as i64)
     }
 
     fn handle_replica_read(&self, key: Vec<u8>, ring: i64) -> thrift::Result<Replica> {

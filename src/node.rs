@@ -160,6 +160,8 @@ pub struct Node {
     agreed: AtomicU64,
     /// When a peer last answered with another ring id.
     disagreed: AtomicU64,
+    /// Each peer's latest ring id, and when we heard it.
+    views: parking_lot::Mutex<BTreeMap<NodeAddr, (u64, u64)>>,
     /// The membership state machine's timing.
     swim_config: SwimConfig,
     /// Wakes the membership worker when an input may have news to send.
@@ -245,6 +247,7 @@ impl Node {
             resumed: AtomicU64::new(0),
             agreed: AtomicU64::new(0),
             disagreed: AtomicU64::new(0),
+            views: parking_lot::Mutex::new(BTreeMap::new()),
             config,
             me,
         })
@@ -312,10 +315,12 @@ impl Node {
     /// one means we disagree on where keys live (and the two views must meet:
     /// push-pull with that peer at once).
     fn note_view(self: &Arc<Self>, peer: &NodeAddr, theirs: u64) {
+        let now = self.now_ms();
+        self.views.lock().insert(peer.clone(), (theirs, now));
         if theirs == self.ring_id() {
-            self.agreed.fetch_max(self.now_ms(), Ordering::AcqRel);
+            self.agreed.fetch_max(now, Ordering::AcqRel);
         } else {
-            let before = self.disagreed.swap(self.now_ms(), Ordering::AcqRel);
+            let before = self.disagreed.swap(now, Ordering::AcqRel);
             log::debug!("{peer} routes with another ring than ours");
             if self.now_ms().saturating_sub(before) > self.lease().as_millis() as u64 {
                 let node = self.clone();
@@ -325,6 +330,15 @@ impl Node {
                     .spawn(async move { node.exchange(&peer, table).await });
             }
         }
+    }
+
+    /// Answers a peer's heartbeat with our ring id, noting theirs: one
+    /// exchange tells both sides whether they agree.
+    pub fn heartbeat(self: &Arc<Self>, caller: &NodeAddr, theirs: u64) -> u64 {
+        if *caller != self.me && self.peers().contains(caller) {
+            self.note_view(caller, theirs);
+        }
+        self.ring_id()
     }
 
     /// How long a confirmation of our view lasts: a quarter of the failure
@@ -491,6 +505,14 @@ impl Node {
             self.syncing.store(true, Ordering::Release);
             self.agreed.store(0, Ordering::Release);
             self.bump_epoch();
+            // Confirm the new view with every peer at once, so the node
+            // vouches for its copies again as soon as they agree.
+            for peer in self.peers() {
+                let node = self.clone();
+                self.tasks.spawn(async move {
+                    node.ping(&peer).await;
+                });
+            }
         }
     }
 
@@ -663,7 +685,14 @@ impl Node {
 
     async fn ping_within(self: &Arc<Self>, target: &NodeAddr, timeout: Duration) -> bool {
         match self
-            .call(target, Request::Heartbeat(self.ring_id()), timeout)
+            .call(
+                target,
+                Request::Heartbeat {
+                    ring: self.ring_id(),
+                    caller: self.me.clone(),
+                },
+                timeout,
+            )
             .await
         {
             Ok(Reply::Ring(theirs)) => {
@@ -740,8 +769,8 @@ impl Node {
     }
 
     /// Whether a peer confirmed our ring recently enough (within the lease)
-    /// that none can have declared us dead since, and none told us of another
-    /// ring meanwhile. The only member ever known holds it always; a node that
+    /// that none can have declared us dead since, and no serving peer's latest
+    /// word is another ring. The only member ever known holds it always; a node that
     /// holds every peer dead does not.
     fn lease_held(&self) -> bool {
         if self.view.read().swim.membership().known() <= 1 {
@@ -750,8 +779,17 @@ impl Node {
         let lease = self.lease().as_millis() as u64;
         let now = self.now_ms();
         let agreed = self.agreed.load(Ordering::Acquire);
-        let disagreed = self.disagreed.load(Ordering::Acquire);
-        agreed != 0 && now.saturating_sub(agreed) < lease && now.saturating_sub(disagreed) >= lease
+        if agreed == 0 || now.saturating_sub(agreed) >= lease {
+            return false;
+        }
+        // No serving peer's latest word (within the lease) is another ring.
+        let mine = self.ring_id();
+        let views = self.views.lock();
+        self.peers().iter().all(|peer| {
+            views
+                .get(peer)
+                .is_none_or(|&(theirs, at)| theirs == mine || now.saturating_sub(at) >= lease)
+        })
     }
 
     /// Whether this node's own copies can answer a read alone: joined, not
@@ -911,11 +949,11 @@ impl Node {
         }
         if self.coordinates(&replicas, hops) {
             let owner = replicas[0] == &self.me;
-            return self.coordinate_read(key, &replicas, owner).await;
+            return self.settled_read(key, &replicas, owner).await;
         }
         for (i, &target) in replicas.iter().enumerate() {
             if *target == self.me {
-                return self.coordinate_read(key, &replicas, i == 0).await;
+                return self.settled_read(key, &replicas, i == 0).await;
             }
             let request = Request::Read {
                 key: key.to_vec(),
@@ -932,6 +970,28 @@ impl Node {
             }
         }
         Err(Error::NoOwner)
+    }
+
+    /// [`Node::coordinate_read`], given a moment to settle: right after a
+    /// ring change the replicas catch up (anti-entropy, heartbeats) before
+    /// they vouch for their copies again, which takes milliseconds; a read
+    /// that arrives then waits for it (up to a tenth of the failure timeout)
+    /// rather than fail.
+    async fn settled_read(
+        self: &Arc<Self>,
+        key: &[u8],
+        replicas: &[&NodeAddr],
+        owner: bool,
+    ) -> Result<Option<Stored>> {
+        let deadline = Instant::now() + self.config.failure_timeout / 10;
+        loop {
+            match self.coordinate_read(key, replicas, owner).await {
+                Err(Error::ReadQuorum { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Serves a read here. An owner that trusts its copy answers alone;
@@ -996,8 +1056,8 @@ impl Node {
             best.as_ref().map(|b| b.version)
         );
         if answers < quorum {
-            return Err(Error::Quorum {
-                stored: answers,
+            return Err(Error::ReadQuorum {
+                vouched: answers,
                 needed: quorum,
             });
         }
@@ -1394,17 +1454,20 @@ impl Node {
                     }
                 }
             }
-            if full && complete && self.epoch() == epoch && self.lease_held() {
+            let caught_up = full && complete && self.epoch() == epoch && self.lease_held();
+            if caught_up {
                 synced_epoch = epoch;
                 if self.syncing.swap(false, Ordering::AcqRel) {
-                    log::info!("caught up with every replica");
+                    log::info!("{}: caught up with every replica", self.me);
                 }
             }
             self.deliver_hints();
-            let pause = if complete {
+            // A round that could not finish catching up (a peer failed, or
+            // the peers do not confirm our ring yet) is tried again soon.
+            let pause = if caught_up || (complete && !full) {
                 self.config.anti_entropy_interval
             } else {
-                Duration::from_millis(200)
+                Duration::from_millis(20).max(self.config.failure_timeout / 100)
             };
             self.wait_past(epoch, pause).await;
         }
@@ -1670,7 +1733,7 @@ impl Node {
                     .await?;
                 Reply::Done
             }
-            Request::Heartbeat(_) => Reply::Ring(self.ring_id()),
+            Request::Heartbeat { ring, caller } => Reply::Ring(self.heartbeat(&caller, ring)),
             Request::ReplicaRead { key, ring } => {
                 let (copy, trusted, ring) = self.replica_read(&key, ring)?;
                 Reply::Replica {

@@ -61,8 +61,13 @@ pub enum Request {
         /// When the forwarding node stops waiting (wall microseconds).
         expires: i64,
     },
-    /// Failure detection and view agreement: our ring id; the answer is theirs.
-    Heartbeat(u64),
+    /// View agreement: our ring id (and who we are); the answer is theirs.
+    Heartbeat {
+        /// The caller's ring id.
+        ring: u64,
+        /// The caller.
+        caller: NodeAddr,
+    },
     /// A coordinator's quorum read of the receiver's own copy.
     ReplicaRead {
         /// The key.
@@ -112,7 +117,7 @@ impl Request {
             Request::Read { .. } => "relay_fetch",
             Request::Write { value: Some(_), .. } => "relay_store",
             Request::Write { value: None, .. } => "relay_erase",
-            Request::Heartbeat(_) => "heartbeat",
+            Request::Heartbeat { .. } => "heartbeat",
             Request::ReplicaRead { .. } => "replica_read",
             Request::Replicate { .. } => "replicate",
             Request::Peek(_) => "peek",

@@ -130,10 +130,14 @@ impl Transport for ThriftTransport {
                     .await?;
                     Ok(Reply::Done)
                 }
-                Request::Heartbeat(ring) => {
-                    let bytes = relay::encode(|c| c.heartbeat(ring as i64).map(drop));
+                Request::Heartbeat { ring, caller } => {
+                    let bytes = relay::encode(|c| {
+                        c.heartbeat(ring as i64, convert::location(&caller)).map(drop)
+                    });
                     let theirs = pool
-                        .call_within(peer, &bytes, timeout, |c| c.heartbeat(0))
+                        .call_within(peer, &bytes, timeout, |c| {
+                            c.heartbeat(0, convert::no_location())
+                        })
                         .await?;
                     Ok(Reply::Ring(theirs as u64))
                 }

@@ -104,12 +104,12 @@ service Store extends locator.Locator {
    */
   list<Entry> reconcile(1: locator.Location caller, 2: list<i32> buckets, 3: list<Entry> entries) throws (1: StoreError err),
   /**
-   * Failure detection and view agreement: `ring` is the caller's ring id (a
-   * digest of the members it routes to); the answer is the receiver's. Nodes
-   * whose ids differ disagree on where keys live, and neither vouches for its
-   * copies until they agree again.
+   * View agreement: `ring` is the caller's ring id (a digest of the members
+   * it routes to); the answer is the receiver's. Nodes whose ids differ
+   * disagree on where keys live, and neither vouches for its copies until
+   * they agree again.
    */
-  i64 heartbeat(1: i64 ring),
+  i64 heartbeat(1: i64 ring, 2: locator.Location caller),
   /** A coordinator's quorum read: the receiver's own copy of `key`, and whether it vouches for it. */
   Replica replica_read(1: binary key, 2: i64 ring) throws (1: StoreError err),
   /**

@@ -480,11 +480,11 @@ pub trait TStoreSyncClient : locator::TLocatorSyncClient {
   /// The receiver keeps the newer of each, and answers with its entries in those
   /// buckets that are newer than the caller's or that the caller lacks.
   fn reconcile(&mut self, caller: locator::Location, buckets: Vec<i32>, entries: Vec<Entry>) -> thrift::Result<Vec<Entry>>;
-  /// Failure detection and view agreement: `ring` is the caller's ring id (a
-  /// digest of the members it routes to); the answer is the receiver's. Nodes
-  /// whose ids differ disagree on where keys live, and neither vouches for its
-  /// copies until they agree again.
-  fn heartbeat(&mut self, ring: i64) -> thrift::Result<i64>;
+  /// View agreement: `ring` is the caller's ring id (a digest of the members
+  /// it routes to); the answer is the receiver's. Nodes whose ids differ
+  /// disagree on where keys live, and neither vouches for its copies until
+  /// they agree again.
+  fn heartbeat(&mut self, ring: i64, caller: locator::Location) -> thrift::Result<i64>;
   /// A coordinator's quorum read: the receiver's own copy of `key`, and whether it vouches for it.
   fn replica_read(&mut self, key: Vec<u8>, ring: i64) -> thrift::Result<Replica>;
   /// A coordinator's replication of writes. The receiver keeps the newer of each
@@ -834,12 +834,12 @@ impl <C: TThriftClient + TStoreSyncClientMarker + locator::TLocatorSyncClientMar
       result.ok_or()
     }
   }
-  fn heartbeat(&mut self, ring: i64) -> thrift::Result<i64> {
+  fn heartbeat(&mut self, ring: i64, caller: locator::Location) -> thrift::Result<i64> {
     (
       {
         self.increment_sequence_number();
         let message_ident = TMessageIdentifier::new("heartbeat", TMessageType::Call, self.sequence_number());
-        let call_args = StoreHeartbeatArgs { ring };
+        let call_args = StoreHeartbeatArgs { ring, caller };
         self.o_prot_mut().write_message_begin(&message_ident)?;
         call_args.write_to_out_protocol(self.o_prot_mut())?;
         self.o_prot_mut().write_message_end()?;
@@ -983,11 +983,11 @@ pub trait StoreSyncHandler : locator::LocatorSyncHandler {
   /// The receiver keeps the newer of each, and answers with its entries in those
   /// buckets that are newer than the caller's or that the caller lacks.
   fn handle_reconcile(&self, caller: locator::Location, buckets: Vec<i32>, entries: Vec<Entry>) -> thrift::Result<Vec<Entry>>;
-  /// Failure detection and view agreement: `ring` is the caller's ring id (a
-  /// digest of the members it routes to); the answer is the receiver's. Nodes
-  /// whose ids differ disagree on where keys live, and neither vouches for its
-  /// copies until they agree again.
-  fn handle_heartbeat(&self, ring: i64) -> thrift::Result<i64>;
+  /// View agreement: `ring` is the caller's ring id (a digest of the members
+  /// it routes to); the answer is the receiver's. Nodes whose ids differ
+  /// disagree on where keys live, and neither vouches for its copies until
+  /// they agree again.
+  fn handle_heartbeat(&self, ring: i64, caller: locator::Location) -> thrift::Result<i64>;
   /// A coordinator's quorum read: the receiver's own copy of `key`, and whether it vouches for it.
   fn handle_replica_read(&self, key: Vec<u8>, ring: i64) -> thrift::Result<Replica>;
   /// A coordinator's replication of writes. The receiver keeps the newer of each
@@ -1751,7 +1751,7 @@ impl TStoreProcessFunctions {
   }
   pub fn process_heartbeat<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let args = StoreHeartbeatArgs::read_from_in_protocol(i_prot)?;
-    match handler.handle_heartbeat(args.ring) {
+    match handler.handle_heartbeat(args.ring, args.caller) {
       Ok(handler_return) => {
         let message_ident = TMessageIdentifier::new("heartbeat", TMessageType::Reply, incoming_sequence_number);
         o_prot.write_message_begin(&message_ident)?;
@@ -3636,12 +3636,14 @@ impl StoreReconcileResult {
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
 struct StoreHeartbeatArgs {
   ring: i64,
+  caller: locator::Location,
 }
 
 impl StoreHeartbeatArgs {
   fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreHeartbeatArgs> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<i64> = None;
+    let mut f_2: Option<locator::Location> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -3653,6 +3655,10 @@ impl StoreHeartbeatArgs {
           let val = i_prot.read_i64()?;
           f_1 = Some(val);
         },
+        2 => {
+          let val = locator::Location::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -3661,8 +3667,10 @@ impl StoreHeartbeatArgs {
     }
     i_prot.read_struct_end()?;
     verify_required_field_exists("StoreHeartbeatArgs.ring", &f_1)?;
+    verify_required_field_exists("StoreHeartbeatArgs.caller", &f_2)?;
     let ret = StoreHeartbeatArgs {
       ring: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      caller: f_2.expect("auto-generated code should have checked for presence of required fields"),
     };
     Ok(ret)
   }
@@ -3671,6 +3679,9 @@ impl StoreHeartbeatArgs {
     o_prot.write_struct_begin(&struct_ident)?;
     o_prot.write_field_begin(&TFieldIdentifier::new("ring", TType::I64, 1))?;
     o_prot.write_i64(self.ring)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("caller", TType::Struct, 2))?;
+    self.caller.write_to_out_protocol(o_prot)?;
     o_prot.write_field_end()?;
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
