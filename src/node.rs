@@ -168,6 +168,8 @@ pub struct Node {
     swim_wake: Notify,
     /// Our own incarnation as last seen, to notice refutations.
     incarnation: AtomicI64,
+    /// Set while a burst of heartbeats to every peer is due.
+    confirming: AtomicBool,
 }
 
 /// The parts a node is built from.
@@ -235,6 +237,7 @@ impl Node {
             swim_config,
             swim_wake: Notify::new(),
             incarnation: AtomicI64::new(incarnation),
+            confirming: AtomicBool::new(false),
             out,
             replicator,
             tasks,
@@ -505,12 +508,18 @@ impl Node {
             self.syncing.store(true, Ordering::Release);
             self.agreed.store(0, Ordering::Release);
             self.bump_epoch();
-            // Confirm the new view with every peer at once, so the node
-            // vouches for its copies again as soon as they agree.
-            for peer in self.peers() {
+            // Confirm the new view with every peer soon (one burst for a
+            // run of changes), so the node vouches for its copies again as
+            // soon as they agree.
+            if !self.confirming.swap(true, Ordering::AcqRel) {
                 let node = self.clone();
                 self.tasks.spawn(async move {
-                    node.ping(&peer).await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    node.confirming.store(false, Ordering::Release);
+                    let peers = node.peers();
+                    let mut pings: FuturesUnordered<_> =
+                        peers.iter().map(|peer| node.ping(peer)).collect();
+                    while pings.next().await.is_some() {}
                 });
             }
         }
@@ -560,12 +569,27 @@ impl Node {
     /// Recomputes the ring from the table; returns whether it changed.
     fn rebuild_ring(view: &mut View) -> bool {
         let alive: Vec<NodeAddr> = view.swim.membership().alive().cloned().collect();
-        let changed = alive.as_slice() != view.ring.members();
-        if changed {
-            view.ring_id = ring_id_of(&alive);
-            view.ring = Arc::new(Ring::new(alive));
+        if alive.as_slice() == view.ring.members() {
+            return false;
         }
-        changed
+        view.ring_id = ring_id_of(&alive);
+        let old = view.ring.members();
+        let added: Vec<&NodeAddr> = alive.iter().filter(|m| !old.contains(m)).collect();
+        let removed: Vec<&NodeAddr> = old.iter().filter(|m| !alive.contains(m)).collect();
+        // A member or two more or less: hash only theirs (a ring of 64 has
+        // a quarter million points, and a ring forms one member at a time).
+        view.ring = Arc::new(if added.len() + removed.len() <= 4 {
+            let mut ring = removed
+                .iter()
+                .fold(Ring::clone(&view.ring), |ring, m| ring.without(m));
+            for m in added {
+                ring = ring.with(m.clone());
+            }
+            ring
+        } else {
+            Ring::new(alive)
+        });
+        true
     }
 
     fn bump_epoch(&self) {
