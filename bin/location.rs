@@ -150,6 +150,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The handler goes in first, so that Ctrl-C while the node starts (or
+    // joins) still ends in a graceful leave once it runs.
+    let stopper = launch::Stopper::default();
+    let on_signal = stopper.clone();
+    if let Err(e) = ctrlc::set_handler(move || on_signal.stop()) {
+        eprintln!("location: cannot install the Ctrl-C handler: {e}");
+        return ExitCode::FAILURE;
+    }
     let running = match launch::start(config) {
         Ok(running) => running,
         Err(e) => {
@@ -157,17 +165,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    stopper.attach(running.node().clone());
     // Tests and scripts read this line to learn the port when started with 0.
     println!(
         "listening on {} as {}",
         running.local_addr(),
         running.addr()
     );
-    let node = running.node().clone();
-    if let Err(e) = ctrlc::set_handler(move || node.request_stop()) {
-        eprintln!("location: cannot install the Ctrl-C handler: {e}");
-        return ExitCode::FAILURE;
-    }
     let left_behind = running.run_until_stopped();
     if left_behind > 0 {
         eprintln!("location: {left_behind} keys could not be handed over");

@@ -21,6 +21,33 @@ use crate::tasks::Tasks;
 use crate::transport::ThriftTransport;
 use crate::version::system_wall;
 
+/// Where a stop request (a signal) goes: to the node once it runs, and if
+/// it came before, the node stops as soon as it is attached.
+#[derive(Clone, Default)]
+pub struct Stopper {
+    inner: Arc<parking_lot::Mutex<(bool, Option<Arc<Node>>)>>,
+}
+
+impl Stopper {
+    /// Asks the node to stop (now, or as soon as it is attached).
+    pub fn stop(&self) {
+        let mut inner = self.inner.lock();
+        inner.0 = true;
+        if let Some(node) = &inner.1 {
+            node.request_stop();
+        }
+    }
+
+    /// The node stop requests go to from now on.
+    pub fn attach(&self, node: Arc<Node>) {
+        let mut inner = self.inner.lock();
+        if inner.0 {
+            node.request_stop();
+        }
+        inner.1 = Some(node);
+    }
+}
+
 /// A node that is up and serving.
 pub struct Running {
     node: Arc<Node>,
