@@ -999,15 +999,15 @@ impl Node {
     /// [`Node::coordinate_read`], given a moment to settle: right after a
     /// ring change the replicas catch up (anti-entropy, heartbeats) before
     /// they vouch for their copies again, which takes milliseconds; a read
-    /// that arrives then waits for it (up to a tenth of the failure timeout)
-    /// rather than fail.
+    /// that arrives then waits for it (up to half the failure timeout) rather
+    /// than fail.
     async fn settled_read(
         self: &Arc<Self>,
         key: &[u8],
         replicas: &[&NodeAddr],
         owner: bool,
     ) -> Result<Option<Stored>> {
-        let deadline = Instant::now() + self.config.failure_timeout / 10;
+        let deadline = Instant::now() + self.config.failure_timeout / 2;
         loop {
             match self.coordinate_read(key, replicas, owner).await {
                 Err(Error::ReadQuorum { .. }) if Instant::now() < deadline => {

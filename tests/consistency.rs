@@ -95,7 +95,6 @@ fn write_all(via: &NodeAddr, keys: &[String], value: impl Fn(usize) -> String) {
 /// node's (9 s), not the client's (1 s here), and the stale write gets a
 /// fresh version that beats the later one.
 #[test]
-#[ignore = "issue 7 bug 1: a forwarded write that reaches a paused owner late overwrites a later acknowledged write"]
 fn a_late_forwarded_write_never_overwrites_a_later_acknowledged_one() {
     let _turn = one_at_a_time();
     const KEYS: usize = 5;
@@ -161,8 +160,20 @@ fn a_late_forwarded_write_never_overwrites_a_later_acknowledged_one() {
             assert!(Instant::now() < deadline, "v3 of {key} kept failing: {e}");
             session = Session::open(Some(via.clone())).unwrap();
         }
+        // Reads may be refused for a moment while the ring settles (that is
+        // availability, not what this test is about); a value read must be v3.
+        let read = loop {
+            match session.get(key.as_bytes()) {
+                Ok(value) => break value,
+                Err(e) => {
+                    assert!(Instant::now() < deadline, "v3 of {key} kept failing to read: {e}");
+                    std::thread::sleep(Duration::from_millis(50));
+                    session = Session::open(Some(via.clone())).unwrap();
+                }
+            }
+        };
         assert_eq!(
-            session.get(key.as_bytes()).unwrap().as_deref(),
+            read.as_deref(),
             Some(b"v3".as_slice()),
             "v3 of {key} did not read back"
         );
@@ -252,7 +263,6 @@ fn a_late_forwarded_write_never_overwrites_a_later_acknowledged_one() {
 /// and read at once through one of its other replicas is absent: a replica
 /// whose own copy is older than the owner's tombstone must not answer it.
 #[test]
-#[ignore = "issue 7 bug 2: a replica answers its own stale copy of a key its owner has just erased"]
 fn an_erased_key_read_at_once_through_another_replica_is_absent() {
     let _turn = one_at_a_time();
     const ROUNDS: usize = 5_000;
@@ -392,7 +402,6 @@ fn read_while_restarting(
 /// data directory holds copies of keys erased while it was down; once it has
 /// joined it must answer them as absent, whichever node owns them.
 #[test]
-#[ignore = "issue 7 bug 2: a node restarted after kill -9 answers keys erased while it was down"]
 fn a_node_restarted_after_kill_9_does_not_answer_values_erased_while_it_was_down() {
     let _turn = one_at_a_time();
     const KEYS: usize = 1_500;
@@ -452,7 +461,6 @@ fn a_node_restarted_after_kill_9_does_not_answer_values_erased_while_it_was_down
 /// its stale disk copy before it has joined: from the moment its port
 /// accepts, every read through it either fails or answers the current value.
 #[test]
-#[ignore = "issue 7 bug 3: a restarted node serves its stale disk copy before it has joined"]
 fn a_restarted_node_never_answers_its_stale_disk_copy_while_it_joins() {
     let _turn = one_at_a_time();
     const KEYS: usize = 50;
@@ -518,7 +526,6 @@ fn a_restarted_node_never_answers_its_stale_disk_copy_while_it_joins() {
 /// a write quorum of the real ring: killed with `kill -9` right after the
 /// acknowledgement, the node takes nothing with it.
 #[test]
-#[ignore = "issue 7 bug 3: a restarted node acknowledges writes it stored alone before it joined"]
 fn a_write_acknowledged_by_a_restarting_node_survives_its_kill_9_right_after() {
     let _turn = one_at_a_time();
     const WRITERS: usize = 4;
@@ -782,7 +789,6 @@ fn free_port() -> u16 {
 /// (its port accepts, its join is under way) asks it to leave like any other:
 /// it exits 0 within 20 s, and no acknowledged write is lost.
 #[test]
-#[ignore = "issue 7 bug 4: SIGINT while a node is starting kills it outright instead of a graceful leave"]
 fn a_node_interrupted_while_it_starts_leaves_gracefully_and_loses_nothing() {
     let _turn = one_at_a_time();
     use std::os::unix::process::ExitStatusExt;
@@ -828,7 +834,6 @@ fn a_node_interrupted_while_it_starts_leaves_gracefully_and_loses_nothing() {
 /// Bug 5. Probing a peer that does not answer takes the failure detector a
 /// while; the prober must not mistake its own slow loop for having been paused.
 #[test]
-#[ignore = "issue 7 bug 5: a node probing a SIGSTOPped peer logs that it was paused itself"]
 fn only_the_stopped_node_logs_that_it_was_paused() {
     let _turn = one_at_a_time();
     let nodes = start(5, &[]);
@@ -932,7 +937,6 @@ fn declared_dead(node: &NodeProc) -> Vec<String> {
 /// Bug 6, joining. Sixty-four nodes started at once against one seed agree on
 /// the 64 members within 10 s, and none is falsely declared dead meanwhile.
 #[test]
-#[ignore = "issue 7 bug 6: 64 nodes started at once do not agree within 10 s without false deaths"]
 fn sixty_four_nodes_started_at_once_agree_within_ten_seconds_without_false_deaths() {
     let _turn = one_at_a_time();
     const N: usize = 64;
@@ -989,7 +993,6 @@ fn sixty_four_nodes_started_at_once_agree_within_ten_seconds_without_false_death
 /// Bug 6, detection. In a ring of 24, a SIGSTOPped member is dropped by every
 /// other within the failure timeout (2 s) plus a margin of 1 s.
 #[test]
-#[ignore = "issue 7 bug 6: a 24-node ring does not form reliably on two cores (joins time out, false deaths)"]
 fn a_stopped_member_of_twenty_four_is_dropped_within_the_failure_timeout() {
     let _turn = one_at_a_time();
     const N: usize = 24;
