@@ -156,6 +156,8 @@ pub struct Node {
     last_tick: AtomicU64,
     /// When the node last noticed it had been paused.
     resumed: AtomicU64,
+    /// How many times it noticed it had been paused.
+    pauses: AtomicU64,
     /// When a peer last confirmed our ring id (it places keys as we do).
     agreed: AtomicU64,
     /// When a peer last answered with another ring id.
@@ -248,6 +250,7 @@ impl Node {
             started: Instant::now(),
             last_tick: AtomicU64::new(0),
             resumed: AtomicU64::new(0),
+            pauses: AtomicU64::new(0),
             agreed: AtomicU64::new(0),
             disagreed: AtomicU64::new(0),
             views: parking_lot::Mutex::new(BTreeMap::new()),
@@ -779,6 +782,7 @@ impl Node {
             now - last
         );
         self.resumed.store(now, Ordering::Release);
+        self.pauses.fetch_add(1, Ordering::Relaxed);
         self.syncing.store(true, Ordering::Release);
         self.bump_epoch();
         true
@@ -1806,6 +1810,7 @@ impl Node {
             usize::from(view.swim.membership().my_state().status != Status::Alive),
         );
         put("ready", usize::from(self.ready()));
+        put("pauses", self.pauses.load(Ordering::Relaxed) as usize);
         stats
     }
 

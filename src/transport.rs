@@ -132,7 +132,8 @@ impl Transport for ThriftTransport {
                 }
                 Request::Heartbeat { ring, caller } => {
                     let bytes = relay::encode(|c| {
-                        c.heartbeat(ring as i64, convert::location(&caller)).map(drop)
+                        c.heartbeat(ring as i64, convert::location(&caller))
+                            .map(drop)
                     });
                     let theirs = pool
                         .call_within(peer, &bytes, timeout, |c| {

@@ -166,7 +166,10 @@ fn a_late_forwarded_write_never_overwrites_a_later_acknowledged_one() {
             match session.get(key.as_bytes()) {
                 Ok(value) => break value,
                 Err(e) => {
-                    assert!(Instant::now() < deadline, "v3 of {key} kept failing to read: {e}");
+                    assert!(
+                        Instant::now() < deadline,
+                        "v3 of {key} kept failing to read: {e}"
+                    );
                     std::thread::sleep(Duration::from_millis(50));
                     session = Session::open(Some(via.clone())).unwrap();
                 }

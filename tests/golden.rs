@@ -513,6 +513,7 @@ fn store_node_cases() -> Vec<Case> {
                     ("keys", 2),
                     ("leaving", 0),
                     ("members", 1),
+                    ("pauses", 0),
                     ("ready", 1),
                     ("replicas", 1),
                     ("replication_pending", 0),

@@ -10,6 +10,19 @@ use thrifty_p2p::sim::schedule::run_seed;
 /// Seeds CI runs on every change.
 const CI_SEEDS: std::ops::Range<u64> = 0..200;
 
+/// Seeds that once found a bug (with the code of their day), kept as
+/// regression schedules.
+const FOUND: [u64; 5] = [1359, 2300, 3676, 4010, 4113];
+
+#[test]
+fn the_seeds_that_once_failed_keep_the_guarantee() {
+    init_log();
+    for seed in FOUND {
+        let report = run_seed(seed);
+        assert!(report.passed(), "{report}");
+    }
+}
+
 #[test]
 fn every_seeded_fault_schedule_keeps_the_guarantee() {
     let first = std::env::var("SIM_FIRST_SEED")

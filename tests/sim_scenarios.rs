@@ -1,0 +1,265 @@
+//! The issue-7 scenarios, each scripted against a simulated cluster (real
+//! nodes, in-memory network, virtual time; see `thrifty_p2p::sim`). The same
+//! scenarios run against real processes in `tests/consistency.rs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use thrifty_p2p::NodeAddr;
+use thrifty_p2p::membership::Status;
+use thrifty_p2p::sim::schedule::sim_config;
+use thrifty_p2p::sim::{self, Cluster, NetConfig, Outcome, replicas_of};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// A settled ring of `n` simulated nodes.
+async fn ring(n: usize) -> (Arc<Cluster>, Vec<NodeAddr>) {
+    let cluster = Arc::new(Cluster::new(7, sim_config(), NetConfig::default()));
+    let addrs: Vec<NodeAddr> = (0..n).map(Cluster::addr).collect();
+    cluster.start(&addrs[0], None).await.unwrap();
+    for addr in &addrs[1..] {
+        cluster.start(addr, Some(&addrs[0])).await.unwrap();
+    }
+    assert!(cluster.wait_until(30 * SECOND, Cluster::settled).await);
+    (cluster, addrs)
+}
+
+/// Reads `key` through `via`, retrying refusals (availability is not what
+/// these tests are about) for up to ten seconds.
+async fn read(cluster: &Cluster, via: &NodeAddr, key: &[u8]) -> Option<Vec<u8>> {
+    for _ in 0..100 {
+        if let Outcome::Ok(value) = cluster.get(via, key, SECOND).await {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no read of {key:?} via {via} succeeded");
+}
+
+/// Writes until acknowledged, for up to ten seconds.
+async fn write(cluster: &Cluster, via: &NodeAddr, key: &[u8], value: Option<&[u8]>) {
+    for _ in 0..100 {
+        if cluster.put(via, key, value, SECOND).await == Outcome::Ok(()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no write of {key:?} via {via} was acknowledged");
+}
+
+#[test]
+fn a_late_forwarded_write_never_overwrites_a_later_acknowledged_one() {
+    sim::run(async {
+        let (cluster, addrs) = ring(5).await;
+        let keys: Vec<String> = (0..5).map(|i| format!("late-{i}")).collect();
+        for key in &keys {
+            let owner = replicas_of(&cluster, &addrs[0], key.as_bytes())[0].clone();
+            let via = addrs.iter().find(|a| **a != owner).unwrap().clone();
+            write(&cluster, &via, key.as_bytes(), Some(b"v1")).await;
+            cluster.pause(&owner);
+            // v2: the client gives up after a second.
+            let v2 = cluster.put(&via, key.as_bytes(), Some(b"v2"), SECOND).await;
+            tokio::time::sleep(3 * SECOND).await;
+            write(&cluster, &via, key.as_bytes(), Some(b"v3")).await;
+            assert_eq!(
+                read(&cluster, &via, key.as_bytes()).await.as_deref(),
+                Some(&b"v3"[..])
+            );
+            tokio::time::sleep(2 * SECOND).await;
+            cluster.resume(&owner);
+            assert!(cluster.wait_until(30 * SECOND, Cluster::settled).await);
+            for node in &addrs {
+                assert_eq!(
+                    read(&cluster, node, key.as_bytes()).await.as_deref(),
+                    Some(&b"v3"[..]),
+                    "{key} via {node} after repair (v2 was {v2:?})"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn an_erased_key_read_at_once_through_another_replica_is_absent() {
+    sim::run(async {
+        let (cluster, addrs) = ring(5).await;
+        for round in 0..200 {
+            let key = format!("erased-{}", round % 7);
+            let replicas = replicas_of(&cluster, &addrs[0], key.as_bytes());
+            write(&cluster, &replicas[0], key.as_bytes(), Some(b"value")).await;
+            write(&cluster, &replicas[0], key.as_bytes(), None).await;
+            for other in &replicas[1..] {
+                assert_eq!(
+                    read(&cluster, other, key.as_bytes()).await,
+                    None,
+                    "round {round}"
+                );
+            }
+        }
+    });
+}
+
+#[test]
+fn a_restarted_node_refuses_or_answers_the_current_value_until_it_has_joined() {
+    sim::run(async {
+        let (cluster, addrs) = ring(5).await;
+        let victim = addrs[3].clone();
+        write(&cluster, &addrs[0], b"restart-key", Some(b"old")).await;
+        assert!(cluster.wait_until(10 * SECOND, Cluster::settled).await);
+        cluster.kill(&victim);
+        write(&cluster, &addrs[0], b"restart-key", Some(b"new")).await;
+        // Restart from its (stale) store while a client reads through it.
+        let starting = {
+            let cluster = cluster.clone();
+            let (victim, seed) = (victim.clone(), addrs[0].clone());
+            tokio::spawn(async move { cluster.start(&victim, Some(&seed)).await })
+        };
+        let mut answers = 0;
+        while !starting.is_finished() {
+            if let Outcome::Ok(value) = cluster.get(&victim, b"restart-key", SECOND).await {
+                answers += 1;
+                assert_eq!(value.as_deref(), Some(&b"new"[..]), "a stale copy served");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        starting.await.unwrap().unwrap();
+        // A write it acknowledges is on a write quorum: it survives its kill.
+        write(&cluster, &victim, b"restart-key", Some(b"newest")).await;
+        cluster.kill(&victim);
+        assert_eq!(
+            read(&cluster, &addrs[0], b"restart-key").await.as_deref(),
+            Some(&b"newest"[..]),
+            "after {answers} answers while joining"
+        );
+    });
+}
+
+#[test]
+fn a_graceful_leave_under_steady_writes_finishes_and_loses_nothing() {
+    sim::run(async {
+        let (cluster, addrs) = ring(5).await;
+        let leaver = addrs[2].clone();
+        let writer = {
+            let cluster = cluster.clone();
+            let via = addrs[0].clone();
+            tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0..400 {
+                    let key = format!("steady-{}", i % 50);
+                    let value = format!("{i}");
+                    if cluster
+                        .put(&via, key.as_bytes(), Some(value.as_bytes()), SECOND)
+                        .await
+                        == Outcome::Ok(())
+                    {
+                        acked.push((key, value));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                acked
+            })
+        };
+        tokio::time::sleep(SECOND / 2).await;
+        let started = cluster.now();
+        let left_behind = cluster.leave(&leaver).await;
+        assert_eq!(left_behind, Some(0), "keys not handed over");
+        assert!(
+            cluster.now() - started < 20 * SECOND,
+            "the leave took too long"
+        );
+        let acked = writer.await.unwrap();
+        let mut last = std::collections::BTreeMap::new();
+        for (key, value) in acked {
+            last.insert(key, value);
+        }
+        for (key, value) in last {
+            assert_eq!(
+                read(&cluster, &addrs[1], key.as_bytes()).await.as_deref(),
+                Some(value.as_bytes()),
+                "{key} lost"
+            );
+        }
+    });
+}
+
+#[test]
+fn only_the_paused_node_notices_that_it_was_paused() {
+    sim::run(async {
+        let (cluster, addrs) = ring(5).await;
+        cluster.pause(&addrs[4]);
+        tokio::time::sleep(4 * SECOND).await;
+        cluster.resume(&addrs[4]);
+        tokio::time::sleep(2 * SECOND).await;
+        let pauses = |a: &NodeAddr| cluster.node(a).unwrap().stats()["pauses"];
+        for addr in &addrs[..4] {
+            assert_eq!(pauses(addr), 0, "{addr} thought it was paused");
+        }
+        assert!(pauses(&addrs[4]) >= 1, "the paused node did not notice");
+    });
+}
+
+#[test]
+fn sixty_four_members_started_at_once_agree_within_ten_seconds_without_false_deaths() {
+    sim::run(async {
+        let cluster = Arc::new(Cluster::new(64, sim_config(), NetConfig::default()));
+        let addrs: Vec<NodeAddr> = (0..64).map(Cluster::addr).collect();
+        cluster.start(&addrs[0], None).await.unwrap();
+        let started = cluster.now();
+        let joins: Vec<_> = addrs[1..]
+            .iter()
+            .map(|addr| {
+                let (cluster, addr, seed) = (cluster.clone(), addr.clone(), addrs[0].clone());
+                tokio::spawn(async move { cluster.start(&addr, Some(&seed)).await })
+            })
+            .collect();
+        for join in joins {
+            join.await.unwrap().unwrap();
+        }
+        let agreed = cluster
+            .wait_until(10 * SECOND, |c| {
+                addrs
+                    .iter()
+                    .all(|a| c.node(a).is_some_and(|n| n.members() == addrs))
+            })
+            .await;
+        assert!(agreed, "64 members did not agree within 10 s");
+        assert!(cluster.now() - started <= 10 * SECOND);
+        for addr in &addrs {
+            let table = cluster.node(addr).unwrap().table();
+            assert!(
+                table.iter().all(|row| row.status != Status::Dead),
+                "{addr} saw a false death"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_paused_member_is_dropped_within_the_failure_timeout_at_every_size() {
+    for n in [5, 24, 64] {
+        sim::run(async {
+            let (cluster, addrs) = ring(n).await;
+            let paused = addrs[n / 2].clone();
+            let others: Vec<NodeAddr> = addrs.iter().filter(|a| **a != paused).cloned().collect();
+            cluster.pause(&paused);
+            let started = cluster.now();
+            let dropped = cluster
+                .wait_until(sim_config().failure_timeout, |c| {
+                    others
+                        .iter()
+                        .all(|a| !c.node(a).unwrap().members().contains(&paused))
+                })
+                .await;
+            assert!(
+                dropped,
+                "{n} members: the paused member was not dropped everywhere within {:?}",
+                sim_config().failure_timeout
+            );
+            eprintln!(
+                "{n} members: paused member dropped everywhere after {:?}",
+                cluster.now() - started
+            );
+            cluster.resume(&paused);
+        });
+    }
+}
