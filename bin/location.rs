@@ -60,13 +60,14 @@ struct Args {
     #[arg(long, value_name = "W")]
     write_quorum: Option<usize>,
 
-    /// Replicas every read consults (1: the owner, falling back to the others
-    /// when it misses or is catching up).
+    /// Replicas that must vouch for their copy in every read, at least (a
+    /// read always asks enough to meet every write quorum: 2 with the
+    /// defaults; 1 only where one copy does, e.g. --replicas 1).
     #[arg(long, value_name = "R", default_value_t = Config::default().read_quorum)]
     read_quorum: usize,
 
-    /// Seconds without an answer to probes after which a member is declared
-    /// dead and dropped everywhere (decimals allowed, e.g. 2.5).
+    /// Seconds within which a member that stopped answering is suspected and
+    /// declared dead everywhere (decimals allowed, e.g. 2.5).
     #[arg(long, value_name = "SECS", default_value_t = Config::default().failure_timeout.as_secs_f64())]
     failure_timeout: f64,
 

@@ -51,11 +51,12 @@ pub struct Config {
     /// Replicas that must store a write before it is acknowledged; `None` means
     /// a majority of the key's replicas.
     pub write_quorum: Option<usize>,
-    /// Replicas consulted by every read (1: the owner alone, falling back to the
-    /// others when it misses or is catching up). Default 1.
+    /// Replicas that must vouch for their copy in every read, at least. A read
+    /// always hears from enough replicas to meet every write quorum (R + W >
+    /// N: 2 with the defaults), so this only raises it. Default 1.
     pub read_quorum: usize,
-    /// A member that does not answer probes for about this long is declared
-    /// dead and dropped everywhere. Default 5 s.
+    /// A member that stops answering is suspected and declared dead
+    /// everywhere within this long (SWIM, see `swim`). Default 5 s.
     pub failure_timeout: Duration,
     /// How often each node compares its data with the next peer in turn
     /// (anti-entropy). Default 2 s; a ring change starts a full round at once.

@@ -17,8 +17,14 @@
 //! - [`addr`], [`config`], [`error`]: names, settings and errors.
 //!
 //! Node and RPC edge:
-//! - [`node`]: one member: routing, replication, failure detection,
-//!   anti-entropy, join, handoff, graceful leave.
+//! - [`peer`]: node-to-node requests and replies, as domain types.
+//! - [`transport`]: how a node reaches peers (a trait; Thrift between
+//!   processes, memory in [`sim`]).
+//! - [`tasks`]: a node's tasks, with the stop switch and the simulation's
+//!   pause gate; a deterministic [`tasks::Signal`].
+//! - [`node`]: one member, all async on tokio: routing, coordination and
+//!   quorums, membership driven by [`swim`], view agreement, anti-entropy,
+//!   join, handoff, graceful leave.
 //! - [`replicate`]: per-peer batched replication, quorum acks, hints.
 //! - [`idl`]: code generated from `thrift/` (never edited by hand).
 //! - [`convert`]: generated Thrift types to and from domain types.
@@ -32,6 +38,11 @@
 //! - [`stream`]: large values as chunks sent straight to their owners, in
 //!   parallel, behind a manifest at the key.
 //! - [`tools`]: what the command-line clients share.
+//!
+//! Testing:
+//! - [`sim`]: a deterministic cluster simulation (real nodes, in-memory
+//!   network with faults, virtual time), a history checker and seeded fault
+//!   schedules.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]

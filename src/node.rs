@@ -88,6 +88,10 @@ fn ring_id_of(members: &[NodeAddr]) -> u64 {
 /// receiver busy while the next batch is read and encoded.
 const HANDOFF_IN_FLIGHT: usize = 4;
 
+/// One handoff batch's outcome: the owner, the keys and versions it
+/// carried, and the owner's answer.
+type HandoffBatch = (NodeAddr, Vec<(Vec<u8>, Version)>, Result<Reply>);
+
 /// What one handoff pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HandoffReport {
@@ -1551,23 +1555,21 @@ impl Node {
                 by_owner.entry(owner.clone()).or_default().push(key);
             }
         }
-        let settle = |report: &mut HandoffReport,
-                      (owner, sent, result): (NodeAddr, Vec<(Vec<u8>, Version)>, Result<Reply>)| {
-            match result {
-                Ok(_) => {
-                    for (key, version) in &sent {
-                        if let Err(e) = self.store.remove_if(key, *version) {
-                            log::warn!("deleting a handed-off key failed: {e}");
-                        }
+        let settle = |report: &mut HandoffReport, (owner, sent, result): HandoffBatch| match result
+        {
+            Ok(_) => {
+                for (key, version) in &sent {
+                    if let Err(e) = self.store.remove_if(key, *version) {
+                        log::warn!("deleting a handed-off key failed: {e}");
                     }
-                    report.moved += sent.len();
                 }
-                Err(e) => {
-                    log::warn!("handing {} keys to {owner} failed: {e}", sent.len());
-                    self.note_failure(&owner, &e);
-                    report.stuck += sent.len();
-                    report.restarted = true;
-                }
+                report.moved += sent.len();
+            }
+            Err(e) => {
+                log::warn!("handing {} keys to {owner} failed: {e}", sent.len());
+                self.note_failure(&owner, &e);
+                report.stuck += sent.len();
+                report.restarted = true;
             }
         };
         // Batches are read here while earlier ones are in flight.
