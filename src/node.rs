@@ -1016,14 +1016,22 @@ impl Node {
         owner: bool,
     ) -> Result<Option<Stored>> {
         let deadline = Instant::now() + self.config.failure_timeout / 2;
-        loop {
-            match self.coordinate_read(key, replicas, owner).await {
-                Err(Error::ReadQuorum { .. }) if Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                other => return other,
+        let mut answer = self.coordinate_read(key, replicas, owner).await;
+        while matches!(answer, Err(Error::ReadQuorum { .. })) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            // The ring may have changed meanwhile: place the key again.
+            let ring = self.placement();
+            let replicas = ring.owners(key, self.config.replicas);
+            if !replicas.contains(&&self.me) && replicas.first() != Some(&&self.me) {
+                return Err(Error::ReadQuorum {
+                    vouched: 0,
+                    needed: self.read_quorum(),
+                });
             }
+            let owner = replicas.first() == Some(&&self.me);
+            answer = self.coordinate_read(key, &replicas, owner).await;
         }
+        answer
     }
 
     /// Serves a read here. An owner that trusts its copy answers alone;
@@ -1044,7 +1052,9 @@ impl Node {
             log::trace!("read {}: owner alone", String::from_utf8_lossy(key));
             return Ok(local);
         }
-        let quorum = self.read_quorum().min(replicas.len()).max(1);
+        // Never fewer than every write quorum needs, however few replicas
+        // this view holds: a shrunken view must not lower the bar.
+        let quorum = self.read_quorum();
         // Only replicas that vouch for their copies count toward the quorum
         // (they route as we do and have caught up); every copy seen competes
         // for newest, since a newer copy can only be a later write.
