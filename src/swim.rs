@@ -809,7 +809,23 @@ impl Swim {
         now: Duration,
         effects: &mut Vec<Effect>,
     ) {
-        for row in rows {
+        // A member we hold gone (one coming back from a partition, say) may
+        // push a table in which it declared the rest of us dead while it was
+        // cut off. Its verdicts are only suspicions to us: a live accused
+        // refutes in time, a dead one is declared by our own timers. Taking
+        // them as verdicts would drop several members at once.
+        let sender_up =
+            *from == *self.members.me() || self.members.status(from).is_some_and(Status::is_up);
+        for mut row in rows {
+            if !sender_up
+                && row.status == Status::Dead
+                && row.addr != *from
+                && self.members.state(&row.addr).is_some_and(|known| {
+                    known.incarnation == row.incarnation && known.status.serves()
+                })
+            {
+                row.status = Status::Suspect;
+            }
             if row.addr == *self.members.me() {
                 if let Change::Refuted(mine) = self.members.apply(row) {
                     self.raise_health(1);
