@@ -711,10 +711,7 @@ impl Node {
     /// Whether `target` answers a heartbeat within the probe timeout; its
     /// answer also tells whether it routes as we do.
     pub async fn ping(self: &Arc<Self>, target: &NodeAddr) -> bool {
-        self.ping_within(target, self.probe_timeout()).await
-    }
-
-    async fn ping_within(self: &Arc<Self>, target: &NodeAddr, timeout: Duration) -> bool {
+        let timeout = self.probe_timeout();
         match self
             .call(
                 target,
@@ -1757,7 +1754,6 @@ impl Node {
     /// the Thrift server reaches the same methods through the handler).
     pub async fn handle(self: &Arc<Self>, request: Request) -> Result<Reply> {
         Ok(match request {
-            Request::Ping => Reply::Done,
             Request::Enter(state) => Reply::Members(self.enter(state)),
             Request::Gossip(rows) => Reply::Members(self.gossip(rows)),
             Request::Probe(target) => Reply::Probed(self.ping(&target).await),
@@ -1786,7 +1782,6 @@ impl Node {
                 self.replicate(entries, ring)?;
                 Reply::Done
             }
-            Request::Peek(keys) => Reply::Entries(self.peek(keys)?),
             Request::DiffBuckets { caller, digests } => {
                 Reply::Buckets(self.diff_buckets(&caller, &digests)?)
             }

@@ -33,8 +33,6 @@ impl Entry {
 /// One call from a node to a peer.
 #[derive(Clone, Debug)]
 pub enum Request {
-    /// Are you there? (failure detection)
-    Ping,
     /// A new node announces itself; the answer is the receiver's table.
     Enter(MemberState),
     /// Push-pull membership: our rows; the answer is the receiver's table.
@@ -83,8 +81,6 @@ pub enum Request {
         /// The coordinator's ring id.
         ring: u64,
     },
-    /// The receiver's own copies of these keys.
-    Peek(Vec<Vec<u8>>),
     /// Anti-entropy step 1: where do our digests of shared keys differ?
     DiffBuckets {
         /// The calling node.
@@ -110,7 +106,6 @@ impl Request {
     /// fault-injection switch).
     pub fn method(&self) -> &'static str {
         match self {
-            Request::Ping => "ping",
             Request::Enter(_) => "enter",
             Request::Gossip(_) => "gossip",
             Request::Probe(_) => "probe",
@@ -120,7 +115,6 @@ impl Request {
             Request::Heartbeat { .. } => "heartbeat",
             Request::ReplicaRead { .. } => "replica_read",
             Request::Replicate { .. } => "replicate",
-            Request::Peek(_) => "peek",
             Request::DiffBuckets { .. } => "diff_buckets",
             Request::Reconcile { .. } => "reconcile",
             Request::Absorb(_) => "absorb",

@@ -65,12 +65,6 @@ impl Transport for ThriftTransport {
             let pool = &*pool;
             let peer = &peer;
             match request {
-                Request::Ping => {
-                    let bytes = relay::encode(|c| c.ping());
-                    pool.call_within(peer, &bytes, timeout, |c| c.ping())
-                        .await?;
-                    Ok(Reply::Done)
-                }
                 Request::Enter(state) => {
                     let bytes = relay::encode(|c| c.enter(convert::member(&state)).map(drop));
                     let table = pool
@@ -155,13 +149,6 @@ impl Transport for ThriftTransport {
                     pool.call_within(peer, &bytes, timeout, |c| c.replicate(Vec::new(), 0))
                         .await?;
                     Ok(Reply::Done)
-                }
-                Request::Peek(keys) => {
-                    let bytes = relay::encode(|c| c.peek(keys).map(drop));
-                    let entries = pool
-                        .call_within(peer, &bytes, timeout, |c| c.peek(Vec::new()))
-                        .await?;
-                    Ok(Reply::Entries(convert::entries_in(entries)))
                 }
                 Request::DiffBuckets { caller, digests } => {
                     let bytes = relay::encode(|c| {

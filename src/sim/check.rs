@@ -129,17 +129,6 @@ impl History {
         for r in self.reads.lock().iter() {
             md5.update(format!("{r:?}\n").as_bytes());
         }
-        if let Ok(path) = std::env::var("SIM_DUMP") {
-            let mut text = String::new();
-            for w in self.writes.lock().iter() {
-                text.push_str(&format!("{w:?}\n"));
-            }
-            for r in self.reads.lock().iter() {
-                text.push_str(&format!("{r:?}\n"));
-            }
-            let n = std::fs::read_dir(&path).map(|d| d.count()).unwrap_or(0);
-            let _ = std::fs::write(format!("{path}/{n}.txt"), text);
-        }
         let digest = md5.finalize();
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
