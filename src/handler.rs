@@ -258,7 +258,7 @@ pub async fn serve_async(node: &Arc<Node>, mut run: impl FnMut(&StoreSyncProcess
             .write(&key, value.as_deref(), hops, version, expires)
             .await
             .map(|()| Answer::Done),
-        Call::Probe(target) => Ok(Answer::Probed(node.ping(&target).await)),
+        Call::Probe(target) => Ok(Answer::Probed(node.probe_for_peer(&target).await)),
     };
     run(&StoreSyncProcessor::new(Handler {
         node: node.clone(),

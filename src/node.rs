@@ -711,7 +711,19 @@ impl Node {
     /// Whether `target` answers a heartbeat within the probe timeout; its
     /// answer also tells whether it routes as we do.
     pub async fn ping(self: &Arc<Self>, target: &NodeAddr) -> bool {
-        let timeout = self.probe_timeout();
+        self.heartbeat_within(target, self.probe_timeout()).await
+    }
+
+    /// An indirect probe on a peer's behalf (`probe`): the asker waits only
+    /// until the end of its protocol period, so the answer, yes or no, must
+    /// come within SWIM's probe timeout; a later "no" would reach it as
+    /// silence, which it counts against its own health.
+    pub async fn probe_for_peer(self: &Arc<Self>, target: &NodeAddr) -> bool {
+        self.heartbeat_within(target, self.swim_config.probe_timeout)
+            .await
+    }
+
+    async fn heartbeat_within(self: &Arc<Self>, target: &NodeAddr, timeout: Duration) -> bool {
         match self
             .call(
                 target,
@@ -1756,7 +1768,7 @@ impl Node {
         Ok(match request {
             Request::Enter(state) => Reply::Members(self.enter(state)),
             Request::Gossip(rows) => Reply::Members(self.gossip(rows)),
-            Request::Probe(target) => Reply::Probed(self.ping(&target).await),
+            Request::Probe(target) => Reply::Probed(self.probe_for_peer(&target).await),
             Request::Read { key, hops } => Reply::Found(self.fetch_copy(&key, hops).await?),
             Request::Write {
                 key,
