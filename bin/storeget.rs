@@ -5,9 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
-use thrifty_p2p::NodeAddr;
-use thrifty_p2p::stream::{Options, StreamError};
-use thrifty_p2p::tools::Session;
+use thrifty_p2p::{Client, ClientOptions, NodeAddr};
 
 /// Print the value stored at KEY in a thrifty-p2p ring, as raw bytes.
 /// A value stored as chunks is fetched chunk by chunk, checked, and written
@@ -27,9 +25,8 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let mut out = std::io::stdout().lock();
-    let result = Session::open(args.peer)
-        .map_err(StreamError::from)
-        .and_then(|s| s.get_stream(args.key.as_bytes(), &mut out, &Options::default()));
+    let result = Client::open(args.peer, ClientOptions::default())
+        .and_then(|mut ring| ring.get_to(&args.key, &mut out));
     match result {
         Ok(Some(_)) => {
             // Raw bytes for pipes; a newline only for a person at a terminal.

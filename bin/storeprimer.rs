@@ -6,8 +6,7 @@ mod nato;
 use std::process::ExitCode;
 
 use clap::Parser;
-use thrifty_p2p::NodeAddr;
-use thrifty_p2p::tools::Session;
+use thrifty_p2p::{Client, ClientOptions, NodeAddr};
 
 use crate::nato::NATO;
 
@@ -24,9 +23,9 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let result = Session::open(args.peer).and_then(|mut session| {
+    let result = Client::open(args.peer, ClientOptions::default()).and_then(|mut session| {
         for (key, value) in NATO {
-            session.put(key.as_bytes(), value.as_bytes())?;
+            session.put(key, value)?;
             println!("{key} -> {value}");
         }
         Ok(())

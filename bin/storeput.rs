@@ -6,11 +6,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::builder::RangedU64ValueParser;
-use thrifty_p2p::NodeAddr;
-use thrifty_p2p::stream::{self, DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, Options};
-use thrifty_p2p::tools::Session;
+use thrifty_p2p::stream::{DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, Options};
+use thrifty_p2p::{Client, ClientOptions, NodeAddr};
 
-/// Store VALUE at KEY in a thrifty-p2p ring. Returns once the key's owner has it.
+/// Store VALUE at KEY in a thrifty-p2p ring. Returns once a write quorum of
+/// the key's replicas has it (2 of 3 with the nodes' defaults).
 ///
 /// A value longer than one chunk (--chunk-bytes) is stored as chunks, each
 /// sent straight to the node that owns it, several at a time, then a small
@@ -37,18 +37,20 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let options = Options {
-        chunk_bytes: args.chunk_bytes,
-        ..Options::default()
+    let options = ClientOptions {
+        stream: Options {
+            chunk_bytes: args.chunk_bytes,
+            ..Options::default()
+        },
+        ..ClientOptions::default()
     };
     let input: Box<dyn Read> = if args.value == "-" {
         Box::new(std::io::stdin().lock())
     } else {
         Box::new(std::io::Cursor::new(args.value.into_bytes()))
     };
-    let result = Session::open(args.peer)
-        .map_err(stream::StreamError::from)
-        .and_then(|s| s.put_stream(args.key.as_bytes(), input, &options));
+    let result =
+        Client::open(args.peer, options).and_then(|mut ring| ring.put_from(&args.key, input));
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {

@@ -6,8 +6,7 @@ mod nato;
 use std::process::ExitCode;
 
 use clap::Parser;
-use thrifty_p2p::tools::Session;
-use thrifty_p2p::{NodeAddr, Result};
+use thrifty_p2p::{Client, ClientOptions, NodeAddr, Result};
 
 use crate::nato::NATO;
 
@@ -25,7 +24,9 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let missing = match Session::open(args.peer).and_then(|mut s| check_nato(&mut s)) {
+    let missing = match Client::open(args.peer, ClientOptions::default())
+        .and_then(|mut s| check_nato(&mut s))
+    {
         Ok(missing) => missing,
         Err(e) => {
             eprintln!("storetest: {e}");
@@ -66,15 +67,15 @@ struct Missing {
 }
 
 /// Reads the NATO alphabet back; returns every key that did not come back.
-fn check_nato(session: &mut Session) -> Result<Vec<Missing>> {
+fn check_nato(session: &mut Client) -> Result<Vec<Missing>> {
     let mut missing = Vec::new();
     for (key, want) in NATO {
-        let got = session.get(key.as_bytes())?;
+        let got = session.get(key)?;
         if got.as_deref() != Some(want.as_bytes()) {
             missing.push(Missing {
                 key: key.to_string(),
                 got: got.map(|v| String::from_utf8_lossy(&v).into_owned()),
-                owner: session.owner(key.as_bytes())?,
+                owner: session.owner(key)?,
             });
         }
     }

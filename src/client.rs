@@ -1,39 +1,59 @@
-//! Outbound calls: a Thrift client over one TCP connection, and a pool of idle
-//! connections per peer for node-to-node traffic.
+//! The public client: a ring-aware, map-like handle on a thrifty-p2p ring,
+//! what the command-line tools and the tests use.
 //!
-//! The generated client reads replies through `ReplyReader`, which first reads a
-//! whole message and checks it with `frame::scan`, so a hostile or broken peer can
-//! neither make us allocate from a forged length nor leave us half-way through a
-//! message.
+//! ```no_run
+//! use thrifty_p2p::Client;
+//!
+//! # fn main() -> thrifty_p2p::Result<()> {
+//! let mut ring = Client::connect("127.0.0.1:9900")?;
+//! ring.put("a", "apple")?;
+//! assert_eq!(ring.get("a")?.as_deref(), Some(&b"apple"[..]));
+//! assert!(ring.contains("a")?);
+//! ring.delete("a")?;
+//! assert_eq!(ring.get("a")?, None);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Ring-aware: the client learns the members from the node it was given and
+//! sends each key's request straight to the key's owner (saving the hop a node
+//! would forward it), falling back to the key's other replicas and then to
+//! the given node when the owner cannot be reached or is still joining. Every
+//! node routes, so a stale view of the ring costs a forward, never a wrong
+//! answer. Values of any size: one larger than a chunk
+//! ([`stream::Options::chunk_bytes`], 8 MiB by default) is streamed as chunks
+//! to their owners in parallel (see [`crate::stream`]), and read back whole.
+//!
+//! Errors are [`Error`]s; one a node answered with is [`Error::Remote`] with
+//! the [`crate::ErrorKind`] the node gave it, and [`Error::is_transient`] says
+//! whether retrying may help.
 
-use std::collections::HashMap;
-use std::io::{self, BufWriter, Read};
-use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use thrift::TConfiguration;
-use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
-
 use crate::addr::NodeAddr;
-use crate::error::{Error, Result};
-use crate::frame::{self, Limits};
-use crate::idl::diststore::{StoreError, StoreSyncClient};
+use crate::discover;
+use crate::error::{Error, ErrorKind, Result};
+use crate::ring::Ring;
+use crate::stream::{self, Manifest, Written};
+use crate::wire::{Conn, Limits};
 
-/// A client of one node's Store service (which includes Locator and Base).
-pub type Client =
-    StoreSyncClient<TBinaryInputProtocol<ReplyReader>, TBinaryOutputProtocol<BufWriter<TcpStream>>>;
-
-/// How outbound connections behave.
+/// How a [`Client`] connects and calls.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientOptions {
     /// Connect timeout.
     pub connect_timeout: Duration,
-    /// Reply timeout.
+    /// How long to wait for one reply.
     pub rpc_timeout: Duration,
     /// Limits on one reply.
     pub limits: Limits,
+    /// Send each key to its owner (`true`, the default), or every request to
+    /// the node given, which routes it (`false`: to test or use one node as
+    /// the entry point on purpose).
+    pub ring_aware: bool,
+    /// How large values are streamed.
+    pub stream: stream::Options,
 }
 
 impl Default for ClientOptions {
@@ -42,267 +62,254 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(2),
             rpc_timeout: Duration::from_secs(30),
             limits: Limits::default(),
+            ring_aware: true,
+            stream: stream::Options::default(),
         }
     }
 }
 
-/// Reads one whole, checked message at a time from a socket.
-#[derive(Debug)]
-pub struct ReplyReader {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    /// Next byte of the current message to hand out.
-    pos: usize,
-    /// End of the current message in `buf`.
-    end: usize,
-    limits: Limits,
-}
-
-impl ReplyReader {
-    fn new(stream: TcpStream, limits: Limits) -> Self {
-        ReplyReader {
-            stream,
-            buf: Vec::new(),
-            pos: 0,
-            end: 0,
-            limits,
-        }
-    }
-
-    fn next_message(&mut self) -> io::Result<()> {
-        self.buf.drain(..self.end);
-        self.pos = 0;
-        self.end = 0;
-        loop {
-            if !self.buf.is_empty() {
-                match frame::scan(&self.buf, &self.limits) {
-                    Ok(Some(frame)) => {
-                        self.end = frame.len;
-                        return Ok(());
-                    }
-                    Ok(None) => {}
-                    Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-                }
-            }
-            // Grow geometrically so that re-scanning from the start stays linear.
-            let filled = self.buf.len();
-            let chunk = filled.max(64 * 1024);
-            self.buf.resize(filled + chunk, 0);
-            let n = match self.stream.read(&mut self.buf[filled..]) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.buf.truncate(filled);
-                    return Err(e);
-                }
-            };
-            self.buf.truncate(filled + n);
-            if n == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-    }
-}
-
-impl Read for ReplyReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.pos == self.end {
-            self.next_message()?;
-        }
-        let n = out.len().min(self.end - self.pos);
-        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-/// Protocol settings matching `limits`, so decoding also refuses what the frame
-/// scanner would.
-pub fn protocol_config(limits: &Limits) -> TConfiguration {
-    TConfiguration::builder()
-        .max_message_size(Some(limits.max_message))
-        .max_frame_size(Some(limits.max_message))
-        .max_string_size(Some(limits.max_message))
-        .max_container_size(Some(limits.max_container))
-        .max_recursion_depth(Some(limits.max_depth))
-        .build()
-        .expect("limits are positive")
-}
-
-/// Opens a connection to `peer`, trying each address its host resolves to.
-pub fn connect(peer: &NodeAddr, options: &ClientOptions) -> Result<Client> {
-    let mut last_error = None;
-    for addr in peer.resolve()? {
-        match TcpStream::connect_timeout(&addr, options.connect_timeout) {
-            Ok(stream) => return client_over(stream, options),
-            Err(e) => last_error = Some(e),
-        }
-    }
-    Err(Error::Unreachable {
-        peer: peer.to_string(),
-        refused: last_error
-            .as_ref()
-            .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
-        reason: last_error.map_or_else(|| "no address".into(), |e| e.to_string()),
-    })
-}
-
-fn client_over(stream: TcpStream, options: &ClientOptions) -> Result<Client> {
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(options.rpc_timeout))?;
-    stream.set_write_timeout(Some(options.rpc_timeout))?;
-    let reader = ReplyReader::new(stream.try_clone()?, options.limits);
-    let writer = BufWriter::with_capacity(64 * 1024, stream);
-    let input = TBinaryInputProtocol::with_config(reader, true, protocol_config(&options.limits));
-    let output = TBinaryOutputProtocol::new(writer, true);
-    Ok(StoreSyncClient::new(input, output))
-}
-
-/// Turns a Thrift error from a call to `peer` into ours. `StoreError`s raised by
-/// the peer become `Refused`; everything else is a failed call.
-pub fn call_error(peer: &NodeAddr, error: thrift::Error) -> Error {
-    match error {
-        thrift::Error::User(user) => match user.downcast::<StoreError>() {
-            Ok(store) => Error::Refused {
-                peer: peer.to_string(),
-                message: store.message.unwrap_or_default(),
-            },
-            Err(other) => Error::Rpc {
-                peer: peer.to_string(),
-                reason: other.to_string(),
-            },
-        },
-        thrift::Error::Application(app) => Error::Refused {
-            peer: peer.to_string(),
-            message: app.message,
-        },
-        other => Error::Rpc {
-            peer: peer.to_string(),
-            reason: other.to_string(),
-        },
-    }
-}
-
-/// Whether the connection that produced `error` is unusable afterwards.
-fn breaks_connection(error: &thrift::Error) -> bool {
-    matches!(
-        error,
-        thrift::Error::Transport(_) | thrift::Error::Protocol(_)
-    )
-}
-
-/// Idle connections kept per peer; more are closed after use.
-const MAX_IDLE_PER_PEER: usize = 64;
-
-/// Idle connections of type `C` per peer, and the fault-injection switch that
-/// cuts a node off from its peers. Shared by the blocking [`Pool`] and the
-/// async `relay::AsyncPool`.
-pub struct Idle<C> {
-    conns: Mutex<HashMap<NodeAddr, Vec<C>>>,
-    /// While set, every call fails as if the peer were cut off.
-    isolated: AtomicBool,
-}
-
-impl<C> Default for Idle<C> {
-    fn default() -> Self {
-        Idle {
-            conns: Mutex::new(HashMap::new()),
-            isolated: AtomicBool::new(false),
-        }
-    }
-}
-
-impl<C> Idle<C> {
-    /// An idle connection to `peer`, or `Ok(None)`; an error while isolated.
-    pub fn take(&self, peer: &NodeAddr) -> Result<Option<C>> {
-        if self.isolated.load(Ordering::Relaxed) {
-            return Err(Error::Unreachable {
-                peer: peer.to_string(),
-                reason: "this node is isolated (fault injection)".into(),
-                refused: false,
-            });
-        }
-        Ok(self.conns.lock().get_mut(peer).and_then(Vec::pop))
-    }
-
-    /// Keeps `conn` for the next call to `peer`, unless enough are idle.
-    pub fn give_back(&self, peer: &NodeAddr, conn: C) {
-        let mut conns = self.conns.lock();
-        let idle = conns.entry(peer.clone()).or_default();
-        if idle.len() < MAX_IDLE_PER_PEER {
-            idle.push(conn);
-        }
-    }
-
-    /// Cuts the node off from every peer (fault injection), or restores it.
-    pub fn set_isolated(&self, on: bool) {
-        self.isolated.store(on, Ordering::Relaxed);
-        if on {
-            self.conns.lock().clear();
-        }
-    }
-
-    /// Closes every idle connection to `peer` (it left or died).
-    pub fn forget(&self, peer: &NodeAddr) {
-        self.conns.lock().remove(peer);
-    }
-}
-
-/// Idle connections to peers, reused across calls.
-#[derive(Default)]
-pub struct Pool {
-    idle: Idle<Client>,
+/// A connection to a ring (see the [module docs](self)).
+pub struct Client {
+    entry: NodeAddr,
     options: ClientOptions,
+    conns: HashMap<NodeAddr, Conn>,
+    /// The members as the entry node saw them, learned on first use and
+    /// again after a member could not be reached.
+    ring: Option<Ring<NodeAddr>>,
 }
 
-impl Pool {
-    /// An empty pool.
-    pub fn new(options: ClientOptions) -> Self {
-        Pool {
-            idle: Idle::default(),
+impl Client {
+    /// Connects to the ring that the node at `addr` (`HOST:PORT`) belongs to.
+    ///
+    /// Errors: [`Error::BadAddress`] for an address that does not parse,
+    /// [`Error::Unreachable`] when no node answers there.
+    pub fn connect(addr: &str) -> Result<Client> {
+        Client::with_options(addr.parse()?, ClientOptions::default())
+    }
+
+    /// Connects to the ring of the first node answering on localhost from
+    /// port 9900 up, as the 2009 tools did.
+    pub fn discover() -> Result<Client> {
+        Client::with_options(discover::find_node("localhost")?, ClientOptions::default())
+    }
+
+    /// Connects to `peer`'s ring, or when `None` to the ring of the first node
+    /// answering on localhost from port 9900 up: what the command-line tools'
+    /// `--peer` does.
+    pub fn open(peer: Option<NodeAddr>, options: ClientOptions) -> Result<Client> {
+        let entry = match peer {
+            Some(peer) => peer,
+            None => discover::find_node("localhost")?,
+        };
+        Client::with_options(entry, options)
+    }
+
+    /// Connects to `entry`'s ring with `options`.
+    pub fn with_options(entry: NodeAddr, options: ClientOptions) -> Result<Client> {
+        let mut client = Client {
+            entry: entry.clone(),
             options,
+            conns: HashMap::new(),
+            ring: None,
+        };
+        client.conn(&entry)?;
+        Ok(client)
+    }
+
+    /// Sends every request to `entry`, which routes it: the node a request
+    /// enters the ring through is chosen, not the key's owner.
+    pub fn through(entry: NodeAddr) -> Result<Client> {
+        let options = ClientOptions {
+            ring_aware: false,
+            ..ClientOptions::default()
+        };
+        Client::with_options(entry, options)
+    }
+
+    /// The node this client was given.
+    pub fn entry(&self) -> &NodeAddr {
+        &self.entry
+    }
+
+    /// The value at `key`, whole, or `None` when it is not stored (never
+    /// written, or deleted). A streamed value is read chunk by chunk and
+    /// checked against its manifest's digests.
+    pub fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
+        let key = key.as_ref();
+        let Some(value) = self.on_owner(key, |c| c.fetch(key))? else {
+            return Ok(None);
+        };
+        if !value.starts_with(&stream::MAGIC) {
+            return Ok(Some(value));
+        }
+        match Manifest::decode(&value) {
+            Ok(None) => Ok(Some(value)),
+            Ok(Some(manifest)) => {
+                let mut whole = Vec::with_capacity(usize::try_from(manifest.size).unwrap_or(0));
+                self.get_to(key, &mut whole)?;
+                Ok(Some(whole))
+            }
+            Err(reason) => Err(Error::BadManifest {
+                key: String::from_utf8_lossy(key).into_owned(),
+                reason,
+            }),
         }
     }
 
-    /// The pool's idle connections and fault-injection switch.
-    pub fn idle(&self) -> &Idle<Client> {
-        &self.idle
+    /// Stores `value` at `key`; returns once a write quorum of the key's
+    /// replicas has it (with the defaults, 2 of 3). A value larger than one
+    /// chunk is streamed (see [`Client::put_from`]).
+    pub fn put(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        if value.len() > self.options.stream.chunk_bytes || value.starts_with(&stream::MAGIC) {
+            return self.put_from(key, value).map(drop);
+        }
+        self.on_owner(key, |c| c.store(key, value))
     }
 
-    /// Runs `call` on a connection to `peer`. A pooled connection that turns out
-    /// dead (the peer restarted or closed it) is replaced by a fresh one and the
-    /// call is made once more; every call we make between nodes is safe to repeat.
-    pub fn call<R>(
-        &self,
-        peer: &NodeAddr,
-        mut call: impl FnMut(&mut Client) -> thrift::Result<R>,
+    /// Deletes `key`: a tombstone keeps older copies from coming back.
+    pub fn delete(&mut self, key: impl AsRef<[u8]>) -> Result<()> {
+        let key = key.as_ref();
+        self.on_owner(key, |c| c.erase(key))
+    }
+
+    /// Whether `key` holds a value.
+    pub fn contains(&mut self, key: impl AsRef<[u8]>) -> Result<bool> {
+        let key = key.as_ref();
+        Ok(self.on_owner(key, |c| c.fetch(key))?.is_some())
+    }
+
+    /// The member that owns `key` in the entry node's view of the ring.
+    pub fn owner(&mut self, key: impl AsRef<[u8]>) -> Result<Option<NodeAddr>> {
+        let entry = self.entry.clone();
+        self.call(&entry, |c| c.locate(key.as_ref()))
+    }
+
+    /// The ring's members in the entry node's view.
+    pub fn members(&mut self) -> Result<Vec<NodeAddr>> {
+        let entry = self.entry.clone();
+        self.call(&entry, Conn::members)
+    }
+
+    /// The entry node's counters (keys, bytes, requests, repairs...).
+    pub fn stats(&mut self) -> Result<BTreeMap<String, i64>> {
+        let entry = self.entry.clone();
+        self.call(&entry, Conn::stats)
+    }
+
+    /// Stores everything `reader` yields at `key`: input that ends within one
+    /// chunk as a plain value, longer input as chunks sent straight to their
+    /// owners, `options.stream.workers` at a time, behind a manifest written
+    /// last (a reader sees the old value or the whole new one). Never holds
+    /// more than `workers + 2` chunks in memory.
+    pub fn put_from(&mut self, key: impl AsRef<[u8]>, reader: impl Read) -> Result<Written> {
+        stream::put(&self.entry, key.as_ref(), reader, &self.options.stream)
+    }
+
+    /// Writes the value at `key` to `writer`, a streamed value's chunks
+    /// fetched from their owners in parallel and in order; returns its size,
+    /// or `None` when the key is not stored.
+    pub fn get_to(&mut self, key: impl AsRef<[u8]>, writer: impl Write) -> Result<Option<u64>> {
+        stream::get_large(&self.entry, key.as_ref(), writer, &self.options.stream)
+    }
+
+    /// Makes `call` at the key's owner, then at its other replicas, then at
+    /// the entry node, until one answers (see the module docs).
+    fn on_owner<R>(
+        &mut self,
+        key: &[u8],
+        mut call: impl FnMut(&mut Conn) -> Result<R>,
     ) -> Result<R> {
-        if let Some(mut client) = self.idle.take(peer)? {
-            match call(&mut client) {
-                Ok(reply) => {
-                    self.idle.give_back(peer, client);
-                    return Ok(reply);
+        let mut tried = Vec::new();
+        for refreshed in [false, true] {
+            for peer in self.candidates(key, refreshed) {
+                if tried.contains(&peer) {
+                    continue;
                 }
-                Err(e) if breaks_connection(&e) => {
-                    log::debug!("pooled connection to {peer} failed ({e}); reconnecting");
+                match self.call(&peer, &mut call) {
+                    Err(e) if moves_on(&e) && peer != self.entry => {
+                        log::debug!("{e}; trying the next replica");
+                        tried.push(peer);
+                    }
+                    other => return other,
                 }
-                Err(e) => {
-                    self.idle.give_back(peer, client);
-                    return Err(call_error(peer, e));
-                }
+            }
+            if tried.is_empty() {
+                break;
             }
         }
-        let mut client = connect(peer, &self.options)?;
-        match call(&mut client) {
-            Ok(reply) => {
-                self.idle.give_back(peer, client);
-                Ok(reply)
+        let entry = self.entry.clone();
+        self.call(&entry, call)
+    }
+
+    /// Where a request for `key` goes, in order: the key's replicas in the
+    /// ring as last learned (learned again when `refresh`), then the entry.
+    fn candidates(&mut self, key: &[u8], refresh: bool) -> Vec<NodeAddr> {
+        if !self.options.ring_aware {
+            return vec![self.entry.clone()];
+        }
+        if refresh || self.ring.is_none() {
+            let entry = self.entry.clone();
+            match self.call(&entry, Conn::members) {
+                Ok(members) => self.ring = Some(Ring::new(members)),
+                Err(e) => log::debug!("cannot learn the ring from {entry}: {e}"),
             }
-            Err(e) => {
-                if !breaks_connection(&e) {
-                    self.idle.give_back(peer, client);
+        }
+        let mut peers: Vec<NodeAddr> = self
+            .ring
+            .as_ref()
+            .map(|ring| ring.owners(key, 3).into_iter().cloned().collect())
+            .unwrap_or_default();
+        peers.push(self.entry.clone());
+        peers
+    }
+
+    /// Makes `call` on a connection to `peer`, opened on first use; one that
+    /// broke is dropped and, if it was an idle pooled one, opened again once.
+    fn call<R>(
+        &mut self,
+        peer: &NodeAddr,
+        mut call: impl FnMut(&mut Conn) -> Result<R>,
+    ) -> Result<R> {
+        let reused = self.conns.contains_key(peer);
+        let result = call(self.conn(peer)?);
+        match result {
+            Err(_) if self.conns.get(peer).is_some_and(Conn::is_broken) => {
+                self.conns.remove(peer);
+                if reused {
+                    // The node may have closed an idle connection: once more.
+                    let result = call(self.conn(peer)?);
+                    if self.conns.get(peer).is_some_and(Conn::is_broken) {
+                        self.conns.remove(peer);
+                    }
+                    return result;
                 }
-                Err(call_error(peer, e))
+                result
             }
+            other => other,
         }
     }
+
+    fn conn(&mut self, peer: &NodeAddr) -> Result<&mut Conn> {
+        if !self.conns.contains_key(peer) {
+            let conn = Conn::open(peer, &self.options)?;
+            self.conns.insert(peer.clone(), conn);
+        }
+        Ok(self.conns.get_mut(peer).expect("inserted above"))
+    }
+}
+
+/// Whether a failure at one node is worth trying at another: it could not be
+/// reached, the call broke, or it is joining or leaving.
+fn moves_on(error: &Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::Unreachable | ErrorKind::Rpc | ErrorKind::Joining | ErrorKind::ShuttingDown
+    ) && !matches!(
+        error,
+        Error::Remote {
+            kind: ErrorKind::Rpc | ErrorKind::Unreachable,
+            ..
+        }
+    )
 }

@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use crate::addr::NodeAddr;
-use crate::frame::Limits;
+use crate::wire::Limits;
 
 /// Largest key accepted, in bytes. Keys travel in every handoff batch and live
 /// in memory twice over during a handoff, so they are kept far smaller than values.

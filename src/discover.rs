@@ -5,9 +5,9 @@ use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::time::Duration;
 
 use crate::addr::NodeAddr;
-use crate::client::{ClientOptions, connect};
+use crate::client::ClientOptions;
 use crate::error::{Error, Result};
-use crate::idl::locator::TBaseSyncClient;
+use crate::wire::Conn;
 
 /// First port probed, as in the 2009 program.
 pub const FIRST_PORT: u16 = 9900;
@@ -27,7 +27,7 @@ pub fn find_node(host: &str) -> Result<NodeAddr> {
     };
     for port in probe_range() {
         let addr = NodeAddr::new(host, port);
-        if let Ok(mut client) = connect(&addr, &options)
+        if let Ok(mut client) = Conn::open(&addr, &options)
             && client.ping().is_ok()
         {
             return Ok(addr);

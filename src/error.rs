@@ -1,5 +1,10 @@
-//! The library's error type. Each variant's doc says whether any state changed.
+//! The library's one error type, streaming included. Each variant's doc says
+//! whether any state changed. [`Error::kind`] names the failure in a way that
+//! survives the wire: an error a node answers with arrives as
+//! [`Error::Remote`] with the kind the node gave it, so a client tells a
+//! quorum failure from a refusal wherever it happened.
 
+use std::io;
 use std::time::Duration;
 
 /// Everything that can go wrong in the library.
@@ -36,7 +41,9 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
-    /// The peer answered with an error of its own. Nothing was stored.
+    /// The peer refused the request as invalid or not allowed here (a bad
+    /// argument, an unknown method, a member it does not know). Nothing was
+    /// stored.
     #[error("{peer} refused: {message}")]
     Refused {
         /// The address called.
@@ -133,9 +140,249 @@ pub enum Error {
     /// lost; a write that already returned `Ok` is not affected.
     #[error("storage failed: {0}; check the --data-dir disk")]
     Storage(String),
+    /// A node answered with an error of its own, of kind `kind` (as the node
+    /// named it; see [`ErrorKind`] for what each kind changed). For example a
+    /// write whose coordinator found too few replicas arrives as kind
+    /// [`ErrorKind::Quorum`].
+    #[error("{peer}: {message}")]
+    Remote {
+        /// The node that answered.
+        peer: String,
+        /// What kind of failure it reported.
+        kind: ErrorKind,
+        /// Its message.
+        message: String,
+    },
+    /// A chunk of a large value could be stored neither at its owner nor at
+    /// any other member. The key still holds its previous value.
+    #[error(
+        "storing chunk {index} of `{key}` failed at its owner {owner} ({reason}); check the ring's health and store the value again"
+    )]
+    ChunkNotStored {
+        /// The value's key (lossily decoded for display).
+        key: String,
+        /// The chunk's index.
+        index: u64,
+        /// The chunk's owner on the client's view of the ring.
+        owner: String,
+        /// What failed there (and at the members tried after it).
+        reason: String,
+    },
+    /// A value could not be read from its input. The key still holds its
+    /// previous value.
+    #[error("cannot read the value: {0}")]
+    Input(io::Error),
+    /// A value could not be written to its output. The ring is unchanged.
+    #[error("cannot write the value: {0}")]
+    Output(io::Error),
+    /// The key is too long to carry a chunk key's suffix. Nothing changed.
+    #[error(
+        "a key of {len} bytes is too long for a streamed value (at most {max} bytes); use a shorter key"
+    )]
+    KeyTooLong {
+        /// The key's length.
+        len: usize,
+        /// The longest key that can be streamed.
+        max: usize,
+    },
+    /// Zero workers, or a chunk size of 0 or above the largest chunk.
+    /// Nothing changed.
+    #[error(
+        "chunk size {chunk_bytes} with {workers} workers is invalid: use 1 to {max} bytes per chunk (no more than the nodes' --max-value-bytes) and at least 1 worker"
+    )]
+    BadOptions {
+        /// The chunk size asked for.
+        chunk_bytes: usize,
+        /// The worker count asked for.
+        workers: usize,
+        /// The largest chunk allowed.
+        max: usize,
+    },
+    /// The key holds something that begins like a manifest but is not a
+    /// readable one. The ring is unchanged.
+    #[error(
+        "the value at `{key}` looks like a streamed-value manifest but {reason}; it was written by a newer or broken client"
+    )]
+    BadManifest {
+        /// The value's key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A chunk named by the manifest is not stored. The ring is unchanged;
+    /// chunks before it may have been written out.
+    #[error(
+        "chunk {index} of {chunks} of `{key}` is missing: its owner {owner} has no copy and found none on the other replicas; the value is damaged, store it again"
+    )]
+    MissingChunk {
+        /// The value's key.
+        key: String,
+        /// The chunk's index.
+        index: u64,
+        /// How many chunks the value has.
+        chunks: u64,
+        /// The node that answered for the chunk.
+        owner: String,
+    },
+    /// A chunk could be fetched neither from its owner nor through any other
+    /// member. The ring is unchanged; chunks before it may have been written
+    /// out.
+    #[error(
+        "fetching chunk {index} of {chunks} of `{key}` from its owner {owner} failed ({reason}); check the ring's health and retry"
+    )]
+    ChunkNotFetched {
+        /// The value's key.
+        key: String,
+        /// The chunk's index.
+        index: u64,
+        /// How many chunks the value has.
+        chunks: u64,
+        /// The chunk's owner on the client's view of the ring.
+        owner: String,
+        /// What failed there (and at the members tried after it).
+        reason: String,
+    },
+    /// A chunk came back with other bytes than were stored. The ring is
+    /// unchanged; chunks before it may have been written out.
+    #[error(
+        "chunk {index} of {chunks} of `{key}` from {owner} is corrupt ({reason}); the value is damaged, store it again"
+    )]
+    CorruptChunk {
+        /// The value's key.
+        key: String,
+        /// The chunk's index.
+        index: u64,
+        /// How many chunks the value has.
+        chunks: u64,
+        /// The node that answered for the chunk.
+        owner: String,
+        /// How it differs.
+        reason: String,
+    },
+    /// The node asked reports no ring members. Nothing changed.
+    #[error("{peer} reports no ring members; check that it is a running node")]
+    NoMembers {
+        /// The node asked.
+        peer: String,
+    },
     /// Any other I/O failure.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+/// What kind of failure an [`Error`] is, the same whether it happened here or
+/// on a node that answered with it ([`Error::Remote`]). Kinds travel in
+/// `StoreError.kind` (see `thrift/diststore.thrift`); a kind this build does
+/// not know arrives as [`ErrorKind::Other`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A bad `host:port`. Nothing changed.
+    BadAddress,
+    /// A node could not be reached. Nothing was sent to it.
+    Unreachable,
+    /// A call failed midway; a write may or may not have been applied.
+    Rpc,
+    /// The request was refused as invalid or not allowed. Nothing stored.
+    Refused,
+    /// A value over the node's `--max-value-bytes`. Nothing stored.
+    TooLarge,
+    /// Nodes disagree on the owner while the ring changes. Nothing stored.
+    TooManyHops,
+    /// Too few replicas stored a write; it may still spread. Retry.
+    Quorum,
+    /// Too few replicas could vouch for their copies. Nothing changed.
+    ReadQuorum,
+    /// A relayed write arrived too late. Nothing stored.
+    Expired,
+    /// No reachable member owns the key. Nothing stored.
+    NoOwner,
+    /// The node is still joining its ring. Nothing changed.
+    Joining,
+    /// The node was just paused and refuses writes for a moment.
+    Paused,
+    /// The node is shutting down. Nothing changed.
+    ShuttingDown,
+    /// The node's storage failed.
+    Storage,
+    /// Local set-up: a port could not be bound, no node or free port found,
+    /// a wait timed out, bad streaming options or key.
+    Local,
+    /// A large value could not be read from or written to the local side.
+    Io,
+    /// A large value is damaged on the ring (a chunk missing or corrupt, a
+    /// manifest unreadable).
+    Damaged,
+    /// A kind this build does not know (sent by a newer node).
+    Other,
+}
+
+impl Error {
+    /// What kind of failure this is (see [`ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::BadAddress { .. } => ErrorKind::BadAddress,
+            Error::Unreachable { .. } => ErrorKind::Unreachable,
+            Error::Rpc { .. } | Error::ChunkNotStored { .. } | Error::ChunkNotFetched { .. } => {
+                ErrorKind::Rpc
+            }
+            Error::Refused { .. } => ErrorKind::Refused,
+            Error::TooLarge { .. } => ErrorKind::TooLarge,
+            Error::TooManyHops { .. } => ErrorKind::TooManyHops,
+            Error::Quorum { .. } => ErrorKind::Quorum,
+            Error::ReadQuorum { .. } => ErrorKind::ReadQuorum,
+            Error::Expired => ErrorKind::Expired,
+            Error::NoOwner | Error::NoMembers { .. } => ErrorKind::NoOwner,
+            Error::Joining => ErrorKind::Joining,
+            Error::Paused => ErrorKind::Paused,
+            Error::ShuttingDown => ErrorKind::ShuttingDown,
+            Error::Storage(_) => ErrorKind::Storage,
+            Error::Bind { .. }
+            | Error::NotFound { .. }
+            | Error::Timeout(_)
+            | Error::KeyTooLong { .. }
+            | Error::BadOptions { .. } => ErrorKind::Local,
+            Error::Input(_) | Error::Output(_) | Error::Io(_) => ErrorKind::Io,
+            Error::BadManifest { .. } | Error::MissingChunk { .. } | Error::CorruptChunk { .. } => {
+                ErrorKind::Damaged
+            }
+            Error::Remote { kind, .. } => *kind,
+        }
+    }
+
+    /// This error as `peer` answering with it looks to the caller: its kind
+    /// and message, as they cross the wire. The simulation's transport uses it
+    /// too, so the node sees the same errors from peers in both.
+    pub fn into_remote(self, peer: &crate::NodeAddr) -> Error {
+        match self {
+            remote @ Error::Remote { .. } => remote,
+            other => Error::Remote {
+                peer: peer.to_string(),
+                kind: other.kind(),
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// Whether the request may be retried as it is, here or at another node,
+    /// with a fair chance of success: the ring was changing, catching up,
+    /// paused or busy, or the outcome of a call is unknown. Every write is
+    /// versioned, so repeating one is safe.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::Unreachable
+                | ErrorKind::Rpc
+                | ErrorKind::TooManyHops
+                | ErrorKind::Quorum
+                | ErrorKind::ReadQuorum
+                | ErrorKind::Expired
+                | ErrorKind::NoOwner
+                | ErrorKind::Joining
+                | ErrorKind::Paused
+                | ErrorKind::ShuttingDown
+        )
+    }
 }
 
 /// The library's result type.

@@ -8,18 +8,16 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::addr::NodeAddr;
-use crate::client::{ClientOptions, call_error, connect};
+use crate::client::ClientOptions;
 use crate::config::Config;
-use crate::convert;
-use crate::error::{Error, Result};
-use crate::idl::locator::TLocatorSyncClient;
+use crate::error::{Error, ErrorKind, Result};
 use crate::node::{Node, Parts};
-use crate::relay::AsyncPool;
-use crate::server;
 use crate::store::Store;
 use crate::tasks::Tasks;
-use crate::transport::ThriftTransport;
 use crate::version::system_wall;
+use crate::wire::Conn;
+use crate::wire::relay::{AsyncPool, ThriftTransport};
+use crate::wire::server;
 
 /// Where a stop request (a signal) goes: to the node once it runs, and if
 /// it came before, the node stops as soon as it is attached.
@@ -89,11 +87,7 @@ pub fn start(config: Config) -> Result<Running> {
         .thread_name("thrifty-worker")
         .build()?;
     let _inside = runtime.enter();
-    let pool = Arc::new(AsyncPool::new(
-        config.connect_timeout,
-        config.rpc_timeout,
-        config.limits(),
-    ));
+    let pool = Arc::new(AsyncPool::new(config.connect_timeout, config.limits()));
     let node = Node::new(Parts {
         config: config.clone(),
         me,
@@ -131,24 +125,23 @@ pub fn start(config: Config) -> Result<Running> {
 /// `get_all`, then `join` on the seed.
 async fn join(node: &Arc<Node>, seed: &NodeAddr, config: &Config) -> Result<()> {
     match node.join(seed).await {
-        Err(Error::Refused { message, .. }) if message.contains("unknown method") => {}
+        Err(e) if e.kind() == ErrorKind::Refused && e.to_string().contains("unknown method") => {}
         other => return other,
     }
     let options = ClientOptions {
         connect_timeout: config.connect_timeout,
         rpc_timeout: config.rpc_timeout,
         limits: config.limits(),
+        ..ClientOptions::default()
     };
     let members = tokio::task::block_in_place(|| {
-        let mut client = connect(seed, &options)?;
-        let members = client.get_all().map_err(|e| call_error(seed, e))?;
-        client
-            .join(convert::location(node.me()))
-            .map_err(|e| call_error(seed, e))?;
+        let mut conn = Conn::open(seed, &options)?;
+        let members = conn.members()?;
+        conn.join(node.me())?;
         Ok::<_, Error>(members)
     })?;
-    for addr in members.iter().filter_map(convert::addr) {
-        node.admit_legacy(&addr);
+    for addr in &members {
+        node.admit_legacy(addr);
     }
     node.set_ready();
     Ok(())

@@ -2,7 +2,21 @@
 //! full-membership ring, place keys with MD5 consistent hashing, and speak Apache
 //! Thrift to each other and to clients (wire-compatible with the 2009 program).
 //!
-//! # Layout
+//! # Using it
+//!
+//! [`Client`] is a ring-aware, map-like handle on a ring (`get`, `put`,
+//! `delete`, `contains`, values of any size); [`Error`] is the one error
+//! type, and [`ErrorKind`] says what kind of failure it is, the same on
+//! either side of the wire. [`launch::start`] runs a node in this process.
+//!
+//! # Layout, along a request's path
+//!
+//! A `put` from `bin/storeput.rs`: [`client`] (to the key's owner) →
+//! [`wire::conn`] (the call) → [`wire::server`] (one message, checked by
+//! [`wire::frame`]) → [`wire::codec`] (decoded once) → [`node`] (coordinates:
+//! version, quorum) → [`replicate`] (to the other replicas) → [`store`] (the
+//! engine). Peers are reached through [`transport`], which is
+//! [`wire::relay`] between processes.
 //!
 //! Pure core (no sockets, no clocks of their own):
 //! - [`ring`]: the consistent-hash ring; which member owns a key.
@@ -12,11 +26,10 @@
 //! - [`store`]: the local keys, versioned, with tombstones; in memory or on
 //!   disk (fjall), behind one engine interface.
 //! - [`version`]: hybrid logical clock versions that settle conflicting copies.
-//! - [`frame`]: finds where one Thrift message ends, within limits.
 //! - [`antientropy`]: bucket digests that let two replicas find where they differ.
 //! - [`addr`], [`config`], [`error`]: names, settings and errors.
 //!
-//! Node and RPC edge:
+//! Node:
 //! - [`peer`]: node-to-node requests and replies, as domain types.
 //! - [`transport`]: how a node reaches peers (a trait; Thrift between
 //!   processes, memory in [`sim`]).
@@ -26,18 +39,16 @@
 //!   quorums, membership driven by [`swim`], view agreement, anti-entropy,
 //!   join, handoff, graceful leave.
 //! - [`replicate`]: per-peer batched replication, quorum acks, hints.
-//! - [`idl`]: code generated from `thrift/` (never edited by hand).
-//! - [`convert`]: generated Thrift types to and from domain types.
-//! - [`handler`]: the generated service traits, implemented over [`node`].
-//! - [`server`]: our accept loop and connections (cap, idle timeout, shutdown).
-//! - [`client`]: outbound calls and the per-peer connection pool.
-//! - [`relay`]: async node-to-node calls for the request path (generated
-//!   client as codec, tokio sockets).
 //! - [`launch`]: start a node process, run it, stop it.
-//! - [`discover`]: find a local ring by probing ports from 9900, like the original.
+//!
+//! The one Thrift boundary, [`wire`]: the only module that names the
+//! `thrift` crate or the generated code ([`wire::idl`]).
+//!
+//! Clients:
+//! - [`client`]: the public [`Client`].
 //! - [`stream`]: large values as chunks sent straight to their owners, in
 //!   parallel, behind a manifest at the key.
-//! - [`tools`]: what the command-line clients share.
+//! - [`discover`]: find a local ring by probing ports from 9900, like the original.
 //!
 //! Testing:
 //! - [`sim`]: a deterministic cluster simulation (real nodes, in-memory
@@ -51,29 +62,24 @@ pub mod addr;
 pub mod antientropy;
 pub mod client;
 pub mod config;
-pub mod convert;
 pub mod discover;
 pub mod error;
-pub mod frame;
-pub mod handler;
-pub mod idl;
 pub mod launch;
 pub mod membership;
 pub mod node;
 pub mod peer;
-pub mod relay;
 pub mod replicate;
 pub mod ring;
-pub mod server;
 pub mod sim;
 pub mod store;
 pub mod stream;
 pub mod swim;
 pub mod tasks;
-pub mod tools;
 pub mod transport;
 pub mod version;
+pub mod wire;
 
 pub use addr::NodeAddr;
+pub use client::{Client, ClientOptions};
 pub use config::Config;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};

@@ -94,7 +94,7 @@
 //! The wire must carry `Suspect` and `Leaving` for the protocol to work: a
 //! suspicion that does not travel cannot be refuted, so a slow member would be
 //! declared dead and come back, instead of clearing its name. Today's
-//! `MemberStatus` has neither, and [`crate::convert::member`] sends both as
+//! `MemberStatus` has neither, and `wire::convert::member` sends both as
 //! `ALIVE`; the runtime that adopts this machine needs two more values there.
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -16,10 +16,11 @@ use common::{
     NodeProc, assert_none_lost, drained, local_copy, lost, members_of, node_args, read_via,
     replicas_of, start_ring, wait_for_members, wait_until,
 };
+use thrifty_p2p::Client;
+use thrifty_p2p::ClientOptions;
 use thrifty_p2p::NodeAddr;
-use thrifty_p2p::client::{ClientOptions, connect};
-use thrifty_p2p::idl::diststore::TStoreSyncClient;
-use thrifty_p2p::tools::Session;
+use thrifty_p2p::wire::conn::connect;
+use thrifty_p2p::wire::idl::diststore::TStoreSyncClient;
 
 /// The tester's failure timeout, seconds.
 const FAILURE_TIMEOUT: &str = "2";
@@ -83,7 +84,7 @@ fn ring_with_one_on_disk(dir: &std::path::Path) -> (Vec<NodeProc>, Vec<String>) 
 
 /// Writes `value(i)` at every key through `via`, each acknowledged.
 fn write_all(via: &NodeAddr, keys: &[String], value: impl Fn(usize) -> String) {
-    let mut session = Session::open(Some(via.clone())).unwrap();
+    let mut session = Client::through(via.clone()).unwrap();
     for (i, key) in keys.iter().enumerate() {
         session.put(key.as_bytes(), value(i).as_bytes()).unwrap();
     }
@@ -153,12 +154,12 @@ fn a_late_forwarded_write_never_overwrites_a_later_acknowledged_one() {
     let dropped = t0.elapsed();
     // The timing scenario: v3 at about 4 s, once the owner has been declared dead.
     std::thread::sleep(Duration::from_secs(4).saturating_sub(t0.elapsed()));
-    let mut session = Session::open(Some(via.clone())).unwrap();
+    let mut session = Client::through(via.clone()).unwrap();
     for key in &keys {
         let deadline = Instant::now() + Duration::from_secs(10);
         while let Err(e) = session.put(key.as_bytes(), b"v3") {
             assert!(Instant::now() < deadline, "v3 of {key} kept failing: {e}");
-            session = Session::open(Some(via.clone())).unwrap();
+            session = Client::through(via.clone()).unwrap();
         }
         // Reads may be refused for a moment while the ring settles (that is
         // availability, not what this test is about); a value read must be v3.
@@ -171,7 +172,7 @@ fn a_late_forwarded_write_never_overwrites_a_later_acknowledged_one() {
                         "v3 of {key} kept failing to read: {e}"
                     );
                     std::thread::sleep(Duration::from_millis(50));
-                    session = Session::open(Some(via.clone())).unwrap();
+                    session = Client::through(via.clone()).unwrap();
                 }
             }
         };
@@ -278,7 +279,7 @@ fn an_erased_key_read_at_once_through_another_replica_is_absent() {
             (key, replicas)
         })
         .collect();
-    let mut sessions: HashMap<NodeAddr, Session> = nodes
+    let mut sessions: HashMap<NodeAddr, Client> = nodes
         .iter()
         .map(|p| (p.addr.clone(), p.session()))
         .collect();
@@ -294,7 +295,7 @@ fn an_erased_key_read_at_once_through_another_replica_is_absent() {
         let value = format!("value-{round}");
         let owner = sessions.get_mut(&replicas[0]).unwrap();
         owner.put(key.as_bytes(), value.as_bytes()).unwrap();
-        owner.erase(key.as_bytes()).unwrap();
+        owner.delete(key.as_bytes()).unwrap();
         for other in &replicas[1..] {
             reads += 1;
             let got = sessions
@@ -431,7 +432,7 @@ fn a_node_restarted_after_kill_9_does_not_answer_values_erased_while_it_was_down
     wait_until_dropped(&survivors, &addr, Duration::from_secs(20));
     let mut session = nodes[0].session();
     for key in &keys {
-        session.erase(key.as_bytes()).unwrap();
+        session.delete(key.as_bytes()).unwrap();
     }
     assert!(wait_until(Duration::from_secs(20), || drained(&survivors)));
 
@@ -643,7 +644,7 @@ impl SteadyWrites {
                 let (via, stop, done) = (via.clone(), stop.clone(), done.clone());
                 std::thread::spawn(move || {
                     let mut acked = HashMap::new();
-                    let mut session: Option<Session> = None;
+                    let mut session: Option<Client> = None;
                     for round in 0.. {
                         for i in 0..keys {
                             if stop.load(Ordering::Relaxed) && round > 0 {
@@ -653,9 +654,8 @@ impl SteadyWrites {
                             let value = format!("{key}-round-{round}");
                             let deadline = Instant::now() + Duration::from_secs(30);
                             loop {
-                                let s = session.get_or_insert_with(|| {
-                                    Session::open(Some(via.clone())).unwrap()
-                                });
+                                let s = session
+                                    .get_or_insert_with(|| Client::through(via.clone()).unwrap());
                                 match s.put(key.as_bytes(), value.as_bytes()) {
                                     Ok(()) => break,
                                     Err(e) => {
@@ -899,7 +899,7 @@ fn start_at_once(n: usize, opts: &[&str]) -> (Vec<NodeProc>, Vec<String>) {
 /// The members `node` reports, sorted, if it answers within a second (a
 /// swamped node must not hold up a deadline).
 fn members_quickly(node: &NodeAddr) -> Option<Vec<String>> {
-    use thrifty_p2p::idl::locator::TLocatorSyncClient;
+    use thrifty_p2p::wire::idl::locator::TLocatorSyncClient;
     let options = ClientOptions {
         connect_timeout: Duration::from_secs(1),
         rpc_timeout: Duration::from_secs(1),
@@ -910,7 +910,7 @@ fn members_quickly(node: &NodeAddr) -> Option<Vec<String>> {
         .get_all()
         .ok()?
         .iter()
-        .filter_map(thrifty_p2p::convert::addr)
+        .filter_map(thrifty_p2p::wire::convert::addr)
         .map(|a| a.to_string())
         .collect();
     members.sort();

@@ -66,9 +66,11 @@ use thrift::protocol::{
 };
 use thrift::{ApplicationError, ApplicationErrorKind};
 use thrifty_p2p::NodeAddr;
-use thrifty_p2p::frame::{self, Limits, MessageKind};
-use thrifty_p2p::idl::diststore::{Entry, Lookup, StoreError, StoreSyncClient, TStoreSyncClient};
-use thrifty_p2p::idl::locator::{Location, Member, MemberStatus};
+use thrifty_p2p::wire::frame::{self, Limits, MessageKind};
+use thrifty_p2p::wire::idl::diststore::{
+    Entry, Lookup, StoreError, StoreSyncClient, TStoreSyncClient,
+};
+use thrifty_p2p::wire::idl::locator::{Location, Member, MemberStatus};
 
 use common::NodeProc;
 

@@ -12,8 +12,8 @@ use common::{
     NodeProc, lost, members_of, run_tool, start_ring, wait_for_members, wait_until, writer,
 };
 use thrifty_p2p::NodeAddr;
-use thrifty_p2p::idl::diststore::TStoreSyncClient;
 use thrifty_p2p::node::PEEK;
+use thrifty_p2p::wire::idl::diststore::TStoreSyncClient;
 
 fn peer(node: &NodeProc) -> String {
     node.addr.to_string()
@@ -145,7 +145,7 @@ fn an_unreachable_member_is_dropped_everywhere() {
 
 #[test]
 fn writes_sent_to_any_node_land_on_the_keys_replicas_only() {
-    use thrifty_p2p::idl::locator::TLocatorSyncClient;
+    use thrifty_p2p::wire::idl::locator::TLocatorSyncClient;
     let nodes = start_ring(4, &[]);
     let mut probe = nodes[0].client();
     let holds = |node: &NodeAddr, key: &str| {
@@ -164,7 +164,7 @@ fn writes_sent_to_any_node_land_on_the_keys_replicas_only() {
             .replicas(key.as_bytes().to_vec(), 3)
             .unwrap()
             .iter()
-            .filter_map(thrifty_p2p::convert::addr)
+            .filter_map(thrifty_p2p::wire::convert::addr)
             .collect();
         assert_eq!(replicas.len(), 3);
         // Acknowledged: the owner and a majority hold it at once, all three soon.

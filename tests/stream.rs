@@ -6,9 +6,9 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{NodeProc, run_tool, start_ring};
-use thrifty_p2p::idl::diststore::TStoreSyncClient;
-use thrifty_p2p::idl::locator::TLocatorSyncClient;
 use thrifty_p2p::stream::{MAGIC, Manifest, Options, Written};
+use thrifty_p2p::wire::idl::diststore::TStoreSyncClient;
+use thrifty_p2p::wire::idl::locator::TLocatorSyncClient;
 
 const MIB: usize = 1 << 20;
 
@@ -118,14 +118,14 @@ fn a_small_value_that_begins_like_a_manifest_is_streamed_so_it_reads_back_as_sto
     let mut value = MAGIC.to_vec();
     value.extend_from_slice(b"not really a manifest");
 
-    let written = session
-        .put_stream(b"tricky", &value[..], &Options::default())
-        .unwrap();
+    let written =
+        thrifty_p2p::stream::put(session.entry(), b"tricky", &value[..], &Options::default())
+            .unwrap();
     assert!(matches!(written, Written::Chunked(_)));
     let mut out = Vec::new();
-    let size = session
-        .get_stream(b"tricky", &mut out, &Options::default())
-        .unwrap();
+    let size =
+        thrifty_p2p::stream::get_large(session.entry(), b"tricky", &mut out, &Options::default())
+            .unwrap();
     assert_eq!(size, Some(value.len() as u64));
     assert_eq!(out, value);
 }
@@ -138,13 +138,13 @@ fn overwriting_a_large_value_reads_back_the_new_one_and_erases_the_old_chunks() 
     let first = pseudo_random(3 * MIB + 500, 3);
     let second = pseudo_random(2 * MIB + 7, 4);
 
-    session.put_stream(b"doc", &first[..], &options).unwrap();
+    thrifty_p2p::stream::put(session.entry(), b"doc", &first[..], &options).unwrap();
     let old = manifest_at(&nodes[0], "doc");
     assert_eq!(old.chunks(), 4);
-    session.put_stream(b"doc", &second[..], &options).unwrap();
+    thrifty_p2p::stream::put(session.entry(), b"doc", &second[..], &options).unwrap();
 
     let mut out = Vec::new();
-    let size = session.get_stream(b"doc", &mut out, &options).unwrap();
+    let size = thrifty_p2p::stream::get_large(session.entry(), b"doc", &mut out, &options).unwrap();
     assert_eq!(size, Some(second.len() as u64));
     assert!(
         out == second,
@@ -159,7 +159,7 @@ fn overwriting_a_large_value_reads_back_the_new_one_and_erases_the_old_chunks() 
 
     // And back to a plain value: the streamed one's chunks go too.
     let newer = manifest_at(&nodes[0], "doc");
-    session.put_stream(b"doc", &b"tiny"[..], &options).unwrap();
+    thrifty_p2p::stream::put(session.entry(), b"doc", &b"tiny"[..], &options).unwrap();
     assert_eq!(reader.get(b"doc").unwrap().as_deref(), Some(&b"tiny"[..]));
     assert_eq!(reader.get(&newer.chunk_key(b"doc", 0)).unwrap(), None);
 }
@@ -172,15 +172,13 @@ fn a_missing_or_corrupt_chunk_makes_storeget_fail_naming_the_chunk_and_its_owner
     let options = small_chunks(MIB);
     for key in ["erased", "corrupted"] {
         let value = pseudo_random(5 * MIB, 5);
-        session
-            .put_stream(key.as_bytes(), &value[..], &options)
-            .unwrap();
+        thrifty_p2p::stream::put(session.entry(), key.as_bytes(), &value[..], &options).unwrap();
     }
 
     let erased = manifest_at(&nodes[0], "erased");
     let chunk_key = erased.chunk_key(b"erased", 2);
     let owner = session.owner(&chunk_key).unwrap().unwrap();
-    session.erase(&chunk_key).unwrap();
+    session.delete(&chunk_key).unwrap();
     let (code, _, err) = run_tool("storeget", &["--peer", &peer, "erased"], None);
     assert_eq!(code, 2, "storeget should fail: {err}");
     assert!(err.contains("chunk 2 of 5"), "unclear message: {err}");
@@ -208,11 +206,10 @@ fn a_streamed_value_goes_in_and_out_while_a_node_was_just_killed() {
     // owns on the client's view go to the next member, which routes them.
     nodes[2].signal("KILL");
 
-    session
-        .put_stream(b"survivor", &value[..], &options)
-        .unwrap();
+    thrifty_p2p::stream::put(session.entry(), b"survivor", &value[..], &options).unwrap();
     let mut out = Vec::new();
-    let size = session.get_stream(b"survivor", &mut out, &options).unwrap();
+    let size =
+        thrifty_p2p::stream::get_large(session.entry(), b"survivor", &mut out, &options).unwrap();
     assert_eq!(size, Some(value.len() as u64));
     assert!(
         out == value,
@@ -292,7 +289,7 @@ fn measure(label: &str, opts: &[&str]) {
 
     let before: Vec<_> = pids.iter().map(|(_, pid)| cpu_seconds(*pid)).collect();
     let start = std::time::Instant::now();
-    let written = session.put_stream(b"huge", &value[..], &options).unwrap();
+    let written = thrifty_p2p::stream::put(session.entry(), b"huge", &value[..], &options).unwrap();
     report("put", start.elapsed().as_secs_f64(), &before);
     assert!(matches!(written, Written::Chunked(_)));
 
@@ -301,9 +298,8 @@ fn measure(label: &str, opts: &[&str]) {
     let mut read = 0u64;
     let mut sink = std::io::sink();
     let mut counting = CountingWriter(&mut sink, &mut read);
-    let got = session
-        .get_stream(b"huge", &mut counting, &options)
-        .unwrap();
+    let got =
+        thrifty_p2p::stream::get_large(session.entry(), b"huge", &mut counting, &options).unwrap();
     report("get", start.elapsed().as_secs_f64(), &before);
     assert_eq!(got, Some(size as u64));
     assert_eq!(read, size as u64);

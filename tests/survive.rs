@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use common::{
     NodeProc, assert_none_lost, lost, members_of, start_ring, wait_for_members, wait_until, writer,
 };
+use thrifty_p2p::Client;
+use thrifty_p2p::ClientOptions;
 use thrifty_p2p::NodeAddr;
-use thrifty_p2p::client::{ClientOptions, connect};
-use thrifty_p2p::convert;
-use thrifty_p2p::idl::diststore::TStoreSyncClient;
-use thrifty_p2p::idl::locator::TLocatorSyncClient;
-use thrifty_p2p::tools::Session;
+use thrifty_p2p::wire::conn::connect;
+use thrifty_p2p::wire::convert;
+use thrifty_p2p::wire::idl::diststore::TStoreSyncClient;
+use thrifty_p2p::wire::idl::locator::TLocatorSyncClient;
 
 /// Fast failure detection keeps the suite short; the default is 5 s.
 const FAILURE_TIMEOUT: &str = "2";
@@ -121,7 +122,7 @@ fn kill_9_of_one_node_then_another_after_repair_loses_no_acknowledged_write() {
     };
     let keys: Vec<String> = (0..KEYS).map(|i| format!("key-{i:05}")).collect();
     let first_round = wait_until(Duration::from_secs(120), || {
-        Session::open(Some(via.clone()))
+        Client::through(via.clone())
             .and_then(|mut s| s.get(keys[KEYS - 1].as_bytes()))
             .is_ok_and(|v| v.is_some())
     });
@@ -157,7 +158,7 @@ fn two_nodes_killed_at_the_same_instant_lose_no_acknowledged_write() {
     let mut nodes = start(5, &[]);
     let via = nodes[0].addr.clone();
     let mut acked = HashMap::new();
-    let mut session = Session::open(Some(via.clone())).unwrap();
+    let mut session = Client::through(via.clone()).unwrap();
     for i in 0..KEYS {
         let (key, value) = (format!("key-{i:05}"), format!("value-{i}"));
         session.put(key.as_bytes(), value.as_bytes()).unwrap();
@@ -318,7 +319,7 @@ fn after_a_partition_heals_every_replica_converges() {
             refused += 1;
         }
     }
-    side_a.erase(b"erased-on-one-side").unwrap();
+    side_a.delete(b"erased-on-one-side").unwrap();
     side_a.put(b"contested", b"side a").unwrap();
     assert!(side_c.put(b"contested", b"side c").is_err());
     assert_eq!(refused, 100, "the isolated node acknowledged writes alone");
@@ -335,7 +336,7 @@ fn after_a_partition_heals_every_replica_converges() {
     let mut contested = Vec::new();
     for node in &nodes {
         let mut s = node.session();
-        let read = |s: &mut thrifty_p2p::tools::Session, key: &[u8]| {
+        let read = |s: &mut thrifty_p2p::Client, key: &[u8]| {
             wait_until(Duration::from_secs(30), || s.get(key).is_ok());
             s.get(key).unwrap()
         };
@@ -378,7 +379,7 @@ fn measure_detection_and_repair_of_100_000_keys() {
         for part in keys.chunks(KEYS / 8) {
             let via = via.clone();
             s.spawn(move || {
-                let mut session = Session::open(Some(via)).unwrap();
+                let mut session = Client::through(via).unwrap();
                 for key in part {
                     session.put(key.as_bytes(), &[7u8; 100]).unwrap();
                 }

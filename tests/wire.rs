@@ -17,7 +17,7 @@ use thrift::protocol::{
     TBinaryInputProtocol, TBinaryOutputProtocol, TFieldIdentifier, TInputProtocol, TListIdentifier,
     TMessageIdentifier, TMessageType, TOutputProtocol, TStructIdentifier, TType,
 };
-use thrifty_p2p::idl::diststore::{Lookup, TStoreSyncClient};
+use thrifty_p2p::wire::idl::diststore::{Lookup, TStoreSyncClient};
 
 use common::NodeProc;
 

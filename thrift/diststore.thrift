@@ -8,9 +8,40 @@ include "locator.thrift"
 namespace py diststore
 namespace rs diststore
 
-/** Why a store operation failed. Nothing was stored when a write raises it. */
+/**
+ * What kind of failure a `StoreError` reports, so a client can act on it
+ * without parsing the message. Whether a write took effect depends on the kind:
+ * REFUSED, TOO_LARGE, TOO_MANY_HOPS, EXPIRED, NO_OWNER, JOINING, PAUSED and
+ * SHUTTING_DOWN stored nothing; QUORUM means too few replicas stored the write
+ * (it stays on those that did and may still spread, so retry); UNREACHABLE and
+ * RPC mean a call between nodes failed (for RPC a write may have been applied).
+ * Every write is versioned, so retrying any of them is safe. New kinds may be
+ * added: treat an unknown one as OTHER.
+ */
+enum ErrorKind {
+  OTHER = 0,
+  REFUSED = 1,
+  TOO_LARGE = 2,
+  TOO_MANY_HOPS = 3,
+  QUORUM = 4,
+  READ_QUORUM = 5,
+  EXPIRED = 6,
+  NO_OWNER = 7,
+  JOINING = 8,
+  PAUSED = 9,
+  SHUTTING_DOWN = 10,
+  STORAGE = 11,
+  UNREACHABLE = 12,
+  RPC = 13,
+}
+
+/**
+ * Why a store operation failed: a message for people and, from this version
+ * on, its `kind` for programs (absent from older nodes).
+ */
 exception StoreError {
   1: string message,
+  2: optional ErrorKind kind,
 }
 
 /**

@@ -31,7 +31,7 @@ impl Bench<'_> {
             chunk_bytes: c.bulk_chunk,
             ..stream::Options::default()
         };
-        let failed = |e: stream::StreamError| Error::Rpc {
+        let failed = |e: Error| Error::Rpc {
             peer: first.addr.to_string(),
             reason: e.to_string(),
         };

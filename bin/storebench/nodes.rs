@@ -8,10 +8,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use thrifty_p2p::client::{ClientOptions, connect};
-use thrifty_p2p::convert;
-use thrifty_p2p::idl::locator::TLocatorSyncClient;
-use thrifty_p2p::{Error, NodeAddr, Result};
+use thrifty_p2p::wire::Conn;
+use thrifty_p2p::{ClientOptions, Error, NodeAddr, Result};
 
 use crate::failed;
 
@@ -169,13 +167,12 @@ pub fn wait_for_ring(nodes: &[&NodeProc], timeout: Duration) -> Result<()> {
     let want: Vec<&NodeAddr> = nodes.iter().map(|n| &n.addr).collect();
     loop {
         let agreed = nodes.iter().all(|node| {
-            let Ok(mut client) = connect(&node.addr, &ClientOptions::default()) else {
+            let Ok(mut conn) = Conn::open(&node.addr, &ClientOptions::default()) else {
                 return false;
             };
-            let Ok(locations) = client.get_all() else {
+            let Ok(members) = conn.members() else {
                 return false;
             };
-            let members: Vec<NodeAddr> = locations.iter().filter_map(convert::addr).collect();
             members.len() == want.len() && want.iter().all(|w| members.contains(w))
         });
         if agreed {

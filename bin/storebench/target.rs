@@ -4,9 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use thrifty_p2p::client::{ClientOptions, call_error, connect};
-use thrifty_p2p::convert;
-use thrifty_p2p::idl::locator::TLocatorSyncClient;
+use thrifty_p2p::ClientOptions;
 use thrifty_p2p::ring::Ring;
 use thrifty_p2p::{NodeAddr, Result};
 
@@ -32,9 +30,8 @@ impl Target {
     /// `get_all`, and `Ring` says who owns each of keys `0..keys` (computed once
     /// up front, like the prebuilt keys, to keep the client cheap).
     pub fn ring_aware(seed: &NodeAddr, keys: usize) -> Result<Target> {
-        let mut client = connect(seed, &ClientOptions::default())?;
-        let locations = client.get_all().map_err(|e| call_error(seed, e))?;
-        let ring = Ring::new(locations.iter().filter_map(convert::addr));
+        let mut conn = thrifty_p2p::wire::Conn::open(seed, &ClientOptions::default())?;
+        let ring = Ring::new(conn.members()?);
         let members = ring.members();
         let nodes = members
             .iter()

@@ -347,7 +347,7 @@ mod tests {
 
     #[test]
     fn a_prebuilt_store_call_decodes_as_the_generated_code_would() {
-        use thrifty_p2p::frame::{Limits, MessageKind, scan};
+        use thrifty_p2p::wire::frame::{Limits, MessageKind, scan};
         let mut request = Request::store(b"hello");
         request.set_key(7);
         let frame = scan(&request.bytes, &Limits::default()).unwrap().unwrap();

@@ -167,11 +167,9 @@ impl Transport for SimTransport {
                 if lost {
                     std::future::pending::<()>().await;
                 }
-                // An error the peer answered with travels as its message.
-                reply.map_err(|e| Error::Refused {
-                    peer: name.clone(),
-                    message: e.to_string(),
-                })
+                // An error the peer answered with travels as it would over
+                // the wire: its kind and message.
+                reply.map_err(|e| e.into_remote(&peer))
             };
             match tokio::time::timeout(timeout, attempt).await {
                 Ok(reply) => reply,

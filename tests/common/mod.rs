@@ -13,9 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use thrifty_p2p::Client;
+use thrifty_p2p::ClientOptions;
 use thrifty_p2p::NodeAddr;
-use thrifty_p2p::client::{Client, ClientOptions, connect};
-use thrifty_p2p::tools::Session;
+use thrifty_p2p::wire::conn::{RawClient, connect};
 
 /// A running `location` process.
 pub struct NodeProc {
@@ -119,13 +120,13 @@ impl NodeProc {
     }
 
     /// A Thrift client connected to this node.
-    pub fn client(&self) -> Client {
+    pub fn client(&self) -> RawClient {
         connect(&self.addr, &ClientOptions::default()).expect("connect to node")
     }
 
     /// A session for the command-line operations.
-    pub fn session(&self) -> Session {
-        Session::open(Some(self.addr.clone())).expect("open session")
+    pub fn session(&self) -> Client {
+        Client::through(self.addr.clone()).expect("open session")
     }
 
     /// The node's log so far.
@@ -166,13 +167,13 @@ pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> boo
 
 /// The members a node reports through `get_all`, as sorted `host:port` strings.
 pub fn members_of(node: &NodeAddr) -> Option<Vec<String>> {
-    use thrifty_p2p::idl::locator::TLocatorSyncClient;
+    use thrifty_p2p::wire::idl::locator::TLocatorSyncClient;
     let mut client = connect(node, &ClientOptions::default()).ok()?;
     let mut members: Vec<String> = client
         .get_all()
         .ok()?
         .iter()
-        .filter_map(thrifty_p2p::convert::addr)
+        .filter_map(thrifty_p2p::wire::convert::addr)
         .map(|a| a.to_string())
         .collect();
     members.sort();
@@ -244,7 +245,7 @@ pub fn writer(
     done: Arc<AtomicUsize>,
 ) -> HashMap<String, String> {
     let mut acked = HashMap::new();
-    let mut session: Option<Session> = None;
+    let mut session: Option<Client> = None;
     let mut round = 0;
     'rounds: loop {
         for i in 0..keys {
@@ -255,7 +256,7 @@ pub fn writer(
             let value = format!("{key}-round-{round}");
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
-                let s = session.get_or_insert_with(|| Session::open(Some(via.clone())).unwrap());
+                let s = session.get_or_insert_with(|| Client::through(via.clone()).unwrap());
                 match s.put(key.as_bytes(), value.as_bytes()) {
                     Ok(()) => break,
                     Err(e) => {
@@ -277,7 +278,7 @@ pub fn writer(
 
 /// Keys whose value read through `via` is not the last acknowledged one.
 pub fn lost(via: &NodeAddr, acked: &HashMap<String, String>) -> Vec<String> {
-    let mut session = Session::open(Some(via.clone())).unwrap();
+    let mut session = Client::through(via.clone()).unwrap();
     let mut lost: Vec<String> = acked
         .iter()
         .filter(|(k, v)| session.get(k.as_bytes()).ok().flatten().as_deref() != Some(v.as_bytes()))
@@ -367,7 +368,7 @@ impl Drop for Paused<'_> {
 
 /// One counter from a node's `stats`, if it answers.
 pub fn stat(node: &NodeAddr, name: &str) -> Option<i64> {
-    use thrifty_p2p::idl::diststore::TStoreSyncClient;
+    use thrifty_p2p::wire::idl::diststore::TStoreSyncClient;
     let mut client = connect(node, &ClientOptions::default()).ok()?;
     client.stats().ok()?.get(name).copied()
 }
@@ -381,14 +382,14 @@ pub fn drained<'a>(nodes: impl IntoIterator<Item = &'a NodeAddr>) -> bool {
 
 /// The preference list of `key` in `via`'s view, owner first.
 pub fn replicas_of(via: &NodeAddr, key: &[u8]) -> Option<Vec<NodeAddr>> {
-    use thrifty_p2p::idl::locator::TLocatorSyncClient;
+    use thrifty_p2p::wire::idl::locator::TLocatorSyncClient;
     let mut client = connect(via, &ClientOptions::default()).ok()?;
     Some(
         client
             .replicas(key.to_vec(), 3)
             .ok()?
             .iter()
-            .filter_map(thrifty_p2p::convert::addr)
+            .filter_map(thrifty_p2p::wire::convert::addr)
             .collect(),
     )
 }
@@ -398,15 +399,15 @@ pub fn replicas_of(via: &NodeAddr, key: &[u8]) -> Option<Vec<NodeAddr>> {
 pub fn local_copy(
     node: &NodeAddr,
     key: &[u8],
-) -> Option<Option<thrifty_p2p::idl::diststore::Entry>> {
-    use thrifty_p2p::idl::diststore::TStoreSyncClient;
+) -> Option<Option<thrifty_p2p::wire::idl::diststore::Entry>> {
+    use thrifty_p2p::wire::idl::diststore::TStoreSyncClient;
     let mut client = connect(node, &ClientOptions::default()).ok()?;
     Some(client.peek(vec![key.to_vec()]).ok()?.into_iter().next())
 }
 
 /// Reads `key` through `via` on a fresh connection.
 pub fn read_via(via: &NodeAddr, key: &[u8]) -> thrifty_p2p::Result<Option<Vec<u8>>> {
-    Session::open(Some(via.clone()))?.get(key)
+    Client::through(via.clone())?.get(key)
 }
 
 impl NodeProc {

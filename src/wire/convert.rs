@@ -1,8 +1,9 @@
 //! Conversions between the generated Thrift types and the crate's domain types.
 
+use super::idl::diststore::{Entry, ErrorKind as WireKind, Lookup, Replica, StoreError};
+use super::idl::locator::{Location, Member, MemberStatus};
 use crate::addr::NodeAddr;
-use crate::idl::diststore::{Entry, Lookup, Replica};
-use crate::idl::locator::{Location, Member, MemberStatus};
+use crate::error::{Error, ErrorKind};
 use crate::membership::{MemberState, Status};
 use crate::store::Stored;
 use crate::version::Version;
@@ -22,6 +23,58 @@ pub fn no_location() -> Location {
 pub fn addr(location: &Location) -> Option<NodeAddr> {
     let host = location.address.clone().filter(|h| !h.is_empty())?;
     Some(NodeAddr::new(host, location.port? as u16))
+}
+
+/// An error as the `StoreError` a node answers with: its message and kind.
+pub fn store_error(error: &Error) -> StoreError {
+    let kind = match error.kind() {
+        ErrorKind::Refused | ErrorKind::BadAddress => WireKind::REFUSED,
+        ErrorKind::TooLarge => WireKind::TOO_LARGE,
+        ErrorKind::TooManyHops => WireKind::TOO_MANY_HOPS,
+        ErrorKind::Quorum => WireKind::QUORUM,
+        ErrorKind::ReadQuorum => WireKind::READ_QUORUM,
+        ErrorKind::Expired => WireKind::EXPIRED,
+        ErrorKind::NoOwner => WireKind::NO_OWNER,
+        ErrorKind::Joining => WireKind::JOINING,
+        ErrorKind::Paused => WireKind::PAUSED,
+        ErrorKind::ShuttingDown => WireKind::SHUTTING_DOWN,
+        ErrorKind::Storage => WireKind::STORAGE,
+        ErrorKind::Unreachable => WireKind::UNREACHABLE,
+        ErrorKind::Rpc => WireKind::RPC,
+        _ => WireKind::OTHER,
+    };
+    // A remote error passed on keeps its text; ours is the whole message.
+    let message = match error {
+        Error::Remote { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    StoreError::new(message, kind)
+}
+
+/// The error `peer` answered with. A `StoreError` without a kind (from a
+/// node older than the field) counts as a refusal, as such nodes meant it.
+pub fn remote_error(peer: &NodeAddr, error: StoreError) -> Error {
+    let kind = match error.kind {
+        None | Some(WireKind::REFUSED) => ErrorKind::Refused,
+        Some(WireKind::TOO_LARGE) => ErrorKind::TooLarge,
+        Some(WireKind::TOO_MANY_HOPS) => ErrorKind::TooManyHops,
+        Some(WireKind::QUORUM) => ErrorKind::Quorum,
+        Some(WireKind::READ_QUORUM) => ErrorKind::ReadQuorum,
+        Some(WireKind::EXPIRED) => ErrorKind::Expired,
+        Some(WireKind::NO_OWNER) => ErrorKind::NoOwner,
+        Some(WireKind::JOINING) => ErrorKind::Joining,
+        Some(WireKind::PAUSED) => ErrorKind::Paused,
+        Some(WireKind::SHUTTING_DOWN) => ErrorKind::ShuttingDown,
+        Some(WireKind::STORAGE) => ErrorKind::Storage,
+        Some(WireKind::UNREACHABLE) => ErrorKind::Unreachable,
+        Some(WireKind::RPC) => ErrorKind::Rpc,
+        Some(_) => ErrorKind::Other,
+    };
+    Error::Remote {
+        peer: peer.to_string(),
+        kind,
+        message: error.message.unwrap_or_default(),
+    }
 }
 
 /// A member row for the wire.
@@ -180,6 +233,60 @@ mod tests {
             status: Status::Left,
         };
         assert_eq!(member_state(&member(&state)), Some(state));
+    }
+
+    #[test]
+    fn every_error_kind_a_node_answers_with_comes_back_as_that_kind() {
+        let peer = NodeAddr::new("n", 1);
+        for error in [
+            Error::Quorum {
+                stored: 1,
+                needed: 2,
+            },
+            Error::ReadQuorum {
+                vouched: 1,
+                needed: 2,
+            },
+            Error::TooLarge { size: 2, limit: 1 },
+            Error::TooManyHops { hops: 3 },
+            Error::Expired,
+            Error::NoOwner,
+            Error::Joining,
+            Error::Paused,
+            Error::ShuttingDown,
+            Error::Storage("disk".into()),
+            Error::Refused {
+                peer: "x".into(),
+                message: "no".into(),
+            },
+            Error::Unreachable {
+                peer: "x".into(),
+                reason: "r".into(),
+                refused: true,
+            },
+            Error::Rpc {
+                peer: "x".into(),
+                reason: "r".into(),
+            },
+        ] {
+            let back = remote_error(&peer, store_error(&error));
+            assert_eq!(back.kind(), error.kind(), "{error}");
+            assert_eq!(back.to_string(), format!("n:1: {error}"));
+            // Passed on by another node, it keeps kind and text.
+            let again = remote_error(&NodeAddr::new("m", 2), store_error(&back));
+            assert_eq!(again.kind(), error.kind());
+            assert_eq!(again.to_string(), format!("m:2: {error}"));
+        }
+    }
+
+    #[test]
+    fn a_store_error_without_a_kind_is_a_refusal() {
+        let old = StoreError {
+            message: Some("no".into()),
+            kind: None,
+        };
+        let error = remote_error(&NodeAddr::new("n", 1), old);
+        assert_eq!(error.kind(), ErrorKind::Refused);
     }
 
     #[test]

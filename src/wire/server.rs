@@ -3,9 +3,12 @@
 //! oneway calls that fail (which desynchronises the caller).
 //!
 //! Each connection reads whole messages (found with `frame::scan`, within the
-//! node's limits) before anything is decoded, hands each one to the generated
-//! processor over in-memory buffers, and writes the reply, unless the method is
-//! oneway. Because framing is ours, an unknown method or a bad argument costs one
+//! node's limits) before anything is decoded. A hot request (see
+//! [`super::codec`]) is decoded once into a domain call, served by the node
+//! (waiting on other nodes as it must, without blocking a worker) and its reply
+//! encoded once; any other message goes through the generated processor over
+//! in-memory buffers. The reply is written unless the method is oneway.
+//! Because framing is ours, an unknown method or a bad argument costs one
 //! exception reply, never the connection's sync.
 
 use std::sync::Arc;
@@ -17,11 +20,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 
-use crate::client::protocol_config;
-use crate::frame::{self, Frame, Limits, MessageKind};
-use crate::handler::{ASYNC_METHODS, Handler, ONEWAY_METHODS, is_peer_method, serve_async};
-use crate::idl::diststore::StoreSyncProcessor;
+use super::codec::{self, Answer, Call, Method};
+use super::conn::protocol_config;
+use super::frame::{self, Frame, Limits, MessageKind};
+use super::handler::{Handler, ONEWAY_METHODS, is_peer_method};
+use super::idl::diststore::StoreSyncProcessor;
+use crate::error::Error;
 use crate::node::Node;
+use crate::store::Stored;
+use crate::version::Version;
 
 /// How long shutdown waits for busy connections to finish their current call.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -126,20 +133,66 @@ async fn connection(
         };
         let message = &buf[..frame.len];
         check(&node, &frame)?;
-        let answer = if ASYNC_METHODS.contains(&frame.name.as_str()) {
-            serve_async(&node, |processor| {
-                process(processor, message, &frame, &limits, &mut reply)
-            })
-            .await;
-            answers(&frame) && !reply.is_empty()
-        } else {
-            process(&processor, message, &frame, &limits, &mut reply);
-            answers(&frame) && !reply.is_empty()
-        };
+        let hot =
+            Method::named(&frame.name).and_then(|_| codec::decode(message, frame.strict, &limits));
+        match hot {
+            Some(request) => {
+                let outcome = serve_hot(&node, request.method, request.call).await;
+                codec::encode_reply(
+                    request.method,
+                    request.seq,
+                    frame.strict,
+                    outcome,
+                    &mut reply,
+                );
+            }
+            None => process(&processor, message, &frame, &limits, &mut reply),
+        }
+        let answer = answers(&frame) && !reply.is_empty();
         buf.drain(..frame.len);
         if answer {
             write_reply(&mut socket, &reply, idle).await?;
         }
+    }
+}
+
+/// Serves a hot request: at once when the node can (a read it owns, a write
+/// it can take without waiting), otherwise waiting on the other nodes.
+async fn serve_hot(node: &Arc<Node>, method: Method, call: Call) -> Result<Answer, Error> {
+    match call {
+        Call::Read { key, hops } => {
+            // A relayed read answers with the copy's version, which only the
+            // waiting path gives.
+            if matches!(method, Method::Get | Method::Fetch)
+                && let Some(now) = node.fetch_now(&key, hops)
+            {
+                return now.map(|value| {
+                    Answer::Copy(value.map(|value| Stored {
+                        value: Some(value),
+                        version: Version::default(),
+                    }))
+                });
+            }
+            node.fetch_copy(&key, hops).await.map(Answer::Copy)
+        }
+        Call::Write {
+            key,
+            value,
+            hops,
+            version,
+            expires,
+        } => {
+            if version.is_none()
+                && let Some(now) = node.write_now(&key, value.as_deref(), hops, expires)
+            {
+                return now.map(|()| Answer::Done);
+            }
+            node.write(&key, value.as_deref(), hops, version, expires)
+                .await
+                .map(|()| Answer::Done)
+        }
+        Call::Probe(Some(target)) => Ok(Answer::Probed(node.probe_for_peer(&target).await)),
+        Call::Probe(None) => Ok(Answer::Probed(false)),
     }
 }
 

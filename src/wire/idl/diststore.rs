@@ -27,20 +27,118 @@ use thrift::server::TProcessor;
 
 use super::locator;
 
+/// What kind of failure a `StoreError` reports, so a client can act on it
+/// without parsing the message. Whether a write took effect depends on the kind:
+/// REFUSED, TOO_LARGE, TOO_MANY_HOPS, EXPIRED, NO_OWNER, JOINING, PAUSED and
+/// SHUTTING_DOWN stored nothing; QUORUM means too few replicas stored the write
+/// (it stays on those that did and may still spread, so retry); UNREACHABLE and
+/// RPC mean a call between nodes failed (for RPC a write may have been applied).
+/// Every write is versioned, so retrying any of them is safe. New kinds may be
+/// added: treat an unknown one as OTHER.
+#[derive(Copy, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct ErrorKind(pub i32);
+
+impl ErrorKind {
+  pub const OTHER: ErrorKind = ErrorKind(0);
+  pub const REFUSED: ErrorKind = ErrorKind(1);
+  pub const TOO_LARGE: ErrorKind = ErrorKind(2);
+  pub const TOO_MANY_HOPS: ErrorKind = ErrorKind(3);
+  pub const QUORUM: ErrorKind = ErrorKind(4);
+  pub const READ_QUORUM: ErrorKind = ErrorKind(5);
+  pub const EXPIRED: ErrorKind = ErrorKind(6);
+  pub const NO_OWNER: ErrorKind = ErrorKind(7);
+  pub const JOINING: ErrorKind = ErrorKind(8);
+  pub const PAUSED: ErrorKind = ErrorKind(9);
+  pub const SHUTTING_DOWN: ErrorKind = ErrorKind(10);
+  pub const STORAGE: ErrorKind = ErrorKind(11);
+  pub const UNREACHABLE: ErrorKind = ErrorKind(12);
+  pub const RPC: ErrorKind = ErrorKind(13);
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::OTHER,
+    Self::REFUSED,
+    Self::TOO_LARGE,
+    Self::TOO_MANY_HOPS,
+    Self::QUORUM,
+    Self::READ_QUORUM,
+    Self::EXPIRED,
+    Self::NO_OWNER,
+    Self::JOINING,
+    Self::PAUSED,
+    Self::SHUTTING_DOWN,
+    Self::STORAGE,
+    Self::UNREACHABLE,
+    Self::RPC,
+  ];
+}
+
+impl TSerializable for ErrorKind {
+  #[allow(clippy::trivially_copy_pass_by_ref)]
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    o_prot.write_i32(self.0)
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<ErrorKind> {
+    let enum_value = i_prot.read_i32()?;
+    Ok(ErrorKind::from(enum_value))
+  }
+}
+
+impl From<i32> for ErrorKind {
+  fn from(i: i32) -> Self {
+    match i {
+      0 => ErrorKind::OTHER,
+      1 => ErrorKind::REFUSED,
+      2 => ErrorKind::TOO_LARGE,
+      3 => ErrorKind::TOO_MANY_HOPS,
+      4 => ErrorKind::QUORUM,
+      5 => ErrorKind::READ_QUORUM,
+      6 => ErrorKind::EXPIRED,
+      7 => ErrorKind::NO_OWNER,
+      8 => ErrorKind::JOINING,
+      9 => ErrorKind::PAUSED,
+      10 => ErrorKind::SHUTTING_DOWN,
+      11 => ErrorKind::STORAGE,
+      12 => ErrorKind::UNREACHABLE,
+      13 => ErrorKind::RPC,
+      _ => ErrorKind(i)
+    }
+  }
+}
+
+impl From<&i32> for ErrorKind {
+  fn from(i: &i32) -> Self {
+    ErrorKind::from(*i)
+  }
+}
+
+impl From<ErrorKind> for i32 {
+  fn from(e: ErrorKind) -> i32 {
+    e.0
+  }
+}
+
+impl From<&ErrorKind> for i32 {
+  fn from(e: &ErrorKind) -> i32 {
+    e.0
+  }
+}
+
 //
 // StoreError
 //
 
-/// Why a store operation failed. Nothing was stored when a write raises it.
+/// Why a store operation failed: a message for people and, from this version
+/// on, its `kind` for programs (absent from older nodes).
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
 pub struct StoreError {
   pub message: Option<String>,
+  pub kind: Option<ErrorKind>,
 }
 
 impl StoreError {
-  pub fn new<F1>(message: F1) -> StoreError where F1: Into<Option<String>> {
+  pub fn new<F1, F2>(message: F1, kind: F2) -> StoreError where F1: Into<Option<String>>, F2: Into<Option<ErrorKind>> {
     StoreError {
       message: message.into(),
+      kind: kind.into(),
     }
   }
 }
@@ -49,6 +147,7 @@ impl TSerializable for StoreError {
   fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreError> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<String> = Some("".to_owned());
+    let mut f_2: Option<ErrorKind> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -60,6 +159,10 @@ impl TSerializable for StoreError {
           let val = i_prot.read_string()?;
           f_1 = Some(val);
         },
+        2 => {
+          let val = ErrorKind::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -69,6 +172,7 @@ impl TSerializable for StoreError {
     i_prot.read_struct_end()?;
     let ret = StoreError {
       message: f_1,
+      kind: f_2,
     };
     Ok(ret)
   }
@@ -80,6 +184,11 @@ impl TSerializable for StoreError {
       o_prot.write_string(fld_var)?;
       o_prot.write_field_end()?
     }
+    if let Some(ref fld_var) = self.kind {
+      o_prot.write_field_begin(&TFieldIdentifier::new("kind", TType::I32, 2))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }
@@ -89,6 +198,7 @@ impl Default for StoreError {
   fn default() -> Self {
     StoreError{
       message: Some("".to_owned()),
+      kind: None,
     }
   }
 }

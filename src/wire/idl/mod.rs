@@ -1,8 +1,8 @@
 //! Code generated from `thrift/` by `scripts/gen-thrift.sh`. Never edit by hand:
 //! change the IDL and run the script.
 //!
-//! Only `convert` and the RPC edge (`client`, `server`, `handler`) use these types;
-//! the rest of the crate speaks in domain types.
+//! Public so that tests (and anyone who wants to) can speak the protocol as any
+//! Thrift client would; inside the crate only [`crate::wire`] uses it.
 
 #[allow(missing_docs, clippy::all, clippy::pedantic)]
 pub mod diststore;

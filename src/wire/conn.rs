@@ -1,0 +1,304 @@
+//! A blocking connection to one node, with domain-typed calls: what the
+//! public [`crate::Client`], the streaming of large values and the tools
+//! use. The generated client is the codec (except for `store`, whose value
+//! is written from a borrowed slice); it reads replies through
+//! [`ReplyReader`], which first reads a whole message and checks it with
+//! [`frame::scan`], so a hostile or broken peer can neither make us allocate
+//! from a forged length nor leave us half-way through a message.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufWriter, Read};
+use std::net::TcpStream;
+
+use thrift::TConfiguration;
+use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
+
+use super::convert;
+use super::frame::{self, Limits};
+use super::idl::diststore::{StoreSyncClient, TStoreSyncClient};
+use super::idl::locator::{TBaseSyncClient, TLocatorSyncClient};
+use crate::addr::NodeAddr;
+use crate::client::ClientOptions;
+use crate::error::{Error, Result};
+use crate::membership::MemberState;
+use crate::peer::Entry;
+
+/// The generated client of one node's Store service (which includes Locator
+/// and Base), over our checked reader: for tests that speak the protocol as
+/// any Thrift client would.
+pub type RawClient =
+    StoreSyncClient<TBinaryInputProtocol<ReplyReader>, TBinaryOutputProtocol<BufWriter<TcpStream>>>;
+
+/// Reads one whole, checked message at a time from a socket.
+#[derive(Debug)]
+pub struct ReplyReader {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    /// Next byte of the current message to hand out.
+    pos: usize,
+    /// End of the current message in `buf`.
+    end: usize,
+    limits: Limits,
+}
+
+impl ReplyReader {
+    fn new(stream: TcpStream, limits: Limits) -> Self {
+        ReplyReader {
+            stream,
+            buf: Vec::new(),
+            pos: 0,
+            end: 0,
+            limits,
+        }
+    }
+
+    fn next_message(&mut self) -> io::Result<()> {
+        self.buf.drain(..self.end);
+        self.pos = 0;
+        self.end = 0;
+        loop {
+            if !self.buf.is_empty() {
+                match frame::scan(&self.buf, &self.limits) {
+                    Ok(Some(frame)) => {
+                        self.end = frame.len;
+                        return Ok(());
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                }
+            }
+            // Grow geometrically so that re-scanning from the start stays linear.
+            let filled = self.buf.len();
+            let chunk = filled.max(64 * 1024);
+            self.buf.resize(filled + chunk, 0);
+            let n = match self.stream.read(&mut self.buf[filled..]) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.buf.truncate(filled);
+                    return Err(e);
+                }
+            };
+            self.buf.truncate(filled + n);
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+}
+
+impl Read for ReplyReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.end {
+            self.next_message()?;
+        }
+        let n = out.len().min(self.end - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// Protocol settings matching `limits`, so decoding also refuses what the frame
+/// scanner would.
+pub fn protocol_config(limits: &Limits) -> TConfiguration {
+    TConfiguration::builder()
+        .max_message_size(Some(limits.max_message))
+        .max_frame_size(Some(limits.max_message))
+        .max_string_size(Some(limits.max_message))
+        .max_container_size(Some(limits.max_container))
+        .max_recursion_depth(Some(limits.max_depth))
+        .build()
+        .expect("limits are positive")
+}
+
+/// Opens a raw generated client to `peer` (see [`RawClient`]), trying each
+/// address its host resolves to.
+pub fn connect(peer: &NodeAddr, options: &ClientOptions) -> Result<RawClient> {
+    let mut last_error = None;
+    for addr in peer.resolve()? {
+        match TcpStream::connect_timeout(&addr, options.connect_timeout) {
+            Ok(stream) => return client_over(stream, options),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(Error::Unreachable {
+        peer: peer.to_string(),
+        refused: last_error
+            .as_ref()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
+        reason: last_error.map_or_else(|| "no address".into(), |e| e.to_string()),
+    })
+}
+
+fn client_over(stream: TcpStream, options: &ClientOptions) -> Result<RawClient> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(options.rpc_timeout))?;
+    stream.set_write_timeout(Some(options.rpc_timeout))?;
+    let reader = ReplyReader::new(stream.try_clone()?, options.limits);
+    let writer = BufWriter::with_capacity(64 * 1024, stream);
+    let input = TBinaryInputProtocol::with_config(reader, true, protocol_config(&options.limits));
+    let output = TBinaryOutputProtocol::new(writer, true);
+    Ok(StoreSyncClient::new(input, output))
+}
+
+/// A blocking connection to one node. A call that fails leaves the
+/// connection unusable only when the failure was on the connection itself
+/// (see [`Conn::is_broken`]); an error the node answered with does not.
+pub struct Conn {
+    peer: NodeAddr,
+    client: RawClient,
+    broken: bool,
+}
+
+impl Conn {
+    /// Connects to `peer`.
+    pub fn open(peer: &NodeAddr, options: &ClientOptions) -> Result<Conn> {
+        Ok(Conn {
+            peer: peer.clone(),
+            client: connect(peer, options)?,
+            broken: false,
+        })
+    }
+
+    /// The node this connection reaches.
+    pub fn peer(&self) -> &NodeAddr {
+        &self.peer
+    }
+
+    /// Whether a call failed on the connection itself (timeout, reset,
+    /// protocol error): it may be out of step with its node; open another.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    fn done<R>(&mut self, result: thrift::Result<R>) -> Result<R> {
+        result.map_err(|e| {
+            self.broken |= breaks_connection(&e);
+            call_error(&self.peer, e)
+        })
+    }
+
+    /// `ping`: whether the node answers.
+    pub fn ping(&mut self) -> Result<()> {
+        let result = self.client.ping();
+        self.done(result)
+    }
+
+    /// The value at `key`, if stored.
+    pub fn fetch(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let result = self.client.fetch(key.to_vec());
+        Ok(self.done(result)?.value)
+    }
+
+    /// Stores `value` at `key` (acknowledged once a write quorum has it).
+    pub fn store(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let result = super::codec::store_borrowed(&mut self.client, key, value);
+        self.done(result)
+    }
+
+    /// Erases `key` (a tombstone keeps older copies from coming back).
+    pub fn erase(&mut self, key: &[u8]) -> Result<()> {
+        let result = self.client.erase(key.to_vec());
+        self.done(result)
+    }
+
+    /// The member that owns `key` in the node's view; `None` for an empty ring.
+    pub fn locate(&mut self, key: &[u8]) -> Result<Option<NodeAddr>> {
+        let result = self.client.locate(key.to_vec());
+        Ok(convert::addr(&self.done(result)?))
+    }
+
+    /// The first `count` replicas of `key` in the node's view, owner first.
+    pub fn replicas(&mut self, key: &[u8], count: usize) -> Result<Vec<NodeAddr>> {
+        let count = i32::try_from(count).unwrap_or(i32::MAX);
+        let result = self.client.replicas(key.to_vec(), count);
+        Ok(self
+            .done(result)?
+            .iter()
+            .filter_map(convert::addr)
+            .collect())
+    }
+
+    /// The ring's members in the node's view (the 2009 `get_all`).
+    pub fn members(&mut self) -> Result<Vec<NodeAddr>> {
+        let result = self.client.get_all();
+        Ok(self
+            .done(result)?
+            .iter()
+            .filter_map(convert::addr)
+            .collect())
+    }
+
+    /// The node's member table, every status included (`gossip` with no rows).
+    pub fn table(&mut self) -> Result<Vec<MemberState>> {
+        let result = self.client.gossip(Vec::new());
+        Ok(self
+            .done(result)?
+            .iter()
+            .filter_map(convert::member_state)
+            .collect())
+    }
+
+    /// The node's counters.
+    pub fn stats(&mut self) -> Result<BTreeMap<String, i64>> {
+        let result = self.client.stats();
+        self.done(result)
+    }
+
+    /// The node's own copies of `keys`, tombstones included (a diagnostic).
+    pub fn peek(&mut self, keys: &[Vec<u8>]) -> Result<Vec<Entry>> {
+        let result = self.client.peek(keys.to_vec());
+        Ok(convert::entries_in(self.done(result)?))
+    }
+
+    /// Announces `me` to the node the 2009 way (oneway `join`).
+    pub fn join(&mut self, me: &NodeAddr) -> Result<()> {
+        let result = self.client.join(convert::location(me));
+        self.done(result)
+    }
+
+    /// Asks the node to leave its ring and stop (oneway `die`).
+    pub fn die(&mut self) -> Result<()> {
+        let result = self.client.die();
+        self.done(result)
+    }
+
+    /// Cuts the node off from its peers, or restores it (a node started with
+    /// `--fault-injection` only).
+    pub fn isolate(&mut self, on: bool) -> Result<()> {
+        let result = self.client.isolate(on);
+        self.done(result)
+    }
+}
+
+/// Turns a Thrift error from a call to `peer` into ours: an exception the node
+/// raised becomes [`Error::Remote`] with the kind it named; a failed call is
+/// [`Error::Rpc`].
+pub(crate) fn call_error(peer: &NodeAddr, error: thrift::Error) -> Error {
+    match error {
+        thrift::Error::User(user) => match user.downcast::<super::idl::diststore::StoreError>() {
+            Ok(store) => convert::remote_error(peer, *store),
+            Err(other) => Error::Rpc {
+                peer: peer.to_string(),
+                reason: other.to_string(),
+            },
+        },
+        thrift::Error::Application(app) => Error::Remote {
+            peer: peer.to_string(),
+            kind: crate::error::ErrorKind::Refused,
+            message: app.message,
+        },
+        other => Error::Rpc {
+            peer: peer.to_string(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+/// Whether the connection that produced `error` is unusable afterwards.
+fn breaks_connection(error: &thrift::Error) -> bool {
+    matches!(
+        error,
+        thrift::Error::Transport(_) | thrift::Error::Protocol(_)
+    )
+}

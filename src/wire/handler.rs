@@ -1,0 +1,316 @@
+//! `Handler`: the generated Thrift service traits, implemented by calling `Node`,
+//! for every method but the hot ones (see [`super::codec`]). Only conversion
+//! and error mapping live here; decisions are the node's.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use thrift::{ApplicationError, ApplicationErrorKind};
+
+use super::convert;
+use super::idl::diststore::{Entry, Lookup, Replica, StoreSyncHandler};
+use super::idl::locator::{BaseSyncHandler, Location, LocatorSyncHandler, Member};
+use crate::addr::NodeAddr;
+use crate::error::Error;
+use crate::node::Node;
+
+/// The most derived service a node implements.
+pub const SERVICE_TYPE: &str = "diststore.Store";
+
+/// Every service a node implements, base first.
+pub const SERVICE_TYPES: [&str; 3] = ["locator.Base", "locator.Locator", "diststore.Store"];
+
+/// Methods declared `oneway` in the IDL. The server never answers them, even
+/// when the caller marked the message as a plain call.
+pub const ONEWAY_METHODS: [&str; 6] = ["debug", "die", "join", "remove", "add", "put"];
+
+/// Methods only nodes call on each other (and `ping`, which failure detection
+/// uses): what an isolated node drops, to simulate a partition.
+pub const PEER_METHODS: [&str; 16] = [
+    "ping",
+    "heartbeat",
+    "replica_read",
+    "replicate",
+    "enter",
+    "gossip",
+    "probe",
+    "join",
+    "add",
+    "remove",
+    "relay_fetch",
+    "relay_store",
+    "relay_erase",
+    "peek",
+    "diff_buckets",
+    "reconcile",
+];
+
+/// Whether a method is node-to-node traffic (`absorb` included).
+pub fn is_peer_method(name: &str) -> bool {
+    name == "absorb" || PEER_METHODS.contains(&name)
+}
+
+/// Serves one connection's calls that the generated processor decodes: every
+/// method but the hot ones of [`super::codec`], which reach it only when their
+/// message was not in the shape the codec takes.
+pub struct Handler {
+    node: Arc<Node>,
+}
+
+impl Handler {
+    /// A handler for `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        Handler { node }
+    }
+}
+
+/// The answer to a hot method whose message the codec did not take (a field
+/// of another type than the IDL's): it is refused, not guessed at.
+fn malformed() -> Error {
+    Error::Refused {
+        peer: "this node".into(),
+        message: "malformed request: a field's type differs from the IDL's".into(),
+    }
+}
+
+/// A library error as the `StoreError` exception of the new methods.
+fn store_error(error: Error) -> thrift::Error {
+    thrift::Error::User(Box::new(convert::store_error(&error)))
+}
+
+/// A library error as a Thrift application error, for the 2009 methods, which
+/// declare no exceptions.
+fn app_error(error: Error) -> thrift::Error {
+    thrift::Error::Application(ApplicationError::new(
+        ApplicationErrorKind::InternalError,
+        error.to_string(),
+    ))
+}
+
+/// The calling node named in an anti-entropy call.
+fn caller_of(location: &Location) -> Result<NodeAddr, Error> {
+    convert::addr(location).ok_or_else(|| Error::Refused {
+        peer: "this node".into(),
+        message: "the caller's location is empty".into(),
+    })
+}
+
+fn bad_location(location: &Location) -> Option<NodeAddr> {
+    let addr = convert::addr(location);
+    if addr.is_none() {
+        log::warn!("ignoring a membership call with an empty location: {location:?}");
+    }
+    addr
+}
+
+impl BaseSyncHandler for Handler {
+    fn handle_ping(&self) -> thrift::Result<()> {
+        Ok(())
+    }
+
+    fn handle_service_type(&self) -> thrift::Result<String> {
+        Ok(SERVICE_TYPE.to_string())
+    }
+
+    fn handle_service_types(&self) -> thrift::Result<Vec<String>> {
+        Ok(SERVICE_TYPES.iter().map(ToString::to_string).collect())
+    }
+
+    fn handle_debug(&self) -> thrift::Result<()> {
+        self.node.log_debug();
+        Ok(())
+    }
+
+    fn handle_die(&self) -> thrift::Result<()> {
+        log::info!("asked to die: leaving the ring");
+        self.node.request_stop();
+        Ok(())
+    }
+}
+
+impl LocatorSyncHandler for Handler {
+    fn handle_join(&self, location: Location) -> thrift::Result<()> {
+        if let Some(addr) = bad_location(&location) {
+            self.node.admit_legacy(&addr);
+        }
+        Ok(())
+    }
+
+    fn handle_remove(&self, location: Location, _authorities: Vec<Location>) -> thrift::Result<()> {
+        // The 2009 program passed news on to peers not in `authorities`; our
+        // nodes spread it to every member themselves.
+        if let Some(addr) = bad_location(&location) {
+            if addr == *self.node.me() {
+                log::warn!("a peer says we were removed; gossip will refute it");
+            }
+            self.node.declare_dead(&addr);
+        }
+        Ok(())
+    }
+
+    fn handle_add(&self, location: Location, _authorities: Vec<Location>) -> thrift::Result<()> {
+        if let Some(addr) = bad_location(&location) {
+            self.node.admit_legacy(&addr);
+        }
+        Ok(())
+    }
+
+    fn handle_get_all(&self) -> thrift::Result<Vec<Location>> {
+        Ok(self.node.members().iter().map(convert::location).collect())
+    }
+
+    fn handle_get_node(&self, key: String) -> thrift::Result<Location> {
+        self.handle_locate(key.into_bytes())
+    }
+
+    fn handle_enter(&self, member: Member) -> thrift::Result<Vec<Member>> {
+        let table = match convert::member_state(&member) {
+            Some(state) => self.node.enter(state),
+            None => self.node.table(),
+        };
+        Ok(table.iter().map(convert::member).collect())
+    }
+
+    fn handle_gossip(&self, members: Vec<Member>) -> thrift::Result<Vec<Member>> {
+        let rows = members.iter().filter_map(convert::member_state).collect();
+        let table = self.node.gossip(rows);
+        Ok(table.iter().map(convert::member).collect())
+    }
+
+    fn handle_locate(&self, key: Vec<u8>) -> thrift::Result<Location> {
+        Ok(self
+            .node
+            .owner(&key)
+            .map_or_else(convert::no_location, |a| convert::location(&a)))
+    }
+
+    fn handle_replicas(&self, key: Vec<u8>, count: i32) -> thrift::Result<Vec<Location>> {
+        let count = usize::try_from(count).unwrap_or(0);
+        Ok(self
+            .node
+            .replicas(&key)
+            .iter()
+            .take(count)
+            .map(convert::location)
+            .collect())
+    }
+
+    fn handle_probe(&self, _target: Location) -> thrift::Result<bool> {
+        Err(app_error(malformed()))
+    }
+
+    fn handle_isolate(&self, on: bool) -> thrift::Result<()> {
+        self.node.set_isolated(on).map_err(app_error)
+    }
+}
+
+impl StoreSyncHandler for Handler {
+    fn handle_get(&self, _key: String) -> thrift::Result<String> {
+        Err(app_error(malformed()))
+    }
+
+    fn handle_put(&self, _key: String, _value: String) -> thrift::Result<()> {
+        // Oneway: nobody hears an error, so log it rather than return it.
+        log::warn!("put: {}", malformed());
+        Ok(())
+    }
+
+    fn handle_fetch(&self, _key: Vec<u8>) -> thrift::Result<Lookup> {
+        Err(store_error(malformed()))
+    }
+
+    fn handle_store(&self, _key: Vec<u8>, _value: Vec<u8>) -> thrift::Result<()> {
+        Err(store_error(malformed()))
+    }
+
+    fn handle_erase(&self, _key: Vec<u8>) -> thrift::Result<()> {
+        Err(store_error(malformed()))
+    }
+
+    fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>> {
+        Ok(self.node.stats())
+    }
+
+    fn handle_relay_fetch(&self, _key: Vec<u8>, _hops: i8) -> thrift::Result<Lookup> {
+        Err(store_error(malformed()))
+    }
+
+    fn handle_relay_store(
+        &self,
+        _key: Vec<u8>,
+        _value: Vec<u8>,
+        _hops: i8,
+        _expires: i64,
+        _stamp: i64,
+        _origin: i32,
+    ) -> thrift::Result<()> {
+        Err(store_error(malformed()))
+    }
+
+    fn handle_relay_erase(
+        &self,
+        _key: Vec<u8>,
+        _hops: i8,
+        _expires: i64,
+        _stamp: i64,
+        _origin: i32,
+    ) -> thrift::Result<()> {
+        Err(store_error(malformed()))
+    }
+
+    fn handle_peek(&self, keys: Vec<Vec<u8>>) -> thrift::Result<Vec<Entry>> {
+        let entries = self.node.peek(keys).map_err(store_error)?;
+        Ok(convert::entries_out(entries))
+    }
+
+    fn handle_diff_buckets(&self, caller: Location, digests: Vec<i64>) -> thrift::Result<Vec<i32>> {
+        let caller = caller_of(&caller).map_err(store_error)?;
+        self.node
+            .diff_buckets(&caller, &digests)
+            .map_err(store_error)
+    }
+
+    fn handle_reconcile(
+        &self,
+        caller: Location,
+        buckets: Vec<i32>,
+        entries: Vec<Entry>,
+    ) -> thrift::Result<Vec<Entry>> {
+        let caller = caller_of(&caller).map_err(store_error)?;
+        let entries = convert::entries_in(entries);
+        let newer = self
+            .node
+            .reconcile(&caller, &buckets, entries)
+            .map_err(store_error)?;
+        Ok(convert::entries_out(newer))
+    }
+
+    fn handle_heartbeat(&self, ring: i64, caller: Location) -> thrift::Result<i64> {
+        let ours = match convert::addr(&caller) {
+            Some(caller) => self.node.heartbeat(&caller, ring as u64),
+            None => self.node.ring_id(),
+        };
+        Ok(ours as i64)
+    }
+
+    fn handle_replica_read(&self, key: Vec<u8>, ring: i64) -> thrift::Result<Replica> {
+        let (copy, trusted, ours) = self
+            .node
+            .replica_read(&key, ring as u64)
+            .map_err(store_error)?;
+        Ok(convert::replica(copy, trusted, ours))
+    }
+
+    fn handle_replicate(&self, entries: Vec<Entry>, ring: i64) -> thrift::Result<()> {
+        self.node
+            .replicate(convert::entries_in(entries), ring as u64)
+            .map_err(store_error)
+    }
+
+    fn handle_absorb(&self, entries: Vec<Entry>) -> thrift::Result<()> {
+        self.node
+            .absorb(convert::entries_in(entries))
+            .map(drop)
+            .map_err(store_error)
+    }
+}
