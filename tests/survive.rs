@@ -381,7 +381,7 @@ fn measure_detection_and_repair_of_100_000_keys() {
             s.spawn(move || {
                 let mut session = Client::through(via).unwrap();
                 for key in part {
-                    session.put(key.as_bytes(), &[7u8; 100]).unwrap();
+                    session.put(key.as_bytes(), [7u8; 100]).unwrap();
                 }
             });
         }

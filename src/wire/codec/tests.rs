@@ -445,13 +445,12 @@ fn every_hot_reply_is_what_the_generated_processor_writes() {
     }
 }
 
+/// The generated client over in-memory transports.
+type CannedClient =
+    StoreSyncClient<TBinaryInputProtocol<io::Cursor<Vec<u8>>>, TBinaryOutputProtocol<Shared>>;
+
 /// A generated client that reads `reply` and records what it sends.
-fn canned_client(
-    reply: Vec<u8>,
-) -> (
-    StoreSyncClient<TBinaryInputProtocol<io::Cursor<Vec<u8>>>, TBinaryOutputProtocol<Shared>>,
-    Shared,
-) {
+fn canned_client(reply: Vec<u8>) -> (CannedClient, Shared) {
     let sent = Shared::default();
     let client = StoreSyncClient::new(
         TBinaryInputProtocol::new(io::Cursor::new(reply), true),
