@@ -1,16 +1,45 @@
 //! The public client: a ring-aware, map-like handle on a thrifty-p2p ring,
 //! what the command-line tools and the tests use.
 //!
-//! ```no_run
-//! use thrifty_p2p::Client;
+//! ```
+//! use thrifty_p2p::{Client, Config, launch};
 //!
 //! # fn main() -> thrifty_p2p::Result<()> {
-//! let mut ring = Client::connect("127.0.0.1:9900")?;
+//! // A one-node ring in this process, on a free port (`location 0` does the
+//! // same from the command line).
+//! let node = launch::start(Config { port: 0, ..Config::default() })?;
+//! let mut ring = Client::connect(&node.addr().to_string())?;
+//!
 //! ring.put("a", "apple")?;
 //! assert_eq!(ring.get("a")?.as_deref(), Some(&b"apple"[..]));
 //! assert!(ring.contains("a")?);
 //! ring.delete("a")?;
 //! assert_eq!(ring.get("a")?, None);
+//! assert!(!ring.contains("a")?);
+//!
+//! // Any bytes, any size: this one travels as chunks.
+//! let big = vec![7u8; 9 << 20];
+//! ring.put(b"\x00blob", &big)?;
+//! assert_eq!(ring.get(b"\x00blob")?, Some(big));
+//!
+//! assert_eq!(ring.members()?, vec![node.addr().clone()]);
+//! node.stop();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A refusal keeps its kind across the wire:
+//!
+//! ```
+//! use thrifty_p2p::{Client, Config, ErrorKind, launch};
+//!
+//! # fn main() -> thrifty_p2p::Result<()> {
+//! let node = launch::start(Config { port: 0, max_value_bytes: 1024, ..Config::default() })?;
+//! let mut ring = Client::connect(&node.addr().to_string())?;
+//! let error = ring.put("k", vec![0u8; 2048]).unwrap_err();
+//! assert_eq!(error.kind(), ErrorKind::TooLarge);
+//! assert!(!error.is_transient());
+//! node.stop();
 //! # Ok(())
 //! # }
 //! ```

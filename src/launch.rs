@@ -176,6 +176,13 @@ impl Running {
         left_behind
     }
 
+    /// Leaves the ring gracefully and shuts down now; returns how many keys
+    /// could not be handed over.
+    pub fn stop(self) -> usize {
+        self.node.request_stop();
+        self.run_until_stopped()
+    }
+
     fn stop_serving(self) {
         let _ = self.shutdown.send(true);
         let server = self.server;
