@@ -59,24 +59,24 @@
 #![forbid(unsafe_code)]
 
 pub mod addr;
-pub mod antientropy;
+pub(crate) mod antientropy;
 pub mod client;
 pub mod config;
 pub mod discover;
 pub mod error;
 pub mod launch;
-pub mod membership;
-pub mod node;
-pub mod peer;
-pub mod replicate;
+pub(crate) mod membership;
+pub(crate) mod node;
+pub(crate) mod peer;
+pub(crate) mod replicate;
 pub mod ring;
 pub mod sim;
-pub mod store;
+pub(crate) mod store;
 pub mod stream;
-pub mod swim;
-pub mod tasks;
-pub mod transport;
-pub mod version;
+pub(crate) mod swim;
+pub(crate) mod tasks;
+pub(crate) mod transport;
+pub(crate) mod version;
 pub mod wire;
 
 pub use addr::NodeAddr;

@@ -308,16 +308,19 @@ impl Swim {
     }
 
     /// The configuration.
+    #[cfg(test)]
     pub fn config(&self) -> &Config {
         &self.config
     }
 
     /// The local health score (0 is healthy; see the module doc).
+    #[cfg(test)]
     pub fn health(&self) -> u32 {
         self.health
     }
 
     /// How many times we found we had missed our own deadline.
+    #[cfg(test)]
     pub fn missed_deadlines(&self) -> u64 {
         self.missed_deadlines
     }

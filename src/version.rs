@@ -50,6 +50,7 @@ impl std::fmt::Debug for Clock {
 
 impl Clock {
     /// A clock on the system's wall time that tags its versions with `origin`.
+    #[cfg(test)]
     pub fn new(origin: u32) -> Self {
         Self::with_wall(origin, system_wall())
     }
@@ -87,13 +88,6 @@ impl Clock {
                 Err(seen) => last = seen,
             }
         }
-    }
-
-    /// A fresh version that is also larger than `floor` (the version of the copy
-    /// being overwritten), so an overwrite always wins over what it replaces.
-    pub fn tick_after(&self, floor: Version) -> Version {
-        self.observe(floor);
-        self.tick()
     }
 
     /// Moves the clock past a version seen from elsewhere.

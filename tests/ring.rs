@@ -12,7 +12,7 @@ use common::{
     NodeProc, lost, members_of, run_tool, start_ring, wait_for_members, wait_until, writer,
 };
 use thrifty_p2p::NodeAddr;
-use thrifty_p2p::node::PEEK;
+use thrifty_p2p::wire::PEEK;
 use thrifty_p2p::wire::idl::diststore::TStoreSyncClient;
 
 fn peer(node: &NodeProc) -> String {

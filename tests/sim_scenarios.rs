@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thrifty_p2p::NodeAddr;
-use thrifty_p2p::membership::Status;
+use thrifty_p2p::sim::Status;
 use thrifty_p2p::sim::schedule::sim_config;
 use thrifty_p2p::sim::{self, Cluster, NetConfig, Outcome, replicas_of};
 

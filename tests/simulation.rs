@@ -73,7 +73,7 @@ fn init_log() {
         }
         fn log(&self, record: &log::Record) {
             if self.enabled(record.metadata()) {
-                let node = thrifty_p2p::tasks::current_node();
+                let node = thrifty_p2p::sim::current_node();
                 let at = thrifty_p2p::sim::sim_time().unwrap_or_default();
                 eprintln!(
                     "{:>8.3} {:>5} {} {}",

@@ -13,7 +13,7 @@
 use std::io;
 use std::net::SocketAddr;
 
-use thrifty_p2p::node::PEEK;
+use thrifty_p2p::wire::PEEK;
 use thrifty_p2p::{Error, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

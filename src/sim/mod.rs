@@ -27,6 +27,9 @@ use rand::{RngExt, SeedableRng};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+pub use crate::membership::Status;
+pub use crate::tasks::current_node;
+
 use crate::addr::NodeAddr;
 use crate::config::Config;
 use crate::error::{Error, Result};

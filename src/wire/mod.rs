@@ -34,5 +34,8 @@ pub mod idl;
 pub mod relay;
 pub mod server;
 
+/// The `hops` of a `relay_fetch` that looks only in the receiver's own store
+/// (a diagnostic: which copy does this node hold?).
+pub use crate::node::PEEK;
 pub use conn::Conn;
 pub use frame::Limits;
