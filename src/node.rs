@@ -88,16 +88,20 @@ fn ring_id_of(members: &[NodeAddr]) -> u64 {
 /// receiver busy while the next batch is read and encoded.
 const HANDOFF_IN_FLIGHT: usize = 4;
 
-/// One handoff batch's outcome: the owner, the keys and versions it
-/// carried, and the owner's answer.
-type HandoffBatch = (NodeAddr, Vec<(Vec<u8>, Version)>, Result<Reply>);
+/// One handoff batch's outcome: the acknowledgements it needs, the keys and
+/// versions it carried, and the replicas' answers that came before it had them.
+type HandoffBatch = (
+    usize,
+    Vec<(Vec<u8>, Version)>,
+    Vec<(NodeAddr, Result<Reply>)>,
+);
 
 /// What one handoff pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HandoffReport {
-    /// Keys acknowledged by their new owners and deleted here.
+    /// Keys acknowledged by a write quorum of their replicas and deleted here.
     pub moved: usize,
-    /// Keys that should move but did not (owner refused or failed).
+    /// Keys that should move but did not (too few replicas took them).
     pub stuck: usize,
     /// The ring changed mid-pass; the pass should be run again.
     pub restarted: bool,
@@ -266,6 +270,10 @@ impl Node {
     /// Starts the background workers: membership (SWIM), view agreement, the
     /// pause watch, anti-entropy and handoff.
     pub fn start(self: &Arc<Self>) {
+        // The pause watch measures from here, not from its first run: a
+        // node frozen before that run (paused right after it joined) must
+        // still notice the pause, and refuse the writes that waited in it.
+        self.last_tick.store(self.now_ms(), Ordering::Release);
         let node = self.clone();
         self.tasks
             .spawn(async move { node.membership_worker().await });
@@ -772,7 +780,6 @@ impl Node {
     /// is measured, so slow probes elsewhere never look like a pause.
     async fn pause_watch(self: Arc<Self>) {
         let period = self.config.failure_timeout / 10;
-        self.last_tick.store(self.now_ms(), Ordering::Release);
         while !self.wait_for_stop_timeout(period).await {
             self.noticed_pause();
         }
@@ -1186,6 +1193,8 @@ impl Node {
         replicas: &[&NodeAddr],
     ) -> Result<()> {
         self.clock.observe(version);
+        // However few replicas this ring has, never fewer acknowledgements
+        // than a write needs of them.
         let quorum = self.write_quorum();
         if !self.majority_view() {
             return Err(Error::Quorum {
@@ -1549,10 +1558,19 @@ impl Node {
 
     // ---- handoff ----
 
-    /// Sends every key we hold but no longer replicate to its owner, in bounded
-    /// batches, deleting each copy only after the owner acknowledged it (and only
-    /// if no newer write arrived meanwhile). Ownership is re-checked before each
-    /// batch. (The owner's anti-entropy then completes the other replicas.)
+    /// Sends every key we hold but no longer replicate to its replicas, in
+    /// bounded batches, deleting each copy only once a write quorum of them
+    /// acknowledged it (and only if no newer write arrived meanwhile).
+    /// Ownership is re-checked before each batch.
+    ///
+    /// Our copy may be one of the write quorum that acknowledged the key's
+    /// latest write (we replicated it before the ring changed), and the new
+    /// replicas need not hold it yet: a joiner starts empty, and a replica
+    /// may have missed the write. Handing it to the owner alone would leave
+    /// the write on one node, and losing that node (a crash with its disk)
+    /// would lose an acknowledged write. Deleting our copy only once a write
+    /// quorum of the new replicas holds it keeps every acknowledged write on
+    /// as many nodes as its write needed.
     pub async fn handoff_pass(self: &Arc<Self>) -> HandoffReport {
         let mut report = HandoffReport::default();
         let epoch = self.epoch();
@@ -1568,37 +1586,48 @@ impl Node {
                 return report;
             }
         };
-        let mut by_owner: BTreeMap<NodeAddr, Vec<Vec<u8>>> = BTreeMap::new();
+        // Keys with the same replicas travel in the same batches.
+        let mut by_replicas: BTreeMap<Vec<NodeAddr>, Vec<Vec<u8>>> = BTreeMap::new();
         for key in keys {
-            if let Some(owner) = routing.owner(&key) {
-                by_owner.entry(owner.clone()).or_default().push(key);
+            let replicas: Vec<NodeAddr> = routing.owners(&key, n).into_iter().cloned().collect();
+            if !replicas.is_empty() {
+                by_replicas.entry(replicas).or_default().push(key);
             }
         }
-        let settle = |report: &mut HandoffReport, (owner, sent, result): HandoffBatch| match result
-        {
-            Ok(_) => {
+        // However few replicas this ring has, never fewer acknowledgements
+        // than a write needs of them.
+        let quorum = self.write_quorum();
+        let settle = |report: &mut HandoffReport, (needed, sent, answers): HandoffBatch| {
+            let mut acked = 0;
+            for (replica, result) in answers {
+                match result {
+                    Ok(_) => acked += 1,
+                    Err(e) => {
+                        log::warn!("handing {} keys to {replica} failed: {e}", sent.len());
+                        self.note_failure(&replica, &e);
+                    }
+                }
+            }
+            if acked >= needed {
                 for (key, version) in &sent {
                     if let Err(e) = self.store.remove_if(key, *version) {
                         log::warn!("deleting a handed-off key failed: {e}");
                     }
                 }
                 report.moved += sent.len();
-            }
-            Err(e) => {
-                log::warn!("handing {} keys to {owner} failed: {e}", sent.len());
-                self.note_failure(&owner, &e);
+            } else {
                 report.stuck += sent.len();
                 report.restarted = true;
             }
         };
         // Batches are read here while earlier ones are in flight.
         let mut in_flight = FuturesUnordered::new();
-        'owners: for (owner, keys) in by_owner {
+        'groups: for (replicas, keys) in by_replicas {
             let mut keys = keys.into_iter().peekable();
             while keys.peek().is_some() {
                 if self.epoch() != epoch || report.restarted {
                     report.restarted = true;
-                    break 'owners;
+                    break 'groups;
                 }
                 let mut batch = Vec::new();
                 let mut sent = Vec::new();
@@ -1622,12 +1651,31 @@ impl Node {
                         settle(&mut report, done);
                     }
                 }
-                let owner = owner.clone();
+                let replicas = replicas.clone();
+                let needed = quorum.min(replicas.len());
                 in_flight.push(async move {
-                    let result = self
-                        .call(&owner, Request::Absorb(batch), self.config.rpc_timeout)
-                        .await;
-                    (owner, sent, result)
+                    // The same copies go to every replica at once; the batch
+                    // is settled once a write quorum took it (anti-entropy
+                    // completes a slow replica), or every replica answered.
+                    let mut calls: FuturesUnordered<_> = replicas
+                        .iter()
+                        .map(|replica| {
+                            let request = Request::Absorb(batch.clone());
+                            async move {
+                                let result =
+                                    self.call(replica, request, self.config.rpc_timeout).await;
+                                (replica.clone(), result)
+                            }
+                        })
+                        .collect();
+                    let mut answers = Vec::new();
+                    while let Some(answer) = calls.next().await {
+                        answers.push(answer);
+                        if answers.iter().filter(|(_, r)| r.is_ok()).count() >= needed {
+                            break;
+                        }
+                    }
+                    (needed, sent, answers)
                 });
             }
         }
@@ -1635,7 +1683,7 @@ impl Node {
             settle(&mut report, done);
         }
         if report.moved > 0 {
-            log::info!("handed {} keys to their owners", report.moved);
+            log::info!("handed {} keys to their replicas", report.moved);
         }
         report
     }
@@ -1682,7 +1730,8 @@ impl Node {
 
     /// Leaves the ring gracefully: first tells every peer we are leaving (so
     /// they stop routing and replicating to us), then hands every key to its
-    /// new owner (acknowledged), then tells the others we left. Returns how
+    /// new replicas (acknowledged by a write quorum of them), then tells the
+    /// others we left. Returns how
     /// many keys could not be handed over.
     pub async fn leave(self: &Arc<Self>) -> usize {
         let effects = self.with_swim(|swim, now| swim.start_leaving(now));

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -31,6 +31,9 @@ pub struct Ack {
     /// (acknowledged, failed)
     state: Mutex<(usize, usize)>,
     changed: tokio::sync::Notify,
+    /// Set once the coordinator stopped waiting: the write's copies still
+    /// queued are repairs from then on.
+    settled: AtomicBool,
 }
 
 impl Ack {
@@ -54,6 +57,17 @@ impl Ack {
     /// failed that `needed` cannot be reached, or until `timeout`. Returns the
     /// acknowledgements counted.
     pub async fn wait(&self, needed: usize, total: usize, timeout: Duration) -> usize {
+        let acked = self.wait_for(needed, total, timeout).await;
+        self.settled.store(true, Ordering::Release);
+        acked
+    }
+
+    /// Whether nobody waits on this counter any more.
+    fn settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    async fn wait_for(&self, needed: usize, total: usize, timeout: Duration) -> usize {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             // Register for the wake-up before looking, so none is missed.
@@ -146,20 +160,28 @@ impl Replicator {
             None => queue.recv().await,
         } {
             // One batch carries one ring id (or none): a ring change between
-            // two writes starts a new batch.
-            let ring = first.ack.as_ref().map(|(_, ring)| *ring);
+            // two writes starts a new batch. A write whose coordinator stopped
+            // waiting is a repair by now and travels with the repairs, so a
+            // backlog (a peer that was slow to answer) drains in few batches.
+            let ring_of = |item: &Outgoing| {
+                item.ack
+                    .as_ref()
+                    .filter(|(ack, _)| !ack.settled())
+                    .map(|(_, ring)| *ring)
+            };
+            let ring = ring_of(&first);
             let mut bytes = first.entry.bytes();
             let mut batch = vec![first];
             while batch.len() < self.batch_entries && bytes < self.batch_bytes {
                 let Ok(item) = queue.try_recv() else { break };
-                if item.ack.as_ref().map(|(_, ring)| *ring) != ring {
+                if ring_of(&item) != ring {
                     next = Some(item);
                     break;
                 }
                 bytes += item.entry.bytes();
                 batch.push(item);
             }
-            let entries = batch.iter().map(|o| o.entry.clone()).collect();
+            let entries = newest_per_key(&batch);
             let request = match ring {
                 Some(ring) => Request::Replicate { entries, ring },
                 None => Request::Absorb(entries),
@@ -216,6 +238,27 @@ impl Replicator {
     }
 }
 
+/// The batch's entries, only the newest copy of each key (the receiver keeps
+/// the newest anyway), in the order of their first appearance.
+fn newest_per_key(batch: &[Outgoing]) -> Vec<Entry> {
+    let mut at: BTreeMap<&[u8], usize> = BTreeMap::new();
+    let mut entries: Vec<Entry> = Vec::with_capacity(batch.len());
+    for item in batch {
+        match at.get(item.entry.key.as_slice()) {
+            Some(&i) => {
+                if entries[i].stored.version < item.entry.stored.version {
+                    entries[i] = item.entry.clone();
+                }
+            }
+            None => {
+                at.insert(&item.entry.key, entries.len());
+                entries.push(item.entry.clone());
+            }
+        }
+    }
+    entries
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
@@ -228,6 +271,41 @@ mod tests {
             .build()
             .unwrap()
             .block_on(ack.wait(needed, total, Duration::from_secs(10)))
+    }
+
+    fn outgoing(key: &str, stamp: u64, ack: Option<(Arc<Ack>, u64)>) -> Outgoing {
+        let stored = crate::store::Stored {
+            value: Some(stamp.to_string().into_bytes()),
+            version: crate::version::Version { stamp, origin: 0 },
+        };
+        Outgoing {
+            entry: Entry::new(key.as_bytes().to_vec(), stored),
+            ack,
+        }
+    }
+
+    #[test]
+    fn a_batch_carries_only_the_newest_copy_of_each_key() {
+        let batch = [
+            outgoing("a", 1, None),
+            outgoing("b", 5, None),
+            outgoing("a", 3, None),
+            outgoing("b", 4, None),
+        ];
+        let entries: Vec<(Vec<u8>, u64)> = newest_per_key(&batch)
+            .into_iter()
+            .map(|e| (e.key, e.stored.version.stamp))
+            .collect();
+        assert_eq!(entries, vec![(b"a".to_vec(), 3), (b"b".to_vec(), 5)]);
+    }
+
+    #[test]
+    fn a_write_nobody_waits_for_any_more_is_a_repair() {
+        let ack = Ack::new();
+        assert!(!ack.settled());
+        ack.settle(true);
+        assert_eq!(wait(&ack, 1, 2), 1);
+        assert!(ack.settled());
     }
 
     #[test]

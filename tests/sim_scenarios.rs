@@ -263,3 +263,104 @@ fn a_paused_member_is_dropped_within_the_failure_timeout_at_every_size() {
         });
     }
 }
+
+/// Seed 30754. A replica that a ring change takes off a key's preference list
+/// may hold one of the two copies its latest acknowledged write is on (the
+/// third replica missed it). Handing the key to its new owner alone, and
+/// deleting it there, left the write on the owner only, and the owner's crash
+/// with its disk lost an acknowledged write. The key now goes to every new
+/// replica, and the copy is deleted only once a write quorum of them holds it.
+#[test]
+fn a_handoff_keeps_an_acknowledged_write_on_a_write_quorum() {
+    sim::run(async {
+        let (cluster, addrs) = ring(4).await;
+        let joiner = Cluster::addr(4);
+        let mut after: Vec<NodeAddr> = addrs.clone();
+        after.push(joiner.clone());
+        let after = thrifty_p2p::ring::Ring::new(after);
+        // A key whose owner stays, whose third replica makes way for the
+        // joiner, and whose second replica stays.
+        let (key, before) = (0..1000)
+            .map(|i| format!("handoff-{i}"))
+            .find_map(|key| {
+                let before = replicas_of(&cluster, &addrs[0], key.as_bytes());
+                let now: Vec<NodeAddr> = after
+                    .owners(key.as_bytes(), 3)
+                    .into_iter()
+                    .cloned()
+                    .collect();
+                let fits = now[0] == before[0]
+                    && now.contains(&before[1])
+                    && now.contains(&joiner)
+                    && !now.contains(&before[2]);
+                fits.then_some((key, before))
+            })
+            .expect("some key is placed so");
+        let (owner, missing, leaving) = (&before[0], &before[1], &before[2]);
+        let seed = addrs.iter().find(|a| !before.contains(a)).unwrap();
+        // The owner never reaches the second replica or the joiner: the write
+        // is on the owner and the third replica only, and the owner cannot
+        // repair the others.
+        cluster.cut(owner, missing);
+        cluster.cut(owner, &joiner);
+        write(&cluster, owner, key.as_bytes(), Some(b"acknowledged")).await;
+        let holds = |addr: &NodeAddr| {
+            cluster
+                .node(addr)
+                .is_some_and(|n| n.store().get(key.as_bytes()).unwrap().is_some())
+        };
+        assert!(holds(leaving) && !holds(missing));
+        let joining = {
+            let cluster = cluster.clone();
+            let (joiner, seed) = (joiner.clone(), seed.clone());
+            tokio::spawn(async move { cluster.start(&joiner, Some(&seed)).await })
+        };
+        // The third replica hands the key over and deletes its copy...
+        assert!(
+            cluster.wait_until(10 * SECOND, |_| !holds(leaving)).await,
+            "{leaving} never handed {key} over"
+        );
+        // ... and then the owner crashes, its disk lost.
+        cluster.kill(owner);
+        cluster.heal();
+        joining.await.unwrap().unwrap();
+        for via in [missing, seed, &joiner] {
+            assert_eq!(
+                read(&cluster, via, key.as_bytes()).await.as_deref(),
+                Some(&b"acknowledged"[..]),
+                "{key} via {via}"
+            );
+        }
+    });
+}
+
+/// Seed 33210 (a history of this branch). A node paused right after it
+/// joined, before its pause watch ever ran, did not notice the pause: a write
+/// that waited in it got a version when it resumed, and buried a later
+/// acknowledged write.
+#[test]
+fn a_node_paused_right_after_it_joined_refuses_the_writes_that_waited_in_it() {
+    sim::run(async {
+        let (cluster, addrs) = ring(5).await;
+        let victim = addrs[4].clone();
+        cluster.kill(&victim);
+        assert!(cluster.wait_until(10 * SECOND, Cluster::settled).await);
+        cluster.start(&victim, Some(&addrs[0])).await.unwrap();
+        cluster.pause(&victim);
+        let late = cluster
+            .put(&victim, b"paused-key", Some(b"late"), SECOND)
+            .await;
+        assert_eq!(late, Outcome::TimedOut);
+        write(&cluster, &addrs[0], b"paused-key", Some(b"later")).await;
+        tokio::time::sleep(3 * SECOND).await;
+        cluster.resume(&victim);
+        assert!(cluster.wait_until(30 * SECOND, Cluster::settled).await);
+        for via in &addrs {
+            assert_eq!(
+                read(&cluster, via, b"paused-key").await.as_deref(),
+                Some(&b"later"[..]),
+                "via {via}"
+            );
+        }
+    });
+}

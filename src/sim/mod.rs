@@ -355,6 +355,14 @@ impl Cluster {
         }
     }
 
+    /// Cuts the link between `a` and `b` (both directions): what one sends
+    /// the other is lost. Clients and every other link are unaffected.
+    pub fn cut(&self, a: &NodeAddr, b: &NodeAddr) {
+        let mut cut = self.net.cut.lock();
+        cut.insert((a.clone(), b.clone()));
+        cut.insert((b.clone(), a.clone()));
+    }
+
     /// Heals every cut link.
     pub fn heal(&self) {
         self.net.cut.lock().clear();
