@@ -26,6 +26,8 @@
 //! - [`store`]: the local keys, versioned, with tombstones; in memory or on
 //!   disk (fjall), behind one engine interface.
 //! - [`version`]: hybrid logical clock versions that settle conflicting copies.
+//! - [`quorum`]: a quorum read's tally: what counts, which copy wins, what
+//!   to repair.
 //! - [`antientropy`]: bucket digests that let two replicas find where they differ.
 //! - [`addr`], [`config`], [`error`]: names, settings and errors.
 //!
@@ -68,6 +70,7 @@ pub mod launch;
 pub(crate) mod membership;
 pub(crate) mod node;
 pub(crate) mod peer;
+pub(crate) mod quorum;
 pub(crate) mod replicate;
 pub mod ring;
 pub mod sim;

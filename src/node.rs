@@ -45,6 +45,7 @@ use crate::config::{Config, MAX_KEY_BYTES};
 use crate::error::{Error, Result};
 use crate::membership::{MemberState, Status};
 use crate::peer::{Entry, Reply, Request};
+use crate::quorum::{ReadTally, newest};
 use crate::replicate::{Ack, Replicator};
 use crate::ring::Ring;
 use crate::store::{Store, Stored};
@@ -1071,12 +1072,7 @@ impl Node {
         // Never fewer than every write quorum needs, however few replicas
         // this view holds: a shrunken view must not lower the bar.
         let quorum = self.read_quorum();
-        // Only replicas that vouch for their copies count toward the quorum
-        // (they route as we do and have caught up); every copy seen competes
-        // for newest, since a newer copy can only be a later write.
-        let mut answers = usize::from(trusted);
-        let mut copies: Vec<(NodeAddr, Option<Version>)> = Vec::new();
-        let mut best = local.clone();
+        let mut tally = ReadTally::new(quorum, local, trusted);
         let ring = self.ring_id();
         let mut asks: FuturesUnordered<_> = replicas
             .iter()
@@ -1100,38 +1096,30 @@ impl Node {
                     ring: theirs,
                 }) => {
                     self.note_view(peer, theirs);
-                    answers += usize::from(trusted);
-                    copies.push((peer.clone(), copy.as_ref().map(|s| s.version)));
-                    best = newest(best, copy);
+                    tally.answer(peer, copy, trusted);
                 }
                 Ok(other) => log::debug!("{}", unexpected(peer, &other)),
                 Err(e) => self.note_failure(peer, &e),
             }
         }
         log::trace!(
-            "read {}: {answers} of {quorum} answered (trusted self: {trusted}), newest {:?}",
+            "read {}: {} of {quorum} answered (trusted self: {trusted}), newest {:?}",
             String::from_utf8_lossy(key),
-            best.as_ref().map(|b| b.version)
+            tally.vouched(),
+            tally.best().map(|b| b.version)
         );
-        if answers < quorum {
-            return Err(Error::ReadQuorum {
-                vouched: answers,
-                needed: quorum,
-            });
-        }
-        if let Some(best) = &best {
+        let verdict = tally.verdict(holds)?;
+        if let Some(best) = &verdict.newest {
             self.clock.observe(best.version);
-            if holds && local.as_ref().map(|s| s.version) < Some(best.version) {
+            if verdict.repair_here {
                 self.store.merge(key, best.value.as_deref(), best.version)?;
             }
-            for (peer, version) in copies {
-                if version < Some(best.version) {
-                    let entry = Entry::new(key.to_vec(), best.clone());
-                    self.replicator.send(&peer, entry, None);
-                }
+            for peer in &verdict.repair {
+                let entry = Entry::new(key.to_vec(), best.clone());
+                self.replicator.send(peer, entry, None);
             }
         }
-        Ok(best)
+        Ok(verdict.newest)
     }
 
     /// Writes `key` (a value, or `None` to erase it): coordinated by its owner
@@ -1917,13 +1905,5 @@ impl Node {
         for key in keys.iter().take(100) {
             log::info!("debug: key {}", String::from_utf8_lossy(key));
         }
-    }
-}
-
-/// The newer of two copies (a copy beats none).
-fn newest(a: Option<Stored>, b: Option<Stored>) -> Option<Stored> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(if b.version > a.version { b } else { a }),
-        (a, b) => a.or(b),
     }
 }
