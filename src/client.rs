@@ -331,14 +331,11 @@ impl Client {
 /// Whether a failure at one node is worth trying at another: it could not be
 /// reached, the call broke, or it is joining or leaving.
 fn moves_on(error: &Error) -> bool {
-    matches!(
-        error.kind(),
-        ErrorKind::Unreachable | ErrorKind::Rpc | ErrorKind::Joining | ErrorKind::ShuttingDown
-    ) && !matches!(
-        error,
-        Error::Remote {
-            kind: ErrorKind::Rpc | ErrorKind::Unreachable,
-            ..
-        }
-    )
+    match error {
+        // The node answered: it is joining or leaving. (Its own failure to
+        // reach a peer would be the same at another node.)
+        Error::Remote { kind, .. } => matches!(kind, ErrorKind::Joining | ErrorKind::ShuttingDown),
+        // We could not reach it, or the call broke.
+        local => matches!(local.kind(), ErrorKind::Unreachable | ErrorKind::Rpc),
+    }
 }
