@@ -66,6 +66,7 @@ pub mod client;
 pub mod config;
 pub mod discover;
 pub mod error;
+pub(crate) mod handoff;
 pub mod launch;
 pub(crate) mod membership;
 pub(crate) mod node;

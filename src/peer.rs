@@ -30,6 +30,22 @@ impl Entry {
     }
 }
 
+/// Limits of one batch (handoff, repair): whichever comes first.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimit {
+    /// Bytes of keys and values.
+    pub bytes: usize,
+    /// Entries.
+    pub entries: usize,
+}
+
+impl BatchLimit {
+    /// Whether a batch of `entries` entries and `bytes` bytes is full.
+    pub fn full(&self, bytes: usize, entries: usize) -> bool {
+        bytes >= self.bytes || entries >= self.entries
+    }
+}
+
 /// One call from a node to a peer.
 #[derive(Clone, Debug)]
 pub enum Request {
@@ -149,4 +165,20 @@ pub enum Reply {
         /// Its ring id.
         ring: u64,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_is_full_at_either_limit() {
+        let limit = BatchLimit {
+            bytes: 100,
+            entries: 3,
+        };
+        assert!(!limit.full(99, 2));
+        assert!(limit.full(100, 1));
+        assert!(limit.full(1, 3));
+    }
 }
