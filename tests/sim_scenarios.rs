@@ -199,6 +199,50 @@ fn only_the_paused_node_notices_that_it_was_paused() {
 }
 
 #[test]
+fn a_long_leave_is_not_mistaken_for_a_pause() {
+    sim::run(async {
+        let (cluster, addrs) = ring(5).await;
+        let leaver = addrs[2].clone();
+        let node = cluster.node(&leaver).unwrap();
+        for i in 0..20 {
+            let key = format!("long-leave-{i}");
+            write(&cluster, &addrs[0], key.as_bytes(), Some(b"v")).await;
+        }
+        // A peer that does not answer makes the leave wait for it (up to the
+        // RPC timeout), far longer than the pause watch's limit.
+        cluster.pause(&addrs[4]);
+        let leaving = {
+            let (cluster, leaver) = (cluster.clone(), leaver.clone());
+            tokio::spawn(async move { cluster.leave(&leaver).await })
+        };
+        let started = cluster.now();
+        let mut writes = 0;
+        while !leaving.is_finished() {
+            // A client writes through the leaving node now and then (each
+            // look at the watch resets it, so they must be far apart).
+            let _ = cluster
+                .put(&leaver, b"during-leave", Some(b"x"), SECOND)
+                .await;
+            writes += 1;
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        let took = cluster.now() - started;
+        leaving.await.unwrap();
+        cluster.resume(&addrs[4]);
+        assert!(
+            took > 2 * SECOND,
+            "the leave was too short to test: {took:?}"
+        );
+        assert!(writes > 1);
+        assert_eq!(
+            node.stats()["pauses"],
+            0,
+            "the leaving node thought it was paused"
+        );
+    });
+}
+
+#[test]
 fn sixty_four_members_started_at_once_agree_within_ten_seconds_without_false_deaths() {
     sim::run(async {
         let cluster = Arc::new(Cluster::new(64, sim_config(), NetConfig::default()));

@@ -12,8 +12,9 @@ const CI_SEEDS: std::ops::Range<u64> = 0..200;
 
 /// Seeds that once found a bug (with the code of their day), kept as
 /// regression schedules.
-const FOUND: [u64; 13] = [
-    1359, 2300, 3676, 4010, 4113, 5146, 10218, 11720, 11999, 30754, 30935, 31780, 33210,
+const FOUND: [u64; 15] = [
+    1359, 2300, 3676, 4010, 4113, 5146, 10218, 10869, 11615, 11720, 11999, 30754, 30935, 31780,
+    33210,
 ];
 
 #[test]

@@ -117,10 +117,14 @@ impl Node {
     /// declared us dead and moved on. No answer from any peer for the lease
     /// means we may be cut off while the others move on. Either way the node
     /// catches up before trusting its copies again. Only this loop's own sleep
-    /// is measured, so slow probes elsewhere never look like a pause.
+    /// is measured, so slow probes elsewhere never look like a pause. It runs
+    /// through a leave (the node still serves, and a stopped watch would make
+    /// every request then look like the end of a pause) and ends once the node
+    /// has left.
     pub(super) async fn pause_watch(self: Arc<Self>) {
         let period = self.config.failure_timeout / 10;
-        while !self.wait_for_stop_timeout(period).await {
+        while !self.has_left() {
+            tokio::time::sleep(period).await;
             self.noticed_pause();
         }
     }

@@ -350,6 +350,11 @@ impl Node {
         self.view.read().swim.membership().my_state().status != Status::Alive
     }
 
+    /// Whether we have left the ring (after a graceful leave).
+    fn has_left(&self) -> bool {
+        self.view.read().swim.membership().my_state().status == Status::Left
+    }
+
     /// The member that owns `key` for routing.
     pub fn owner(&self, key: &[u8]) -> Option<NodeAddr> {
         self.view.read().ring.owner(key).cloned()
