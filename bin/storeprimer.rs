@@ -23,6 +23,8 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Warnings by default; RUST_LOG=debug shows each call and retry.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let result = Client::open(args.peer, ClientOptions::default()).and_then(|mut session| {
         for (key, value) in NATO {
             session.put(key, value)?;

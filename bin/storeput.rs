@@ -37,6 +37,8 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Warnings by default; RUST_LOG=debug shows each call and retry.
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let options = ClientOptions {
         stream: Options {
             chunk_bytes: args.chunk_bytes,

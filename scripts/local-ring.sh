@@ -19,7 +19,8 @@ if [ "${1:-}" = "stop" ]; then
     while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
   done
   : > "$state/pids"
-  echo "local-ring: stopped"
+  # The nodes keep data in memory: once the last one is gone, so is the data.
+  echo "local-ring: stopped; the ring kept its data in memory, so its keys are gone (start nodes with --data-dir to keep them)"
   exit 0
 fi
 
@@ -30,9 +31,16 @@ if [ -s "$state/pids" ] && kill -0 "$(head -1 "$state/pids")" 2>/dev/null; then
   exit 0
 fi
 
-echo "local-ring: installing the commands into $(dirname "$(command -v cargo)") ..."
-cargo install --quiet --path . --locked --force
-bin="$(dirname "$(command -v cargo)")"
+# cargo install puts the commands in $CARGO_INSTALL_ROOT/bin, else
+# $CARGO_HOME/bin (default ~/.cargo/bin): use them from there, not from PATH.
+root="${CARGO_INSTALL_ROOT:-${CARGO_HOME:-$HOME/.cargo}}"
+bin="$root/bin"
+echo "local-ring: installing the commands into $bin ..."
+cargo install --quiet --path . --locked --force --root "$root"
+case ":$PATH:" in
+  *":$bin:"*) ;;
+  *) echo "local-ring: note: $bin is not on PATH; to type storeput and storeget: export PATH=\"$bin:\$PATH\"" ;;
+esac
 : > "$state/pids"
 for i in $(seq 0 $((count - 1))); do
   port=$((9900 + i))

@@ -18,6 +18,16 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// `location` was asked to join itself (its peer is its own address).
+    /// Nothing started.
+    #[error(
+        "{peer} is this node's own address: to start a new ring run `location PORT`; \
+         to join a ring, name another of its members"
+    )]
+    SelfJoin {
+        /// The peer given.
+        peer: String,
+    },
     /// A peer could not be connected to. Nothing was sent to it.
     #[error(
         "cannot reach {peer}: {reason}; check that a node is running there (start one with `location PORT`)"
@@ -120,7 +130,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// No local node answered or no port was free in the probed range.
-    #[error("no {what} on localhost ports {first}..={last}; {hint}")]
+    #[error("no {what} on localhost ports {first} to {last}; {hint}")]
     NotFound {
         /// What was searched for.
         what: &'static str,
@@ -339,6 +349,7 @@ impl Error {
             Error::Storage(_) => ErrorKind::Storage,
             Error::Bind { .. }
             | Error::NotFound { .. }
+            | Error::SelfJoin { .. }
             | Error::Timeout(_)
             | Error::KeyTooLong { .. }
             | Error::BadOptions { .. } => ErrorKind::Local,

@@ -78,6 +78,13 @@ pub fn start(config: Config) -> Result<Running> {
         None => config.bind.to_string(),
     };
     let me = NodeAddr::new(host, local.port());
+    if let Some(seed) = &config.seed
+        && names_this_node(seed, &me, local)
+    {
+        return Err(Error::SelfJoin {
+            peer: seed.to_string(),
+        });
+    }
     let store = match &config.data_dir {
         Some(dir) => Store::open(dir, config.fsync)?,
         None => Store::memory(),
@@ -119,6 +126,26 @@ pub fn start(config: Config) -> Result<Running> {
     }
     log::info!("{} serving on {local}", node.me());
     Ok(running)
+}
+
+/// Whether `seed` is this node itself (`me`, listening on `local`): its
+/// name, or a name of this machine that resolves to the address and port it
+/// listens on (`localhost:9900` for a node on 127.0.0.1:9900).
+fn names_this_node(seed: &NodeAddr, me: &NodeAddr, local: SocketAddr) -> bool {
+    if seed == me {
+        return true;
+    }
+    if seed.port != local.port() {
+        return false;
+    }
+    let Ok(resolved) = seed.resolve() else {
+        return false;
+    };
+    resolved.into_iter().any(|addr| {
+        let ip = addr.ip();
+        ip == local.ip()
+            || (ip.is_loopback() && (local.ip().is_loopback() || local.ip().is_unspecified()))
+    })
 }
 
 /// Joins `seed`'s ring; a 2009 node (which has no `enter`) is joined its way:

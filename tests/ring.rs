@@ -94,6 +94,39 @@ fn command_line_errors_say_what_went_wrong() {
     let (code, _, err) = run_tool("location", &["--bind", "0.0.0.0", "0"], None);
     assert_ne!(code, 0);
     assert!(err.contains("--advertise"), "{err}");
+
+    // Joining itself would silently start a ring of one: refused.
+    let own = port.to_string();
+    for name in ["localhost", "127.0.0.1"] {
+        let seed = format!("{name}:{port}");
+        let (code, _, err) = run_tool("location", &["--bind", "127.0.0.1", &seed, &own], None);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains("own address") && err.contains("location PORT"),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn the_last_member_with_a_data_dir_leaves_with_exit_code_0_and_says_where_its_keys_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let mut node = NodeProc::start_with(None, &["--data-dir", path]);
+    let addr = peer(&node);
+    assert_eq!(
+        run_tool("storeput", &["kept", "yes", "--peer", &addr], None).0,
+        0
+    );
+    node.signal("INT");
+    let status = node.wait_exit(Duration::from_secs(30)).expect("node exits");
+    let log = node.log();
+    assert!(status.success(), "exited with {status:?}: {log}");
+    assert!(log.contains(path) && log.contains("--data-dir"), "{log}");
+    // And the keys are there for the next node on that directory.
+    let node = NodeProc::start_with(None, &["--data-dir", path]);
+    let (code, out, err) = run_tool("storeget", &["kept", "--peer", &peer(&node)], None);
+    assert_eq!((code, out.as_slice()), (0, b"yes".as_slice()), "{err}");
 }
 
 #[test]

@@ -40,8 +40,8 @@ impl Node {
     /// Leaves the ring gracefully: first tells every peer we are leaving (so
     /// they stop routing and replicating to us), then hands every key to its
     /// new replicas (acknowledged by a write quorum of them), then tells the
-    /// others we left. Returns how
-    /// many keys could not be handed over.
+    /// others we left. Returns how many keys could not be handed over (none
+    /// for the last member with a data directory: its keys stay there).
     pub async fn leave(self: &Arc<Self>) -> usize {
         let effects = self.with_swim(|swim, now| swim.start_leaving(now));
         self.run_effects(effects);
@@ -55,10 +55,6 @@ impl Node {
         // runs until a pass finds nothing left to move, not until `len` is 0.
         while Instant::now() < deadline {
             if self.placement().is_empty() {
-                log::warn!(
-                    "last member leaving: its {} keys have nowhere to go",
-                    self.store.len()
-                );
                 break;
             }
             let report = self.handoff_pass().await;
@@ -74,8 +70,28 @@ impl Node {
                     .await;
             }
         }
-        let left_behind = self.store.len();
-        if left_behind > 0 && !self.placement().is_empty() {
+        let mut left_behind = self.store.len();
+        if self.placement().is_empty() {
+            // The last member: nobody to hand its keys to.
+            match &self.config.data_dir {
+                Some(dir) => {
+                    // Kept on disk, not lost: a node started on the same
+                    // directory serves them again.
+                    log::info!(
+                        "last member leaving: its {left_behind} keys stay in {} \
+                         (start a node with --data-dir {} to serve them again)",
+                        dir.display(),
+                        dir.display()
+                    );
+                    left_behind = 0;
+                }
+                None if left_behind > 0 => log::warn!(
+                    "last member leaving: its {left_behind} keys were in memory only \
+                     and are gone (use --data-dir to keep them)"
+                ),
+                None => {}
+            }
+        } else if left_behind > 0 {
             log::warn!("leaving with {left_behind} keys not handed over");
         }
         let effects = self.with_swim(|swim, now| swim.leave(now));
