@@ -69,6 +69,10 @@ pub const MAX_INCARNATION: i64 = 1 << 62;
 /// one hour (see the module doc).
 pub const INCARNATION_HORIZON: i64 = 3_600_000;
 
+/// The most rows a table holds, tombstones included: news of a member not in
+/// a full table is ignored, so forged rows cannot grow it without bound.
+pub const MAX_ROWS: usize = 16_384;
+
 /// Whether a member answered us itself (see the module doc).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Contact {
@@ -249,7 +253,8 @@ impl Membership {
         }
     }
 
-    /// Merges one update. Rows above [`Membership::ceiling`] are refused
+    /// Merges one update. Rows above [`Membership::ceiling`], and rows about
+    /// new members once the table holds [`MAX_ROWS`], are refused
     /// ([`Change::None`]).
     pub fn apply(&mut self, update: MemberState) -> Change {
         if update.incarnation > self.ceiling() {
@@ -260,6 +265,7 @@ impl Membership {
         }
         match self.table.get(&update.addr) {
             Some(row) if !update.supersedes(row.incarnation, row.status) => Change::None,
+            None if self.table.len() >= MAX_ROWS => Change::None,
             known => {
                 let contact = match known {
                     None => Contact::Unconfirmed,
@@ -665,6 +671,25 @@ mod tests {
         assert_eq!(a.status(&addr(2)), Some(Status::Alive));
         assert!(a.confirm(&addr(2)));
         assert_eq!(a.peers(), vec![addr(2)]);
+    }
+
+    #[test]
+    fn a_full_table_ignores_news_of_new_members() {
+        let mut view = Membership::new(addr(1), 10);
+        for i in 0..MAX_ROWS + 10 {
+            let fake = NodeAddr::new(format!("10.{}.{}.1", i / 256, i % 256), 1);
+            view.apply(MemberState {
+                addr: fake,
+                incarnation: 1,
+                status: Status::Dead,
+            });
+        }
+        assert_eq!(view.size(), MAX_ROWS);
+        // Members already known still change.
+        assert!(matches!(
+            view.apply(state(1, 11, Status::Dead)),
+            Change::Refuted(_)
+        ));
     }
 
     #[test]

@@ -2,11 +2,45 @@
 //! node-to-node call and its [`Reply`]. The node speaks only these; the
 //! [`crate::transport`] carries them (as Thrift between processes, or in
 //! memory in the simulation).
+//!
+//! # Bounds
+//!
+//! Every list a peer sends is capped here, well above what honest nodes send
+//! (handoff and anti-entropy batches hold 2,000 entries or 4 MiB by default,
+//! a ring's table a row per member) and far below the frame walker's
+//! 1,000,000 elements: a list over its cap is refused whole, before any of it
+//! is applied. Replies (`peek`, `reconcile`) are capped in count by the same
+//! numbers and in bytes by [`crate::config::Config::max_reply_bytes`], the
+//! most one message may carry; a repeated key is served once.
 
 use crate::addr::NodeAddr;
 use crate::membership::MemberState;
 use crate::store::Stored;
 use crate::version::Version;
+
+/// The most entries in one `absorb`, `replicate` or `reconcile`, or in a
+/// `peek` or `reconcile` reply: 32 times the default batch.
+pub const MAX_ENTRIES: usize = 65_536;
+
+/// The most keys one `peek` may name.
+pub const MAX_KEYS: usize = 65_536;
+
+/// The most member rows in one `gossip` push (and in a member table, see
+/// [`crate::membership::MAX_ROWS`]).
+pub const MAX_ROWS: usize = crate::membership::MAX_ROWS;
+
+/// Refuses a list of `len` elements over `cap`, naming what it was.
+pub fn within(what: &str, len: usize, cap: usize) -> crate::error::Result<()> {
+    if len > cap {
+        return Err(crate::error::Error::Refused {
+            peer: "this node".into(),
+            message: format!(
+                "{what}: {len} elements, at most {cap} are taken per request; send smaller batches (nothing was changed)"
+            ),
+        });
+    }
+    Ok(())
+}
 
 /// A key's copy as it moves between nodes: a value or a tombstone, with the
 /// version of the write that made it.
