@@ -42,6 +42,49 @@ pub fn within(what: &str, len: usize, cap: usize) -> crate::error::Result<()> {
     Ok(())
 }
 
+/// A reply's entries, refused as soon as they pass [`MAX_ENTRIES`] or
+/// `limit` key and value bytes (a reply cut short would read as complete).
+#[derive(Debug)]
+pub struct BoundedReply {
+    what: &'static str,
+    limit: usize,
+    bytes: usize,
+    entries: Vec<Entry>,
+}
+
+impl BoundedReply {
+    /// An empty reply to `what`, of at most `limit` bytes.
+    pub fn new(what: &'static str, limit: usize) -> Self {
+        BoundedReply {
+            what,
+            limit,
+            bytes: 0,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Adds `entry`, or refuses the whole reply.
+    pub fn push(&mut self, entry: Entry) -> crate::error::Result<()> {
+        self.bytes = self.bytes.saturating_add(entry.bytes());
+        if self.bytes > self.limit || self.entries.len() >= MAX_ENTRIES {
+            return Err(crate::error::Error::Refused {
+                peer: "this node".into(),
+                message: format!(
+                    "{}: the reply would pass {} entries or {} bytes, the most one reply carries; ask for fewer keys or buckets",
+                    self.what, MAX_ENTRIES, self.limit
+                ),
+            });
+        }
+        self.entries.push(entry);
+        Ok(())
+    }
+
+    /// The entries.
+    pub fn into_entries(self) -> Vec<Entry> {
+        self.entries
+    }
+}
+
 /// A key's copy as it moves between nodes: a value or a tombstone, with the
 /// version of the write that made it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,4 +226,37 @@ pub enum Reply {
         /// Its ring id.
         ring: u64,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str, bytes: usize) -> Entry {
+        Entry::new(
+            key.as_bytes().to_vec(),
+            Stored {
+                value: Some(vec![0; bytes]),
+                version: Version::default(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_reply_past_its_byte_limit_is_refused_not_cut_short() {
+        let mut reply = BoundedReply::new("peek", 100);
+        reply.push(entry("a", 50)).unwrap();
+        reply.push(entry("b", 40)).unwrap();
+        let refused = reply.push(entry("c", 40)).unwrap_err().to_string();
+        assert!(refused.contains("peek: the reply would pass"), "{refused}");
+    }
+
+    #[test]
+    fn a_list_over_its_cap_is_refused_with_what_and_how_many() {
+        assert!(within("absorb", MAX_ENTRIES, MAX_ENTRIES).is_ok());
+        let refused = within("absorb", MAX_ENTRIES + 1, MAX_ENTRIES)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("at most 65536"), "{refused}");
+    }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::{NodeProc, local_copy, members_of, read_via, start_ring, wait_until};
 use thrifty_p2p::NodeAddr;
 use thrifty_p2p::wire::convert;
-use thrifty_p2p::wire::idl::diststore::{Entry, TStoreSyncClient};
+use thrifty_p2p::wire::idl::diststore::{Entry, StoreError, TStoreSyncClient};
 use thrifty_p2p::wire::idl::locator::{Member, MemberStatus, TLocatorSyncClient};
 
 /// A failure timeout short enough that dead fakes go quickly.
@@ -28,10 +28,15 @@ fn wall_millis() -> i64 {
         .as_millis() as i64
 }
 
-/// The error text of a refused call.
+/// The error text of a refused call (a `StoreError`'s message, or the
+/// application error's).
 fn refusal<T: std::fmt::Debug>(result: thrift::Result<T>) -> String {
     match result {
         Ok(v) => panic!("accepted: {v:?}"),
+        Err(thrift::Error::User(e)) => match e.downcast_ref::<StoreError>() {
+            Some(e) => e.message.clone().unwrap_or_default(),
+            None => e.to_string(),
+        },
         Err(e) => e.to_string(),
     }
 }
@@ -127,10 +132,13 @@ fn a_death_forged_at_i64_max_is_refused_and_one_at_the_horizon_is_refuted() {
     let nodes = start_ring(3, FAST);
     let (a, b) = (&nodes[0], &nodes[1]);
     store(a, b"k", b"v");
-    // i64::MAX: refused; A keeps B.
-    a.client()
-        .gossip(vec![member(&b.addr, i64::MAX, MemberStatus::DEAD)])
-        .unwrap();
+    // i64::MAX, or 2^62 (beyond which no refutation could go): refused; A
+    // keeps B.
+    for forged in [i64::MAX, 1 << 62] {
+        a.client()
+            .gossip(vec![member(&b.addr, forged, MemberStatus::DEAD)])
+            .unwrap();
+    }
     let (incarnation, status) = row(a, &b.addr).unwrap();
     assert_eq!(status, MemberStatus::ALIVE);
     assert!(incarnation < wall_millis() + 3_600_000);
