@@ -303,9 +303,10 @@ pub struct Swim {
     /// and when the allowance is next refilled.
     confirm_budget: usize,
     next_confirm_refill: Duration,
-    /// Unconfirmed members we pushed to, so each is asked once per coming up
-    /// (after that, its probes decide).
-    asked: BTreeSet<NodeAddr>,
+    /// Unconfirmed members we pushed to, and when: each is asked again a
+    /// period later if still unconfirmed (a push lost or timed out under load
+    /// must not leave it waiting for its turn in a whole probe round).
+    asked: BTreeMap<NodeAddr, Duration>,
 }
 
 impl Swim {
@@ -337,7 +338,7 @@ impl Swim {
             wall_start: incarnation,
             confirm_budget,
             next_confirm_refill: now,
-            asked: BTreeSet::new(),
+            asked: BTreeMap::new(),
         }
     }
 
@@ -380,8 +381,12 @@ impl Swim {
         if self.has_left() {
             return next;
         }
-        if self.confirm_budget == 0 && self.members.unconfirmed().next().is_some() {
+        if self.members.unconfirmed().next().is_some() {
+            // Refill the allowance, or ask again those asked a period ago.
             at(self.next_confirm_refill);
+            if let Some(&asked) = self.asked.values().min() {
+                at(asked + self.config.period);
+            }
         }
         match &self.probe {
             Some(p) => {
@@ -856,21 +861,25 @@ impl Swim {
         // Forget the asked that were confirmed or went down meanwhile, so a
         // member coming up again is asked again.
         let members = &self.members;
-        self.asked
-            .retain(|a| members.status(a).is_some_and(Status::is_up) && !members.is_confirmed(a));
+        let retry = self.config.period;
+        self.asked.retain(|a, at| {
+            members.status(a).is_some_and(Status::is_up)
+                && !members.is_confirmed(a)
+                && now < *at + retry
+        });
         if self.confirm_budget == 0 {
             return;
         }
         let to_ask: Vec<NodeAddr> = self
             .members
             .unconfirmed()
-            .filter(|a| !self.asked.contains(*a))
+            .filter(|a| !self.asked.contains_key(*a))
             .take(self.confirm_budget)
             .cloned()
             .collect();
         for to in to_ask {
             self.confirm_budget -= 1;
-            self.asked.insert(to.clone());
+            self.asked.insert(to.clone(), now);
             let updates = self.outgoing(&to);
             effects.push(Effect::Gossip { to, updates });
         }
