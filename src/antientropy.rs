@@ -1,5 +1,7 @@
-//! Anti-entropy digests: a summary of which versions a node holds, bucket by
-//! bucket, so two replicas find where they differ without sending every key.
+//! Anti-entropy planning: digests that summarise which versions a node holds,
+//! bucket by bucket, so two replicas find where they differ without sending
+//! every key, and the [`Rounds`] that say whom a node compares with when.
+//! Pure; the node's repair worker (`node/repair.rs`) runs it.
 //!
 //! Keys fall into [`BUCKETS`] buckets by the top bits of their ring position.
 //! A bucket's digest is the XOR of a 64-bit fingerprint of each (key, version,
@@ -7,7 +9,10 @@
 //! the same copies compute the same digest. Only keys that both nodes replicate
 //! are summarised; the caller says which with a predicate.
 
-use crate::ring::key_position;
+use std::collections::BTreeSet;
+
+use crate::addr::NodeAddr;
+use crate::ring::{Ring, key_position};
 use crate::version::Version;
 
 /// Number of buckets the key space is cut into for comparison.
@@ -73,6 +78,98 @@ impl Digests {
     }
 }
 
+/// Whether `a` and `b` both replicate `key` in `ring` (with `replicas` copies
+/// per key): only such keys are compared between them.
+pub fn shares(
+    ring: &Ring<NodeAddr>,
+    replicas: usize,
+    key: &[u8],
+    a: &NodeAddr,
+    b: &NodeAddr,
+) -> bool {
+    let owners = ring.owners(key, replicas);
+    owners.contains(&a) && owners.contains(&b)
+}
+
+/// The bucket numbers a peer named that exist, deduplicated and in order
+/// (a peer's list is untrusted input).
+pub fn valid_buckets(buckets: &[i32]) -> BTreeSet<usize> {
+    buckets
+        .iter()
+        .filter_map(|&b| usize::try_from(b).ok())
+        .filter(|&b| b < BUCKETS)
+        .collect()
+}
+
+/// Which peers a node compares its copies with, round after round: every
+/// peer after a ring change and while the node catches up (a "full" round,
+/// which is what lets it vouch for its copies again), else one peer in turn.
+#[derive(Debug, Default)]
+pub struct Rounds {
+    /// The ring epoch of the last full round that completed.
+    synced: Option<u64>,
+    turn: usize,
+}
+
+/// One round of comparisons.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Round {
+    /// The ring epoch the round was planned at.
+    pub epoch: u64,
+    /// Whether it compares with every peer.
+    pub full: bool,
+    /// The peers to compare with.
+    pub peers: Vec<NodeAddr>,
+}
+
+/// What a finished round means.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Finished {
+    /// A full round completed on an unchanged ring: the node has caught up.
+    pub caught_up: bool,
+    /// The round should be tried again soon rather than after the interval
+    /// (a full round could not complete).
+    pub retry_soon: bool,
+}
+
+impl Rounds {
+    /// No round run yet: the first one is full.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Plans the next round at ring `epoch`, given whether the node is
+    /// catching up and its serving peers.
+    pub fn next(&mut self, epoch: u64, catching_up: bool, peers: &[NodeAddr]) -> Round {
+        let full = self.synced != Some(epoch) || catching_up;
+        let peers = if full {
+            peers.to_vec()
+        } else {
+            self.turn = self.turn.wrapping_add(1);
+            peers
+                .get(self.turn % peers.len().max(1))
+                .cloned()
+                .into_iter()
+                .collect()
+        };
+        Round { epoch, full, peers }
+    }
+
+    /// Closes `round`. `complete`: every comparison succeeded (and the node
+    /// had joined); `settled`: the ring is still at the round's epoch and the
+    /// peers confirm the node's view (its lease holds).
+    pub fn finish(&mut self, round: &Round, complete: bool, settled: bool) -> Finished {
+        let caught_up = round.full && complete && settled;
+        if caught_up {
+            self.synced = Some(round.epoch);
+        }
+        Finished {
+            caught_up,
+            retry_soon: !caught_up && (!complete || round.full),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,5 +220,76 @@ mod tests {
     #[test]
     fn a_malformed_digest_list_differs_everywhere() {
         assert_eq!(Digests::new().differing(&[0; 3]).len(), BUCKETS);
+    }
+
+    fn peer(port: u16) -> NodeAddr {
+        NodeAddr::new("127.0.0.1", port)
+    }
+
+    #[test]
+    fn rounds_are_full_until_one_completes_then_one_peer_in_turn() {
+        let peers = [peer(1), peer(2), peer(3)];
+        let mut rounds = Rounds::new();
+        let first = rounds.next(7, false, &peers);
+        assert!(first.full);
+        assert_eq!(first.peers.len(), 3);
+        // A peer failed: tried again soon, and full again.
+        let done = rounds.finish(&first, false, true);
+        assert_eq!(
+            done,
+            Finished {
+                caught_up: false,
+                retry_soon: true
+            }
+        );
+        let again = rounds.next(7, false, &peers);
+        assert!(again.full);
+        assert!(rounds.finish(&again, true, true).caught_up);
+        let mut seen = BTreeSet::new();
+        for _ in 0..3 {
+            let round = rounds.next(7, false, &peers);
+            assert!(!round.full);
+            assert_eq!(round.peers.len(), 1);
+            seen.insert(round.peers[0].clone());
+            let done = rounds.finish(&round, true, true);
+            assert_eq!(
+                done,
+                Finished {
+                    caught_up: false,
+                    retry_soon: false
+                }
+            );
+        }
+        assert_eq!(seen.len(), 3, "one peer in turn visits every peer");
+    }
+
+    #[test]
+    fn a_ring_change_or_catching_up_makes_the_next_round_full() {
+        let peers = [peer(1), peer(2)];
+        let mut rounds = Rounds::new();
+        let round = rounds.next(1, false, &peers);
+        rounds.finish(&round, true, true);
+        assert!(rounds.next(2, false, &peers).full, "the ring changed");
+        let mut rounds = Rounds::new();
+        let round = rounds.next(1, false, &peers);
+        rounds.finish(&round, true, true);
+        assert!(rounds.next(1, true, &peers).full, "the node fell behind");
+    }
+
+    #[test]
+    fn a_full_round_on_a_ring_that_moved_on_has_not_caught_up() {
+        let peers = [peer(1)];
+        let mut rounds = Rounds::new();
+        let round = rounds.next(1, false, &peers);
+        let done = rounds.finish(&round, true, false);
+        assert!(!done.caught_up);
+        assert!(done.retry_soon);
+        assert!(rounds.next(1, false, &peers).full);
+    }
+
+    #[test]
+    fn bucket_numbers_from_a_peer_are_checked() {
+        let buckets = valid_buckets(&[-1, 3, 3, BUCKETS as i32, 0]);
+        assert_eq!(buckets.into_iter().collect::<Vec<_>>(), vec![0, 3]);
     }
 }

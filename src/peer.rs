@@ -107,6 +107,22 @@ impl Entry {
     }
 }
 
+/// Limits of one batch (handoff, repair): whichever comes first.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimit {
+    /// Bytes of keys and values.
+    pub bytes: usize,
+    /// Entries.
+    pub entries: usize,
+}
+
+impl BatchLimit {
+    /// Whether a batch of `entries` entries and `bytes` bytes is full.
+    pub fn full(&self, bytes: usize, entries: usize) -> bool {
+        bytes >= self.bytes || entries >= self.entries
+    }
+}
+
 /// One call from a node to a peer.
 #[derive(Clone, Debug)]
 pub enum Request {
@@ -258,5 +274,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(refused.contains("at most 65536"), "{refused}");
+    }
+
+    #[test]
+    fn a_batch_is_full_at_either_limit() {
+        let limit = BatchLimit {
+            bytes: 100,
+            entries: 3,
+        };
+        assert!(!limit.full(99, 2));
+        assert!(limit.full(100, 1));
+        assert!(limit.full(1, 3));
     }
 }

@@ -1,0 +1,173 @@
+//! Handoff: keys this node holds but no longer replicates go to their
+//! replicas in bounded batches, and a copy is deleted only once a write
+//! quorum of them holds it. What moves, where, and when a batch is done is
+//! planned by [`crate::handoff`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use super::Node;
+use crate::addr::NodeAddr;
+use crate::error::Error;
+use crate::handoff::{self, BatchTally, Group};
+use crate::peer::{BatchLimit, Entry, Request};
+use crate::version::Version;
+
+/// Handoff batches in flight at once: enough to keep the link and the
+/// receiver busy while the next batch is read and encoded.
+const HANDOFF_IN_FLIGHT: usize = 4;
+
+/// One batch in flight: its tally, the keys and versions it carried (to
+/// delete here once it is settled), and the replicas that failed.
+type Sent = (BatchTally, Vec<(Vec<u8>, Version)>, Vec<(NodeAddr, Error)>);
+
+/// What one handoff pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HandoffReport {
+    /// Keys acknowledged by a write quorum of their replicas and deleted here.
+    pub moved: usize,
+    /// Keys that should move but did not (too few replicas took them).
+    pub stuck: usize,
+    /// The ring changed mid-pass; the pass should be run again.
+    pub restarted: bool,
+}
+
+impl Node {
+    /// Sends every key we hold but no longer replicate to its replicas
+    /// ([`crate::handoff::plan`]), in bounded batches, deleting each copy only
+    /// once a write quorum of them acknowledged it (and only if no newer write
+    /// arrived meanwhile). Ownership is re-checked before each batch: a ring
+    /// change ends the pass, to be run again on the new ring.
+    pub async fn handoff_pass(self: &Arc<Self>) -> HandoffReport {
+        let mut report = HandoffReport::default();
+        let epoch = self.epoch();
+        let routing = self.placement();
+        let n = self.config.replicas;
+        let keys = match self
+            .store
+            .keys_where(|k| handoff::moves(&routing, n, &self.me, k))
+        {
+            Ok(keys) => keys,
+            Err(e) => {
+                log::warn!("handoff could not list keys: {e}");
+                return report;
+            }
+        };
+        let groups = handoff::plan(&routing, n, self.write_quorum(), &self.me, keys);
+        let limit = BatchLimit {
+            bytes: self.config.handoff_batch_bytes,
+            entries: self.config.handoff_batch_entries,
+        };
+        let settle = |report: &mut HandoffReport, (tally, sent, failed): Sent| {
+            for (replica, e) in failed {
+                log::warn!("handing {} keys to {replica} failed: {e}", sent.len());
+                self.note_failure(&replica, &e);
+            }
+            if tally.settled() {
+                for (key, version) in &sent {
+                    if let Err(e) = self.store.remove_if(key, *version) {
+                        log::warn!("deleting a handed-off key failed: {e}");
+                    }
+                }
+                report.moved += sent.len();
+            } else {
+                report.stuck += sent.len();
+                report.restarted = true;
+            }
+        };
+        // Batches are read here while earlier ones are in flight.
+        let mut in_flight = FuturesUnordered::new();
+        'groups: for group in &groups {
+            let mut keys = group.keys.iter().peekable();
+            while keys.peek().is_some() {
+                if self.epoch() != epoch || report.restarted {
+                    report.restarted = true;
+                    break 'groups;
+                }
+                let mut batch = Vec::new();
+                let mut sent = Vec::new();
+                let mut bytes = 0;
+                while !limit.full(bytes, batch.len()) {
+                    let Some(key) = keys.next() else { break };
+                    if let Ok(Some(stored)) = self.store.get(key) {
+                        sent.push((key.clone(), stored.version));
+                        let entry = Entry::new(key.clone(), stored);
+                        bytes += entry.bytes();
+                        batch.push(entry);
+                    }
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+                while in_flight.len() >= HANDOFF_IN_FLIGHT {
+                    if let Some(done) = in_flight.next().await {
+                        settle(&mut report, done);
+                    }
+                }
+                in_flight.push(self.send_batch(group, batch, sent));
+            }
+        }
+        while let Some(done) = in_flight.next().await {
+            settle(&mut report, done);
+        }
+        if report.moved > 0 {
+            log::info!("handed {} keys to their replicas", report.moved);
+        }
+        report
+    }
+
+    /// Sends one batch to every replica of its group at once; it is settled
+    /// once a write quorum took it (anti-entropy completes a slow replica), or
+    /// every replica answered.
+    async fn send_batch(
+        &self,
+        group: &Group,
+        batch: Vec<Entry>,
+        sent: Vec<(Vec<u8>, Version)>,
+    ) -> Sent {
+        let mut calls: FuturesUnordered<_> = group
+            .replicas
+            .iter()
+            .map(|replica| {
+                let request = Request::Absorb(batch.clone());
+                async move {
+                    let result = self.call(replica, request, self.config.rpc_timeout).await;
+                    (replica, result)
+                }
+            })
+            .collect();
+        let mut tally = BatchTally::new(group.needed);
+        let mut failed = Vec::new();
+        while let Some((replica, result)) = calls.next().await {
+            let stored = match result {
+                Ok(_) => true,
+                Err(e) => {
+                    failed.push((replica.clone(), e));
+                    false
+                }
+            };
+            if tally.answer(stored) {
+                break;
+            }
+        }
+        (tally, sent, failed)
+    }
+
+    /// Background worker: runs a handoff pass whenever the ring changes, and
+    /// every few seconds anyway (to pick up keys that were stored off-owner).
+    pub(super) async fn handoff_worker(self: Arc<Self>) {
+        let mut seen = u64::MAX;
+        while !self.stop_requested() {
+            seen = self.wait_past(seen, Duration::from_secs(2)).await;
+            if self.stop_requested() {
+                break;
+            }
+            let mut report = self.handoff_pass().await;
+            while report.restarted && report.stuck == 0 && !self.stop_requested() {
+                report = self.handoff_pass().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,529 @@
+//! `Node`: one member of the ring. It owns the membership view, the local store,
+//! replication and the peers it talks to, and decides where each request goes:
+//! coordinated here, or forwarded to the key's replicas.
+//!
+//! Everything that waits is async on tokio: the server calls in from its
+//! connection tasks, background work (gossip, failure detection,
+//! anti-entropy, handoff, replication senders) runs as the node's [`Tasks`],
+//! time is `tokio::time` and wall time the node's [`Clock`]. Peers are reached
+//! only through a [`Transport`]. So the same code runs as a process (Thrift
+//! over TCP) and in the deterministic simulation ([`crate::sim`]), where time
+//! is virtual and the network is a seeded fault injector.
+//!
+//! # Files, one step each
+//!
+//! - `mod.rs` (here): the node's state, placement and quorum sizes, and
+//!   [`Node::handle`], where a peer's request enters.
+//! - [`read`]: a client's read, forwarded to the owner and coordinated there.
+//! - [`write`]: a client's write, given its version, forwarded and coordinated.
+//! - [`replica`]: the other replicas' side (entries in, quorum reads out).
+//! - [`members`]: membership, driven by [`crate::swim`]; join.
+//! - [`liveness`]: heartbeats and view agreement, the pause watch, the lease.
+//! - [`repair`]: anti-entropy and hints.
+//! - [`handoff`]: keys that moved away go to their new replicas.
+//! - [`leave`]: stopping, and the graceful leave.
+//!
+//! # What keeps the guarantee (README, "Consistency model")
+//!
+//! - **One version per write**, taken by the node the client called and kept
+//!   by every forward, retry and replica: a write that arrives late (its
+//!   coordinator was paused, a forward was retried) carries its old version
+//!   and loses to any later write instead of burying it.
+//! - **An owner reads alone only while it can vouch for its copy**: it has
+//!   joined, is not catching up, was not paused, and heard from a peer within
+//!   the lease (a quarter of the failure timeout, shorter than the time peers
+//!   need to declare it dead and move on). Otherwise, and on any stand-in,
+//!   a read asks enough replicas that it meets every write quorum.
+//! - **Forwarded reads keep tombstones**: the coordinator's answer carries the
+//!   copy's version, so an erase is never answered with an older copy.
+//! - **A write quorum counts every member not gone on purpose**, so a node cut
+//!   off in a minority cannot acknowledge alone.
+//! - **A leaving node says so first** (`Leaving`), so peers stop routing and
+//!   replicating to it before it hands its keys over.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use md5::{Digest, Md5};
+use parking_lot::RwLock;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::addr::NodeAddr;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::membership::{MemberState, Status};
+use crate::peer::{Reply, Request};
+use crate::replicate::Replicator;
+use crate::ring::Ring;
+use crate::store::Store;
+use crate::swim::{Config as SwimConfig, Swim};
+use crate::tasks::{Signal, Tasks};
+use crate::transport::{BoxFuture, Transport};
+use crate::version::{Clock, WallClock};
+
+mod handoff;
+mod leave;
+mod liveness;
+mod members;
+mod read;
+mod repair;
+mod replica;
+mod write;
+
+/// Forwards a request may take before the node holding it serves it itself.
+/// Two covers a leave in progress (client -> old owner -> new owner); more only
+/// means nodes disagree, and then serving beats bouncing.
+pub const MAX_HOPS: i8 = 2;
+
+/// The `hops` of a relayed read that only looks in the receiver's own store.
+pub const PEEK: i8 = -1;
+
+/// Who a node thinks the members are, and the ring derived from that.
+struct View {
+    /// The membership state machine, and through it the member table.
+    swim: Swim,
+    /// Alive members: where requests go (a leaving member is not in it, not
+    /// even in its own view).
+    ring: Arc<Ring<NodeAddr>>,
+    /// A digest of `ring`'s members: two nodes with the same id place every
+    /// key alike.
+    ring_id: u64,
+}
+
+/// The id of a ring with these members (see [`View::ring_id`]).
+fn ring_id_of(members: &[NodeAddr]) -> u64 {
+    let mut md5 = Md5::new();
+    for member in members {
+        md5.update(member.to_string().as_bytes());
+        md5.update(b"\n");
+    }
+    let digest = md5.finalize();
+    u64::from_be_bytes(digest[..8].try_into().expect("an MD5 digest has 16 bytes"))
+}
+
+/// The node's way out: the transport, behind the fault-injection switch.
+struct Outbound {
+    inner: Arc<dyn Transport>,
+    isolated: AtomicBool,
+}
+
+impl Transport for Outbound {
+    fn call(
+        &self,
+        peer: &NodeAddr,
+        request: Request,
+        timeout: Duration,
+    ) -> BoxFuture<Result<Reply>> {
+        if self.isolated.load(Ordering::Acquire) {
+            let peer = peer.to_string();
+            return Box::pin(async move {
+                Err(Error::Unreachable {
+                    peer,
+                    reason: "this node is isolated (fault injection)".into(),
+                    refused: false,
+                })
+            });
+        }
+        self.inner.call(peer, request, timeout)
+    }
+
+    fn forget(&self, peer: &NodeAddr) {
+        self.inner.forget(peer);
+    }
+}
+
+/// One member of the ring.
+pub struct Node {
+    config: Config,
+    me: NodeAddr,
+    clock: Clock,
+    store: Store,
+    view: RwLock<View>,
+    out: Arc<Outbound>,
+    replicator: Arc<Replicator>,
+    tasks: Tasks,
+    /// Counts ring changes, so background workers know when to look again.
+    epoch: Signal<u64>,
+    stop: Signal<bool>,
+    /// Set while this node may hold stale data (just joined, came back after
+    /// being declared dead, was paused, lost contact): reads then consult
+    /// enough replicas to meet every write quorum.
+    syncing: AtomicBool,
+    /// Cleared until the node has joined its ring: it refuses reads and
+    /// writes meanwhile, since it cannot tell where a key lives.
+    ready: AtomicBool,
+    /// When the node was made; the millisecond counts below are since then.
+    started: Instant,
+    /// When the pause watch last ran.
+    last_tick: AtomicU64,
+    /// When the node last noticed it had been paused.
+    resumed: AtomicU64,
+    /// How many times it noticed it had been paused.
+    pauses: AtomicU64,
+    /// When a peer last confirmed our ring id (it places keys as we do).
+    agreed: AtomicU64,
+    /// When a peer last answered with another ring id.
+    disagreed: AtomicU64,
+    /// Each peer's latest ring id, and when we heard it.
+    views: parking_lot::Mutex<BTreeMap<NodeAddr, (u64, u64)>>,
+    /// The membership state machine's timing.
+    swim_config: SwimConfig,
+    /// Wakes the membership worker when an input may have news to send.
+    swim_wake: Notify,
+    /// Our own incarnation as last seen, to notice refutations.
+    incarnation: AtomicI64,
+    /// Set while a burst of heartbeats to every peer is due.
+    confirming: AtomicBool,
+}
+
+/// The parts a node is built from.
+pub struct Parts {
+    /// Settings.
+    pub config: Config,
+    /// The node's name on the ring.
+    pub me: NodeAddr,
+    /// Its keys.
+    pub store: Store,
+    /// How it reaches peers.
+    pub transport: Arc<dyn Transport>,
+    /// Where its tasks run (and what stops or freezes them).
+    pub tasks: Tasks,
+    /// Its wall clock (versions, incarnations, relay deadlines).
+    pub wall: WallClock,
+}
+
+impl Node {
+    /// A node alone in its own ring. When `config.seed` is set it refuses
+    /// reads and writes until [`Node::join`] succeeds.
+    pub fn new(parts: Parts) -> Arc<Self> {
+        let Parts {
+            config,
+            me,
+            store,
+            transport,
+            tasks,
+            wall,
+        } = parts;
+        let digest = Md5::digest(me.to_string().as_bytes());
+        let origin = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+        let clock = Clock::with_wall(origin, wall);
+        let incarnation = (clock.wall_micros() / 1000) as i64;
+        let swim_config = SwimConfig::from_failure_timeout(config.failure_timeout);
+        let seed = u64::from(origin) ^ incarnation as u64;
+        let swim = Swim::new(
+            me.clone(),
+            incarnation,
+            swim_config.clone(),
+            seed,
+            Duration::ZERO,
+        );
+        let ring = Arc::new(Ring::new([me.clone()]));
+        let ring_id = ring_id_of(ring.members());
+        let out = Arc::new(Outbound {
+            inner: transport,
+            isolated: AtomicBool::new(false),
+        });
+        let replicator = Replicator::new(
+            out.clone(),
+            tasks.clone(),
+            config.handoff_batch_entries,
+            config.handoff_batch_bytes,
+            config.rpc_timeout,
+        );
+        Arc::new(Node {
+            clock,
+            store,
+            view: RwLock::new(View {
+                swim,
+                ring,
+                ring_id,
+            }),
+            swim_config,
+            swim_wake: Notify::new(),
+            incarnation: AtomicI64::new(incarnation),
+            confirming: AtomicBool::new(false),
+            out,
+            replicator,
+            tasks,
+            epoch: Signal::new(0),
+            stop: Signal::new(false),
+            syncing: AtomicBool::new(false),
+            ready: AtomicBool::new(config.seed.is_none()),
+            started: Instant::now(),
+            last_tick: AtomicU64::new(0),
+            resumed: AtomicU64::new(0),
+            pauses: AtomicU64::new(0),
+            agreed: AtomicU64::new(0),
+            disagreed: AtomicU64::new(0),
+            views: parking_lot::Mutex::new(BTreeMap::new()),
+            config,
+            me,
+        })
+    }
+
+    /// Starts the background workers: membership (SWIM), view agreement, the
+    /// pause watch, anti-entropy and handoff.
+    pub fn start(self: &Arc<Self>) {
+        // The pause watch measures from here, not from its first run: a
+        // node frozen before that run (paused right after it joined) must
+        // still notice the pause, and refuse the writes that waited in it.
+        self.last_tick.store(self.now_ms(), Ordering::Release);
+        let node = self.clone();
+        self.tasks
+            .spawn(async move { node.membership_worker().await });
+        let node = self.clone();
+        self.tasks
+            .spawn(async move { node.agreement_worker().await });
+        let node = self.clone();
+        self.tasks.spawn(async move { node.pause_watch().await });
+        let node = self.clone();
+        self.tasks
+            .spawn(async move { node.anti_entropy_worker().await });
+        let node = self.clone();
+        self.tasks.spawn(async move { node.handoff_worker().await });
+    }
+
+    /// This node's address (its name on the ring).
+    pub fn me(&self) -> &NodeAddr {
+        &self.me
+    }
+
+    /// The node's settings.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The local store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The node's tasks (the simulation serves requests with them).
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
+    /// Whether the node has joined its ring and serves reads and writes.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Whether the node is catching up (its copies may be stale).
+    pub fn syncing(&self) -> bool {
+        self.syncing.load(Ordering::Acquire)
+    }
+
+    fn now_ms(&self) -> u64 {
+        // Never 0, so that 0 in the atomics means "never".
+        self.started.elapsed().as_millis() as u64 + 1
+    }
+
+    /// This node's ring id.
+    pub fn ring_id(&self) -> u64 {
+        self.view.read().ring_id
+    }
+
+    async fn call(&self, peer: &NodeAddr, request: Request, timeout: Duration) -> Result<Reply> {
+        self.out.call(peer, request, timeout).await
+    }
+
+    /// Alive members, ourselves included (unless we are leaving), sorted.
+    pub fn members(&self) -> Vec<NodeAddr> {
+        self.view.read().ring.members().to_vec()
+    }
+
+    /// The whole member table, tombstones included.
+    pub fn table(&self) -> Vec<MemberState> {
+        self.view.read().swim.membership().table()
+    }
+
+    /// Alive members other than ourselves.
+    fn peers(&self) -> Vec<NodeAddr> {
+        self.view.read().swim.membership().peers()
+    }
+
+    /// Whether we are leaving (or left).
+    fn leaving(&self) -> bool {
+        self.view.read().swim.membership().my_state().status != Status::Alive
+    }
+
+    /// The member that owns `key` for routing.
+    pub fn owner(&self, key: &[u8]) -> Option<NodeAddr> {
+        self.view.read().ring.owner(key).cloned()
+    }
+
+    /// The routing ring. It is shared, so a request borrows its preference
+    /// list from it without copying any address.
+    fn placement(&self) -> Arc<Ring<NodeAddr>> {
+        self.view.read().ring.clone()
+    }
+
+    /// The members holding `key`, owner first: its preference list.
+    pub fn replicas(&self, key: &[u8]) -> Vec<NodeAddr> {
+        self.view
+            .read()
+            .ring
+            .owners(key, self.config.replicas)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// The replica count quorums are computed from: the configured count,
+    /// capped by the members that may hold data (every member not gone on
+    /// purpose, dead ones included). A node cut off from most of its ring thus
+    /// still needs the same quorum, which it cannot reach alone.
+    fn quorum_base(&self) -> usize {
+        let known = self.view.read().swim.membership().known();
+        self.config.replicas.min(known).max(1)
+    }
+
+    /// Whether our ring holds a majority of the members that may hold data:
+    /// a node cut off in a minority (or whose view lost most of the ring)
+    /// neither coordinates writes nor vouches for its copies.
+    fn majority_view(&self) -> bool {
+        let view = self.view.read();
+        view.ring.len() * 2 > view.swim.membership().known()
+    }
+
+    fn write_quorum(&self) -> usize {
+        self.config.write_quorum_of(self.quorum_base())
+    }
+
+    /// Replicas a read must hear from when the local copy cannot answer
+    /// alone: enough to meet every write quorum (R + W > N).
+    fn read_quorum(&self) -> usize {
+        let n = self.quorum_base();
+        let meets_writes = n + 1 - self.write_quorum().min(n);
+        self.config.read_quorum_of(n).max(meets_writes)
+    }
+
+    /// Whether this node coordinates a request for a key with these replicas
+    /// without forwarding it: it is the owner, or the request has been
+    /// forwarded enough (a leaving node keeps forwarding: its handoff may be
+    /// done already). Otherwise the request goes to the first replica that
+    /// answers, which may still turn out to be this node.
+    fn coordinates(&self, replicas: &[&NodeAddr], hops: i8) -> bool {
+        replicas.first().is_some_and(|o| **o == self.me) || (hops >= MAX_HOPS && !self.leaving())
+    }
+
+    /// Whether a failed forward should move on to the key's next replica.
+    fn try_next(self: &Arc<Self>, peer: &NodeAddr, error: &Error) -> bool {
+        match error {
+            Error::Unreachable { .. } | Error::Rpc { .. } => {
+                self.note_failure(peer, error);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Serves one request from a peer (the simulation's transport calls this;
+    /// the Thrift server reaches the same methods through the handler).
+    pub async fn handle(self: &Arc<Self>, request: Request) -> Result<Reply> {
+        Ok(match request {
+            Request::Enter(state) => Reply::Members(self.enter(state)),
+            Request::Gossip(rows) => Reply::Members(self.gossip(rows)),
+            Request::Probe(target) => Reply::Probed(self.probe_for_peer(&target).await),
+            Request::Read { key, hops } => Reply::Found(self.fetch_copy(&key, hops).await?),
+            Request::Write {
+                key,
+                value,
+                hops,
+                version,
+                expires,
+            } => {
+                self.write(&key, value.as_deref(), hops, Some(version), Some(expires))
+                    .await?;
+                Reply::Done
+            }
+            Request::Heartbeat { ring, caller } => Reply::Ring(self.heartbeat(&caller, ring)),
+            Request::ReplicaRead { key, ring } => {
+                let (copy, trusted, ring) = self.replica_read(&key, ring)?;
+                Reply::Replica {
+                    copy,
+                    trusted,
+                    ring,
+                }
+            }
+            Request::Replicate { entries, ring } => {
+                self.replicate(entries, ring)?;
+                Reply::Done
+            }
+            Request::DiffBuckets { caller, digests } => {
+                Reply::Buckets(self.diff_buckets(&caller, &digests)?)
+            }
+            Request::Reconcile {
+                caller,
+                buckets,
+                entries,
+            } => Reply::Entries(self.reconcile(&caller, &buckets, entries)?),
+            Request::Absorb(entries) => {
+                self.absorb(entries)?;
+                Reply::Done
+            }
+        })
+    }
+
+    /// Counters for `stats`.
+    pub fn stats(&self) -> BTreeMap<String, i64> {
+        let view = self.view.read();
+        let mut stats = BTreeMap::new();
+        let mut put = |name: &str, value: usize| {
+            stats.insert(name.to_string(), value as i64);
+        };
+        put("keys", self.store.len());
+        put("members", view.ring.len());
+        put("replicas", self.config.replicas.min(view.ring.len()));
+        put("replication_pending", self.replicator.pending());
+        put("hints", self.replicator.hint_count());
+        put("syncing", usize::from(self.syncing()));
+        put(
+            "leaving",
+            usize::from(view.swim.membership().my_state().status != Status::Alive),
+        );
+        put("ready", usize::from(self.ready()));
+        put("pauses", self.pauses.load(Ordering::Relaxed) as usize);
+        stats
+    }
+
+    /// Fault injection: cut this node off from its peers (or reconnect it).
+    pub fn set_isolated(&self, on: bool) -> Result<()> {
+        if !self.config.fault_injection {
+            return Err(Error::Refused {
+                peer: self.me.to_string(),
+                message: "isolate needs a node started with --fault-injection".into(),
+            });
+        }
+        log::warn!("fault injection: isolated = {on}");
+        self.out.isolated.store(on, Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether the node is cut off from its peers by fault injection.
+    pub fn isolated(&self) -> bool {
+        self.out.isolated.load(Ordering::Acquire)
+    }
+
+    /// Logs the node's view (the 2009 `debug`).
+    pub fn log_debug(&self) {
+        let view = self.view.read();
+        log::info!("debug: I am {}", self.me);
+        for state in view.swim.membership().table() {
+            log::info!(
+                "debug: member {} incarnation {} {:?}",
+                state.addr,
+                state.incarnation,
+                state.status
+            );
+        }
+        let keys = self.store.keys_where(|_| true).unwrap_or_default();
+        log::info!("debug: {} keys", keys.len());
+        for key in keys.iter().take(100) {
+            log::info!("debug: key {}", String::from_utf8_lossy(key));
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! Anti-entropy: two replicas compare bucket digests of the keys they share
+//! ([`crate::antientropy`]) and exchange the entries of the buckets that
+//! differ; a worker runs it after every ring change and one peer at a time
+//! otherwise, and delivers hinted writes to peers that answer again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::Node;
+use crate::addr::NodeAddr;
+use crate::antientropy::{self, Digests, Rounds, bucket_of};
+use crate::error::{Error, Result};
+use crate::membership::Status;
+use crate::peer::{BatchLimit, Entry, Reply, Request};
+use crate::ring::Ring;
+use crate::transport::unexpected;
+use crate::version::Version;
+
+impl Node {
+    /// Digests of our copies of the keys we share with `peer`.
+    pub(super) fn digests_with(&self, ring: &Ring<NodeAddr>, peer: &NodeAddr) -> Result<Digests> {
+        let mut digests = Digests::new();
+        self.store.scan(|key, version, tombstone| {
+            if antientropy::shares(ring, self.config.replicas, key, &self.me, peer) {
+                digests.add(key, version, tombstone);
+            }
+            true
+        })?;
+        Ok(digests)
+    }
+
+    /// The ring to compare with `caller`, which must be a member in our view:
+    /// comparing with a node we do not count (one coming back after being
+    /// declared dead) would find nothing shared, and it would wrongly conclude
+    /// that it has caught up.
+    pub(super) fn ring_shared_with(&self, caller: &NodeAddr) -> Result<Arc<Ring<NodeAddr>>> {
+        let view = self.view.read();
+        if view.ring.contains(caller) {
+            Ok(view.ring.clone())
+        } else {
+            Err(Error::Refused {
+                peer: self.me.to_string(),
+                message: format!(
+                    "{caller} is not a member in this node's view yet; retry after gossip"
+                ),
+            })
+        }
+    }
+
+    /// Answers `diff_buckets`: where our copies shared with `caller` differ.
+    pub fn diff_buckets(&self, caller: &NodeAddr, digests: &[i64]) -> Result<Vec<i32>> {
+        let ring = self.ring_shared_with(caller)?;
+        Ok(self.digests_with(&ring, caller)?.differing(digests))
+    }
+
+    /// Our keys shared with `peer` in `buckets`, grouped by bucket.
+    pub(super) fn shared_keys_in(
+        &self,
+        ring: &Ring<NodeAddr>,
+        peer: &NodeAddr,
+        buckets: &BTreeSet<usize>,
+    ) -> Result<BTreeMap<usize, Vec<Vec<u8>>>> {
+        let mut keys: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
+        self.store.scan(|key, _, _| {
+            let bucket = bucket_of(key);
+            if buckets.contains(&bucket)
+                && antientropy::shares(ring, self.config.replicas, key, &self.me, peer)
+            {
+                keys.entry(bucket).or_default().push(key.to_vec());
+            }
+            true
+        })?;
+        Ok(keys)
+    }
+
+    /// Answers `reconcile`: keeps the newer of each entry sent, and returns our
+    /// entries in `buckets` (shared with `caller`) that are newer than the
+    /// caller's or that it lacks.
+    pub fn reconcile(
+        &self,
+        caller: &NodeAddr,
+        buckets: &[i32],
+        entries: Vec<Entry>,
+    ) -> Result<Vec<Entry>> {
+        let ring = self.ring_shared_with(caller)?;
+        let mut theirs: BTreeMap<Vec<u8>, Version> = BTreeMap::new();
+        for entry in entries {
+            self.clock.observe(entry.stored.version);
+            self.store.merge(
+                &entry.key,
+                entry.stored.value.as_deref(),
+                entry.stored.version,
+            )?;
+            theirs.insert(entry.key, entry.stored.version);
+        }
+        let buckets = antientropy::valid_buckets(buckets);
+        let mut answer = Vec::new();
+        for key in self
+            .shared_keys_in(&ring, caller, &buckets)?
+            .into_values()
+            .flatten()
+        {
+            if let Some(stored) = self.store.get(&key)?
+                && theirs.get(&key).is_none_or(|v| *v < stored.version)
+            {
+                answer.push(Entry::new(key, stored));
+            }
+        }
+        Ok(answer)
+    }
+
+    /// Brings our copies and `peer`'s copies of the keys we share to the same
+    /// versions: compare bucket digests, then exchange entries of the buckets
+    /// that differ, in bounded batches. Returns how many entries we sent.
+    pub async fn sync_with(self: &Arc<Self>, peer: &NodeAddr) -> Result<usize> {
+        let ring = self.placement();
+        let digests = self.digests_with(&ring, peer)?.to_wire();
+        let request = Request::DiffBuckets {
+            caller: self.me.clone(),
+            digests,
+        };
+        let differing = match self.call(peer, request, self.config.rpc_timeout).await? {
+            Reply::Buckets(buckets) => buckets,
+            other => return Err(unexpected(peer, &other)),
+        };
+        if differing.is_empty() {
+            return Ok(0);
+        }
+        let wanted = antientropy::valid_buckets(&differing);
+        let mut keys = self.shared_keys_in(&ring, peer, &wanted)?;
+        let limit = BatchLimit {
+            bytes: self.config.handoff_batch_bytes,
+            entries: self.config.handoff_batch_entries,
+        };
+        let mut sent = 0;
+        let mut batch_buckets = Vec::new();
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        let buckets: Vec<usize> = wanted.into_iter().collect();
+        for (i, bucket) in buckets.iter().enumerate() {
+            for key in keys.remove(bucket).unwrap_or_default() {
+                if let Some(stored) = self.store.get(&key)? {
+                    let entry = Entry::new(key, stored);
+                    bytes += entry.bytes();
+                    batch.push(entry);
+                }
+            }
+            batch_buckets.push(*bucket as i32);
+            let last = i + 1 == buckets.len();
+            if last || limit.full(bytes, batch.len()) {
+                sent += batch.len();
+                let request = Request::Reconcile {
+                    caller: self.me.clone(),
+                    buckets: std::mem::take(&mut batch_buckets),
+                    entries: std::mem::take(&mut batch),
+                };
+                match self.call(peer, request, self.config.rpc_timeout).await? {
+                    Reply::Entries(newer) => {
+                        self.absorb(newer)?;
+                    }
+                    other => return Err(unexpected(peer, &other)),
+                }
+                bytes = 0;
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Background worker: after every ring change (and while catching up),
+    /// a full anti-entropy round with every peer; otherwise one peer in turn
+    /// every interval. Also delivers hints to peers that answer again.
+    pub(super) async fn anti_entropy_worker(self: Arc<Self>) {
+        let mut rounds = Rounds::new();
+        while !self.stop_requested() {
+            let round = rounds.next(self.epoch(), self.syncing(), &self.peers());
+            let mut complete = self.ready();
+            for peer in &round.peers {
+                match self.sync_with(peer).await {
+                    Ok(0) => {}
+                    Ok(n) => log::debug!("anti-entropy with {peer}: {n} entries compared"),
+                    Err(e) => {
+                        complete = false;
+                        self.note_failure(peer, &e);
+                    }
+                }
+            }
+            let settled = self.epoch() == round.epoch && self.lease_held();
+            let finished = rounds.finish(&round, complete, settled);
+            if finished.caught_up && self.syncing.swap(false, Ordering::AcqRel) {
+                log::info!("{}: caught up with every replica", self.me);
+            }
+            self.deliver_hints();
+            // A round that could not finish catching up (a peer failed, or
+            // the peers do not confirm our ring yet) is tried again soon.
+            let pause = if finished.retry_soon {
+                Duration::from_millis(20).max(self.config.failure_timeout / 100)
+            } else {
+                self.config.anti_entropy_interval
+            };
+            self.wait_past(round.epoch, pause).await;
+        }
+    }
+
+    /// Sends hinted keys (with their current copies) to peers that are alive.
+    pub(super) fn deliver_hints(self: &Arc<Self>) {
+        for peer in self.replicator.hinted_peers() {
+            let alive = self
+                .view
+                .read()
+                .swim
+                .membership()
+                .status(&peer)
+                .is_some_and(Status::serves);
+            if !alive {
+                continue;
+            }
+            for key in self.replicator.take_hints(&peer) {
+                match self.store.get(&key) {
+                    Ok(Some(stored)) => self.replicator.send(&peer, Entry::new(key, stored), None),
+                    Ok(None) => {}
+                    Err(e) => log::warn!("reading a hinted key failed: {e}"),
+                }
+            }
+        }
+    }
+}

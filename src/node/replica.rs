@@ -1,0 +1,69 @@
+//! The replica's side of a request: entries a peer sends (replication,
+//! handoff, repair), a coordinator's quorum read, and `peek`.
+
+use super::Node;
+use crate::error::{Error, Result};
+use crate::peer::Entry;
+use crate::store::Stored;
+
+impl Node {
+    /// Takes over entries sent by a peer; for each key the newer version wins.
+    pub fn absorb(&self, entries: Vec<Entry>) -> Result<usize> {
+        let mut applied = 0;
+        for entry in entries {
+            self.clock.observe(entry.stored.version);
+            if self.store.merge(
+                &entry.key,
+                entry.stored.value.as_deref(),
+                entry.stored.version,
+            )? {
+                applied += 1;
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Answers a coordinator's quorum read: our copy, whether we vouch for it
+    /// (we hold the key in our ring, our ring is the caller's `ring`, and we
+    /// trust our copies), and our ring id.
+    pub fn replica_read(&self, key: &[u8], ring: u64) -> Result<(Option<Stored>, bool, u64)> {
+        let copy = self.store.get(key)?;
+        let (ours, holds) = {
+            let view = self.view.read();
+            let holds = view
+                .ring
+                .owners(key, self.config.replicas)
+                .contains(&&self.me);
+            (view.ring_id, holds)
+        };
+        let trusted = ours == ring && holds && self.trusts_itself();
+        Ok((copy, trusted, ours))
+    }
+
+    /// Takes a coordinator's writes (the newer copy wins, as for `absorb`),
+    /// and acknowledges them only if we route as the coordinator did.
+    pub fn replicate(&self, entries: Vec<Entry>, ring: u64) -> Result<()> {
+        self.absorb(entries)?;
+        if ring == self.ring_id() {
+            Ok(())
+        } else {
+            Err(Error::Refused {
+                peer: self.me.to_string(),
+                message: "this node routes with another ring than the coordinator; \
+                          retry once the ring settles"
+                    .into(),
+            })
+        }
+    }
+
+    /// Our own copies of `keys`, tombstones included, with versions.
+    pub fn peek(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Entry>> {
+        let mut entries = Vec::new();
+        for key in keys {
+            if let Some(stored) = self.store.get(&key)? {
+                entries.push(Entry::new(key, stored));
+            }
+        }
+        Ok(entries)
+    }
+}

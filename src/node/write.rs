@@ -1,0 +1,211 @@
+//! A client's write (or erase): admitted, given its one version, forwarded
+//! to the key's owner (or the next replica) and coordinated there: stored,
+//! sent to the other replicas ([`crate::replicate`]), acknowledged once a
+//! write quorum holds it.
+
+use std::sync::Arc;
+
+use super::Node;
+use crate::addr::NodeAddr;
+use crate::config::MAX_KEY_BYTES;
+use crate::error::{Error, Result};
+use crate::peer::{Entry, Request};
+use crate::replicate::Ack;
+use crate::store::Stored;
+use crate::version::Version;
+
+impl Node {
+    pub(super) fn check_sizes(&self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        if key.len() > MAX_KEY_BYTES {
+            return Err(Error::TooLarge {
+                size: key.len(),
+                limit: MAX_KEY_BYTES,
+            });
+        }
+        let size = value.map_or(0, <[u8]>::len);
+        if size > self.config.max_value_bytes {
+            return Err(Error::TooLarge {
+                size,
+                limit: self.config.max_value_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a write before anything is stored. `relayed`: it carries the
+    /// version its entry node took.
+    pub(super) fn admit_write(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        expires: Option<i64>,
+        relayed: bool,
+    ) -> Result<()> {
+        if !self.ready() {
+            return Err(Error::Joining);
+        }
+        if !relayed && (self.noticed_pause() || self.just_resumed()) {
+            // A client's write that waited in a paused node: a version taken
+            // now could bury a later write the client made elsewhere.
+            return Err(Error::Paused);
+        }
+        if let Some(expires) = expires
+            && self.clock.wall_micros() as i64 > expires
+        {
+            // The sender gave up on us (we were paused or swamped) and has
+            // moved on; the client may have too.
+            return Err(Error::Expired);
+        }
+        self.check_sizes(key, value)
+    }
+
+    /// Serves a write at once if nothing needs waiting for: this node
+    /// coordinates it and no other replica must acknowledge it (one replica).
+    /// `None` means the write needs [`Node::write`].
+    pub fn write_now(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        hops: i8,
+        expires: Option<i64>,
+    ) -> Option<Result<()>> {
+        if let Err(e) = self.admit_write(key, value, expires, hops != 0) {
+            return Some(Err(e));
+        }
+        if hops != 0 {
+            // A relayed write carries the version its entry node took.
+            return None;
+        }
+        let ring = self.placement();
+        let replicas = ring.owners(key, self.config.replicas);
+        let alone = self.coordinates(&replicas, hops)
+            && replicas.iter().all(|r| **r == self.me)
+            && self.write_quorum() <= 1;
+        if !alone || replicas.is_empty() {
+            return None;
+        }
+        let version = self.clock.tick();
+        Some(self.store.merge(key, value, version).map(drop))
+    }
+
+    /// Writes `key` (a value, or `None` to erase it): coordinated by its owner
+    /// (or, when the owner cannot be reached, the next replica), acknowledged
+    /// once a write quorum of replicas stored it. `hops` counts forwards so
+    /// far. `version` is the write's version when relayed (a client's own call
+    /// gets one here, once, whatever path it then takes); `expires` is when
+    /// the node that relayed it stops waiting (wall microseconds).
+    pub async fn write(
+        self: &Arc<Self>,
+        key: &[u8],
+        value: Option<&[u8]>,
+        hops: i8,
+        version: Option<Version>,
+        expires: Option<i64>,
+    ) -> Result<()> {
+        self.admit_write(key, value, expires, version.is_some())?;
+        let version = version.unwrap_or_else(|| self.clock.tick());
+        let ring = self.placement();
+        let replicas = ring.owners(key, self.config.replicas);
+        if replicas.is_empty() {
+            return Err(Error::NoOwner);
+        }
+        if self.coordinates(&replicas, hops) {
+            return self.coordinate_write(key, value, version, &replicas).await;
+        }
+        // Give up on the relay a little before our own call times out.
+        let ours =
+            self.clock.wall_micros() as i64 + (self.config.rpc_timeout * 9 / 10).as_micros() as i64;
+        let expires = expires.map_or(ours, |e| e.min(ours));
+        for &target in &replicas {
+            if *target == self.me {
+                return self.coordinate_write(key, value, version, &replicas).await;
+            }
+            let request = Request::Write {
+                key: key.to_vec(),
+                value: value.map(<[u8]>::to_vec),
+                hops: hops.saturating_add(1),
+                version,
+                expires,
+            };
+            match self.call(target, request, self.config.rpc_timeout).await {
+                Ok(_) => return Ok(()),
+                Err(e) if self.try_next(target, &e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::NoOwner)
+    }
+
+    /// Stores the write here (unless a newer copy is already here: then the
+    /// write is simply older, and superseded) and sends it to the other
+    /// replicas; returns once the write quorum holds it.
+    pub(super) async fn coordinate_write(
+        self: &Arc<Self>,
+        key: &[u8],
+        value: Option<&[u8]>,
+        version: Version,
+        replicas: &[&NodeAddr],
+    ) -> Result<()> {
+        self.clock.observe(version);
+        // However few replicas this ring has, never fewer acknowledgements
+        // than a write needs of them.
+        let quorum = self.write_quorum();
+        if !self.majority_view() {
+            return Err(Error::Quorum {
+                stored: 0,
+                needed: quorum,
+            });
+        }
+        let here = replicas.contains(&&self.me);
+        if here {
+            self.store.merge(key, value, version)?;
+        }
+        let here = usize::from(here);
+        let others: Vec<&NodeAddr> = replicas
+            .iter()
+            .copied()
+            .filter(|p| **p != self.me)
+            .collect();
+        let needed = quorum.saturating_sub(here);
+        if others.is_empty() && needed == 0 {
+            return Ok(());
+        }
+        let ack = Ack::new();
+        let entry = Entry::new(
+            key.to_vec(),
+            Stored {
+                value: value.map(<[u8]>::to_vec),
+                version,
+            },
+        );
+        let ring = self.ring_id();
+        for peer in &others {
+            self.replicator
+                .send(peer, entry.clone(), Some((ack.clone(), ring)));
+        }
+        if needed == 0 {
+            return Ok(());
+        }
+        let acked = if others.len() < needed {
+            0
+        } else {
+            ack.wait(needed, others.len(), self.config.rpc_timeout)
+                .await
+        };
+        log::trace!(
+            "write {} {:?} to {:?}: {} acks of {needed} needed",
+            String::from_utf8_lossy(key),
+            version,
+            replicas,
+            acked
+        );
+        if acked >= needed {
+            Ok(())
+        } else {
+            Err(Error::Quorum {
+                stored: acked + here,
+                needed: quorum,
+            })
+        }
+    }
+}
