@@ -110,6 +110,15 @@ impl Config {
         self.read_quorum.clamp(1, n.max(1))
     }
 
+    /// The most key and value bytes one reply of a `peek` or `reconcile` may
+    /// carry: what a request may (one value or one batch, and a key), so that
+    /// whatever asks can read the answer.
+    pub fn max_reply_bytes(&self) -> usize {
+        self.max_value_bytes
+            .max(self.handoff_batch_bytes)
+            .saturating_add(MAX_KEY_BYTES)
+    }
+
     /// Limits for reading one message: a value, a key and room for the envelope.
     pub fn limits(&self) -> Limits {
         Limits {

@@ -28,20 +28,62 @@
 //! outranks its own row (`Suspect`, `Dead`, even `Left` when it has not left) is
 //! refuted by taking an incarnation above the news, keeping its own status.
 //!
-//! Incarnations never wrap. A row above [`MAX_INCARNATION`] is refused as
-//! implausible, about any member (no honest node gets there: incarnations start
-//! at a start time in milliseconds, about 2^41 today, and rise by one per
-//! refutation). So a corrupt or forged `i64::MAX` can neither kill a member nor
-//! push a refutation past `i64::MAX`; news at exactly `MAX_INCARNATION` about
-//! ourselves cannot be outbid, and is left unanswered rather than wrapped.
+//! Incarnations never wrap. An incarnation starts at the member's start time
+//! in wall-clock milliseconds (see `Node::new`) and rises by one per
+//! refutation, so an honest one is never far ahead of anyone's wall clock. A
+//! row whose incarnation is more than [`INCARNATION_HORIZON`] (one hour) ahead
+//! of our wall clock ([`Membership::set_wall`]) is refused as implausible, about
+//! any member, ourselves included. So news that kills a member is always at
+//! most an hour ahead, and the member's refutation (one higher) is taken as
+//! soon as the receiver's clock has moved on a millisecond: a forged
+//! `i64::MAX` can neither kill a member nor push a refutation past
+//! `i64::MAX`, and a member always gets back in. (The bound is on wall time,
+//! not on the highest incarnation seen, so it cannot be ratcheted forward.
+//! Clocks of members must agree within the hour; [`MAX_INCARNATION`] caps it
+//! all in any case.)
+//!
+//! # Who may serve
+//!
+//! A row says what someone claims about a member; it does not show that
+//! anything answers at that address. A member serves (holds a share of the
+//! ring, counts toward quorums) only once it answered a call *we* made to its
+//! address, with its own row first ([`Membership::confirm`], fed by
+//! [`crate::swim::Swim`] from ping and gossip replies). Until then it is
+//! [`Contact::Unconfirmed`]: probed, so it is confirmed or found dead, but
+//! neither in [`Membership::alive`] nor in [`Membership::known`]. A push that
+//! names its sender does not confirm it: anyone can write any row first. A
+//! confirmed member that goes down and comes back in our view is
+//! [`Contact::Lapsed`]: it still counts toward quorums (it may hold data) but
+//! serves again only once it answered again. Contact is local knowledge,
+//! outside the merge: it never travels and does not change the merge order.
 
 use std::collections::BTreeMap;
 
 use crate::addr::NodeAddr;
 
-/// The highest incarnation a row may carry; rows above it are refused as
-/// implausible (see the module doc). 2^62, some 146 million years of milliseconds.
+/// The highest incarnation a row may ever carry, whatever the clock says
+/// (see the module doc). 2^62, some 146 million years of milliseconds.
 pub const MAX_INCARNATION: i64 = 1 << 62;
+
+/// How far ahead of our wall clock, in milliseconds, an incarnation may be:
+/// one hour (see the module doc).
+pub const INCARNATION_HORIZON: i64 = 3_600_000;
+
+/// The most rows a table holds, tombstones included: news of a member not in
+/// a full table is ignored, so forged rows cannot grow it without bound.
+pub const MAX_ROWS: usize = 16_384;
+
+/// Whether a member answered us itself (see the module doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Contact {
+    /// Known from others' word only: does not serve, does not count.
+    Unconfirmed,
+    /// Answered a call of ours since it last came up: serves.
+    Confirmed,
+    /// Answered before, but went down and came up again since: counts toward
+    /// quorums, serves once it answers again.
+    Lapsed,
+}
 
 /// How a member stands. The order is the merge order within one incarnation
 /// (see the module doc).
@@ -108,23 +150,58 @@ pub enum Change {
     Refuted(MemberState),
 }
 
+/// One row as held: the merged part, and our own contact with the member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Row {
+    incarnation: i64,
+    status: Status,
+    contact: Contact,
+}
+
 /// A node's view of the ring's members.
 #[derive(Clone, Debug)]
 pub struct Membership {
     me: NodeAddr,
-    table: BTreeMap<NodeAddr, (i64, Status)>,
+    table: BTreeMap<NodeAddr, Row>,
+    /// Our wall clock in milliseconds, as last told.
+    wall: i64,
 }
 
 impl Membership {
     /// A view holding only ourselves, alive at `incarnation` (clamped to
-    /// `0..=MAX_INCARNATION`).
+    /// `0..=MAX_INCARNATION`), which is also taken as our wall clock until
+    /// [`Membership::set_wall`] says otherwise (incarnations start at the
+    /// start time).
     pub fn new(me: NodeAddr, incarnation: i64) -> Self {
+        let incarnation = incarnation.clamp(0, MAX_INCARNATION);
         let mut table = BTreeMap::new();
         table.insert(
             me.clone(),
-            (incarnation.clamp(0, MAX_INCARNATION), Status::Alive),
+            Row {
+                incarnation,
+                status: Status::Alive,
+                contact: Contact::Confirmed,
+            },
         );
-        Membership { me, table }
+        Membership {
+            me,
+            table,
+            wall: incarnation,
+        }
+    }
+
+    /// Tells the view our wall clock (milliseconds since the epoch), which
+    /// bounds the incarnations it takes.
+    pub fn set_wall(&mut self, millis: i64) {
+        self.wall = millis;
+    }
+
+    /// The highest incarnation taken now: our wall clock plus
+    /// [`INCARNATION_HORIZON`], at most [`MAX_INCARNATION`].
+    pub fn ceiling(&self) -> i64 {
+        self.wall
+            .saturating_add(INCARNATION_HORIZON)
+            .min(MAX_INCARNATION)
     }
 
     /// Our own address.
@@ -139,34 +216,77 @@ impl Membership {
 
     /// The row of `addr`, if known.
     pub fn state(&self, addr: &NodeAddr) -> Option<MemberState> {
-        self.table
-            .get(addr)
-            .map(|&(incarnation, status)| MemberState {
-                addr: addr.clone(),
-                incarnation,
-                status,
-            })
+        self.table.get(addr).map(|row| MemberState {
+            addr: addr.clone(),
+            incarnation: row.incarnation,
+            status: row.status,
+        })
     }
 
     /// The status of `addr`, if known.
     pub fn status(&self, addr: &NodeAddr) -> Option<Status> {
-        self.table.get(addr).map(|&(_, status)| status)
+        self.table.get(addr).map(|row| row.status)
     }
 
-    /// Merges one update. Rows above [`MAX_INCARNATION`] are refused
+    /// Our contact with `addr`, if known (see the module doc).
+    #[cfg(test)]
+    pub fn contact(&self, addr: &NodeAddr) -> Option<Contact> {
+        self.table.get(addr).map(|row| row.contact)
+    }
+
+    /// Whether `addr` is up and answered us since it came up.
+    pub fn is_confirmed(&self, addr: &NodeAddr) -> bool {
+        self.table
+            .get(addr)
+            .is_some_and(|row| row.status.is_up() && row.contact == Contact::Confirmed)
+    }
+
+    /// `addr` answered a call we made to its address, with its own row:
+    /// it may serve. Returns whether our contact with it changed.
+    pub fn confirm(&mut self, addr: &NodeAddr) -> bool {
+        match self.table.get_mut(addr) {
+            Some(row) if row.contact != Contact::Confirmed => {
+                row.contact = Contact::Confirmed;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Merges one update. Rows above [`Membership::ceiling`], and rows about
+    /// new members once the table holds [`MAX_ROWS`], are refused
     /// ([`Change::None`]).
     pub fn apply(&mut self, update: MemberState) -> Change {
-        if update.incarnation > MAX_INCARNATION {
+        if update.incarnation > self.ceiling() {
             return Change::None;
         }
         if update.addr == self.me {
             return self.apply_about_me(update);
         }
         match self.table.get(&update.addr) {
-            Some(&(inc, status)) if !update.supersedes(inc, status) => Change::None,
-            _ => {
-                self.table
-                    .insert(update.addr.clone(), (update.incarnation, update.status));
+            Some(row) if !update.supersedes(row.incarnation, row.status) => Change::None,
+            None if self.table.len() >= MAX_ROWS => Change::None,
+            known => {
+                let contact = match known {
+                    None => Contact::Unconfirmed,
+                    // Back up after it was gone: it must answer again.
+                    Some(row)
+                        if row.contact == Contact::Confirmed
+                            && row.status.is_gone()
+                            && update.status.is_up() =>
+                    {
+                        Contact::Lapsed
+                    }
+                    Some(row) => row.contact,
+                };
+                self.table.insert(
+                    update.addr.clone(),
+                    Row {
+                        incarnation: update.incarnation,
+                        status: update.status,
+                        contact,
+                    },
+                );
                 Change::Updated(update)
             }
         }
@@ -176,7 +296,11 @@ impl Membership {
     /// author): take an incarnation at which our own status wins again. The
     /// result is the same whatever order such news comes in (the highest wins).
     fn apply_about_me(&mut self, update: MemberState) -> Change {
-        let (mine, my_status) = self.table[&self.me];
+        let Row {
+            incarnation: mine,
+            status: my_status,
+            ..
+        } = self.table[&self.me];
         if my_status == Status::Left || !update.supersedes(mine, my_status) {
             // We left (our own word stands), or the news is not newer than ours.
             return Change::None;
@@ -184,12 +308,15 @@ impl Membership {
         let refuted = if my_status >= update.status {
             update.incarnation
         } else if update.incarnation < MAX_INCARNATION {
+            // At most one above the ceiling: taken by every peer whose clock
+            // is a millisecond later than ours was.
             update.incarnation + 1
         } else {
-            // Cannot be outbid without leaving the plausible range: unanswered.
+            // Only with a clock beyond 2^62 ms: unanswered rather than wrapped.
             return Change::None;
         };
-        self.table.insert(self.me.clone(), (refuted, my_status));
+        let row = self.table.get_mut(&self.me).expect("own row");
+        row.incarnation = refuted;
         Change::Refuted(self.my_state())
     }
 
@@ -234,11 +361,12 @@ impl Membership {
     }
 
     /// Members that count toward a quorum's size: every row but those that
-    /// left on purpose (a dead member may come back with its data).
+    /// left on purpose (a dead member may come back with its data) and those
+    /// that never answered us (see the module doc).
     pub fn known(&self) -> usize {
         self.table
             .values()
-            .filter(|(_, status)| *status != Status::Left)
+            .filter(|row| row.status != Status::Left && row.contact != Contact::Unconfirmed)
             .count()
     }
 
@@ -246,8 +374,8 @@ impl Membership {
     /// left. Returns our row, to spread.
     pub fn start_leaving(&mut self) -> MemberState {
         let entry = self.table.get_mut(&self.me).expect("own row");
-        if entry.1 != Status::Left {
-            entry.1 = Status::Leaving;
+        if entry.status != Status::Left {
+            entry.status = Status::Leaving;
         }
         self.my_state()
     }
@@ -255,16 +383,17 @@ impl Membership {
     /// Marks ourselves as having left. Returns our row, to spread.
     pub fn leave(&mut self) -> MemberState {
         let entry = self.table.get_mut(&self.me).expect("own row");
-        entry.1 = Status::Left;
+        entry.status = Status::Left;
         self.my_state()
     }
 
-    /// Members that hold a share of the ring (alive or suspect), ourselves
-    /// included if we do, sorted. Leaving members are not among them.
+    /// Members that hold a share of the ring (alive or suspect, and
+    /// confirmed: see the module doc), ourselves included if we do, sorted.
+    /// Leaving members are not among them.
     pub fn alive(&self) -> impl Iterator<Item = &NodeAddr> {
         self.table
             .iter()
-            .filter(|(_, (_, status))| status.serves())
+            .filter(|(_, row)| row.status.serves() && row.contact == Contact::Confirmed)
             .map(|(addr, _)| addr)
     }
 
@@ -278,9 +407,29 @@ impl Membership {
     pub fn up_peers(&self) -> Vec<NodeAddr> {
         self.table
             .iter()
-            .filter(|(addr, (_, status))| status.is_up() && **addr != self.me)
+            .filter(|(addr, row)| row.status.is_up() && **addr != self.me)
             .map(|(addr, _)| addr.clone())
             .collect()
+    }
+
+    /// [`Membership::up_peers`] that are confirmed: the ones to gossip with
+    /// and to ask for indirect probes.
+    pub fn confirmed_peers(&self) -> Vec<NodeAddr> {
+        self.table
+            .iter()
+            .filter(|(addr, row)| {
+                row.status.is_up() && row.contact == Contact::Confirmed && **addr != self.me
+            })
+            .map(|(addr, _)| addr.clone())
+            .collect()
+    }
+
+    /// Up members that have not answered us since they came up, in order.
+    pub fn unconfirmed(&self) -> impl Iterator<Item = &NodeAddr> {
+        self.table
+            .iter()
+            .filter(|(_, row)| row.status.is_up() && row.contact != Contact::Confirmed)
+            .map(|(addr, _)| addr)
     }
 
     /// How many rows the table holds, tombstones and ourselves included.
@@ -292,10 +441,10 @@ impl Membership {
     pub fn table(&self) -> Vec<MemberState> {
         self.table
             .iter()
-            .map(|(addr, &(incarnation, status))| MemberState {
+            .map(|(addr, row)| MemberState {
                 addr: addr.clone(),
-                incarnation,
-                status,
+                incarnation: row.incarnation,
+                status: row.status,
             })
             .collect()
     }
@@ -323,6 +472,48 @@ mod tests {
         let mut view = Membership::new(addr(1), 10);
         let update = state(2, 5, Status::Alive);
         assert_eq!(view.apply(update.clone()), Change::Updated(update));
+        assert_eq!(view.up_peers(), vec![addr(2)]);
+        assert!(view.confirm(&addr(2)));
+        assert_eq!(view.peers(), vec![addr(2)]);
+    }
+
+    #[test]
+    fn a_member_serves_only_once_it_answered_us_itself() {
+        let mut view = Membership::new(addr(1), 10);
+        view.apply(state(2, 5, Status::Alive));
+        // On someone's word only: probed, but no share of the ring, no vote.
+        assert_eq!(view.contact(&addr(2)), Some(Contact::Unconfirmed));
+        assert_eq!(view.up_peers(), vec![addr(2)]);
+        assert!(view.peers().is_empty());
+        assert!(view.confirmed_peers().is_empty());
+        assert_eq!(view.known(), 1);
+        assert_eq!(
+            view.unconfirmed().cloned().collect::<Vec<_>>(),
+            vec![addr(2)]
+        );
+        // It answered: it serves and counts.
+        assert!(view.confirm(&addr(2)));
+        assert!(!view.confirm(&addr(2)), "once is enough");
+        assert_eq!(view.peers(), vec![addr(2)]);
+        assert_eq!(view.known(), 2);
+        assert_eq!(view.unconfirmed().count(), 0);
+        // Dead, it still counts (it may come back with its data) ...
+        view.declare_dead(&addr(2));
+        assert_eq!(view.known(), 2);
+        // ... and back up on someone's word, it counts but must answer again.
+        view.apply(state(2, 6, Status::Alive));
+        assert_eq!(view.contact(&addr(2)), Some(Contact::Lapsed));
+        assert!(view.peers().is_empty());
+        assert_eq!(view.known(), 2);
+        assert!(view.confirm(&addr(2)));
+        assert_eq!(view.peers(), vec![addr(2)]);
+        // A fake that never answers and dies does not count either.
+        view.apply(state(3, 5, Status::Alive));
+        view.declare_dead(&addr(3));
+        assert_eq!(view.known(), 2);
+        // Suspicion and refutation keep the contact.
+        view.suspect(&addr(2));
+        view.apply(state(2, 7, Status::Alive));
         assert_eq!(view.peers(), vec![addr(2)]);
     }
 
@@ -344,6 +535,7 @@ mod tests {
             view.apply(state(2, 6, Status::Alive)),
             Change::Updated(_)
         ));
+        view.confirm(&addr(2));
         assert_eq!(view.peers(), vec![addr(2)]);
     }
 
@@ -413,6 +605,9 @@ mod tests {
         view.apply(state(2, 5, Status::Alive));
         view.apply(state(3, 5, Status::Alive));
         view.apply(state(4, 5, Status::Alive));
+        for i in 2..=4 {
+            view.confirm(&addr(i));
+        }
         assert!(matches!(view.suspect(&addr(2)), Change::Updated(_)));
         view.apply(state(3, 5, Status::Leaving));
         assert_eq!(view.peers(), vec![addr(2), addr(4)]);
@@ -422,29 +617,79 @@ mod tests {
 
     #[test]
     fn an_implausible_incarnation_is_refused_and_never_wraps() {
-        let mut view = Membership::new(addr(1), 10);
+        let wall = 1_700_000_000_000; // 2023, in milliseconds
+        let mut view = Membership::new(addr(1), wall);
+        let ceiling = wall + INCARNATION_HORIZON;
+        assert_eq!(view.ceiling(), ceiling);
         // About ourselves: refused, not refuted at i64::MAX + 1.
         assert_eq!(view.apply(state(1, i64::MAX, Status::Dead)), Change::None);
-        assert_eq!(view.my_state(), state(1, 10, Status::Alive));
-        // About someone else: refused too, so it cannot kill them.
-        view.apply(state(2, 5, Status::Alive));
-        assert_eq!(view.apply(state(2, i64::MAX, Status::Dead)), Change::None);
-        assert_eq!(view.status(&addr(2)), Some(Status::Alive));
-        // Just below the ceiling: refuted at the ceiling.
         assert_eq!(
-            view.apply(state(1, MAX_INCARNATION - 1, Status::Dead)),
-            Change::Refuted(state(1, MAX_INCARNATION, Status::Alive))
-        );
-        // At the ceiling: cannot be outbid; left unanswered, never wrapped.
-        assert_eq!(
-            view.apply(state(1, MAX_INCARNATION, Status::Dead)),
+            view.apply(state(1, ceiling + 1, Status::Dead)),
             Change::None
         );
-        assert_eq!(view.my_state().incarnation, MAX_INCARNATION);
+        assert_eq!(view.my_state(), state(1, wall, Status::Alive));
+        // About someone else: refused too, so it cannot kill them.
+        view.apply(state(2, wall, Status::Alive));
+        for forged in [i64::MAX, MAX_INCARNATION, ceiling + 1] {
+            assert_eq!(view.apply(state(2, forged, Status::Dead)), Change::None);
+            assert_eq!(view.status(&addr(2)), Some(Status::Alive));
+        }
+        // At the ceiling: refuted one above it.
+        assert_eq!(
+            view.apply(state(1, ceiling, Status::Dead)),
+            Change::Refuted(state(1, ceiling + 1, Status::Alive))
+        );
         // A legacy re-admission saturates too.
         let mut other = Membership::new(addr(1), 1);
+        other.set_wall(MAX_INCARNATION);
         other.apply(state(2, MAX_INCARNATION, Status::Dead));
         assert_eq!(other.admit_legacy(&addr(2)), Change::None);
+        assert_eq!(other.ceiling(), MAX_INCARNATION);
+    }
+
+    #[test]
+    fn a_member_killed_at_the_ceiling_gets_back_in_a_millisecond_later() {
+        let wall = 1_700_000_000_000;
+        let ceiling = wall + INCARNATION_HORIZON;
+        // A holds B; someone forges B's death at the highest incarnation A takes.
+        let mut a = Membership::new(addr(1), wall);
+        let mut b = Membership::new(addr(2), wall);
+        a.apply(b.my_state());
+        a.confirm(&addr(2));
+        let forged = state(2, ceiling, Status::Dead);
+        assert!(matches!(a.apply(forged.clone()), Change::Updated(_)));
+        assert!(a.peers().is_empty());
+        // B hears of it and refutes, one above A's ceiling ...
+        let Change::Refuted(refutation) = b.apply(forged) else {
+            panic!("B refutes");
+        };
+        assert_eq!(refutation.incarnation, ceiling + 1);
+        assert_eq!(a.apply(refutation.clone()), Change::None);
+        // ... which A takes once its clock moved on a millisecond.
+        a.set_wall(wall + 1);
+        assert!(matches!(a.apply(refutation), Change::Updated(_)));
+        assert_eq!(a.status(&addr(2)), Some(Status::Alive));
+        assert!(a.confirm(&addr(2)));
+        assert_eq!(a.peers(), vec![addr(2)]);
+    }
+
+    #[test]
+    fn a_full_table_ignores_news_of_new_members() {
+        let mut view = Membership::new(addr(1), 10);
+        for i in 0..MAX_ROWS + 10 {
+            let fake = NodeAddr::new(format!("10.{}.{}.1", i / 256, i % 256), 1);
+            view.apply(MemberState {
+                addr: fake,
+                incarnation: 1,
+                status: Status::Dead,
+            });
+        }
+        assert_eq!(view.size(), MAX_ROWS);
+        // Members already known still change.
+        assert!(matches!(
+            view.apply(state(1, 11, Status::Dead)),
+            Change::Refuted(_)
+        ));
     }
 
     #[test]
@@ -468,6 +713,9 @@ mod tests {
             backward.apply(u);
         });
         assert_eq!(forward.table(), backward.table());
+        for i in 2..=5 {
+            forward.confirm(&addr(i));
+        }
         assert_eq!(forward.peers(), vec![addr(2), addr(4)]);
     }
 

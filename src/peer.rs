@@ -2,11 +2,88 @@
 //! node-to-node call and its [`Reply`]. The node speaks only these; the
 //! [`crate::transport`] carries them (as Thrift between processes, or in
 //! memory in the simulation).
+//!
+//! # Bounds
+//!
+//! Every list a peer sends is capped here, well above what honest nodes send
+//! (handoff and anti-entropy batches hold 2,000 entries or 4 MiB by default,
+//! a ring's table a row per member) and far below the frame walker's
+//! 1,000,000 elements: a list over its cap is refused whole, before any of it
+//! is applied. Replies (`peek`, `reconcile`) are capped in count by the same
+//! numbers and in bytes by [`crate::config::Config::max_reply_bytes`], the
+//! most one message may carry; a repeated key is served once.
 
 use crate::addr::NodeAddr;
 use crate::membership::MemberState;
 use crate::store::Stored;
 use crate::version::Version;
+
+/// The most entries in one `absorb`, `replicate` or `reconcile`, or in a
+/// `peek` or `reconcile` reply: 32 times the default batch.
+pub const MAX_ENTRIES: usize = 65_536;
+
+/// The most keys one `peek` may name.
+pub const MAX_KEYS: usize = 65_536;
+
+/// The most member rows in one `gossip` push (and in a member table, see
+/// [`crate::membership::MAX_ROWS`]).
+pub const MAX_ROWS: usize = crate::membership::MAX_ROWS;
+
+/// Refuses a list of `len` elements over `cap`, naming what it was.
+pub fn within(what: &str, len: usize, cap: usize) -> crate::error::Result<()> {
+    if len > cap {
+        return Err(crate::error::Error::Refused {
+            peer: "this node".into(),
+            message: format!(
+                "{what}: {len} elements, at most {cap} are taken per request; send smaller batches (nothing was changed)"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A reply's entries, refused as soon as they pass [`MAX_ENTRIES`] or
+/// `limit` key and value bytes (a reply cut short would read as complete).
+#[derive(Debug)]
+pub struct BoundedReply {
+    what: &'static str,
+    limit: usize,
+    bytes: usize,
+    entries: Vec<Entry>,
+}
+
+impl BoundedReply {
+    /// An empty reply to `what`, of at most `limit` bytes.
+    pub fn new(what: &'static str, limit: usize) -> Self {
+        BoundedReply {
+            what,
+            limit,
+            bytes: 0,
+            entries: Vec::new(),
+        }
+    }
+
+    /// Adds `entry`, or refuses the whole reply.
+    pub fn push(&mut self, entry: Entry) -> crate::error::Result<()> {
+        self.bytes = self.bytes.saturating_add(entry.bytes());
+        if self.bytes > self.limit || self.entries.len() >= MAX_ENTRIES {
+            return Err(crate::error::Error::Refused {
+                peer: "this node".into(),
+                message: format!(
+                    "{}: the reply would pass {} entries or {} bytes, the most one reply carries; ask for fewer keys or buckets",
+                    self.what, MAX_ENTRIES, self.limit
+                ),
+            });
+        }
+        self.entries.push(entry);
+        Ok(())
+    }
+
+    /// The entries.
+    pub fn into_entries(self) -> Vec<Entry> {
+        self.entries
+    }
+}
 
 /// A key's copy as it moves between nodes: a value or a tombstone, with the
 /// version of the write that made it.
@@ -170,6 +247,34 @@ pub enum Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(key: &str, bytes: usize) -> Entry {
+        Entry::new(
+            key.as_bytes().to_vec(),
+            Stored {
+                value: Some(vec![0; bytes]),
+                version: Version::default(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_reply_past_its_byte_limit_is_refused_not_cut_short() {
+        let mut reply = BoundedReply::new("peek", 100);
+        reply.push(entry("a", 50)).unwrap();
+        reply.push(entry("b", 40)).unwrap();
+        let refused = reply.push(entry("c", 40)).unwrap_err().to_string();
+        assert!(refused.contains("peek: the reply would pass"), "{refused}");
+    }
+
+    #[test]
+    fn a_list_over_its_cap_is_refused_with_what_and_how_many() {
+        assert!(within("absorb", MAX_ENTRIES, MAX_ENTRIES).is_ok());
+        let refused = within("absorb", MAX_ENTRIES + 1, MAX_ENTRIES)
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("at most 65536"), "{refused}");
+    }
 
     #[test]
     fn a_batch_is_full_at_either_limit() {

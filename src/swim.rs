@@ -46,6 +46,25 @@
 //!   verdict and restart our suspicion timers: what we did not hear while
 //!   stalled is no evidence against anyone.
 //!
+//! - **Confirmation.** A member we know only from others' word (gossip, a
+//!   seed's table, a joiner's `enter`) serves no share of our ring until it
+//!   answered a call we made to its address with its own row first (see
+//!   [`crate::membership`]): a ping's ack, or the reply to a gossip push or
+//!   sync. A push in which it names itself does not count, since anyone can
+//!   write any row first. As soon as we learn of an unconfirmed member we push
+//!   our piggyback to it ([`Effect::Gossip`]), at most `confirm_burst` such
+//!   pushes per `gossip_interval`; the rest wait, and every unconfirmed member
+//!   is also probed in its turn, so one that never answers (a port that
+//!   accepts connections and stays silent) is suspected and declared dead like
+//!   any other. Unconfirmed members are neither asked to probe for us nor
+//!   chosen for gossip and syncs, so fakes cannot starve dissemination. A
+//!   joiner learns the ring from its seed's table and confirms each member by
+//!   its answer to the greeting it sends every member (`Node::join`).
+//! - **Plausible incarnations.** The machine tells the table its wall clock
+//!   (the incarnation it was given, a start time in milliseconds, plus `now`),
+//!   which refuses rows more than an hour ahead of it (see
+//!   [`crate::membership`]).
+//!
 //! # Timing, from one `failure_timeout` F
 //!
 //! With period `T = F/20`: probe timeout `0.4 T`; indirect probes until the end
@@ -145,6 +164,10 @@ pub struct Config {
     pub max_piggyback: usize,
     /// The highest local health score (8): timeouts scale up to 9 times.
     pub max_health: u32,
+    /// At most this many pushes to unconfirmed members per `gossip_interval`
+    /// (32): a message naming a thousand fake members costs a few calls a
+    /// period, not a thousand at once.
+    pub confirm_burst: usize,
 }
 
 impl Config {
@@ -168,6 +191,7 @@ impl Config {
             retransmit_mult: 3,
             max_piggyback: 10,
             max_health: 8,
+            confirm_burst: 32,
         }
     }
 }
@@ -211,8 +235,8 @@ pub enum Effect {
         /// Our whole table (our own row first).
         table: Vec<MemberState>,
     },
-    /// A row of our table changed (ours included): rebuild the ring if the
-    /// set of serving members changed.
+    /// A row of our table changed (ours included), or its member was just
+    /// confirmed: rebuild the ring if the set of serving members changed.
     Changed(MemberState),
 }
 
@@ -272,6 +296,17 @@ pub struct Swim {
     /// this means we were stalled.
     expected: Option<Duration>,
     missed_deadlines: u64,
+    /// Our wall clock at `now` zero, in milliseconds: the incarnation we
+    /// started with (see the module doc).
+    wall_start: i64,
+    /// Pushes to unconfirmed members still allowed in this gossip interval,
+    /// and when the allowance is next refilled.
+    confirm_budget: usize,
+    next_confirm_refill: Duration,
+    /// Unconfirmed members we pushed to, and when: each is asked again a
+    /// period later if still unconfirmed (a push lost or timed out under load
+    /// must not leave it waiting for its turn in a whole probe round).
+    asked: BTreeMap<NodeAddr, Duration>,
 }
 
 impl Swim {
@@ -281,6 +316,7 @@ impl Swim {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let next_probe_at = now + jitter(&mut rng, config.period);
         let next_sync_at = now + jitter(&mut rng, config.sync_interval);
+        let confirm_budget = config.confirm_burst;
         Swim {
             members: Membership::new(me, incarnation),
             config,
@@ -299,6 +335,10 @@ impl Swim {
             health: 0,
             expected: None,
             missed_deadlines: 0,
+            wall_start: incarnation,
+            confirm_budget,
+            next_confirm_refill: now,
+            asked: BTreeMap::new(),
         }
     }
 
@@ -340,6 +380,13 @@ impl Swim {
         }
         if self.has_left() {
             return next;
+        }
+        if self.members.unconfirmed().next().is_some() {
+            // Refill the allowance, or ask again those asked a period ago.
+            at(self.next_confirm_refill);
+            if let Some(&asked) = self.asked.values().min() {
+                at(asked + self.config.period);
+            }
         }
         match &self.probe {
             Some(p) => {
@@ -416,6 +463,7 @@ impl Swim {
             self.step_probe(now, &mut effects);
             self.expire_suspicions(now, &mut effects);
             self.sync_if_due(now, &mut effects);
+            self.confirm_pending(now, &mut effects);
         }
         self.gossip_if_due(now, &mut effects);
         self.settle();
@@ -438,6 +486,7 @@ impl Swim {
         let knew = self.members.status(from).is_some_and(Status::is_up);
         let pushed = rows.len();
         self.merge(from, rows, now, &mut effects);
+        self.confirm_pending(now, &mut effects);
         let bound = self.config.max_piggyback + 2;
         let reply = if !knew || pushed > bound || self.members.size() <= bound {
             self.full_table()
@@ -459,7 +508,12 @@ impl Swim {
     ) -> Vec<Effect> {
         self.observe(now);
         let mut effects = Vec::new();
+        let itself = Swim::sender(&rows) == Some(from);
         self.merge(from, rows, now, &mut effects);
+        if itself {
+            self.answered(from, &mut effects);
+        }
+        self.confirm_pending(now, &mut effects);
         if let Some(p) = self.probe.as_mut()
             && p.id == probe
             && p.target == *from
@@ -515,7 +569,9 @@ impl Swim {
         Vec::new()
     }
 
-    /// The reply to our [`Effect::Gossip`] or [`Effect::Sync`], from `from`.
+    /// The reply to our [`Effect::Gossip`] or [`Effect::Sync`] (or to any
+    /// `gossip` call the runtime made) from `from`, the address called: if
+    /// it answered with its own row first, it is confirmed.
     pub fn on_gossip_reply(
         &mut self,
         from: &NodeAddr,
@@ -524,7 +580,12 @@ impl Swim {
     ) -> Vec<Effect> {
         self.observe(now);
         let mut effects = Vec::new();
+        let itself = Swim::sender(&rows) == Some(from);
         self.merge(from, rows, now, &mut effects);
+        if itself {
+            self.answered(from, &mut effects);
+        }
+        self.confirm_pending(now, &mut effects);
         self.settle();
         effects
     }
@@ -535,6 +596,7 @@ impl Swim {
         self.observe(now);
         let mut effects = Vec::new();
         self.merge(from, rows, now, &mut effects);
+        self.confirm_pending(now, &mut effects);
         self.settle();
         effects
     }
@@ -564,6 +626,7 @@ impl Swim {
             let me = self.members.me().clone();
             self.changed(prev, row, &me, now, true, &mut effects);
         }
+        self.confirm_pending(now, &mut effects);
         self.settle();
         effects
     }
@@ -575,8 +638,12 @@ impl Swim {
 
     // ---- time ----
 
-    /// Notices a missed deadline: we were paused or starved.
+    /// Tells the table the wall clock, and notices a missed deadline: we
+    /// were paused or starved.
     fn observe(&mut self, now: Duration) {
+        let since_start = i64::try_from(now.as_millis()).unwrap_or(i64::MAX);
+        self.members
+            .set_wall(self.wall_start.saturating_add(since_start));
         let Some(expected) = self.expected else {
             return;
         };
@@ -698,7 +765,7 @@ impl Swim {
         let id = p.id;
         let mut candidates: Vec<NodeAddr> = self
             .members
-            .up_peers()
+            .confirmed_peers()
             .into_iter()
             .filter(|a| *a != target && self.members.status(a) == Some(Status::Alive))
             .collect();
@@ -765,6 +832,56 @@ impl Swim {
     fn forget_local_suspicion(&mut self, addr: &NodeAddr) {
         if self.members.status(addr) == Some(Status::Leaving) {
             self.suspicions.remove(addr);
+        }
+    }
+
+    // ---- confirmation ----
+
+    /// `from`, called by us, answered with its own row: it may serve.
+    fn answered(&mut self, from: &NodeAddr, effects: &mut Vec<Effect>) {
+        self.asked.remove(from);
+        if self.members.confirm(from)
+            && let Some(row) = self.members.state(from)
+            && row.status.is_up()
+        {
+            // Its share of the ring is ours to rebuild.
+            effects.push(Effect::Changed(row));
+        }
+    }
+
+    /// Pushes to unconfirmed members not yet asked, within the budget.
+    fn confirm_pending(&mut self, now: Duration, effects: &mut Vec<Effect>) {
+        if self.has_left() {
+            return;
+        }
+        if now >= self.next_confirm_refill {
+            self.confirm_budget = self.config.confirm_burst;
+            self.next_confirm_refill = now + self.config.gossip_interval;
+        }
+        // Forget the asked that were confirmed or went down meanwhile, so a
+        // member coming up again is asked again.
+        let members = &self.members;
+        let retry = self.config.period;
+        self.asked.retain(|a, at| {
+            members.status(a).is_some_and(Status::is_up)
+                && !members.is_confirmed(a)
+                && now < *at + retry
+        });
+        if self.confirm_budget == 0 {
+            return;
+        }
+        let to_ask: Vec<NodeAddr> = self
+            .members
+            .unconfirmed()
+            .filter(|a| !self.asked.contains_key(*a))
+            .take(self.confirm_budget)
+            .cloned()
+            .collect();
+        for to in to_ask {
+            self.confirm_budget -= 1;
+            self.asked.insert(to.clone(), now);
+            let updates = self.outgoing(&to);
+            effects.push(Effect::Gossip { to, updates });
         }
     }
 
@@ -978,7 +1095,11 @@ impl Swim {
             return;
         }
         self.next_gossip_at = now + self.config.gossip_interval;
-        let mut peers = self.members.up_peers();
+        // Members that answered us first: fakes must not soak up the fanout.
+        let mut peers = self.members.confirmed_peers();
+        if peers.is_empty() {
+            peers = self.members.up_peers();
+        }
         if peers.is_empty() {
             // Nobody to tell: the news is moot.
             self.broadcasts.clear();
@@ -998,7 +1119,10 @@ impl Swim {
         }
         self.next_sync_at = now + self.config.sync_interval;
         self.syncs += 1;
-        let up = self.members.up_peers();
+        let mut up = self.members.confirmed_peers();
+        if up.is_empty() {
+            up = self.members.up_peers();
+        }
         let dead: Vec<NodeAddr> = self
             .members
             .table()

@@ -184,7 +184,7 @@ impl Node {
         );
         let verdict = tally.verdict(holds)?;
         if let Some(best) = &verdict.newest {
-            self.clock.observe(best.version);
+            self.clock.observe(best.version)?;
             if verdict.repair_here {
                 self.store.merge(key, best.value.as_deref(), best.version)?;
             }

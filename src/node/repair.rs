@@ -85,9 +85,10 @@ impl Node {
         entries: Vec<Entry>,
     ) -> Result<Vec<Entry>> {
         let ring = self.ring_shared_with(caller)?;
+        self.admit_batch("reconcile", &entries)?;
         let mut theirs: BTreeMap<Vec<u8>, Version> = BTreeMap::new();
         for entry in entries {
-            self.clock.observe(entry.stored.version);
+            self.clock.observe(entry.stored.version)?;
             self.store.merge(
                 &entry.key,
                 entry.stored.value.as_deref(),
@@ -96,7 +97,7 @@ impl Node {
             theirs.insert(entry.key, entry.stored.version);
         }
         let buckets = antientropy::valid_buckets(buckets);
-        let mut answer = Vec::new();
+        let mut answer = crate::peer::BoundedReply::new("reconcile", self.config.max_reply_bytes());
         for key in self
             .shared_keys_in(&ring, caller, &buckets)?
             .into_values()
@@ -105,10 +106,10 @@ impl Node {
             if let Some(stored) = self.store.get(&key)?
                 && theirs.get(&key).is_none_or(|v| *v < stored.version)
             {
-                answer.push(Entry::new(key, stored));
+                answer.push(Entry::new(key, stored))?;
             }
         }
-        Ok(answer)
+        Ok(answer.into_entries())
     }
 
     /// Brings our copies and `peer`'s copies of the keys we share to the same

@@ -3,15 +3,18 @@
 
 use super::Node;
 use crate::error::{Error, Result};
-use crate::peer::Entry;
+use crate::peer::{self, Entry};
 use crate::store::Stored;
 
 impl Node {
     /// Takes over entries sent by a peer; for each key the newer version wins.
+    /// A batch over [`peer::MAX_ENTRIES`], or holding one version beyond the
+    /// clock's horizon, is refused whole: nothing changes.
     pub fn absorb(&self, entries: Vec<Entry>) -> Result<usize> {
+        self.admit_batch("absorb", &entries)?;
         let mut applied = 0;
         for entry in entries {
-            self.clock.observe(entry.stored.version);
+            self.clock.observe(entry.stored.version)?;
             if self.store.merge(
                 &entry.key,
                 entry.stored.value.as_deref(),
@@ -21,6 +24,24 @@ impl Node {
             }
         }
         Ok(applied)
+    }
+
+    /// Refuses a batch from a peer over [`peer::MAX_ENTRIES`] or holding an
+    /// implausible version (see [`crate::version`]), before any is applied.
+    pub(super) fn admit_batch(&self, what: &str, entries: &[Entry]) -> Result<()> {
+        peer::within(what, entries.len(), peer::MAX_ENTRIES)?;
+        for entry in entries {
+            self.clock
+                .admit(entry.stored.version)
+                .map_err(|e| Error::Refused {
+                    peer: self.me.to_string(),
+                    message: format!(
+                        "{what}: the entry for key {:?}: {e}; nothing was stored",
+                        String::from_utf8_lossy(&entry.key)
+                    ),
+                })?;
+        }
+        Ok(())
     }
 
     /// Answers a coordinator's quorum read: our copy, whether we vouch for it
@@ -43,6 +64,7 @@ impl Node {
     /// Takes a coordinator's writes (the newer copy wins, as for `absorb`),
     /// and acknowledges them only if we route as the coordinator did.
     pub fn replicate(&self, entries: Vec<Entry>, ring: u64) -> Result<()> {
+        self.admit_batch("replicate", &entries)?;
         self.absorb(entries)?;
         if ring == self.ring_id() {
             Ok(())
@@ -56,14 +78,22 @@ impl Node {
         }
     }
 
-    /// Our own copies of `keys`, tombstones included, with versions.
+    /// Our own copies of `keys`, tombstones included, with versions. A key
+    /// named twice is served once; at most [`peer::MAX_KEYS`] keys, and a
+    /// reply of at most [`crate::config::Config::max_reply_bytes`] (refused,
+    /// not cut short, as soon as it would grow past that).
     pub fn peek(&self, keys: Vec<Vec<u8>>) -> Result<Vec<Entry>> {
-        let mut entries = Vec::new();
+        peer::within("peek", keys.len(), peer::MAX_KEYS)?;
+        let mut seen = std::collections::HashSet::new();
+        let mut reply = peer::BoundedReply::new("peek", self.config.max_reply_bytes());
         for key in keys {
+            if !seen.insert(key.clone()) {
+                continue;
+            }
             if let Some(stored) = self.store.get(&key)? {
-                entries.push(Entry::new(key, stored));
+                reply.push(Entry::new(key, stored))?;
             }
         }
-        Ok(entries)
+        Ok(reply.into_entries())
     }
 }

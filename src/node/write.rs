@@ -146,7 +146,8 @@ impl Node {
         version: Version,
         replicas: &[&NodeAddr],
     ) -> Result<()> {
-        self.clock.observe(version);
+        // A relayed write's version was taken elsewhere: refused if forged.
+        self.clock.observe(version)?;
         // However few replicas this ring has, never fewer acknowledgements
         // than a write needs of them.
         let quorum = self.write_quorum();

@@ -490,13 +490,15 @@ impl Sim {
             .collect()
     }
 
-    /// Every node holds the same table: all `n` members, all alive.
+    /// Every node holds the same table: all `n` members, all alive, and
+    /// each confirmed by every other (all serve in every view).
     fn agreed(&self) -> bool {
         let n = self.nodes.len();
         let first = self.view(0).table();
         first.len() == n
             && first.iter().all(|r| r.status == Status::Alive)
             && (1..n).all(|i| self.view(i).table() == first)
+            && (0..n).all(|i| self.view(i).alive().count() == n)
     }
 
     fn agree(&mut self, limit: Duration) -> Duration {
@@ -540,8 +542,9 @@ fn machine(peers: usize, failure_timeout: Duration) -> Swim {
             status: Status::Alive,
         })
         .collect();
-    if !rows.is_empty() {
-        swim.on_gossip(&addr(1), rows, Duration::ZERO);
+    // Each answered us itself, so each serves at once.
+    for row in rows {
+        swim.on_gossip_reply(&row.addr.clone(), vec![row], Duration::ZERO);
     }
     swim
 }
@@ -993,4 +996,140 @@ fn false_deaths_under_heavy_loss() {
             );
         }
     }
+}
+
+// ---- hostile news ----
+
+#[test]
+fn a_gossiped_member_serves_only_once_it_answered_a_call_of_ours() {
+    let mut swim = machine(2, secs(2));
+    let newcomer = MemberState {
+        addr: addr(9),
+        incarnation: 1,
+        status: Status::Alive,
+    };
+    // Member 1 tells us about 9: we push to 9 at once, but 9 does not serve.
+    let mine = swim.membership().state(&addr(1)).unwrap();
+    let (_, effects) = swim.on_gossip(&addr(1), vec![mine, newcomer.clone()], ms(1));
+    assert!(
+        effects
+            .iter()
+            .any(|e| matches!(e, Effect::Gossip { to, .. } if *to == addr(9)))
+    );
+    assert!(!swim.membership().alive().any(|a| *a == addr(9)));
+    // A push that names 9 as its sender proves nothing (anyone can write it).
+    swim.on_gossip(&addr(9), vec![newcomer.clone()], ms(2));
+    assert!(!swim.membership().alive().any(|a| *a == addr(9)));
+    // Nor does a reply from 9's address in which someone else speaks first.
+    let other = swim.membership().state(&addr(2)).unwrap();
+    swim.on_gossip_reply(&addr(9), vec![other, newcomer.clone()], ms(3));
+    assert!(!swim.membership().alive().any(|a| *a == addr(9)));
+    // 9 answered our call with its own row: it serves, and the ring is rebuilt.
+    let effects = swim.on_gossip_reply(&addr(9), vec![newcomer.clone()], ms(4));
+    assert!(effects.contains(&Effect::Changed(newcomer)));
+    assert!(swim.membership().alive().any(|a| *a == addr(9)));
+}
+
+#[test]
+fn a_message_naming_a_thousand_fake_members_costs_a_bounded_number_of_calls() {
+    let mut swim = machine(3, secs(2));
+    let fakes: Vec<MemberState> = (100..1100)
+        .map(|i| MemberState {
+            addr: addr(i),
+            incarnation: 1,
+            status: Status::Alive,
+        })
+        .collect();
+    let (_, effects) = swim.on_gossip(&addr(100), fakes, ms(1));
+    let calls = |effects: &[Effect]| {
+        effects
+            .iter()
+            .filter(|e| !matches!(e, Effect::Changed(_)))
+            .count()
+    };
+    assert_eq!(calls(&effects), swim.config().confirm_burst);
+    // The next interval's allowance, no more.
+    let interval = swim.config().gossip_interval;
+    let later = tick_until(&mut swim, interval + ms(1));
+    let later: Vec<Effect> = later.into_iter().map(|(_, e)| e).collect();
+    let confirms = later
+        .iter()
+        .filter(|e| matches!(e, Effect::Gossip { to, .. } if index(to) >= 100))
+        .count();
+    assert!(confirms <= swim.config().confirm_burst, "{confirms}");
+    // None of them serves, none counts toward quorums.
+    assert_eq!(swim.membership().alive().count(), 4);
+    assert_eq!(swim.membership().known(), 4);
+}
+
+#[test]
+fn gossiped_members_that_never_answer_never_serve_and_are_declared_dead() {
+    let failure_timeout = secs(2);
+    // Nodes 0-4 form the ring; 5-7 are ports that accept and never answer.
+    let mut sim = Sim::new(8, failure_timeout, 11, 0.0);
+    for fake in 5..8 {
+        sim.stop(fake);
+    }
+    for i in 1..5 {
+        sim.act(i, |swim, now| swim.join(&[addr(0)], now));
+    }
+    let real = 0..5;
+    sim.run_until_true(secs(5), |s| {
+        real.clone().all(|i| s.view(i).alive().count() == 5)
+    })
+    .expect("the ring forms");
+    let fakes: Vec<MemberState> = (5..8)
+        .map(|i| MemberState {
+            addr: addr(i),
+            incarnation: 5_000,
+            status: Status::Alive,
+        })
+        .collect();
+    sim.act(0, |swim, now| swim.on_gossip(&addr(5), fakes, now).1);
+    let serves = |s: &Sim| {
+        real.clone()
+            .any(|i| s.view(i).alive().any(|a| index(a) >= 5) || s.view(i).known() != 5)
+    };
+    let limit = sim.now + failure_timeout * 2;
+    assert_eq!(sim.run_until_true(limit, serves), None, "a fake served");
+    for i in real.clone() {
+        for fake in 5..8 {
+            assert_eq!(sim.status(i, fake), Some(Status::Dead), "{i} on {fake}");
+        }
+        assert_eq!(sim.view(i).alive().count(), 5);
+    }
+}
+
+#[test]
+fn a_death_forged_at_i64_max_is_refused_and_one_at_the_horizon_is_refuted() {
+    let failure_timeout = secs(2);
+    let mut sim = Sim::joining(5, failure_timeout, 5, 0.0);
+    sim.agree(secs(10));
+    let victim = 2;
+    let forged = |incarnation| MemberState {
+        addr: addr(victim),
+        incarnation,
+        status: Status::Dead,
+    };
+    // i64::MAX: refused outright; nothing changes anywhere.
+    sim.act(0, |swim, now| {
+        swim.on_gossip(&addr(1), vec![forged(i64::MAX)], now).1
+    });
+    assert_eq!(sim.status(0, victim), Some(Status::Alive));
+    sim.run_until(sim.now + secs(1));
+    assert!(sim.agreed());
+    // The highest incarnation node 0 takes: it drops the victim, the news
+    // spreads, and the victim refutes one higher and comes back everywhere.
+    let ceiling = sim.view(0).ceiling();
+    sim.act(0, |swim, now| {
+        swim.on_gossip(&addr(1), vec![forged(ceiling)], now).1
+    });
+    assert_eq!(sim.status(0, victim), Some(Status::Dead));
+    let back = sim
+        .run_until_true(sim.now + failure_timeout, Sim::agreed)
+        .expect("the victim is back everywhere");
+    let row = sim.view(0).state(&addr(victim)).unwrap();
+    assert_eq!(row.incarnation, ceiling + 1);
+    assert!(row.incarnation < i64::MAX);
+    println!("a death forged at the horizon was refuted everywhere by {back:?}");
 }

@@ -172,6 +172,7 @@ impl LocatorSyncHandler for Handler {
     }
 
     fn handle_gossip(&self, members: Vec<Member>) -> thrift::Result<Vec<Member>> {
+        crate::peer::within("gossip", members.len(), crate::peer::MAX_ROWS).map_err(app_error)?;
         let rows = members.iter().filter_map(convert::member_state).collect();
         let table = self.node.gossip(rows);
         Ok(table.iter().map(convert::member).collect())
