@@ -224,7 +224,10 @@ fn a_4_mb_list_trickled_a_kilobyte_a_millisecond_costs_cpu_linear_in_its_size() 
         thread::sleep(Duration::from_millis(1));
     }
     let (name, kind, seq) = read_reply(&mut socket);
-    assert_eq!((name.as_str(), kind, seq), ("trickle", TMessageType::Exception, 7));
+    assert_eq!(
+        (name.as_str(), kind, seq),
+        ("trickle", TMessageType::Exception, 7)
+    );
     let spent = cpu(&node) - before;
     eprintln!(
         "trickled {} bytes in {:.1?}: node CPU {spent:?}, RSS {:.0} MiB",
@@ -338,7 +341,9 @@ fn forty_slow_64_mib_stores_hold_no_more_than_the_inflight_budget() {
     let senders: Vec<_> = (0..40)
         .map(|n| {
             let mut socket = connect(&node);
-            socket.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+            socket
+                .set_write_timeout(Some(Duration::from_secs(3)))
+                .unwrap();
             let body = body.clone();
             thread::spawn(move || {
                 let key = format!("slow {n}");
@@ -362,7 +367,11 @@ fn forty_slow_64_mib_stores_hold_no_more_than_the_inflight_budget() {
         mib(budget)
     );
     // Without a budget: 40 × 63 MiB, 2.5 GB.
-    assert!(used < budget + 128 * MIB, "node RSS grew {:.0} MiB", mib(used));
+    assert!(
+        used < budget + 128 * MIB,
+        "node RSS grew {:.0} MiB",
+        mib(used)
+    );
     assert_serves(&node);
     drop(held);
 }
@@ -380,7 +389,9 @@ fn twenty_clients_that_never_read_a_32_mib_reply_hold_the_budget_only_until_the_
         ],
     );
     let mut writer = connect(&node);
-    writer.write_all(&store(1, b"big", &vec![b'v'; 32 * MIB])).unwrap();
+    writer
+        .write_all(&store(1, b"big", &vec![b'v'; 32 * MIB]))
+        .unwrap();
     assert_reply(&mut writer, "store", 1);
     drop(writer);
     let idle = idle_sockets(&node);
@@ -415,7 +426,11 @@ fn twenty_clients_that_never_read_a_32_mib_reply_hold_the_budget_only_until_the_
     // Without a budget: 20 × 32 MiB for the 300 s idle timeout. With it, the
     // budget, plus a reply being made on each worker thread (the node's copy
     // of the value and its encoding: 64 MiB each) when the budget ran out.
-    assert!(pinned < budget + 256 * MIB, "node RSS grew {:.0} MiB", mib(pinned));
+    assert!(
+        pinned < budget + 256 * MIB,
+        "node RSS grew {:.0} MiB",
+        mib(pinned)
+    );
     // The budget is whole again: a client that reads gets the value.
     let mut reader = connect(&node);
     reader.write_all(&fetch(30, b"big")).unwrap();

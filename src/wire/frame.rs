@@ -1452,7 +1452,10 @@ mod tests {
             buf
         };
         let mut scanner = Scanner::new();
-        assert_eq!(scanner.scan(&header_and_length, &Limits::default()), Ok(None));
+        assert_eq!(
+            scanner.scan(&header_and_length, &Limits::default()),
+            Ok(None)
+        );
         // The string, then at least a STOP.
         assert_eq!(scanner.wanted(), header_and_length.len() + 1_000_000 + 1);
     }
