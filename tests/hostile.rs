@@ -235,9 +235,9 @@ fn a_4_mb_list_trickled_a_kilobyte_a_millisecond_costs_cpu_linear_in_its_size() 
         started.elapsed(),
         mib(rss(&node))
     );
-    // Re-walking the list after every kilobyte cost seconds (3.9 s in a
-    // release build); resuming costs the reads and one walk.
-    assert!(spent < Duration::from_secs(2), "node CPU {spent:?}");
+    // Re-walking the list after every kilobyte cost 3.8 s (debug build);
+    // resuming costs the reads and one walk, about 0.15 s.
+    assert!(spent < Duration::from_millis(1500), "node CPU {spent:?}");
     socket.write_all(&call("ping", 8)).unwrap();
     assert_reply(&mut socket, "ping", 8);
     assert_serves(&node);
@@ -271,7 +271,9 @@ fn pipelined_oneway_pings_after_a_32_mib_store_cost_cpu_linear_in_their_number()
         started.elapsed(),
         mib(rss(&node))
     );
-    assert!(spent < Duration::from_secs(4), "node CPU {spent:?}");
+    // Shifting the rest of the buffer after every ping cost 4.3 s (debug
+    // build); moving an offset, about 0.2 s.
+    assert!(spent < Duration::from_secs(2), "node CPU {spent:?}");
     assert_serves(&node);
     assert!(rss(&node) < 300 * MIB);
 }

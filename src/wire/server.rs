@@ -139,9 +139,10 @@ const KEEP_CAPACITY: usize = 4 * READ_CHUNK;
 /// offset into it. Handling a message moves the offset; the bytes after it
 /// stay where they are (200,000 pipelined oneway pings after a 32 MiB store
 /// cost seconds of CPU when every handled message shifted the rest down).
-/// Bytes move only when the buffer makes room for a read, and then only the
-/// unread start of a message not yet whole, which is next handled, not
-/// moved again: each byte moves at most once.
+/// Bytes are moved to the front only when the buffer makes room for a read,
+/// and then only the unread start of a message not yet whole, which is next
+/// handled, not moved again: each byte moves so at most once (growing the
+/// buffer copies too, but it grows geometrically).
 struct Input {
     buf: Vec<u8>,
     /// The first unread byte.
@@ -499,5 +500,60 @@ fn process(
     if let Err(e) = processor.process(&mut input, &mut output) {
         // The processor already wrote an exception reply where one was due.
         log::debug!("call to {} failed: {e}", frame.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 64 << 20;
+
+    fn input(unread: &[u8], capacity: usize) -> Input {
+        let mut buf = Vec::with_capacity(capacity);
+        buf.extend_from_slice(unread);
+        Input { buf, start: 0 }
+    }
+
+    #[test]
+    fn a_declared_value_gets_a_buffer_of_exactly_its_size() {
+        let input = input(&[0; 100], READ_CHUNK);
+        assert_eq!(input.capacity_for(40 << 20, MAX), 40 << 20);
+    }
+
+    #[test]
+    fn a_message_of_unknown_size_doubles_its_buffer_up_to_the_limit() {
+        let full = input(&vec![0; READ_CHUNK], READ_CHUNK);
+        assert_eq!(full.capacity_for(READ_CHUNK + 8, MAX), 2 * READ_CHUNK);
+        let near = input(&vec![0; 40 << 20], 40 << 20);
+        assert_eq!(near.capacity_for((40 << 20) + 8, MAX), MAX);
+    }
+
+    #[test]
+    fn a_buffer_that_holds_the_declared_value_never_grows_past_it() {
+        // All but a few bytes of a declared value in: asking for more room
+        // than certain would wait on a budget other such buffers hold.
+        let wanted = 40 << 20;
+        let input = input(&vec![0; wanted - 3], wanted);
+        assert_eq!(input.capacity_for(wanted, MAX), wanted);
+    }
+
+    #[test]
+    fn a_buffer_kept_from_a_large_message_shrinks_for_a_small_one() {
+        let input = input(&[0; 10], 32 << 20);
+        assert_eq!(input.capacity_for(20, MAX), READ_CHUNK);
+    }
+
+    #[test]
+    fn handled_bytes_are_dropped_by_moving_the_offset_and_an_emptied_large_buffer_is_freed() {
+        let mut input = input(&[1, 2, 3, 4, 5], 1 << 20);
+        input.consume(2);
+        assert_eq!(input.unread(), &[3, 4, 5]);
+        assert_eq!(input.buf.len(), 5, "nothing moved");
+        input.make_room(input.capacity_for(4, MAX));
+        assert_eq!(input.buf, vec![3, 4, 5], "moved once, to make room");
+        input.consume(3);
+        assert!(input.is_empty());
+        assert!(input.capacity() <= KEEP_CAPACITY);
     }
 }
