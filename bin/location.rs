@@ -47,6 +47,21 @@ struct Args {
     #[arg(long, default_value_t = Config::default().idle_timeout.as_secs())]
     idle_timeout: u64,
 
+    /// Seconds within which a message must arrive whole once its first byte
+    /// has (a sender trickling bytes cannot hold a connection for ever).
+    #[arg(long, value_name = "SECS", default_value_t = Config::default().message_timeout.as_secs())]
+    message_timeout: u64,
+
+    /// Seconds within which a client must take a whole reply.
+    #[arg(long, value_name = "SECS", default_value_t = Config::default().reply_timeout.as_secs())]
+    reply_timeout: u64,
+
+    /// Bytes in flight on the whole node (requests being read, replies being
+    /// written); connections wait beyond it. At least twice the largest
+    /// message (--max-value-bytes plus room for the key).
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().inflight_bytes)]
+    inflight_bytes: usize,
+
     /// Seconds a leaving node keeps trying to hand its keys over.
     #[arg(long, default_value_t = Config::default().leave_timeout.as_secs())]
     leave_timeout: u64,
@@ -92,6 +107,9 @@ fn config(args: Args) -> Result<Config, String> {
         max_value_bytes: args.max_value_bytes,
         max_connections: args.max_connections.max(1),
         idle_timeout: Duration::from_secs(args.idle_timeout),
+        message_timeout: Duration::from_secs(args.message_timeout.max(1)),
+        reply_timeout: Duration::from_secs(args.reply_timeout.max(1)),
+        inflight_bytes: args.inflight_bytes,
         leave_timeout: Duration::from_secs(args.leave_timeout),
         replicas: args.replicas,
         write_quorum: args.write_quorum,

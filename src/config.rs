@@ -28,6 +28,25 @@ pub struct Config {
     pub max_connections: usize,
     /// A connection idle this long is closed. Default 5 minutes.
     pub idle_timeout: Duration,
+    /// A message must arrive whole within this long of its first byte, or its
+    /// connection is closed: a sender trickling a byte now and then would
+    /// otherwise hold a connection slot (and its buffered bytes) forever, as
+    /// the idle timeout restarts at every byte. Default 60 s, which a 64 MiB
+    /// value meets at 1.1 MiB/s; large values stream as 8 MiB chunks anyway.
+    pub message_timeout: Duration,
+    /// A reply must be taken whole by the client within this long, or its
+    /// connection is closed, so a client that stops reading cannot pin a
+    /// large reply in memory. Default 60 s.
+    pub reply_timeout: Duration,
+    /// Bytes in flight on the whole node: requests being read plus replies
+    /// waiting to be written, over all connections. A connection that needs
+    /// more waits (and stops reading) until others give bytes back, so memory
+    /// does not grow with connections × the largest message. Default 1 GiB:
+    /// 16 values of the default 64 MiB limit at once, 128 streamed 8 MiB
+    /// chunks. Raised to two of the largest messages if set lower (see
+    /// [`Config::inflight_budget`]). Each connection's first 64 KiB are
+    /// outside it, so small calls never wait on it.
+    pub inflight_bytes: usize,
     /// Largest value accepted, in bytes. Default 64 MiB.
     pub max_value_bytes: usize,
     /// Most elements in one list, set or map of a message. Default 1,000,000.
@@ -79,6 +98,9 @@ impl Default for Config {
             seed: None,
             max_connections: 1024,
             idle_timeout: Duration::from_secs(300),
+            message_timeout: Duration::from_secs(60),
+            reply_timeout: Duration::from_secs(60),
+            inflight_bytes: 1 << 30,
             max_value_bytes: 64 << 20,
             max_list_len: 1_000_000,
             connect_timeout: Duration::from_secs(1),
@@ -117,6 +139,14 @@ impl Config {
         self.max_value_bytes
             .max(self.handoff_batch_bytes)
             .saturating_add(MAX_KEY_BYTES)
+    }
+
+    /// The node-wide budget of bytes in flight: `inflight_bytes`, but at least
+    /// two of the largest messages, so that one of them never waits for the
+    /// whole node to be idle.
+    pub fn inflight_budget(&self) -> usize {
+        self.inflight_bytes
+            .max(self.limits().max_message.saturating_mul(2))
     }
 
     /// Limits for reading one message: a value, a key and room for the envelope.

@@ -302,6 +302,15 @@ pub fn encode_reply(
         }
         return;
     }
+    // A value's reply is the value and a few dozen bytes: reserve it exactly
+    // rather than let the buffer double past it (the server counts the
+    // buffer's capacity against the node's budget of bytes in flight).
+    if let Ok(Answer::Copy(Some(Stored {
+        value: Some(value), ..
+    }))) = &outcome
+    {
+        out.reserve_exact(value.len() + method.name().len() + 256);
+    }
     let mut o = TBinaryOutputProtocol::new(&mut *out, strict);
     // Writing to memory cannot fail.
     let _ = write_reply(&mut o, method, seq, outcome);

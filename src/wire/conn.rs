@@ -56,9 +56,11 @@ impl ReplyReader {
         self.buf.drain(..self.end);
         self.pos = 0;
         self.end = 0;
+        // Resumed after each read, so a slow large reply costs linear time.
+        let mut scanner = frame::Scanner::new();
         loop {
             if !self.buf.is_empty() {
-                match frame::scan(&self.buf, &self.limits) {
+                match scanner.scan(&self.buf, &self.limits) {
                     Ok(Some(frame)) => {
                         self.end = frame.len;
                         return Ok(());
@@ -67,7 +69,7 @@ impl ReplyReader {
                     Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
                 }
             }
-            // Grow geometrically so that re-scanning from the start stays linear.
+            // Grow geometrically so that growing stays linear.
             let filled = self.buf.len();
             let chunk = filled.max(64 * 1024);
             self.buf.resize(filled + chunk, 0);

@@ -3,8 +3,10 @@
 //! ([`crate::peer`] between nodes, bytes and [`crate::Error`] with clients).
 //!
 //! A request's path through it, by file:
-//! - [`server`]: our accept loop; reads whole messages, each checked by
-//!   [`frame::scan`] within the node's limits before anything is decoded.
+//! - [`server`]: our accept loop; reads whole messages, each checked by a
+//!   [`frame::Scanner`] within the node's limits before anything is decoded,
+//!   within deadlines for a whole message and for a reply to drain, and
+//!   within the node-wide [`budget`] of bytes in flight.
 //! - [`codec`]: the hot requests (`store`, `fetch`, `erase`, the 2009 `get`
 //!   and `put`, the `relay_*` forwards, `probe`) decoded once, by hand, into a
 //!   [`codec::Call`], and their replies encoded once; unit tests check every
@@ -25,6 +27,7 @@
 //! caller), ignores `TConfiguration` limits in its protocol factories, and the
 //! generated code pre-allocates lists from untrusted lengths.
 
+pub(crate) mod budget;
 pub mod codec;
 pub mod conn;
 pub mod convert;

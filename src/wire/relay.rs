@@ -182,9 +182,12 @@ impl AsyncPool {
     async fn exchange(&self, stream: &mut TcpStream, request: &[u8]) -> io::Result<Vec<u8>> {
         stream.write_all(request).await?;
         let mut reply = Vec::with_capacity(256);
+        // Resumed after each read: a peer trickling a large reply costs
+        // linear time, not quadratic.
+        let mut scanner = frame::Scanner::new();
         loop {
             if !reply.is_empty() {
-                match frame::scan(&reply, &self.limits) {
+                match scanner.scan(&reply, &self.limits) {
                     Ok(Some(frame)) if frame.len == reply.len() => return Ok(reply),
                     Ok(Some(_)) => {
                         return Err(io::Error::new(

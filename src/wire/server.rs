@@ -2,14 +2,26 @@
 //! `TServer` has no connection cap, no idle timeout, no shutdown, and answers
 //! oneway calls that fail (which desynchronises the caller).
 //!
-//! Each connection reads whole messages (found with `frame::scan`, within the
-//! node's limits) before anything is decoded. A hot request (see
+//! Each connection reads whole messages (found with a [`frame::Scanner`],
+//! within the node's limits) before anything is decoded. A hot request (see
 //! [`super::codec`]) is decoded once into a domain call, served by the node
 //! (waiting on other nodes as it must, without blocking a worker) and its reply
 //! encoded once; any other message goes through the generated processor over
 //! in-memory buffers. The reply is written unless the method is oneway.
 //! Because framing is ours, an unknown method or a bad argument costs one
 //! exception reply, never the connection's sync.
+//!
+//! What one connection can cost the node is bounded:
+//! - CPU linear in the bytes it sends: the scanner resumes where it stopped,
+//!   and a handled message is dropped by moving a read offset ([`Input`]), not
+//!   by shifting the bytes after it.
+//! - Time: besides the idle timeout (no byte for `idle_timeout`), a message
+//!   must arrive whole within `message_timeout` of its first byte and a reply
+//!   must be taken whole within `reply_timeout`, so trickling a byte now and
+//!   then, or never reading, cannot hold a connection slot for ever.
+//! - Memory: beyond 64 KiB, every byte a connection buffers (a request being
+//!   read, a decoded request being served, a reply being written) is taken
+//!   from the node-wide [`Budget`] of bytes in flight first.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +31,12 @@ use thrift::server::TProcessor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 
+use super::budget::{Budget, Share};
 use super::codec::{self, Answer, Call, Method};
 use super::conn::protocol_config;
-use super::frame::{self, Frame, Limits, MessageKind};
+use super::frame::{self, Frame, Limits, MessageKind, Scanner};
 use super::handler::{Handler, ONEWAY_METHODS, is_peer_method};
 use super::idl::diststore::StoreSyncProcessor;
 use crate::error::Error;
@@ -38,6 +52,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn serve(listener: TcpListener, node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let max = node.config().max_connections;
     let permits = Arc::new(Semaphore::new(max));
+    let budget = Arc::new(Budget::new(node.config().inflight_budget()));
     loop {
         // Waiting for a permit before accepting leaves excess clients in the
         // kernel's backlog instead of spawning without bound.
@@ -57,10 +72,9 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, mut shutdown: watch::
             },
             _ = stopped(&mut shutdown) => break,
         };
-        let node = node.clone();
-        let shutdown = shutdown.clone();
+        let connection = Connection::new(socket, node.clone(), shutdown.clone(), budget.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection(socket, node, shutdown).await {
+            if let Err(e) = connection.run().await {
                 log::debug!("connection closed: {e}");
             }
             drop(permit);
@@ -85,6 +99,10 @@ enum Closed {
     Eof,
     #[error("idle for {0:?}")]
     Idle(Duration),
+    #[error("a message was not whole {0:?} after its first byte")]
+    MessageTimeout(Duration),
+    #[error("a reply was not taken whole within {0:?}")]
+    ReplyTimeout(Duration),
     #[error("server shutting down")]
     Shutdown,
     #[error("malformed message: {0}")]
@@ -97,62 +115,307 @@ enum Closed {
     Io(#[from] std::io::Error),
 }
 
-async fn connection(
-    mut socket: TcpStream,
-    node: Arc<Node>,
-    mut shutdown: watch::Receiver<bool>,
-) -> Result<(), Closed> {
-    socket.set_nodelay(true)?;
-    let limits = node.config().limits();
-    let idle = node.config().idle_timeout;
-    let processor = StoreSyncProcessor::new(Handler::new(node.clone()));
-    let mut buf: Vec<u8> = Vec::with_capacity(16 * 1024);
-    let mut reply: Vec<u8> = Vec::with_capacity(16 * 1024);
-    loop {
-        let frame = loop {
-            if !buf.is_empty()
-                && let Some(frame) = frame::scan(&buf, &limits)?
-            {
-                break frame;
+/// Methods whose replies carry values, so may be as large as a message (or,
+/// for `peek` and `reconcile`, hold several); every other reply is a few
+/// bytes or the member table.
+const VALUE_REPLIES: [&str; 6] = [
+    "get",
+    "fetch",
+    "relay_fetch",
+    "replica_read",
+    "peek",
+    "reconcile",
+];
+
+/// Bytes a connection reads at a time while it does not know how long its
+/// message is; also the read buffer it starts with.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// A buffer grown past this for one large message is given back once that
+/// message is handled, rather than kept for the life of the connection.
+const KEEP_CAPACITY: usize = 4 * READ_CHUNK;
+
+/// What a connection has read and not yet handled: one buffer and a read
+/// offset into it. Handling a message moves the offset; the bytes after it
+/// stay where they are (200,000 pipelined oneway pings after a 32 MiB store
+/// cost seconds of CPU when every handled message shifted the rest down).
+/// Bytes are moved to the front only when the buffer makes room for a read,
+/// and then only the unread start of a message not yet whole, which is next
+/// handled, not moved again: each byte moves so at most once (growing the
+/// buffer copies too, but it grows geometrically).
+struct Input {
+    buf: Vec<u8>,
+    /// The first unread byte.
+    start: usize,
+}
+
+impl Input {
+    fn new() -> Self {
+        Input {
+            buf: Vec::with_capacity(READ_CHUNK),
+            start: 0,
+        }
+    }
+
+    fn unread(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    fn is_empty(&self) -> bool {
+        self.start == self.buf.len()
+    }
+
+    fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Marks the first `n` unread bytes handled. Once nothing is left unread
+    /// the buffer starts over, and one that grew for a large message goes
+    /// back to the allocator.
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        debug_assert!(self.start <= self.buf.len());
+        if self.is_empty() {
+            self.start = 0;
+            if self.buf.capacity() > KEEP_CAPACITY {
+                self.buf = Vec::new();
+            } else {
+                self.buf.clear();
             }
-            if *shutdown.borrow() && buf.is_empty() {
+        }
+    }
+
+    /// The capacity to read the rest of a message into, given that it is
+    /// `wanted` bytes at least (its scanner says so) and at most `max`.
+    ///
+    /// The buffer grows only when it cannot hold `wanted`: straight to
+    /// `wanted` when the message declared that much (a string's length), or
+    /// to double its size when that is more, so that growing costs linear
+    /// time in all. It never grows past what is certain while it has room for
+    /// it: connections that each held a whole declared value and waited for
+    /// a little more room beyond it, from a budget the others held, would
+    /// wait on each other for ever. A buffer far larger than the message
+    /// (kept from an earlier one) shrinks.
+    fn capacity_for(&self, wanted: usize, max: usize) -> usize {
+        let unread = self.buf.len() - self.start;
+        let capacity = self.buf.capacity();
+        // An unfinished message is longer than its unread bytes.
+        let needed = wanted.max(unread + 1);
+        if capacity < needed {
+            needed.max(capacity.saturating_mul(2).max(READ_CHUNK).min(max))
+        } else if capacity > 4 * needed.max(READ_CHUNK) {
+            needed.max(READ_CHUNK)
+        } else {
+            capacity
+        }
+    }
+
+    /// Moves the unread bytes to the front and gives the buffer `capacity`
+    /// (from [`Input::capacity_for`]).
+    fn make_room(&mut self, capacity: usize) {
+        if self.start > 0 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        if capacity > self.buf.capacity() {
+            self.buf.reserve_exact(capacity - self.buf.len());
+        } else if capacity < self.buf.capacity() {
+            self.buf.shrink_to(capacity);
+        }
+    }
+}
+
+/// The time limits of one connection (see [`crate::Config`]).
+#[derive(Clone, Copy)]
+struct Timeouts {
+    /// No byte either way for this long.
+    idle: Duration,
+    /// A message not whole this long after its first byte.
+    message: Duration,
+    /// A reply not taken whole this long after it was ready.
+    reply: Duration,
+}
+
+impl Timeouts {
+    /// The deadline for one read or write made now: the idle timeout, or
+    /// `whole` (the message's or reply's deadline) if sooner; and what
+    /// passing it means.
+    fn next(&self, whole: Option<(Instant, Closed)>) -> (Instant, Closed) {
+        let idle = Instant::now() + self.idle;
+        match whole {
+            Some((deadline, why)) if deadline < idle => (deadline, why),
+            _ => (idle, Closed::Idle(self.idle)),
+        }
+    }
+}
+
+/// One client connection and everything it holds.
+struct Connection {
+    socket: TcpStream,
+    node: Arc<Node>,
+    shutdown: watch::Receiver<bool>,
+    limits: Limits,
+    timeouts: Timeouts,
+    input: Input,
+    scanner: Scanner,
+    /// The reply to the last message (empty for none).
+    reply: Vec<u8>,
+    /// The node's budget of bytes in flight, and what this connection holds.
+    budget: Arc<Budget>,
+    share: Share,
+}
+
+impl Connection {
+    fn new(
+        socket: TcpStream,
+        node: Arc<Node>,
+        shutdown: watch::Receiver<bool>,
+        budget: Arc<Budget>,
+    ) -> Self {
+        let config = node.config();
+        let limits = config.limits();
+        let timeouts = Timeouts {
+            idle: config.idle_timeout,
+            message: config.message_timeout,
+            reply: config.reply_timeout,
+        };
+        Connection {
+            socket,
+            node,
+            shutdown,
+            limits,
+            timeouts,
+            input: Input::new(),
+            scanner: Scanner::new(),
+            reply: Vec::with_capacity(READ_CHUNK),
+            share: Share::new(budget.clone()),
+            budget,
+        }
+    }
+
+    /// Bytes this connection has in use, beyond `serving` (a decoded request
+    /// still in the node's hands).
+    fn in_use(&self, serving: usize) -> usize {
+        self.input.capacity() + self.reply.capacity() + serving
+    }
+
+    /// Serves messages until the peer leaves, a limit is passed, or shutdown.
+    async fn run(mut self) -> Result<(), Closed> {
+        self.socket.set_nodelay(true)?;
+        let processor = StoreSyncProcessor::new(Handler::new(self.node.clone()));
+        loop {
+            let frame = self.next_frame().await?;
+            check(&self.node, &frame)?;
+            // While replies hold the budget in debt, make no new reply that
+            // can carry values: wait until earlier replies have drained (or
+            // timed out). Other calls answer in a few bytes and go on.
+            if VALUE_REPLIES.contains(&frame.name.as_str()) {
+                self.budget.no_debt().await;
+            }
+            let message = &self.input.unread()[..frame.len];
+            let hot = Method::named(&frame.name)
+                .and_then(|_| codec::decode(message, frame.strict, &self.limits));
+            match hot {
+                Some(request) => {
+                    // Decoded, the request's bytes can go before it is served;
+                    // its copy in the node's hands still counts.
+                    self.input.consume(frame.len);
+                    self.share.settle(self.in_use(frame.len));
+                    let outcome = serve_hot(&self.node, request.method, request.call).await;
+                    codec::encode_reply(
+                        request.method,
+                        request.seq,
+                        frame.strict,
+                        outcome,
+                        &mut self.reply,
+                    );
+                }
+                None => {
+                    process(&processor, message, &frame, &self.limits, &mut self.reply);
+                    self.input.consume(frame.len);
+                }
+            }
+            // The reply exists already: count it, in debt if need be.
+            self.share.charge(self.in_use(0));
+            self.share.settle(self.in_use(0));
+            if answers(&frame) && !self.reply.is_empty() {
+                self.write_reply().await?;
+            }
+            if self.reply.capacity() > KEEP_CAPACITY {
+                self.reply = Vec::with_capacity(READ_CHUNK);
+            }
+            self.reply.clear();
+            self.share.settle(self.in_use(0));
+        }
+    }
+
+    /// Reads until the unread bytes start with a whole message, and returns
+    /// its frame (the message is `input.unread()[..frame.len]`).
+    async fn next_frame(&mut self) -> Result<Frame, Closed> {
+        // The deadline of the message at the front, once its first byte is in.
+        let mut deadline = None;
+        loop {
+            if !self.input.is_empty() {
+                deadline.get_or_insert_with(|| Instant::now() + self.timeouts.message);
+                if let Some(frame) = self.scanner.scan(self.input.unread(), &self.limits)? {
+                    return Ok(frame);
+                }
+            }
+            let idle = self.input.is_empty();
+            if *self.shutdown.borrow() && idle {
                 return Err(Closed::Shutdown);
             }
-            // Grow geometrically so that re-scanning from the start stays linear.
-            buf.reserve(buf.len().max(16 * 1024));
+            let whole = deadline.map(|at| (at, Closed::MessageTimeout(self.timeouts.message)));
+
+            // Room for the rest of the message, taken from the budget first.
+            // Waiting for it is waiting on other connections, so only the
+            // message's deadline applies.
+            let capacity = self
+                .input
+                .capacity_for(self.scanner.wanted(), self.limits.max_message);
+            let reserve = self.share.reserve(capacity + self.reply.capacity());
+            match deadline {
+                Some(at) => tokio::time::timeout_at(at, reserve)
+                    .await
+                    .map_err(|_| Closed::MessageTimeout(self.timeouts.message))?,
+                None => reserve.await,
+            }
+            self.input.make_room(capacity);
+            self.share.settle(self.in_use(0));
+
+            let (until, why) = self.timeouts.next(whole);
             let read = tokio::select! {
-                read = tokio::time::timeout(idle, socket.read_buf(&mut buf)) => read,
-                _ = shutdown.wait_for(|stop| *stop), if buf.is_empty() => return Err(Closed::Shutdown),
+                read = tokio::time::timeout_at(until, self.socket.read_buf(&mut self.input.buf)) => read,
+                _ = self.shutdown.wait_for(|stop| *stop), if idle => return Err(Closed::Shutdown),
             };
             match read {
-                Err(_) => return Err(Closed::Idle(idle)),
+                Err(_) => return Err(why),
                 Ok(Ok(0)) => return Err(Closed::Eof),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e.into()),
             }
-        };
-        let message = &buf[..frame.len];
-        check(&node, &frame)?;
-        let hot =
-            Method::named(&frame.name).and_then(|_| codec::decode(message, frame.strict, &limits));
-        match hot {
-            Some(request) => {
-                let outcome = serve_hot(&node, request.method, request.call).await;
-                codec::encode_reply(
-                    request.method,
-                    request.seq,
-                    frame.strict,
-                    outcome,
-                    &mut reply,
-                );
+        }
+    }
+
+    /// Writes the reply, giving up once the peer has taken none of it for the
+    /// idle timeout (a peer that stops reading is as idle as one that stops
+    /// sending) or not all of it within the reply timeout (a peer reading a
+    /// byte now and then must not pin a large reply for ever).
+    async fn write_reply(&mut self) -> Result<(), Closed> {
+        let deadline = Instant::now() + self.timeouts.reply;
+        let mut written = 0;
+        while written < self.reply.len() {
+            let whole = Some((deadline, Closed::ReplyTimeout(self.timeouts.reply)));
+            let (until, why) = self.timeouts.next(whole);
+            let n = tokio::time::timeout_at(until, self.socket.write(&self.reply[written..]))
+                .await
+                .map_err(|_| why)??;
+            if n == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
             }
-            None => process(&processor, message, &frame, &limits, &mut reply),
+            written += n;
         }
-        let answer = answers(&frame) && !reply.is_empty();
-        buf.drain(..frame.len);
-        if answer {
-            write_reply(&mut socket, &reply, idle).await?;
-        }
+        Ok(())
     }
 }
 
@@ -196,23 +459,6 @@ async fn serve_hot(node: &Arc<Node>, method: Method, call: Call) -> Result<Answe
     }
 }
 
-/// Writes `reply`, giving up once the peer has taken none of it for `idle`: a
-/// peer that stops reading its replies is as idle as one that stops sending,
-/// and must not hold its connection (and its permit) forever.
-async fn write_reply(socket: &mut TcpStream, reply: &[u8], idle: Duration) -> Result<(), Closed> {
-    let mut written = 0;
-    while written < reply.len() {
-        let n = tokio::time::timeout(idle, socket.write(&reply[written..]))
-            .await
-            .map_err(|_| Closed::Idle(idle))??;
-        if n == 0 {
-            return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
-        }
-        written += n;
-    }
-    Ok(())
-}
-
 /// Whether this message may be served at all on this connection.
 fn check(node: &Node, frame: &Frame) -> Result<(), Closed> {
     if !matches!(frame.kind, MessageKind::Call | MessageKind::Oneway) {
@@ -254,5 +500,60 @@ fn process(
     if let Err(e) = processor.process(&mut input, &mut output) {
         // The processor already wrote an exception reply where one was due.
         log::debug!("call to {} failed: {e}", frame.name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 64 << 20;
+
+    fn input(unread: &[u8], capacity: usize) -> Input {
+        let mut buf = Vec::with_capacity(capacity);
+        buf.extend_from_slice(unread);
+        Input { buf, start: 0 }
+    }
+
+    #[test]
+    fn a_declared_value_gets_a_buffer_of_exactly_its_size() {
+        let input = input(&[0; 100], READ_CHUNK);
+        assert_eq!(input.capacity_for(40 << 20, MAX), 40 << 20);
+    }
+
+    #[test]
+    fn a_message_of_unknown_size_doubles_its_buffer_up_to_the_limit() {
+        let full = input(&vec![0; READ_CHUNK], READ_CHUNK);
+        assert_eq!(full.capacity_for(READ_CHUNK + 8, MAX), 2 * READ_CHUNK);
+        let near = input(&vec![0; 40 << 20], 40 << 20);
+        assert_eq!(near.capacity_for((40 << 20) + 8, MAX), MAX);
+    }
+
+    #[test]
+    fn a_buffer_that_holds_the_declared_value_never_grows_past_it() {
+        // All but a few bytes of a declared value in: asking for more room
+        // than certain would wait on a budget other such buffers hold.
+        let wanted = 40 << 20;
+        let input = input(&vec![0; wanted - 3], wanted);
+        assert_eq!(input.capacity_for(wanted, MAX), wanted);
+    }
+
+    #[test]
+    fn a_buffer_kept_from_a_large_message_shrinks_for_a_small_one() {
+        let input = input(&[0; 10], 32 << 20);
+        assert_eq!(input.capacity_for(20, MAX), READ_CHUNK);
+    }
+
+    #[test]
+    fn handled_bytes_are_dropped_by_moving_the_offset_and_an_emptied_large_buffer_is_freed() {
+        let mut input = input(&[1, 2, 3, 4, 5], 1 << 20);
+        input.consume(2);
+        assert_eq!(input.unread(), &[3, 4, 5]);
+        assert_eq!(input.buf.len(), 5, "nothing moved");
+        input.make_room(input.capacity_for(4, MAX));
+        assert_eq!(input.buf, vec![3, 4, 5], "moved once, to make room");
+        input.consume(3);
+        assert!(input.is_empty());
+        assert!(input.capacity() <= KEEP_CAPACITY);
     }
 }
