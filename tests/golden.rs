@@ -99,9 +99,12 @@ const ADDED: u16 = 65005;
 /// anti-entropy.
 const STRANGER: u16 = 65100;
 
-const ENTERING_INCARNATION: i64 = 1_700_000_000_000_001;
-const CALLER_INCARNATION: i64 = 1_712_345_678_901_234;
-const DEPARTED_INCARNATION: i64 = 1_699_999_999_999_999;
+// Incarnations are a member's start time in milliseconds: these are in 2023
+// and 2024, so that a node takes them (one more than an hour ahead of its
+// clock is refused as forged).
+const ENTERING_INCARNATION: i64 = 1_700_000_000_001;
+const CALLER_INCARNATION: i64 = 1_712_345_678_901;
+const DEPARTED_INCARNATION: i64 = 1_699_999_999_999;
 
 /// A binary key that is not UTF-8 (0xff, 0xfe) and holds a NUL.
 const KEY: &[u8] = b"\xffgolden\x00key\xfe";
