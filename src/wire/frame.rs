@@ -634,6 +634,7 @@ impl Walker<'_> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use proptest::test_runner::FileFailurePersistence;
     use std::io::{Cursor, Write};
     use thrift::protocol::{
         TBinaryInputProtocol, TBinaryOutputProtocol, TFieldIdentifier, TInputProtocol,
@@ -1461,7 +1462,15 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(128))]
+        // The cases proptest once shrank to are kept under tests/ (the top
+        // level of the repository holds only the designed folders).
+        #![proptest_config(ProptestConfig {
+            cases: 128,
+            failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+                "tests/proptest-regressions/frame.txt",
+            ))),
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn random_bytes_never_panic_and_answers_only_settle_once(
