@@ -18,6 +18,7 @@ use thrift::protocol::{
     TMessageIdentifier, TMessageType, TOutputProtocol, TStructIdentifier, TType,
 };
 
+use common::raw::{self, bytes_field, call, message};
 use common::{NodeProc, wait_until};
 
 const MIB: usize = 1 << 20;
@@ -27,48 +28,17 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 // ---- Building messages ----
 
-type Out<'a> = TBinaryOutputProtocol<&'a mut Vec<u8>>;
-
-/// A strict message: the header, then an args struct that `fields` fills.
-fn message(
-    kind: TMessageType,
-    name: &str,
-    seq: i32,
-    fields: impl FnOnce(&mut Out) -> thrift::Result<()>,
-) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut out = TBinaryOutputProtocol::new(&mut buf, true);
-    out.write_message_begin(&TMessageIdentifier::new(name, kind, seq))
-        .unwrap();
-    out.write_struct_begin(&TStructIdentifier::new("args"))
-        .unwrap();
-    fields(&mut out).unwrap();
-    out.write_field_stop().unwrap();
-    out.write_struct_end().unwrap();
-    out.write_message_end().unwrap();
-    out.flush().unwrap();
-    buf
-}
-
-fn bytes_field(out: &mut Out, id: i16, value: &[u8]) -> thrift::Result<()> {
-    out.write_field_begin(&TFieldIdentifier::new("f", TType::String, id))?;
-    out.write_bytes(value)?;
-    out.write_field_end()
-}
-
-fn call(name: &str, seq: i32) -> Vec<u8> {
-    message(TMessageType::Call, name, seq, |_| Ok(()))
-}
-
 fn store(seq: i32, key: &[u8], value: &[u8]) -> Vec<u8> {
-    message(TMessageType::Call, "store", seq, |o| {
+    message(true, TMessageType::Call, "store", seq, |o| {
         bytes_field(o, 1, key)?;
         bytes_field(o, 2, value)
     })
 }
 
 fn fetch(seq: i32, key: &[u8]) -> Vec<u8> {
-    message(TMessageType::Call, "fetch", seq, |o| bytes_field(o, 1, key))
+    message(true, TMessageType::Call, "fetch", seq, |o| {
+        bytes_field(o, 1, key)
+    })
 }
 
 /// The start of a `store` whose value is declared `len` bytes long: header,
@@ -91,11 +61,7 @@ fn store_prefix(seq: i32, key: &[u8], len: usize) -> Vec<u8> {
 // ---- Talking to a node ----
 
 fn connect(node: &NodeProc) -> TcpStream {
-    let socket = TcpStream::connect((node.addr.host.as_str(), node.addr.port)).expect("connect");
-    socket.set_nodelay(true).unwrap();
-    socket.set_read_timeout(Some(PATIENCE)).unwrap();
-    socket.set_write_timeout(Some(PATIENCE)).unwrap();
-    socket
+    raw::connect(node, PATIENCE)
 }
 
 /// Reads one reply, skipping its body; returns its name, type and seq id.
@@ -127,26 +93,14 @@ fn assert_serves(node: &NodeProc) {
 
 // ---- Measuring the node ----
 
-/// A memory figure of the node (`VmRSS` now, `VmHWM` its peak), in bytes.
-fn memory(node: &NodeProc, figure: &str) -> usize {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).unwrap();
-    let kib: usize = status
-        .lines()
-        .find_map(|line| line.strip_prefix(figure)?.strip_prefix(':'))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {figure} in /proc/PID/status"));
-    kib * 1024
-}
-
 /// The node's resident memory now.
 fn rss(node: &NodeProc) -> usize {
-    memory(node, "VmRSS")
+    node.memory("VmRSS") as usize
 }
 
 /// The most the node's resident memory has been since [`reset_peak_rss`].
 fn peak_rss(node: &NodeProc) -> usize {
-    memory(node, "VmHWM")
+    node.memory("VmHWM") as usize
 }
 
 /// Starts the node's peak resident memory afresh, from now.
@@ -205,7 +159,7 @@ fn a_4_mb_list_trickled_a_kilobyte_a_millisecond_costs_cpu_linear_in_its_size() 
     // 200,000 elements of 16 bytes under an unknown method: the scan walks
     // every element and the node answers with one exception.
     let count = 200_000;
-    let list = message(TMessageType::Call, "trickle", 7, |o| {
+    let list = message(true, TMessageType::Call, "trickle", 7, |o| {
         o.write_field_begin(&TFieldIdentifier::new("f", TType::List, 1))?;
         o.write_list_begin(&TListIdentifier::new(TType::String, count))?;
         for n in 0..count {
@@ -250,7 +204,7 @@ fn pipelined_oneway_pings_after_a_32_mib_store_cost_cpu_linear_in_their_number()
     assert_serves(&node);
     let pings = 200_000;
     let mut flood = store(1, b"big", &vec![b'v'; 32 * MIB]);
-    let ping = message(TMessageType::OneWay, "ping", 0, |_| Ok(()));
+    let ping = message(true, TMessageType::OneWay, "ping", 0, |_| Ok(()));
     for _ in 0..pings {
         flood.extend_from_slice(&ping);
     }

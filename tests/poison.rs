@@ -41,13 +41,8 @@ fn refusal<T: std::fmt::Debug>(result: thrift::Result<T>) -> String {
     }
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status")
+fn rss_kib(node: &NodeProc) -> u64 {
+    node.memory("VmRSS") / 1024
 }
 
 /// Writes `key` through `via`, retrying briefly (the ring may be settling).
@@ -258,12 +253,12 @@ fn a_peek_repeating_one_large_key_is_served_once_and_memory_stays_bounded() {
     let node = NodeProc::start(None);
     let big = vec![0x5a; 32 << 20];
     node.client().store(b"big".to_vec(), big.clone()).unwrap();
-    let before = rss_kib(node.pid());
+    let before = rss_kib(&node);
     let repeated = vec![b"big".to_vec(); 200];
     let answer = node.client().peek(repeated).unwrap();
     assert_eq!(answer.len(), 1);
     assert_eq!(answer[0].value.as_ref().map(Vec::len), Some(big.len()));
-    let after = rss_kib(node.pid());
+    let after = rss_kib(&node);
     println!("peek of one 32 MiB key x200: RSS {before} KiB before, {after} KiB after");
     // 200 copies would be 6.4 GB; allow a few copies of the value.
     assert!(after < before + 256 * 1024, "{before} -> {after} KiB");
@@ -273,7 +268,7 @@ fn a_peek_repeating_one_large_key_is_served_once_and_memory_stays_bounded() {
     let three = vec![b"big".to_vec(), b"big2".to_vec(), b"big3".to_vec()];
     let why = refusal(node.client().peek(three));
     assert!(why.contains("reply"), "{why}");
-    let peak = rss_kib(node.pid());
+    let peak = rss_kib(&node);
     println!("peek of three 32 MiB keys refused ({why}); RSS {peak} KiB");
     assert!(peak < before + 512 * 1024, "{before} -> {peak} KiB");
     // Lists over the caps are refused whole.
@@ -297,7 +292,7 @@ fn a_peek_repeating_one_large_key_is_served_once_and_memory_stays_bounded() {
     // Still serving the right data.
     let got = node.client().fetch(b"big".to_vec()).unwrap();
     assert_eq!(got.value.as_deref(), Some(&big[..]));
-    let end = rss_kib(node.pid());
+    let end = rss_kib(&node);
     println!("after the oversized lists: RSS {end} KiB");
     assert!(end < before + 512 * 1024, "{before} -> {end} KiB");
 }

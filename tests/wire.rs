@@ -15,11 +15,12 @@ use std::time::Duration;
 
 use thrift::protocol::{
     TBinaryInputProtocol, TBinaryOutputProtocol, TFieldIdentifier, TInputProtocol, TListIdentifier,
-    TMessageIdentifier, TMessageType, TOutputProtocol, TStructIdentifier, TType,
+    TMessageIdentifier, TMessageType, TOutputProtocol, TType,
 };
 use thrifty_p2p::wire::idl::diststore::{Lookup, TStoreSyncClient};
 
 use common::NodeProc;
+use common::raw::{self, bytes_field, call, message};
 
 /// How long a test waits for something it expects to happen.
 const PATIENCE: Duration = Duration::from_secs(5);
@@ -28,42 +29,6 @@ const PATIENCE: Duration = Duration::from_secs(5);
 const RSS_LIMIT: u64 = 200 << 20;
 
 // ---- Building messages ----
-
-type Out<'a> = TBinaryOutputProtocol<&'a mut Vec<u8>>;
-
-/// One message: the header, then an args struct with the fields `fields` writes.
-fn message(
-    strict: bool,
-    kind: TMessageType,
-    name: &str,
-    seq: i32,
-    fields: impl FnOnce(&mut Out) -> thrift::Result<()>,
-) -> Vec<u8> {
-    let mut buf = Vec::new();
-    let mut out = TBinaryOutputProtocol::new(&mut buf, strict);
-    out.write_message_begin(&TMessageIdentifier::new(name, kind, seq))
-        .unwrap();
-    out.write_struct_begin(&TStructIdentifier::new("args"))
-        .unwrap();
-    fields(&mut out).unwrap();
-    out.write_field_stop().unwrap();
-    out.write_struct_end().unwrap();
-    out.write_message_end().unwrap();
-    out.flush().unwrap();
-    buf
-}
-
-/// A strict call with no arguments.
-fn call(name: &str, seq: i32) -> Vec<u8> {
-    message(true, TMessageType::Call, name, seq, |_| Ok(()))
-}
-
-/// Writes field `id` as a string/binary.
-fn bytes_field(out: &mut Out, id: i16, value: &[u8]) -> thrift::Result<()> {
-    out.write_field_begin(&TFieldIdentifier::new("f", TType::String, id))?;
-    out.write_bytes(value)?;
-    out.write_field_end()
-}
 
 /// A strict header for `name`, with nothing after it.
 fn header(name: &str, seq: i32) -> Vec<u8> {
@@ -207,11 +172,7 @@ fn next_event(socket: &TcpStream, within: Duration) -> Next {
 // ---- Talking to a node ----
 
 fn connect(node: &NodeProc) -> TcpStream {
-    let socket = TcpStream::connect((node.addr.host.as_str(), node.addr.port)).expect("connect");
-    socket.set_nodelay(true).unwrap();
-    socket.set_read_timeout(Some(PATIENCE)).unwrap();
-    socket.set_write_timeout(Some(PATIENCE)).unwrap();
-    socket
+    raw::connect(node, PATIENCE)
 }
 
 fn send(socket: &mut TcpStream, bytes: &[u8]) {
@@ -242,18 +203,6 @@ fn ping(socket: &mut TcpStream, seq: i32) {
 /// Pings the node over a fresh connection.
 fn assert_serves(node: &NodeProc) {
     ping(&mut connect(node), 1);
-}
-
-/// A memory figure of the node's process (`VmRSS`, `VmPeak`), in bytes.
-fn memory(node: &NodeProc, figure: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix(figure)?.strip_prefix(':'))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {figure} in /proc/PID/status"));
-    kb * 1024
 }
 
 // ---- Message forms ----
@@ -537,7 +486,7 @@ fn hostile_messages_close_their_connection_and_leave_the_node_serving() {
             "{case}: the connection should be closed"
         );
         assert_serves(&node);
-        let rss = memory(&node, "VmRSS");
+        let rss = node.memory("VmRSS");
         assert!(rss < RSS_LIMIT, "{case}: node RSS grew to {rss} bytes");
     }
 }
@@ -552,7 +501,7 @@ fn a_wrongly_typed_field_cannot_make_the_node_reserve_the_length_it_declares() {
     let node = NodeProc::start_with(None, &["--max-value-bytes", "2000000000"]);
     let mut socket = connect(&node);
     ping(&mut socket, 1);
-    let peak = memory(&node, "VmPeak");
+    let peak = node.memory("VmPeak");
     send(
         &mut socket,
         &message(true, TMessageType::Call, "get", 2, |o| {
@@ -563,7 +512,7 @@ fn a_wrongly_typed_field_cannot_make_the_node_reserve_the_length_it_declares() {
     );
     let reply = read_reply(&mut socket);
     assert_eq!(reply.ident.message_type, TMessageType::Exception);
-    let grown = memory(&node, "VmPeak") - peak;
+    let grown = node.memory("VmPeak") - peak;
     assert!(
         grown < 1 << 30,
         "a 23-byte message made the node reserve {grown} more bytes"

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -36,6 +38,19 @@ fn log_path(test: &str) -> PathBuf {
 }
 
 impl NodeProc {
+    /// A memory figure of the node's process from `/proc/PID/status`
+    /// (`VmRSS`, `VmHWM`, `VmPeak`), in bytes.
+    pub fn memory(&self, figure: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix(figure)?.strip_prefix(':'))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {figure} in /proc/PID/status"));
+        kib * 1024
+    }
+
     /// Starts a node on an ephemeral port of 127.0.0.1, joining `seed` if given.
     pub fn start(seed: Option<&NodeAddr>) -> NodeProc {
         Self::start_with(seed, &[])
