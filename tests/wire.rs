@@ -543,6 +543,29 @@ fn a_value_larger_than_max_value_bytes_is_refused_and_the_node_keeps_serving() {
     assert_serves(&node);
 }
 
+/// A value so large that framing refuses the message before it arrives
+/// (past the value limit plus the envelope's room) used to cost the sender a
+/// broken pipe ("not open", `BrokenPipeError`): the call is answered with
+/// `TOO_LARGE` naming the limit and the option, once the sender is done.
+#[test]
+fn a_value_past_the_message_limit_is_answered_with_the_limit_not_a_broken_pipe() {
+    let node = NodeProc::start_with(None, &["--max-value-bytes", "1000"]);
+    let mut session = node.session();
+    let refused = session
+        .put("huge", vec![7u8; 4 << 20])
+        .expect_err("a 4 MiB value must be refused");
+    assert_eq!(refused.kind(), thrifty_p2p::ErrorKind::TooLarge, "{refused}");
+    let message = refused.to_string();
+    assert!(
+        message.contains("4194304 bytes")
+            && message.contains("limit of 1000 bytes")
+            && message.contains("--max-value-bytes"),
+        "the refusal must name the size, the limit and the option: {message}"
+    );
+    assert_eq!(session.get("huge").unwrap(), None);
+    assert_serves(&node);
+}
+
 #[test]
 fn a_connection_that_sends_nothing_is_closed_after_the_idle_timeout() {
     let node = NodeProc::start_with(None, &["--idle-timeout", "1"]);

@@ -203,6 +203,27 @@ pub struct Scanner {
     stack: Vec<Open>,
     /// The fewest bytes the whole message can have, as far as the walk knows.
     wanted: usize,
+    /// The last message refused as too large, once its header was walked.
+    oversize: Option<Oversize>,
+}
+
+/// A message refused for its size after its header was walked: enough to
+/// answer the call with an error that names the limit, rather than only
+/// close the connection (which the sender sees as a broken pipe).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Oversize {
+    /// The method called.
+    pub name: String,
+    /// Call or oneway.
+    pub kind: MessageKind,
+    /// The call's sequence number.
+    pub seq: i32,
+    /// Whether the header was strict.
+    pub strict: bool,
+    /// The declared length of the string or binary that passed the limit (a
+    /// value's length), or the fewest bytes the message declared in all when
+    /// containers passed it.
+    pub size: usize,
 }
 
 /// A walked message header.
@@ -230,6 +251,15 @@ impl Scanner {
             }
             Err(Halt::NeedMore) => Ok(None),
             Err(Halt::Bad(e)) => {
+                if let (FrameError::TooLarge { .. }, Some(header)) = (&e, self.header.take()) {
+                    self.oversize = Some(Oversize {
+                        name: header.name,
+                        kind: header.kind,
+                        seq: header.seq,
+                        strict: header.strict,
+                        size: self.wanted,
+                    });
+                }
                 self.restart();
                 Err(e)
             }
@@ -243,6 +273,12 @@ impl Scanner {
     /// 0 before the first scan of a message.
     pub fn wanted(&self) -> usize {
         self.wanted
+    }
+
+    /// The message the last scan refused as too large, if its header was
+    /// walked (see [`Oversize`]); taken once.
+    pub fn take_oversize(&mut self) -> Option<Oversize> {
+        self.oversize.take()
     }
 
     /// Forgets the message: the next scan starts a new one.
@@ -289,7 +325,12 @@ impl Scanner {
                     self.wanted = walker.need;
                     return Err(Halt::NeedMore);
                 }
-                Err(bad) => return Err(bad),
+                Err(bad) => {
+                    // A refusal for size knows the size declared
+                    // (see `Oversize::size`).
+                    self.wanted = walker.need;
+                    return Err(bad);
+                }
             }
         }
         let header = self.header.take().expect("walked above");
@@ -574,6 +615,7 @@ impl Walker<'_> {
     fn reserve(&mut self, bytes: usize) -> Result<(), Halt> {
         self.owed = self.owed.saturating_add(bytes);
         if self.pos.saturating_add(self.owed) > self.limits.max_message {
+            self.need = self.pos.saturating_add(self.owed);
             return Err(self.too_large());
         }
         Ok(())
@@ -584,6 +626,9 @@ impl Walker<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8], Halt> {
         let end = self.pos.saturating_add(n);
         if end.saturating_add(self.owed) > self.limits.max_message {
+            // Refused for size: `need` reports the item's own length (a
+            // value's), which is what a sender can act on.
+            self.need = n;
             return Err(self.too_large());
         }
         let Some(bytes) = self.buf.get(self.pos..end) else {
@@ -995,6 +1040,29 @@ mod tests {
                 limit: limits.max_message
             })
         );
+    }
+
+    #[test]
+    fn a_refusal_for_size_keeps_the_call_and_the_declared_length_to_answer_it() {
+        let limits = Limits::default();
+        let mut buf = strict_header("store");
+        buf.extend_from_slice(&[STRING, 0, 1, 0, 0, 0, 1, b'k', STRING, 0, 2]);
+        let huge = i32::try_from(limits.max_message).unwrap();
+        buf.extend_from_slice(&huge.to_be_bytes());
+        let mut scanner = Scanner::new();
+        assert!(matches!(
+            scanner.scan(&buf, &limits),
+            Err(FrameError::TooLarge { .. })
+        ));
+        let over = scanner.take_oversize().expect("the header was walked");
+        assert_eq!(over.name, "store");
+        assert_eq!(over.kind, MessageKind::Call);
+        assert!(over.strict);
+        assert_eq!(over.size, limits.max_message, "the value's own length");
+        assert_eq!(scanner.take_oversize(), None, "taken once");
+        // Other refusals leave nothing to answer.
+        assert!(scanner.scan(&[0x80, 0x02, 0, 1], &limits).is_err());
+        assert_eq!(scanner.take_oversize(), None);
     }
 
     #[test]

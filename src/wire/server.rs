@@ -44,6 +44,11 @@ use crate::node::Node;
 use crate::store::Stored;
 use crate::version::Version;
 
+/// How long a call refused for its size may go on sending before the
+/// connection closes, so that the sender reads the refusal (see
+/// [`Connection::refuse_oversize`]).
+const OVERSIZE_DRAIN: Duration = Duration::from_secs(10);
+
 /// How long shutdown waits for busy connections to finish their current call.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -357,8 +362,15 @@ impl Connection {
         loop {
             if !self.input.is_empty() {
                 deadline.get_or_insert_with(|| Instant::now() + self.timeouts.message);
-                if let Some(frame) = self.scanner.scan(self.input.unread(), &self.limits)? {
-                    return Ok(frame);
+                match self.scanner.scan(self.input.unread(), &self.limits) {
+                    Ok(Some(frame)) => return Ok(frame),
+                    Ok(None) => {}
+                    Err(e) => {
+                        if let Some(over) = self.scanner.take_oversize() {
+                            self.refuse_oversize(over).await;
+                        }
+                        return Err(e.into());
+                    }
                 }
             }
             let idle = self.input.is_empty();
@@ -393,6 +405,41 @@ impl Connection {
                 Ok(Ok(0)) => return Err(Closed::Eof),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Answers a call refused for its size with an error that names the
+    /// limit, instead of only closing: a sender still writing its value would
+    /// see a broken pipe and never read why. The rest of the message is read
+    /// and thrown away (never buffered) until the sender is done or
+    /// [`OVERSIZE_DRAIN`] has passed, so its write completes and it reads
+    /// the answer; then the connection closes (the message cannot be skipped
+    /// reliably, so the connection's sync is gone).
+    async fn refuse_oversize(&mut self, over: frame::Oversize) {
+        let Some(method) = Method::named(&over.name) else {
+            return;
+        };
+        if over.kind != MessageKind::Call || method == Method::Put {
+            return;
+        }
+        let error = Error::TooLarge {
+            size: over.size,
+            limit: self.node.config().max_value_bytes,
+        };
+        log::info!("refused a `{}` call: {error}", over.name);
+        let mut reply = Vec::new();
+        codec::encode_reply(method, over.seq, over.strict, Err(error), &mut reply);
+        let write = self.socket.write_all(&reply);
+        if tokio::time::timeout(OVERSIZE_DRAIN, write).await.is_err() {
+            return;
+        }
+        let mut scratch = [0u8; 64 * 1024];
+        let deadline = Instant::now() + OVERSIZE_DRAIN;
+        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, self.socket.read(&mut scratch)).await
+        {
+            if n == 0 {
+                break;
             }
         }
     }
