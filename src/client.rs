@@ -73,6 +73,10 @@ use crate::wire::{Conn, Limits};
 pub struct ClientOptions {
     /// Connect timeout.
     pub connect_timeout: Duration,
+    /// How long a new connection waits for the node's first answer (a
+    /// `ping`): a port that accepts but never answers fails in this time
+    /// with [`Error::NoAnswer`], not after `rpc_timeout`.
+    pub answer_timeout: Duration,
     /// How long to wait for one reply.
     pub rpc_timeout: Duration,
     /// Limits on one reply.
@@ -89,6 +93,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             connect_timeout: Duration::from_secs(2),
+            answer_timeout: Duration::from_secs(5),
             rpc_timeout: Duration::from_secs(30),
             limits: Limits::default(),
             ring_aware: true,

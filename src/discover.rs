@@ -27,9 +27,8 @@ pub fn find_node(host: &str) -> Result<NodeAddr> {
     };
     for port in probe_range() {
         let addr = NodeAddr::new(host, port);
-        if let Ok(mut client) = Conn::open(&addr, &options)
-            && client.ping().is_ok()
-        {
+        // Opening pings the node already.
+        if Conn::open(&addr, &options).is_ok() {
             return Ok(addr);
         }
     }

@@ -41,6 +41,20 @@ pub enum Error {
         /// as opposed to timing out.
         refused: bool,
     },
+    /// A peer accepted the connection but did not answer a first `ping` in
+    /// time: something listens there that is paused, overloaded, or not a
+    /// thrifty-p2p node. Nothing was sent to it but the `ping`.
+    #[error(
+        "{peer} accepted the connection but did not answer within {} s; it may be paused, \
+         overloaded or not a thrifty-p2p node: check it, or name another member with --peer",
+        after.as_secs_f64()
+    )]
+    NoAnswer {
+        /// The address called.
+        peer: String,
+        /// How long the first answer was waited for.
+        after: Duration,
+    },
     /// A peer was connected but the call failed midway (timeout, reset, protocol
     /// error). A write may or may not have been applied; retrying is safe because
     /// every write is versioned.
@@ -332,7 +346,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::BadAddress { .. } => ErrorKind::BadAddress,
-            Error::Unreachable { .. } => ErrorKind::Unreachable,
+            Error::Unreachable { .. } | Error::NoAnswer { .. } => ErrorKind::Unreachable,
             Error::Rpc { .. } | Error::ChunkNotStored { .. } | Error::ChunkNotFetched { .. } => {
                 ErrorKind::Rpc
             }

@@ -80,6 +80,22 @@ fn command_line_errors_say_what_went_wrong() {
     assert_eq!(code, 2);
     assert!(err.contains(&dead) && err.contains("location"), "{err}");
 
+    // A port that accepts (the kernel completes the handshake for a
+    // listener's backlog) but never answers: a clear message in seconds,
+    // not "transport error" after the 30 s call timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = silent.local_addr().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let (code, _, err) = run_tool("storeget", &["k", "--peer", &silent], None);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{silent} accepted the connection but did not answer within 5 s"
+        )),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15), "{err}");
+
     let (code, _, err) = run_tool("storeput", &["k", "v", "--peer", "no-port"], None);
     assert_ne!(code, 0);
     assert!(err.contains("HOST:PORT"), "{err}");

@@ -77,7 +77,7 @@ impl ReplyReader {
                 Ok(n) => n,
                 Err(e) => {
                     self.buf.truncate(filled);
-                    return Err(e);
+                    return Err(say_timeout(e, &self.stream));
                 }
             };
             self.buf.truncate(filled + n);
@@ -86,6 +86,23 @@ impl ReplyReader {
             }
         }
     }
+}
+
+/// A read that timed out (`WouldBlock` from a socket with a read timeout,
+/// which the thrift crate would report as an unknown transport error with
+/// the OS's text) becomes `TimedOut`, saying how long was waited.
+fn say_timeout(error: io::Error, stream: &TcpStream) -> io::Error {
+    if !matches!(
+        error.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ) {
+        return error;
+    }
+    let waited = match stream.read_timeout() {
+        Ok(Some(timeout)) => format!(" within {} s", timeout.as_secs_f64()),
+        _ => String::new(),
+    };
+    io::Error::new(io::ErrorKind::TimedOut, format!("no reply{waited}"))
 }
 
 impl Read for ReplyReader {
@@ -116,10 +133,19 @@ pub fn protocol_config(limits: &Limits) -> TConfiguration {
 /// Opens a raw generated client to `peer` (see [`RawClient`]), trying each
 /// address its host resolves to.
 pub fn connect(peer: &NodeAddr, options: &ClientOptions) -> Result<RawClient> {
+    connect_socket(peer, options).map(|(client, _)| client)
+}
+
+/// [`connect`], also returning a handle on the socket (to change its
+/// timeouts).
+fn connect_socket(peer: &NodeAddr, options: &ClientOptions) -> Result<(RawClient, TcpStream)> {
     let mut last_error = None;
     for addr in peer.resolve()? {
         match TcpStream::connect_timeout(&addr, options.connect_timeout) {
-            Ok(stream) => return client_over(stream, options),
+            Ok(stream) => {
+                let socket = stream.try_clone()?;
+                return Ok((client_over(stream, options)?, socket));
+            }
             Err(e) => last_error = Some(e),
         }
     }
@@ -153,13 +179,31 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects to `peer`.
+    /// Connects to `peer` and checks that it answers: a `ping` that must be
+    /// answered within `options.answer_timeout` (else [`Error::NoAnswer`]),
+    /// so a port that accepts but never answers costs seconds, not the
+    /// much longer `rpc_timeout` of a call that may wait on replicas.
     pub fn open(peer: &NodeAddr, options: &ClientOptions) -> Result<Conn> {
-        Ok(Conn {
+        let (client, socket) = connect_socket(peer, options)?;
+        let mut conn = Conn {
             peer: peer.clone(),
-            client: connect(peer, options)?,
+            client,
             broken: false,
-        })
+        };
+        let first = options.answer_timeout.min(options.rpc_timeout);
+        socket.set_read_timeout(Some(first))?;
+        match conn.client.ping() {
+            Ok(()) => {}
+            Err(e) if timed_out(&e) => {
+                return Err(Error::NoAnswer {
+                    peer: peer.to_string(),
+                    after: first,
+                });
+            }
+            Err(e) => return Err(call_error(peer, e)),
+        }
+        socket.set_read_timeout(Some(options.rpc_timeout))?;
+        Ok(conn)
     }
 
     /// The node this connection reaches.
@@ -295,6 +339,14 @@ pub(crate) fn call_error(peer: &NodeAddr, error: thrift::Error) -> Error {
             reason: other.to_string(),
         },
     }
+}
+
+/// Whether `error` is a read that timed out (see [`ReplyReader`]).
+fn timed_out(error: &thrift::Error) -> bool {
+    matches!(
+        error,
+        thrift::Error::Transport(t) if t.kind == thrift::TransportErrorKind::TimedOut
+    )
 }
 
 /// Whether the connection that produced `error` is unusable afterwards.
