@@ -47,7 +47,7 @@
 //! `GOLDEN_BLESS=1 cargo test --test golden` rewrites every fixture from the
 //! current code (the decoding assertions still run) and removes fixtures no
 //! case produces. Re-bless only when the wire format is *meant* to change, and
-//! say so in the commit: the 2009 clients (`../shared/PROTOCOL.md`) and
+//! say so in the commit: the 2009 clients (`thrift/PROTOCOL.md`) and
 //! every older node read these bytes. A default run compares, and on a mismatch
 //! names the fixture, the first differing offset, and both hex dumps.
 

@@ -1,6 +1,6 @@
 // The locator service: ring membership and key placement.
 //
-// Everything the 2009 program defined (see ../shared/PROTOCOL.md) keeps its name,
+// Everything the 2009 program defined (see PROTOCOL.md, beside this file) keeps its name,
 // field ids and types. Methods added for thrifty-p2p are acknowledged (never
 // oneway) and carry keys as `binary`, so any bytes round-trip.
 
