@@ -18,6 +18,10 @@ use thrifty_p2p::{Config, NodeAddr, discover, launch};
 /// The node serves the whole Store service (Base, Locator, Store) over Thrift's
 /// binary protocol. Stop it with Ctrl-C (SIGINT) or SIGTERM: it hands its keys
 /// to their new owners before it exits.
+///
+/// Exit code: 0 after a clean leave (the last member with --data-dir keeps its
+/// keys there); 1 when the node could not start or join, or some keys could
+/// not be handed over; 2 for a usage error.
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Args {

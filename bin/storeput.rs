@@ -16,6 +16,10 @@ use thrifty_p2p::{Client, ClientOptions, NodeAddr};
 /// sent straight to the node that owns it, several at a time, then a small
 /// manifest at KEY; `storeget` reassembles it. Standard input is streamed:
 /// it is never held whole in memory.
+///
+/// Exit code 0 once stored; 2 on any error, which says what failed (a write
+/// that was not acknowledged may still have been stored: storing again is
+/// safe).
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
