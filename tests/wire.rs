@@ -554,7 +554,11 @@ fn a_value_past_the_message_limit_is_answered_with_the_limit_not_a_broken_pipe()
     let refused = session
         .put("huge", vec![7u8; 4 << 20])
         .expect_err("a 4 MiB value must be refused");
-    assert_eq!(refused.kind(), thrifty_p2p::ErrorKind::TooLarge, "{refused}");
+    assert_eq!(
+        refused.kind(),
+        thrifty_p2p::ErrorKind::TooLarge,
+        "{refused}"
+    );
     let message = refused.to_string();
     assert!(
         message.contains("4194304 bytes")

@@ -436,7 +436,8 @@ impl Connection {
         }
         let mut scratch = [0u8; 64 * 1024];
         let deadline = Instant::now() + OVERSIZE_DRAIN;
-        while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, self.socket.read(&mut scratch)).await
+        while let Ok(Ok(n)) =
+            tokio::time::timeout_at(deadline, self.socket.read(&mut scratch)).await
         {
             if n == 0 {
                 break;

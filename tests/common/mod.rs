@@ -69,8 +69,14 @@ impl NodeProc {
 
     /// Starts `location` with exactly `args`; it must print its listening line.
     pub fn spawn(args: &[String]) -> NodeProc {
+        Self::spawn_in(None, args)
+    }
+
+    /// Like `spawn`, inside network namespace `netns` when given (`ip netns
+    /// exec` execs the program, so the child is `location` itself).
+    pub fn spawn_in(netns: Option<&str>, args: &[String]) -> NodeProc {
         let log = log_path("node");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_location"))
+        let mut child = command_in(netns, env!("CARGO_BIN_EXE_location"))
             .args(args)
             .env("RUST_LOG", "thrifty_p2p=debug")
             .stdin(Stdio::null())
@@ -195,8 +201,30 @@ pub fn members_of(node: &NodeAddr) -> Option<Vec<String>> {
     Some(members)
 }
 
+/// A command running `program`, inside network namespace `netns` if given.
+pub fn command_in(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        None => Command::new(program),
+        Some(netns) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", netns, program]);
+            command
+        }
+    }
+}
+
 /// Runs one of the crate's command-line tools; returns (exit code, stdout, stderr).
 pub fn run_tool(tool: &str, args: &[&str], stdin: Option<&[u8]>) -> (i32, Vec<u8>, String) {
+    run_tool_in(None, tool, args, stdin)
+}
+
+/// Like `run_tool`, inside network namespace `netns` when given.
+pub fn run_tool_in(
+    netns: Option<&str>,
+    tool: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> (i32, Vec<u8>, String) {
     use std::io::Write;
     let path = match tool {
         "storeput" => env!("CARGO_BIN_EXE_storeput"),
@@ -206,7 +234,7 @@ pub fn run_tool(tool: &str, args: &[&str], stdin: Option<&[u8]>) -> (i32, Vec<u8
         "location" => env!("CARGO_BIN_EXE_location"),
         other => panic!("unknown tool {other}"),
     };
-    let mut child = Command::new(path)
+    let mut child = command_in(netns, path)
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
