@@ -64,6 +64,7 @@ use std::time::Duration;
 use crate::addr::NodeAddr;
 use crate::discover;
 use crate::error::{Error, ErrorKind, Result};
+use crate::membership::{MemberState, Status};
 use crate::ring::Ring;
 use crate::stream::{self, Manifest, Written};
 use crate::wire::{Conn, Limits};
@@ -223,6 +224,68 @@ impl Client {
     pub fn members(&mut self) -> Result<Vec<NodeAddr>> {
         let entry = self.entry.clone();
         self.call(&entry, Conn::members)
+    }
+
+    /// Merges the entry node's ring with the ring `other` belongs to, and
+    /// waits (up to `within`) until the entry node serves every member of
+    /// both; returns the members. Keys then move to their owners in the
+    /// merged ring as after any join, and where both rings hold a key the
+    /// newer write wins (versions are hybrid-clock stamps).
+    ///
+    /// Each side is shown the other's member table as if its first member
+    /// had gossiped it (a `gossip` push); from there the nodes' own
+    /// membership protocol takes over: each new member is probed, served
+    /// once it answered with its own identity, and the news spreads.
+    /// Nothing changes if `other` is already a member.
+    pub fn merge(&mut self, other: &NodeAddr, within: Duration) -> Result<Vec<NodeAddr>> {
+        let entry = self.entry.clone();
+        let ours = self.call(&entry, Conn::table)?;
+        let mut theirs = Conn::open(other, &self.options)?;
+        let their_table = theirs.table()?;
+        let serving = |table: &[MemberState], addr: &NodeAddr| {
+            table
+                .iter()
+                .any(|row| &row.addr == addr && row.status.is_up())
+        };
+        if serving(&ours, other) {
+            return self.members();
+        }
+        // Each push starts with its sender's own row: the node answering.
+        let push = |table: &[MemberState], from: &NodeAddr| -> Result<Vec<MemberState>> {
+            let own = table
+                .iter()
+                .find(|row| &row.addr == from)
+                .ok_or_else(|| Error::Refused {
+                    peer: from.to_string(),
+                    message: "its member table does not list itself; is it a thrifty-p2p node?"
+                        .into(),
+                })?;
+            let mut rows = vec![own.clone()];
+            rows.extend(table.iter().filter(|row| &row.addr != from).cloned());
+            Ok(rows)
+        };
+        let to_ours = push(&their_table, other)?;
+        let to_theirs = push(&ours, &entry)?;
+        self.call(&entry, |c| c.gossip(&to_ours))?;
+        theirs.gossip(&to_theirs)?;
+        let wanted: Vec<NodeAddr> = ours
+            .iter()
+            .chain(&their_table)
+            .filter(|row| row.status == Status::Alive)
+            .map(|row| row.addr.clone())
+            .collect();
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let members = self.members()?;
+            if wanted.iter().all(|m| members.contains(m)) {
+                self.ring = None;
+                return Ok(members);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(Error::Timeout(within));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// The entry node's counters (keys, bytes, requests, repairs...).

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    NodeProc, lost, members_of, run_tool, start_ring, wait_for_members, wait_until, writer,
+    NodeProc, lost, members_of, read_via, run_tool, start_ring, wait_for_members, wait_until,
+    writer,
 };
 use thrifty_p2p::NodeAddr;
 use thrifty_p2p::wire::PEEK;
@@ -277,4 +278,88 @@ fn join_and_leave_under_writes_lose_no_acknowledged_write() {
         missing.len(),
         &missing[..missing.len().min(5)]
     );
+}
+
+/// Two rings started separately become one on request (`storemerge`): every
+/// node serves every member, every key of either ring is readable through
+/// any node, and a key both rings hold keeps its newer write.
+#[test]
+fn two_rings_merge_into_one_keeping_the_newer_copy_of_every_key() {
+    let opts = ["--failure-timeout", "2"];
+    let left = start_ring(2, &opts);
+    let right = start_ring(2, &opts);
+    let mut written = Vec::new();
+    for i in 0..20 {
+        let (key, value) = (format!("left-{i}"), format!("l{i}"));
+        assert_eq!(
+            run_tool("storeput", &[&key, &value, "--peer", &peer(&left[0])], None).0,
+            0
+        );
+        written.push((key, value));
+        let (key, value) = (format!("right-{i}"), format!("r{i}"));
+        assert_eq!(
+            run_tool(
+                "storeput",
+                &[&key, &value, "--peer", &peer(&right[0])],
+                None
+            )
+            .0,
+            0
+        );
+        written.push((key, value));
+    }
+    // Both rings hold `shared`; the right ring's write is the later one.
+    assert_eq!(
+        run_tool(
+            "storeput",
+            &["shared", "older", "--peer", &peer(&left[1])],
+            None
+        )
+        .0,
+        0
+    );
+    assert_eq!(
+        run_tool(
+            "storeput",
+            &["shared", "newer", "--peer", &peer(&right[1])],
+            None
+        )
+        .0,
+        0
+    );
+    written.push(("shared".into(), "newer".into()));
+
+    let (code, out, err) = run_tool(
+        "storemerge",
+        &[&peer(&right[1]), "--peer", &peer(&left[0])],
+        None,
+    );
+    let out = String::from_utf8_lossy(&out);
+    assert_eq!(code, 0, "storemerge: {out} {err}");
+    assert!(out.contains("merged: 4 members"), "{out}");
+    let nodes: Vec<NodeProc> = left.into_iter().chain(right).collect();
+    wait_for_members(&nodes, 4);
+    for (key, value) in &written {
+        for node in &nodes {
+            assert!(
+                wait_until(Duration::from_secs(30), || {
+                    read_via(&node.addr, key.as_bytes())
+                        .ok()
+                        .flatten()
+                        .as_deref()
+                        == Some(value.as_bytes())
+                }),
+                "after the merge {} does not read {key} = {value}",
+                node.addr
+            );
+        }
+    }
+    // Asking again changes nothing.
+    let (code, out, _) = run_tool(
+        "storemerge",
+        &[&peer(&nodes[3]), "--peer", &peer(&nodes[0])],
+        None,
+    );
+    assert_eq!(code, 0);
+    assert!(String::from_utf8_lossy(&out).contains("merged: 4 members"));
 }

@@ -277,7 +277,16 @@ impl Conn {
 
     /// The node's member table, every status included (`gossip` with no rows).
     pub fn table(&mut self) -> Result<Vec<MemberState>> {
-        let result = self.client.gossip(Vec::new());
+        self.gossip(&[])
+    }
+
+    /// Pushes member rows to the node as a `gossip` from the member whose
+    /// row comes first, and returns what the node answers (its whole table
+    /// to a sender it did not know).
+    pub(crate) fn gossip(&mut self, rows: &[MemberState]) -> Result<Vec<MemberState>> {
+        let result = self
+            .client
+            .gossip(rows.iter().map(convert::member).collect());
         Ok(self
             .done(result)?
             .iter()

@@ -231,6 +231,7 @@ pub fn run_tool_in(
         "storeget" => env!("CARGO_BIN_EXE_storeget"),
         "storeprimer" => env!("CARGO_BIN_EXE_storeprimer"),
         "storetest" => env!("CARGO_BIN_EXE_storetest"),
+        "storemerge" => env!("CARGO_BIN_EXE_storemerge"),
         "location" => env!("CARGO_BIN_EXE_location"),
         other => panic!("unknown tool {other}"),
     };
