@@ -62,6 +62,7 @@ use std::io::{Read, Write};
 use std::time::Duration;
 
 use crate::addr::NodeAddr;
+use crate::auth::{Role, Secret};
 use crate::discover;
 use crate::error::{Error, ErrorKind, Result};
 use crate::membership::{MemberState, Status};
@@ -70,8 +71,13 @@ use crate::stream::{self, Manifest, Written};
 use crate::wire::{Conn, Limits};
 
 /// How a [`Client`] connects and calls.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ClientOptions {
+    /// A secret to prove on every connection, and which one it is (see
+    /// [`crate::auth`]): needed by nodes started with
+    /// `--client-secret-file` (role `Client`) or, for the node-to-node and
+    /// ring-changing methods, `--cluster-secret-file` (role `Cluster`).
+    pub secret: Option<(Role, Secret)>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// How long a new connection waits for the node's first answer (a
@@ -93,6 +99,7 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
+            secret: None,
             connect_timeout: Duration::from_secs(2),
             answer_timeout: Duration::from_secs(5),
             rpc_timeout: Duration::from_secs(30),

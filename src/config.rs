@@ -14,6 +14,9 @@ pub const MAX_KEY_BYTES: usize = 64 * 1024;
 /// How a node runs.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// The secrets that guard the node's methods (see [`crate::auth`]):
+    /// none by default, which leaves every method open, as in 2009.
+    pub secrets: crate::auth::Secrets,
     /// Address to listen on. Default 127.0.0.1.
     pub bind: IpAddr,
     /// Port to listen on; 0 picks a free one. Default 9900.
@@ -92,6 +95,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            secrets: crate::auth::Secrets::default(),
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 9900,
             advertise: None,

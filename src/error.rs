@@ -55,6 +55,14 @@ pub enum Error {
         /// How long the first answer was waited for.
         after: Duration,
     },
+    /// The node requires a secret that this connection has not proved, or a
+    /// proof was wrong, or a peer could not prove the secret back (see
+    /// `auth`). Nothing changed.
+    #[error("not authorized: {0}")]
+    Unauthorized(String),
+    /// A secret file is missing, unreadable or too short. Nothing started.
+    #[error("{0}")]
+    BadSecret(String),
     /// A peer was connected but the call failed midway (timeout, reset, protocol
     /// error). A write may or may not have been applied; retrying is safe because
     /// every write is versioned.
@@ -329,6 +337,8 @@ pub enum ErrorKind {
     ShuttingDown,
     /// The node's storage failed.
     Storage,
+    /// A secret was required and not proved, or proved wrong. Nothing changed.
+    Unauthorized,
     /// Local set-up: a port could not be bound, no node or free port found,
     /// a wait timed out, bad streaming options or key.
     Local,
@@ -361,7 +371,9 @@ impl Error {
             Error::Paused => ErrorKind::Paused,
             Error::ShuttingDown => ErrorKind::ShuttingDown,
             Error::Storage(_) => ErrorKind::Storage,
+            Error::Unauthorized(_) => ErrorKind::Unauthorized,
             Error::Bind { .. }
+            | Error::BadSecret(_)
             | Error::NotFound { .. }
             | Error::SelfJoin { .. }
             | Error::Timeout(_)

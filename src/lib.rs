@@ -70,6 +70,7 @@
 
 pub mod addr;
 pub(crate) mod antientropy;
+pub mod auth;
 pub mod client;
 pub mod config;
 pub mod discover;

@@ -555,6 +555,7 @@ fn receive_chunks(
         for _ in 0..workers {
             let tx = tx.clone();
             let window = &window;
+            let options = options.clone();
             s.spawn(move || {
                 let mut conns = Conns::new(options);
                 while let Some(index) = window.claim() {

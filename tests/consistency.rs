@@ -132,6 +132,7 @@ fn a_late_forwarded_write_never_overwrites_a_later_acknowledged_one() {
             .iter()
             .map(|key| {
                 let via = via.clone();
+                let impatient = impatient.clone();
                 s.spawn(move || {
                     let mut client = connect(&via, &impatient).unwrap();
                     client
@@ -353,12 +354,13 @@ fn read_while_restarting(
         let readers: Vec<_> = (0..READERS)
             .map(|r| {
                 let stop = &stop;
+                let quick = &quick;
                 s.spawn(move || {
                     let mut reads = Vec::new();
                     let mut i = r;
                     while !stop.load(Ordering::Relaxed) {
                         // Refused until the port is bound: poll it tightly.
-                        let Ok(mut client) = connect(addr, &quick) else {
+                        let Ok(mut client) = connect(addr, quick) else {
                             std::thread::sleep(Duration::from_micros(200));
                             continue;
                         };
@@ -557,13 +559,13 @@ fn a_write_acknowledged_by_a_restarting_node_survives_its_kill_9_right_after() {
     let acked: Vec<(String, String, Duration)> = std::thread::scope(|s| {
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| {
-                let (addr, acked_one) = (&addr, &acked_one);
+                let (addr, acked_one, quick) = (&addr, &acked_one, &quick);
                 s.spawn(move || {
                     let mut acked = Vec::new();
                     let mut n = 0;
                     let deadline = Instant::now() + Duration::from_secs(20);
                     while !acked_one.load(Ordering::SeqCst) && Instant::now() < deadline {
-                        let Ok(mut client) = connect(addr, &quick) else {
+                        let Ok(mut client) = connect(addr, quick) else {
                             std::thread::sleep(Duration::from_micros(200));
                             continue;
                         };

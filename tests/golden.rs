@@ -68,7 +68,7 @@ use thrift::{ApplicationError, ApplicationErrorKind};
 use thrifty_p2p::NodeAddr;
 use thrifty_p2p::wire::frame::{self, Limits, MessageKind};
 use thrifty_p2p::wire::idl::diststore::{
-    Entry, Lookup, StoreError, StoreSyncClient, TStoreSyncClient,
+    Entry, Lookup, PeerSyncClient, StoreError, TPeerSyncClient,
 };
 use thrifty_p2p::wire::idl::locator::{Location, Member, MemberStatus};
 
@@ -183,7 +183,7 @@ fn known_dead() -> Vec<Member> {
 /// The bytes of one request.
 enum Request {
     /// A method of the IDL, called on the generated client.
-    Method(fn(&mut dyn TStoreSyncClient) -> thrift::Result<()>),
+    Method(fn(&mut dyn TPeerSyncClient) -> thrift::Result<()>),
     /// A method the IDL lacks (no client can call it; written by hand).
     Unknown(&'static str),
 }
@@ -759,7 +759,7 @@ fn encode(request: &Request, strict: bool) -> Vec<u8> {
     let mut bytes = Vec::new();
     match request {
         Request::Method(call) => {
-            let mut client = StoreSyncClient::new(
+            let mut client = PeerSyncClient::new(
                 TBinaryInputProtocol::new(io::empty(), strict),
                 TBinaryOutputProtocol::new(&mut bytes, strict),
             );
@@ -788,12 +788,12 @@ fn encode(request: &Request, strict: bool) -> Vec<u8> {
 /// arguments go nowhere. Every byte of the reply must be consumed.
 fn decode<R>(
     reply: &[u8],
-    call: impl FnOnce(&mut dyn TStoreSyncClient) -> thrift::Result<R>,
+    call: impl FnOnce(&mut dyn TPeerSyncClient) -> thrift::Result<R>,
 ) -> thrift::Result<R> {
     let mut rest = reply;
     let result = {
         // Not strict: this reader takes both header forms.
-        let mut client = StoreSyncClient::new(
+        let mut client = PeerSyncClient::new(
             TBinaryInputProtocol::new(&mut rest, false),
             TBinaryOutputProtocol::new(io::sink(), true),
         );
@@ -810,7 +810,7 @@ fn decode<R>(
 
 fn expect_reply<R>(
     reply: &[u8],
-    call: impl FnOnce(&mut dyn TStoreSyncClient) -> thrift::Result<R>,
+    call: impl FnOnce(&mut dyn TPeerSyncClient) -> thrift::Result<R>,
 ) -> R {
     decode(reply, call)
         .unwrap_or_else(|e| panic!("not a successful reply ({e}):\n{}", hex_dump(reply)))
@@ -819,7 +819,7 @@ fn expect_reply<R>(
 /// The message of the `StoreError` that `reply` carries.
 fn expect_store_error<R: std::fmt::Debug>(
     reply: &[u8],
-    call: impl FnOnce(&mut dyn TStoreSyncClient) -> thrift::Result<R>,
+    call: impl FnOnce(&mut dyn TPeerSyncClient) -> thrift::Result<R>,
 ) -> String {
     match decode(reply, call) {
         Err(thrift::Error::User(error)) => match error.downcast::<StoreError>() {
@@ -833,7 +833,7 @@ fn expect_store_error<R: std::fmt::Debug>(
 /// The `TApplicationException` that `reply` carries.
 fn expect_application_error<R: std::fmt::Debug>(
     reply: &[u8],
-    call: impl FnOnce(&mut dyn TStoreSyncClient) -> thrift::Result<R>,
+    call: impl FnOnce(&mut dyn TPeerSyncClient) -> thrift::Result<R>,
 ) -> ApplicationError {
     match decode(reply, call) {
         Err(thrift::Error::Application(error)) => error,
@@ -1239,7 +1239,7 @@ fn the_generated_client_writes_every_golden_request_byte_for_byte() {
         // The generated client must not wait for a reply to a oneway method.
         if let Request::Method(call) = &case.request {
             let mut sink = Vec::new();
-            let mut client = StoreSyncClient::new(
+            let mut client = PeerSyncClient::new(
                 TBinaryInputProtocol::new(io::empty(), true),
                 TBinaryOutputProtocol::new(&mut sink, true),
             );

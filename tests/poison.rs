@@ -15,8 +15,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::{NodeProc, local_copy, members_of, read_via, start_ring, wait_until};
 use thrifty_p2p::NodeAddr;
 use thrifty_p2p::wire::convert;
-use thrifty_p2p::wire::idl::diststore::{Entry, StoreError, TStoreSyncClient};
-use thrifty_p2p::wire::idl::locator::{Member, MemberStatus, TLocatorSyncClient};
+use thrifty_p2p::wire::idl::diststore::{Entry, StoreError, TPeerSyncClient, TStoreSyncClient};
+use thrifty_p2p::wire::idl::locator::{Member, MemberStatus};
 
 /// A failure timeout short enough that dead fakes go quickly.
 const FAST: &[&str] = &["--failure-timeout", "2"];

@@ -14,7 +14,7 @@ use common::{
 };
 use thrifty_p2p::NodeAddr;
 use thrifty_p2p::wire::PEEK;
-use thrifty_p2p::wire::idl::diststore::TStoreSyncClient;
+use thrifty_p2p::wire::idl::diststore::TPeerSyncClient;
 
 fn peer(node: &NodeProc) -> String {
     node.addr.to_string()

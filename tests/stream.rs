@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use common::{NodeProc, run_tool, start_ring};
 use thrifty_p2p::stream::{MAGIC, Manifest, Options, Written};
-use thrifty_p2p::wire::idl::diststore::TStoreSyncClient;
+use thrifty_p2p::wire::idl::diststore::TPeerSyncClient;
 use thrifty_p2p::wire::idl::locator::TLocatorSyncClient;
 
 const MIB: usize = 1 << 20;

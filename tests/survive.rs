@@ -17,7 +17,7 @@ use thrifty_p2p::ClientOptions;
 use thrifty_p2p::NodeAddr;
 use thrifty_p2p::wire::conn::connect;
 use thrifty_p2p::wire::convert;
-use thrifty_p2p::wire::idl::diststore::TStoreSyncClient;
+use thrifty_p2p::wire::idl::diststore::{TPeerSyncClient, TStoreSyncClient};
 use thrifty_p2p::wire::idl::locator::TLocatorSyncClient;
 
 /// Fast failure detection keeps the suite short; the default is 5 s.

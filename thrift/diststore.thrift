@@ -33,6 +33,11 @@ enum ErrorKind {
   STORAGE = 11,
   UNREACHABLE = 12,
   RPC = 13,
+  /**
+   * The node requires a secret this connection has not proved (see `hello`
+   * and `authenticate`). Nothing changed.
+   */
+  UNAUTHORIZED = 14,
 }
 
 /**
@@ -106,7 +111,52 @@ service Store extends locator.Locator {
   /** Counters describing this node (keys, replication backlog, hints, ...). */
   map<string, i64> stats(),
 
-  // ---- node to node ----
+  // ---- access control (see README, Security) ----
+  /**
+   * Step 1 of proving a secret on this connection: the caller sends a fresh
+   * random `nonce` (16 to 64 bytes) and gets the node's own fresh nonce back.
+   */
+  binary hello(1: binary nonce),
+  /**
+   * Step 2: `proof` is HMAC-SHA256(secret, "thrifty-p2p/1 client " + role +
+   * node nonce + caller nonce), with `role` "cluster" (the cluster secret:
+   * every method) or "client" (the client secret: data methods). The answer
+   * is HMAC-SHA256(secret, "thrifty-p2p/1 server " + role + caller nonce +
+   * node nonce), so the caller knows the node holds the secret too. A wrong
+   * proof is refused (UNAUTHORIZED) and closes the connection.
+   */
+  binary authenticate(1: string role, 2: binary proof) throws (1: StoreError err),
+}
+
+/**
+ * Node to node: the methods peers call on each other. They travel on the same
+ * port as the client methods (Thrift names methods on the wire, not services);
+ * a node started with a cluster secret refuses each of them, and the 2009
+ * ring-changing methods (`join`, `remove`, `add`, `die`, `debug`), on a
+ * connection that has not proved that secret.
+ */
+service Peer extends Store {
+  /**
+   * A new node announces itself to a member of the ring. The receiver adds it,
+   * spreads the news, and answers with its whole member table.
+   */
+  list<locator.Member> enter(1: locator.Member member),
+  /**
+   * Push-pull anti-entropy for membership: the caller sends its table and gets the
+   * receiver's table back (after the receiver merged the caller's).
+   */
+  list<locator.Member> gossip(1: list<locator.Member> members),
+  /**
+   * Failure detection, indirect probe: the receiver pings `target` itself and
+   * says whether it answered in time.
+   */
+  bool probe(1: locator.Location target),
+  /**
+   * Testing aid, refused unless the node runs with --fault-injection: while
+   * `on`, the node drops every call from and to its peers (a partition).
+   */
+  void isolate(1: bool on),
+
   /** `fetch` forwarded by a node; `hops` counts the forwards so far. */
   Lookup relay_fetch(1: binary key, 2: i8 hops) throws (1: StoreError err),
   /**

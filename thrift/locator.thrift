@@ -55,28 +55,8 @@ service Locator extends Base {
   Location get_node(1: string key),
 
   // ---- thrifty-p2p additions ----
-  /**
-   * A new node announces itself to a member of the ring. The receiver adds it,
-   * spreads the news, and answers with its whole member table.
-   */
-  list<Member> enter(1: Member member),
-  /**
-   * Push-pull anti-entropy for membership: the caller sends its table and gets the
-   * receiver's table back (after the receiver merged the caller's).
-   */
-  list<Member> gossip(1: list<Member> members),
   /** The member that owns a key given as bytes (address "" and port 0 when empty). */
   Location locate(1: binary key),
   /** Up to `count` members that hold a key, owner first (its preference list). */
   list<Location> replicas(1: binary key, 2: i32 count),
-  /**
-   * Failure detection, indirect probe: the receiver pings `target` itself and
-   * says whether it answered in time.
-   */
-  bool probe(1: Location target),
-  /**
-   * Testing aid, refused unless the node runs with --fault-injection: while
-   * `on`, the node drops every call from and to its peers (a partition).
-   */
-  void isolate(1: bool on),
 }

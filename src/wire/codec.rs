@@ -316,6 +316,59 @@ pub fn encode_reply(
     let _ = write_reply(&mut o, method, seq, outcome);
 }
 
+/// Methods whose IDL declares `throws (1: StoreError err)`: a refusal is
+/// answered as that exception (with its kind); other methods get a Thrift
+/// application exception carrying the same message.
+pub const STORE_ERROR_METHODS: [&str; 13] = [
+    "fetch",
+    "store",
+    "erase",
+    "authenticate",
+    "relay_fetch",
+    "relay_store",
+    "relay_erase",
+    "peek",
+    "diff_buckets",
+    "reconcile",
+    "replica_read",
+    "replicate",
+    "absorb",
+];
+
+/// Encodes into `out` the reply refusing a call of `method` with `error`,
+/// for any method (see [`STORE_ERROR_METHODS`]).
+pub fn encode_refusal(method: &str, seq: i32, strict: bool, error: &Error, out: &mut Vec<u8>) {
+    out.clear();
+    let mut o = TBinaryOutputProtocol::new(&mut *out, strict);
+    // Writing to memory cannot fail.
+    let _ = write_refusal(&mut o, method, seq, error);
+}
+
+fn write_refusal(
+    o: &mut dyn TOutputProtocol,
+    method: &str,
+    seq: i32,
+    error: &Error,
+) -> thrift::Result<()> {
+    if STORE_ERROR_METHODS.contains(&method) {
+        o.write_message_begin(&TMessageIdentifier::new(method, TMessageType::Reply, seq))?;
+        o.write_struct_begin(&TStructIdentifier::new("result"))?;
+        o.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+        convert::store_error(error).write_to_out_protocol(o)?;
+        o.write_field_end()?;
+        return finish(o);
+    }
+    let app = ApplicationError::new(ApplicationErrorKind::Unknown, error.to_string());
+    o.write_message_begin(&TMessageIdentifier::new(
+        method,
+        TMessageType::Exception,
+        seq,
+    ))?;
+    thrift::Error::write_application_error_to_out_protocol(&app, o)?;
+    o.write_message_end()?;
+    o.flush()
+}
+
 fn write_reply(
     o: &mut dyn TOutputProtocol,
     method: Method,

@@ -15,7 +15,7 @@ use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 
 use super::convert;
 use super::frame::{self, Limits};
-use super::idl::diststore::{StoreSyncClient, TStoreSyncClient};
+use super::idl::diststore::{PeerSyncClient, TPeerSyncClient, TStoreSyncClient};
 use super::idl::locator::{TBaseSyncClient, TLocatorSyncClient};
 use crate::addr::NodeAddr;
 use crate::client::ClientOptions;
@@ -27,7 +27,7 @@ use crate::peer::Entry;
 /// and Base), over our checked reader: for tests that speak the protocol as
 /// any Thrift client would.
 pub type RawClient =
-    StoreSyncClient<TBinaryInputProtocol<ReplyReader>, TBinaryOutputProtocol<BufWriter<TcpStream>>>;
+    PeerSyncClient<TBinaryInputProtocol<ReplyReader>, TBinaryOutputProtocol<BufWriter<TcpStream>>>;
 
 /// Reads one whole, checked message at a time from a socket.
 #[derive(Debug)]
@@ -166,7 +166,7 @@ fn client_over(stream: TcpStream, options: &ClientOptions) -> Result<RawClient> 
     let writer = BufWriter::with_capacity(64 * 1024, stream);
     let input = TBinaryInputProtocol::with_config(reader, true, protocol_config(&options.limits));
     let output = TBinaryOutputProtocol::new(writer, true);
-    Ok(StoreSyncClient::new(input, output))
+    Ok(PeerSyncClient::new(input, output))
 }
 
 /// A blocking connection to one node. A call that fails leaves the

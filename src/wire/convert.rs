@@ -41,6 +41,7 @@ pub fn store_error(error: &Error) -> StoreError {
         ErrorKind::Storage => WireKind::STORAGE,
         ErrorKind::Unreachable => WireKind::UNREACHABLE,
         ErrorKind::Rpc => WireKind::RPC,
+        ErrorKind::Unauthorized => WireKind::UNAUTHORIZED,
         _ => WireKind::OTHER,
     };
     // A remote error passed on keeps its text; ours is the whole message.
@@ -68,6 +69,7 @@ pub fn remote_error(peer: &NodeAddr, error: StoreError) -> Error {
         Some(WireKind::STORAGE) => ErrorKind::Storage,
         Some(WireKind::UNREACHABLE) => ErrorKind::Unreachable,
         Some(WireKind::RPC) => ErrorKind::Rpc,
+        Some(WireKind::UNAUTHORIZED) => ErrorKind::Unauthorized,
         Some(_) => ErrorKind::Other,
     };
     Error::Remote {

@@ -5,12 +5,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use thrift::{ApplicationError, ApplicationErrorKind};
 
 use super::convert;
-use super::idl::diststore::{Entry, Lookup, Replica, StoreSyncHandler};
+use super::idl::diststore::{Entry, Lookup, PeerSyncHandler, Replica, StoreSyncHandler};
 use super::idl::locator::{BaseSyncHandler, Location, LocatorSyncHandler, Member};
 use crate::addr::NodeAddr;
+use crate::auth::Session;
 use crate::error::Error;
 use crate::node::Node;
 
@@ -19,6 +21,8 @@ pub const SERVICE_TYPE: &str = "diststore.Store";
 
 /// Every service a node implements, base first.
 pub const SERVICE_TYPES: [&str; 3] = ["locator.Base", "locator.Locator", "diststore.Store"];
+// `diststore.Peer` is left out on purpose: the 2009 clients ask what a node
+// serves them, and peers know what they talk to.
 
 /// Methods declared `oneway` in the IDL. The server never answers them, even
 /// when the caller marked the message as a plain call.
@@ -55,12 +59,15 @@ pub fn is_peer_method(name: &str) -> bool {
 /// message was not in the shape the codec takes.
 pub struct Handler {
     node: Arc<Node>,
+    /// What the connection proved (see `auth`); the server checks it before
+    /// each call.
+    session: Arc<Mutex<Session>>,
 }
 
 impl Handler {
-    /// A handler for `node`.
-    pub fn new(node: Arc<Node>) -> Self {
-        Handler { node }
+    /// A handler for `node`, on a connection whose proofs go to `session`.
+    pub fn new(node: Arc<Node>, session: Arc<Mutex<Session>>) -> Self {
+        Handler { node, session }
     }
 }
 
@@ -163,21 +170,6 @@ impl LocatorSyncHandler for Handler {
         self.handle_locate(key.into_bytes())
     }
 
-    fn handle_enter(&self, member: Member) -> thrift::Result<Vec<Member>> {
-        let table = match convert::member_state(&member) {
-            Some(state) => self.node.enter(state),
-            None => self.node.table(),
-        };
-        Ok(table.iter().map(convert::member).collect())
-    }
-
-    fn handle_gossip(&self, members: Vec<Member>) -> thrift::Result<Vec<Member>> {
-        crate::peer::within("gossip", members.len(), crate::peer::MAX_ROWS).map_err(app_error)?;
-        let rows = members.iter().filter_map(convert::member_state).collect();
-        let table = self.node.gossip(rows);
-        Ok(table.iter().map(convert::member).collect())
-    }
-
     fn handle_locate(&self, key: Vec<u8>) -> thrift::Result<Location> {
         Ok(self
             .node
@@ -194,14 +186,6 @@ impl LocatorSyncHandler for Handler {
             .take(count)
             .map(convert::location)
             .collect())
-    }
-
-    fn handle_probe(&self, _target: Location) -> thrift::Result<bool> {
-        Err(app_error(malformed()))
-    }
-
-    fn handle_isolate(&self, on: bool) -> thrift::Result<()> {
-        self.node.set_isolated(on).map_err(app_error)
     }
 }
 
@@ -230,6 +214,43 @@ impl StoreSyncHandler for Handler {
 
     fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>> {
         Ok(self.node.stats())
+    }
+
+    fn handle_hello(&self, nonce: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.session.lock().hello(nonce).map_err(app_error)
+    }
+
+    fn handle_authenticate(&self, role: String, proof: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        let secrets = &self.node.config().secrets;
+        self.session
+            .lock()
+            .authenticate(secrets, &role, &proof)
+            .map_err(store_error)
+    }
+}
+
+impl PeerSyncHandler for Handler {
+    fn handle_enter(&self, member: Member) -> thrift::Result<Vec<Member>> {
+        let table = match convert::member_state(&member) {
+            Some(state) => self.node.enter(state),
+            None => self.node.table(),
+        };
+        Ok(table.iter().map(convert::member).collect())
+    }
+
+    fn handle_gossip(&self, members: Vec<Member>) -> thrift::Result<Vec<Member>> {
+        crate::peer::within("gossip", members.len(), crate::peer::MAX_ROWS).map_err(app_error)?;
+        let rows = members.iter().filter_map(convert::member_state).collect();
+        let table = self.node.gossip(rows);
+        Ok(table.iter().map(convert::member).collect())
+    }
+
+    fn handle_probe(&self, _target: Location) -> thrift::Result<bool> {
+        Err(app_error(malformed()))
+    }
+
+    fn handle_isolate(&self, on: bool) -> thrift::Result<()> {
+        self.node.set_isolated(on).map_err(app_error)
     }
 
     fn handle_relay_fetch(&self, _key: Vec<u8>, _hops: i8) -> thrift::Result<Lookup> {

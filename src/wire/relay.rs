@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use super::conn::{call_error, protocol_config};
 use super::convert;
 use super::frame::{self, Limits};
-use super::idl::diststore::{StoreSyncClient, TStoreSyncClient};
+use super::idl::diststore::{PeerSyncClient, TPeerSyncClient};
 use crate::addr::NodeAddr;
 use crate::error::{Error, Result};
 use crate::peer::{Reply, Request};
@@ -51,9 +51,9 @@ impl Write for Captured {
 }
 
 /// The bytes of one call, as `call` makes it on a generated client.
-fn encode(call: impl FnOnce(&mut dyn TStoreSyncClient) -> thrift::Result<()>) -> Vec<u8> {
+fn encode(call: impl FnOnce(&mut dyn TPeerSyncClient) -> thrift::Result<()>) -> Vec<u8> {
     let out = Captured::default();
-    let mut client = StoreSyncClient::new(
+    let mut client = PeerSyncClient::new(
         TBinaryInputProtocol::new(io::empty(), true),
         TBinaryOutputProtocol::new(out.clone(), true),
     );
@@ -68,9 +68,9 @@ fn encode(call: impl FnOnce(&mut dyn TStoreSyncClient) -> thrift::Result<()>) ->
 fn decode<R>(
     reply: &[u8],
     limits: &Limits,
-    call: impl FnOnce(&mut dyn TStoreSyncClient) -> thrift::Result<R>,
+    call: impl FnOnce(&mut dyn TPeerSyncClient) -> thrift::Result<R>,
 ) -> thrift::Result<R> {
-    let mut client = StoreSyncClient::new(
+    let mut client = PeerSyncClient::new(
         TBinaryInputProtocol::with_config(reply, true, protocol_config(limits)),
         TBinaryOutputProtocol::new(io::sink(), true),
     );
@@ -216,7 +216,7 @@ impl AsyncPool {
         peer: &NodeAddr,
         request: &[u8],
         rpc_timeout: Duration,
-        decode_with: impl Fn(&mut dyn TStoreSyncClient) -> thrift::Result<R>,
+        decode_with: impl Fn(&mut dyn TPeerSyncClient) -> thrift::Result<R>,
     ) -> Result<R> {
         let connect_timeout = self.connect_timeout.min(rpc_timeout);
         let (mut stream, mut fresh) = match self.idle.take(peer)? {

@@ -26,6 +26,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
+
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 use thrift::server::TProcessor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -38,7 +40,8 @@ use super::codec::{self, Answer, Call, Method};
 use super::conn::protocol_config;
 use super::frame::{self, Frame, Limits, MessageKind, Scanner};
 use super::handler::{Handler, ONEWAY_METHODS, is_peer_method};
-use super::idl::diststore::StoreSyncProcessor;
+use super::idl::diststore::PeerSyncProcessor;
+use crate::auth::Session;
 use crate::error::Error;
 use crate::node::Node;
 use crate::store::Stored;
@@ -116,6 +119,8 @@ enum Closed {
     NotACall(MessageKind),
     #[error("dropped: this node is isolated (fault injection)")]
     Isolated,
+    #[error("closed after a wrong proof of a secret")]
+    Unauthorized,
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -268,6 +273,8 @@ struct Connection {
     /// The node's budget of bytes in flight, and what this connection holds.
     budget: Arc<Budget>,
     share: Share,
+    /// What the connection proved of the node's secrets.
+    session: Arc<Mutex<Session>>,
 }
 
 impl Connection {
@@ -295,6 +302,7 @@ impl Connection {
             reply: Vec::with_capacity(READ_CHUNK),
             share: Share::new(budget.clone()),
             budget,
+            session: Arc::new(Mutex::new(Session::new())),
         }
     }
 
@@ -307,10 +315,35 @@ impl Connection {
     /// Serves messages until the peer leaves, a limit is passed, or shutdown.
     async fn run(mut self) -> Result<(), Closed> {
         self.socket.set_nodelay(true)?;
-        let processor = StoreSyncProcessor::new(Handler::new(self.node.clone()));
+        let processor =
+            PeerSyncProcessor::new(Handler::new(self.node.clone(), self.session.clone()));
         loop {
             let frame = self.next_frame().await?;
             check(&self.node, &frame)?;
+            let secrets = &self.node.config().secrets;
+            let allowed = if secrets.any() {
+                self.session.lock().allows(secrets, &frame.name)
+            } else {
+                Ok(())
+            };
+            if let Err(refused) = allowed {
+                // Refused before anything is decoded: nothing changes.
+                self.input.consume(frame.len);
+                if !answers(&frame) {
+                    log::warn!("dropped a oneway `{}`: {refused}", frame.name);
+                    continue;
+                }
+                codec::encode_refusal(
+                    &frame.name,
+                    frame.seq,
+                    frame.strict,
+                    &refused,
+                    &mut self.reply,
+                );
+                self.write_reply().await?;
+                self.reply.clear();
+                continue;
+            }
             // While replies hold the budget in debt, make no new reply that
             // can carry values: wait until earlier replies have drained (or
             // timed out). Other calls answer in a few bytes and go on.
@@ -345,6 +378,9 @@ impl Connection {
             self.share.settle(self.in_use(0));
             if answers(&frame) && !self.reply.is_empty() {
                 self.write_reply().await?;
+            }
+            if self.session.lock().failed() {
+                return Err(Closed::Unauthorized);
             }
             if self.reply.capacity() > KEEP_CAPACITY {
                 self.reply = Vec::with_capacity(READ_CHUNK);
@@ -420,7 +456,9 @@ impl Connection {
         let Some(method) = Method::named(&over.name) else {
             return;
         };
-        if over.kind != MessageKind::Call || method == Method::Put {
+        // Only writes carry values; any other call that large (a 2 GB key
+        // in a `get`) is hostile, and its connection just closes.
+        if over.kind != MessageKind::Call || !matches!(method, Method::Store | Method::RelayStore) {
             return;
         }
         let error = Error::TooLarge {
@@ -527,7 +565,7 @@ fn answers(frame: &Frame) -> bool {
 /// Runs one message through a generated processor, leaving in `reply` what it
 /// wrote (an answer, an exception, or nothing for a oneway method).
 fn process(
-    processor: &StoreSyncProcessor<Handler>,
+    processor: &PeerSyncProcessor<Handler>,
     message: &[u8],
     frame: &Frame,
     limits: &Limits,

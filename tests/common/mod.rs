@@ -444,7 +444,7 @@ pub fn local_copy(
     node: &NodeAddr,
     key: &[u8],
 ) -> Option<Option<thrifty_p2p::wire::idl::diststore::Entry>> {
-    use thrifty_p2p::wire::idl::diststore::TStoreSyncClient;
+    use thrifty_p2p::wire::idl::diststore::TPeerSyncClient;
     let mut client = connect(node, &ClientOptions::default()).ok()?;
     Some(client.peek(vec![key.to_vec()]).ok()?.into_iter().next())
 }

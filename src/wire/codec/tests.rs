@@ -10,7 +10,8 @@ use thrift::server::TProcessor;
 
 use super::*;
 use crate::wire::idl::diststore::{
-    Entry, Replica, StoreSyncClient, StoreSyncHandler, StoreSyncProcessor, TStoreSyncClient,
+    Entry, PeerSyncClient, PeerSyncHandler, PeerSyncProcessor, Replica, StoreSyncHandler,
+    TPeerSyncClient, TStoreSyncClient,
 };
 use crate::wire::idl::locator::{
     BaseSyncHandler, Location, LocatorSyncHandler, Member, TBaseSyncClient,
@@ -35,10 +36,10 @@ impl io::Write for Shared {
 fn generated_call(
     strict: bool,
     seq: i32,
-    call: impl FnOnce(&mut dyn TStoreSyncClient) -> thrift::Result<()>,
+    call: impl FnOnce(&mut dyn TPeerSyncClient) -> thrift::Result<()>,
 ) -> Vec<u8> {
     let out = Shared::default();
-    let mut client = StoreSyncClient::new(
+    let mut client = PeerSyncClient::new(
         TBinaryInputProtocol::new(io::empty(), strict),
         TBinaryOutputProtocol::new(out.clone(), strict),
     );
@@ -260,26 +261,10 @@ impl LocatorSyncHandler for Stub {
     fn handle_get_node(&self, _: String) -> thrift::Result<Location> {
         unreachable!()
     }
-    fn handle_enter(&self, _: Member) -> thrift::Result<Vec<Member>> {
-        unreachable!()
-    }
-    fn handle_gossip(&self, _: Vec<Member>) -> thrift::Result<Vec<Member>> {
-        unreachable!()
-    }
     fn handle_locate(&self, _: Vec<u8>) -> thrift::Result<Location> {
         unreachable!()
     }
     fn handle_replicas(&self, _: Vec<u8>, _: i32) -> thrift::Result<Vec<Location>> {
-        unreachable!()
-    }
-    fn handle_probe(&self, _: Location) -> thrift::Result<bool> {
-        match (&self.0, self.error()) {
-            (_, Some(message)) => Err(app(message)),
-            (Canned::Probed(answered), None) => Ok(*answered),
-            _ => unreachable!(),
-        }
-    }
-    fn handle_isolate(&self, _: bool) -> thrift::Result<()> {
         unreachable!()
     }
 }
@@ -306,6 +291,31 @@ impl StoreSyncHandler for Stub {
         self.store_error()
     }
     fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>> {
+        unreachable!()
+    }
+    fn handle_hello(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        unreachable!()
+    }
+    fn handle_authenticate(&self, _: String, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        unreachable!()
+    }
+}
+
+impl PeerSyncHandler for Stub {
+    fn handle_enter(&self, _: Member) -> thrift::Result<Vec<Member>> {
+        unreachable!()
+    }
+    fn handle_gossip(&self, _: Vec<Member>) -> thrift::Result<Vec<Member>> {
+        unreachable!()
+    }
+    fn handle_probe(&self, _: Location) -> thrift::Result<bool> {
+        match (&self.0, self.error()) {
+            (_, Some(message)) => Err(app(message)),
+            (Canned::Probed(answered), None) => Ok(*answered),
+            _ => unreachable!(),
+        }
+    }
+    fn handle_isolate(&self, _: bool) -> thrift::Result<()> {
         unreachable!()
     }
     fn handle_relay_fetch(&self, _: Vec<u8>, _: i8) -> thrift::Result<Lookup> {
@@ -357,7 +367,7 @@ impl StoreSyncHandler for Stub {
 /// What the generated processor writes for `message` when the handler gives
 /// `canned`.
 fn generated_reply(message: &[u8], strict: bool, canned: Canned) -> Vec<u8> {
-    let processor = StoreSyncProcessor::new(Stub(canned));
+    let processor = PeerSyncProcessor::new(Stub(canned));
     let mut reply = Vec::new();
     let mut input = TBinaryInputProtocol::new(message, strict);
     let mut output = TBinaryOutputProtocol::new(&mut reply, strict);
@@ -447,12 +457,12 @@ fn every_hot_reply_is_what_the_generated_processor_writes() {
 
 /// The generated client over in-memory transports.
 type CannedClient =
-    StoreSyncClient<TBinaryInputProtocol<io::Cursor<Vec<u8>>>, TBinaryOutputProtocol<Shared>>;
+    PeerSyncClient<TBinaryInputProtocol<io::Cursor<Vec<u8>>>, TBinaryOutputProtocol<Shared>>;
 
 /// A generated client that reads `reply` and records what it sends.
 fn canned_client(reply: Vec<u8>) -> (CannedClient, Shared) {
     let sent = Shared::default();
-    let client = StoreSyncClient::new(
+    let client = PeerSyncClient::new(
         TBinaryInputProtocol::new(io::Cursor::new(reply), true),
         TBinaryOutputProtocol::new(sent.clone(), true),
     );

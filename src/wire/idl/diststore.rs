@@ -53,6 +53,9 @@ impl ErrorKind {
   pub const STORAGE: ErrorKind = ErrorKind(11);
   pub const UNREACHABLE: ErrorKind = ErrorKind(12);
   pub const RPC: ErrorKind = ErrorKind(13);
+  /// The node requires a secret this connection has not proved (see `hello`
+  /// and `authenticate`). Nothing changed.
+  pub const UNAUTHORIZED: ErrorKind = ErrorKind(14);
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::OTHER,
     Self::REFUSED,
@@ -68,6 +71,7 @@ impl ErrorKind {
     Self::STORAGE,
     Self::UNREACHABLE,
     Self::RPC,
+    Self::UNAUTHORIZED,
   ];
 }
 
@@ -99,6 +103,7 @@ impl From<i32> for ErrorKind {
       11 => ErrorKind::STORAGE,
       12 => ErrorKind::UNREACHABLE,
       13 => ErrorKind::RPC,
+      14 => ErrorKind::UNAUTHORIZED,
       _ => ErrorKind(i)
     }
   }
@@ -569,42 +574,16 @@ pub trait TStoreSyncClient : locator::TLocatorSyncClient {
   fn erase(&mut self, key: Vec<u8>) -> thrift::Result<()>;
   /// Counters describing this node (keys, replication backlog, hints, ...).
   fn stats(&mut self) -> thrift::Result<BTreeMap<String, i64>>;
-  /// `fetch` forwarded by a node; `hops` counts the forwards so far.
-  fn relay_fetch(&mut self, key: Vec<u8>, hops: i8) -> thrift::Result<Lookup>;
-  /// `store` forwarded by a node; `hops` counts the forwards so far. `expires`
-  /// (microseconds since the epoch) is when the sender stops waiting: a relay
-  /// that arrives later (the receiver was paused) is dropped. `stamp` and
-  /// `origin` are the write's version, taken once by the node the client called:
-  /// every retry and every replica stores that same version, so a write that
-  /// arrives late can never bury a later one.
-  fn relay_store(&mut self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
-  /// `erase` forwarded by a node; the other fields as for `relay_store`.
-  fn relay_erase(&mut self, key: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
-  /// This node's own copies of `keys`, with versions; absent keys are left out.
-  fn peek(&mut self, keys: Vec<Vec<u8>>) -> thrift::Result<Vec<Entry>>;
-  /// Anti-entropy, step 1: `digests[b]` summarises the caller's copies in bucket
-  /// `b` of the keys both nodes replicate; the answer lists the buckets where the
-  /// receiver's summary differs.
-  fn diff_buckets(&mut self, caller: locator::Location, digests: Vec<i64>) -> thrift::Result<Vec<i32>>;
-  /// Anti-entropy, step 2: the caller's entries in `buckets` (shared keys only).
-  /// The receiver keeps the newer of each, and answers with its entries in those
-  /// buckets that are newer than the caller's or that the caller lacks.
-  fn reconcile(&mut self, caller: locator::Location, buckets: Vec<i32>, entries: Vec<Entry>) -> thrift::Result<Vec<Entry>>;
-  /// View agreement: `ring` is the caller's ring id (a digest of the members
-  /// it routes to); the answer is the receiver's. Nodes whose ids differ
-  /// disagree on where keys live, and neither vouches for its copies until
-  /// they agree again.
-  fn heartbeat(&mut self, ring: i64, caller: locator::Location) -> thrift::Result<i64>;
-  /// A coordinator's quorum read: the receiver's own copy of `key`, and whether it vouches for it.
-  fn replica_read(&mut self, key: Vec<u8>, ring: i64) -> thrift::Result<Replica>;
-  /// A coordinator's replication of writes. The receiver keeps the newer of each
-  /// entry, and acknowledges only if its ring id is `ring` (otherwise StoreError):
-  /// a write counts toward its quorum only on replicas that agree where it lives.
-  fn replicate(&mut self, entries: Vec<Entry>, ring: i64) -> thrift::Result<()>;
-  /// Take over these entries (handoff on join and leave). For each
-  /// key the newer version wins. Returns once every entry is applied, so the sender
-  /// may then delete its copies.
-  fn absorb(&mut self, entries: Vec<Entry>) -> thrift::Result<()>;
+  /// Step 1 of proving a secret on this connection: the caller sends a fresh
+  /// random `nonce` (16 to 64 bytes) and gets the node's own fresh nonce back.
+  fn hello(&mut self, nonce: Vec<u8>) -> thrift::Result<Vec<u8>>;
+  /// Step 2: `proof` is HMAC-SHA256(secret, "thrifty-p2p/1 client " + role +
+  /// node nonce + caller nonce), with `role` "cluster" (the cluster secret:
+  /// every method) or "client" (the client secret: data methods). The answer
+  /// is HMAC-SHA256(secret, "thrifty-p2p/1 server " + role + caller nonce +
+  /// node nonce), so the caller knows the node holds the secret too. A wrong
+  /// proof is refused (UNAUTHORIZED) and closes the connection.
+  fn authenticate(&mut self, role: String, proof: Vec<u8>) -> thrift::Result<Vec<u8>>;
 }
 
 pub trait TStoreSyncClientMarker {}
@@ -782,12 +761,12 @@ impl <C: TThriftClient + TStoreSyncClientMarker + locator::TLocatorSyncClientMar
       result.ok_or()
     }
   }
-  fn relay_fetch(&mut self, key: Vec<u8>, hops: i8) -> thrift::Result<Lookup> {
+  fn hello(&mut self, nonce: Vec<u8>) -> thrift::Result<Vec<u8>> {
     (
       {
         self.increment_sequence_number();
-        let message_ident = TMessageIdentifier::new("relay_fetch", TMessageType::Call, self.sequence_number());
-        let call_args = StoreRelayFetchArgs { key, hops };
+        let message_ident = TMessageIdentifier::new("hello", TMessageType::Call, self.sequence_number());
+        let call_args = StoreHelloArgs { nonce };
         self.o_prot_mut().write_message_begin(&message_ident)?;
         call_args.write_to_out_protocol(self.o_prot_mut())?;
         self.o_prot_mut().write_message_end()?;
@@ -797,24 +776,24 @@ impl <C: TThriftClient + TStoreSyncClientMarker + locator::TLocatorSyncClientMar
     {
       let message_ident = self.i_prot_mut().read_message_begin()?;
       verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
-      verify_expected_service_call("relay_fetch", &message_ident.name)?;
+      verify_expected_service_call("hello", &message_ident.name)?;
       if message_ident.message_type == TMessageType::Exception {
         let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
         self.i_prot_mut().read_message_end()?;
         return Err(thrift::Error::Application(remote_error))
       }
       verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
-      let result = StoreRelayFetchResult::read_from_in_protocol(self.i_prot_mut())?;
+      let result = StoreHelloResult::read_from_in_protocol(self.i_prot_mut())?;
       self.i_prot_mut().read_message_end()?;
       result.ok_or()
     }
   }
-  fn relay_store(&mut self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()> {
+  fn authenticate(&mut self, role: String, proof: Vec<u8>) -> thrift::Result<Vec<u8>> {
     (
       {
         self.increment_sequence_number();
-        let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Call, self.sequence_number());
-        let call_args = StoreRelayStoreArgs { key, value, hops, expires, stamp, origin };
+        let message_ident = TMessageIdentifier::new("authenticate", TMessageType::Call, self.sequence_number());
+        let call_args = StoreAuthenticateArgs { role, proof };
         self.o_prot_mut().write_message_begin(&message_ident)?;
         call_args.write_to_out_protocol(self.o_prot_mut())?;
         self.o_prot_mut().write_message_end()?;
@@ -824,230 +803,14 @@ impl <C: TThriftClient + TStoreSyncClientMarker + locator::TLocatorSyncClientMar
     {
       let message_ident = self.i_prot_mut().read_message_begin()?;
       verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
-      verify_expected_service_call("relay_store", &message_ident.name)?;
+      verify_expected_service_call("authenticate", &message_ident.name)?;
       if message_ident.message_type == TMessageType::Exception {
         let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
         self.i_prot_mut().read_message_end()?;
         return Err(thrift::Error::Application(remote_error))
       }
       verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
-      let result = StoreRelayStoreResult::read_from_in_protocol(self.i_prot_mut())?;
-      self.i_prot_mut().read_message_end()?;
-      result.ok_or()
-    }
-  }
-  fn relay_erase(&mut self, key: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()> {
-    (
-      {
-        self.increment_sequence_number();
-        let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Call, self.sequence_number());
-        let call_args = StoreRelayEraseArgs { key, hops, expires, stamp, origin };
-        self.o_prot_mut().write_message_begin(&message_ident)?;
-        call_args.write_to_out_protocol(self.o_prot_mut())?;
-        self.o_prot_mut().write_message_end()?;
-        self.o_prot_mut().flush()
-      }
-    )?;
-    {
-      let message_ident = self.i_prot_mut().read_message_begin()?;
-      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
-      verify_expected_service_call("relay_erase", &message_ident.name)?;
-      if message_ident.message_type == TMessageType::Exception {
-        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
-        self.i_prot_mut().read_message_end()?;
-        return Err(thrift::Error::Application(remote_error))
-      }
-      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
-      let result = StoreRelayEraseResult::read_from_in_protocol(self.i_prot_mut())?;
-      self.i_prot_mut().read_message_end()?;
-      result.ok_or()
-    }
-  }
-  fn peek(&mut self, keys: Vec<Vec<u8>>) -> thrift::Result<Vec<Entry>> {
-    (
-      {
-        self.increment_sequence_number();
-        let message_ident = TMessageIdentifier::new("peek", TMessageType::Call, self.sequence_number());
-        let call_args = StorePeekArgs { keys };
-        self.o_prot_mut().write_message_begin(&message_ident)?;
-        call_args.write_to_out_protocol(self.o_prot_mut())?;
-        self.o_prot_mut().write_message_end()?;
-        self.o_prot_mut().flush()
-      }
-    )?;
-    {
-      let message_ident = self.i_prot_mut().read_message_begin()?;
-      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
-      verify_expected_service_call("peek", &message_ident.name)?;
-      if message_ident.message_type == TMessageType::Exception {
-        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
-        self.i_prot_mut().read_message_end()?;
-        return Err(thrift::Error::Application(remote_error))
-      }
-      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
-      let result = StorePeekResult::read_from_in_protocol(self.i_prot_mut())?;
-      self.i_prot_mut().read_message_end()?;
-      result.ok_or()
-    }
-  }
-  fn diff_buckets(&mut self, caller: locator::Location, digests: Vec<i64>) -> thrift::Result<Vec<i32>> {
-    (
-      {
-        self.increment_sequence_number();
-        let message_ident = TMessageIdentifier::new("diff_buckets", TMessageType::Call, self.sequence_number());
-        let call_args = StoreDiffBucketsArgs { caller, digests };
-        self.o_prot_mut().write_message_begin(&message_ident)?;
-        call_args.write_to_out_protocol(self.o_prot_mut())?;
-        self.o_prot_mut().write_message_end()?;
-        self.o_prot_mut().flush()
-      }
-    )?;
-    {
-      let message_ident = self.i_prot_mut().read_message_begin()?;
-      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
-      verify_expected_service_call("diff_buckets", &message_ident.name)?;
-      if message_ident.message_type == TMessageType::Exception {
-        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
-        self.i_prot_mut().read_message_end()?;
-        return Err(thrift::Error::Application(remote_error))
-      }
-      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
-      let result = StoreDiffBucketsResult::read_from_in_protocol(self.i_prot_mut())?;
-      self.i_prot_mut().read_message_end()?;
-      result.ok_or()
-    }
-  }
-  fn reconcile(&mut self, caller: locator::Location, buckets: Vec<i32>, entries: Vec<Entry>) -> thrift::Result<Vec<Entry>> {
-    (
-      {
-        self.increment_sequence_number();
-        let message_ident = TMessageIdentifier::new("reconcile", TMessageType::Call, self.sequence_number());
-        let call_args = StoreReconcileArgs { caller, buckets, entries };
-        self.o_prot_mut().write_message_begin(&message_ident)?;
-        call_args.write_to_out_protocol(self.o_prot_mut())?;
-        self.o_prot_mut().write_message_end()?;
-        self.o_prot_mut().flush()
-      }
-    )?;
-    {
-      let message_ident = self.i_prot_mut().read_message_begin()?;
-      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
-      verify_expected_service_call("reconcile", &message_ident.name)?;
-      if message_ident.message_type == TMessageType::Exception {
-        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
-        self.i_prot_mut().read_message_end()?;
-        return Err(thrift::Error::Application(remote_error))
-      }
-      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
-      let result = StoreReconcileResult::read_from_in_protocol(self.i_prot_mut())?;
-      self.i_prot_mut().read_message_end()?;
-      result.ok_or()
-    }
-  }
-  fn heartbeat(&mut self, ring: i64, caller: locator::Location) -> thrift::Result<i64> {
-    (
-      {
-        self.increment_sequence_number();
-        let message_ident = TMessageIdentifier::new("heartbeat", TMessageType::Call, self.sequence_number());
-        let call_args = StoreHeartbeatArgs { ring, caller };
-        self.o_prot_mut().write_message_begin(&message_ident)?;
-        call_args.write_to_out_protocol(self.o_prot_mut())?;
-        self.o_prot_mut().write_message_end()?;
-        self.o_prot_mut().flush()
-      }
-    )?;
-    {
-      let message_ident = self.i_prot_mut().read_message_begin()?;
-      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
-      verify_expected_service_call("heartbeat", &message_ident.name)?;
-      if message_ident.message_type == TMessageType::Exception {
-        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
-        self.i_prot_mut().read_message_end()?;
-        return Err(thrift::Error::Application(remote_error))
-      }
-      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
-      let result = StoreHeartbeatResult::read_from_in_protocol(self.i_prot_mut())?;
-      self.i_prot_mut().read_message_end()?;
-      result.ok_or()
-    }
-  }
-  fn replica_read(&mut self, key: Vec<u8>, ring: i64) -> thrift::Result<Replica> {
-    (
-      {
-        self.increment_sequence_number();
-        let message_ident = TMessageIdentifier::new("replica_read", TMessageType::Call, self.sequence_number());
-        let call_args = StoreReplicaReadArgs { key, ring };
-        self.o_prot_mut().write_message_begin(&message_ident)?;
-        call_args.write_to_out_protocol(self.o_prot_mut())?;
-        self.o_prot_mut().write_message_end()?;
-        self.o_prot_mut().flush()
-      }
-    )?;
-    {
-      let message_ident = self.i_prot_mut().read_message_begin()?;
-      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
-      verify_expected_service_call("replica_read", &message_ident.name)?;
-      if message_ident.message_type == TMessageType::Exception {
-        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
-        self.i_prot_mut().read_message_end()?;
-        return Err(thrift::Error::Application(remote_error))
-      }
-      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
-      let result = StoreReplicaReadResult::read_from_in_protocol(self.i_prot_mut())?;
-      self.i_prot_mut().read_message_end()?;
-      result.ok_or()
-    }
-  }
-  fn replicate(&mut self, entries: Vec<Entry>, ring: i64) -> thrift::Result<()> {
-    (
-      {
-        self.increment_sequence_number();
-        let message_ident = TMessageIdentifier::new("replicate", TMessageType::Call, self.sequence_number());
-        let call_args = StoreReplicateArgs { entries, ring };
-        self.o_prot_mut().write_message_begin(&message_ident)?;
-        call_args.write_to_out_protocol(self.o_prot_mut())?;
-        self.o_prot_mut().write_message_end()?;
-        self.o_prot_mut().flush()
-      }
-    )?;
-    {
-      let message_ident = self.i_prot_mut().read_message_begin()?;
-      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
-      verify_expected_service_call("replicate", &message_ident.name)?;
-      if message_ident.message_type == TMessageType::Exception {
-        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
-        self.i_prot_mut().read_message_end()?;
-        return Err(thrift::Error::Application(remote_error))
-      }
-      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
-      let result = StoreReplicateResult::read_from_in_protocol(self.i_prot_mut())?;
-      self.i_prot_mut().read_message_end()?;
-      result.ok_or()
-    }
-  }
-  fn absorb(&mut self, entries: Vec<Entry>) -> thrift::Result<()> {
-    (
-      {
-        self.increment_sequence_number();
-        let message_ident = TMessageIdentifier::new("absorb", TMessageType::Call, self.sequence_number());
-        let call_args = StoreAbsorbArgs { entries };
-        self.o_prot_mut().write_message_begin(&message_ident)?;
-        call_args.write_to_out_protocol(self.o_prot_mut())?;
-        self.o_prot_mut().write_message_end()?;
-        self.o_prot_mut().flush()
-      }
-    )?;
-    {
-      let message_ident = self.i_prot_mut().read_message_begin()?;
-      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
-      verify_expected_service_call("absorb", &message_ident.name)?;
-      if message_ident.message_type == TMessageType::Exception {
-        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
-        self.i_prot_mut().read_message_end()?;
-        return Err(thrift::Error::Application(remote_error))
-      }
-      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
-      let result = StoreAbsorbResult::read_from_in_protocol(self.i_prot_mut())?;
+      let result = StoreAuthenticateResult::read_from_in_protocol(self.i_prot_mut())?;
       self.i_prot_mut().read_message_end()?;
       result.ok_or()
     }
@@ -1072,42 +835,16 @@ pub trait StoreSyncHandler : locator::LocatorSyncHandler {
   fn handle_erase(&self, key: Vec<u8>) -> thrift::Result<()>;
   /// Counters describing this node (keys, replication backlog, hints, ...).
   fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>>;
-  /// `fetch` forwarded by a node; `hops` counts the forwards so far.
-  fn handle_relay_fetch(&self, key: Vec<u8>, hops: i8) -> thrift::Result<Lookup>;
-  /// `store` forwarded by a node; `hops` counts the forwards so far. `expires`
-  /// (microseconds since the epoch) is when the sender stops waiting: a relay
-  /// that arrives later (the receiver was paused) is dropped. `stamp` and
-  /// `origin` are the write's version, taken once by the node the client called:
-  /// every retry and every replica stores that same version, so a write that
-  /// arrives late can never bury a later one.
-  fn handle_relay_store(&self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
-  /// `erase` forwarded by a node; the other fields as for `relay_store`.
-  fn handle_relay_erase(&self, key: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
-  /// This node's own copies of `keys`, with versions; absent keys are left out.
-  fn handle_peek(&self, keys: Vec<Vec<u8>>) -> thrift::Result<Vec<Entry>>;
-  /// Anti-entropy, step 1: `digests[b]` summarises the caller's copies in bucket
-  /// `b` of the keys both nodes replicate; the answer lists the buckets where the
-  /// receiver's summary differs.
-  fn handle_diff_buckets(&self, caller: locator::Location, digests: Vec<i64>) -> thrift::Result<Vec<i32>>;
-  /// Anti-entropy, step 2: the caller's entries in `buckets` (shared keys only).
-  /// The receiver keeps the newer of each, and answers with its entries in those
-  /// buckets that are newer than the caller's or that the caller lacks.
-  fn handle_reconcile(&self, caller: locator::Location, buckets: Vec<i32>, entries: Vec<Entry>) -> thrift::Result<Vec<Entry>>;
-  /// View agreement: `ring` is the caller's ring id (a digest of the members
-  /// it routes to); the answer is the receiver's. Nodes whose ids differ
-  /// disagree on where keys live, and neither vouches for its copies until
-  /// they agree again.
-  fn handle_heartbeat(&self, ring: i64, caller: locator::Location) -> thrift::Result<i64>;
-  /// A coordinator's quorum read: the receiver's own copy of `key`, and whether it vouches for it.
-  fn handle_replica_read(&self, key: Vec<u8>, ring: i64) -> thrift::Result<Replica>;
-  /// A coordinator's replication of writes. The receiver keeps the newer of each
-  /// entry, and acknowledges only if its ring id is `ring` (otherwise StoreError):
-  /// a write counts toward its quorum only on replicas that agree where it lives.
-  fn handle_replicate(&self, entries: Vec<Entry>, ring: i64) -> thrift::Result<()>;
-  /// Take over these entries (handoff on join and leave). For each
-  /// key the newer version wins. Returns once every entry is applied, so the sender
-  /// may then delete its copies.
-  fn handle_absorb(&self, entries: Vec<Entry>) -> thrift::Result<()>;
+  /// Step 1 of proving a secret on this connection: the caller sends a fresh
+  /// random `nonce` (16 to 64 bytes) and gets the node's own fresh nonce back.
+  fn handle_hello(&self, nonce: Vec<u8>) -> thrift::Result<Vec<u8>>;
+  /// Step 2: `proof` is HMAC-SHA256(secret, "thrifty-p2p/1 client " + role +
+  /// node nonce + caller nonce), with `role` "cluster" (the cluster secret:
+  /// every method) or "client" (the client secret: data methods). The answer
+  /// is HMAC-SHA256(secret, "thrifty-p2p/1 server " + role + caller nonce +
+  /// node nonce), so the caller knows the node holds the secret too. A wrong
+  /// proof is refused (UNAUTHORIZED) and closes the connection.
+  fn handle_authenticate(&self, role: String, proof: Vec<u8>) -> thrift::Result<Vec<u8>>;
 }
 
 pub struct StoreSyncProcessor<H: StoreSyncHandler> {
@@ -1138,35 +875,11 @@ impl <H: StoreSyncHandler> StoreSyncProcessor<H> {
   fn process_stats(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_stats(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
-  fn process_relay_fetch(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    TStoreProcessFunctions::process_relay_fetch(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  fn process_hello(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_hello(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
-  fn process_relay_store(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    TStoreProcessFunctions::process_relay_store(&self.handler, incoming_sequence_number, i_prot, o_prot)
-  }
-  fn process_relay_erase(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    TStoreProcessFunctions::process_relay_erase(&self.handler, incoming_sequence_number, i_prot, o_prot)
-  }
-  fn process_peek(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    TStoreProcessFunctions::process_peek(&self.handler, incoming_sequence_number, i_prot, o_prot)
-  }
-  fn process_diff_buckets(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    TStoreProcessFunctions::process_diff_buckets(&self.handler, incoming_sequence_number, i_prot, o_prot)
-  }
-  fn process_reconcile(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    TStoreProcessFunctions::process_reconcile(&self.handler, incoming_sequence_number, i_prot, o_prot)
-  }
-  fn process_heartbeat(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    TStoreProcessFunctions::process_heartbeat(&self.handler, incoming_sequence_number, i_prot, o_prot)
-  }
-  fn process_replica_read(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    TStoreProcessFunctions::process_replica_read(&self.handler, incoming_sequence_number, i_prot, o_prot)
-  }
-  fn process_replicate(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    TStoreProcessFunctions::process_replicate(&self.handler, incoming_sequence_number, i_prot, o_prot)
-  }
-  fn process_absorb(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    TStoreProcessFunctions::process_absorb(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  fn process_authenticate(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_authenticate(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_join(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     locator::TLocatorProcessFunctions::process_join(&self.handler, incoming_sequence_number, i_prot, o_prot)
@@ -1183,23 +896,11 @@ impl <H: StoreSyncHandler> StoreSyncProcessor<H> {
   fn process_get_node(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     locator::TLocatorProcessFunctions::process_get_node(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
-  fn process_enter(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    locator::TLocatorProcessFunctions::process_enter(&self.handler, incoming_sequence_number, i_prot, o_prot)
-  }
-  fn process_gossip(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    locator::TLocatorProcessFunctions::process_gossip(&self.handler, incoming_sequence_number, i_prot, o_prot)
-  }
   fn process_locate(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     locator::TLocatorProcessFunctions::process_locate(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_replicas(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     locator::TLocatorProcessFunctions::process_replicas(&self.handler, incoming_sequence_number, i_prot, o_prot)
-  }
-  fn process_probe(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    locator::TLocatorProcessFunctions::process_probe(&self.handler, incoming_sequence_number, i_prot, o_prot)
-  }
-  fn process_isolate(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    locator::TLocatorProcessFunctions::process_isolate(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_ping(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     locator::TBaseProcessFunctions::process_ping(&self.handler, incoming_sequence_number, i_prot, o_prot)
@@ -1499,44 +1200,21 @@ impl TStoreProcessFunctions {
       },
     }
   }
-  pub fn process_relay_fetch<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let args = StoreRelayFetchArgs::read_from_in_protocol(i_prot)?;
-    match handler.handle_relay_fetch(args.key, args.hops) {
+  pub fn process_hello<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreHelloArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_hello(args.nonce) {
       Ok(handler_return) => {
-        let message_ident = TMessageIdentifier::new("relay_fetch", TMessageType::Reply, incoming_sequence_number);
+        let message_ident = TMessageIdentifier::new("hello", TMessageType::Reply, incoming_sequence_number);
         o_prot.write_message_begin(&message_ident)?;
-        let ret = StoreRelayFetchResult { result_value: Some(handler_return), err: None };
+        let ret = StoreHelloResult { result_value: Some(handler_return) };
         ret.write_to_out_protocol(o_prot)?;
         o_prot.write_message_end()?;
         o_prot.flush()
       },
       Err(e) => {
         match e {
-          thrift::Error::User(usr_err) => {
-            if usr_err.downcast_ref::<StoreError>().is_some() {
-              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
-              let ret_err = StoreRelayFetchResult{ result_value: None, err: Some(*err) };
-              let message_ident = TMessageIdentifier::new("relay_fetch", TMessageType::Reply, incoming_sequence_number);
-              o_prot.write_message_begin(&message_ident)?;
-              ret_err.write_to_out_protocol(o_prot)?;
-              o_prot.write_message_end()?;
-              o_prot.flush()
-            } else {
-              let ret_err = {
-                ApplicationError::new(
-                  ApplicationErrorKind::Unknown,
-                  usr_err.to_string()
-                )
-              };
-              let message_ident = TMessageIdentifier::new("relay_fetch", TMessageType::Exception, incoming_sequence_number);
-              o_prot.write_message_begin(&message_ident)?;
-              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-              o_prot.write_message_end()?;
-              o_prot.flush()
-            }
-          },
           thrift::Error::Application(app_err) => {
-            let message_ident = TMessageIdentifier::new("relay_fetch", TMessageType::Exception, incoming_sequence_number);
+            let message_ident = TMessageIdentifier::new("hello", TMessageType::Exception, incoming_sequence_number);
             o_prot.write_message_begin(&message_ident)?;
             thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
             o_prot.write_message_end()?;
@@ -1549,7 +1227,7 @@ impl TStoreProcessFunctions {
                 e.to_string()
               )
             };
-            let message_ident = TMessageIdentifier::new("relay_fetch", TMessageType::Exception, incoming_sequence_number);
+            let message_ident = TMessageIdentifier::new("hello", TMessageType::Exception, incoming_sequence_number);
             o_prot.write_message_begin(&message_ident)?;
             thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
             o_prot.write_message_end()?;
@@ -1559,133 +1237,13 @@ impl TStoreProcessFunctions {
       },
     }
   }
-  pub fn process_relay_store<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let args = StoreRelayStoreArgs::read_from_in_protocol(i_prot)?;
-    match handler.handle_relay_store(args.key, args.value, args.hops, args.expires, args.stamp, args.origin) {
-      Ok(_) => {
-        let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Reply, incoming_sequence_number);
-        o_prot.write_message_begin(&message_ident)?;
-        let ret = StoreRelayStoreResult { err: None };
-        ret.write_to_out_protocol(o_prot)?;
-        o_prot.write_message_end()?;
-        o_prot.flush()
-      },
-      Err(e) => {
-        match e {
-          thrift::Error::User(usr_err) => {
-            if usr_err.downcast_ref::<StoreError>().is_some() {
-              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
-              let ret_err = StoreRelayStoreResult{ err: Some(*err) };
-              let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Reply, incoming_sequence_number);
-              o_prot.write_message_begin(&message_ident)?;
-              ret_err.write_to_out_protocol(o_prot)?;
-              o_prot.write_message_end()?;
-              o_prot.flush()
-            } else {
-              let ret_err = {
-                ApplicationError::new(
-                  ApplicationErrorKind::Unknown,
-                  usr_err.to_string()
-                )
-              };
-              let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Exception, incoming_sequence_number);
-              o_prot.write_message_begin(&message_ident)?;
-              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-              o_prot.write_message_end()?;
-              o_prot.flush()
-            }
-          },
-          thrift::Error::Application(app_err) => {
-            let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-          _ => {
-            let ret_err = {
-              ApplicationError::new(
-                ApplicationErrorKind::Unknown,
-                e.to_string()
-              )
-            };
-            let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-        }
-      },
-    }
-  }
-  pub fn process_relay_erase<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let args = StoreRelayEraseArgs::read_from_in_protocol(i_prot)?;
-    match handler.handle_relay_erase(args.key, args.hops, args.expires, args.stamp, args.origin) {
-      Ok(_) => {
-        let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Reply, incoming_sequence_number);
-        o_prot.write_message_begin(&message_ident)?;
-        let ret = StoreRelayEraseResult { err: None };
-        ret.write_to_out_protocol(o_prot)?;
-        o_prot.write_message_end()?;
-        o_prot.flush()
-      },
-      Err(e) => {
-        match e {
-          thrift::Error::User(usr_err) => {
-            if usr_err.downcast_ref::<StoreError>().is_some() {
-              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
-              let ret_err = StoreRelayEraseResult{ err: Some(*err) };
-              let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Reply, incoming_sequence_number);
-              o_prot.write_message_begin(&message_ident)?;
-              ret_err.write_to_out_protocol(o_prot)?;
-              o_prot.write_message_end()?;
-              o_prot.flush()
-            } else {
-              let ret_err = {
-                ApplicationError::new(
-                  ApplicationErrorKind::Unknown,
-                  usr_err.to_string()
-                )
-              };
-              let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Exception, incoming_sequence_number);
-              o_prot.write_message_begin(&message_ident)?;
-              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-              o_prot.write_message_end()?;
-              o_prot.flush()
-            }
-          },
-          thrift::Error::Application(app_err) => {
-            let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-          _ => {
-            let ret_err = {
-              ApplicationError::new(
-                ApplicationErrorKind::Unknown,
-                e.to_string()
-              )
-            };
-            let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-        }
-      },
-    }
-  }
-  pub fn process_peek<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let args = StorePeekArgs::read_from_in_protocol(i_prot)?;
-    match handler.handle_peek(args.keys) {
+  pub fn process_authenticate<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreAuthenticateArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_authenticate(args.role, args.proof) {
       Ok(handler_return) => {
-        let message_ident = TMessageIdentifier::new("peek", TMessageType::Reply, incoming_sequence_number);
+        let message_ident = TMessageIdentifier::new("authenticate", TMessageType::Reply, incoming_sequence_number);
         o_prot.write_message_begin(&message_ident)?;
-        let ret = StorePeekResult { result_value: Some(handler_return), err: None };
+        let ret = StoreAuthenticateResult { result_value: Some(handler_return), err: None };
         ret.write_to_out_protocol(o_prot)?;
         o_prot.write_message_end()?;
         o_prot.flush()
@@ -1695,8 +1253,8 @@ impl TStoreProcessFunctions {
           thrift::Error::User(usr_err) => {
             if usr_err.downcast_ref::<StoreError>().is_some() {
               let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
-              let ret_err = StorePeekResult{ result_value: None, err: Some(*err) };
-              let message_ident = TMessageIdentifier::new("peek", TMessageType::Reply, incoming_sequence_number);
+              let ret_err = StoreAuthenticateResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("authenticate", TMessageType::Reply, incoming_sequence_number);
               o_prot.write_message_begin(&message_ident)?;
               ret_err.write_to_out_protocol(o_prot)?;
               o_prot.write_message_end()?;
@@ -1708,7 +1266,7 @@ impl TStoreProcessFunctions {
                   usr_err.to_string()
                 )
               };
-              let message_ident = TMessageIdentifier::new("peek", TMessageType::Exception, incoming_sequence_number);
+              let message_ident = TMessageIdentifier::new("authenticate", TMessageType::Exception, incoming_sequence_number);
               o_prot.write_message_begin(&message_ident)?;
               thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
               o_prot.write_message_end()?;
@@ -1716,7 +1274,7 @@ impl TStoreProcessFunctions {
             }
           },
           thrift::Error::Application(app_err) => {
-            let message_ident = TMessageIdentifier::new("peek", TMessageType::Exception, incoming_sequence_number);
+            let message_ident = TMessageIdentifier::new("authenticate", TMessageType::Exception, incoming_sequence_number);
             o_prot.write_message_begin(&message_ident)?;
             thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
             o_prot.write_message_end()?;
@@ -1729,344 +1287,7 @@ impl TStoreProcessFunctions {
                 e.to_string()
               )
             };
-            let message_ident = TMessageIdentifier::new("peek", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-        }
-      },
-    }
-  }
-  pub fn process_diff_buckets<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let args = StoreDiffBucketsArgs::read_from_in_protocol(i_prot)?;
-    match handler.handle_diff_buckets(args.caller, args.digests) {
-      Ok(handler_return) => {
-        let message_ident = TMessageIdentifier::new("diff_buckets", TMessageType::Reply, incoming_sequence_number);
-        o_prot.write_message_begin(&message_ident)?;
-        let ret = StoreDiffBucketsResult { result_value: Some(handler_return), err: None };
-        ret.write_to_out_protocol(o_prot)?;
-        o_prot.write_message_end()?;
-        o_prot.flush()
-      },
-      Err(e) => {
-        match e {
-          thrift::Error::User(usr_err) => {
-            if usr_err.downcast_ref::<StoreError>().is_some() {
-              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
-              let ret_err = StoreDiffBucketsResult{ result_value: None, err: Some(*err) };
-              let message_ident = TMessageIdentifier::new("diff_buckets", TMessageType::Reply, incoming_sequence_number);
-              o_prot.write_message_begin(&message_ident)?;
-              ret_err.write_to_out_protocol(o_prot)?;
-              o_prot.write_message_end()?;
-              o_prot.flush()
-            } else {
-              let ret_err = {
-                ApplicationError::new(
-                  ApplicationErrorKind::Unknown,
-                  usr_err.to_string()
-                )
-              };
-              let message_ident = TMessageIdentifier::new("diff_buckets", TMessageType::Exception, incoming_sequence_number);
-              o_prot.write_message_begin(&message_ident)?;
-              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-              o_prot.write_message_end()?;
-              o_prot.flush()
-            }
-          },
-          thrift::Error::Application(app_err) => {
-            let message_ident = TMessageIdentifier::new("diff_buckets", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-          _ => {
-            let ret_err = {
-              ApplicationError::new(
-                ApplicationErrorKind::Unknown,
-                e.to_string()
-              )
-            };
-            let message_ident = TMessageIdentifier::new("diff_buckets", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-        }
-      },
-    }
-  }
-  pub fn process_reconcile<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let args = StoreReconcileArgs::read_from_in_protocol(i_prot)?;
-    match handler.handle_reconcile(args.caller, args.buckets, args.entries) {
-      Ok(handler_return) => {
-        let message_ident = TMessageIdentifier::new("reconcile", TMessageType::Reply, incoming_sequence_number);
-        o_prot.write_message_begin(&message_ident)?;
-        let ret = StoreReconcileResult { result_value: Some(handler_return), err: None };
-        ret.write_to_out_protocol(o_prot)?;
-        o_prot.write_message_end()?;
-        o_prot.flush()
-      },
-      Err(e) => {
-        match e {
-          thrift::Error::User(usr_err) => {
-            if usr_err.downcast_ref::<StoreError>().is_some() {
-              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
-              let ret_err = StoreReconcileResult{ result_value: None, err: Some(*err) };
-              let message_ident = TMessageIdentifier::new("reconcile", TMessageType::Reply, incoming_sequence_number);
-              o_prot.write_message_begin(&message_ident)?;
-              ret_err.write_to_out_protocol(o_prot)?;
-              o_prot.write_message_end()?;
-              o_prot.flush()
-            } else {
-              let ret_err = {
-                ApplicationError::new(
-                  ApplicationErrorKind::Unknown,
-                  usr_err.to_string()
-                )
-              };
-              let message_ident = TMessageIdentifier::new("reconcile", TMessageType::Exception, incoming_sequence_number);
-              o_prot.write_message_begin(&message_ident)?;
-              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-              o_prot.write_message_end()?;
-              o_prot.flush()
-            }
-          },
-          thrift::Error::Application(app_err) => {
-            let message_ident = TMessageIdentifier::new("reconcile", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-          _ => {
-            let ret_err = {
-              ApplicationError::new(
-                ApplicationErrorKind::Unknown,
-                e.to_string()
-              )
-            };
-            let message_ident = TMessageIdentifier::new("reconcile", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-        }
-      },
-    }
-  }
-  pub fn process_heartbeat<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let args = StoreHeartbeatArgs::read_from_in_protocol(i_prot)?;
-    match handler.handle_heartbeat(args.ring, args.caller) {
-      Ok(handler_return) => {
-        let message_ident = TMessageIdentifier::new("heartbeat", TMessageType::Reply, incoming_sequence_number);
-        o_prot.write_message_begin(&message_ident)?;
-        let ret = StoreHeartbeatResult { result_value: Some(handler_return) };
-        ret.write_to_out_protocol(o_prot)?;
-        o_prot.write_message_end()?;
-        o_prot.flush()
-      },
-      Err(e) => {
-        match e {
-          thrift::Error::Application(app_err) => {
-            let message_ident = TMessageIdentifier::new("heartbeat", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-          _ => {
-            let ret_err = {
-              ApplicationError::new(
-                ApplicationErrorKind::Unknown,
-                e.to_string()
-              )
-            };
-            let message_ident = TMessageIdentifier::new("heartbeat", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-        }
-      },
-    }
-  }
-  pub fn process_replica_read<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let args = StoreReplicaReadArgs::read_from_in_protocol(i_prot)?;
-    match handler.handle_replica_read(args.key, args.ring) {
-      Ok(handler_return) => {
-        let message_ident = TMessageIdentifier::new("replica_read", TMessageType::Reply, incoming_sequence_number);
-        o_prot.write_message_begin(&message_ident)?;
-        let ret = StoreReplicaReadResult { result_value: Some(handler_return), err: None };
-        ret.write_to_out_protocol(o_prot)?;
-        o_prot.write_message_end()?;
-        o_prot.flush()
-      },
-      Err(e) => {
-        match e {
-          thrift::Error::User(usr_err) => {
-            if usr_err.downcast_ref::<StoreError>().is_some() {
-              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
-              let ret_err = StoreReplicaReadResult{ result_value: None, err: Some(*err) };
-              let message_ident = TMessageIdentifier::new("replica_read", TMessageType::Reply, incoming_sequence_number);
-              o_prot.write_message_begin(&message_ident)?;
-              ret_err.write_to_out_protocol(o_prot)?;
-              o_prot.write_message_end()?;
-              o_prot.flush()
-            } else {
-              let ret_err = {
-                ApplicationError::new(
-                  ApplicationErrorKind::Unknown,
-                  usr_err.to_string()
-                )
-              };
-              let message_ident = TMessageIdentifier::new("replica_read", TMessageType::Exception, incoming_sequence_number);
-              o_prot.write_message_begin(&message_ident)?;
-              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-              o_prot.write_message_end()?;
-              o_prot.flush()
-            }
-          },
-          thrift::Error::Application(app_err) => {
-            let message_ident = TMessageIdentifier::new("replica_read", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-          _ => {
-            let ret_err = {
-              ApplicationError::new(
-                ApplicationErrorKind::Unknown,
-                e.to_string()
-              )
-            };
-            let message_ident = TMessageIdentifier::new("replica_read", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-        }
-      },
-    }
-  }
-  pub fn process_replicate<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let args = StoreReplicateArgs::read_from_in_protocol(i_prot)?;
-    match handler.handle_replicate(args.entries, args.ring) {
-      Ok(_) => {
-        let message_ident = TMessageIdentifier::new("replicate", TMessageType::Reply, incoming_sequence_number);
-        o_prot.write_message_begin(&message_ident)?;
-        let ret = StoreReplicateResult { err: None };
-        ret.write_to_out_protocol(o_prot)?;
-        o_prot.write_message_end()?;
-        o_prot.flush()
-      },
-      Err(e) => {
-        match e {
-          thrift::Error::User(usr_err) => {
-            if usr_err.downcast_ref::<StoreError>().is_some() {
-              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
-              let ret_err = StoreReplicateResult{ err: Some(*err) };
-              let message_ident = TMessageIdentifier::new("replicate", TMessageType::Reply, incoming_sequence_number);
-              o_prot.write_message_begin(&message_ident)?;
-              ret_err.write_to_out_protocol(o_prot)?;
-              o_prot.write_message_end()?;
-              o_prot.flush()
-            } else {
-              let ret_err = {
-                ApplicationError::new(
-                  ApplicationErrorKind::Unknown,
-                  usr_err.to_string()
-                )
-              };
-              let message_ident = TMessageIdentifier::new("replicate", TMessageType::Exception, incoming_sequence_number);
-              o_prot.write_message_begin(&message_ident)?;
-              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-              o_prot.write_message_end()?;
-              o_prot.flush()
-            }
-          },
-          thrift::Error::Application(app_err) => {
-            let message_ident = TMessageIdentifier::new("replicate", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-          _ => {
-            let ret_err = {
-              ApplicationError::new(
-                ApplicationErrorKind::Unknown,
-                e.to_string()
-              )
-            };
-            let message_ident = TMessageIdentifier::new("replicate", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-        }
-      },
-    }
-  }
-  pub fn process_absorb<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let args = StoreAbsorbArgs::read_from_in_protocol(i_prot)?;
-    match handler.handle_absorb(args.entries) {
-      Ok(_) => {
-        let message_ident = TMessageIdentifier::new("absorb", TMessageType::Reply, incoming_sequence_number);
-        o_prot.write_message_begin(&message_ident)?;
-        let ret = StoreAbsorbResult { err: None };
-        ret.write_to_out_protocol(o_prot)?;
-        o_prot.write_message_end()?;
-        o_prot.flush()
-      },
-      Err(e) => {
-        match e {
-          thrift::Error::User(usr_err) => {
-            if usr_err.downcast_ref::<StoreError>().is_some() {
-              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
-              let ret_err = StoreAbsorbResult{ err: Some(*err) };
-              let message_ident = TMessageIdentifier::new("absorb", TMessageType::Reply, incoming_sequence_number);
-              o_prot.write_message_begin(&message_ident)?;
-              ret_err.write_to_out_protocol(o_prot)?;
-              o_prot.write_message_end()?;
-              o_prot.flush()
-            } else {
-              let ret_err = {
-                ApplicationError::new(
-                  ApplicationErrorKind::Unknown,
-                  usr_err.to_string()
-                )
-              };
-              let message_ident = TMessageIdentifier::new("absorb", TMessageType::Exception, incoming_sequence_number);
-              o_prot.write_message_begin(&message_ident)?;
-              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-              o_prot.write_message_end()?;
-              o_prot.flush()
-            }
-          },
-          thrift::Error::Application(app_err) => {
-            let message_ident = TMessageIdentifier::new("absorb", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-          _ => {
-            let ret_err = {
-              ApplicationError::new(
-                ApplicationErrorKind::Unknown,
-                e.to_string()
-              )
-            };
-            let message_ident = TMessageIdentifier::new("absorb", TMessageType::Exception, incoming_sequence_number);
+            let message_ident = TMessageIdentifier::new("authenticate", TMessageType::Exception, incoming_sequence_number);
             o_prot.write_message_begin(&message_ident)?;
             thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
             o_prot.write_message_end()?;
@@ -2100,35 +1321,11 @@ impl <H: StoreSyncHandler> TProcessor for StoreSyncProcessor<H> {
       "stats" => {
         self.process_stats(message_ident.sequence_number, i_prot, o_prot)
       },
-      "relay_fetch" => {
-        self.process_relay_fetch(message_ident.sequence_number, i_prot, o_prot)
+      "hello" => {
+        self.process_hello(message_ident.sequence_number, i_prot, o_prot)
       },
-      "relay_store" => {
-        self.process_relay_store(message_ident.sequence_number, i_prot, o_prot)
-      },
-      "relay_erase" => {
-        self.process_relay_erase(message_ident.sequence_number, i_prot, o_prot)
-      },
-      "peek" => {
-        self.process_peek(message_ident.sequence_number, i_prot, o_prot)
-      },
-      "diff_buckets" => {
-        self.process_diff_buckets(message_ident.sequence_number, i_prot, o_prot)
-      },
-      "reconcile" => {
-        self.process_reconcile(message_ident.sequence_number, i_prot, o_prot)
-      },
-      "heartbeat" => {
-        self.process_heartbeat(message_ident.sequence_number, i_prot, o_prot)
-      },
-      "replica_read" => {
-        self.process_replica_read(message_ident.sequence_number, i_prot, o_prot)
-      },
-      "replicate" => {
-        self.process_replicate(message_ident.sequence_number, i_prot, o_prot)
-      },
-      "absorb" => {
-        self.process_absorb(message_ident.sequence_number, i_prot, o_prot)
+      "authenticate" => {
+        self.process_authenticate(message_ident.sequence_number, i_prot, o_prot)
       },
       "join" => {
         self.process_join(message_ident.sequence_number, i_prot, o_prot)
@@ -2145,23 +1342,11 @@ impl <H: StoreSyncHandler> TProcessor for StoreSyncProcessor<H> {
       "get_node" => {
         self.process_get_node(message_ident.sequence_number, i_prot, o_prot)
       },
-      "enter" => {
-        self.process_enter(message_ident.sequence_number, i_prot, o_prot)
-      },
-      "gossip" => {
-        self.process_gossip(message_ident.sequence_number, i_prot, o_prot)
-      },
       "locate" => {
         self.process_locate(message_ident.sequence_number, i_prot, o_prot)
       },
       "replicas" => {
         self.process_replicas(message_ident.sequence_number, i_prot, o_prot)
-      },
-      "probe" => {
-        self.process_probe(message_ident.sequence_number, i_prot, o_prot)
-      },
-      "isolate" => {
-        self.process_isolate(message_ident.sequence_number, i_prot, o_prot)
       },
       "ping" => {
         self.process_ping(message_ident.sequence_number, i_prot, o_prot)
@@ -2819,17 +2004,2206 @@ impl StoreStatsResult {
 }
 
 //
-// StoreRelayFetchArgs
+// StoreHelloArgs
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StoreRelayFetchArgs {
+struct StoreHelloArgs {
+  nonce: Vec<u8>,
+}
+
+impl StoreHelloArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreHelloArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreHelloArgs.nonce", &f_1)?;
+    let ret = StoreHelloArgs {
+      nonce: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("hello_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("nonce", TType::String, 1))?;
+    o_prot.write_bytes(&self.nonce)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreHelloResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreHelloResult {
+  result_value: Option<Vec<u8>>,
+}
+
+impl StoreHelloResult {
+  fn ok_or(self) -> thrift::Result<Vec<u8>> {
+    if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreHello"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreHelloResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<u8>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_bytes()?;
+          f_0 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreHelloResult {
+      result_value: f_0,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreHelloResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::String, 0))?;
+      o_prot.write_bytes(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreAuthenticateArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreAuthenticateArgs {
+  role: String,
+  proof: Vec<u8>,
+}
+
+impl StoreAuthenticateArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreAuthenticateArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<String> = None;
+    let mut f_2: Option<Vec<u8>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_string()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_bytes()?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreAuthenticateArgs.role", &f_1)?;
+    verify_required_field_exists("StoreAuthenticateArgs.proof", &f_2)?;
+    let ret = StoreAuthenticateArgs {
+      role: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      proof: f_2.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("authenticate_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("role", TType::String, 1))?;
+    o_prot.write_string(&self.role)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("proof", TType::String, 2))?;
+    o_prot.write_bytes(&self.proof)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreAuthenticateResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreAuthenticateResult {
+  result_value: Option<Vec<u8>>,
+  err: Option<StoreError>,
+}
+
+impl StoreAuthenticateResult {
+  fn ok_or(self) -> thrift::Result<Vec<u8>> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreAuthenticate"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreAuthenticateResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<u8>> = None;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_bytes()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreAuthenticateResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreAuthenticateResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::String, 0))?;
+      o_prot.write_bytes(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// Peer service client
+//
+
+/// Node to node: the methods peers call on each other. They travel on the same
+/// port as the client methods (Thrift names methods on the wire, not services);
+/// a node started with a cluster secret refuses each of them, and the 2009
+/// ring-changing methods (`join`, `remove`, `add`, `die`, `debug`), on a
+/// connection that has not proved that secret.
+pub trait TPeerSyncClient : TStoreSyncClient {
+  /// A new node announces itself to a member of the ring. The receiver adds it,
+  /// spreads the news, and answers with its whole member table.
+  fn enter(&mut self, member: locator::Member) -> thrift::Result<Vec<locator::Member>>;
+  /// Push-pull anti-entropy for membership: the caller sends its table and gets the
+  /// receiver's table back (after the receiver merged the caller's).
+  fn gossip(&mut self, members: Vec<locator::Member>) -> thrift::Result<Vec<locator::Member>>;
+  /// Failure detection, indirect probe: the receiver pings `target` itself and
+  /// says whether it answered in time.
+  fn probe(&mut self, target: locator::Location) -> thrift::Result<bool>;
+  /// Testing aid, refused unless the node runs with --fault-injection: while
+  /// `on`, the node drops every call from and to its peers (a partition).
+  fn isolate(&mut self, on: bool) -> thrift::Result<()>;
+  /// `fetch` forwarded by a node; `hops` counts the forwards so far.
+  fn relay_fetch(&mut self, key: Vec<u8>, hops: i8) -> thrift::Result<Lookup>;
+  /// `store` forwarded by a node; `hops` counts the forwards so far. `expires`
+  /// (microseconds since the epoch) is when the sender stops waiting: a relay
+  /// that arrives later (the receiver was paused) is dropped. `stamp` and
+  /// `origin` are the write's version, taken once by the node the client called:
+  /// every retry and every replica stores that same version, so a write that
+  /// arrives late can never bury a later one.
+  fn relay_store(&mut self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
+  /// `erase` forwarded by a node; the other fields as for `relay_store`.
+  fn relay_erase(&mut self, key: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
+  /// This node's own copies of `keys`, with versions; absent keys are left out.
+  fn peek(&mut self, keys: Vec<Vec<u8>>) -> thrift::Result<Vec<Entry>>;
+  /// Anti-entropy, step 1: `digests[b]` summarises the caller's copies in bucket
+  /// `b` of the keys both nodes replicate; the answer lists the buckets where the
+  /// receiver's summary differs.
+  fn diff_buckets(&mut self, caller: locator::Location, digests: Vec<i64>) -> thrift::Result<Vec<i32>>;
+  /// Anti-entropy, step 2: the caller's entries in `buckets` (shared keys only).
+  /// The receiver keeps the newer of each, and answers with its entries in those
+  /// buckets that are newer than the caller's or that the caller lacks.
+  fn reconcile(&mut self, caller: locator::Location, buckets: Vec<i32>, entries: Vec<Entry>) -> thrift::Result<Vec<Entry>>;
+  /// View agreement: `ring` is the caller's ring id (a digest of the members
+  /// it routes to); the answer is the receiver's. Nodes whose ids differ
+  /// disagree on where keys live, and neither vouches for its copies until
+  /// they agree again.
+  fn heartbeat(&mut self, ring: i64, caller: locator::Location) -> thrift::Result<i64>;
+  /// A coordinator's quorum read: the receiver's own copy of `key`, and whether it vouches for it.
+  fn replica_read(&mut self, key: Vec<u8>, ring: i64) -> thrift::Result<Replica>;
+  /// A coordinator's replication of writes. The receiver keeps the newer of each
+  /// entry, and acknowledges only if its ring id is `ring` (otherwise StoreError):
+  /// a write counts toward its quorum only on replicas that agree where it lives.
+  fn replicate(&mut self, entries: Vec<Entry>, ring: i64) -> thrift::Result<()>;
+  /// Take over these entries (handoff on join and leave). For each
+  /// key the newer version wins. Returns once every entry is applied, so the sender
+  /// may then delete its copies.
+  fn absorb(&mut self, entries: Vec<Entry>) -> thrift::Result<()>;
+}
+
+pub trait TPeerSyncClientMarker {}
+
+pub struct PeerSyncClient<IP, OP> where IP: TInputProtocol, OP: TOutputProtocol {
+  _i_prot: IP,
+  _o_prot: OP,
+  _sequence_number: i32,
+}
+
+impl <IP, OP> PeerSyncClient<IP, OP> where IP: TInputProtocol, OP: TOutputProtocol {
+  pub fn new(input_protocol: IP, output_protocol: OP) -> PeerSyncClient<IP, OP> {
+    PeerSyncClient { _i_prot: input_protocol, _o_prot: output_protocol, _sequence_number: 0 }
+  }
+}
+
+impl <IP, OP> TThriftClient for PeerSyncClient<IP, OP> where IP: TInputProtocol, OP: TOutputProtocol {
+  fn i_prot_mut(&mut self) -> &mut dyn TInputProtocol { &mut self._i_prot }
+  fn o_prot_mut(&mut self) -> &mut dyn TOutputProtocol { &mut self._o_prot }
+  fn sequence_number(&self) -> i32 { self._sequence_number }
+  fn increment_sequence_number(&mut self) -> i32 { self._sequence_number += 1; self._sequence_number }
+}
+
+impl <IP, OP> TPeerSyncClientMarker for PeerSyncClient<IP, OP> where IP: TInputProtocol, OP: TOutputProtocol {}
+impl <IP, OP> TStoreSyncClientMarker for PeerSyncClient<IP, OP> where IP: TInputProtocol, OP: TOutputProtocol {}
+impl <IP, OP> locator::TLocatorSyncClientMarker for PeerSyncClient<IP, OP> where IP: TInputProtocol, OP: TOutputProtocol {}
+impl <IP, OP> locator::TBaseSyncClientMarker for PeerSyncClient<IP, OP> where IP: TInputProtocol, OP: TOutputProtocol {}
+
+impl <C: TThriftClient + TPeerSyncClientMarker + TStoreSyncClientMarker + locator::TLocatorSyncClientMarker + locator::TBaseSyncClientMarker> TPeerSyncClient for C {
+  fn enter(&mut self, member: locator::Member) -> thrift::Result<Vec<locator::Member>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("enter", TMessageType::Call, self.sequence_number());
+        let call_args = PeerEnterArgs { member };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("enter", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = PeerEnterResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn gossip(&mut self, members: Vec<locator::Member>) -> thrift::Result<Vec<locator::Member>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("gossip", TMessageType::Call, self.sequence_number());
+        let call_args = PeerGossipArgs { members };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("gossip", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = PeerGossipResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn probe(&mut self, target: locator::Location) -> thrift::Result<bool> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("probe", TMessageType::Call, self.sequence_number());
+        let call_args = PeerProbeArgs { target };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("probe", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = PeerProbeResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn isolate(&mut self, on: bool) -> thrift::Result<()> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("isolate", TMessageType::Call, self.sequence_number());
+        let call_args = PeerIsolateArgs { on };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("isolate", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = PeerIsolateResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn relay_fetch(&mut self, key: Vec<u8>, hops: i8) -> thrift::Result<Lookup> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("relay_fetch", TMessageType::Call, self.sequence_number());
+        let call_args = PeerRelayFetchArgs { key, hops };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("relay_fetch", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = PeerRelayFetchResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn relay_store(&mut self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Call, self.sequence_number());
+        let call_args = PeerRelayStoreArgs { key, value, hops, expires, stamp, origin };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("relay_store", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = PeerRelayStoreResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn relay_erase(&mut self, key: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Call, self.sequence_number());
+        let call_args = PeerRelayEraseArgs { key, hops, expires, stamp, origin };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("relay_erase", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = PeerRelayEraseResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn peek(&mut self, keys: Vec<Vec<u8>>) -> thrift::Result<Vec<Entry>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("peek", TMessageType::Call, self.sequence_number());
+        let call_args = PeerPeekArgs { keys };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("peek", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = PeerPeekResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn diff_buckets(&mut self, caller: locator::Location, digests: Vec<i64>) -> thrift::Result<Vec<i32>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("diff_buckets", TMessageType::Call, self.sequence_number());
+        let call_args = PeerDiffBucketsArgs { caller, digests };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("diff_buckets", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = PeerDiffBucketsResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn reconcile(&mut self, caller: locator::Location, buckets: Vec<i32>, entries: Vec<Entry>) -> thrift::Result<Vec<Entry>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("reconcile", TMessageType::Call, self.sequence_number());
+        let call_args = PeerReconcileArgs { caller, buckets, entries };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("reconcile", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = PeerReconcileResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn heartbeat(&mut self, ring: i64, caller: locator::Location) -> thrift::Result<i64> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("heartbeat", TMessageType::Call, self.sequence_number());
+        let call_args = PeerHeartbeatArgs { ring, caller };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("heartbeat", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = PeerHeartbeatResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn replica_read(&mut self, key: Vec<u8>, ring: i64) -> thrift::Result<Replica> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("replica_read", TMessageType::Call, self.sequence_number());
+        let call_args = PeerReplicaReadArgs { key, ring };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("replica_read", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = PeerReplicaReadResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn replicate(&mut self, entries: Vec<Entry>, ring: i64) -> thrift::Result<()> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("replicate", TMessageType::Call, self.sequence_number());
+        let call_args = PeerReplicateArgs { entries, ring };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("replicate", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = PeerReplicateResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn absorb(&mut self, entries: Vec<Entry>) -> thrift::Result<()> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("absorb", TMessageType::Call, self.sequence_number());
+        let call_args = PeerAbsorbArgs { entries };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("absorb", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = PeerAbsorbResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+}
+
+//
+// Peer service processor
+//
+
+/// Node to node: the methods peers call on each other. They travel on the same
+/// port as the client methods (Thrift names methods on the wire, not services);
+/// a node started with a cluster secret refuses each of them, and the 2009
+/// ring-changing methods (`join`, `remove`, `add`, `die`, `debug`), on a
+/// connection that has not proved that secret.
+pub trait PeerSyncHandler : StoreSyncHandler {
+  /// A new node announces itself to a member of the ring. The receiver adds it,
+  /// spreads the news, and answers with its whole member table.
+  fn handle_enter(&self, member: locator::Member) -> thrift::Result<Vec<locator::Member>>;
+  /// Push-pull anti-entropy for membership: the caller sends its table and gets the
+  /// receiver's table back (after the receiver merged the caller's).
+  fn handle_gossip(&self, members: Vec<locator::Member>) -> thrift::Result<Vec<locator::Member>>;
+  /// Failure detection, indirect probe: the receiver pings `target` itself and
+  /// says whether it answered in time.
+  fn handle_probe(&self, target: locator::Location) -> thrift::Result<bool>;
+  /// Testing aid, refused unless the node runs with --fault-injection: while
+  /// `on`, the node drops every call from and to its peers (a partition).
+  fn handle_isolate(&self, on: bool) -> thrift::Result<()>;
+  /// `fetch` forwarded by a node; `hops` counts the forwards so far.
+  fn handle_relay_fetch(&self, key: Vec<u8>, hops: i8) -> thrift::Result<Lookup>;
+  /// `store` forwarded by a node; `hops` counts the forwards so far. `expires`
+  /// (microseconds since the epoch) is when the sender stops waiting: a relay
+  /// that arrives later (the receiver was paused) is dropped. `stamp` and
+  /// `origin` are the write's version, taken once by the node the client called:
+  /// every retry and every replica stores that same version, so a write that
+  /// arrives late can never bury a later one.
+  fn handle_relay_store(&self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
+  /// `erase` forwarded by a node; the other fields as for `relay_store`.
+  fn handle_relay_erase(&self, key: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
+  /// This node's own copies of `keys`, with versions; absent keys are left out.
+  fn handle_peek(&self, keys: Vec<Vec<u8>>) -> thrift::Result<Vec<Entry>>;
+  /// Anti-entropy, step 1: `digests[b]` summarises the caller's copies in bucket
+  /// `b` of the keys both nodes replicate; the answer lists the buckets where the
+  /// receiver's summary differs.
+  fn handle_diff_buckets(&self, caller: locator::Location, digests: Vec<i64>) -> thrift::Result<Vec<i32>>;
+  /// Anti-entropy, step 2: the caller's entries in `buckets` (shared keys only).
+  /// The receiver keeps the newer of each, and answers with its entries in those
+  /// buckets that are newer than the caller's or that the caller lacks.
+  fn handle_reconcile(&self, caller: locator::Location, buckets: Vec<i32>, entries: Vec<Entry>) -> thrift::Result<Vec<Entry>>;
+  /// View agreement: `ring` is the caller's ring id (a digest of the members
+  /// it routes to); the answer is the receiver's. Nodes whose ids differ
+  /// disagree on where keys live, and neither vouches for its copies until
+  /// they agree again.
+  fn handle_heartbeat(&self, ring: i64, caller: locator::Location) -> thrift::Result<i64>;
+  /// A coordinator's quorum read: the receiver's own copy of `key`, and whether it vouches for it.
+  fn handle_replica_read(&self, key: Vec<u8>, ring: i64) -> thrift::Result<Replica>;
+  /// A coordinator's replication of writes. The receiver keeps the newer of each
+  /// entry, and acknowledges only if its ring id is `ring` (otherwise StoreError):
+  /// a write counts toward its quorum only on replicas that agree where it lives.
+  fn handle_replicate(&self, entries: Vec<Entry>, ring: i64) -> thrift::Result<()>;
+  /// Take over these entries (handoff on join and leave). For each
+  /// key the newer version wins. Returns once every entry is applied, so the sender
+  /// may then delete its copies.
+  fn handle_absorb(&self, entries: Vec<Entry>) -> thrift::Result<()>;
+}
+
+pub struct PeerSyncProcessor<H: PeerSyncHandler> {
+  handler: H,
+}
+
+impl <H: PeerSyncHandler> PeerSyncProcessor<H> {
+  pub fn new(handler: H) -> PeerSyncProcessor<H> {
+    PeerSyncProcessor {
+      handler,
+    }
+  }
+  fn process_enter(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TPeerProcessFunctions::process_enter(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_gossip(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TPeerProcessFunctions::process_gossip(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_probe(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TPeerProcessFunctions::process_probe(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_isolate(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TPeerProcessFunctions::process_isolate(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_relay_fetch(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TPeerProcessFunctions::process_relay_fetch(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_relay_store(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TPeerProcessFunctions::process_relay_store(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_relay_erase(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TPeerProcessFunctions::process_relay_erase(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_peek(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TPeerProcessFunctions::process_peek(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_diff_buckets(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TPeerProcessFunctions::process_diff_buckets(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_reconcile(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TPeerProcessFunctions::process_reconcile(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_heartbeat(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TPeerProcessFunctions::process_heartbeat(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_replica_read(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TPeerProcessFunctions::process_replica_read(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_replicate(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TPeerProcessFunctions::process_replicate(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_absorb(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TPeerProcessFunctions::process_absorb(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_get(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_get(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_put(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_put(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_fetch(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_fetch(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_store(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_store(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_erase(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_erase(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_stats(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_stats(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_hello(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_hello(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_authenticate(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_authenticate(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_join(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    locator::TLocatorProcessFunctions::process_join(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_remove(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    locator::TLocatorProcessFunctions::process_remove(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_add(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    locator::TLocatorProcessFunctions::process_add(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_get_all(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    locator::TLocatorProcessFunctions::process_get_all(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_get_node(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    locator::TLocatorProcessFunctions::process_get_node(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_locate(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    locator::TLocatorProcessFunctions::process_locate(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_replicas(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    locator::TLocatorProcessFunctions::process_replicas(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_ping(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    locator::TBaseProcessFunctions::process_ping(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_service_type(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    locator::TBaseProcessFunctions::process_service_type(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_service_types(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    locator::TBaseProcessFunctions::process_service_types(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_debug(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    locator::TBaseProcessFunctions::process_debug(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_die(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    locator::TBaseProcessFunctions::process_die(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+}
+
+pub struct TPeerProcessFunctions;
+
+impl TPeerProcessFunctions {
+  pub fn process_enter<H: PeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = PeerEnterArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_enter(args.member) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("enter", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = PeerEnterResult { result_value: Some(handler_return) };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("enter", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("enter", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_gossip<H: PeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = PeerGossipArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_gossip(args.members) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("gossip", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = PeerGossipResult { result_value: Some(handler_return) };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("gossip", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("gossip", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_probe<H: PeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = PeerProbeArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_probe(args.target) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("probe", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = PeerProbeResult { result_value: Some(handler_return) };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("probe", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("probe", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_isolate<H: PeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = PeerIsolateArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_isolate(args.on) {
+      Ok(_) => {
+        let message_ident = TMessageIdentifier::new("isolate", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = PeerIsolateResult {  };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("isolate", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("isolate", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_relay_fetch<H: PeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = PeerRelayFetchArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_relay_fetch(args.key, args.hops) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("relay_fetch", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = PeerRelayFetchResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = PeerRelayFetchResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("relay_fetch", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("relay_fetch", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("relay_fetch", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("relay_fetch", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_relay_store<H: PeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = PeerRelayStoreArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_relay_store(args.key, args.value, args.hops, args.expires, args.stamp, args.origin) {
+      Ok(_) => {
+        let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = PeerRelayStoreResult { err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = PeerRelayStoreResult{ err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_relay_erase<H: PeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = PeerRelayEraseArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_relay_erase(args.key, args.hops, args.expires, args.stamp, args.origin) {
+      Ok(_) => {
+        let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = PeerRelayEraseResult { err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = PeerRelayEraseResult{ err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("relay_erase", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_peek<H: PeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = PeerPeekArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_peek(args.keys) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("peek", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = PeerPeekResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = PeerPeekResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("peek", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("peek", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("peek", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("peek", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_diff_buckets<H: PeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = PeerDiffBucketsArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_diff_buckets(args.caller, args.digests) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("diff_buckets", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = PeerDiffBucketsResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = PeerDiffBucketsResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("diff_buckets", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("diff_buckets", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("diff_buckets", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("diff_buckets", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_reconcile<H: PeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = PeerReconcileArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_reconcile(args.caller, args.buckets, args.entries) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("reconcile", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = PeerReconcileResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = PeerReconcileResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("reconcile", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("reconcile", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("reconcile", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("reconcile", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_heartbeat<H: PeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = PeerHeartbeatArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_heartbeat(args.ring, args.caller) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("heartbeat", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = PeerHeartbeatResult { result_value: Some(handler_return) };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("heartbeat", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("heartbeat", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_replica_read<H: PeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = PeerReplicaReadArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_replica_read(args.key, args.ring) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("replica_read", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = PeerReplicaReadResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = PeerReplicaReadResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("replica_read", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("replica_read", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("replica_read", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("replica_read", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_replicate<H: PeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = PeerReplicateArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_replicate(args.entries, args.ring) {
+      Ok(_) => {
+        let message_ident = TMessageIdentifier::new("replicate", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = PeerReplicateResult { err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = PeerReplicateResult{ err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("replicate", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("replicate", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("replicate", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("replicate", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_absorb<H: PeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = PeerAbsorbArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_absorb(args.entries) {
+      Ok(_) => {
+        let message_ident = TMessageIdentifier::new("absorb", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = PeerAbsorbResult { err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = PeerAbsorbResult{ err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("absorb", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("absorb", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("absorb", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("absorb", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+}
+
+impl <H: PeerSyncHandler> TProcessor for PeerSyncProcessor<H> {
+  fn process(&self, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let message_ident = i_prot.read_message_begin()?;
+    let res = match &*message_ident.name {
+      "enter" => {
+        self.process_enter(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "gossip" => {
+        self.process_gossip(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "probe" => {
+        self.process_probe(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "isolate" => {
+        self.process_isolate(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "relay_fetch" => {
+        self.process_relay_fetch(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "relay_store" => {
+        self.process_relay_store(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "relay_erase" => {
+        self.process_relay_erase(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "peek" => {
+        self.process_peek(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "diff_buckets" => {
+        self.process_diff_buckets(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "reconcile" => {
+        self.process_reconcile(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "heartbeat" => {
+        self.process_heartbeat(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "replica_read" => {
+        self.process_replica_read(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "replicate" => {
+        self.process_replicate(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "absorb" => {
+        self.process_absorb(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "get" => {
+        self.process_get(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "put" => {
+        self.process_put(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "fetch" => {
+        self.process_fetch(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "store" => {
+        self.process_store(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "erase" => {
+        self.process_erase(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "stats" => {
+        self.process_stats(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "hello" => {
+        self.process_hello(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "authenticate" => {
+        self.process_authenticate(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "join" => {
+        self.process_join(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "remove" => {
+        self.process_remove(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "add" => {
+        self.process_add(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "get_all" => {
+        self.process_get_all(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "get_node" => {
+        self.process_get_node(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "locate" => {
+        self.process_locate(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "replicas" => {
+        self.process_replicas(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "ping" => {
+        self.process_ping(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "service_type" => {
+        self.process_service_type(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "service_types" => {
+        self.process_service_types(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "debug" => {
+        self.process_debug(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "die" => {
+        self.process_die(message_ident.sequence_number, i_prot, o_prot)
+      },
+      method => {
+        Err(
+          thrift::Error::Application(
+            ApplicationError::new(
+              ApplicationErrorKind::UnknownMethod,
+              format!("unknown method {}", method)
+            )
+          )
+        )
+      },
+    };
+    thrift::server::handle_process_result(&message_ident, res, o_prot)
+  }
+}
+
+//
+// PeerEnterArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct PeerEnterArgs {
+  member: locator::Member,
+}
+
+impl PeerEnterArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerEnterArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<locator::Member> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = locator::Member::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("PeerEnterArgs.member", &f_1)?;
+    let ret = PeerEnterArgs {
+      member: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("enter_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("member", TType::Struct, 1))?;
+    self.member.write_to_out_protocol(o_prot)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// PeerEnterResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct PeerEnterResult {
+  result_value: Option<Vec<locator::Member>>,
+}
+
+impl PeerEnterResult {
+  fn ok_or(self) -> thrift::Result<Vec<locator::Member>> {
+    if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for PeerEnter"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerEnterResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<locator::Member>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<locator::Member> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_2 = locator::Member::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_2);
+          }
+          i_prot.read_list_end()?;
+          f_0 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = PeerEnterResult {
+      result_value: f_0,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("PeerEnterResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
+      for e in fld_var {
+        e.write_to_out_protocol(o_prot)?;
+      }
+      o_prot.write_list_end()?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// PeerGossipArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct PeerGossipArgs {
+  members: Vec<locator::Member>,
+}
+
+impl PeerGossipArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerGossipArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<locator::Member>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<locator::Member> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_3 = locator::Member::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_3);
+          }
+          i_prot.read_list_end()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("PeerGossipArgs.members", &f_1)?;
+    let ret = PeerGossipArgs {
+      members: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("gossip_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("members", TType::List, 1))?;
+    o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, self.members.len() as i32))?;
+    for e in &self.members {
+      e.write_to_out_protocol(o_prot)?;
+    }
+    o_prot.write_list_end()?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// PeerGossipResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct PeerGossipResult {
+  result_value: Option<Vec<locator::Member>>,
+}
+
+impl PeerGossipResult {
+  fn ok_or(self) -> thrift::Result<Vec<locator::Member>> {
+    if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for PeerGossip"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerGossipResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<locator::Member>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<locator::Member> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_4 = locator::Member::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_4);
+          }
+          i_prot.read_list_end()?;
+          f_0 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = PeerGossipResult {
+      result_value: f_0,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("PeerGossipResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
+      for e in fld_var {
+        e.write_to_out_protocol(o_prot)?;
+      }
+      o_prot.write_list_end()?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// PeerProbeArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct PeerProbeArgs {
+  target: locator::Location,
+}
+
+impl PeerProbeArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerProbeArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<locator::Location> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = locator::Location::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("PeerProbeArgs.target", &f_1)?;
+    let ret = PeerProbeArgs {
+      target: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("probe_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("target", TType::Struct, 1))?;
+    self.target.write_to_out_protocol(o_prot)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// PeerProbeResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct PeerProbeResult {
+  result_value: Option<bool>,
+}
+
+impl PeerProbeResult {
+  fn ok_or(self) -> thrift::Result<bool> {
+    if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for PeerProbe"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerProbeResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<bool> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_bool()?;
+          f_0 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = PeerProbeResult {
+      result_value: f_0,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("PeerProbeResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Bool, 0))?;
+      o_prot.write_bool(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// PeerIsolateArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct PeerIsolateArgs {
+  on: bool,
+}
+
+impl PeerIsolateArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerIsolateArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<bool> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bool()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("PeerIsolateArgs.on", &f_1)?;
+    let ret = PeerIsolateArgs {
+      on: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("isolate_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("on", TType::Bool, 1))?;
+    o_prot.write_bool(self.on)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// PeerIsolateResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct PeerIsolateResult {
+}
+
+impl PeerIsolateResult {
+  fn ok_or(self) -> thrift::Result<()> {
+    Ok(())
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerIsolateResult> {
+    i_prot.read_struct_begin()?;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = PeerIsolateResult {};
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("PeerIsolateResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// PeerRelayFetchArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct PeerRelayFetchArgs {
   key: Vec<u8>,
   hops: i8,
 }
 
-impl StoreRelayFetchArgs {
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreRelayFetchArgs> {
+impl PeerRelayFetchArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerRelayFetchArgs> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<Vec<u8>> = None;
     let mut f_2: Option<i8> = None;
@@ -2855,9 +4229,9 @@ impl StoreRelayFetchArgs {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    verify_required_field_exists("StoreRelayFetchArgs.key", &f_1)?;
-    verify_required_field_exists("StoreRelayFetchArgs.hops", &f_2)?;
-    let ret = StoreRelayFetchArgs {
+    verify_required_field_exists("PeerRelayFetchArgs.key", &f_1)?;
+    verify_required_field_exists("PeerRelayFetchArgs.hops", &f_2)?;
+    let ret = PeerRelayFetchArgs {
       key: f_1.expect("auto-generated code should have checked for presence of required fields"),
       hops: f_2.expect("auto-generated code should have checked for presence of required fields"),
     };
@@ -2878,16 +4252,16 @@ impl StoreRelayFetchArgs {
 }
 
 //
-// StoreRelayFetchResult
+// PeerRelayFetchResult
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StoreRelayFetchResult {
+struct PeerRelayFetchResult {
   result_value: Option<Lookup>,
   err: Option<StoreError>,
 }
 
-impl StoreRelayFetchResult {
+impl PeerRelayFetchResult {
   fn ok_or(self) -> thrift::Result<Lookup> {
     if self.err.is_some() {
       Err(thrift::Error::User(Box::new(self.err.unwrap())))
@@ -2898,13 +4272,13 @@ impl StoreRelayFetchResult {
         thrift::Error::Application(
           ApplicationError::new(
             ApplicationErrorKind::MissingResult,
-            "no result received for StoreRelayFetch"
+            "no result received for PeerRelayFetch"
           )
         )
       )
     }
   }
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreRelayFetchResult> {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerRelayFetchResult> {
     i_prot.read_struct_begin()?;
     let mut f_0: Option<Lookup> = None;
     let mut f_1: Option<StoreError> = None;
@@ -2930,14 +4304,14 @@ impl StoreRelayFetchResult {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    let ret = StoreRelayFetchResult {
+    let ret = PeerRelayFetchResult {
       result_value: f_0,
       err: f_1,
     };
     Ok(ret)
   }
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let struct_ident = TStructIdentifier::new("StoreRelayFetchResult");
+    let struct_ident = TStructIdentifier::new("PeerRelayFetchResult");
     o_prot.write_struct_begin(&struct_ident)?;
     if let Some(ref fld_var) = self.result_value {
       o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
@@ -2955,11 +4329,11 @@ impl StoreRelayFetchResult {
 }
 
 //
-// StoreRelayStoreArgs
+// PeerRelayStoreArgs
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StoreRelayStoreArgs {
+struct PeerRelayStoreArgs {
   key: Vec<u8>,
   value: Vec<u8>,
   hops: i8,
@@ -2968,8 +4342,8 @@ struct StoreRelayStoreArgs {
   origin: i32,
 }
 
-impl StoreRelayStoreArgs {
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreRelayStoreArgs> {
+impl PeerRelayStoreArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerRelayStoreArgs> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<Vec<u8>> = None;
     let mut f_2: Option<Vec<u8>> = None;
@@ -3015,13 +4389,13 @@ impl StoreRelayStoreArgs {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    verify_required_field_exists("StoreRelayStoreArgs.key", &f_1)?;
-    verify_required_field_exists("StoreRelayStoreArgs.value", &f_2)?;
-    verify_required_field_exists("StoreRelayStoreArgs.hops", &f_3)?;
-    verify_required_field_exists("StoreRelayStoreArgs.expires", &f_4)?;
-    verify_required_field_exists("StoreRelayStoreArgs.stamp", &f_5)?;
-    verify_required_field_exists("StoreRelayStoreArgs.origin", &f_6)?;
-    let ret = StoreRelayStoreArgs {
+    verify_required_field_exists("PeerRelayStoreArgs.key", &f_1)?;
+    verify_required_field_exists("PeerRelayStoreArgs.value", &f_2)?;
+    verify_required_field_exists("PeerRelayStoreArgs.hops", &f_3)?;
+    verify_required_field_exists("PeerRelayStoreArgs.expires", &f_4)?;
+    verify_required_field_exists("PeerRelayStoreArgs.stamp", &f_5)?;
+    verify_required_field_exists("PeerRelayStoreArgs.origin", &f_6)?;
+    let ret = PeerRelayStoreArgs {
       key: f_1.expect("auto-generated code should have checked for presence of required fields"),
       value: f_2.expect("auto-generated code should have checked for presence of required fields"),
       hops: f_3.expect("auto-generated code should have checked for presence of required fields"),
@@ -3058,15 +4432,15 @@ impl StoreRelayStoreArgs {
 }
 
 //
-// StoreRelayStoreResult
+// PeerRelayStoreResult
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StoreRelayStoreResult {
+struct PeerRelayStoreResult {
   err: Option<StoreError>,
 }
 
-impl StoreRelayStoreResult {
+impl PeerRelayStoreResult {
   fn ok_or(self) -> thrift::Result<()> {
     if self.err.is_some() {
       Err(thrift::Error::User(Box::new(self.err.unwrap())))
@@ -3074,7 +4448,7 @@ impl StoreRelayStoreResult {
       Ok(())
     }
   }
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreRelayStoreResult> {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerRelayStoreResult> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<StoreError> = None;
     loop {
@@ -3095,13 +4469,13 @@ impl StoreRelayStoreResult {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    let ret = StoreRelayStoreResult {
+    let ret = PeerRelayStoreResult {
       err: f_1,
     };
     Ok(ret)
   }
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let struct_ident = TStructIdentifier::new("StoreRelayStoreResult");
+    let struct_ident = TStructIdentifier::new("PeerRelayStoreResult");
     o_prot.write_struct_begin(&struct_ident)?;
     if let Some(ref fld_var) = self.err {
       o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
@@ -3114,11 +4488,11 @@ impl StoreRelayStoreResult {
 }
 
 //
-// StoreRelayEraseArgs
+// PeerRelayEraseArgs
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StoreRelayEraseArgs {
+struct PeerRelayEraseArgs {
   key: Vec<u8>,
   hops: i8,
   expires: i64,
@@ -3126,8 +4500,8 @@ struct StoreRelayEraseArgs {
   origin: i32,
 }
 
-impl StoreRelayEraseArgs {
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreRelayEraseArgs> {
+impl PeerRelayEraseArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerRelayEraseArgs> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<Vec<u8>> = None;
     let mut f_2: Option<i8> = None;
@@ -3168,12 +4542,12 @@ impl StoreRelayEraseArgs {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    verify_required_field_exists("StoreRelayEraseArgs.key", &f_1)?;
-    verify_required_field_exists("StoreRelayEraseArgs.hops", &f_2)?;
-    verify_required_field_exists("StoreRelayEraseArgs.expires", &f_3)?;
-    verify_required_field_exists("StoreRelayEraseArgs.stamp", &f_4)?;
-    verify_required_field_exists("StoreRelayEraseArgs.origin", &f_5)?;
-    let ret = StoreRelayEraseArgs {
+    verify_required_field_exists("PeerRelayEraseArgs.key", &f_1)?;
+    verify_required_field_exists("PeerRelayEraseArgs.hops", &f_2)?;
+    verify_required_field_exists("PeerRelayEraseArgs.expires", &f_3)?;
+    verify_required_field_exists("PeerRelayEraseArgs.stamp", &f_4)?;
+    verify_required_field_exists("PeerRelayEraseArgs.origin", &f_5)?;
+    let ret = PeerRelayEraseArgs {
       key: f_1.expect("auto-generated code should have checked for presence of required fields"),
       hops: f_2.expect("auto-generated code should have checked for presence of required fields"),
       expires: f_3.expect("auto-generated code should have checked for presence of required fields"),
@@ -3206,15 +4580,15 @@ impl StoreRelayEraseArgs {
 }
 
 //
-// StoreRelayEraseResult
+// PeerRelayEraseResult
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StoreRelayEraseResult {
+struct PeerRelayEraseResult {
   err: Option<StoreError>,
 }
 
-impl StoreRelayEraseResult {
+impl PeerRelayEraseResult {
   fn ok_or(self) -> thrift::Result<()> {
     if self.err.is_some() {
       Err(thrift::Error::User(Box::new(self.err.unwrap())))
@@ -3222,7 +4596,7 @@ impl StoreRelayEraseResult {
       Ok(())
     }
   }
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreRelayEraseResult> {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerRelayEraseResult> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<StoreError> = None;
     loop {
@@ -3243,13 +4617,13 @@ impl StoreRelayEraseResult {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    let ret = StoreRelayEraseResult {
+    let ret = PeerRelayEraseResult {
       err: f_1,
     };
     Ok(ret)
   }
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let struct_ident = TStructIdentifier::new("StoreRelayEraseResult");
+    let struct_ident = TStructIdentifier::new("PeerRelayEraseResult");
     o_prot.write_struct_begin(&struct_ident)?;
     if let Some(ref fld_var) = self.err {
       o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
@@ -3262,16 +4636,16 @@ impl StoreRelayEraseResult {
 }
 
 //
-// StorePeekArgs
+// PeerPeekArgs
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StorePeekArgs {
+struct PeerPeekArgs {
   keys: Vec<Vec<u8>>,
 }
 
-impl StorePeekArgs {
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StorePeekArgs> {
+impl PeerPeekArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerPeekArgs> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<Vec<Vec<u8>>> = None;
     loop {
@@ -3285,8 +4659,8 @@ impl StorePeekArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Vec<u8>> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_2 = i_prot.read_bytes()?;
-            val.push(list_elem_2);
+            let list_elem_5 = i_prot.read_bytes()?;
+            val.push(list_elem_5);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -3298,8 +4672,8 @@ impl StorePeekArgs {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    verify_required_field_exists("StorePeekArgs.keys", &f_1)?;
-    let ret = StorePeekArgs {
+    verify_required_field_exists("PeerPeekArgs.keys", &f_1)?;
+    let ret = PeerPeekArgs {
       keys: f_1.expect("auto-generated code should have checked for presence of required fields"),
     };
     Ok(ret)
@@ -3320,16 +4694,16 @@ impl StorePeekArgs {
 }
 
 //
-// StorePeekResult
+// PeerPeekResult
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StorePeekResult {
+struct PeerPeekResult {
   result_value: Option<Vec<Entry>>,
   err: Option<StoreError>,
 }
 
-impl StorePeekResult {
+impl PeerPeekResult {
   fn ok_or(self) -> thrift::Result<Vec<Entry>> {
     if self.err.is_some() {
       Err(thrift::Error::User(Box::new(self.err.unwrap())))
@@ -3340,13 +4714,13 @@ impl StorePeekResult {
         thrift::Error::Application(
           ApplicationError::new(
             ApplicationErrorKind::MissingResult,
-            "no result received for StorePeek"
+            "no result received for PeerPeek"
           )
         )
       )
     }
   }
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StorePeekResult> {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerPeekResult> {
     i_prot.read_struct_begin()?;
     let mut f_0: Option<Vec<Entry>> = None;
     let mut f_1: Option<StoreError> = None;
@@ -3361,8 +4735,8 @@ impl StorePeekResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_3 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_3);
+            let list_elem_6 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_6);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -3378,14 +4752,14 @@ impl StorePeekResult {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    let ret = StorePeekResult {
+    let ret = PeerPeekResult {
       result_value: f_0,
       err: f_1,
     };
     Ok(ret)
   }
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let struct_ident = TStructIdentifier::new("StorePeekResult");
+    let struct_ident = TStructIdentifier::new("PeerPeekResult");
     o_prot.write_struct_begin(&struct_ident)?;
     if let Some(ref fld_var) = self.result_value {
       o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
@@ -3407,17 +4781,17 @@ impl StorePeekResult {
 }
 
 //
-// StoreDiffBucketsArgs
+// PeerDiffBucketsArgs
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StoreDiffBucketsArgs {
+struct PeerDiffBucketsArgs {
   caller: locator::Location,
   digests: Vec<i64>,
 }
 
-impl StoreDiffBucketsArgs {
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreDiffBucketsArgs> {
+impl PeerDiffBucketsArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerDiffBucketsArgs> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<locator::Location> = None;
     let mut f_2: Option<Vec<i64>> = None;
@@ -3436,8 +4810,8 @@ impl StoreDiffBucketsArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<i64> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_4 = i_prot.read_i64()?;
-            val.push(list_elem_4);
+            let list_elem_7 = i_prot.read_i64()?;
+            val.push(list_elem_7);
           }
           i_prot.read_list_end()?;
           f_2 = Some(val);
@@ -3449,9 +4823,9 @@ impl StoreDiffBucketsArgs {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    verify_required_field_exists("StoreDiffBucketsArgs.caller", &f_1)?;
-    verify_required_field_exists("StoreDiffBucketsArgs.digests", &f_2)?;
-    let ret = StoreDiffBucketsArgs {
+    verify_required_field_exists("PeerDiffBucketsArgs.caller", &f_1)?;
+    verify_required_field_exists("PeerDiffBucketsArgs.digests", &f_2)?;
+    let ret = PeerDiffBucketsArgs {
       caller: f_1.expect("auto-generated code should have checked for presence of required fields"),
       digests: f_2.expect("auto-generated code should have checked for presence of required fields"),
     };
@@ -3476,16 +4850,16 @@ impl StoreDiffBucketsArgs {
 }
 
 //
-// StoreDiffBucketsResult
+// PeerDiffBucketsResult
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StoreDiffBucketsResult {
+struct PeerDiffBucketsResult {
   result_value: Option<Vec<i32>>,
   err: Option<StoreError>,
 }
 
-impl StoreDiffBucketsResult {
+impl PeerDiffBucketsResult {
   fn ok_or(self) -> thrift::Result<Vec<i32>> {
     if self.err.is_some() {
       Err(thrift::Error::User(Box::new(self.err.unwrap())))
@@ -3496,13 +4870,13 @@ impl StoreDiffBucketsResult {
         thrift::Error::Application(
           ApplicationError::new(
             ApplicationErrorKind::MissingResult,
-            "no result received for StoreDiffBuckets"
+            "no result received for PeerDiffBuckets"
           )
         )
       )
     }
   }
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreDiffBucketsResult> {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerDiffBucketsResult> {
     i_prot.read_struct_begin()?;
     let mut f_0: Option<Vec<i32>> = None;
     let mut f_1: Option<StoreError> = None;
@@ -3517,8 +4891,8 @@ impl StoreDiffBucketsResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<i32> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_5 = i_prot.read_i32()?;
-            val.push(list_elem_5);
+            let list_elem_8 = i_prot.read_i32()?;
+            val.push(list_elem_8);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -3534,14 +4908,14 @@ impl StoreDiffBucketsResult {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    let ret = StoreDiffBucketsResult {
+    let ret = PeerDiffBucketsResult {
       result_value: f_0,
       err: f_1,
     };
     Ok(ret)
   }
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let struct_ident = TStructIdentifier::new("StoreDiffBucketsResult");
+    let struct_ident = TStructIdentifier::new("PeerDiffBucketsResult");
     o_prot.write_struct_begin(&struct_ident)?;
     if let Some(ref fld_var) = self.result_value {
       o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
@@ -3563,18 +4937,18 @@ impl StoreDiffBucketsResult {
 }
 
 //
-// StoreReconcileArgs
+// PeerReconcileArgs
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StoreReconcileArgs {
+struct PeerReconcileArgs {
   caller: locator::Location,
   buckets: Vec<i32>,
   entries: Vec<Entry>,
 }
 
-impl StoreReconcileArgs {
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreReconcileArgs> {
+impl PeerReconcileArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerReconcileArgs> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<locator::Location> = None;
     let mut f_2: Option<Vec<i32>> = None;
@@ -3594,8 +4968,8 @@ impl StoreReconcileArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<i32> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_6 = i_prot.read_i32()?;
-            val.push(list_elem_6);
+            let list_elem_9 = i_prot.read_i32()?;
+            val.push(list_elem_9);
           }
           i_prot.read_list_end()?;
           f_2 = Some(val);
@@ -3604,8 +4978,8 @@ impl StoreReconcileArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_7 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_7);
+            let list_elem_10 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_10);
           }
           i_prot.read_list_end()?;
           f_3 = Some(val);
@@ -3617,10 +4991,10 @@ impl StoreReconcileArgs {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    verify_required_field_exists("StoreReconcileArgs.caller", &f_1)?;
-    verify_required_field_exists("StoreReconcileArgs.buckets", &f_2)?;
-    verify_required_field_exists("StoreReconcileArgs.entries", &f_3)?;
-    let ret = StoreReconcileArgs {
+    verify_required_field_exists("PeerReconcileArgs.caller", &f_1)?;
+    verify_required_field_exists("PeerReconcileArgs.buckets", &f_2)?;
+    verify_required_field_exists("PeerReconcileArgs.entries", &f_3)?;
+    let ret = PeerReconcileArgs {
       caller: f_1.expect("auto-generated code should have checked for presence of required fields"),
       buckets: f_2.expect("auto-generated code should have checked for presence of required fields"),
       entries: f_3.expect("auto-generated code should have checked for presence of required fields"),
@@ -3653,16 +5027,16 @@ impl StoreReconcileArgs {
 }
 
 //
-// StoreReconcileResult
+// PeerReconcileResult
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StoreReconcileResult {
+struct PeerReconcileResult {
   result_value: Option<Vec<Entry>>,
   err: Option<StoreError>,
 }
 
-impl StoreReconcileResult {
+impl PeerReconcileResult {
   fn ok_or(self) -> thrift::Result<Vec<Entry>> {
     if self.err.is_some() {
       Err(thrift::Error::User(Box::new(self.err.unwrap())))
@@ -3673,13 +5047,13 @@ impl StoreReconcileResult {
         thrift::Error::Application(
           ApplicationError::new(
             ApplicationErrorKind::MissingResult,
-            "no result received for StoreReconcile"
+            "no result received for PeerReconcile"
           )
         )
       )
     }
   }
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreReconcileResult> {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerReconcileResult> {
     i_prot.read_struct_begin()?;
     let mut f_0: Option<Vec<Entry>> = None;
     let mut f_1: Option<StoreError> = None;
@@ -3694,8 +5068,8 @@ impl StoreReconcileResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_8 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_8);
+            let list_elem_11 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_11);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -3711,14 +5085,14 @@ impl StoreReconcileResult {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    let ret = StoreReconcileResult {
+    let ret = PeerReconcileResult {
       result_value: f_0,
       err: f_1,
     };
     Ok(ret)
   }
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let struct_ident = TStructIdentifier::new("StoreReconcileResult");
+    let struct_ident = TStructIdentifier::new("PeerReconcileResult");
     o_prot.write_struct_begin(&struct_ident)?;
     if let Some(ref fld_var) = self.result_value {
       o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
@@ -3740,17 +5114,17 @@ impl StoreReconcileResult {
 }
 
 //
-// StoreHeartbeatArgs
+// PeerHeartbeatArgs
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StoreHeartbeatArgs {
+struct PeerHeartbeatArgs {
   ring: i64,
   caller: locator::Location,
 }
 
-impl StoreHeartbeatArgs {
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreHeartbeatArgs> {
+impl PeerHeartbeatArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerHeartbeatArgs> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<i64> = None;
     let mut f_2: Option<locator::Location> = None;
@@ -3776,9 +5150,9 @@ impl StoreHeartbeatArgs {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    verify_required_field_exists("StoreHeartbeatArgs.ring", &f_1)?;
-    verify_required_field_exists("StoreHeartbeatArgs.caller", &f_2)?;
-    let ret = StoreHeartbeatArgs {
+    verify_required_field_exists("PeerHeartbeatArgs.ring", &f_1)?;
+    verify_required_field_exists("PeerHeartbeatArgs.caller", &f_2)?;
+    let ret = PeerHeartbeatArgs {
       ring: f_1.expect("auto-generated code should have checked for presence of required fields"),
       caller: f_2.expect("auto-generated code should have checked for presence of required fields"),
     };
@@ -3799,15 +5173,15 @@ impl StoreHeartbeatArgs {
 }
 
 //
-// StoreHeartbeatResult
+// PeerHeartbeatResult
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StoreHeartbeatResult {
+struct PeerHeartbeatResult {
   result_value: Option<i64>,
 }
 
-impl StoreHeartbeatResult {
+impl PeerHeartbeatResult {
   fn ok_or(self) -> thrift::Result<i64> {
     if self.result_value.is_some() {
       Ok(self.result_value.unwrap())
@@ -3816,13 +5190,13 @@ impl StoreHeartbeatResult {
         thrift::Error::Application(
           ApplicationError::new(
             ApplicationErrorKind::MissingResult,
-            "no result received for StoreHeartbeat"
+            "no result received for PeerHeartbeat"
           )
         )
       )
     }
   }
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreHeartbeatResult> {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerHeartbeatResult> {
     i_prot.read_struct_begin()?;
     let mut f_0: Option<i64> = None;
     loop {
@@ -3843,13 +5217,13 @@ impl StoreHeartbeatResult {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    let ret = StoreHeartbeatResult {
+    let ret = PeerHeartbeatResult {
       result_value: f_0,
     };
     Ok(ret)
   }
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let struct_ident = TStructIdentifier::new("StoreHeartbeatResult");
+    let struct_ident = TStructIdentifier::new("PeerHeartbeatResult");
     o_prot.write_struct_begin(&struct_ident)?;
     if let Some(fld_var) = self.result_value {
       o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::I64, 0))?;
@@ -3862,17 +5236,17 @@ impl StoreHeartbeatResult {
 }
 
 //
-// StoreReplicaReadArgs
+// PeerReplicaReadArgs
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StoreReplicaReadArgs {
+struct PeerReplicaReadArgs {
   key: Vec<u8>,
   ring: i64,
 }
 
-impl StoreReplicaReadArgs {
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreReplicaReadArgs> {
+impl PeerReplicaReadArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerReplicaReadArgs> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<Vec<u8>> = None;
     let mut f_2: Option<i64> = None;
@@ -3898,9 +5272,9 @@ impl StoreReplicaReadArgs {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    verify_required_field_exists("StoreReplicaReadArgs.key", &f_1)?;
-    verify_required_field_exists("StoreReplicaReadArgs.ring", &f_2)?;
-    let ret = StoreReplicaReadArgs {
+    verify_required_field_exists("PeerReplicaReadArgs.key", &f_1)?;
+    verify_required_field_exists("PeerReplicaReadArgs.ring", &f_2)?;
+    let ret = PeerReplicaReadArgs {
       key: f_1.expect("auto-generated code should have checked for presence of required fields"),
       ring: f_2.expect("auto-generated code should have checked for presence of required fields"),
     };
@@ -3921,16 +5295,16 @@ impl StoreReplicaReadArgs {
 }
 
 //
-// StoreReplicaReadResult
+// PeerReplicaReadResult
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StoreReplicaReadResult {
+struct PeerReplicaReadResult {
   result_value: Option<Replica>,
   err: Option<StoreError>,
 }
 
-impl StoreReplicaReadResult {
+impl PeerReplicaReadResult {
   fn ok_or(self) -> thrift::Result<Replica> {
     if self.err.is_some() {
       Err(thrift::Error::User(Box::new(self.err.unwrap())))
@@ -3941,13 +5315,13 @@ impl StoreReplicaReadResult {
         thrift::Error::Application(
           ApplicationError::new(
             ApplicationErrorKind::MissingResult,
-            "no result received for StoreReplicaRead"
+            "no result received for PeerReplicaRead"
           )
         )
       )
     }
   }
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreReplicaReadResult> {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerReplicaReadResult> {
     i_prot.read_struct_begin()?;
     let mut f_0: Option<Replica> = None;
     let mut f_1: Option<StoreError> = None;
@@ -3973,14 +5347,14 @@ impl StoreReplicaReadResult {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    let ret = StoreReplicaReadResult {
+    let ret = PeerReplicaReadResult {
       result_value: f_0,
       err: f_1,
     };
     Ok(ret)
   }
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let struct_ident = TStructIdentifier::new("StoreReplicaReadResult");
+    let struct_ident = TStructIdentifier::new("PeerReplicaReadResult");
     o_prot.write_struct_begin(&struct_ident)?;
     if let Some(ref fld_var) = self.result_value {
       o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
@@ -3998,17 +5372,17 @@ impl StoreReplicaReadResult {
 }
 
 //
-// StoreReplicateArgs
+// PeerReplicateArgs
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StoreReplicateArgs {
+struct PeerReplicateArgs {
   entries: Vec<Entry>,
   ring: i64,
 }
 
-impl StoreReplicateArgs {
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreReplicateArgs> {
+impl PeerReplicateArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerReplicateArgs> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<Vec<Entry>> = None;
     let mut f_2: Option<i64> = None;
@@ -4023,8 +5397,8 @@ impl StoreReplicateArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_9 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_9);
+            let list_elem_12 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_12);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -4040,9 +5414,9 @@ impl StoreReplicateArgs {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    verify_required_field_exists("StoreReplicateArgs.entries", &f_1)?;
-    verify_required_field_exists("StoreReplicateArgs.ring", &f_2)?;
-    let ret = StoreReplicateArgs {
+    verify_required_field_exists("PeerReplicateArgs.entries", &f_1)?;
+    verify_required_field_exists("PeerReplicateArgs.ring", &f_2)?;
+    let ret = PeerReplicateArgs {
       entries: f_1.expect("auto-generated code should have checked for presence of required fields"),
       ring: f_2.expect("auto-generated code should have checked for presence of required fields"),
     };
@@ -4067,15 +5441,15 @@ impl StoreReplicateArgs {
 }
 
 //
-// StoreReplicateResult
+// PeerReplicateResult
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StoreReplicateResult {
+struct PeerReplicateResult {
   err: Option<StoreError>,
 }
 
-impl StoreReplicateResult {
+impl PeerReplicateResult {
   fn ok_or(self) -> thrift::Result<()> {
     if self.err.is_some() {
       Err(thrift::Error::User(Box::new(self.err.unwrap())))
@@ -4083,7 +5457,7 @@ impl StoreReplicateResult {
       Ok(())
     }
   }
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreReplicateResult> {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerReplicateResult> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<StoreError> = None;
     loop {
@@ -4104,13 +5478,13 @@ impl StoreReplicateResult {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    let ret = StoreReplicateResult {
+    let ret = PeerReplicateResult {
       err: f_1,
     };
     Ok(ret)
   }
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let struct_ident = TStructIdentifier::new("StoreReplicateResult");
+    let struct_ident = TStructIdentifier::new("PeerReplicateResult");
     o_prot.write_struct_begin(&struct_ident)?;
     if let Some(ref fld_var) = self.err {
       o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
@@ -4123,16 +5497,16 @@ impl StoreReplicateResult {
 }
 
 //
-// StoreAbsorbArgs
+// PeerAbsorbArgs
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StoreAbsorbArgs {
+struct PeerAbsorbArgs {
   entries: Vec<Entry>,
 }
 
-impl StoreAbsorbArgs {
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreAbsorbArgs> {
+impl PeerAbsorbArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerAbsorbArgs> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<Vec<Entry>> = None;
     loop {
@@ -4146,8 +5520,8 @@ impl StoreAbsorbArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_10 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_10);
+            let list_elem_13 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_13);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -4159,8 +5533,8 @@ impl StoreAbsorbArgs {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    verify_required_field_exists("StoreAbsorbArgs.entries", &f_1)?;
-    let ret = StoreAbsorbArgs {
+    verify_required_field_exists("PeerAbsorbArgs.entries", &f_1)?;
+    let ret = PeerAbsorbArgs {
       entries: f_1.expect("auto-generated code should have checked for presence of required fields"),
     };
     Ok(ret)
@@ -4181,15 +5555,15 @@ impl StoreAbsorbArgs {
 }
 
 //
-// StoreAbsorbResult
+// PeerAbsorbResult
 //
 
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct StoreAbsorbResult {
+struct PeerAbsorbResult {
   err: Option<StoreError>,
 }
 
-impl StoreAbsorbResult {
+impl PeerAbsorbResult {
   fn ok_or(self) -> thrift::Result<()> {
     if self.err.is_some() {
       Err(thrift::Error::User(Box::new(self.err.unwrap())))
@@ -4197,7 +5571,7 @@ impl StoreAbsorbResult {
       Ok(())
     }
   }
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreAbsorbResult> {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerAbsorbResult> {
     i_prot.read_struct_begin()?;
     let mut f_1: Option<StoreError> = None;
     loop {
@@ -4218,13 +5592,13 @@ impl StoreAbsorbResult {
       i_prot.read_field_end()?;
     }
     i_prot.read_struct_end()?;
-    let ret = StoreAbsorbResult {
+    let ret = PeerAbsorbResult {
       err: f_1,
     };
     Ok(ret)
   }
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let struct_ident = TStructIdentifier::new("StoreAbsorbResult");
+    let struct_ident = TStructIdentifier::new("PeerAbsorbResult");
     o_prot.write_struct_begin(&struct_ident)?;
     if let Some(ref fld_var) = self.err {
       o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;

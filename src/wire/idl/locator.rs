@@ -1016,22 +1016,10 @@ pub trait TLocatorSyncClient : TBaseSyncClient {
   fn add(&mut self, location: Location, authorities: Vec<Location>) -> thrift::Result<()>;
   fn get_all(&mut self) -> thrift::Result<Vec<Location>>;
   fn get_node(&mut self, key: String) -> thrift::Result<Location>;
-  /// A new node announces itself to a member of the ring. The receiver adds it,
-  /// spreads the news, and answers with its whole member table.
-  fn enter(&mut self, member: Member) -> thrift::Result<Vec<Member>>;
-  /// Push-pull anti-entropy for membership: the caller sends its table and gets the
-  /// receiver's table back (after the receiver merged the caller's).
-  fn gossip(&mut self, members: Vec<Member>) -> thrift::Result<Vec<Member>>;
   /// The member that owns a key given as bytes (address "" and port 0 when empty).
   fn locate(&mut self, key: Vec<u8>) -> thrift::Result<Location>;
   /// Up to `count` members that hold a key, owner first (its preference list).
   fn replicas(&mut self, key: Vec<u8>, count: i32) -> thrift::Result<Vec<Location>>;
-  /// Failure detection, indirect probe: the receiver pings `target` itself and
-  /// says whether it answered in time.
-  fn probe(&mut self, target: Location) -> thrift::Result<bool>;
-  /// Testing aid, refused unless the node runs with --fault-injection: while
-  /// `on`, the node drops every call from and to its peers (a partition).
-  fn isolate(&mut self, on: bool) -> thrift::Result<()>;
 }
 
 pub trait TLocatorSyncClientMarker {}
@@ -1155,60 +1143,6 @@ impl <C: TThriftClient + TLocatorSyncClientMarker + TBaseSyncClientMarker> TLoca
       result.ok_or()
     }
   }
-  fn enter(&mut self, member: Member) -> thrift::Result<Vec<Member>> {
-    (
-      {
-        self.increment_sequence_number();
-        let message_ident = TMessageIdentifier::new("enter", TMessageType::Call, self.sequence_number());
-        let call_args = LocatorEnterArgs { member };
-        self.o_prot_mut().write_message_begin(&message_ident)?;
-        call_args.write_to_out_protocol(self.o_prot_mut())?;
-        self.o_prot_mut().write_message_end()?;
-        self.o_prot_mut().flush()
-      }
-    )?;
-    {
-      let message_ident = self.i_prot_mut().read_message_begin()?;
-      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
-      verify_expected_service_call("enter", &message_ident.name)?;
-      if message_ident.message_type == TMessageType::Exception {
-        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
-        self.i_prot_mut().read_message_end()?;
-        return Err(thrift::Error::Application(remote_error))
-      }
-      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
-      let result = LocatorEnterResult::read_from_in_protocol(self.i_prot_mut())?;
-      self.i_prot_mut().read_message_end()?;
-      result.ok_or()
-    }
-  }
-  fn gossip(&mut self, members: Vec<Member>) -> thrift::Result<Vec<Member>> {
-    (
-      {
-        self.increment_sequence_number();
-        let message_ident = TMessageIdentifier::new("gossip", TMessageType::Call, self.sequence_number());
-        let call_args = LocatorGossipArgs { members };
-        self.o_prot_mut().write_message_begin(&message_ident)?;
-        call_args.write_to_out_protocol(self.o_prot_mut())?;
-        self.o_prot_mut().write_message_end()?;
-        self.o_prot_mut().flush()
-      }
-    )?;
-    {
-      let message_ident = self.i_prot_mut().read_message_begin()?;
-      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
-      verify_expected_service_call("gossip", &message_ident.name)?;
-      if message_ident.message_type == TMessageType::Exception {
-        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
-        self.i_prot_mut().read_message_end()?;
-        return Err(thrift::Error::Application(remote_error))
-      }
-      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
-      let result = LocatorGossipResult::read_from_in_protocol(self.i_prot_mut())?;
-      self.i_prot_mut().read_message_end()?;
-      result.ok_or()
-    }
-  }
   fn locate(&mut self, key: Vec<u8>) -> thrift::Result<Location> {
     (
       {
@@ -1263,60 +1197,6 @@ impl <C: TThriftClient + TLocatorSyncClientMarker + TBaseSyncClientMarker> TLoca
       result.ok_or()
     }
   }
-  fn probe(&mut self, target: Location) -> thrift::Result<bool> {
-    (
-      {
-        self.increment_sequence_number();
-        let message_ident = TMessageIdentifier::new("probe", TMessageType::Call, self.sequence_number());
-        let call_args = LocatorProbeArgs { target };
-        self.o_prot_mut().write_message_begin(&message_ident)?;
-        call_args.write_to_out_protocol(self.o_prot_mut())?;
-        self.o_prot_mut().write_message_end()?;
-        self.o_prot_mut().flush()
-      }
-    )?;
-    {
-      let message_ident = self.i_prot_mut().read_message_begin()?;
-      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
-      verify_expected_service_call("probe", &message_ident.name)?;
-      if message_ident.message_type == TMessageType::Exception {
-        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
-        self.i_prot_mut().read_message_end()?;
-        return Err(thrift::Error::Application(remote_error))
-      }
-      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
-      let result = LocatorProbeResult::read_from_in_protocol(self.i_prot_mut())?;
-      self.i_prot_mut().read_message_end()?;
-      result.ok_or()
-    }
-  }
-  fn isolate(&mut self, on: bool) -> thrift::Result<()> {
-    (
-      {
-        self.increment_sequence_number();
-        let message_ident = TMessageIdentifier::new("isolate", TMessageType::Call, self.sequence_number());
-        let call_args = LocatorIsolateArgs { on };
-        self.o_prot_mut().write_message_begin(&message_ident)?;
-        call_args.write_to_out_protocol(self.o_prot_mut())?;
-        self.o_prot_mut().write_message_end()?;
-        self.o_prot_mut().flush()
-      }
-    )?;
-    {
-      let message_ident = self.i_prot_mut().read_message_begin()?;
-      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
-      verify_expected_service_call("isolate", &message_ident.name)?;
-      if message_ident.message_type == TMessageType::Exception {
-        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
-        self.i_prot_mut().read_message_end()?;
-        return Err(thrift::Error::Application(remote_error))
-      }
-      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
-      let result = LocatorIsolateResult::read_from_in_protocol(self.i_prot_mut())?;
-      self.i_prot_mut().read_message_end()?;
-      result.ok_or()
-    }
-  }
 }
 
 //
@@ -1329,22 +1209,10 @@ pub trait LocatorSyncHandler : BaseSyncHandler {
   fn handle_add(&self, location: Location, authorities: Vec<Location>) -> thrift::Result<()>;
   fn handle_get_all(&self) -> thrift::Result<Vec<Location>>;
   fn handle_get_node(&self, key: String) -> thrift::Result<Location>;
-  /// A new node announces itself to a member of the ring. The receiver adds it,
-  /// spreads the news, and answers with its whole member table.
-  fn handle_enter(&self, member: Member) -> thrift::Result<Vec<Member>>;
-  /// Push-pull anti-entropy for membership: the caller sends its table and gets the
-  /// receiver's table back (after the receiver merged the caller's).
-  fn handle_gossip(&self, members: Vec<Member>) -> thrift::Result<Vec<Member>>;
   /// The member that owns a key given as bytes (address "" and port 0 when empty).
   fn handle_locate(&self, key: Vec<u8>) -> thrift::Result<Location>;
   /// Up to `count` members that hold a key, owner first (its preference list).
   fn handle_replicas(&self, key: Vec<u8>, count: i32) -> thrift::Result<Vec<Location>>;
-  /// Failure detection, indirect probe: the receiver pings `target` itself and
-  /// says whether it answered in time.
-  fn handle_probe(&self, target: Location) -> thrift::Result<bool>;
-  /// Testing aid, refused unless the node runs with --fault-injection: while
-  /// `on`, the node drops every call from and to its peers (a partition).
-  fn handle_isolate(&self, on: bool) -> thrift::Result<()>;
 }
 
 pub struct LocatorSyncProcessor<H: LocatorSyncHandler> {
@@ -1372,23 +1240,11 @@ impl <H: LocatorSyncHandler> LocatorSyncProcessor<H> {
   fn process_get_node(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TLocatorProcessFunctions::process_get_node(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
-  fn process_enter(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    TLocatorProcessFunctions::process_enter(&self.handler, incoming_sequence_number, i_prot, o_prot)
-  }
-  fn process_gossip(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    TLocatorProcessFunctions::process_gossip(&self.handler, incoming_sequence_number, i_prot, o_prot)
-  }
   fn process_locate(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TLocatorProcessFunctions::process_locate(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_replicas(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TLocatorProcessFunctions::process_replicas(&self.handler, incoming_sequence_number, i_prot, o_prot)
-  }
-  fn process_probe(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    TLocatorProcessFunctions::process_probe(&self.handler, incoming_sequence_number, i_prot, o_prot)
-  }
-  fn process_isolate(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    TLocatorProcessFunctions::process_isolate(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_ping(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TBaseProcessFunctions::process_ping(&self.handler, incoming_sequence_number, i_prot, o_prot)
@@ -1556,80 +1412,6 @@ impl TLocatorProcessFunctions {
       },
     }
   }
-  pub fn process_enter<H: LocatorSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let args = LocatorEnterArgs::read_from_in_protocol(i_prot)?;
-    match handler.handle_enter(args.member) {
-      Ok(handler_return) => {
-        let message_ident = TMessageIdentifier::new("enter", TMessageType::Reply, incoming_sequence_number);
-        o_prot.write_message_begin(&message_ident)?;
-        let ret = LocatorEnterResult { result_value: Some(handler_return) };
-        ret.write_to_out_protocol(o_prot)?;
-        o_prot.write_message_end()?;
-        o_prot.flush()
-      },
-      Err(e) => {
-        match e {
-          thrift::Error::Application(app_err) => {
-            let message_ident = TMessageIdentifier::new("enter", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-          _ => {
-            let ret_err = {
-              ApplicationError::new(
-                ApplicationErrorKind::Unknown,
-                e.to_string()
-              )
-            };
-            let message_ident = TMessageIdentifier::new("enter", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-        }
-      },
-    }
-  }
-  pub fn process_gossip<H: LocatorSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let args = LocatorGossipArgs::read_from_in_protocol(i_prot)?;
-    match handler.handle_gossip(args.members) {
-      Ok(handler_return) => {
-        let message_ident = TMessageIdentifier::new("gossip", TMessageType::Reply, incoming_sequence_number);
-        o_prot.write_message_begin(&message_ident)?;
-        let ret = LocatorGossipResult { result_value: Some(handler_return) };
-        ret.write_to_out_protocol(o_prot)?;
-        o_prot.write_message_end()?;
-        o_prot.flush()
-      },
-      Err(e) => {
-        match e {
-          thrift::Error::Application(app_err) => {
-            let message_ident = TMessageIdentifier::new("gossip", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-          _ => {
-            let ret_err = {
-              ApplicationError::new(
-                ApplicationErrorKind::Unknown,
-                e.to_string()
-              )
-            };
-            let message_ident = TMessageIdentifier::new("gossip", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-        }
-      },
-    }
-  }
   pub fn process_locate<H: LocatorSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let args = LocatorLocateArgs::read_from_in_protocol(i_prot)?;
     match handler.handle_locate(args.key) {
@@ -1704,80 +1486,6 @@ impl TLocatorProcessFunctions {
       },
     }
   }
-  pub fn process_probe<H: LocatorSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let args = LocatorProbeArgs::read_from_in_protocol(i_prot)?;
-    match handler.handle_probe(args.target) {
-      Ok(handler_return) => {
-        let message_ident = TMessageIdentifier::new("probe", TMessageType::Reply, incoming_sequence_number);
-        o_prot.write_message_begin(&message_ident)?;
-        let ret = LocatorProbeResult { result_value: Some(handler_return) };
-        ret.write_to_out_protocol(o_prot)?;
-        o_prot.write_message_end()?;
-        o_prot.flush()
-      },
-      Err(e) => {
-        match e {
-          thrift::Error::Application(app_err) => {
-            let message_ident = TMessageIdentifier::new("probe", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-          _ => {
-            let ret_err = {
-              ApplicationError::new(
-                ApplicationErrorKind::Unknown,
-                e.to_string()
-              )
-            };
-            let message_ident = TMessageIdentifier::new("probe", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-        }
-      },
-    }
-  }
-  pub fn process_isolate<H: LocatorSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let args = LocatorIsolateArgs::read_from_in_protocol(i_prot)?;
-    match handler.handle_isolate(args.on) {
-      Ok(_) => {
-        let message_ident = TMessageIdentifier::new("isolate", TMessageType::Reply, incoming_sequence_number);
-        o_prot.write_message_begin(&message_ident)?;
-        let ret = LocatorIsolateResult {  };
-        ret.write_to_out_protocol(o_prot)?;
-        o_prot.write_message_end()?;
-        o_prot.flush()
-      },
-      Err(e) => {
-        match e {
-          thrift::Error::Application(app_err) => {
-            let message_ident = TMessageIdentifier::new("isolate", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-          _ => {
-            let ret_err = {
-              ApplicationError::new(
-                ApplicationErrorKind::Unknown,
-                e.to_string()
-              )
-            };
-            let message_ident = TMessageIdentifier::new("isolate", TMessageType::Exception, incoming_sequence_number);
-            o_prot.write_message_begin(&message_ident)?;
-            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
-            o_prot.write_message_end()?;
-            o_prot.flush()
-          },
-        }
-      },
-    }
-  }
 }
 
 impl <H: LocatorSyncHandler> TProcessor for LocatorSyncProcessor<H> {
@@ -1799,23 +1507,11 @@ impl <H: LocatorSyncHandler> TProcessor for LocatorSyncProcessor<H> {
       "get_node" => {
         self.process_get_node(message_ident.sequence_number, i_prot, o_prot)
       },
-      "enter" => {
-        self.process_enter(message_ident.sequence_number, i_prot, o_prot)
-      },
-      "gossip" => {
-        self.process_gossip(message_ident.sequence_number, i_prot, o_prot)
-      },
       "locate" => {
         self.process_locate(message_ident.sequence_number, i_prot, o_prot)
       },
       "replicas" => {
         self.process_replicas(message_ident.sequence_number, i_prot, o_prot)
-      },
-      "probe" => {
-        self.process_probe(message_ident.sequence_number, i_prot, o_prot)
-      },
-      "isolate" => {
-        self.process_isolate(message_ident.sequence_number, i_prot, o_prot)
       },
       "ping" => {
         self.process_ping(message_ident.sequence_number, i_prot, o_prot)
@@ -2254,258 +1950,6 @@ impl LocatorGetNodeResult {
 }
 
 //
-// LocatorEnterArgs
-//
-
-#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct LocatorEnterArgs {
-  member: Member,
-}
-
-impl LocatorEnterArgs {
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<LocatorEnterArgs> {
-    i_prot.read_struct_begin()?;
-    let mut f_1: Option<Member> = None;
-    loop {
-      let field_ident = i_prot.read_field_begin()?;
-      if field_ident.field_type == TType::Stop {
-        break;
-      }
-      let field_id = field_id(&field_ident)?;
-      match field_id {
-        1 => {
-          let val = Member::read_from_in_protocol(i_prot)?;
-          f_1 = Some(val);
-        },
-        _ => {
-          i_prot.skip(field_ident.field_type)?;
-        },
-      };
-      i_prot.read_field_end()?;
-    }
-    i_prot.read_struct_end()?;
-    verify_required_field_exists("LocatorEnterArgs.member", &f_1)?;
-    let ret = LocatorEnterArgs {
-      member: f_1.expect("auto-generated code should have checked for presence of required fields"),
-    };
-    Ok(ret)
-  }
-  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let struct_ident = TStructIdentifier::new("enter_args");
-    o_prot.write_struct_begin(&struct_ident)?;
-    o_prot.write_field_begin(&TFieldIdentifier::new("member", TType::Struct, 1))?;
-    self.member.write_to_out_protocol(o_prot)?;
-    o_prot.write_field_end()?;
-    o_prot.write_field_stop()?;
-    o_prot.write_struct_end()
-  }
-}
-
-//
-// LocatorEnterResult
-//
-
-#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct LocatorEnterResult {
-  result_value: Option<Vec<Member>>,
-}
-
-impl LocatorEnterResult {
-  fn ok_or(self) -> thrift::Result<Vec<Member>> {
-    if self.result_value.is_some() {
-      Ok(self.result_value.unwrap())
-    } else {
-      Err(
-        thrift::Error::Application(
-          ApplicationError::new(
-            ApplicationErrorKind::MissingResult,
-            "no result received for LocatorEnter"
-          )
-        )
-      )
-    }
-  }
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<LocatorEnterResult> {
-    i_prot.read_struct_begin()?;
-    let mut f_0: Option<Vec<Member>> = None;
-    loop {
-      let field_ident = i_prot.read_field_begin()?;
-      if field_ident.field_type == TType::Stop {
-        break;
-      }
-      let field_id = field_id(&field_ident)?;
-      match field_id {
-        0 => {
-          let list_ident = i_prot.read_list_begin()?;
-          let mut val: Vec<Member> = Vec::with_capacity(list_ident.size as usize);
-          for _ in 0..list_ident.size {
-            let list_elem_4 = Member::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_4);
-          }
-          i_prot.read_list_end()?;
-          f_0 = Some(val);
-        },
-        _ => {
-          i_prot.skip(field_ident.field_type)?;
-        },
-      };
-      i_prot.read_field_end()?;
-    }
-    i_prot.read_struct_end()?;
-    let ret = LocatorEnterResult {
-      result_value: f_0,
-    };
-    Ok(ret)
-  }
-  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let struct_ident = TStructIdentifier::new("LocatorEnterResult");
-    o_prot.write_struct_begin(&struct_ident)?;
-    if let Some(ref fld_var) = self.result_value {
-      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
-      o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
-      for e in fld_var {
-        e.write_to_out_protocol(o_prot)?;
-      }
-      o_prot.write_list_end()?;
-      o_prot.write_field_end()?
-    }
-    o_prot.write_field_stop()?;
-    o_prot.write_struct_end()
-  }
-}
-
-//
-// LocatorGossipArgs
-//
-
-#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct LocatorGossipArgs {
-  members: Vec<Member>,
-}
-
-impl LocatorGossipArgs {
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<LocatorGossipArgs> {
-    i_prot.read_struct_begin()?;
-    let mut f_1: Option<Vec<Member>> = None;
-    loop {
-      let field_ident = i_prot.read_field_begin()?;
-      if field_ident.field_type == TType::Stop {
-        break;
-      }
-      let field_id = field_id(&field_ident)?;
-      match field_id {
-        1 => {
-          let list_ident = i_prot.read_list_begin()?;
-          let mut val: Vec<Member> = Vec::with_capacity(list_ident.size as usize);
-          for _ in 0..list_ident.size {
-            let list_elem_5 = Member::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_5);
-          }
-          i_prot.read_list_end()?;
-          f_1 = Some(val);
-        },
-        _ => {
-          i_prot.skip(field_ident.field_type)?;
-        },
-      };
-      i_prot.read_field_end()?;
-    }
-    i_prot.read_struct_end()?;
-    verify_required_field_exists("LocatorGossipArgs.members", &f_1)?;
-    let ret = LocatorGossipArgs {
-      members: f_1.expect("auto-generated code should have checked for presence of required fields"),
-    };
-    Ok(ret)
-  }
-  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let struct_ident = TStructIdentifier::new("gossip_args");
-    o_prot.write_struct_begin(&struct_ident)?;
-    o_prot.write_field_begin(&TFieldIdentifier::new("members", TType::List, 1))?;
-    o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, self.members.len() as i32))?;
-    for e in &self.members {
-      e.write_to_out_protocol(o_prot)?;
-    }
-    o_prot.write_list_end()?;
-    o_prot.write_field_end()?;
-    o_prot.write_field_stop()?;
-    o_prot.write_struct_end()
-  }
-}
-
-//
-// LocatorGossipResult
-//
-
-#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct LocatorGossipResult {
-  result_value: Option<Vec<Member>>,
-}
-
-impl LocatorGossipResult {
-  fn ok_or(self) -> thrift::Result<Vec<Member>> {
-    if self.result_value.is_some() {
-      Ok(self.result_value.unwrap())
-    } else {
-      Err(
-        thrift::Error::Application(
-          ApplicationError::new(
-            ApplicationErrorKind::MissingResult,
-            "no result received for LocatorGossip"
-          )
-        )
-      )
-    }
-  }
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<LocatorGossipResult> {
-    i_prot.read_struct_begin()?;
-    let mut f_0: Option<Vec<Member>> = None;
-    loop {
-      let field_ident = i_prot.read_field_begin()?;
-      if field_ident.field_type == TType::Stop {
-        break;
-      }
-      let field_id = field_id(&field_ident)?;
-      match field_id {
-        0 => {
-          let list_ident = i_prot.read_list_begin()?;
-          let mut val: Vec<Member> = Vec::with_capacity(list_ident.size as usize);
-          for _ in 0..list_ident.size {
-            let list_elem_6 = Member::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_6);
-          }
-          i_prot.read_list_end()?;
-          f_0 = Some(val);
-        },
-        _ => {
-          i_prot.skip(field_ident.field_type)?;
-        },
-      };
-      i_prot.read_field_end()?;
-    }
-    i_prot.read_struct_end()?;
-    let ret = LocatorGossipResult {
-      result_value: f_0,
-    };
-    Ok(ret)
-  }
-  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let struct_ident = TStructIdentifier::new("LocatorGossipResult");
-    o_prot.write_struct_begin(&struct_ident)?;
-    if let Some(ref fld_var) = self.result_value {
-      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
-      o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
-      for e in fld_var {
-        e.write_to_out_protocol(o_prot)?;
-      }
-      o_prot.write_list_end()?;
-      o_prot.write_field_end()?
-    }
-    o_prot.write_field_stop()?;
-    o_prot.write_struct_end()
-  }
-}
-
-//
 // LocatorLocateArgs
 //
 
@@ -2713,8 +2157,8 @@ impl LocatorReplicasResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Location> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_7 = Location::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_7);
+            let list_elem_4 = Location::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_4);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -2743,204 +2187,6 @@ impl LocatorReplicasResult {
       o_prot.write_list_end()?;
       o_prot.write_field_end()?
     }
-    o_prot.write_field_stop()?;
-    o_prot.write_struct_end()
-  }
-}
-
-//
-// LocatorProbeArgs
-//
-
-#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct LocatorProbeArgs {
-  target: Location,
-}
-
-impl LocatorProbeArgs {
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<LocatorProbeArgs> {
-    i_prot.read_struct_begin()?;
-    let mut f_1: Option<Location> = None;
-    loop {
-      let field_ident = i_prot.read_field_begin()?;
-      if field_ident.field_type == TType::Stop {
-        break;
-      }
-      let field_id = field_id(&field_ident)?;
-      match field_id {
-        1 => {
-          let val = Location::read_from_in_protocol(i_prot)?;
-          f_1 = Some(val);
-        },
-        _ => {
-          i_prot.skip(field_ident.field_type)?;
-        },
-      };
-      i_prot.read_field_end()?;
-    }
-    i_prot.read_struct_end()?;
-    verify_required_field_exists("LocatorProbeArgs.target", &f_1)?;
-    let ret = LocatorProbeArgs {
-      target: f_1.expect("auto-generated code should have checked for presence of required fields"),
-    };
-    Ok(ret)
-  }
-  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let struct_ident = TStructIdentifier::new("probe_args");
-    o_prot.write_struct_begin(&struct_ident)?;
-    o_prot.write_field_begin(&TFieldIdentifier::new("target", TType::Struct, 1))?;
-    self.target.write_to_out_protocol(o_prot)?;
-    o_prot.write_field_end()?;
-    o_prot.write_field_stop()?;
-    o_prot.write_struct_end()
-  }
-}
-
-//
-// LocatorProbeResult
-//
-
-#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct LocatorProbeResult {
-  result_value: Option<bool>,
-}
-
-impl LocatorProbeResult {
-  fn ok_or(self) -> thrift::Result<bool> {
-    if self.result_value.is_some() {
-      Ok(self.result_value.unwrap())
-    } else {
-      Err(
-        thrift::Error::Application(
-          ApplicationError::new(
-            ApplicationErrorKind::MissingResult,
-            "no result received for LocatorProbe"
-          )
-        )
-      )
-    }
-  }
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<LocatorProbeResult> {
-    i_prot.read_struct_begin()?;
-    let mut f_0: Option<bool> = None;
-    loop {
-      let field_ident = i_prot.read_field_begin()?;
-      if field_ident.field_type == TType::Stop {
-        break;
-      }
-      let field_id = field_id(&field_ident)?;
-      match field_id {
-        0 => {
-          let val = i_prot.read_bool()?;
-          f_0 = Some(val);
-        },
-        _ => {
-          i_prot.skip(field_ident.field_type)?;
-        },
-      };
-      i_prot.read_field_end()?;
-    }
-    i_prot.read_struct_end()?;
-    let ret = LocatorProbeResult {
-      result_value: f_0,
-    };
-    Ok(ret)
-  }
-  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let struct_ident = TStructIdentifier::new("LocatorProbeResult");
-    o_prot.write_struct_begin(&struct_ident)?;
-    if let Some(fld_var) = self.result_value {
-      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Bool, 0))?;
-      o_prot.write_bool(fld_var)?;
-      o_prot.write_field_end()?
-    }
-    o_prot.write_field_stop()?;
-    o_prot.write_struct_end()
-  }
-}
-
-//
-// LocatorIsolateArgs
-//
-
-#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct LocatorIsolateArgs {
-  on: bool,
-}
-
-impl LocatorIsolateArgs {
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<LocatorIsolateArgs> {
-    i_prot.read_struct_begin()?;
-    let mut f_1: Option<bool> = None;
-    loop {
-      let field_ident = i_prot.read_field_begin()?;
-      if field_ident.field_type == TType::Stop {
-        break;
-      }
-      let field_id = field_id(&field_ident)?;
-      match field_id {
-        1 => {
-          let val = i_prot.read_bool()?;
-          f_1 = Some(val);
-        },
-        _ => {
-          i_prot.skip(field_ident.field_type)?;
-        },
-      };
-      i_prot.read_field_end()?;
-    }
-    i_prot.read_struct_end()?;
-    verify_required_field_exists("LocatorIsolateArgs.on", &f_1)?;
-    let ret = LocatorIsolateArgs {
-      on: f_1.expect("auto-generated code should have checked for presence of required fields"),
-    };
-    Ok(ret)
-  }
-  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let struct_ident = TStructIdentifier::new("isolate_args");
-    o_prot.write_struct_begin(&struct_ident)?;
-    o_prot.write_field_begin(&TFieldIdentifier::new("on", TType::Bool, 1))?;
-    o_prot.write_bool(self.on)?;
-    o_prot.write_field_end()?;
-    o_prot.write_field_stop()?;
-    o_prot.write_struct_end()
-  }
-}
-
-//
-// LocatorIsolateResult
-//
-
-#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
-struct LocatorIsolateResult {
-}
-
-impl LocatorIsolateResult {
-  fn ok_or(self) -> thrift::Result<()> {
-    Ok(())
-  }
-  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<LocatorIsolateResult> {
-    i_prot.read_struct_begin()?;
-    loop {
-      let field_ident = i_prot.read_field_begin()?;
-      if field_ident.field_type == TType::Stop {
-        break;
-      }
-      let field_id = field_id(&field_ident)?;
-      match field_id {
-        _ => {
-          i_prot.skip(field_ident.field_type)?;
-        },
-      };
-      i_prot.read_field_end()?;
-    }
-    i_prot.read_struct_end()?;
-    let ret = LocatorIsolateResult {};
-    Ok(ret)
-  }
-  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
-    let struct_ident = TStructIdentifier::new("LocatorIsolateResult");
-    o_prot.write_struct_begin(&struct_ident)?;
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }
