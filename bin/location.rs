@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use thrifty_p2p::auth::{Secret, Secrets};
 use thrifty_p2p::{Config, NodeAddr, discover, launch};
 
 /// Run a thrifty-p2p node: a member of a peer-to-peer key-value ring.
@@ -98,6 +99,20 @@ struct Args {
     #[arg(long, requires = "data_dir")]
     fsync: bool,
 
+    /// A file holding the cluster secret: every member must hold the same
+    /// one. Node-to-node and ring-changing calls (join, gossip, replication,
+    /// die, remove...) are then refused unless the caller proves it, so a
+    /// node without it cannot join. Without it the node is open to anyone who
+    /// can reach its port (it warns at start).
+    #[arg(long, value_name = "FILE", env = "THRIFTY_CLUSTER_SECRET_FILE")]
+    cluster_secret_file: Option<std::path::PathBuf>,
+
+    /// A file holding the client secret: data calls (get, put, fetch, store,
+    /// erase, stats...) are then refused unless the caller proves it (or the
+    /// cluster secret). Clients take the same option.
+    #[arg(long, value_name = "FILE", env = "THRIFTY_CLIENT_SECRET_FILE")]
+    client_secret_file: Option<std::path::PathBuf>,
+
     /// Accept the `isolate` call, which cuts the node off from its peers
     /// (for partition tests; never in production).
     #[arg(long, hide = true)]
@@ -105,7 +120,18 @@ struct Args {
 }
 
 fn config(args: Args) -> Result<Config, String> {
+    let secret = |path: &Option<std::path::PathBuf>| {
+        path.as_deref()
+            .map(Secret::from_file)
+            .transpose()
+            .map_err(|e| e.to_string())
+    };
+    let secrets = Secrets {
+        cluster: secret(&args.cluster_secret_file)?,
+        client: secret(&args.client_secret_file)?,
+    };
     let mut config = Config {
+        secrets,
         bind: args.bind,
         advertise: args.advertise,
         max_value_bytes: args.max_value_bytes,

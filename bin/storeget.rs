@@ -1,10 +1,14 @@
 //! `storeget KEY`: print the value stored at KEY (exit code 1 when absent),
 //! streaming a chunked value from its chunks' owners.
 
+#[path = "secret.rs"]
+mod secret;
+
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::Parser;
+use secret::SecretArgs;
 use thrifty_p2p::{Client, ClientOptions, NodeAddr};
 
 /// Print the value stored at KEY in a thrifty-p2p ring, as raw bytes.
@@ -20,6 +24,8 @@ struct Args {
     /// localhost from port 9900 up.
     #[arg(long, value_name = "HOST:PORT")]
     peer: Option<NodeAddr>,
+    #[command(flatten)]
+    secrets: SecretArgs,
 }
 
 fn main() -> ExitCode {
@@ -27,7 +33,18 @@ fn main() -> ExitCode {
     // Warnings by default; RUST_LOG=debug shows each call and retry.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let mut out = std::io::stdout().lock();
-    let result = Client::open(args.peer, ClientOptions::default())
+    let result = args
+        .secrets
+        .secret()
+        .and_then(|secret| {
+            Client::open(
+                args.peer,
+                ClientOptions {
+                    secret,
+                    ..ClientOptions::default()
+                },
+            )
+        })
         .and_then(|mut ring| ring.get_to(&args.key, &mut out));
     match result {
         Ok(Some(_)) => {

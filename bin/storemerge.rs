@@ -1,10 +1,14 @@
 //! `storemerge OTHER`: merge the local ring (or `--peer`'s) with the ring
 //! that OTHER belongs to.
 
+#[path = "secret.rs"]
+mod secret;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use secret::SecretArgs;
 use thrifty_p2p::{Client, ClientOptions, NodeAddr};
 
 /// Merge two thrifty-p2p rings into one: the ring of --peer (default: the
@@ -28,6 +32,8 @@ struct Args {
     /// localhost from port 9900 up.
     #[arg(long, value_name = "HOST:PORT")]
     peer: Option<NodeAddr>,
+    #[command(flatten)]
+    secrets: SecretArgs,
     /// How long to wait for the merged ring to form, in seconds.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     timeout: u64,
@@ -36,7 +42,18 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let result = Client::open(args.peer, ClientOptions::default())
+    let result = args
+        .secrets
+        .secret()
+        .and_then(|secret| {
+            Client::open(
+                args.peer,
+                ClientOptions {
+                    secret,
+                    ..ClientOptions::default()
+                },
+            )
+        })
         .and_then(|mut ring| ring.merge(&args.other, Duration::from_secs(args.timeout)));
     match result {
         Ok(members) => {

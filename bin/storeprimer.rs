@@ -1,11 +1,15 @@
 //! `storeprimer`: load the NATO alphabet (A -> Alpha ... Z -> Zulu) into a ring.
 
+#[path = "secret.rs"]
+mod secret;
+
 #[path = "nato.rs"]
 mod nato;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use secret::SecretArgs;
 use thrifty_p2p::{Client, ClientOptions, NodeAddr};
 
 use crate::nato::NATO;
@@ -20,19 +24,33 @@ struct Args {
     /// localhost from port 9900 up.
     #[arg(long, value_name = "HOST:PORT")]
     peer: Option<NodeAddr>,
+    #[command(flatten)]
+    secrets: SecretArgs,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     // Warnings by default; RUST_LOG=debug shows each call and retry.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let result = Client::open(args.peer, ClientOptions::default()).and_then(|mut session| {
-        for (key, value) in NATO {
-            session.put(key, value)?;
-            println!("{key} -> {value}");
-        }
-        Ok(())
-    });
+    let result = args
+        .secrets
+        .secret()
+        .and_then(|secret| {
+            Client::open(
+                args.peer,
+                ClientOptions {
+                    secret,
+                    ..ClientOptions::default()
+                },
+            )
+        })
+        .and_then(|mut session| {
+            for (key, value) in NATO {
+                session.put(key, value)?;
+                println!("{key} -> {value}");
+            }
+            Ok(())
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

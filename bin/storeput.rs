@@ -1,11 +1,15 @@
 //! `storeput KEY VALUE`: store a value in the ring (`-` reads it from stdin,
 //! streaming input longer than one chunk straight to the chunks' owners).
 
+#[path = "secret.rs"]
+mod secret;
+
 use std::io::Read;
 use std::process::ExitCode;
 
 use clap::Parser;
 use clap::builder::RangedU64ValueParser;
+use secret::SecretArgs;
 use thrifty_p2p::stream::{DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, Options};
 use thrifty_p2p::{Client, ClientOptions, NodeAddr};
 
@@ -31,6 +35,8 @@ struct Args {
     /// localhost from port 9900 up.
     #[arg(long, value_name = "HOST:PORT")]
     peer: Option<NodeAddr>,
+    #[command(flatten)]
+    secrets: SecretArgs,
     /// Bytes per chunk of a streamed value; a value of at most this size is
     /// stored whole. Must not exceed the nodes' --max-value-bytes (64 MiB by
     /// default).
@@ -43,7 +49,15 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // Warnings by default; RUST_LOG=debug shows each call and retry.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let secret = match args.secrets.secret() {
+        Ok(secret) => secret,
+        Err(e) => {
+            eprintln!("storeput: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let options = ClientOptions {
+        secret,
         stream: Options {
             chunk_bytes: args.chunk_bytes,
             ..Options::default()

@@ -1,11 +1,15 @@
 //! `storetest`: read back the NATO alphabet loaded by `storeprimer`.
 
+#[path = "secret.rs"]
+mod secret;
+
 #[path = "nato.rs"]
 mod nato;
 
 use std::process::ExitCode;
 
 use clap::Parser;
+use secret::SecretArgs;
 use thrifty_p2p::{Client, ClientOptions, NodeAddr, Result};
 
 use crate::nato::NATO;
@@ -20,13 +24,26 @@ struct Args {
     /// localhost from port 9900 up.
     #[arg(long, value_name = "HOST:PORT")]
     peer: Option<NodeAddr>,
+    #[command(flatten)]
+    secrets: SecretArgs,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     // Warnings by default; RUST_LOG=debug shows each call and retry.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let missing = match Client::open(args.peer, ClientOptions::default())
+    let missing = match args
+        .secrets
+        .secret()
+        .and_then(|secret| {
+            Client::open(
+                args.peer,
+                ClientOptions {
+                    secret,
+                    ..ClientOptions::default()
+                },
+            )
+        })
         .and_then(|mut s| check_nato(&mut s))
     {
         Ok(missing) => missing,

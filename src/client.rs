@@ -307,14 +307,14 @@ impl Client {
     /// last (a reader sees the old value or the whole new one). Never holds
     /// more than `workers + 2` chunks in memory.
     pub fn put_from(&mut self, key: impl AsRef<[u8]>, reader: impl Read) -> Result<Written> {
-        stream::put(&self.entry, key.as_ref(), reader, &self.options.stream)
+        stream::put(&self.entry, key.as_ref(), reader, &self.stream_options())
     }
 
     /// Writes the value at `key` to `writer`, a streamed value's chunks
     /// fetched from their owners in parallel and in order; returns its size,
     /// or `None` when the key is not stored.
     pub fn get_to(&mut self, key: impl AsRef<[u8]>, writer: impl Write) -> Result<Option<u64>> {
-        stream::get_large(&self.entry, key.as_ref(), writer, &self.options.stream)
+        stream::get_large(&self.entry, key.as_ref(), writer, &self.stream_options())
     }
 
     /// Makes `call` at the key's owner, then at its other replicas, then at
@@ -366,6 +366,14 @@ impl Client {
             .unwrap_or_default();
         peers.push(self.entry.clone());
         peers
+    }
+
+    /// How this client streams: its stream options, proving its secret.
+    fn stream_options(&self) -> stream::Options {
+        stream::Options {
+            secret: self.options.secret.clone(),
+            ..self.options.stream.clone()
+        }
     }
 
     /// Makes `call` on a connection to `peer`, opened on first use; one that

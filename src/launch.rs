@@ -94,7 +94,11 @@ pub fn start(config: Config) -> Result<Running> {
         .thread_name("thrifty-worker")
         .build()?;
     let _inside = runtime.enter();
-    let pool = Arc::new(AsyncPool::new(config.connect_timeout, config.limits()));
+    let pool = Arc::new(AsyncPool::new(
+        config.connect_timeout,
+        config.limits(),
+        config.secrets.cluster.clone(),
+    ));
     let node = Node::new(Parts {
         config: config.clone(),
         me,
@@ -125,7 +129,26 @@ pub fn start(config: Config) -> Result<Running> {
         node.start();
     }
     log::info!("{} serving on {local}", node.me());
+    warn_about_access(&config, local);
     Ok(running)
+}
+
+/// Says at start what a node without secrets leaves open.
+fn warn_about_access(config: &Config, local: SocketAddr) {
+    let secrets = &config.secrets;
+    if secrets.cluster.is_none() {
+        log::warn!(
+            "no cluster secret: anyone who can reach {local} can join this ring, remove or \
+             stop members and overwrite any key; run it on a trusted network only, or start \
+             every member with --cluster-secret-file (README, Security)"
+        );
+    }
+    if secrets.client.is_none() {
+        log::info!(
+            "no client secret: anyone who can reach {local} can read and write data \
+             (--client-secret-file to require one)"
+        );
+    }
 }
 
 /// Whether `seed` is this node itself (`me`, listening on `local`): its
@@ -156,6 +179,11 @@ async fn join(node: &Arc<Node>, seed: &NodeAddr, config: &Config) -> Result<()> 
         other => return other,
     }
     let options = ClientOptions {
+        secret: config
+            .secrets
+            .cluster
+            .clone()
+            .map(|secret| (crate::auth::Role::Cluster, secret)),
         connect_timeout: config.connect_timeout,
         rpc_timeout: config.rpc_timeout,
         limits: config.limits(),

@@ -63,6 +63,7 @@ use md5::{Digest, Md5};
 use parking_lot::{Condvar, Mutex};
 
 use crate::addr::NodeAddr;
+use crate::auth::{Role, Secret};
 use crate::client::ClientOptions;
 use crate::config::MAX_KEY_BYTES;
 use crate::error::{Error, ErrorKind, Result};
@@ -102,7 +103,7 @@ const CHUNK_KEY_OVERHEAD: usize = CHUNK_PREFIX.len() + 16;
 const REPLY_OVERHEAD: usize = 64 * 1024 + MAX_KEY_BYTES;
 
 /// How values are streamed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
     /// Bytes per chunk (default [`DEFAULT_CHUNK_BYTES`]). Must not exceed the
     /// nodes' `--max-value-bytes`. Reads take the size from the manifest.
@@ -112,6 +113,9 @@ pub struct Options {
     /// most `workers + 2` chunks in memory, a get at most `workers` (plus, in
     /// each connection, a reply buffer that grows to twice a chunk).
     pub workers: usize,
+    /// The secret each connection proves (see [`ClientOptions::secret`];
+    /// a [`crate::Client`] passes its own).
+    pub secret: Option<(Role, Secret)>,
 }
 
 impl Default for Options {
@@ -119,11 +123,20 @@ impl Default for Options {
         Options {
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             workers: DEFAULT_WORKERS,
+            secret: None,
         }
     }
 }
 
 impl Options {
+    /// How each of the stream's connections is opened.
+    fn client(&self) -> ClientOptions {
+        ClientOptions {
+            secret: self.secret.clone(),
+            ..ClientOptions::default()
+        }
+    }
+
     fn check(&self) -> Result<()> {
         if self.chunk_bytes == 0 || self.chunk_bytes > MAX_CHUNK_BYTES || self.workers == 0 {
             return Err(Error::BadOptions {
@@ -277,7 +290,7 @@ pub fn put(
         let manifest = put_large(source, key, io::Cursor::new(first).chain(reader), options)?;
         return Ok(Written::Chunked(manifest));
     }
-    let mut control = Conn::open(source, &ClientOptions::default())?;
+    let mut control = Conn::open(source, &options.client())?;
     let old = previous_manifest(&mut control, key)?;
     let size = first.len() as u64;
     control.store(key, &first)?;
@@ -306,7 +319,7 @@ pub fn put_large(
             max,
         });
     }
-    let mut control = Conn::open(source, &ClientOptions::default())?;
+    let mut control = Conn::open(source, &options.client())?;
     let ring = Ring::new(members(&mut control)?);
     let old = previous_manifest(&mut control, key)?;
     let upload = fresh_upload_id();
@@ -345,7 +358,7 @@ pub fn get_large(
     options: &Options,
 ) -> Result<Option<u64>> {
     options.check()?;
-    let mut control = Conn::open(source, &ClientOptions::default())?;
+    let mut control = Conn::open(source, &options.client())?;
     let Some(value) = control.fetch(key)? else {
         return Ok(None);
     };
@@ -364,7 +377,7 @@ pub fn get_large(
         }
     };
     let ring = Ring::new(members(&mut control)?);
-    receive_chunks(&ring, key, &manifest, &mut writer, options.workers)?;
+    receive_chunks(&ring, key, &manifest, &mut writer, options)?;
     writer.flush().map_err(Error::Output)?;
     Ok(Some(manifest.size))
 }
@@ -401,7 +414,7 @@ fn send_chunks(
             let free_tx = free_tx.clone();
             let (work_rx, failure, digests) = (&work_rx, &failure, &digests);
             s.spawn(move || {
-                let mut conns = Conns::new(ClientOptions::default());
+                let mut conns = Conns::new(options.client());
                 loop {
                     // Holding the lock while waiting is the point: one idle
                     // worker waits on the channel, the others on the lock.
@@ -542,10 +555,11 @@ fn receive_chunks(
     key: &[u8],
     manifest: &Manifest,
     writer: &mut impl Write,
-    workers: usize,
+    stream: &Options,
 ) -> Result<()> {
+    let workers = stream.workers;
     let window = Window::new(manifest.chunks(), workers as u64);
-    let mut options = ClientOptions::default();
+    let mut options = stream.client();
     options.limits.max_message = options
         .limits
         .max_message
@@ -923,6 +937,7 @@ mod tests {
             let options = Options {
                 chunk_bytes,
                 workers,
+                secret: None,
             };
             assert!(matches!(options.check(), Err(Error::BadOptions { .. })));
         }

@@ -260,6 +260,7 @@ fn measure(label: &str, opts: &[&str]) {
     let options = Options {
         chunk_bytes: knob("STREAM_BENCH_CHUNK_MIB", 8) * MIB,
         workers: knob("STREAM_BENCH_WORKERS", 4),
+        ..Options::default()
     };
     let nodes = start_ring(3, opts);
     let value = pseudo_random(size, 7);

@@ -18,6 +18,7 @@ use super::frame::{self, Limits};
 use super::idl::diststore::{PeerSyncClient, TPeerSyncClient, TStoreSyncClient};
 use super::idl::locator::{TBaseSyncClient, TLocatorSyncClient};
 use crate::addr::NodeAddr;
+use crate::auth::{Caller, Role, Secret};
 use crate::client::ClientOptions;
 use crate::error::{Error, Result};
 use crate::membership::MemberState;
@@ -203,7 +204,23 @@ impl Conn {
             Err(e) => return Err(call_error(peer, e)),
         }
         socket.set_read_timeout(Some(options.rpc_timeout))?;
+        if let Some((role, secret)) = &options.secret {
+            conn.prove(*role, secret)?;
+        }
         Ok(conn)
+    }
+
+    /// Proves `role`'s secret on this connection (`hello`, then
+    /// `authenticate`), and checks that the node proves it back.
+    fn prove(&mut self, role: Role, secret: &Secret) -> Result<()> {
+        let caller = Caller::new(role);
+        let result = self.client.hello(caller.nonce().to_vec());
+        let node = self.done(result)?;
+        let result = self
+            .client
+            .authenticate(role.name().into(), caller.proof(secret, &node));
+        let answer = self.done(result)?;
+        caller.check(secret, &node, &answer, &self.peer.to_string())
     }
 
     /// The node this connection reaches.
@@ -340,7 +357,13 @@ pub(crate) fn call_error(peer: &NodeAddr, error: thrift::Error) -> Error {
         },
         thrift::Error::Application(app) => Error::Remote {
             peer: peer.to_string(),
-            kind: crate::error::ErrorKind::Refused,
+            // Methods that declare no `StoreError` carry a refusal for a
+            // missing secret as an application error (see `auth`).
+            kind: if app.message.starts_with(UNAUTHORIZED_PREFIX) {
+                crate::error::ErrorKind::Unauthorized
+            } else {
+                crate::error::ErrorKind::Refused
+            },
             message: app.message,
         },
         other => Error::Rpc {
@@ -349,6 +372,10 @@ pub(crate) fn call_error(peer: &NodeAddr, error: thrift::Error) -> Error {
         },
     }
 }
+
+/// How [`Error::Unauthorized`] reads, so that it is known again in an
+/// application error's message.
+const UNAUTHORIZED_PREFIX: &str = "not authorized: ";
 
 /// Whether `error` is a read that timed out (see [`ReplyReader`]).
 fn timed_out(error: &thrift::Error) -> bool {

@@ -31,6 +31,7 @@ use super::convert;
 use super::frame::{self, Limits};
 use super::idl::diststore::{PeerSyncClient, TPeerSyncClient};
 use crate::addr::NodeAddr;
+use crate::auth::{Caller, Role, Secret};
 use crate::error::{Error, Result};
 use crate::peer::{Reply, Request};
 use crate::transport::{BoxFuture, Transport};
@@ -138,15 +139,19 @@ pub struct AsyncPool {
     idle: Idle<TcpStream>,
     connect_timeout: Duration,
     limits: Limits,
+    /// The cluster secret, proved on every new connection when set.
+    secret: Option<Secret>,
 }
 
 impl AsyncPool {
-    /// An empty pool.
-    pub fn new(connect_timeout: Duration, limits: Limits) -> Self {
+    /// An empty pool; its connections prove `secret` (the cluster secret)
+    /// when given.
+    pub fn new(connect_timeout: Duration, limits: Limits, secret: Option<Secret>) -> Self {
         AsyncPool {
             idle: Idle::default(),
             connect_timeout,
             limits,
+            secret,
         }
     }
 
@@ -164,8 +169,16 @@ impl AsyncPool {
         let mut last = unreachable("no address".into(), false);
         for addr in peer.resolve()? {
             match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => {
+                Ok(Ok(mut stream)) => {
                     stream.set_nodelay(true)?;
+                    if let Some(secret) = &self.secret {
+                        tokio::time::timeout(timeout, self.prove(&mut stream, peer, secret))
+                            .await
+                            .map_err(|_| Error::NoAnswer {
+                                peer: peer.to_string(),
+                                after: timeout,
+                            })??;
+                    }
                     return Ok(stream);
                 }
                 Ok(Err(e)) => {
@@ -176,6 +189,29 @@ impl AsyncPool {
             }
         }
         Err(last)
+    }
+
+    /// Proves the cluster secret on a new connection to `peer`, and checks
+    /// that `peer` proves it back (an impostor member learns nothing).
+    async fn prove(&self, stream: &mut TcpStream, peer: &NodeAddr, secret: &Secret) -> Result<()> {
+        let rpc = |e: io::Error| Error::Rpc {
+            peer: peer.to_string(),
+            reason: e.to_string(),
+        };
+        let caller = Caller::new(Role::Cluster);
+        let nonce = caller.nonce().to_vec();
+        let request = encode(|c| c.hello(nonce).map(drop));
+        let reply = self.exchange(stream, &request).await.map_err(rpc)?;
+        let node = decode(&reply, &self.limits, |c| c.hello(Vec::new()))
+            .map_err(|e| call_error(peer, e))?;
+        let proof = caller.proof(secret, &node);
+        let request = encode(|c| c.authenticate(Role::Cluster.name().into(), proof).map(drop));
+        let reply = self.exchange(stream, &request).await.map_err(rpc)?;
+        let answer = decode(&reply, &self.limits, |c| {
+            c.authenticate(String::new(), Vec::new())
+        })
+        .map_err(|e| call_error(peer, e))?;
+        caller.check(secret, &node, &answer, &peer.to_string())
     }
 
     /// Sends `request` to `peer` and returns the whole reply message.
