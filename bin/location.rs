@@ -94,6 +94,13 @@ struct Args {
     #[arg(long, requires = "data_dir")]
     fsync: bool,
 
+    /// Serve HTTP on ADDR (e.g. 127.0.0.1:9980; port 0 picks one): `/` a
+    /// status page (the ring, every member's health and keys), `/metrics`
+    /// for Prometheus, `/status.json`. Off by default. The line after
+    /// `listening on ...` on standard output is then `http on http://IP:PORT`.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
+
     /// Accept the `isolate` call, which cuts the node off from its peers
     /// (for partition tests; never in production).
     #[arg(long, hide = true)]
@@ -121,6 +128,7 @@ fn config(args: Args) -> Result<Config, String> {
         data_dir: args.data_dir,
         fsync: args.fsync,
         fault_injection: args.fault_injection,
+        http: args.http,
         ..Config::default()
     };
     if config.replicas == 0 {
@@ -191,6 +199,9 @@ fn main() -> ExitCode {
         running.local_addr(),
         running.addr()
     );
+    if let Some(http) = running.http_addr() {
+        println!("http on http://{http}");
+    }
     let left_behind = running.run_until_stopped();
     if left_behind > 0 {
         eprintln!("location: {left_behind} keys could not be handed over");

@@ -55,6 +55,7 @@ use crate::addr::NodeAddr;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::membership::{MemberState, Status};
+use crate::metrics::Metrics;
 use crate::peer::{Reply, Request};
 use crate::replicate::Replicator;
 use crate::ring::Ring;
@@ -177,6 +178,9 @@ pub struct Node {
     incarnation: AtomicI64,
     /// Set while a burst of heartbeats to every peer is due.
     confirming: AtomicBool,
+    /// What the node counts for `/metrics` (counted in the simulation too,
+    /// where nothing serves it).
+    metrics: Metrics,
 }
 
 /// The parts a node is built from.
@@ -259,6 +263,7 @@ impl Node {
             agreed: AtomicU64::new(0),
             disagreed: AtomicU64::new(0),
             views: parking_lot::Mutex::new(BTreeMap::new()),
+            metrics: Metrics::new(),
             config,
             me,
         })
@@ -299,6 +304,11 @@ impl Node {
     /// The local store.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// What the node counts (served on `/metrics` with `--http`).
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The node's tasks (the simulation serves requests with them).
@@ -362,7 +372,7 @@ impl Node {
 
     /// The routing ring. It is shared, so a request borrows its preference
     /// list from it without copying any address.
-    fn placement(&self) -> Arc<Ring<NodeAddr>> {
+    pub(crate) fn placement(&self) -> Arc<Ring<NodeAddr>> {
         self.view.read().ring.clone()
     }
 

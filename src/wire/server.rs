@@ -305,6 +305,10 @@ impl Connection {
         let processor = StoreSyncProcessor::new(Handler::new(self.node.clone()));
         loop {
             let frame = self.next_frame().await?;
+            // The one place that knows both the method and when its reply is
+            // ready. Measured to the reply made, not written: how fast the
+            // client reads is its own latency, not the node's.
+            let handling = Instant::now();
             check(&self.node, &frame)?;
             // While replies hold the budget in debt, make no new reply that
             // can carry values: wait until earlier replies have drained (or
@@ -335,6 +339,10 @@ impl Connection {
                     self.input.consume(frame.len);
                 }
             }
+            self.node
+                .metrics()
+                .method(&frame.name)
+                .observe(handling.elapsed());
             // The reply exists already: count it, in debt if need be.
             self.share.charge(self.in_use(0));
             self.share.settle(self.in_use(0));
@@ -391,7 +399,7 @@ impl Connection {
             match read {
                 Err(_) => return Err(why),
                 Ok(Ok(0)) => return Err(Closed::Eof),
-                Ok(Ok(_)) => {}
+                Ok(Ok(n)) => self.node.metrics().read(n),
                 Ok(Err(e)) => return Err(e.into()),
             }
         }
@@ -414,6 +422,7 @@ impl Connection {
                 return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
             }
             written += n;
+            self.node.metrics().written(n);
         }
         Ok(())
     }
