@@ -158,7 +158,10 @@ pub(crate) async fn report(node: &Arc<Node>) -> Report {
                 return Ok(node.stats());
             }
             if !status.is_up() {
-                return Err(format!("not asked: {}", status_label(status)));
+                return Err(match status {
+                    Status::Dead => "declared dead: not asked".to_string(),
+                    _ => "left the ring".to_string(),
+                });
             }
             tokio::task::spawn_blocking(move || {
                 Client::with_options(addr, options).and_then(|mut client| client.stats())
