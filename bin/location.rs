@@ -16,8 +16,9 @@ use thrifty_p2p::{Config, NodeAddr, discover, launch};
 ///   location                        join the local ring on 9900.. or start one
 ///
 /// The node serves the whole Store service (Base, Locator, Store) over Thrift's
-/// binary protocol. Stop it with Ctrl-C (SIGINT) or SIGTERM: it hands its keys
-/// to their new owners before it exits.
+/// binary protocol; with --http ADDR also a status page and Prometheus metrics
+/// over HTTP. Stop it with Ctrl-C (SIGINT) or SIGTERM: it hands its keys to
+/// their new owners before it exits.
 #[derive(Parser, Debug)]
 #[command(version, verbatim_doc_comment)]
 struct Args {

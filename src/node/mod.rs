@@ -350,6 +350,13 @@ impl Node {
         self.view.read().swim.membership().table()
     }
 
+    /// The member table and the routing ring, read together (the ring is
+    /// made from the table, so its members are all rows of it).
+    pub(crate) fn table_and_ring(&self) -> (Vec<MemberState>, Arc<Ring<NodeAddr>>) {
+        let view = self.view.read();
+        (view.swim.membership().table(), view.ring.clone())
+    }
+
     /// Alive members other than ourselves.
     fn peers(&self) -> Vec<NodeAddr> {
         self.view.read().swim.membership().peers()
@@ -372,7 +379,7 @@ impl Node {
 
     /// The routing ring. It is shared, so a request borrows its preference
     /// list from it without copying any address.
-    pub(crate) fn placement(&self) -> Arc<Ring<NodeAddr>> {
+    fn placement(&self) -> Arc<Ring<NodeAddr>> {
         self.view.read().ring.clone()
     }
 

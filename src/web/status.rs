@@ -127,19 +127,25 @@ pub(crate) fn sectors<M: Clone + Ord + std::fmt::Display>(
 /// Builds the report: the node's own view now, then every other member that
 /// is up asked for its `stats` at once.
 pub(crate) async fn report(node: &Arc<Node>) -> Report {
-    let mut table = node.table();
+    let (mut table, routing) = node.table_and_ring();
     table.sort_by(|a, b| a.addr.cmp(&b.addr));
-    let routing = node.placement();
     let shares: BTreeMap<&NodeAddr, f64> = routing.members().iter().zip(routing.shares()).collect();
-    let drawn = drawn_ring(&table);
+    // Usually every member serves: the routing ring is the one to draw, and
+    // its 4096 points a member need not be hashed again.
+    let drawn = if table.iter().all(|row| row.status.serves()) {
+        routing.clone()
+    } else {
+        Arc::new(drawn_ring(&table))
+    };
     let row_of: BTreeMap<&NodeAddr, usize> = table
         .iter()
         .enumerate()
         .map(|(i, row)| (&row.addr, i))
         .collect();
+    // Every member of either ring is a row of the table read with it.
     let sectors = sectors(&drawn, SECTORS)
         .into_iter()
-        .map(|member| row_of[&drawn.members()[member]])
+        .map(|member| row_of.get(&drawn.members()[member]).copied().unwrap_or(0))
         .collect();
 
     let options = ClientOptions {
