@@ -433,3 +433,102 @@ mod tests {
         }
     }
 }
+
+/// What a node counts as it works, in the simulation (real nodes, virtual
+/// time): the counters are bumped where the work happens, not only here.
+#[cfg(test)]
+mod counted_by_the_node {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use crate::addr::NodeAddr;
+    use crate::node::Node;
+    use crate::sim::schedule::sim_config;
+    use crate::sim::{self, Cluster, NetConfig, Outcome};
+
+    const SECOND: Duration = Duration::from_secs(1);
+    const KEYS: usize = 30;
+
+    /// The value of `series` in `node`'s exposition now.
+    fn sample(node: &Node, series: &str) -> f64 {
+        let text = node
+            .metrics()
+            .render(&node.stats(), node.table().into_iter().map(|r| r.status));
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    }
+
+    /// A settled ring of three holding `KEYS` keys.
+    async fn ring_with_keys() -> (Arc<Cluster>, Vec<NodeAddr>) {
+        let cluster = Arc::new(Cluster::new(11, sim_config(), NetConfig::default()));
+        let addrs: Vec<NodeAddr> = (0..3).map(Cluster::addr).collect();
+        cluster.start(&addrs[0], None).await.unwrap();
+        for addr in &addrs[1..] {
+            cluster.start(addr, Some(&addrs[0])).await.unwrap();
+        }
+        assert!(cluster.wait_until(30 * SECOND, Cluster::settled).await);
+        for i in 0..KEYS {
+            let key = format!("counted-{i}");
+            let mut stored = false;
+            for _ in 0..100 {
+                if cluster
+                    .put(&addrs[0], key.as_bytes(), Some(b"v"), SECOND)
+                    .await
+                    == Outcome::Ok(())
+                {
+                    stored = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(stored, "{key} was never acknowledged");
+        }
+        assert!(cluster.wait_until(10 * SECOND, Cluster::settled).await);
+        (cluster, addrs)
+    }
+
+    #[test]
+    fn a_leaving_node_counts_every_key_it_hands_over_and_ends_with_none_left() {
+        sim::run(async {
+            let (cluster, addrs) = ring_with_keys().await;
+            let leaver = cluster.node(&addrs[2]).unwrap();
+            let held = leaver.store().len();
+            assert_eq!(held, KEYS, "three replicas on three members");
+            assert_eq!(sample(&leaver, "thrifty_handed_over_keys_total"), 0.0);
+            assert_eq!(cluster.leave(&addrs[2]).await, Some(0));
+            assert_eq!(
+                sample(&leaver, "thrifty_handed_over_keys_total"),
+                held as f64
+            );
+            assert_eq!(sample(&leaver, "thrifty_leave_remaining_keys"), 0.0);
+        });
+    }
+
+    #[test]
+    fn a_member_back_with_an_empty_store_counts_the_keys_anti_entropy_restored() {
+        sim::run(async {
+            let (cluster, addrs) = ring_with_keys().await;
+            cluster.kill(&addrs[2]);
+            cluster
+                .start_empty(&addrs[2], Some(&addrs[0]))
+                .await
+                .unwrap();
+            let back = cluster.node(&addrs[2]).unwrap();
+            assert!(
+                cluster
+                    .wait_until(30 * SECOND, |_| back.store().len() == KEYS)
+                    .await,
+                "{} of {KEYS} keys back",
+                back.store().len()
+            );
+            let repaired = r#"thrifty_repaired_keys_total{by="anti_entropy"}"#;
+            assert!(
+                sample(&back, repaired) >= KEYS as f64,
+                "{}",
+                sample(&back, repaired)
+            );
+        });
+    }
+}

@@ -45,12 +45,12 @@ fn a_ring_counts_its_requests_bytes_keys_and_members_in_metrics() {
     let nodes = start_ring(3, &HTTP);
     let all: Vec<&NodeProc> = nodes.iter().collect();
     let mut client = Client::connect(&nodes[0].addr.to_string()).unwrap();
-    for i in 0..8 {
+    for i in 0..16 {
         client
             .put(format!("key-{i}"), format!("value-{i}"))
             .unwrap();
     }
-    for i in 0..8 {
+    for i in 0..16 {
         assert_eq!(
             client.get(format!("key-{i}")).unwrap(),
             Some(format!("value-{i}").into_bytes())
@@ -59,14 +59,14 @@ fn a_ring_counts_its_requests_bytes_keys_and_members_in_metrics() {
     // Each key was sent to its owner, so the calls spread over the ring.
     let stores = r#"thrifty_requests_total{method="store"}"#;
     let fetches = r#"thrifty_requests_total{method="fetch"}"#;
-    assert!(total(&all, stores) >= 8.0, "{}", scrape(&nodes[0]));
-    assert!(total(&all, fetches) >= 8.0);
+    assert!(total(&all, stores) >= 16.0, "{}", scrape(&nodes[0]));
+    assert!(total(&all, fetches) >= 16.0);
     let fetch_timings = r#"thrifty_request_duration_seconds_count{method="fetch"}"#;
     assert_eq!(total(&all, fetch_timings), total(&all, fetches));
-    // Replication reached the other replicas: 8 keys, 3 copies each.
+    // Replication reached the other replicas: 16 keys, 3 copies each.
     assert!(
         wait_until(Duration::from_secs(10), || total(&all, "thrifty_keys")
-            == 24.0),
+            == 48.0),
         "keys: {}",
         total(&all, "thrifty_keys")
     );
