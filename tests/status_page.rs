@@ -27,6 +27,7 @@ fn chromium(url: &str, extra: &[&str]) -> String {
     );
     let profile = tempfile::tempdir().unwrap();
     let out = tempfile::NamedTempFile::new().unwrap();
+    let err = tempfile::NamedTempFile::new().unwrap();
     let mut child = Command::new(CHROMIUM)
         .args([
             "--headless",
@@ -44,7 +45,7 @@ fn chromium(url: &str, extra: &[&str]) -> String {
         .arg(url)
         .stdin(Stdio::null())
         .stdout(out.reopen().unwrap())
-        .stderr(Stdio::null())
+        .stderr(err.reopen().unwrap())
         .spawn()
         .expect("start chromium");
     let deadline = Instant::now() + BROWSER_TIMEOUT;
@@ -59,9 +60,11 @@ fn chromium(url: &str, extra: &[&str]) -> String {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
+    let log = std::fs::read_to_string(err.path()).unwrap_or_default();
     assert!(
         status.success(),
-        "chromium {extra:?} {url} exited with {status}"
+        "chromium {extra:?} {url} exited with {status}; its last words:\n{}",
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
     );
     std::fs::read_to_string(out.path()).unwrap()
 }
