@@ -17,8 +17,9 @@ use thrifty_p2p::{Config, NodeAddr, discover, launch};
 ///   location                        join the local ring on 9900.. or start one
 ///
 /// The node serves the whole Store service (Base, Locator, Store) over Thrift's
-/// binary protocol. Stop it with Ctrl-C (SIGINT) or SIGTERM: it hands its keys
-/// to their new owners before it exits.
+/// binary protocol; with --http ADDR also a status page and Prometheus metrics
+/// over HTTP. Stop it with Ctrl-C (SIGINT) or SIGTERM: it hands its keys to
+/// their new owners before it exits.
 ///
 /// Exit code: 0 after a clean leave (the last member with --data-dir keeps its
 /// keys there); 1 when the node could not start or join, or some keys could
@@ -112,6 +113,12 @@ struct Args {
     /// cluster secret). Clients take the same option.
     #[arg(long, value_name = "FILE", env = "THRIFTY_CLIENT_SECRET_FILE")]
     client_secret_file: Option<std::path::PathBuf>,
+    /// Serve HTTP on ADDR (e.g. 127.0.0.1:9980; port 0 picks one): `/` a
+    /// status page (the ring, every member's health and keys), `/metrics`
+    /// for Prometheus, `/status.json`. Off by default. The line after
+    /// `listening on ...` on standard output is then `http on http://IP:PORT`.
+    #[arg(long, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
 
     /// Accept the `isolate` call, which cuts the node off from its peers
     /// (for partition tests; never in production).
@@ -151,6 +158,7 @@ fn config(args: Args) -> Result<Config, String> {
         data_dir: args.data_dir,
         fsync: args.fsync,
         fault_injection: args.fault_injection,
+        http: args.http,
         ..Config::default()
     };
     if config.replicas == 0 {
@@ -221,6 +229,9 @@ fn main() -> ExitCode {
         running.local_addr(),
         running.addr()
     );
+    if let Some(http) = running.http_addr() {
+        println!("http on http://{http}");
+    }
     let left_behind = running.run_until_stopped();
     if left_behind > 0 {
         eprintln!("location: {left_behind} keys could not be handed over");

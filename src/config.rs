@@ -1,7 +1,7 @@
 //! `Config`: every setting a node runs with, documented, with its default.
 //! Binaries fill it from the command line; no module reads argv or the environment.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::addr::NodeAddr;
@@ -90,6 +90,10 @@ pub struct Config {
     pub fsync: bool,
     /// Accept the `isolate` call (tests simulate partitions with it).
     pub fault_injection: bool,
+    /// Where to serve HTTP: `/metrics` (Prometheus), `/` (the status page)
+    /// and `/status.json`. Port 0 picks a free one. Default `None`: no HTTP,
+    /// since it shows the ring to whoever can reach the address.
+    pub http: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -121,6 +125,7 @@ impl Default for Config {
             data_dir: None,
             fsync: false,
             fault_injection: false,
+            http: None,
         }
     }
 }

@@ -151,6 +151,18 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
+    /// Could not bind the HTTP socket asked for with `--http`. The node did
+    /// not start.
+    #[error(
+        "cannot serve HTTP (--http) on {addr}: {source}; choose another address or port, \
+         or leave --http out"
+    )]
+    HttpBind {
+        /// The address tried.
+        addr: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// No local node answered or no port was free in the probed range.
     #[error("no {what} on localhost ports {first} to {last}; {hint}")]
     NotFound {
@@ -374,6 +386,7 @@ impl Error {
             Error::Unauthorized(_) => ErrorKind::Unauthorized,
             Error::Bind { .. }
             | Error::BadSecret(_)
+            | Error::HttpBind { .. }
             | Error::NotFound { .. }
             | Error::SelfJoin { .. }
             | Error::Timeout(_)

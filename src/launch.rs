@@ -15,6 +15,7 @@ use crate::node::{Node, Parts};
 use crate::store::Store;
 use crate::tasks::Tasks;
 use crate::version::system_wall;
+use crate::web;
 use crate::wire::Conn;
 use crate::wire::relay::{AsyncPool, ThriftTransport};
 use crate::wire::server;
@@ -52,6 +53,8 @@ pub struct Running {
     runtime: tokio::runtime::Runtime,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
+    /// The HTTP server (`--http`): where it listens, and its task.
+    http: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
     local: SocketAddr,
 }
 
@@ -65,6 +68,18 @@ pub fn start(config: Config) -> Result<Running> {
     })?;
     listener.set_nonblocking(true)?;
     let local = listener.local_addr()?;
+    // Bound before anything starts, so a taken port fails the start at once.
+    let http = match config.http {
+        Some(addr) => {
+            let http = std::net::TcpListener::bind(addr).map_err(|source| Error::HttpBind {
+                addr: addr.to_string(),
+                source,
+            })?;
+            http.set_nonblocking(true)?;
+            Some(http)
+        }
+        None => None,
+    };
     let host = match &config.advertise {
         Some(host) => host.clone(),
         None if config.bind.is_unspecified() => {
@@ -109,13 +124,26 @@ pub fn start(config: Config) -> Result<Running> {
     });
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let (shutdown, watcher) = watch::channel(false);
-    let server = runtime.spawn(server::serve(listener, node.clone(), watcher));
+    let server = runtime.spawn(server::serve(listener, node.clone(), watcher.clone()));
+    let http = match http {
+        Some(http) => {
+            let http = tokio::net::TcpListener::from_std(http)?;
+            let addr = http.local_addr()?;
+            log::info!(
+                "{} serving HTTP on http://{addr}/ (/metrics, /status.json)",
+                node.me()
+            );
+            Some((addr, runtime.spawn(web::serve(http, node.clone(), watcher))))
+        }
+        None => None,
+    };
     drop(_inside);
     let running = Running {
         node: node.clone(),
         runtime,
         shutdown,
         server,
+        http,
         local,
     };
     if let Some(seed) = &config.seed
@@ -213,6 +241,11 @@ impl Running {
         self.local
     }
 
+    /// Where HTTP is served (`--http`), the port actually bound.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(addr, _)| *addr)
+    }
+
     /// The node itself.
     pub fn node(&self) -> &Arc<Node> {
         &self.node
@@ -241,9 +274,16 @@ impl Running {
     fn stop_serving(self) {
         let _ = self.shutdown.send(true);
         let server = self.server;
-        let _ = self
-            .runtime
-            .block_on(async { tokio::time::timeout(Duration::from_secs(10), server).await });
+        let http = self.http.map(|(_, task)| task);
+        let _ = self.runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                let _ = server.await;
+                if let Some(http) = http {
+                    let _ = http.await;
+                }
+            })
+            .await
+        });
         log::debug!("server stopped");
         self.runtime.shutdown_timeout(Duration::from_secs(1));
         log::debug!("runtime stopped");

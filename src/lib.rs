@@ -47,6 +47,10 @@
 //!   `handoff`, `leave`.
 //! - [`replicate`]: per-peer batched replication, quorum acks, hints.
 //! - [`launch`]: start a node process, run it, stop it.
+//! - [`metrics`]: the node's Prometheus registry: counters where the work
+//!   happens, gauges read from the node when scraped.
+//! - [`web`]: HTTP with `--http`: `/metrics`, the status page `/` and
+//!   `/status.json` (the ring's arcs, every member's stats).
 //!
 //! The one Thrift boundary, [`wire`]: the only module that names the
 //! `thrift` crate or the generated code ([`wire::idl`]).
@@ -78,6 +82,7 @@ pub mod error;
 pub(crate) mod handoff;
 pub mod launch;
 pub(crate) mod membership;
+pub(crate) mod metrics;
 pub(crate) mod node;
 pub(crate) mod peer;
 pub(crate) mod quorum;
@@ -90,6 +95,7 @@ pub(crate) mod swim;
 pub(crate) mod tasks;
 pub(crate) mod transport;
 pub(crate) mod version;
+pub(crate) mod web;
 pub mod wire;
 
 pub use addr::NodeAddr;

@@ -242,6 +242,45 @@ impl<M: Clone + Ord + fmt::Display> Ring<M> {
         }
     }
 
+    /// The circle cut into the arcs that members own, in position order
+    /// from 0: `(start, length, member)`, `member` an index into
+    /// [`Ring::members`]. A key whose position lies in `[start, start +
+    /// length)` belongs to that member. The lengths add up to 2^64 (hence
+    /// `u128`); empty arcs (points at one position) are left out, and the
+    /// arc across the top of the circle comes as two, its part from 0 first
+    /// and the rest last. Empty for an empty ring.
+    pub fn arcs(&self) -> Vec<(u64, u128, usize)> {
+        let (Some(&(_, first_member)), Some(&(last, _))) =
+            (self.points.first(), self.points.last())
+        else {
+            return Vec::new();
+        };
+        // A key belongs to the first point strictly after it: a point owns
+        // from the previous point's position up to its own, exclusive.
+        let mut arcs = Vec::with_capacity(self.points.len() + 1);
+        let mut start = 0u64;
+        for &(position, member) in &self.points {
+            if position > start {
+                arcs.push((start, u128::from(position - start), member));
+            }
+            start = position;
+        }
+        // From the last point to the top of the circle: the first point's.
+        arcs.push((last, (1u128 << 64) - u128::from(last), first_member));
+        arcs
+    }
+
+    /// The share of the circle (so of all keys, on average) each member
+    /// owns, in [`Ring::members`] order; the shares add up to 1.
+    pub fn shares(&self) -> Vec<f64> {
+        let mut owned = vec![0u128; self.members.len()];
+        for (_, length, member) in self.arcs() {
+            owned[member] += length;
+        }
+        let circle = (1u128 << 64) as f64;
+        owned.into_iter().map(|o| o as f64 / circle).collect()
+    }
+
     /// Index into `points` of the first point strictly after `position`,
     /// wrapping to 0 past the last point. Meaningless for an empty ring.
     fn first_point_after(&self, position: u64) -> usize {
@@ -309,6 +348,42 @@ mod tests {
         (0..count)
             .map(|i| format!("127.0.0.1:{}", 9900 + i))
             .collect()
+    }
+
+    #[test]
+    fn arcs_cover_the_circle_once_and_shares_match_the_owners_of_sample_keys() {
+        let ring = Ring::new(addresses(5));
+        let arcs = ring.arcs();
+        assert_eq!(arcs.iter().map(|a| a.1).sum::<u128>(), 1u128 << 64);
+        assert_eq!(arcs[0].0, 0);
+        for pair in arcs.windows(2) {
+            assert_eq!(u128::from(pair[0].0) + pair[0].1, u128::from(pair[1].0));
+        }
+        // Every arc's owner is the owner of the positions at its ends.
+        for &(start, length, member) in arcs.iter().step_by(97) {
+            let end = (u128::from(start) + length - 1) as u64;
+            assert_eq!(ring.owner_index_at(start), Some(member));
+            assert_eq!(ring.owner_index_at(end), Some(member));
+        }
+        let shares = ring.shares();
+        assert!((shares.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        let mut counts = vec![0usize; ring.len()];
+        for &p in sample_positions() {
+            counts[ring.owner_index_at(p).unwrap()] += 1;
+        }
+        for (share, count) in shares.iter().zip(counts) {
+            let sampled = count as f64 / KEY_COUNT as f64;
+            assert!((share - sampled).abs() < 0.01, "{share} vs {sampled}");
+        }
+    }
+
+    #[test]
+    fn a_one_member_ring_owns_the_whole_circle_and_an_empty_one_nothing() {
+        let one = Ring::with_points(["only".to_string()], 1);
+        assert_eq!(one.arcs().iter().map(|a| a.1).sum::<u128>(), 1u128 << 64);
+        assert_eq!(one.shares(), vec![1.0]);
+        let none = Ring::<String>::new([]);
+        assert!(none.arcs().is_empty() && none.shares().is_empty());
     }
 
     /// Busiest member's key count over the mean, for the sample keys.

@@ -72,6 +72,10 @@ impl Node {
                     }
                 }
                 report.moved += sent.len();
+                self.metrics.handed_over(sent.len());
+                if self.leaving() {
+                    self.metrics.set_leave_remaining(self.store.len());
+                }
             } else {
                 report.stuck += sent.len();
                 report.restarted = true;

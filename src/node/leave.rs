@@ -51,6 +51,7 @@ impl Node {
         self.tell_peers(announce).await;
         let deadline = Instant::now() + self.config.leave_timeout;
         log::info!("leaving: handing over {} keys", self.store.len());
+        self.metrics.set_leave_remaining(self.store.len());
         // Tombstones travel too (they keep erased keys erased), so the loop
         // runs until a pass finds nothing left to move, not until `len` is 0.
         while Instant::now() < deadline {
@@ -94,6 +95,7 @@ impl Node {
         } else if left_behind > 0 {
             log::warn!("leaving with {left_behind} keys not handed over");
         }
+        self.metrics.set_leave_remaining(left_behind);
         let effects = self.with_swim(|swim, now| swim.leave(now));
         self.run_effects(effects);
         let farewell = self.view.read().swim.membership().my_state();

@@ -55,6 +55,7 @@ use crate::addr::NodeAddr;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::membership::{MemberState, Status};
+use crate::metrics::Metrics;
 use crate::peer::{Reply, Request};
 use crate::replicate::Replicator;
 use crate::ring::Ring;
@@ -177,6 +178,9 @@ pub struct Node {
     incarnation: AtomicI64,
     /// Set while a burst of heartbeats to every peer is due.
     confirming: AtomicBool,
+    /// What the node counts for `/metrics` (counted in the simulation too,
+    /// where nothing serves it).
+    metrics: Metrics,
 }
 
 /// The parts a node is built from.
@@ -259,6 +263,7 @@ impl Node {
             agreed: AtomicU64::new(0),
             disagreed: AtomicU64::new(0),
             views: parking_lot::Mutex::new(BTreeMap::new()),
+            metrics: Metrics::new(),
             config,
             me,
         })
@@ -301,6 +306,11 @@ impl Node {
         &self.store
     }
 
+    /// What the node counts (served on `/metrics` with `--http`).
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The node's tasks (the simulation serves requests with them).
     pub fn tasks(&self) -> &Tasks {
         &self.tasks
@@ -338,6 +348,13 @@ impl Node {
     /// The whole member table, tombstones included.
     pub fn table(&self) -> Vec<MemberState> {
         self.view.read().swim.membership().table()
+    }
+
+    /// The member table and the routing ring, read together (the ring is
+    /// made from the table, so its members are all rows of it).
+    pub(crate) fn table_and_ring(&self) -> (Vec<MemberState>, Arc<Ring<NodeAddr>>) {
+        let view = self.view.read();
+        (view.swim.membership().table(), view.ring.clone())
     }
 
     /// Alive members other than ourselves.

@@ -188,6 +188,8 @@ impl Node {
             if verdict.repair_here {
                 self.store.merge(key, best.value.as_deref(), best.version)?;
             }
+            self.metrics
+                .repaired_by_read(usize::from(verdict.repair_here) + verdict.repair.len());
             for peer in &verdict.repair {
                 let entry = Entry::new(key.to_vec(), best.clone());
                 self.replicator.send(peer, entry, None);

@@ -87,15 +87,19 @@ impl Node {
         let ring = self.ring_shared_with(caller)?;
         self.admit_batch("reconcile", &entries)?;
         let mut theirs: BTreeMap<Vec<u8>, Version> = BTreeMap::new();
+        let mut repaired = 0;
         for entry in entries {
             self.clock.observe(entry.stored.version)?;
-            self.store.merge(
+            if self.store.merge(
                 &entry.key,
                 entry.stored.value.as_deref(),
                 entry.stored.version,
-            )?;
+            )? {
+                repaired += 1;
+            }
             theirs.insert(entry.key, entry.stored.version);
         }
+        self.metrics.repaired_by_anti_entropy(repaired);
         let buckets = antientropy::valid_buckets(buckets);
         let mut answer = crate::peer::BoundedReply::new("reconcile", self.config.max_reply_bytes());
         for key in self
@@ -159,7 +163,8 @@ impl Node {
                 };
                 match self.call(peer, request, self.config.rpc_timeout).await? {
                     Reply::Entries(newer) => {
-                        self.absorb(newer)?;
+                        let repaired = self.absorb(newer)?;
+                        self.metrics.repaired_by_anti_entropy(repaired);
                     }
                     other => return Err(unexpected(peer, &other)),
                 }

@@ -319,6 +319,10 @@ impl Connection {
             PeerSyncProcessor::new(Handler::new(self.node.clone(), self.session.clone()));
         loop {
             let frame = self.next_frame().await?;
+            // The one place that knows both the method and when its reply is
+            // ready. Measured to the reply made, not written: how fast the
+            // client reads is its own latency, not the node's.
+            let handling = Instant::now();
             check(&self.node, &frame)?;
             let secrets = &self.node.config().secrets;
             let allowed = if secrets.any() {
@@ -373,6 +377,10 @@ impl Connection {
                     self.input.consume(frame.len);
                 }
             }
+            self.node
+                .metrics()
+                .method(&frame.name)
+                .observe(handling.elapsed());
             // The reply exists already: count it, in debt if need be.
             self.share.charge(self.in_use(0));
             self.share.settle(self.in_use(0));
@@ -439,7 +447,7 @@ impl Connection {
             match read {
                 Err(_) => return Err(why),
                 Ok(Ok(0)) => return Err(Closed::Eof),
-                Ok(Ok(_)) => {}
+                Ok(Ok(n)) => self.node.metrics().read(n),
                 Ok(Err(e)) => return Err(e.into()),
             }
         }
@@ -500,6 +508,7 @@ impl Connection {
                 return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
             }
             written += n;
+            self.node.metrics().written(n);
         }
         Ok(())
     }

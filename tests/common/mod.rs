@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod http;
 pub mod raw;
 
 use std::collections::HashMap;
@@ -25,6 +26,8 @@ pub struct NodeProc {
     child: Child,
     /// The node's name on the ring, `127.0.0.1:PORT`.
     pub addr: NodeAddr,
+    /// Where it serves HTTP, when started with `--http`.
+    pub http: Option<std::net::SocketAddr>,
     log: PathBuf,
 }
 
@@ -85,13 +88,30 @@ impl NodeProc {
             .spawn()
             .expect("start location");
         let stdout = child.stdout.take().unwrap();
+        // With --http a second line names the HTTP address; it is read
+        // before the pipe closes, or the node's print would fail.
+        let lines = if args.iter().any(|a| a == "--http") {
+            2
+        } else {
+            1
+        };
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            let mut stdout = BufReader::new(stdout);
+            for _ in 0..lines {
+                let mut line = String::new();
+                let _ = stdout.read_line(&mut line);
+                let _ = tx.send(line);
+            }
         });
         let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+        let http = (lines == 2).then(|| {
+            let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_default();
+            line.trim()
+                .strip_prefix("http on http://")
+                .and_then(|addr| addr.parse().ok())
+                .unwrap_or_else(|| panic!("location {args:?} printed no http line: {line:?}"))
+        });
         let Some(name) = line
             .trim()
             .rsplit(" as ")
@@ -108,6 +128,7 @@ impl NodeProc {
         NodeProc {
             child,
             addr: name.parse().unwrap(),
+            http,
             log,
         }
     }
@@ -371,7 +392,12 @@ impl NodeProc {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start location");
-        NodeProc { child, addr, log }
+        NodeProc {
+            child,
+            addr,
+            http: None,
+            log,
+        }
     }
 
     /// Stops the process with SIGSTOP until the returned guard is resumed or
@@ -481,6 +507,7 @@ impl NodeProc {
             Some(rest) => Ok(NodeProc {
                 child,
                 addr: rest.rsplit(" as ").next().unwrap().parse().unwrap(),
+                http: None,
                 log,
             }),
             None => {
