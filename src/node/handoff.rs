@@ -4,7 +4,10 @@
 //! planned by [`crate::handoff`].
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
@@ -34,13 +37,72 @@ pub struct HandoffReport {
     pub restarted: bool,
 }
 
+/// How often a leave's handoff says how far it got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// A leave's handoff, told at info: what it moves, how far it got (at most
+/// every [`PROGRESS_EVERY`]), and when it is done. Passes share it, since a
+/// leave may take several.
+#[derive(Debug)]
+pub struct Progress {
+    /// Entries (values and tombstones) the node held when the leave began.
+    total: usize,
+    /// Entries handed over so far.
+    moved: usize,
+    started: Instant,
+    told: Instant,
+}
+
+impl Progress {
+    /// Starts telling a handoff of `total` entries.
+    pub fn new(total: usize) -> Progress {
+        let now = Instant::now();
+        Progress {
+            total,
+            moved: 0,
+            started: now,
+            told: now,
+        }
+    }
+
+    /// `count` more entries were handed over.
+    fn moved(&mut self, count: usize) {
+        self.moved += count;
+        if self.told.elapsed() >= PROGRESS_EVERY {
+            self.told = Instant::now();
+            log::info!(
+                "handed over {} of {} keys, {} remaining",
+                self.moved,
+                self.total,
+                self.total.saturating_sub(self.moved)
+            );
+        }
+    }
+
+    /// Entries handed over so far.
+    pub fn done(&self) -> usize {
+        self.moved
+    }
+
+    /// How long since the handoff began.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
 impl Node {
     /// Sends every key we hold but no longer replicate to its replicas
     /// ([`crate::handoff::plan`]), in bounded batches, deleting each copy only
     /// once a write quorum of them acknowledged it (and only if no newer write
     /// arrived meanwhile). Ownership is re-checked before each batch: a ring
     /// change ends the pass, to be run again on the new ring.
-    pub async fn handoff_pass(self: &Arc<Self>) -> HandoffReport {
+    ///
+    /// A leave passes its `progress`, which the pass tells as it goes; the
+    /// background worker passes none (it says what it moved at the end).
+    pub async fn handoff_pass(
+        self: &Arc<Self>,
+        mut progress: Option<&mut Progress>,
+    ) -> HandoffReport {
         let mut report = HandoffReport::default();
         let epoch = self.epoch();
         let routing = self.placement();
@@ -55,12 +117,15 @@ impl Node {
                 return report;
             }
         };
+        self.handoff_pending.store(keys.len(), Ordering::Relaxed);
         let groups = handoff::plan(&routing, n, self.write_quorum(), &self.me, keys);
         let limit = BatchLimit {
             bytes: self.config.handoff_batch_bytes,
             entries: self.config.handoff_batch_entries,
         };
-        let settle = |report: &mut HandoffReport, (tally, sent, failed): Sent| {
+        let settle = |report: &mut HandoffReport,
+                      progress: &mut Option<&mut Progress>,
+                      (tally, sent, failed): Sent| {
             for (replica, e) in failed {
                 log::warn!("handing {} keys to {replica} failed: {e}", sent.len());
                 self.note_failure(&replica, &e);
@@ -72,6 +137,14 @@ impl Node {
                     }
                 }
                 report.moved += sent.len();
+                let _ = self.handoff_pending.fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |pending| Some(pending.saturating_sub(sent.len())),
+                );
+                if let Some(progress) = progress {
+                    progress.moved(sent.len());
+                }
             } else {
                 report.stuck += sent.len();
                 report.restarted = true;
@@ -103,16 +176,16 @@ impl Node {
                 }
                 while in_flight.len() >= HANDOFF_IN_FLIGHT {
                     if let Some(done) = in_flight.next().await {
-                        settle(&mut report, done);
+                        settle(&mut report, &mut progress, done);
                     }
                 }
                 in_flight.push(self.send_batch(group, batch, sent));
             }
         }
         while let Some(done) = in_flight.next().await {
-            settle(&mut report, done);
+            settle(&mut report, &mut progress, done);
         }
-        if report.moved > 0 {
+        if report.moved > 0 && progress.is_none() {
             log::info!("handed {} keys to their replicas", report.moved);
         }
         report
@@ -164,9 +237,9 @@ impl Node {
             if self.stop_requested() {
                 break;
             }
-            let mut report = self.handoff_pass().await;
+            let mut report = self.handoff_pass(None).await;
             while report.restarted && report.stuck == 0 && !self.stop_requested() {
-                report = self.handoff_pass().await;
+                report = self.handoff_pass(None).await;
             }
         }
     }
