@@ -64,6 +64,9 @@ use std::time::Duration;
 use crate::addr::NodeAddr;
 use crate::discover;
 use crate::error::{Error, ErrorKind, Result};
+use crate::membership::MemberState;
+#[cfg(doc)]
+use crate::membership::Status as MemberStatus;
 use crate::ring::Ring;
 use crate::stream::{self, Manifest, Written};
 use crate::wire::{Conn, Limits};
@@ -224,6 +227,35 @@ impl Client {
     pub fn stats(&mut self) -> Result<BTreeMap<String, i64>> {
         let entry = self.entry.clone();
         self.call(&entry, Conn::stats)
+    }
+
+    /// The counters of `node`, any member of the ring (see [`Client::stats`]),
+    /// on a connection of this client's own.
+    pub fn stats_of(&mut self, node: &NodeAddr) -> Result<BTreeMap<String, i64>> {
+        self.call(node, Conn::stats)
+    }
+
+    /// The entry node's whole member table: every member it knows, itself
+    /// included, with incarnation and [`MemberStatus`] (departed members
+    /// too, as `Dead` or `Left`), sorted by address.
+    ///
+    /// ```
+    /// use thrifty_p2p::{Client, Config, MemberStatus, launch};
+    ///
+    /// # fn main() -> thrifty_p2p::Result<()> {
+    /// let node = launch::start(Config { port: 0, ..Config::default() })?;
+    /// let mut ring = Client::connect(&node.addr().to_string())?;
+    /// let table = ring.member_table()?;
+    /// assert_eq!(table.len(), 1);
+    /// assert_eq!(&table[0].addr, node.addr());
+    /// assert_eq!(table[0].status, MemberStatus::Alive);
+    /// node.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn member_table(&mut self) -> Result<Vec<MemberState>> {
+        let entry = self.entry.clone();
+        self.call(&entry, Conn::member_table)
     }
 
     /// Stores everything `reader` yields at `key`: input that ends within one

@@ -95,3 +95,4 @@ pub use addr::NodeAddr;
 pub use client::{Client, ClientOptions};
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
+pub use membership::{MemberState, Status as MemberStatus};

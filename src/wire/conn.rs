@@ -231,7 +231,19 @@ impl Conn {
             .collect())
     }
 
-    /// The node's member table, every status included (`gossip` with no rows).
+    /// The node's member table, every status included (`members`, the
+    /// read-only call for clients).
+    pub fn member_table(&mut self) -> Result<Vec<MemberState>> {
+        let result = self.client.members();
+        Ok(self
+            .done(result)?
+            .iter()
+            .filter_map(convert::member_state)
+            .collect())
+    }
+
+    /// The node's member table, every status included (`gossip` with no
+    /// rows: what a node asks a peer, so an isolated node drops it).
     pub fn table(&mut self) -> Result<Vec<MemberState>> {
         let result = self.client.gossip(Vec::new());
         Ok(self

@@ -232,6 +232,10 @@ impl StoreSyncHandler for Handler {
         Ok(self.node.stats())
     }
 
+    fn handle_members(&self) -> thrift::Result<Vec<Member>> {
+        Ok(self.node.table().iter().map(convert::member).collect())
+    }
+
     fn handle_relay_fetch(&self, _key: Vec<u8>, _hops: i8) -> thrift::Result<Lookup> {
         Err(store_error(malformed()))
     }

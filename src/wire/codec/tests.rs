@@ -308,6 +308,9 @@ impl StoreSyncHandler for Stub {
     fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>> {
         unreachable!()
     }
+    fn handle_members(&self) -> thrift::Result<Vec<Member>> {
+        unreachable!()
+    }
     fn handle_relay_fetch(&self, _: Vec<u8>, _: i8) -> thrift::Result<Lookup> {
         self.store_error()?;
         Ok(convert::lookup(self.copy()))

@@ -567,8 +567,12 @@ pub trait TStoreSyncClient : locator::TLocatorSyncClient {
   fn store(&mut self, key: Vec<u8>, value: Vec<u8>) -> thrift::Result<()>;
   /// Delete a key (it leaves a versioned tombstone, so no old copy comes back).
   fn erase(&mut self, key: Vec<u8>) -> thrift::Result<()>;
-  /// Counters describing this node (keys, replication backlog, hints, ...).
+  /// Counters describing this node (keys, bytes, replication backlog, hints, ...).
   fn stats(&mut self) -> thrift::Result<BTreeMap<String, i64>>;
+  /// This node's whole member table, read-only: every member it knows, itself
+  /// included, with its incarnation and status (departed members too, as
+  /// DEAD or LEFT). For status tools; nodes exchange tables with `gossip`.
+  fn members(&mut self) -> thrift::Result<Vec<locator::Member>>;
   /// `fetch` forwarded by a node; `hops` counts the forwards so far.
   fn relay_fetch(&mut self, key: Vec<u8>, hops: i8) -> thrift::Result<Lookup>;
   /// `store` forwarded by a node; `hops` counts the forwards so far. `expires`
@@ -778,6 +782,33 @@ impl <C: TThriftClient + TStoreSyncClientMarker + locator::TLocatorSyncClientMar
       }
       verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
       let result = StoreStatsResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn members(&mut self) -> thrift::Result<Vec<locator::Member>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("members", TMessageType::Call, self.sequence_number());
+        let call_args = StoreMembersArgs {  };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("members", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreMembersResult::read_from_in_protocol(self.i_prot_mut())?;
       self.i_prot_mut().read_message_end()?;
       result.ok_or()
     }
@@ -1070,8 +1101,12 @@ pub trait StoreSyncHandler : locator::LocatorSyncHandler {
   fn handle_store(&self, key: Vec<u8>, value: Vec<u8>) -> thrift::Result<()>;
   /// Delete a key (it leaves a versioned tombstone, so no old copy comes back).
   fn handle_erase(&self, key: Vec<u8>) -> thrift::Result<()>;
-  /// Counters describing this node (keys, replication backlog, hints, ...).
+  /// Counters describing this node (keys, bytes, replication backlog, hints, ...).
   fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>>;
+  /// This node's whole member table, read-only: every member it knows, itself
+  /// included, with its incarnation and status (departed members too, as
+  /// DEAD or LEFT). For status tools; nodes exchange tables with `gossip`.
+  fn handle_members(&self) -> thrift::Result<Vec<locator::Member>>;
   /// `fetch` forwarded by a node; `hops` counts the forwards so far.
   fn handle_relay_fetch(&self, key: Vec<u8>, hops: i8) -> thrift::Result<Lookup>;
   /// `store` forwarded by a node; `hops` counts the forwards so far. `expires`
@@ -1137,6 +1172,9 @@ impl <H: StoreSyncHandler> StoreSyncProcessor<H> {
   }
   fn process_stats(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_stats(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_members(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_members(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_relay_fetch(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_relay_fetch(&self.handler, incoming_sequence_number, i_prot, o_prot)
@@ -1490,6 +1528,43 @@ impl TStoreProcessFunctions {
               )
             };
             let message_ident = TMessageIdentifier::new("stats", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_members<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let _ = StoreMembersArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_members() {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("members", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreMembersResult { result_value: Some(handler_return) };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("members", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("members", TMessageType::Exception, incoming_sequence_number);
             o_prot.write_message_begin(&message_ident)?;
             thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
             o_prot.write_message_end()?;
@@ -2099,6 +2174,9 @@ impl <H: StoreSyncHandler> TProcessor for StoreSyncProcessor<H> {
       },
       "stats" => {
         self.process_stats(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "members" => {
+        self.process_members(message_ident.sequence_number, i_prot, o_prot)
       },
       "relay_fetch" => {
         self.process_relay_fetch(message_ident.sequence_number, i_prot, o_prot)
@@ -2819,6 +2897,115 @@ impl StoreStatsResult {
 }
 
 //
+// StoreMembersArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreMembersArgs {
+}
+
+impl StoreMembersArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreMembersArgs> {
+    i_prot.read_struct_begin()?;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreMembersArgs {};
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("members_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreMembersResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreMembersResult {
+  result_value: Option<Vec<locator::Member>>,
+}
+
+impl StoreMembersResult {
+  fn ok_or(self) -> thrift::Result<Vec<locator::Member>> {
+    if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreMembers"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreMembersResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<locator::Member>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<locator::Member> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_2 = locator::Member::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_2);
+          }
+          i_prot.read_list_end()?;
+          f_0 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreMembersResult {
+      result_value: f_0,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreMembersResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
+      for e in fld_var {
+        e.write_to_out_protocol(o_prot)?;
+      }
+      o_prot.write_list_end()?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
 // StoreRelayFetchArgs
 //
 
@@ -3285,8 +3472,8 @@ impl StorePeekArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Vec<u8>> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_2 = i_prot.read_bytes()?;
-            val.push(list_elem_2);
+            let list_elem_3 = i_prot.read_bytes()?;
+            val.push(list_elem_3);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -3361,8 +3548,8 @@ impl StorePeekResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_3 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_3);
+            let list_elem_4 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_4);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -3436,8 +3623,8 @@ impl StoreDiffBucketsArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<i64> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_4 = i_prot.read_i64()?;
-            val.push(list_elem_4);
+            let list_elem_5 = i_prot.read_i64()?;
+            val.push(list_elem_5);
           }
           i_prot.read_list_end()?;
           f_2 = Some(val);
@@ -3517,8 +3704,8 @@ impl StoreDiffBucketsResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<i32> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_5 = i_prot.read_i32()?;
-            val.push(list_elem_5);
+            let list_elem_6 = i_prot.read_i32()?;
+            val.push(list_elem_6);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -3594,8 +3781,8 @@ impl StoreReconcileArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<i32> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_6 = i_prot.read_i32()?;
-            val.push(list_elem_6);
+            let list_elem_7 = i_prot.read_i32()?;
+            val.push(list_elem_7);
           }
           i_prot.read_list_end()?;
           f_2 = Some(val);
@@ -3604,8 +3791,8 @@ impl StoreReconcileArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_7 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_7);
+            let list_elem_8 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_8);
           }
           i_prot.read_list_end()?;
           f_3 = Some(val);
@@ -3694,8 +3881,8 @@ impl StoreReconcileResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_8 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_8);
+            let list_elem_9 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_9);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -4023,8 +4210,8 @@ impl StoreReplicateArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_9 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_9);
+            let list_elem_10 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_10);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -4146,8 +4333,8 @@ impl StoreAbsorbArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_10 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_10);
+            let list_elem_11 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_11);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
