@@ -203,6 +203,7 @@ pub fn run_tool(tool: &str, args: &[&str], stdin: Option<&[u8]>) -> (i32, Vec<u8
         "storeget" => env!("CARGO_BIN_EXE_storeget"),
         "storeprimer" => env!("CARGO_BIN_EXE_storeprimer"),
         "storetest" => env!("CARGO_BIN_EXE_storetest"),
+        "storestat" => env!("CARGO_BIN_EXE_storestat"),
         "location" => env!("CARGO_BIN_EXE_location"),
         other => panic!("unknown tool {other}"),
     };
