@@ -68,7 +68,7 @@ use crate::membership::MemberState;
 #[cfg(doc)]
 use crate::membership::Status as MemberStatus;
 use crate::ring::Ring;
-use crate::stream::{self, Manifest, Written};
+use crate::stream::{self, Manifest, Progress, Written};
 use crate::wire::{Conn, Limits};
 
 /// How a [`Client`] connects and calls.
@@ -265,6 +265,31 @@ impl Client {
     /// more than `workers + 2` chunks in memory.
     pub fn put_from(&mut self, key: impl AsRef<[u8]>, reader: impl Read) -> Result<Written> {
         stream::put(&self.entry, key.as_ref(), reader, &self.options.stream)
+    }
+
+    /// [`Client::put_from`], telling `progress` after each chunk of a
+    /// streamed value is stored (see [`stream::Progress`]); a value within
+    /// one chunk is stored in one call and not told.
+    pub fn put_from_with_progress(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        reader: impl Read,
+        progress: impl Fn(Progress) + Sync,
+    ) -> Result<Written> {
+        let options = &self.options.stream;
+        stream::put_with_progress(&self.entry, key.as_ref(), reader, options, &progress)
+    }
+
+    /// [`Client::get_to`], telling `progress` after each chunk of a streamed
+    /// value is written out, with the value's size as its total.
+    pub fn get_to_with_progress(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        writer: impl Write,
+        progress: impl Fn(Progress) + Sync,
+    ) -> Result<Option<u64>> {
+        let options = &self.options.stream;
+        stream::get_with_progress(&self.entry, key.as_ref(), writer, options, &progress)
     }
 
     /// Writes the value at `key` to `writer`, a streamed value's chunks
