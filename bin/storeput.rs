@@ -81,5 +81,5 @@ fn main() -> ExitCode {
 /// bar's total; `None` for a pipe or a terminal.
 fn stdin_size() -> Option<u64> {
     let meta = std::fs::metadata("/dev/stdin").ok()?;
-    meta.is_file().then(|| meta.len())
+    meta.is_file().then_some(meta.len())
 }

@@ -280,9 +280,13 @@ impl Engine for Disk {
     }
 }
 
+/// What [`Disk::walk`] calls for each entry: key, version, is_tombstone and
+/// the value's length; returns whether to go on.
+type Walker<'a> = dyn FnMut(&[u8], Version, bool, usize) -> bool + 'a;
+
 impl Disk {
     /// [`Engine::scan`], also telling each value's length.
-    fn walk(&self, visit: &mut dyn FnMut(&[u8], Version, bool, usize) -> bool) -> Result<()> {
+    fn walk(&self, visit: &mut Walker<'_>) -> Result<()> {
         // In batches, each from a fresh iterator starting after the last key
         // seen, and visited after the iterator is dropped: fjall iterators
         // never block writers, but a long-lived one pins a snapshot.
