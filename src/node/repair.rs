@@ -226,13 +226,17 @@ impl Node {
             let settled = self.epoch() == round.epoch && self.lease_held();
             let finished = rounds.finish(&round, complete, settled);
             if finished.caught_up && self.syncing.swap(false, Ordering::AcqRel) {
-                log::info!(
-                    "{}: caught up with every replica ({repaired} keys repaired in the last round)",
-                    self.me
-                );
+                if repaired > 0 {
+                    log::info!(
+                        "{}: caught up with every replica ({repaired} keys repaired in the last round)",
+                        self.me
+                    );
+                } else {
+                    log::info!("{}: caught up with every replica", self.me);
+                }
             } else if repaired > 0 && round.peers.len() > 1 {
                 log::info!(
-                    "anti-entropy round done: repaired {repaired} keys from {} peers",
+                    "anti-entropy round with {} peers done: {repaired} keys repaired",
                     round.peers.len()
                 );
             }
