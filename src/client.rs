@@ -338,7 +338,7 @@ impl Client {
             let entry = self.entry.clone();
             match self.call(&entry, Conn::members) {
                 Ok(members) => self.ring = Some(Ring::new(members)),
-                Err(e) => log::debug!("cannot learn the ring from {entry}: {e}"),
+                Err(e) => log::debug!("cannot learn the ring: {e}"),
             }
         }
         let mut peers: Vec<NodeAddr> = self

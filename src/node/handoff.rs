@@ -127,7 +127,8 @@ impl Node {
                       progress: &mut Option<&mut Progress>,
                       (tally, sent, failed): Sent| {
             for (replica, e) in failed {
-                log::warn!("handing {} keys to {replica} failed: {e}", sent.len());
+                // The error names the replica.
+                log::warn!("handing {} keys over failed: {e}", sent.len());
                 self.note_failure(&replica, &e);
             }
             if tally.settled() {

@@ -151,7 +151,7 @@ impl Node {
                     self.run_effects(effects);
                 }
                 Ok(other) => log::debug!("{}", unexpected(peer, &other)),
-                Err(e) => log::debug!("telling {peer} we are {:?} failed: {e}", row.status),
+                Err(e) => log::debug!("telling a peer we are {:?} failed: {e}", row.status),
             }
         }
     }
