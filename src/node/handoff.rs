@@ -65,18 +65,22 @@ impl Progress {
         }
     }
 
-    /// `count` more entries were handed over.
-    fn moved(&mut self, count: usize) {
+    /// `count` more entries were handed over; returns the progress line,
+    /// if it was time to tell it (it is then logged).
+    fn moved(&mut self, count: usize) -> Option<String> {
         self.moved += count;
-        if self.told.elapsed() >= PROGRESS_EVERY {
-            self.told = Instant::now();
-            log::info!(
-                "handed over {} of {} keys, {} remaining",
-                self.moved,
-                self.total,
-                self.total.saturating_sub(self.moved)
-            );
+        if self.told.elapsed() < PROGRESS_EVERY {
+            return None;
         }
+        self.told = Instant::now();
+        let line = format!(
+            "handed over {} of {} keys, {} remaining",
+            self.moved,
+            self.total,
+            self.total.saturating_sub(self.moved)
+        );
+        log::info!("{line}");
+        Some(line)
     }
 
     /// Entries handed over so far.
@@ -144,7 +148,7 @@ impl Node {
                     |pending| Some(pending.saturating_sub(sent.len())),
                 );
                 if let Some(progress) = progress {
-                    progress.moved(sent.len());
+                    let _ = progress.moved(sent.len());
                 }
             } else {
                 report.stuck += sent.len();
@@ -243,5 +247,32 @@ impl Node {
                 report = self.handoff_pass(None).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leave_tells_its_progress_at_most_every_two_seconds() {
+        let mut progress = Progress::new(10_000);
+        assert_eq!(progress.moved(2000), None);
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(progress.moved(2000), None);
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert_eq!(
+            progress.moved(2000).as_deref(),
+            Some("handed over 6000 of 10000 keys, 4000 remaining")
+        );
+        // Just told: quiet again for two seconds.
+        assert_eq!(progress.moved(1000), None);
+        tokio::time::advance(PROGRESS_EVERY).await;
+        assert_eq!(
+            progress.moved(3000).as_deref(),
+            Some("handed over 10000 of 10000 keys, 0 remaining")
+        );
+        assert_eq!(progress.done(), 10_000);
+        assert!(progress.elapsed() >= Duration::from_millis(4100));
     }
 }
