@@ -137,10 +137,11 @@ fn a_killed_member_makes_storestat_exit_1_and_shows_it_suspect_or_dead() {
     let (code, report) = stat_json(&nodes[0], &[]);
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["healthy"], false);
-    // Within the failure timeout (and a second for the slow machine), the
-    // table says so.
+    // Within the failure timeout the table says so (measured: 0.1 s, since
+    // a refused connection drops a member at once); the deadline is twice
+    // that, for a machine running the whole suite.
     let mut last = Value::Null;
-    let seen = wait_until(FAILURE_TIMEOUT + Duration::from_secs(1), || {
+    let seen = wait_until(2 * FAILURE_TIMEOUT, || {
         let (code, report) = stat_json(&nodes[0], &[]);
         let status = node(&report, &gone)["status"].clone();
         last = report;
