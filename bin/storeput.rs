@@ -1,6 +1,8 @@
 //! `storeput KEY VALUE`: store a value in the ring (`-` reads it from stdin,
 //! streaming input longer than one chunk straight to the chunks' owners).
 
+#[path = "progress.rs"]
+mod progress;
 #[path = "secret.rs"]
 mod secret;
 
@@ -9,6 +11,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use clap::builder::RangedU64ValueParser;
+use progress::Bar;
 use secret::SecretArgs;
 use thrifty_p2p::stream::{DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, Options};
 use thrifty_p2p::{Client, ClientOptions, NodeAddr};
@@ -19,7 +22,9 @@ use thrifty_p2p::{Client, ClientOptions, NodeAddr};
 /// A value longer than one chunk (--chunk-bytes) is stored as chunks, each
 /// sent straight to the node that owns it, several at a time, then a small
 /// manifest at KEY; `storeget` reassembles it. Standard input is streamed:
-/// it is never held whole in memory.
+/// it is never held whole in memory. While a streamed value is sent, a
+/// progress bar is drawn on standard error if it is a terminal (never
+/// otherwise).
 ///
 /// Exit code 0 once stored; 2 on any error, which says what failed (a write
 /// that was not acknowledged may still have been stored: storing again is
@@ -64,13 +69,20 @@ fn main() -> ExitCode {
         },
         ..ClientOptions::default()
     };
-    let input: Box<dyn Read> = if args.value == "-" {
-        Box::new(std::io::stdin().lock())
+    let (input, size): (Box<dyn Read>, Option<u64>) = if args.value == "-" {
+        (Box::new(std::io::stdin().lock()), stdin_size())
     } else {
-        Box::new(std::io::Cursor::new(args.value.into_bytes()))
+        let size = args.value.len() as u64;
+        (
+            Box::new(std::io::Cursor::new(args.value.into_bytes())),
+            Some(size),
+        )
     };
-    let result =
-        Client::open(args.peer, options).and_then(|mut ring| ring.put_from(&args.key, input));
+    let bar = Bar::on_stderr(true);
+    let result = Client::open(args.peer, options).and_then(|mut ring| {
+        ring.put_from_with_progress(&args.key, input, |p| bar.update(p, size))
+    });
+    bar.finish();
     match result {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
@@ -78,4 +90,11 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The size of standard input when it is a regular file (`< file`), for the
+/// bar's total; `None` for a pipe or a terminal.
+fn stdin_size() -> Option<u64> {
+    let meta = std::fs::metadata("/dev/stdin").ok()?;
+    meta.is_file().then_some(meta.len())
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts a local ring you can talk to: installs the commands (location, storeput,
-# storeget, storeprimer, storetest) with `cargo install`, then runs a 3-node ring
+# storeget, storeprimer, storetest, storestat) with `cargo install`, then runs a 3-node ring
 # on ports 9900-9902 in the background.
 #
 #   scripts/local-ring.sh          start (or say it is already running)

@@ -65,9 +65,11 @@ use crate::addr::NodeAddr;
 use crate::auth::{Role, Secret};
 use crate::discover;
 use crate::error::{Error, ErrorKind, Result};
+#[cfg(doc)]
+use crate::membership::Status as MemberStatus;
 use crate::membership::{MemberState, Status};
 use crate::ring::Ring;
-use crate::stream::{self, Manifest, Written};
+use crate::stream::{self, Manifest, Progress, Written};
 use crate::wire::{Conn, Limits};
 
 /// How a [`Client`] connects and calls.
@@ -301,6 +303,35 @@ impl Client {
         self.call(&entry, Conn::stats)
     }
 
+    /// The counters of `node`, any member of the ring (see [`Client::stats`]),
+    /// on a connection of this client's own.
+    pub fn stats_of(&mut self, node: &NodeAddr) -> Result<BTreeMap<String, i64>> {
+        self.call(node, Conn::stats)
+    }
+
+    /// The entry node's whole member table: every member it knows, itself
+    /// included, with incarnation and [`MemberStatus`] (departed members
+    /// too, as `Dead` or `Left`), sorted by address.
+    ///
+    /// ```
+    /// use thrifty_p2p::{Client, Config, MemberStatus, launch};
+    ///
+    /// # fn main() -> thrifty_p2p::Result<()> {
+    /// let node = launch::start(Config { port: 0, ..Config::default() })?;
+    /// let mut ring = Client::connect(&node.addr().to_string())?;
+    /// let table = ring.member_table()?;
+    /// assert_eq!(table.len(), 1);
+    /// assert_eq!(&table[0].addr, node.addr());
+    /// assert_eq!(table[0].status, MemberStatus::Alive);
+    /// node.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn member_table(&mut self) -> Result<Vec<MemberState>> {
+        let entry = self.entry.clone();
+        self.call(&entry, Conn::member_table)
+    }
+
     /// Stores everything `reader` yields at `key`: input that ends within one
     /// chunk as a plain value, longer input as chunks sent straight to their
     /// owners, `options.stream.workers` at a time, behind a manifest written
@@ -308,6 +339,31 @@ impl Client {
     /// more than `workers + 2` chunks in memory.
     pub fn put_from(&mut self, key: impl AsRef<[u8]>, reader: impl Read) -> Result<Written> {
         stream::put(&self.entry, key.as_ref(), reader, &self.stream_options())
+    }
+
+    /// [`Client::put_from`], telling `progress` after each chunk of a
+    /// streamed value is stored (see [`stream::Progress`]); a value within
+    /// one chunk is stored in one call and not told.
+    pub fn put_from_with_progress(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        reader: impl Read,
+        progress: impl Fn(Progress) + Sync,
+    ) -> Result<Written> {
+        let options = &self.stream_options();
+        stream::put_with_progress(&self.entry, key.as_ref(), reader, options, &progress)
+    }
+
+    /// [`Client::get_to`], telling `progress` after each chunk of a streamed
+    /// value is written out, with the value's size as its total.
+    pub fn get_to_with_progress(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        writer: impl Write,
+        progress: impl Fn(Progress) + Sync,
+    ) -> Result<Option<u64>> {
+        let options = &self.stream_options();
+        stream::get_with_progress(&self.entry, key.as_ref(), writer, options, &progress)
     }
 
     /// Writes the value at `key` to `writer`, a streamed value's chunks
@@ -356,7 +412,7 @@ impl Client {
             let entry = self.entry.clone();
             match self.call(&entry, Conn::members) {
                 Ok(members) => self.ring = Some(Ring::new(members)),
-                Err(e) => log::debug!("cannot learn the ring from {entry}: {e}"),
+                Err(e) => log::debug!("cannot learn the ring: {e}"),
             }
         }
         let mut peers: Vec<NodeAddr> = self

@@ -60,6 +60,8 @@
 //! - [`stream`]: large values as chunks sent straight to their owners, in
 //!   parallel, behind a manifest at the key.
 //! - [`discover`]: find a local ring by probing ports from 9900, like the original.
+//! - [`status`]: the ring at a glance (members, their counters, health), as
+//!   `storestat` prints it.
 //!
 //! Testing:
 //! - [`sim`]: a deterministic cluster simulation (real nodes, in-memory
@@ -89,6 +91,7 @@ pub(crate) mod quorum;
 pub(crate) mod replicate;
 pub mod ring;
 pub mod sim;
+pub mod status;
 pub(crate) mod store;
 pub mod stream;
 pub(crate) mod swim;
@@ -102,3 +105,4 @@ pub use addr::NodeAddr;
 pub use client::{Client, ClientOptions};
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
+pub use membership::{MemberState, Status as MemberStatus};

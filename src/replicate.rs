@@ -188,7 +188,7 @@ impl Replicator {
             };
             let result = self.transport.call(&peer, request, self.timeout).await;
             if let Err(e) = &result {
-                log::debug!("replicating {} entries to {peer} failed: {e}", batch.len());
+                log::debug!("replicating {} entries failed: {e}", batch.len());
                 self.add_hints(&peer, batch.iter().map(|o| o.entry.key.clone()));
             }
             for item in &batch {

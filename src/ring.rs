@@ -281,6 +281,16 @@ impl<M: Clone + Ord + fmt::Display> Ring<M> {
         owned.into_iter().map(|o| o as f64 / circle).collect()
     }
 
+    /// The share of the circle (and so, on average, of the keys) that `m`
+    /// owns, in parts per million (see [`Ring::shares`]); 0 for a
+    /// non-member.
+    pub fn share_ppm(&self, m: &M) -> u32 {
+        let Ok(index) = self.members.binary_search(m) else {
+            return 0;
+        };
+        (self.shares()[index] * 1e6).round() as u32
+    }
+
     /// Index into `points` of the first point strictly after `position`,
     /// wrapping to 0 past the last point. Meaningless for an empty ring.
     fn first_point_after(&self, position: u64) -> usize {
@@ -416,6 +426,34 @@ mod tests {
         }
         let max = arcs.iter().copied().max().unwrap_or(0);
         max as f64 / ((1u128 << 64) as f64 / ring.len() as f64)
+    }
+
+    #[test]
+    fn shares_add_up_to_a_million_and_match_the_keys_each_member_owns() {
+        assert_eq!(
+            Ring::new(addresses(1)).share_ppm(&addresses(1)[0]),
+            1_000_000
+        );
+        let ring = Ring::new(addresses(10));
+        assert_eq!(ring.share_ppm(&"127.0.0.1:1".to_string()), 0);
+        let shares: Vec<u32> = ring.members().iter().map(|m| ring.share_ppm(m)).collect();
+        let total: u32 = shares.iter().sum();
+        assert!((999_990..=1_000_000).contains(&total), "{total}");
+        let mut counts = vec![0usize; ring.len()];
+        for &p in sample_positions() {
+            counts[ring.owner_index_at(p).unwrap()] += 1;
+        }
+        for (share, count) in shares.iter().zip(counts) {
+            // 100,000 keys: a member's count is within a few hundred of its
+            // share's expectation (10,000 keys, sd about 95).
+            let expected = f64::from(*share) / 1e6 * KEY_COUNT as f64;
+            assert!(
+                (count as f64 - expected).abs() < 500.0,
+                "{count} vs {expected}"
+            );
+            // And the shares are as even as the balance measurements say.
+            assert!((95_000..105_000).contains(share), "{share}");
+        }
     }
 
     /// (keys moved, keys moved to somewhere other than `newcomer`).

@@ -35,7 +35,8 @@
 //!
 //! fjall's costs, accepted: its files are an LSM tree with background
 //! compaction threads, and it has no exact key count, so the disk engine counts
-//! live values once at open (a full scan) and keeps the count itself.
+//! live values, their bytes and tombstones once at open (a full scan) and
+//! keeps the counts itself ([`Usage`]).
 //!
 //! [fjall]: https://docs.rs/fjall
 
@@ -58,6 +59,49 @@ pub struct Stored {
     pub value: Option<Vec<u8>>,
     /// The version of the write (or delete) that produced this entry.
     pub version: Version,
+}
+
+/// What a store holds, by its own exact count (kept up to date by every
+/// write, never estimated).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Entries holding a value (what [`Engine::len`] counts).
+    pub values: usize,
+    /// Key and value bytes of those entries (tombstones not counted, nor
+    /// any engine overhead).
+    pub bytes: u64,
+    /// Entries that are tombstones.
+    pub tombstones: usize,
+}
+
+impl Usage {
+    /// The usage of one entry: `key` holding `value`, or a tombstone.
+    pub fn of(key: &[u8], value: Option<&[u8]>) -> Usage {
+        match value {
+            Some(value) => Usage {
+                values: 1,
+                bytes: (key.len() + value.len()) as u64,
+                tombstones: 0,
+            },
+            None => Usage {
+                values: 0,
+                bytes: 0,
+                tombstones: 1,
+            },
+        }
+    }
+
+    fn add(&mut self, other: Usage) {
+        self.values += other.values;
+        self.bytes += other.bytes;
+        self.tombstones += other.tombstones;
+    }
+
+    fn sub(&mut self, other: Usage) {
+        self.values -= other.values;
+        self.bytes -= other.bytes;
+        self.tombstones -= other.tombstones;
+    }
 }
 
 /// Where a node keeps its keys. Implementations are internally synchronised:
@@ -89,6 +133,10 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Number of entries holding a value (tombstones not counted).
     fn len(&self) -> usize;
+
+    /// Values, their key and value bytes, and tombstones, counted exactly:
+    /// kept up to date by every write (the disk engine counts once at open).
+    fn usage(&self) -> Usage;
 
     /// Whether no entry holds a value (tombstones may remain).
     fn is_empty(&self) -> bool {
@@ -200,6 +248,11 @@ impl Store {
     /// Whether no key holds a value (tombstones may remain).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Values, their bytes and tombstones. See [`Engine::usage`].
+    pub fn usage(&self) -> Usage {
+        self.engine.usage()
     }
 
     /// The keys for which `pick` is true, tombstoned keys included, collected

@@ -260,6 +260,26 @@ pub fn chunk_key(key: &[u8], upload: u64, index: u64) -> Vec<u8> {
     out
 }
 
+/// How far a streamed value got, as told to a progress callback (see
+/// [`put_with_progress`], [`get_with_progress`]): after each chunk stored,
+/// or written out, in order. The library never prints; a command-line tool
+/// draws a bar from these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes stored (a put) or written out (a get) so far.
+    pub bytes: u64,
+    /// The value's size when known: always for a get (the manifest says),
+    /// never for a put (its input is read as it comes).
+    pub total: Option<u64>,
+}
+
+/// A progress callback. It is called from the transfer's threads, one call
+/// at a time and with `bytes` never going down, so it must be quick.
+pub type OnProgress<'a> = &'a (dyn Fn(Progress) + Sync);
+
+/// The callback of the functions without one.
+fn unobserved(_: Progress) {}
+
 /// How a value was stored by [`put`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Written {
@@ -273,11 +293,18 @@ pub enum Written {
 /// belongs to. Reads at most one chunk first: input that ends within it is
 /// stored as a plain value, as `store` would; longer input is streamed with
 /// [`put_large`] without ever being held whole in memory.
-pub fn put(
+pub fn put(source: &NodeAddr, key: &[u8], reader: impl Read, options: &Options) -> Result<Written> {
+    put_with_progress(source, key, reader, options, &unobserved)
+}
+
+/// [`put`], telling `progress` after each chunk of a streamed value is
+/// stored (a plain value, stored in one call, is not told).
+pub fn put_with_progress(
     source: &NodeAddr,
     key: &[u8],
     mut reader: impl Read,
     options: &Options,
+    progress: OnProgress<'_>,
 ) -> Result<Written> {
     options.check()?;
     let mut first = Vec::new();
@@ -287,7 +314,8 @@ pub fn put(
         .read_to_end(&mut first)
         .map_err(Error::Input)?;
     if first.len() > options.chunk_bytes || first.starts_with(&MAGIC) {
-        let manifest = put_large(source, key, io::Cursor::new(first).chain(reader), options)?;
+        let input = io::Cursor::new(first).chain(reader);
+        let manifest = put_large_with_progress(source, key, input, options, progress)?;
         return Ok(Written::Chunked(manifest));
     }
     let mut control = Conn::open(source, &options.client())?;
@@ -311,6 +339,17 @@ pub fn put_large(
     reader: impl Read,
     options: &Options,
 ) -> Result<Manifest> {
+    put_large_with_progress(source, key, reader, options, &unobserved)
+}
+
+/// [`put_large`], telling `progress` after each chunk is stored.
+pub fn put_large_with_progress(
+    source: &NodeAddr,
+    key: &[u8],
+    reader: impl Read,
+    options: &Options,
+    progress: OnProgress<'_>,
+) -> Result<Manifest> {
     options.check()?;
     let max = MAX_KEY_BYTES - CHUNK_KEY_OVERHEAD;
     if key.len() > max {
@@ -323,7 +362,7 @@ pub fn put_large(
     let ring = Ring::new(members(&mut control)?);
     let old = previous_manifest(&mut control, key)?;
     let upload = fresh_upload_id();
-    let manifest = match send_chunks(&ring, key, upload, reader, options) {
+    let manifest = match send_chunks(&ring, key, upload, reader, options, progress) {
         Ok(manifest) => manifest,
         Err((error, sent)) => {
             // Nothing points at these chunks; erasing them only saves space.
@@ -354,8 +393,20 @@ pub fn put_large(
 pub fn get_large(
     source: &NodeAddr,
     key: &[u8],
+    writer: impl Write,
+    options: &Options,
+) -> Result<Option<u64>> {
+    get_with_progress(source, key, writer, options, &unobserved)
+}
+
+/// [`get_large`], telling `progress` after each chunk of a streamed value
+/// is written out (a plain value, written at once, is not told).
+pub fn get_with_progress(
+    source: &NodeAddr,
+    key: &[u8],
     mut writer: impl Write,
     options: &Options,
+    progress: OnProgress<'_>,
 ) -> Result<Option<u64>> {
     options.check()?;
     let mut control = Conn::open(source, &options.client())?;
@@ -377,7 +428,7 @@ pub fn get_large(
         }
     };
     let ring = Ring::new(members(&mut control)?);
-    receive_chunks(&ring, key, &manifest, &mut writer, options)?;
+    receive_chunks(&ring, key, &manifest, &mut writer, options, progress)?;
     writer.flush().map_err(Error::Output)?;
     Ok(Some(manifest.size))
 }
@@ -397,6 +448,7 @@ fn send_chunks(
     upload: u64,
     mut reader: impl Read,
     options: &Options,
+    progress: OnProgress<'_>,
 ) -> std::result::Result<Manifest, (Error, u64)> {
     let chunk_bytes = options.chunk_bytes;
     // Rendezvous channels: a chunk moves on only when the next stage is free
@@ -406,13 +458,16 @@ fn send_chunks(
     let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
     let failure: Mutex<Option<Error>> = Mutex::new(None);
     let digests: Mutex<BTreeMap<u64, [u8; 16]>> = Mutex::new(BTreeMap::new());
+    // Bytes stored so far; held while `progress` is told, so that it hears
+    // one call at a time, never going down.
+    let stored: Mutex<u64> = Mutex::new(0);
 
     let mut size = 0u64;
     let mut read = 0u64;
     let read_result = std::thread::scope(|s| {
         for _ in 0..options.workers {
             let free_tx = free_tx.clone();
-            let (work_rx, failure, digests) = (&work_rx, &failure, &digests);
+            let (work_rx, failure, digests, stored) = (&work_rx, &failure, &digests, &stored);
             s.spawn(move || {
                 let mut conns = Conns::new(options.client());
                 loop {
@@ -426,6 +481,12 @@ fn send_chunks(
                         match store_chunk(&mut conns, ring, key, upload, index, &chunk) {
                             Ok(()) => {
                                 digests.lock().insert(index, digest);
+                                let mut stored = stored.lock();
+                                *stored += chunk.len() as u64;
+                                progress(Progress {
+                                    bytes: *stored,
+                                    total: None,
+                                });
                             }
                             Err(e) => {
                                 failure.lock().get_or_insert(e);
@@ -556,6 +617,7 @@ fn receive_chunks(
     manifest: &Manifest,
     writer: &mut impl Write,
     stream: &Options,
+    progress: OnProgress<'_>,
 ) -> Result<()> {
     let workers = stream.workers;
     let window = Window::new(manifest.chunks(), workers as u64);
@@ -581,7 +643,7 @@ fn receive_chunks(
             });
         }
         drop(tx);
-        let written = write_in_order(&rx, manifest.chunks(), writer, &window);
+        let written = write_in_order(&rx, manifest, writer, &window, progress);
         // Wake any worker waiting for room, so the scope can end.
         window.stop();
         written
@@ -592,12 +654,14 @@ fn receive_chunks(
 /// first chunk that failed.
 fn write_in_order(
     rx: &mpsc::Receiver<(u64, Result<Vec<u8>>)>,
-    chunks: u64,
+    manifest: &Manifest,
     writer: &mut impl Write,
     window: &Window,
+    progress: OnProgress<'_>,
 ) -> Result<()> {
     let mut pending: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-    for next in 0..chunks {
+    let mut written = 0;
+    for next in 0..manifest.chunks() {
         let chunk = loop {
             if let Some(chunk) = pending.remove(&next) {
                 break chunk;
@@ -609,6 +673,11 @@ fn write_in_order(
         };
         writer.write_all(&chunk).map_err(Error::Output)?;
         window.advance();
+        written += chunk.len() as u64;
+        progress(Progress {
+            bytes: written,
+            total: Some(manifest.size),
+        });
     }
     Ok(())
 }

@@ -37,6 +37,8 @@
 //!   `127.0.0.1:00000`;
 //! - the membership node's incarnation: the i64 after its own `Location` in its
 //!   `Member` row becomes `0000000000000000`.
+//! - a storage node's incarnation in its `stats`: the i64 after the map key
+//!   `"incarnation"` becomes `0000000000000000`.
 //!
 //! Every declared mask must match at least once, so a moved value cannot slip
 //! past as "nothing to mask". Versions are pinned exactly: the entries `peek`
@@ -510,9 +512,17 @@ fn store_node_cases() -> Vec<Case> {
             name: "stats",
             args: "(after every call above)",
             request: Method(|c| c.stats().map(drop)),
-            answer: reply(|r, _| {
-                let stats = expect_reply(r, |c| c.stats());
+            answer: masked(&[Mask::StatsIncarnation], |r, _| {
+                let mut stats = expect_reply(r, |c| c.stats());
+                let incarnation = stats.remove("incarnation").expect("an incarnation");
+                assert!(plausible_incarnation(incarnation), "{incarnation}");
+                // The two values' keys and values; the tombstones of the
+                // erase, the relayed erase and the absorbed tombstone.
+                let bytes =
+                    TEXT_KEY.len() + TEXT_VALUE.len() + ABSORBED_KEY.len() + ABSORBED_VALUE.len();
                 let expected = [
+                    ("bytes", bytes as i64),
+                    ("handoff_pending", 0),
                     ("hints", 0),
                     // golden-key and the absorbed key: tombstones do not count.
                     ("keys", 2),
@@ -521,8 +531,12 @@ fn store_node_cases() -> Vec<Case> {
                     ("pauses", 0),
                     ("ready", 1),
                     ("replicas", 1),
+                    ("replicas_configured", 3),
                     ("replication_pending", 0),
+                    // Alone: the whole ring.
+                    ("share_ppm", 1_000_000),
                     ("syncing", 0),
+                    ("tombstones", 3),
                 ];
                 let expected = expected.map(|(k, v)| (k.to_string(), v)).into();
                 assert_eq!(stats, expected);
@@ -591,6 +605,19 @@ fn membership_node_cases() -> Vec<Case> {
                 expected.extend(known_dead());
                 expected.push(caller_table()[1].clone());
                 assert_eq!(expect_reply(r, |c| c.gossip(Vec::new())), expected);
+            }),
+        },
+        Case {
+            name: "members",
+            args: "(after the gossip: the table the client-facing call reads)",
+            request: Method(|c| c.members().map(drop)),
+            // The same rows as the gossip reply: the node, the members it
+            // holds dead, and the one that left.
+            answer: masked(NODE_ROW, |r, run| {
+                let mut expected = vec![run.member()];
+                expected.extend(known_dead());
+                expected.push(caller_table()[1].clone());
+                assert_eq!(expect_reply(r, |c| c.members()), expected);
             }),
         },
         Case {
@@ -666,6 +693,18 @@ enum Mask {
     Port,
     /// The node's incarnation, in its own `Member` row.
     Incarnation,
+    /// The node's incarnation, in its `stats` (the i64 after the key
+    /// "incarnation").
+    StatsIncarnation,
+}
+
+/// Whether `incarnation` is a start time in milliseconds within the last day.
+fn plausible_incarnation(incarnation: i64) -> bool {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    (now - 86_400_000..=now + 1000).contains(&incarnation)
 }
 
 impl Mask {
@@ -677,6 +716,9 @@ impl Mask {
             }
             Mask::Incarnation => {
                 "the node's incarnation, zeroed: i64 after its own Location in its Member row"
+            }
+            Mask::StatsIncarnation => {
+                "the node's incarnation, zeroed: i64 after the map key \"incarnation\""
             }
         }
     }
@@ -705,6 +747,19 @@ impl Mask {
                 };
                 // The port stays: Mask::Port zeroes it next.
                 replace_all(bytes, &row(port, incarnation), &row(port, 0))
+            }
+            Mask::StatsIncarnation => {
+                let mut key = 11i32.to_be_bytes().to_vec();
+                key.extend(b"incarnation");
+                let mut found = 0;
+                let mut at = 0;
+                while let Some(offset) = bytes[at..].windows(key.len()).position(|w| w == key) {
+                    let value = at + offset + key.len();
+                    bytes[value..value + 8].fill(0);
+                    found += 1;
+                    at = value + 8;
+                }
+                found
             }
         }
     }

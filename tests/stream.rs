@@ -327,3 +327,92 @@ fn measure_streaming_a_gib_in_and_out_with_three_replicas_and_with_one() {
     measure("3 replicas", &[]);
     measure("1 replica", &["--replicas", "1"]);
 }
+
+#[test]
+fn piped_storeput_and_storeget_of_a_large_value_draw_no_progress_bar() {
+    let node = NodeProc::start(None);
+    let peer = node.addr.to_string();
+    let value = pseudo_random(3 * MIB, 7);
+    let chunk = (256 * 1024).to_string();
+    let (code, out, err) = run_tool(
+        "storeput",
+        &["--peer", &peer, "--chunk-bytes", &chunk, "piped", "-"],
+        Some(&value),
+    );
+    assert_eq!(code, 0, "storeput failed: {err}");
+    assert!(out.is_empty() && err.is_empty(), "storeput printed {err:?}");
+    let (code, out, err) = run_tool("storeget", &["--peer", &peer, "piped"], None);
+    assert_eq!(code, 0, "storeget failed: {err}");
+    assert!(err.is_empty(), "storeget printed {err:?} on standard error");
+    assert!(out == value, "standard output is not exactly the value");
+}
+
+#[test]
+fn the_progress_callback_hears_every_chunk_in_order_up_to_the_size() {
+    use std::sync::Mutex;
+    use thrifty_p2p::stream::Progress;
+
+    let node = NodeProc::start(None);
+    let options = thrifty_p2p::ClientOptions {
+        stream: small_chunks(100_000),
+        ..Default::default()
+    };
+    let mut ring = thrifty_p2p::Client::with_options(node.addr.clone(), options).unwrap();
+    let value = pseudo_random(1_050_000, 9);
+    let heard = Mutex::new(Vec::<Progress>::new());
+    ring.put_from_with_progress("observed", &value[..], |p| heard.lock().unwrap().push(p))
+        .unwrap();
+    let put = heard.lock().unwrap().split_off(0);
+    // 11 chunks, told as each is stored, never going down.
+    assert_eq!(put.len(), 11, "{put:?}");
+    assert!(put.windows(2).all(|w| w[0].bytes < w[1].bytes), "{put:?}");
+    assert_eq!(put.last().unwrap().bytes, value.len() as u64);
+    assert!(put.iter().all(|p| p.total.is_none()));
+
+    let mut out = Vec::new();
+    ring.get_to_with_progress("observed", &mut out, |p| heard.lock().unwrap().push(p))
+        .unwrap();
+    assert!(out == value);
+    let got = heard.into_inner().unwrap();
+    assert_eq!(got.len(), 11, "{got:?}");
+    assert_eq!(got[0].bytes, 100_000);
+    assert!(got.iter().all(|p| p.total == Some(value.len() as u64)));
+    assert_eq!(got.last().unwrap().bytes, value.len() as u64);
+
+    // A value within one chunk is stored in one call: nothing to tell.
+    let quiet = Mutex::new(0);
+    ring.put_from_with_progress("small", &b"tiny"[..], |_| *quiet.lock().unwrap() += 1)
+        .unwrap();
+    assert_eq!(*quiet.lock().unwrap(), 0);
+}
+
+#[test]
+fn storeput_on_a_terminal_draws_a_progress_bar_on_standard_error() {
+    // `script` (util-linux) runs the command on a pseudo-terminal.
+    if !std::path::Path::new("/usr/bin/script").exists() {
+        eprintln!("skipped: no /usr/bin/script to give the command a terminal");
+        return;
+    }
+    let node = NodeProc::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("value");
+    std::fs::write(&input, pseudo_random(3 * MIB, 11)).unwrap();
+    let screen = dir.path().join("screen");
+    let command = format!(
+        "{} --peer {} --chunk-bytes 65536 onscreen - < {}",
+        env!("CARGO_BIN_EXE_storeput"),
+        node.addr,
+        input.display()
+    );
+    let status = std::process::Command::new("/usr/bin/script")
+        .args(["-qec", &command])
+        .arg(&screen)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let shown = String::from_utf8_lossy(&std::fs::read(&screen).unwrap()).into_owned();
+    // The bar's text: bytes so far of the input's size (a regular file).
+    assert!(shown.contains("/3.00 MiB"), "{shown:?}");
+}

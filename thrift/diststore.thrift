@@ -108,8 +108,14 @@ service Store extends locator.Locator {
   void store(1: binary key, 2: binary value) throws (1: StoreError err),
   /** Delete a key (it leaves a versioned tombstone, so no old copy comes back). */
   void erase(1: binary key) throws (1: StoreError err),
-  /** Counters describing this node (keys, replication backlog, hints, ...). */
+  /** Counters describing this node (keys, bytes, replication backlog, hints, ...). */
   map<string, i64> stats(),
+  /**
+   * This node's whole member table, read-only: every member it knows, itself
+   * included, with its incarnation and status (departed members too, as
+   * DEAD or LEFT). For status tools; nodes exchange tables with `gossip`.
+   */
+  list<locator.Member> members(),
 
   // ---- access control (see README, Security) ----
   /**

@@ -4,7 +4,10 @@
 //! planned by [`crate::handoff`].
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
@@ -34,13 +37,76 @@ pub struct HandoffReport {
     pub restarted: bool,
 }
 
+/// How often a leave's handoff says how far it got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// A leave's handoff, told at info: what it moves, how far it got (at most
+/// every [`PROGRESS_EVERY`]), and when it is done. Passes share it, since a
+/// leave may take several.
+#[derive(Debug)]
+pub struct Progress {
+    /// Entries (values and tombstones) the node held when the leave began.
+    total: usize,
+    /// Entries handed over so far.
+    moved: usize,
+    started: Instant,
+    told: Instant,
+}
+
+impl Progress {
+    /// Starts telling a handoff of `total` entries.
+    pub fn new(total: usize) -> Progress {
+        let now = Instant::now();
+        Progress {
+            total,
+            moved: 0,
+            started: now,
+            told: now,
+        }
+    }
+
+    /// `count` more entries were handed over; returns the progress line,
+    /// if it was time to tell it (it is then logged).
+    fn moved(&mut self, count: usize) -> Option<String> {
+        self.moved += count;
+        if self.told.elapsed() < PROGRESS_EVERY {
+            return None;
+        }
+        self.told = Instant::now();
+        let line = format!(
+            "handed over {} of {} keys, {} remaining",
+            self.moved,
+            self.total,
+            self.total.saturating_sub(self.moved)
+        );
+        log::info!("{line}");
+        Some(line)
+    }
+
+    /// Entries handed over so far.
+    pub fn done(&self) -> usize {
+        self.moved
+    }
+
+    /// How long since the handoff began.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+}
+
 impl Node {
     /// Sends every key we hold but no longer replicate to its replicas
     /// ([`crate::handoff::plan`]), in bounded batches, deleting each copy only
     /// once a write quorum of them acknowledged it (and only if no newer write
     /// arrived meanwhile). Ownership is re-checked before each batch: a ring
     /// change ends the pass, to be run again on the new ring.
-    pub async fn handoff_pass(self: &Arc<Self>) -> HandoffReport {
+    ///
+    /// A leave passes its `progress`, which the pass tells as it goes; the
+    /// background worker passes none (it says what it moved at the end).
+    pub async fn handoff_pass(
+        self: &Arc<Self>,
+        mut progress: Option<&mut Progress>,
+    ) -> HandoffReport {
         let mut report = HandoffReport::default();
         let epoch = self.epoch();
         let routing = self.placement();
@@ -55,14 +121,18 @@ impl Node {
                 return report;
             }
         };
+        self.handoff_pending.store(keys.len(), Ordering::Relaxed);
         let groups = handoff::plan(&routing, n, self.write_quorum(), &self.me, keys);
         let limit = BatchLimit {
             bytes: self.config.handoff_batch_bytes,
             entries: self.config.handoff_batch_entries,
         };
-        let settle = |report: &mut HandoffReport, (tally, sent, failed): Sent| {
+        let settle = |report: &mut HandoffReport,
+                      progress: &mut Option<&mut Progress>,
+                      (tally, sent, failed): Sent| {
             for (replica, e) in failed {
-                log::warn!("handing {} keys to {replica} failed: {e}", sent.len());
+                // The error names the replica.
+                log::warn!("handing {} keys over failed: {e}", sent.len());
                 self.note_failure(&replica, &e);
             }
             if tally.settled() {
@@ -72,9 +142,17 @@ impl Node {
                     }
                 }
                 report.moved += sent.len();
+                let _ = self.handoff_pending.fetch_update(
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                    |pending| Some(pending.saturating_sub(sent.len())),
+                );
                 self.metrics.handed_over(sent.len());
                 if self.leaving() {
                     self.metrics.set_leave_remaining(self.store.len());
+                }
+                if let Some(progress) = progress {
+                    let _ = progress.moved(sent.len());
                 }
             } else {
                 report.stuck += sent.len();
@@ -107,16 +185,16 @@ impl Node {
                 }
                 while in_flight.len() >= HANDOFF_IN_FLIGHT {
                     if let Some(done) = in_flight.next().await {
-                        settle(&mut report, done);
+                        settle(&mut report, &mut progress, done);
                     }
                 }
                 in_flight.push(self.send_batch(group, batch, sent));
             }
         }
         while let Some(done) = in_flight.next().await {
-            settle(&mut report, done);
+            settle(&mut report, &mut progress, done);
         }
-        if report.moved > 0 {
+        if report.moved > 0 && progress.is_none() {
             log::info!("handed {} keys to their replicas", report.moved);
         }
         report
@@ -168,10 +246,37 @@ impl Node {
             if self.stop_requested() {
                 break;
             }
-            let mut report = self.handoff_pass().await;
+            let mut report = self.handoff_pass(None).await;
             while report.restarted && report.stuck == 0 && !self.stop_requested() {
-                report = self.handoff_pass().await;
+                report = self.handoff_pass(None).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leave_tells_its_progress_at_most_every_two_seconds() {
+        let mut progress = Progress::new(10_000);
+        assert_eq!(progress.moved(2000), None);
+        tokio::time::advance(Duration::from_millis(1500)).await;
+        assert_eq!(progress.moved(2000), None);
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert_eq!(
+            progress.moved(2000).as_deref(),
+            Some("handed over 6000 of 10000 keys, 4000 remaining")
+        );
+        // Just told: quiet again for two seconds.
+        assert_eq!(progress.moved(1000), None);
+        tokio::time::advance(PROGRESS_EVERY).await;
+        assert_eq!(
+            progress.moved(3000).as_deref(),
+            Some("handed over 10000 of 10000 keys, 0 remaining")
+        );
+        assert_eq!(progress.done(), 10_000);
+        assert!(progress.elapsed() >= Duration::from_millis(4100));
     }
 }

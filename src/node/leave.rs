@@ -9,6 +9,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 
 use super::Node;
+use super::handoff::Progress;
 use crate::addr::NodeAddr;
 use crate::membership::MemberState;
 use crate::peer::{Reply, Request};
@@ -50,15 +51,26 @@ impl Node {
         // replicated to us, so the handoff below converges.
         self.tell_peers(announce).await;
         let deadline = Instant::now() + self.config.leave_timeout;
-        log::info!("leaving: handing over {} keys", self.store.len());
-        self.metrics.set_leave_remaining(self.store.len());
+        let usage = self.store.usage();
+        let entries = usage.values + usage.tombstones;
+        let receivers = self.placement().len();
+        if receivers > 0 {
+            log::info!(
+                "leaving: handing over {entries} keys ({} values of {} bytes, {} tombstones) to {receivers} members",
+                usage.values,
+                usage.bytes,
+                usage.tombstones
+            );
+        }
+        self.metrics.set_leave_remaining(entries);
+        let mut progress = Progress::new(entries);
         // Tombstones travel too (they keep erased keys erased), so the loop
         // runs until a pass finds nothing left to move, not until `len` is 0.
         while Instant::now() < deadline {
             if self.placement().is_empty() {
                 break;
             }
-            let report = self.handoff_pass().await;
+            let report = self.handoff_pass(Some(&mut progress)).await;
             if report.restarted && report.stuck == 0 {
                 continue;
             }
@@ -93,7 +105,17 @@ impl Node {
                 None => {}
             }
         } else if left_behind > 0 {
-            log::warn!("leaving with {left_behind} keys not handed over");
+            log::warn!(
+                "leaving with {left_behind} keys not handed over ({} handed over in {:.1} s)",
+                progress.done(),
+                progress.elapsed().as_secs_f64()
+            );
+        } else {
+            log::info!(
+                "handed over all {} keys in {:.1} s",
+                progress.done(),
+                progress.elapsed().as_secs_f64()
+            );
         }
         self.metrics.set_leave_remaining(left_behind);
         let effects = self.with_swim(|swim, now| swim.leave(now));
@@ -131,7 +153,7 @@ impl Node {
                     self.run_effects(effects);
                 }
                 Ok(other) => log::debug!("{}", unexpected(peer, &other)),
-                Err(e) => log::debug!("telling {peer} we are {:?} failed: {e}", row.status),
+                Err(e) => log::debug!("telling a peer we are {:?} failed: {e}", row.status),
             }
         }
     }

@@ -217,7 +217,8 @@ impl Node {
             }
             self.declare_dead(peer);
         } else {
-            log::debug!("call to {peer} failed: {error}");
+            // Every such error names the peer already.
+            log::debug!("{error}");
         }
     }
 

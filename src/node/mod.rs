@@ -43,7 +43,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use md5::{Digest, Md5};
@@ -181,6 +181,9 @@ pub struct Node {
     /// What the node counts for `/metrics` (counted in the simulation too,
     /// where nothing serves it).
     metrics: Metrics,
+    /// Keys this node holds but no longer replicates, as its latest handoff
+    /// pass found them, less those moved since.
+    handoff_pending: AtomicUsize,
 }
 
 /// The parts a node is built from.
@@ -249,6 +252,7 @@ impl Node {
             swim_wake: Notify::new(),
             incarnation: AtomicI64::new(incarnation),
             confirming: AtomicBool::new(false),
+            handoff_pending: AtomicUsize::new(0),
             out,
             replicator,
             tasks,
@@ -490,16 +494,26 @@ impl Node {
         })
     }
 
-    /// Counters for `stats`.
+    /// Counters for `stats`. Each is cheap to read: kept as it changes, or
+    /// one pass over the ring's points (`share_ppm`), never a scan of the keys.
     pub fn stats(&self) -> BTreeMap<String, i64> {
+        let usage = self.store.usage();
         let view = self.view.read();
         let mut stats = BTreeMap::new();
         let mut put = |name: &str, value: usize| {
             stats.insert(name.to_string(), value as i64);
         };
-        put("keys", self.store.len());
+        put("keys", usage.values);
+        put("bytes", usage.bytes as usize);
+        put("tombstones", usage.tombstones);
         put("members", view.ring.len());
         put("replicas", self.config.replicas.min(view.ring.len()));
+        put("replicas_configured", self.config.replicas);
+        put("share_ppm", view.ring.share_ppm(&self.me) as usize);
+        put(
+            "handoff_pending",
+            self.handoff_pending.load(Ordering::Relaxed),
+        );
         put("replication_pending", self.replicator.pending());
         put("hints", self.replicator.hint_count());
         put("syncing", usize::from(self.syncing()));
@@ -509,6 +523,10 @@ impl Node {
         );
         put("ready", usize::from(self.ready()));
         put("pauses", self.pauses.load(Ordering::Relaxed) as usize);
+        stats.insert(
+            "incarnation".to_string(),
+            view.swim.membership().my_state().incarnation,
+        );
         stats
     }
 

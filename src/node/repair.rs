@@ -18,6 +18,15 @@ use crate::ring::Ring;
 use crate::transport::unexpected;
 use crate::version::Version;
 
+/// What one anti-entropy exchange with a peer did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Synced {
+    /// Entries we sent (of the buckets that differed).
+    pub sent: usize,
+    /// Entries of ours that the peer's newer copies replaced (or added).
+    pub repaired: usize,
+}
+
 impl Node {
     /// Digests of our copies of the keys we share with `peer`.
     pub(super) fn digests_with(&self, ring: &Ring<NodeAddr>, peer: &NodeAddr) -> Result<Digests> {
@@ -90,16 +99,17 @@ impl Node {
         let mut repaired = 0;
         for entry in entries {
             self.clock.observe(entry.stored.version)?;
-            if self.store.merge(
+            repaired += usize::from(self.store.merge(
                 &entry.key,
                 entry.stored.value.as_deref(),
                 entry.stored.version,
-            )? {
-                repaired += 1;
-            }
+            )?);
             theirs.insert(entry.key, entry.stored.version);
         }
         self.metrics.repaired_by_anti_entropy(repaired);
+        if repaired > 0 {
+            log::info!("anti-entropy: repaired {repaired} keys from {caller}");
+        }
         let buckets = antientropy::valid_buckets(buckets);
         let mut answer = crate::peer::BoundedReply::new("reconcile", self.config.max_reply_bytes());
         for key in self
@@ -118,8 +128,9 @@ impl Node {
 
     /// Brings our copies and `peer`'s copies of the keys we share to the same
     /// versions: compare bucket digests, then exchange entries of the buckets
-    /// that differ, in bounded batches. Returns how many entries we sent.
-    pub async fn sync_with(self: &Arc<Self>, peer: &NodeAddr) -> Result<usize> {
+    /// that differ, in bounded batches. Returns how many entries we sent and
+    /// how many of ours the peer's answers repaired.
+    pub async fn sync_with(self: &Arc<Self>, peer: &NodeAddr) -> Result<Synced> {
         let ring = self.placement();
         let digests = self.digests_with(&ring, peer)?.to_wire();
         let request = Request::DiffBuckets {
@@ -131,7 +142,7 @@ impl Node {
             other => return Err(unexpected(peer, &other)),
         };
         if differing.is_empty() {
-            return Ok(0);
+            return Ok(Synced::default());
         }
         let wanted = antientropy::valid_buckets(&differing);
         let mut keys = self.shared_keys_in(&ring, peer, &wanted)?;
@@ -139,7 +150,7 @@ impl Node {
             bytes: self.config.handoff_batch_bytes,
             entries: self.config.handoff_batch_entries,
         };
-        let mut sent = 0;
+        let mut synced = Synced::default();
         let mut batch_buckets = Vec::new();
         let mut batch = Vec::new();
         let mut bytes = 0;
@@ -155,7 +166,7 @@ impl Node {
             batch_buckets.push(*bucket as i32);
             let last = i + 1 == buckets.len();
             if last || limit.full(bytes, batch.len()) {
-                sent += batch.len();
+                synced.sent += batch.len();
                 let request = Request::Reconcile {
                     caller: self.me.clone(),
                     buckets: std::mem::take(&mut batch_buckets),
@@ -165,13 +176,14 @@ impl Node {
                     Reply::Entries(newer) => {
                         let repaired = self.absorb(newer)?;
                         self.metrics.repaired_by_anti_entropy(repaired);
+                        synced.repaired += repaired;
                     }
                     other => return Err(unexpected(peer, &other)),
                 }
                 bytes = 0;
             }
         }
-        Ok(sent)
+        Ok(synced)
     }
 
     /// Background worker: after every ring change (and while catching up),
@@ -182,6 +194,7 @@ impl Node {
         while !self.stop_requested() {
             let round = rounds.next(self.epoch(), self.syncing(), &self.peers());
             let mut complete = self.ready();
+            let mut repaired = 0;
             for peer in &round.peers {
                 if self.epoch() != round.epoch {
                     // The ring changed: this round can no longer show that
@@ -192,8 +205,21 @@ impl Node {
                     break;
                 }
                 match self.sync_with(peer).await {
-                    Ok(0) => {}
-                    Ok(n) => log::debug!("anti-entropy with {peer}: {n} entries compared"),
+                    Ok(synced) => {
+                        if synced.sent > 0 {
+                            log::debug!(
+                                "anti-entropy with {peer}: {} entries compared",
+                                synced.sent
+                            );
+                        }
+                        if synced.repaired > 0 {
+                            log::info!(
+                                "anti-entropy: repaired {} keys from {peer}",
+                                synced.repaired
+                            );
+                        }
+                        repaired += synced.repaired;
+                    }
                     Err(e) => {
                         complete = false;
                         self.note_failure(peer, &e);
@@ -203,7 +229,19 @@ impl Node {
             let settled = self.epoch() == round.epoch && self.lease_held();
             let finished = rounds.finish(&round, complete, settled);
             if finished.caught_up && self.syncing.swap(false, Ordering::AcqRel) {
-                log::info!("{}: caught up with every replica", self.me);
+                if repaired > 0 {
+                    log::info!(
+                        "{}: caught up with every replica ({repaired} keys repaired in the last round)",
+                        self.me
+                    );
+                } else {
+                    log::info!("{}: caught up with every replica", self.me);
+                }
+            } else if repaired > 0 && round.peers.len() > 1 {
+                log::info!(
+                    "anti-entropy round with {} peers done: {repaired} keys repaired",
+                    round.peers.len()
+                );
             }
             self.deliver_hints();
             // A round that could not finish catching up (a peer failed, or

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use parking_lot::Mutex;
 
-use super::{Engine, Stored};
+use super::{Engine, Stored, Usage};
 use crate::error::{Error, Result};
 use crate::version::Version;
 
@@ -68,6 +68,10 @@ pub(super) struct Disk {
     hasher: RandomState,
     /// Entries holding a value: fjall only estimates its length.
     values: AtomicUsize,
+    /// Key and value bytes of those entries.
+    bytes: AtomicU64,
+    /// Entries that are tombstones.
+    tombstones: AtomicUsize,
     /// `Some` when every write must be fsynced before it returns.
     sync: Option<GroupSync>,
 }
@@ -99,18 +103,47 @@ impl Disk {
             stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: RandomState::new(),
             values: AtomicUsize::new(0),
+            bytes: AtomicU64::new(0),
+            tombstones: AtomicUsize::new(0),
             sync: sync.then(|| GroupSync {
                 issued: AtomicU64::new(0),
                 flushed: Mutex::new(0),
             }),
         };
-        let mut values = 0;
-        disk.scan(&mut |_, _, tombstone| {
-            values += usize::from(!tombstone);
+        // Counted once, here; every write keeps the counts from then on.
+        let mut usage = Usage::default();
+        disk.walk(&mut |key, _, tombstone, value_len| {
+            usage.add(if tombstone {
+                Usage::of(key, None)
+            } else {
+                Usage {
+                    values: 1,
+                    bytes: (key.len() + value_len) as u64,
+                    tombstones: 0,
+                }
+            });
             true
         })?;
-        disk.values.store(values, Ordering::Relaxed);
+        disk.count(usage, true);
         Ok(disk)
+    }
+
+    /// Adds (`more`) or takes away `usage` from the counts.
+    fn count(&self, usage: Usage, more: bool) {
+        let Usage {
+            values,
+            bytes,
+            tombstones,
+        } = usage;
+        if more {
+            self.values.fetch_add(values, Ordering::Relaxed);
+            self.bytes.fetch_add(bytes, Ordering::Relaxed);
+            self.tombstones.fetch_add(tombstones, Ordering::Relaxed);
+        } else {
+            self.values.fetch_sub(values, Ordering::Relaxed);
+            self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.tombstones.fetch_sub(tombstones, Ordering::Relaxed);
+        }
     }
 
     fn stripe(&self, key: &[u8]) -> &Mutex<()> {
@@ -141,12 +174,11 @@ impl Disk {
         self.entries
             .insert(stored, encode(value, version)?)
             .map_err(storage)?;
-        let was_value = old.is_some_and(|old| old.value.is_some());
-        match (was_value, value.is_some()) {
-            (false, true) => self.values.fetch_add(1, Ordering::Relaxed),
-            (true, false) => self.values.fetch_sub(1, Ordering::Relaxed),
-            _ => 0,
-        };
+        let key = &stored[1..];
+        if let Some(old) = old {
+            self.count(Usage::of(key, old.value.as_deref()), false);
+        }
+        self.count(Usage::of(key, value), true);
         Ok(())
     }
 
@@ -224,10 +256,8 @@ impl Engine for Disk {
             if old.version != version {
                 return Ok(false);
             }
-            self.entries.remove(stored).map_err(storage)?;
-            if old.value.is_some() {
-                self.values.fetch_sub(1, Ordering::Relaxed);
-            }
+            self.entries.remove(&stored).map_err(storage)?;
+            self.count(Usage::of(&stored[1..], old.value.as_deref()), false);
         }
         self.flushed()?;
         Ok(true)
@@ -237,7 +267,26 @@ impl Engine for Disk {
         self.values.load(Ordering::Relaxed)
     }
 
+    fn usage(&self) -> Usage {
+        Usage {
+            values: self.values.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            tombstones: self.tombstones.load(Ordering::Relaxed),
+        }
+    }
+
     fn scan(&self, visit: &mut dyn FnMut(&[u8], Version, bool) -> bool) -> Result<()> {
+        self.walk(&mut |key, version, tombstone, _| visit(key, version, tombstone))
+    }
+}
+
+/// What [`Disk::walk`] calls for each entry: key, version, is_tombstone and
+/// the value's length; returns whether to go on.
+type Walker<'a> = dyn FnMut(&[u8], Version, bool, usize) -> bool + 'a;
+
+impl Disk {
+    /// [`Engine::scan`], also telling each value's length.
+    fn walk(&self, visit: &mut Walker<'_>) -> Result<()> {
         // In batches, each from a fresh iterator starting after the last key
         // seen, and visited after the iterator is dropped: fjall iterators
         // never block writers, but a long-lived one pins a snapshot.
@@ -249,15 +298,15 @@ impl Engine for Disk {
             for guard in self.entries.range((start, end.clone())).take(SCAN_BATCH) {
                 let (stored, bytes) = guard.into_inner().map_err(storage)?;
                 let (version, tombstone) = decode(&stored, &bytes)?;
-                batch.push((stored, version, tombstone));
+                batch.push((stored, version, tombstone, bytes.len() - HEADER));
             }
-            for (stored, version, tombstone) in &batch {
-                if !visit(&stored[1..], *version, *tombstone) {
+            for (stored, version, tombstone, value_len) in &batch {
+                if !visit(&stored[1..], *version, *tombstone, *value_len) {
                     return Ok(());
                 }
             }
             match batch.last() {
-                Some((stored, _, _)) if batch.len() == SCAN_BATCH => {
+                Some((stored, _, _, _)) if batch.len() == SCAN_BATCH => {
                     start = Bound::Excluded(stored.to_vec());
                 }
                 _ => return Ok(()),

@@ -63,7 +63,7 @@ use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 use parking_lot::RwLock;
 
-use super::{Engine, Stored};
+use super::{Engine, Stored, Usage};
 use crate::error::{Error, Result};
 use crate::version::Version;
 
@@ -502,8 +502,18 @@ fn hash_of(hasher: &KeyHasher, key: &[u8]) -> u64 {
 struct Shard {
     table: HashTable<Handle>,
     arena: Arena,
-    /// Entries holding a value, so `len` need not walk the tables.
-    values: usize,
+    /// Values, their bytes and tombstones, so `len` and `usage` need not walk
+    /// the tables. Plain counters, not atomics: every write already holds
+    /// the shard's write lock, and a reader takes the read lock for an
+    /// instant, as `len` always did.
+    usage: Usage,
+}
+
+impl Record<'_> {
+    /// What this record counts for in [`Usage`].
+    fn usage(self) -> Usage {
+        Usage::of(self.key(), self.value())
+    }
 }
 
 impl Shard {
@@ -539,14 +549,12 @@ impl Shard {
                 let Some(version) = decide(Some(old.version())) else {
                     return Ok(None);
                 };
-                let old_held_value = !old.is_tombstone();
+                let old_usage = old.usage();
                 if !self.arena.rewrite(handle, len, key, value, version) {
                     *slot.get_mut() = self.arena.append(len, key, value, version)?;
                     self.arena.kill(handle);
                 }
-                if old_held_value {
-                    self.values -= 1;
-                }
+                self.usage.sub(old_usage);
                 version
             }
             Entry::Vacant(slot) => {
@@ -557,9 +565,7 @@ impl Shard {
                 version
             }
         };
-        if value.is_some() {
-            self.values += 1;
-        }
+        self.usage.add(Usage::of(key, value));
         self.compact(hasher);
         Ok(Some(version))
     }
@@ -577,11 +583,9 @@ impl Shard {
         if record.version() != version {
             return false;
         }
-        let held_value = !record.is_tombstone();
+        let held = record.usage();
         let (handle, _) = slot.remove();
-        if held_value {
-            self.values -= 1;
-        }
+        self.usage.sub(held);
         if self.table.is_empty() {
             // A handoff may empty a shard: give everything back.
             *self = Shard::default();
@@ -761,7 +765,18 @@ impl Engine for Memory {
     }
 
     fn len(&self) -> usize {
-        self.shards.iter().map(|shard| shard.read().values).sum()
+        self.shards
+            .iter()
+            .map(|shard| shard.read().usage.values)
+            .sum()
+    }
+
+    fn usage(&self) -> Usage {
+        let mut total = Usage::default();
+        for shard in &self.shards {
+            total.add(shard.read().usage);
+        }
+        total
     }
 
     fn scan(&self, visit: &mut dyn FnMut(&[u8], Version, bool) -> bool) -> Result<()> {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{Engine, Store, Stored};
+use super::{Engine, Store, Stored, Usage};
 use crate::version::Version;
 
 fn v(stamp: u64) -> Version {
@@ -25,6 +25,25 @@ fn scanned(engine: &dyn Engine) -> HashMap<Vec<u8>, (Version, bool)> {
         })
         .unwrap();
     seen
+}
+
+/// The usage a scan finds, values' lengths read back one by one: what the
+/// engines' own counts must always equal.
+fn recounted(engine: &dyn Engine) -> Usage {
+    let mut usage = Usage::default();
+    for key in scanned(engine).into_keys() {
+        let value = value_of(engine, &key);
+        usage.add(Usage::of(&key, value.as_deref()));
+    }
+    usage
+}
+
+fn usage(values: usize, bytes: u64, tombstones: usize) -> Usage {
+    Usage {
+        values,
+        bytes,
+        tombstones,
+    }
 }
 
 /// Declares each contract test once per engine: `memory::NAME` and `disk::NAME`.
@@ -65,6 +84,8 @@ for_every_engine!(
     len_ignores_tombstones,
     concurrent_overwrites_from_four_threads_end_with_the_max_version,
     binary_keys_and_values_round_trip_and_an_empty_value_is_not_a_tombstone,
+    usage_counts_values_bytes_and_tombstones_exactly_through_every_kind_of_write,
+    usage_stays_exact_under_concurrent_overwrites_and_removes,
 );
 
 fn a_newer_version_wins(engine: &dyn Engine) {
@@ -316,4 +337,109 @@ fn store_overwrite_takes_a_one_shot_closure() {
         })
         .unwrap();
     assert_eq!(version, v(1));
+}
+
+fn usage_counts_values_bytes_and_tombstones_exactly_through_every_kind_of_write(
+    engine: &dyn Engine,
+) {
+    assert_eq!(engine.usage(), Usage::default());
+    // New keys: 2+3, 1+0 (an empty value is a value), and a tombstone.
+    engine.merge(b"ab", Some(b"123"), v(1)).unwrap();
+    engine.merge(b"e", Some(b""), v(1)).unwrap();
+    engine.merge(b"gone", None, v(1)).unwrap();
+    assert_eq!(engine.usage(), usage(2, 6, 1));
+    // A longer, then a shorter value at the same key.
+    engine.merge(b"ab", Some(b"123456789"), v(2)).unwrap();
+    assert_eq!(engine.usage(), usage(2, 12, 1));
+    engine
+        .overwrite(b"ab", Some(b"1"), &mut |old| v(old.unwrap().stamp + 1))
+        .unwrap();
+    assert_eq!(engine.usage(), usage(2, 4, 1));
+    // A refused (older) write changes nothing.
+    assert!(!engine.merge(b"ab", Some(b"old and long"), v(1)).unwrap());
+    assert_eq!(engine.usage(), usage(2, 4, 1));
+    // Erase: the value's bytes go, a tombstone comes.
+    engine.overwrite(b"ab", None, &mut |_| v(10)).unwrap();
+    assert_eq!(engine.usage(), usage(1, 1, 2));
+    // A tombstone over a tombstone is still one.
+    engine.merge(b"ab", None, v(11)).unwrap();
+    assert_eq!(engine.usage(), usage(1, 1, 2));
+    // A value written over a tombstone.
+    engine.merge(b"gone", Some(b"back"), v(2)).unwrap();
+    assert_eq!(engine.usage(), usage(2, 9, 1));
+    // remove_if of the wrong version changes nothing; of the right one,
+    // forgets a value or a tombstone.
+    assert!(!engine.remove_if(b"gone", v(1)).unwrap());
+    assert_eq!(engine.usage(), usage(2, 9, 1));
+    assert!(engine.remove_if(b"gone", v(2)).unwrap());
+    assert_eq!(engine.usage(), usage(1, 1, 1));
+    assert!(engine.remove_if(b"ab", v(11)).unwrap());
+    assert_eq!(engine.usage(), usage(1, 1, 0));
+    assert!(engine.remove_if(b"e", v(1)).unwrap());
+    assert_eq!(engine.usage(), Usage::default());
+    assert_eq!(engine.len(), 0);
+}
+
+fn usage_stays_exact_under_concurrent_overwrites_and_removes(engine: &dyn Engine) {
+    // Four threads overwrite, erase and remove the same keys with values of
+    // varying size; whatever interleaving, the counts match a recount.
+    const KEYS: u64 = 16;
+    std::thread::scope(|scope| {
+        for thread in 0..4u64 {
+            scope.spawn(move || {
+                for round in 0..300u64 {
+                    let key = ((round * 7 + thread) % KEYS).to_be_bytes();
+                    let len = ((round * 31 + thread * 17) % 200) as usize;
+                    let value = vec![thread as u8; len];
+                    let value = (round % 5 != 0).then_some(&value[..]);
+                    let version = engine
+                        .overwrite(
+                            &key,
+                            value,
+                            &mut |old| v(old.map_or(0, |old| old.stamp) + 1),
+                        )
+                        .unwrap();
+                    if round % 7 == 3 {
+                        engine.remove_if(&key, version).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let counted = engine.usage();
+    assert_eq!(counted, recounted(engine));
+    assert_eq!(counted.values, engine.len());
+}
+
+#[test]
+fn the_disk_engine_recounts_usage_exactly_at_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let before = {
+        let store = Store::open(dir.path(), false).unwrap();
+        for i in 0..3000u32 {
+            let value = vec![7u8; (i % 50) as usize];
+            let value = (i % 4 != 0).then_some(&value[..]);
+            store.merge(&i.to_be_bytes(), value, v(1)).unwrap();
+        }
+        // Overwrites, erases and removals after the first writes.
+        for i in (0..3000u32).step_by(3) {
+            store
+                .overwrite(&i.to_be_bytes(), Some(b"xyz"), |old| {
+                    v(old.unwrap().stamp + 1)
+                })
+                .unwrap();
+        }
+        for i in (0..3000u32).step_by(5) {
+            store.overwrite(&i.to_be_bytes(), None, |_| v(9)).unwrap();
+        }
+        for i in (0..3000u32).step_by(10) {
+            assert!(store.remove_if(&i.to_be_bytes(), v(9)).unwrap());
+        }
+        let usage = store.usage();
+        assert_eq!(usage, recounted(store.engine()));
+        usage
+    };
+    let store = Store::open(dir.path(), false).unwrap();
+    assert_eq!(store.usage(), before);
+    assert!(before.values > 0 && before.tombstones > 0 && before.bytes > 0);
 }

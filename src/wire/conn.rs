@@ -292,7 +292,19 @@ impl Conn {
             .collect())
     }
 
-    /// The node's member table, every status included (`gossip` with no rows).
+    /// The node's member table, every status included (`members`, the
+    /// read-only call for clients).
+    pub fn member_table(&mut self) -> Result<Vec<MemberState>> {
+        let result = self.client.members();
+        Ok(self
+            .done(result)?
+            .iter()
+            .filter_map(convert::member_state)
+            .collect())
+    }
+
+    /// The node's member table, every status included (`gossip` with no
+    /// rows: what a node asks a peer, so an isolated node drops it).
     pub fn table(&mut self) -> Result<Vec<MemberState>> {
         self.gossip(&[])
     }
@@ -368,8 +380,29 @@ pub(crate) fn call_error(peer: &NodeAddr, error: thrift::Error) -> Error {
         },
         other => Error::Rpc {
             peer: peer.to_string(),
-            reason: other.to_string(),
+            reason: describe(&other),
         },
+    }
+}
+
+/// What a failed call's Thrift error says. The thrift crate's `Display` of
+/// a transport or protocol error is its kind alone ("transport error"),
+/// dropping the message that says what happened (the OS error, a timeout);
+/// both are kept here, the kind only when it adds something.
+fn describe(error: &thrift::Error) -> String {
+    let (kind, message) = match error {
+        thrift::Error::Transport(e) => (e.to_string(), &e.message),
+        thrift::Error::Protocol(e) => (e.to_string(), &e.message),
+        other => return other.to_string(),
+    };
+    if message.is_empty() || message.contains(&kind) {
+        if message.is_empty() {
+            kind
+        } else {
+            message.clone()
+        }
+    } else {
+        format!("{kind}: {message}")
     }
 }
 
@@ -391,4 +424,36 @@ fn breaks_connection(error: &thrift::Error) -> bool {
         error,
         thrift::Error::Transport(_) | thrift::Error::Protocol(_)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use thrift::{TransportError, TransportErrorKind};
+
+    use super::*;
+
+    #[test]
+    fn a_failed_call_names_its_peer_once_and_keeps_the_os_error() {
+        let peer = NodeAddr::new("127.0.0.1", 9901);
+        let io = io::Error::new(io::ErrorKind::BrokenPipe, "Broken pipe (os error 32)");
+        let error = call_error(&peer, thrift::Error::from(io));
+        assert_eq!(
+            error.to_string(),
+            "call to 127.0.0.1:9901 failed: transport error: Broken pipe (os error 32)"
+        );
+        // Without a message, the kind is all there is to say.
+        let bare = thrift::Error::Transport(TransportError::new(
+            TransportErrorKind::TimedOut,
+            String::new(),
+        ));
+        assert_eq!(
+            call_error(&peer, bare).to_string(),
+            "call to 127.0.0.1:9901 failed: timed out"
+        );
+        // Passed on by a node and logged there, it is still said once.
+        let remote = call_error(&peer, thrift::Error::from(io::Error::other("reset")))
+            .into_remote(&NodeAddr::new("127.0.0.1", 9900));
+        let text = remote.to_string();
+        assert_eq!(text.matches("call to").count(), 1, "{text}");
+    }
 }

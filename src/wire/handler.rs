@@ -216,6 +216,10 @@ impl StoreSyncHandler for Handler {
         Ok(self.node.stats())
     }
 
+    fn handle_members(&self) -> thrift::Result<Vec<Member>> {
+        Ok(self.node.table().iter().map(convert::member).collect())
+    }
+
     fn handle_hello(&self, nonce: Vec<u8>) -> thrift::Result<Vec<u8>> {
         self.session.lock().hello(nonce).map_err(app_error)
     }

@@ -253,6 +253,7 @@ pub fn run_tool_in(
         "storeprimer" => env!("CARGO_BIN_EXE_storeprimer"),
         "storetest" => env!("CARGO_BIN_EXE_storetest"),
         "storemerge" => env!("CARGO_BIN_EXE_storemerge"),
+        "storestat" => env!("CARGO_BIN_EXE_storestat"),
         "location" => env!("CARGO_BIN_EXE_location"),
         other => panic!("unknown tool {other}"),
     };

@@ -293,6 +293,9 @@ impl StoreSyncHandler for Stub {
     fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>> {
         unreachable!()
     }
+    fn handle_members(&self) -> thrift::Result<Vec<Member>> {
+        unreachable!()
+    }
     fn handle_hello(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
         unreachable!()
     }

@@ -572,8 +572,12 @@ pub trait TStoreSyncClient : locator::TLocatorSyncClient {
   fn store(&mut self, key: Vec<u8>, value: Vec<u8>) -> thrift::Result<()>;
   /// Delete a key (it leaves a versioned tombstone, so no old copy comes back).
   fn erase(&mut self, key: Vec<u8>) -> thrift::Result<()>;
-  /// Counters describing this node (keys, replication backlog, hints, ...).
+  /// Counters describing this node (keys, bytes, replication backlog, hints, ...).
   fn stats(&mut self) -> thrift::Result<BTreeMap<String, i64>>;
+  /// This node's whole member table, read-only: every member it knows, itself
+  /// included, with its incarnation and status (departed members too, as
+  /// DEAD or LEFT). For status tools; nodes exchange tables with `gossip`.
+  fn members(&mut self) -> thrift::Result<Vec<locator::Member>>;
   /// Step 1 of proving a secret on this connection: the caller sends a fresh
   /// random `nonce` (16 to 64 bytes) and gets the node's own fresh nonce back.
   fn hello(&mut self, nonce: Vec<u8>) -> thrift::Result<Vec<u8>>;
@@ -761,6 +765,33 @@ impl <C: TThriftClient + TStoreSyncClientMarker + locator::TLocatorSyncClientMar
       result.ok_or()
     }
   }
+  fn members(&mut self) -> thrift::Result<Vec<locator::Member>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("members", TMessageType::Call, self.sequence_number());
+        let call_args = StoreMembersArgs {  };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("members", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreMembersResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
   fn hello(&mut self, nonce: Vec<u8>) -> thrift::Result<Vec<u8>> {
     (
       {
@@ -833,8 +864,12 @@ pub trait StoreSyncHandler : locator::LocatorSyncHandler {
   fn handle_store(&self, key: Vec<u8>, value: Vec<u8>) -> thrift::Result<()>;
   /// Delete a key (it leaves a versioned tombstone, so no old copy comes back).
   fn handle_erase(&self, key: Vec<u8>) -> thrift::Result<()>;
-  /// Counters describing this node (keys, replication backlog, hints, ...).
+  /// Counters describing this node (keys, bytes, replication backlog, hints, ...).
   fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>>;
+  /// This node's whole member table, read-only: every member it knows, itself
+  /// included, with its incarnation and status (departed members too, as
+  /// DEAD or LEFT). For status tools; nodes exchange tables with `gossip`.
+  fn handle_members(&self) -> thrift::Result<Vec<locator::Member>>;
   /// Step 1 of proving a secret on this connection: the caller sends a fresh
   /// random `nonce` (16 to 64 bytes) and gets the node's own fresh nonce back.
   fn handle_hello(&self, nonce: Vec<u8>) -> thrift::Result<Vec<u8>>;
@@ -874,6 +909,9 @@ impl <H: StoreSyncHandler> StoreSyncProcessor<H> {
   }
   fn process_stats(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_stats(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_members(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_members(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_hello(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_hello(&self.handler, incoming_sequence_number, i_prot, o_prot)
@@ -1200,6 +1238,43 @@ impl TStoreProcessFunctions {
       },
     }
   }
+  pub fn process_members<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let _ = StoreMembersArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_members() {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("members", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreMembersResult { result_value: Some(handler_return) };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("members", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("members", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
   pub fn process_hello<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let args = StoreHelloArgs::read_from_in_protocol(i_prot)?;
     match handler.handle_hello(args.nonce) {
@@ -1320,6 +1395,9 @@ impl <H: StoreSyncHandler> TProcessor for StoreSyncProcessor<H> {
       },
       "stats" => {
         self.process_stats(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "members" => {
+        self.process_members(message_ident.sequence_number, i_prot, o_prot)
       },
       "hello" => {
         self.process_hello(message_ident.sequence_number, i_prot, o_prot)
@@ -1996,6 +2074,115 @@ impl StoreStatsResult {
         o_prot.write_i64(*v)?;
       }
       o_prot.write_map_end()?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreMembersArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreMembersArgs {
+}
+
+impl StoreMembersArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreMembersArgs> {
+    i_prot.read_struct_begin()?;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreMembersArgs {};
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("members_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreMembersResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreMembersResult {
+  result_value: Option<Vec<locator::Member>>,
+}
+
+impl StoreMembersResult {
+  fn ok_or(self) -> thrift::Result<Vec<locator::Member>> {
+    if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreMembers"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreMembersResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<locator::Member>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<locator::Member> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_2 = locator::Member::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_2);
+          }
+          i_prot.read_list_end()?;
+          f_0 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreMembersResult {
+      result_value: f_0,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreMembersResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
+      for e in fld_var {
+        e.write_to_out_protocol(o_prot)?;
+      }
+      o_prot.write_list_end()?;
       o_prot.write_field_end()?
     }
     o_prot.write_field_stop()?;
@@ -2847,6 +3034,9 @@ impl <H: PeerSyncHandler> PeerSyncProcessor<H> {
   fn process_stats(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_stats(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
+  fn process_members(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_members(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
   fn process_hello(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_hello(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
@@ -3685,6 +3875,9 @@ impl <H: PeerSyncHandler> TProcessor for PeerSyncProcessor<H> {
       "stats" => {
         self.process_stats(message_ident.sequence_number, i_prot, o_prot)
       },
+      "members" => {
+        self.process_members(message_ident.sequence_number, i_prot, o_prot)
+      },
       "hello" => {
         self.process_hello(message_ident.sequence_number, i_prot, o_prot)
       },
@@ -3828,8 +4021,8 @@ impl PeerEnterResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<locator::Member> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_2 = locator::Member::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_2);
+            let list_elem_3 = locator::Member::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_3);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -3887,8 +4080,8 @@ impl PeerGossipArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<locator::Member> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_3 = locator::Member::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_3);
+            let list_elem_4 = locator::Member::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_4);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -3959,8 +4152,8 @@ impl PeerGossipResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<locator::Member> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_4 = locator::Member::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_4);
+            let list_elem_5 = locator::Member::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_5);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -4659,8 +4852,8 @@ impl PeerPeekArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Vec<u8>> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_5 = i_prot.read_bytes()?;
-            val.push(list_elem_5);
+            let list_elem_6 = i_prot.read_bytes()?;
+            val.push(list_elem_6);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -4735,8 +4928,8 @@ impl PeerPeekResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_6 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_6);
+            let list_elem_7 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_7);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -4810,8 +5003,8 @@ impl PeerDiffBucketsArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<i64> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_7 = i_prot.read_i64()?;
-            val.push(list_elem_7);
+            let list_elem_8 = i_prot.read_i64()?;
+            val.push(list_elem_8);
           }
           i_prot.read_list_end()?;
           f_2 = Some(val);
@@ -4891,8 +5084,8 @@ impl PeerDiffBucketsResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<i32> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_8 = i_prot.read_i32()?;
-            val.push(list_elem_8);
+            let list_elem_9 = i_prot.read_i32()?;
+            val.push(list_elem_9);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -4968,8 +5161,8 @@ impl PeerReconcileArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<i32> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_9 = i_prot.read_i32()?;
-            val.push(list_elem_9);
+            let list_elem_10 = i_prot.read_i32()?;
+            val.push(list_elem_10);
           }
           i_prot.read_list_end()?;
           f_2 = Some(val);
@@ -4978,8 +5171,8 @@ impl PeerReconcileArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_10 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_10);
+            let list_elem_11 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_11);
           }
           i_prot.read_list_end()?;
           f_3 = Some(val);
@@ -5068,8 +5261,8 @@ impl PeerReconcileResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_11 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_11);
+            let list_elem_12 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_12);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -5397,8 +5590,8 @@ impl PeerReplicateArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_12 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_12);
+            let list_elem_13 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_13);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -5520,8 +5713,8 @@ impl PeerAbsorbArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_13 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_13);
+            let list_elem_14 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_14);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
