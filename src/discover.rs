@@ -27,7 +27,7 @@ pub fn find_node(host: &str) -> Result<NodeAddr> {
     };
     for port in probe_range() {
         let addr = NodeAddr::new(host, port);
-        // Opening pings the node already.
+        // Opening checks that the node answers already.
         if Conn::open(&addr, &options).is_ok() {
             return Ok(addr);
         }

@@ -180,10 +180,12 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects to `peer` and checks that it answers: a `ping` that must be
-    /// answered within `options.answer_timeout` (else [`Error::NoAnswer`]),
-    /// so a port that accepts but never answers costs seconds, not the
-    /// much longer `rpc_timeout` of a call that may wait on replicas.
+    /// Connects to `peer` and checks that it answers: a `service_type` call
+    /// that must be answered within `options.answer_timeout` (else
+    /// [`Error::NoAnswer`]), so a port that accepts but never answers costs
+    /// seconds, not the much longer `rpc_timeout` of a call that may wait on
+    /// replicas. (Not `ping`: failure detection uses that, and a node cut
+    /// off by fault injection drops it, but still serves its clients.)
     pub fn open(peer: &NodeAddr, options: &ClientOptions) -> Result<Conn> {
         let (client, socket) = connect_socket(peer, options)?;
         let mut conn = Conn {
@@ -193,8 +195,8 @@ impl Conn {
         };
         let first = options.answer_timeout.min(options.rpc_timeout);
         socket.set_read_timeout(Some(first))?;
-        match conn.client.ping() {
-            Ok(()) => {}
+        match conn.client.service_type() {
+            Ok(_) => {}
             Err(e) if timed_out(&e) => {
                 return Err(Error::NoAnswer {
                     peer: peer.to_string(),
