@@ -17,6 +17,17 @@ use crate::ring::Ring;
 use crate::swim::{Effect, Swim};
 use crate::transport::{Transport, unexpected};
 
+/// How a member's status reads in the log.
+fn status_word(status: Status) -> &'static str {
+    match status {
+        Status::Alive => "alive",
+        Status::Suspect => "suspected",
+        Status::Leaving => "leaving",
+        Status::Dead => "declared dead",
+        Status::Left => "left",
+    }
+}
+
 impl Node {
     /// Carries out what the membership state machine asked for: rebuilds
     /// the ring when the serving set changed, and sends its messages from
@@ -31,9 +42,14 @@ impl Node {
     pub(super) fn carry_out(self: &Arc<Self>, effects: Vec<Effect>) {
         let mut ring_changed = false;
         let mut refuted = false;
+        // What happened to other members, for the operator's log line.
+        let mut news: Vec<String> = Vec::new();
         for effect in effects {
             match effect {
                 Effect::Changed(row) => {
+                    if row.addr != self.me {
+                        news.push(format!("{} {}", row.addr, status_word(row.status)));
+                    }
                     if row.addr == self.me {
                         let before = self.incarnation.swap(row.incarnation, Ordering::AcqRel);
                         refuted |= row.status == Status::Alive && row.incarnation > before;
@@ -95,7 +111,13 @@ impl Node {
             // Our share of the keys changed: keys we now own may have had
             // writes acknowledged without us. Until anti-entropy has compared
             // them with every peer, reads ask a quorum.
-            log::info!("{}: ring is now {:?}", self.me, self.members_text());
+            let members = self.members_text();
+            log::info!(
+                "{}: ring is now {} members {members:?} ({})",
+                self.me,
+                members.len(),
+                news.join(", ")
+            );
             self.syncing.store(true, Ordering::Release);
             self.agreed.store(0, Ordering::Release);
             self.bump_epoch();
