@@ -18,6 +18,7 @@ use thrift::protocol::{
     TMessageIdentifier, TMessageType, TOutputProtocol, TType,
 };
 use thrifty_p2p::wire::idl::diststore::{Lookup, TStoreSyncClient};
+use thrifty_p2p::wire::idl::locator::TBaseSyncClient;
 
 use common::NodeProc;
 use common::raw::{self, bytes_field, call, message};
@@ -711,4 +712,26 @@ fn binary_values_round_trip_and_a_missing_key_has_no_value() {
     let reply = read_reply(&mut socket);
     assert_reply(&reply, "fetch", 4);
     assert_eq!(reply.body.field(0), Some(&Value::Struct(vec![])));
+}
+
+/// The 2009 `debug` once wrote a line per member and per key (14 lines for
+/// 17 bytes, key names included): now one line, no key names.
+#[test]
+fn a_debug_call_logs_one_line_without_key_names() {
+    let node = NodeProc::start(None);
+    let mut client = node.client();
+    client
+        .store(b"a-private-key-name".to_vec(), b"v".to_vec())
+        .unwrap();
+    client.debug().unwrap();
+    assert!(
+        common::wait_until(PATIENCE, || node.log().contains("debug: I am")),
+        "no debug line: {}",
+        node.log()
+    );
+    let log = node.log();
+    let lines = log.lines().filter(|l| l.contains("debug: ")).count();
+    assert_eq!(lines, 1, "{log}");
+    assert!(log.contains("1 keys; 1 members"), "{log}");
+    assert!(!log.contains("a-private-key-name"), "{log}");
 }

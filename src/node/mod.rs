@@ -548,22 +548,29 @@ impl Node {
         self.out.isolated.load(Ordering::Acquire)
     }
 
-    /// Logs the node's view (the 2009 `debug`).
+    /// Logs the node's view (the 2009 `debug`): one line, whoever asks (a
+    /// 17-byte message must not be able to fill the log), and no key names
+    /// (the log is not for the data). `storestat` shows more.
     pub fn log_debug(&self) {
         let view = self.view.read();
-        log::info!("debug: I am {}", self.me);
-        for state in view.swim.membership().table() {
-            log::info!(
-                "debug: member {} incarnation {} {:?}",
-                state.addr,
-                state.incarnation,
-                state.status
-            );
-        }
-        let keys = self.store.keys_where(|_| true).unwrap_or_default();
-        log::info!("debug: {} keys", keys.len());
-        for key in keys.iter().take(100) {
-            log::info!("debug: key {}", String::from_utf8_lossy(key));
-        }
+        let table = view.swim.membership().table();
+        let shown: Vec<String> = table
+            .iter()
+            .take(16)
+            .map(|s| format!("{} {:?} {}", s.addr, s.status, s.incarnation))
+            .collect();
+        let more = table.len().saturating_sub(shown.len());
+        log::info!(
+            "debug: I am {}; {} keys; {} members: {}{}",
+            self.me,
+            self.store.len(),
+            table.len(),
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
     }
 }
