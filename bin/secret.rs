@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use thrifty_p2p::Result;
 use thrifty_p2p::auth::{Role, Secret};
+use thrifty_p2p::{Client, ClientOptions, NodeAddr, Result};
 
 /// Which secret to prove to nodes that require one.
 #[derive(clap::Args, Debug)]
@@ -28,5 +28,20 @@ impl SecretArgs {
             Some(path) => Ok(Some((Role::Client, Secret::from_file(path)?))),
             None => Ok(None),
         }
+    }
+
+    /// Default client options, proving the secret given (if any).
+    pub fn options(&self) -> Result<ClientOptions> {
+        Ok(ClientOptions {
+            secret: self.secret()?,
+            ..ClientOptions::default()
+        })
+    }
+
+    /// Connects to `peer`'s ring (the local ring when `None`), proving the
+    /// secret given.
+    #[allow(dead_code)] // not every command connects this way
+    pub fn open(&self, peer: Option<NodeAddr>) -> Result<Client> {
+        Client::open(peer, self.options()?)
     }
 }

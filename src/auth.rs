@@ -113,9 +113,19 @@ impl Secret {
             .map_err(|e| Error::BadSecret(format!("secret file {}: {e}", path.display())))
     }
 
-    fn mac(&self, parts: &[&[u8]]) -> Hmac<Sha256> {
+    /// The MAC each side proves: over who proves (`side`, "client" or
+    /// "server"), the role, and both nonces, the prover's peer's first, so
+    /// that neither proof can be replayed as the other.
+    fn mac(&self, side: &str, role: Role, theirs: &[u8], mine: &[u8]) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("HMAC takes any key");
-        for part in parts {
+        for part in [
+            b"thrifty-p2p/1 ".as_slice(),
+            side.as_bytes(),
+            b" ",
+            role.name().as_bytes(),
+            theirs,
+            mine,
+        ] {
             mac.update(part);
         }
         mac
@@ -124,47 +134,27 @@ impl Secret {
     /// The caller's proof: HMAC-SHA256(secret, "thrifty-p2p/1 client " +
     /// role + node nonce + caller nonce).
     pub fn client_proof(&self, role: Role, node: &[u8], caller: &[u8]) -> Vec<u8> {
-        let parts: [&[u8]; 4] = [
-            b"thrifty-p2p/1 client ",
-            role.name().as_bytes(),
-            node,
-            caller,
-        ];
-        self.mac(&parts).finalize().into_bytes().to_vec()
+        let mac = self.mac("client", role, node, caller);
+        mac.finalize().into_bytes().to_vec()
     }
 
     /// The node's proof back: HMAC-SHA256(secret, "thrifty-p2p/1 server " +
     /// role + caller nonce + node nonce).
     pub fn server_proof(&self, role: Role, node: &[u8], caller: &[u8]) -> Vec<u8> {
-        let parts: [&[u8]; 4] = [
-            b"thrifty-p2p/1 server ",
-            role.name().as_bytes(),
-            caller,
-            node,
-        ];
-        self.mac(&parts).finalize().into_bytes().to_vec()
+        let mac = self.mac("server", role, caller, node);
+        mac.finalize().into_bytes().to_vec()
     }
 
     /// Whether `proof` is the caller's proof (compared in constant time).
     fn verify_client(&self, role: Role, node: &[u8], caller: &[u8], proof: &[u8]) -> bool {
-        let parts: [&[u8]; 4] = [
-            b"thrifty-p2p/1 client ",
-            role.name().as_bytes(),
-            node,
-            caller,
-        ];
-        self.mac(&parts).verify_slice(proof).is_ok()
+        let mac = self.mac("client", role, node, caller);
+        mac.verify_slice(proof).is_ok()
     }
 
     /// Whether `proof` is the node's proof back (compared in constant time).
     pub fn verify_server(&self, role: Role, node: &[u8], caller: &[u8], proof: &[u8]) -> bool {
-        let parts: [&[u8]; 4] = [
-            b"thrifty-p2p/1 server ",
-            role.name().as_bytes(),
-            caller,
-            node,
-        ];
-        self.mac(&parts).verify_slice(proof).is_ok()
+        let mac = self.mac("server", role, caller, node);
+        mac.verify_slice(proof).is_ok()
     }
 }
 
