@@ -38,8 +38,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use thrifty_p2p::NodeAddr;
 use thrifty_p2p::fuzzing::{
-    Change, Effect, INCARNATION_HORIZON, MAX_INCARNATION, MemberState, Membership, Status,
-    Swim, SwimConfig,
+    Change, Effect, INCARNATION_HORIZON, MAX_INCARNATION, MemberState, Membership, Status, Swim,
+    SwimConfig,
 };
 
 /// Wall time at the start: 2026-01-01, in milliseconds.
@@ -192,7 +192,8 @@ fn merge_rows(input: &Input) {
     let ceiling = fresh.ceiling();
     assert_eq!(
         ceiling,
-        wall.saturating_add(INCARNATION_HORIZON).min(MAX_INCARNATION)
+        wall.saturating_add(INCARNATION_HORIZON)
+            .min(MAX_INCARNATION)
     );
     let start = fresh.my_state();
     assert!((0..=MAX_INCARNATION).contains(&start.incarnation));
@@ -215,7 +216,10 @@ fn merge_rows(input: &Input) {
             Change::Updated(new) => {
                 assert_eq!(new, row, "Updated with another row than merged");
                 assert_ne!(new.addr, me, "our own row is only ever refuted");
-                assert!(new.incarnation <= ceiling, "took {new:?} above the ceiling {ceiling}");
+                assert!(
+                    new.incarnation <= ceiling,
+                    "took {new:?} above the ceiling {ceiling}"
+                );
                 let mut expected = before.clone();
                 expected.insert(new.addr.clone(), (new.incarnation, new.status));
                 assert_eq!(after, expected, "Updated changed more than its row");
@@ -230,10 +234,17 @@ fn merge_rows(input: &Input) {
             }
         }
         assert_eq!(mine.1, start.status, "our status changed: {row:?}");
-        assert!(mine.0 <= MAX_INCARNATION, "our incarnation passed MAX_INCARNATION");
+        assert!(
+            mine.0 <= MAX_INCARNATION,
+            "our incarnation passed MAX_INCARNATION"
+        );
         assert!(mine.0 >= mine_before.0, "our incarnation went down");
         if row.incarnation > ceiling {
-            assert_eq!(change, Change::None, "an implausible row was taken: {row:?}");
+            assert_eq!(
+                change,
+                Change::None,
+                "an implausible row was taken: {row:?}"
+            );
         }
         if row.addr == me && row.incarnation <= ceiling && refutable(row, mine_before) {
             assert!(
@@ -266,7 +277,11 @@ fn merge_rows(input: &Input) {
         }
     }
     model.insert(me.clone(), (mine, start.status));
-    assert_eq!(table_of(forward.table()), model, "the table is not the rule's");
+    assert_eq!(
+        table_of(forward.table()),
+        model,
+        "the table is not the rule's"
+    );
     assert!(mine <= ceiling.saturating_add(1).max(start.incarnation));
 
     // Other orders give the same table.
@@ -284,7 +299,11 @@ fn merge_rows(input: &Input) {
 
     // Merging again is idle.
     for row in &rows {
-        assert_eq!(forward.apply(row.clone()), Change::None, "merged twice: {row:?}");
+        assert_eq!(
+            forward.apply(row.clone()),
+            Change::None,
+            "merged twice: {row:?}"
+        );
     }
 }
 
@@ -339,12 +358,21 @@ fn drive_swim(input: &Input) {
         let ceiling = view.ceiling();
         let after = table_of(view.table());
         let mine = after[&me];
-        assert_eq!(mine.1, Status::Alive, "our own row is {mine:?} after {op:?}");
+        assert_eq!(
+            mine.1,
+            Status::Alive,
+            "our own row is {mine:?} after {op:?}"
+        );
         assert!(mine.0 <= MAX_INCARNATION);
         assert!(mine.0 <= ceiling.saturating_add(1).max(start.incarnation));
         for (who, was) in &before {
-            let now = after.get(who).unwrap_or_else(|| panic!("{who} disappeared"));
-            assert!(now >= was, "{who} went back from {was:?} to {now:?} after {op:?}");
+            let now = after
+                .get(who)
+                .unwrap_or_else(|| panic!("{who} disappeared"));
+            assert!(
+                now >= was,
+                "{who} went back from {was:?} to {now:?} after {op:?}"
+            );
             if *now != *was {
                 let reported = effects.iter().rev().find_map(|e| match e {
                     Effect::Changed(row) if row.addr == *who => Some((row.incarnation, row.status)),
@@ -355,11 +383,16 @@ fn drive_swim(input: &Input) {
         }
         for (who, row) in &after {
             if *who != me {
-                assert!(row.0 <= ceiling, "{who} at {row:?}, above the ceiling {ceiling}");
+                assert!(
+                    row.0 <= ceiling,
+                    "{who} at {row:?}, above the ceiling {ceiling}"
+                );
             }
             if !before.contains_key(who) {
                 assert!(
-                    effects.iter().any(|e| matches!(e, Effect::Changed(r) if r.addr == *who)),
+                    effects
+                        .iter()
+                        .any(|e| matches!(e, Effect::Changed(r) if r.addr == *who)),
                     "{who} was added unreported"
                 );
             }
@@ -374,7 +407,11 @@ fn drive_swim(input: &Input) {
             }
         }
         if let Some(reply) = reply {
-            assert_eq!(reply.first(), Some(&view.my_state()), "a reply starts with our row");
+            assert_eq!(
+                reply.first(),
+                Some(&view.my_state()),
+                "a reply starts with our row"
+            );
             for row in &reply {
                 assert_eq!(
                     after.get(&row.addr),

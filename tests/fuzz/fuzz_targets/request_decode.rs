@@ -35,9 +35,7 @@ use thrifty_p2p::wire::frame::{self, Frame, Limits, MessageKind};
 use thrifty_p2p::wire::idl::diststore::{
     Entry, Lookup, Replica, StoreSyncHandler, StoreSyncProcessor,
 };
-use thrifty_p2p::wire::idl::locator::{
-    BaseSyncHandler, Location, LocatorSyncHandler, Member,
-};
+use thrifty_p2p::wire::idl::locator::{BaseSyncHandler, Location, LocatorSyncHandler, Member};
 
 fuzz_target!(|data: &[u8]| {
     let limits = fuzzing::node_limits();
@@ -53,7 +51,8 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let message = &data[..frame.len];
-    let hot = Method::named(&frame.name).and_then(|_| codec::decode(message, frame.strict, &limits));
+    let hot =
+        Method::named(&frame.name).and_then(|_| codec::decode(message, frame.strict, &limits));
     let recorded = record(message, &frame, &limits);
     match hot {
         Some(decoded) => {
@@ -69,7 +68,13 @@ fuzz_target!(|data: &[u8]| {
             // Every reply shape for it encodes without panicking.
             let mut out = Vec::new();
             for answer in [Answer::Copy(None), Answer::Done, Answer::Probed(true)] {
-                codec::encode_reply(decoded.method, decoded.seq, frame.strict, Ok(answer), &mut out);
+                codec::encode_reply(
+                    decoded.method,
+                    decoded.seq,
+                    frame.strict,
+                    Ok(answer),
+                    &mut out,
+                );
                 check_reply(&out, &frame);
             }
         }
@@ -90,7 +95,10 @@ fn check_reply(reply: &[u8], call: &Frame) {
         .unwrap_or_else(|e| panic!("the reply is not a message: {e}"))
         .expect("the reply is whole");
     assert_eq!(found.len, reply.len(), "one reply, one message");
-    assert_eq!(found.strict, call.strict, "the reply mirrors the header form");
+    assert_eq!(
+        found.strict, call.strict,
+        "the reply mirrors the header form"
+    );
     assert_eq!(found.seq, call.seq, "the reply echoes the sequence id");
 }
 
@@ -162,12 +170,12 @@ fn record(message: &[u8], frame: &Frame, limits: &Limits) -> Option<Generated> {
         max_message: message.len(),
         ..*limits
     };
-    let mut input = TBinaryInputProtocol::with_config(message, frame.strict, protocol_config(&within));
+    let mut input =
+        TBinaryInputProtocol::with_config(message, frame.strict, protocol_config(&within));
     let mut reply = Vec::new();
     let mut output = TBinaryOutputProtocol::new(&mut reply, frame.strict);
     let processor = StoreSyncProcessor::new(Recorder);
     let _ = processor.process(&mut input, &mut output);
-    drop(output);
     check_reply(&reply, frame);
     // The processor owns the handler; take what it saw through a global.
     SEEN.lock().unwrap().take()
@@ -276,7 +284,9 @@ impl StoreSyncHandler for Recorder {
         stamp: i64,
         origin: i32,
     ) -> thrift::Result<()> {
-        self.saw(Generated::RelayStore(key, value, hops, expires, stamp, origin))
+        self.saw(Generated::RelayStore(
+            key, value, hops, expires, stamp, origin,
+        ))
     }
     fn handle_relay_erase(
         &self,
@@ -294,7 +304,12 @@ impl StoreSyncHandler for Recorder {
     fn handle_diff_buckets(&self, _: Location, _: Vec<i64>) -> thrift::Result<Vec<i32>> {
         self.saw(Generated::Other("diff_buckets"))
     }
-    fn handle_reconcile(&self, _: Location, _: Vec<i32>, _: Vec<Entry>) -> thrift::Result<Vec<Entry>> {
+    fn handle_reconcile(
+        &self,
+        _: Location,
+        _: Vec<i32>,
+        _: Vec<Entry>,
+    ) -> thrift::Result<Vec<Entry>> {
         self.saw(Generated::Other("reconcile"))
     }
     fn handle_heartbeat(&self, _: i64, _: Location) -> thrift::Result<i64> {
