@@ -67,6 +67,8 @@
 //! - [`sim`]: a deterministic cluster simulation (real nodes, in-memory
 //!   network with faults, virtual time), a history checker and seeded fault
 //!   schedules.
+//! - `fuzzing` (only under `--cfg fuzzing`, which `cargo fuzz` sets): what
+//!   the fuzz targets in `tests/fuzz` reach of the crate-private modules.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -100,6 +102,10 @@ pub(crate) mod transport;
 pub(crate) mod version;
 pub(crate) mod web;
 pub mod wire;
+
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use addr::NodeAddr;
 pub use client::{Client, ClientOptions};

@@ -573,7 +573,7 @@ fn answers(frame: &Frame) -> bool {
 
 /// Runs one message through a generated processor, leaving in `reply` what it
 /// wrote (an answer, an exception, or nothing for a oneway method).
-fn process(
+pub(crate) fn process(
     processor: &PeerSyncProcessor<Handler>,
     message: &[u8],
     frame: &Frame,
