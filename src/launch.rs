@@ -113,7 +113,8 @@ pub fn start(config: Config) -> Result<Running> {
         config.connect_timeout,
         config.limits(),
         config.secrets.cluster.clone(),
-    ));
+    )
+    .with_tls(config.tls.clone()));
     let node = Node::new(Parts {
         config: config.clone(),
         me,
