@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use progress::Bar;
 use secret::SecretArgs;
-use thrifty_p2p::{Client, ClientOptions, NodeAddr};
+use thrifty_p2p::{Client, NodeAddr};
 
 /// Print the value stored at KEY in a thrifty-p2p ring, as raw bytes.
 /// A value stored as chunks is fetched chunk by chunk, checked, and written
@@ -41,16 +41,8 @@ fn main() -> ExitCode {
     let bar = Bar::on_stderr(!out.is_terminal());
     let result = args
         .secrets
-        .secret()
-        .and_then(|secret| {
-            Client::open(
-                args.peer,
-                ClientOptions {
-                    secret,
-                    ..ClientOptions::default()
-                },
-            )
-        })
+        .options()
+        .and_then(|base| Client::open(args.peer, base))
         .and_then(|mut ring| {
             ring.get_to_with_progress(&args.key, &mut out, |p| bar.update(p, None))
         });

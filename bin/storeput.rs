@@ -54,20 +54,19 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // Warnings by default; RUST_LOG=debug shows each call and retry.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let secret = match args.secrets.secret() {
-        Ok(secret) => secret,
+    let base = match args.secrets.options() {
+        Ok(base) => base,
         Err(e) => {
             eprintln!("storeput: {e}");
             return ExitCode::from(2);
         }
     };
     let options = ClientOptions {
-        secret,
         stream: Options {
             chunk_bytes: args.chunk_bytes,
             ..Options::default()
         },
-        ..ClientOptions::default()
+        ..base
     };
     let (input, size): (Box<dyn Read>, Option<u64>) = if args.value == "-" {
         (Box::new(std::io::stdin().lock()), stdin_size())

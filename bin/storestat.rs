@@ -54,19 +54,18 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     // Short timeouts: a member that does not answer at once is reported as
     // unreachable, rather than holding the whole report up.
-    let secret = match args.secrets.secret() {
-        Ok(secret) => secret,
+    let base = match args.secrets.options() {
+        Ok(base) => base,
         Err(e) => {
             eprintln!("storestat: {e}");
             return ExitCode::from(2);
         }
     };
     let options = ClientOptions {
-        secret,
         connect_timeout: Duration::from_secs(1),
         answer_timeout: Duration::from_secs(2),
         rpc_timeout: Duration::from_secs(2),
-        ..ClientOptions::default()
+        ..base
     };
     let wait = Duration::try_from_secs_f64(args.wait.max(0.0)).unwrap_or(Duration::MAX);
     let status = match RingStatus::wait_healthy(args.peer, options, wait) {

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use secret::SecretArgs;
-use thrifty_p2p::{Client, ClientOptions, NodeAddr, Result};
+use thrifty_p2p::{Client, NodeAddr, Result};
 
 use crate::nato::NATO;
 
@@ -34,16 +34,8 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let missing = match args
         .secrets
-        .secret()
-        .and_then(|secret| {
-            Client::open(
-                args.peer,
-                ClientOptions {
-                    secret,
-                    ..ClientOptions::default()
-                },
-            )
-        })
+        .options()
+        .and_then(|base| Client::open(args.peer, base))
         .and_then(|mut s| check_nato(&mut s))
     {
         Ok(missing) => missing,

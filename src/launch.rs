@@ -109,12 +109,14 @@ pub fn start(config: Config) -> Result<Running> {
         .thread_name("thrifty-worker")
         .build()?;
     let _inside = runtime.enter();
-    let pool = Arc::new(AsyncPool::new(
-        config.connect_timeout,
-        config.limits(),
-        config.secrets.cluster.clone(),
-    )
-    .with_tls(config.tls.clone()));
+    let pool = Arc::new(
+        AsyncPool::new(
+            config.connect_timeout,
+            config.limits(),
+            config.secrets.cluster.clone(),
+        )
+        .with_tls(config.tls.clone()),
+    );
     let node = Node::new(Parts {
         config: config.clone(),
         me,

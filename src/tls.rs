@@ -118,7 +118,9 @@ impl Tls {
     pub fn wrap(&self, host: &str, socket: std::net::TcpStream) -> Result<SyncStream> {
         let connection = ClientConnection::new(self.client.clone(), server_name(host)?)
             .map_err(|e| Error::BadTls(format!("TLS: {e}")))?;
-        Ok(SyncStream::Tls(Box::new(StreamOwned::new(connection, socket))))
+        Ok(SyncStream::Tls(Box::new(StreamOwned::new(
+            connection, socket,
+        ))))
     }
 }
 

@@ -187,8 +187,11 @@ impl AsyncPool {
                         None => Stream::Plain(stream),
                         Some(tls) => {
                             let name = server_name(&peer.host)?;
-                            match tokio::time::timeout(timeout, tls.connector().connect(name, stream))
-                                .await
+                            match tokio::time::timeout(
+                                timeout,
+                                tls.connector().connect(name, stream),
+                            )
+                            .await
                             {
                                 Ok(Ok(stream)) => Stream::Tls(Box::new(stream.into())),
                                 Ok(Err(e)) => {
