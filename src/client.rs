@@ -433,6 +433,7 @@ impl Client {
     fn stream_options(&self) -> stream::Options {
         stream::Options {
             secret: self.options.secret.clone(),
+            tls: self.options.tls.clone(),
             ..self.options.stream.clone()
         }
     }

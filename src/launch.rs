@@ -215,6 +215,7 @@ async fn join(node: &Arc<Node>, seed: &NodeAddr, config: &Config) -> Result<()> 
             .cluster
             .clone()
             .map(|secret| (crate::auth::Role::Cluster, secret)),
+        tls: config.tls.clone(),
         connect_timeout: config.connect_timeout,
         rpc_timeout: config.rpc_timeout,
         limits: config.limits(),

@@ -47,6 +47,16 @@ impl fmt::Debug for Tls {
     }
 }
 
+/// The same `Tls` (one loaded from the same files twice is not: the
+/// configurations are compared by identity, not content).
+impl PartialEq for Tls {
+    fn eq(&self, other: &Tls) -> bool {
+        Arc::ptr_eq(&self.server, &other.server) && Arc::ptr_eq(&self.client, &other.client)
+    }
+}
+
+impl Eq for Tls {}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -76,8 +76,7 @@ impl Ca {
     fn identity(&self, who: &str) -> Identity {
         let key = KeyPair::generate().unwrap();
         let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-                .unwrap();
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
         params.distinguished_name.push(DnType::CommonName, who);
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -191,7 +190,10 @@ fn a_certificate_from_another_ca_is_refused_for_nodes_and_clients() {
 
     let intruder = other.identity("intruder");
     let joined = NodeProc::try_start_with(Some(&node.addr), &intruder.args());
-    assert!(joined.is_err(), "a node with another CA's certificate joined");
+    assert!(
+        joined.is_err(),
+        "a node with another CA's certificate joined"
+    );
     assert_eq!(members_over_tls(&node.addr, &ca.identity("user")), Some(1));
 }
 
@@ -247,7 +249,10 @@ fn what_crosses_the_wire_is_not_plaintext() {
     )
     .unwrap();
     client.put(b"marked-key", marker).unwrap();
-    assert_eq!(client.get(b"marked-key").unwrap().as_deref(), Some(&marker[..]));
+    assert_eq!(
+        client.get(b"marked-key").unwrap().as_deref(),
+        Some(&marker[..])
+    );
     let seen = seen.lock().unwrap();
     assert!(seen.len() > marker.len(), "the proxy saw nothing");
     assert!(
