@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use thrifty_p2p::auth::{Secret, Secrets};
+use thrifty_p2p::tls::Tls;
 use thrifty_p2p::{Config, NodeAddr, discover, launch};
 
 /// Run a thrifty-p2p node: a member of a peer-to-peer key-value ring.
@@ -113,6 +114,21 @@ struct Args {
     /// cluster secret). Clients take the same option.
     #[arg(long, value_name = "FILE", env = "THRIFTY_CLIENT_SECRET_FILE")]
     client_secret_file: Option<std::path::PathBuf>,
+
+    /// Serve TLS only and call peers over TLS, presenting this certificate
+    /// (PEM; its SANs must hold the host the ring knows this node by).
+    /// Needs --tls-key and --tls-ca: every connecting peer and client must
+    /// then present a certificate signed by that CA. Clients take the same
+    /// options. The --http status server stays plain HTTP.
+    #[arg(long, value_name = "FILE", env = "THRIFTY_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", env = "THRIFTY_TLS_KEY", requires_all = ["tls_cert", "tls_ca"])]
+    tls_key: Option<std::path::PathBuf>,
+    /// The ring's CA certificate (PEM): peers' and clients' certificates
+    /// must be signed by it.
+    #[arg(long, value_name = "FILE", env = "THRIFTY_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    tls_ca: Option<std::path::PathBuf>,
     /// Serve HTTP on ADDR (e.g. 127.0.0.1:9980; port 0 picks one): `/` a
     /// status page (the ring, every member's health and keys), `/metrics`
     /// for Prometheus, `/status.json`. Off by default. The line after
@@ -137,8 +153,15 @@ fn config(args: Args) -> Result<Config, String> {
         cluster: secret(&args.cluster_secret_file)?,
         client: secret(&args.client_secret_file)?,
     };
+    let tls = match (&args.tls_cert, &args.tls_key, &args.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => {
+            Some(Tls::from_files(cert, key, ca).map_err(|e| e.to_string())?)
+        }
+        _ => None,
+    };
     let mut config = Config {
         secrets,
+        tls,
         bind: args.bind,
         advertise: args.advertise,
         max_value_bytes: args.max_value_bytes,

@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use thrifty_p2p::auth::{Role, Secret};
-use thrifty_p2p::{Client, ClientOptions, NodeAddr, Result};
+use thrifty_p2p::tls::Tls;
+use thrifty_p2p::{ClientOptions, Result};
 
 /// Which secret to prove to nodes that require one.
 #[derive(clap::Args, Debug)]
@@ -16,9 +17,37 @@ pub struct SecretArgs {
     /// --cluster-secret-file (it opens every method, data ones included).
     #[arg(long, value_name = "FILE", env = "THRIFTY_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// This client's certificate (PEM), for nodes started with --tls-*:
+    /// connect over TLS. Needs --tls-key and --tls-ca too.
+    #[arg(long, value_name = "FILE", env = "THRIFTY_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", env = "THRIFTY_TLS_KEY", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// The ring's CA certificate (PEM): the node's certificate must be
+    /// signed by it.
+    #[arg(long, value_name = "FILE", env = "THRIFTY_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl SecretArgs {
+    /// Default client options with the secret and TLS these arguments give.
+    pub fn options(&self) -> Result<ClientOptions> {
+        Ok(ClientOptions {
+            secret: self.secret()?,
+            tls: self.tls()?,
+            ..ClientOptions::default()
+        })
+    }
+
+    /// TLS, when the three files are given (clap makes it all or none).
+    pub fn tls(&self) -> Result<Option<Tls>> {
+        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => Tls::from_files(cert, key, ca).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// The secret to prove, if any: the cluster secret when both are given.
     pub fn secret(&self) -> Result<Option<(Role, Secret)>> {
         if let Some(path) = &self.cluster_secret_file {
@@ -28,20 +57,5 @@ impl SecretArgs {
             Some(path) => Ok(Some((Role::Client, Secret::from_file(path)?))),
             None => Ok(None),
         }
-    }
-
-    /// Default client options, proving the secret given (if any).
-    pub fn options(&self) -> Result<ClientOptions> {
-        Ok(ClientOptions {
-            secret: self.secret()?,
-            ..ClientOptions::default()
-        })
-    }
-
-    /// Connects to `peer`'s ring (the local ring when `None`), proving the
-    /// secret given.
-    #[allow(dead_code)] // not every command connects this way
-    pub fn open(&self, peer: Option<NodeAddr>) -> Result<Client> {
-        Client::open(peer, self.options()?)
     }
 }

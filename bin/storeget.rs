@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use progress::Bar;
 use secret::SecretArgs;
-use thrifty_p2p::NodeAddr;
+use thrifty_p2p::{Client, NodeAddr};
 
 /// Print the value stored at KEY in a thrifty-p2p ring, as raw bytes.
 /// A value stored as chunks is fetched chunk by chunk, checked, and written
@@ -39,9 +39,13 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let mut out = std::io::stdout().lock();
     let bar = Bar::on_stderr(!out.is_terminal());
-    let result = args.secrets.open(args.peer).and_then(|mut ring| {
-        ring.get_to_with_progress(&args.key, &mut out, |p| bar.update(p, None))
-    });
+    let result = args
+        .secrets
+        .options()
+        .and_then(|base| Client::open(args.peer, base))
+        .and_then(|mut ring| {
+            ring.get_to_with_progress(&args.key, &mut out, |p| bar.update(p, None))
+        });
     bar.finish();
     match result {
         Ok(Some(_)) => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use secret::SecretArgs;
-use thrifty_p2p::NodeAddr;
+use thrifty_p2p::{Client, NodeAddr};
 
 /// Merge two thrifty-p2p rings into one: the ring of --peer (default: the
 /// local ring) and the ring that OTHER is a member of.
@@ -44,7 +44,8 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let result = args
         .secrets
-        .open(args.peer)
+        .options()
+        .and_then(|base| Client::open(args.peer, base))
         .and_then(|mut ring| ring.merge(&args.other, Duration::from_secs(args.timeout)));
     match result {
         Ok(members) => {

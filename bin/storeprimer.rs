@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use secret::SecretArgs;
-use thrifty_p2p::NodeAddr;
+use thrifty_p2p::{Client, NodeAddr};
 
 use crate::nato::NATO;
 
@@ -32,13 +32,17 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // Warnings by default; RUST_LOG=debug shows each call and retry.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let result = args.secrets.open(args.peer).and_then(|mut session| {
-        for (key, value) in NATO {
-            session.put(key, value)?;
-            println!("{key} -> {value}");
-        }
-        Ok(())
-    });
+    let result = args
+        .secrets
+        .options()
+        .and_then(|base| Client::open(args.peer, base))
+        .and_then(|mut session| {
+            for (key, value) in NATO {
+                session.put(key, value)?;
+                println!("{key} -> {value}");
+            }
+            Ok(())
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -55,7 +55,7 @@ fn main() -> ExitCode {
     // Warnings by default; RUST_LOG=debug shows each call and retry.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let base = match args.secrets.options() {
-        Ok(options) => options,
+        Ok(base) => base,
         Err(e) => {
             eprintln!("storeput: {e}");
             return ExitCode::from(2);

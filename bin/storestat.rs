@@ -55,7 +55,7 @@ fn main() -> ExitCode {
     // Short timeouts: a member that does not answer at once is reported as
     // unreachable, rather than holding the whole report up.
     let base = match args.secrets.options() {
-        Ok(options) => options,
+        Ok(base) => base,
         Err(e) => {
             eprintln!("storestat: {e}");
             return ExitCode::from(2);

@@ -34,7 +34,8 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let missing = match args
         .secrets
-        .open(args.peer)
+        .options()
+        .and_then(|base| Client::open(args.peer, base))
         .and_then(|mut s| check_nato(&mut s))
     {
         Ok(missing) => missing,

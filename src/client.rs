@@ -80,6 +80,10 @@ pub struct ClientOptions {
     /// `--client-secret-file` (role `Client`) or, for the node-to-node and
     /// ring-changing methods, `--cluster-secret-file` (role `Cluster`).
     pub secret: Option<(Role, Secret)>,
+    /// TLS, for nodes started with `--tls-cert/--tls-key/--tls-ca` (see
+    /// [`crate::tls`]): the client's certificate, key and the ring's CA.
+    /// None by default: plain TCP.
+    pub tls: Option<crate::tls::Tls>,
     /// Connect timeout.
     pub connect_timeout: Duration,
     /// How long a new connection waits for the node's first answer (a
@@ -102,6 +106,7 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             secret: None,
+            tls: None,
             connect_timeout: Duration::from_secs(2),
             answer_timeout: Duration::from_secs(5),
             rpc_timeout: Duration::from_secs(30),
@@ -428,6 +433,7 @@ impl Client {
     fn stream_options(&self) -> stream::Options {
         stream::Options {
             secret: self.options.secret.clone(),
+            tls: self.options.tls.clone(),
             ..self.options.stream.clone()
         }
     }

@@ -17,6 +17,10 @@ pub struct Config {
     /// The secrets that guard the node's methods (see [`crate::auth`]):
     /// none by default, which leaves every method open, as in 2009.
     pub secrets: crate::auth::Secrets,
+    /// TLS (see [`crate::tls`]): when set, the node serves TLS only,
+    /// requires a client certificate from its CA, and calls its peers over
+    /// TLS. None by default: plain TCP.
+    pub tls: Option<crate::tls::Tls>,
     /// Address to listen on. Default 127.0.0.1.
     pub bind: IpAddr,
     /// Port to listen on; 0 picks a free one. Default 9900.
@@ -100,6 +104,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             secrets: crate::auth::Secrets::default(),
+            tls: None,
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             port: 9900,
             advertise: None,

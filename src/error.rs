@@ -63,6 +63,10 @@ pub enum Error {
     /// A secret file is missing, unreadable or too short. Nothing started.
     #[error("{0}")]
     BadSecret(String),
+    /// A TLS file is missing or unusable, or a host cannot be checked
+    /// against a certificate (see `tls`). Nothing started or was sent.
+    #[error("{0}")]
+    BadTls(String),
     /// A peer was connected but the call failed midway (timeout, reset, protocol
     /// error). A write may or may not have been applied; retrying is safe because
     /// every write is versioned.
@@ -386,6 +390,7 @@ impl Error {
             Error::Unauthorized(_) => ErrorKind::Unauthorized,
             Error::Bind { .. }
             | Error::BadSecret(_)
+            | Error::BadTls(_)
             | Error::HttpBind { .. }
             | Error::NotFound { .. }
             | Error::SelfJoin { .. }

@@ -109,11 +109,14 @@ pub fn start(config: Config) -> Result<Running> {
         .thread_name("thrifty-worker")
         .build()?;
     let _inside = runtime.enter();
-    let pool = Arc::new(AsyncPool::new(
-        config.connect_timeout,
-        config.limits(),
-        config.secrets.cluster.clone(),
-    ));
+    let pool = Arc::new(
+        AsyncPool::new(
+            config.connect_timeout,
+            config.limits(),
+            config.secrets.cluster.clone(),
+        )
+        .with_tls(config.tls.clone()),
+    );
     let node = Node::new(Parts {
         config: config.clone(),
         me,
@@ -212,6 +215,7 @@ async fn join(node: &Arc<Node>, seed: &NodeAddr, config: &Config) -> Result<()> 
             .cluster
             .clone()
             .map(|secret| (crate::auth::Role::Cluster, secret)),
+        tls: config.tls.clone(),
         connect_timeout: config.connect_timeout,
         rpc_timeout: config.rpc_timeout,
         limits: config.limits(),

@@ -59,6 +59,7 @@
 //! - [`client`]: the public [`Client`].
 //! - [`stream`]: large values as chunks sent straight to their owners, in
 //!   parallel, behind a manifest at the key.
+//! - [`tls`]: encryption and mutual certificates (rustls), for nodes and clients.
 //! - [`discover`]: find a local ring by probing ports from 9900, like the original.
 //! - [`status`]: the ring at a glance (members, their counters, health), as
 //!   `storestat` prints it.
@@ -98,6 +99,7 @@ pub(crate) mod store;
 pub mod stream;
 pub(crate) mod swim;
 pub(crate) mod tasks;
+pub mod tls;
 pub(crate) mod transport;
 pub(crate) mod version;
 pub(crate) mod web;

@@ -116,6 +116,9 @@ pub struct Options {
     /// The secret each connection proves (see [`ClientOptions::secret`];
     /// a [`crate::Client`] passes its own).
     pub secret: Option<(Role, Secret)>,
+    /// TLS for each connection (see [`ClientOptions::tls`]; a
+    /// [`crate::Client`] passes its own).
+    pub tls: Option<crate::tls::Tls>,
 }
 
 impl Default for Options {
@@ -124,6 +127,7 @@ impl Default for Options {
             chunk_bytes: DEFAULT_CHUNK_BYTES,
             workers: DEFAULT_WORKERS,
             secret: None,
+            tls: None,
         }
     }
 }
@@ -133,6 +137,7 @@ impl Options {
     fn client(&self) -> ClientOptions {
         ClientOptions {
             secret: self.secret.clone(),
+            tls: self.tls.clone(),
             ..ClientOptions::default()
         }
     }
@@ -1007,6 +1012,7 @@ mod tests {
                 chunk_bytes,
                 workers,
                 secret: None,
+                tls: None,
             };
             assert!(matches!(options.check(), Err(Error::BadOptions { .. })));
         }

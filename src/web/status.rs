@@ -159,6 +159,7 @@ pub(crate) async fn report(node: &Arc<Node>) -> Report {
     };
     let options = ClientOptions {
         secret,
+        tls: node.config().tls.clone(),
         connect_timeout: STATS_TIMEOUT.min(node.config().connect_timeout),
         answer_timeout: STATS_TIMEOUT,
         rpc_timeout: STATS_TIMEOUT,

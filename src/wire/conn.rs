@@ -9,6 +9,9 @@
 use std::collections::BTreeMap;
 use std::io::{self, BufWriter, Read};
 use std::net::TcpStream;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use thrift::TConfiguration;
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
@@ -23,17 +26,37 @@ use crate::client::ClientOptions;
 use crate::error::{Error, Result};
 use crate::membership::MemberState;
 use crate::peer::Entry;
+use crate::tls::SyncStream;
+use rustls::StreamOwned;
 
 /// The generated client of one node's Store service (which includes Locator
 /// and Base), over our checked reader: for tests that speak the protocol as
 /// any Thrift client would.
 pub type RawClient =
-    PeerSyncClient<TBinaryInputProtocol<ReplyReader>, TBinaryOutputProtocol<BufWriter<TcpStream>>>;
+    PeerSyncClient<TBinaryInputProtocol<ReplyReader>, TBinaryOutputProtocol<BufWriter<Writer>>>;
+
+/// The one stream of a connection, which its reader and writer share: a TLS
+/// stream cannot be cloned as a socket can. (A mutex, not a `RefCell`, so
+/// that a client stays `Send`; it is never contended: one call at a time.)
+type Shared = Arc<Mutex<SyncStream>>;
+
+/// The writing side of a connection's [`Shared`] stream.
+#[derive(Debug)]
+pub struct Writer(Shared);
+
+impl io::Write for Writer {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.lock().write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.lock().flush()
+    }
+}
 
 /// Reads one whole, checked message at a time from a socket.
 #[derive(Debug)]
 pub struct ReplyReader {
-    stream: TcpStream,
+    stream: Shared,
     buf: Vec<u8>,
     /// Next byte of the current message to hand out.
     pos: usize,
@@ -43,7 +66,7 @@ pub struct ReplyReader {
 }
 
 impl ReplyReader {
-    fn new(stream: TcpStream, limits: Limits) -> Self {
+    fn new(stream: Shared, limits: Limits) -> Self {
         ReplyReader {
             stream,
             buf: Vec::new(),
@@ -74,13 +97,15 @@ impl ReplyReader {
             let filled = self.buf.len();
             let chunk = filled.max(64 * 1024);
             self.buf.resize(filled + chunk, 0);
-            let n = match self.stream.read(&mut self.buf[filled..]) {
+            let mut stream = self.stream.lock();
+            let n = match stream.read(&mut self.buf[filled..]) {
                 Ok(n) => n,
                 Err(e) => {
                     self.buf.truncate(filled);
-                    return Err(say_timeout(e, &self.stream));
+                    return Err(say_timeout(e, stream.socket()));
                 }
             };
+            drop(stream);
             self.buf.truncate(filled + n);
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
@@ -134,18 +159,22 @@ pub fn protocol_config(limits: &Limits) -> TConfiguration {
 /// Opens a raw generated client to `peer` (see [`RawClient`]), trying each
 /// address its host resolves to.
 pub fn connect(peer: &NodeAddr, options: &ClientOptions) -> Result<RawClient> {
-    connect_socket(peer, options).map(|(client, _)| client)
+    connect_socket(peer, options).map(|(client, _, _)| client)
 }
 
 /// [`connect`], also returning a handle on the socket (to change its
-/// timeouts).
-fn connect_socket(peer: &NodeAddr, options: &ClientOptions) -> Result<(RawClient, TcpStream)> {
+/// timeouts) and on the shared stream (for the TLS handshake).
+fn connect_socket(
+    peer: &NodeAddr,
+    options: &ClientOptions,
+) -> Result<(RawClient, TcpStream, Shared)> {
     let mut last_error = None;
     for addr in peer.resolve()? {
         match TcpStream::connect_timeout(&addr, options.connect_timeout) {
             Ok(stream) => {
                 let socket = stream.try_clone()?;
-                return Ok((client_over(stream, options)?, socket));
+                let (client, shared) = client_over(stream, peer, options)?;
+                return Ok((client, socket, shared));
             }
             Err(e) => last_error = Some(e),
         }
@@ -159,15 +188,51 @@ fn connect_socket(peer: &NodeAddr, options: &ClientOptions) -> Result<(RawClient
     })
 }
 
-fn client_over(stream: TcpStream, options: &ClientOptions) -> Result<RawClient> {
+fn client_over(
+    stream: TcpStream,
+    peer: &NodeAddr,
+    options: &ClientOptions,
+) -> Result<(RawClient, Shared)> {
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(options.rpc_timeout))?;
     stream.set_write_timeout(Some(options.rpc_timeout))?;
-    let reader = ReplyReader::new(stream.try_clone()?, options.limits);
-    let writer = BufWriter::with_capacity(64 * 1024, stream);
+    let stream = match &options.tls {
+        Some(tls) => tls.wrap(&peer.host, stream)?,
+        None => SyncStream::Plain(stream),
+    };
+    let shared: Shared = Arc::new(Mutex::new(stream));
+    let reader = ReplyReader::new(shared.clone(), options.limits);
+    let writer = BufWriter::with_capacity(64 * 1024, Writer(shared.clone()));
     let input = TBinaryInputProtocol::with_config(reader, true, protocol_config(&options.limits));
     let output = TBinaryOutputProtocol::new(writer, true);
-    Ok(PeerSyncClient::new(input, output))
+    Ok((PeerSyncClient::new(input, output), shared))
+}
+
+/// Completes the TLS handshake on a new connection (nothing for plain
+/// TCP), so that a refused certificate is reported as such, not as a
+/// failed call.
+fn handshake(peer: &NodeAddr, shared: &Shared, timeout: std::time::Duration) -> Result<()> {
+    let mut stream = shared.lock();
+    let SyncStream::Tls(tls) = &mut *stream else {
+        return Ok(());
+    };
+    let StreamOwned { conn, sock } = &mut **tls;
+    while conn.is_handshaking() {
+        if let Err(e) = conn.complete_io(sock) {
+            let reason = if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) {
+                format!("no TLS handshake within {timeout:?}")
+            } else {
+                e.to_string()
+            };
+            return Err(Error::BadTls(format!(
+                "TLS handshake with {peer} failed: {reason}; check the certificate, key and CA (--tls-cert, --tls-key, --tls-ca)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A blocking connection to one node. A call that fails leaves the
@@ -187,14 +252,15 @@ impl Conn {
     /// replicas. (Not `ping`: failure detection uses that, and a node cut
     /// off by fault injection drops it, but still serves its clients.)
     pub fn open(peer: &NodeAddr, options: &ClientOptions) -> Result<Conn> {
-        let (client, socket) = connect_socket(peer, options)?;
+        let (client, socket, shared) = connect_socket(peer, options)?;
+        let first = options.answer_timeout.min(options.rpc_timeout);
+        socket.set_read_timeout(Some(first))?;
+        handshake(peer, &shared, first)?;
         let mut conn = Conn {
             peer: peer.clone(),
             client,
             broken: false,
         };
-        let first = options.answer_timeout.min(options.rpc_timeout);
-        socket.set_read_timeout(Some(first))?;
         match conn.client.service_type() {
             Ok(_) => {}
             Err(e) if timed_out(&e) => {

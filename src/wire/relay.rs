@@ -34,6 +34,7 @@ use crate::addr::NodeAddr;
 use crate::auth::{Caller, Role, Secret};
 use crate::error::{Error, Result};
 use crate::peer::{Reply, Request};
+use crate::tls::{Stream, Tls, server_name};
 use crate::transport::{BoxFuture, Transport};
 
 /// A write-side transport whose bytes the caller can take afterwards.
@@ -136,11 +137,15 @@ impl<C> Idle<C> {
 
 /// Idle async connections to peers, and the timeouts for calls on them.
 pub struct AsyncPool {
-    idle: Idle<TcpStream>,
+    idle: Idle<Stream>,
     connect_timeout: Duration,
     limits: Limits,
     /// The cluster secret, proved on every new connection when set.
     secret: Option<Secret>,
+    /// TLS for every connection to a peer, when set: the node's own
+    /// certificate as the client's, the peer's checked against the CA and
+    /// its host.
+    tls: Option<Tls>,
 }
 
 impl AsyncPool {
@@ -152,15 +157,22 @@ impl AsyncPool {
             connect_timeout,
             limits,
             secret,
+            tls: None,
         }
     }
 
+    /// The same pool, its connections over TLS with `tls`.
+    pub fn with_tls(mut self, tls: Option<Tls>) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// The pool's idle connections and fault-injection switch.
-    pub fn idle(&self) -> &Idle<TcpStream> {
+    pub fn idle(&self) -> &Idle<Stream> {
         &self.idle
     }
 
-    async fn connect(&self, peer: &NodeAddr, timeout: Duration) -> Result<TcpStream> {
+    async fn connect(&self, peer: &NodeAddr, timeout: Duration) -> Result<Stream> {
         let unreachable = |reason: String, refused: bool| Error::Unreachable {
             peer: peer.to_string(),
             reason,
@@ -169,8 +181,30 @@ impl AsyncPool {
         let mut last = unreachable("no address".into(), false);
         for addr in peer.resolve()? {
             match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(mut stream)) => {
+                Ok(Ok(stream)) => {
                     stream.set_nodelay(true)?;
+                    let mut stream = match &self.tls {
+                        None => Stream::Plain(stream),
+                        Some(tls) => {
+                            let name = server_name(&peer.host)?;
+                            match tokio::time::timeout(
+                                timeout,
+                                tls.connector().connect(name, stream),
+                            )
+                            .await
+                            {
+                                Ok(Ok(stream)) => Stream::Tls(Box::new(stream.into())),
+                                Ok(Err(e)) => {
+                                    last = unreachable(format!("TLS: {e}"), false);
+                                    continue;
+                                }
+                                Err(_) => {
+                                    last = unreachable("TLS handshake timed out".into(), false);
+                                    continue;
+                                }
+                            }
+                        }
+                    };
                     if let Some(secret) = &self.secret {
                         tokio::time::timeout(timeout, self.prove(&mut stream, peer, secret))
                             .await
@@ -193,7 +227,7 @@ impl AsyncPool {
 
     /// Proves the cluster secret on a new connection to `peer`, and checks
     /// that `peer` proves it back (an impostor member learns nothing).
-    async fn prove(&self, stream: &mut TcpStream, peer: &NodeAddr, secret: &Secret) -> Result<()> {
+    async fn prove(&self, stream: &mut Stream, peer: &NodeAddr, secret: &Secret) -> Result<()> {
         let rpc = |e: io::Error| Error::Rpc {
             peer: peer.to_string(),
             reason: e.to_string(),
@@ -215,8 +249,10 @@ impl AsyncPool {
     }
 
     /// Sends `request` to `peer` and returns the whole reply message.
-    async fn exchange(&self, stream: &mut TcpStream, request: &[u8]) -> io::Result<Vec<u8>> {
+    async fn exchange(&self, stream: &mut Stream, request: &[u8]) -> io::Result<Vec<u8>> {
         stream.write_all(request).await?;
+        // TLS may hold the request in its buffer (plain TCP: a no-op).
+        stream.flush().await?;
         let mut reply = Vec::with_capacity(256);
         // Resumed after each read: a peer trickling a large reply costs
         // linear time, not quadratic.

@@ -45,6 +45,7 @@ use crate::auth::Session;
 use crate::error::Error;
 use crate::node::Node;
 use crate::store::Stored;
+use crate::tls::Stream;
 use crate::version::Version;
 
 /// How long a call refused for its size may go on sending before the
@@ -80,8 +81,22 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, mut shutdown: watch::
             },
             _ = stopped(&mut shutdown) => break,
         };
-        let connection = Connection::new(socket, node.clone(), shutdown.clone(), budget.clone());
+        let node = node.clone();
+        let shutdown = shutdown.clone();
+        let budget = budget.clone();
         tokio::spawn(async move {
+            // The handshake happens in the connection's task (a slow client
+            // does not hold up accepting) and within the message timeout (a
+            // client that never finishes it cannot hold a connection slot).
+            let socket = match secure(socket, &node).await {
+                Ok(socket) => socket,
+                Err(e) => {
+                    log::info!("connection not served (TLS handshake): {e}");
+                    drop(permit);
+                    return;
+                }
+            };
+            let connection = Connection::new(socket, node, shutdown, budget);
             if let Err(e) = connection.run().await {
                 log::debug!("connection closed: {e}");
             }
@@ -92,6 +107,24 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, mut shutdown: watch::
     // Every permit back means every connection has finished.
     let all = u32::try_from(max).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, permits.acquire_many(all)).await;
+}
+
+/// The accepted `socket`, through a TLS handshake when the node serves TLS.
+/// `set_nodelay` is set here, on the TCP socket, before any wrapping.
+async fn secure(socket: TcpStream, node: &Arc<Node>) -> std::io::Result<Stream> {
+    socket.set_nodelay(true)?;
+    let Some(tls) = &node.config().tls else {
+        return Ok(Stream::Plain(socket));
+    };
+    let timeout = node.config().message_timeout;
+    match tokio::time::timeout(timeout, tls.acceptor().accept(socket)).await {
+        Ok(Ok(stream)) => Ok(Stream::Tls(Box::new(stream.into()))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no TLS handshake within {timeout:?}"),
+        )),
+    }
 }
 
 /// Resolves once shutdown is signalled (or its sender is gone).
@@ -261,7 +294,7 @@ impl Timeouts {
 
 /// One client connection and everything it holds.
 struct Connection {
-    socket: TcpStream,
+    socket: Stream,
     node: Arc<Node>,
     shutdown: watch::Receiver<bool>,
     limits: Limits,
@@ -279,7 +312,7 @@ struct Connection {
 
 impl Connection {
     fn new(
-        socket: TcpStream,
+        socket: Stream,
         node: Arc<Node>,
         shutdown: watch::Receiver<bool>,
         budget: Arc<Budget>,
@@ -314,7 +347,6 @@ impl Connection {
 
     /// Serves messages until the peer leaves, a limit is passed, or shutdown.
     async fn run(mut self) -> Result<(), Closed> {
-        self.socket.set_nodelay(true)?;
         let processor =
             PeerSyncProcessor::new(Handler::new(self.node.clone(), self.session.clone()));
         loop {
@@ -476,7 +508,10 @@ impl Connection {
         log::info!("refused a `{}` call: {error}", over.name);
         let mut reply = Vec::new();
         codec::encode_reply(method, over.seq, over.strict, Err(error), &mut reply);
-        let write = self.socket.write_all(&reply);
+        let write = async {
+            self.socket.write_all(&reply).await?;
+            self.socket.flush().await
+        };
         if tokio::time::timeout(OVERSIZE_DRAIN, write).await.is_err() {
             return;
         }
@@ -510,6 +545,11 @@ impl Connection {
             written += n;
             self.node.metrics().written(n);
         }
+        // TLS may hold the tail of the reply in its buffer (plain TCP: a
+        // no-op).
+        tokio::time::timeout_at(deadline, self.socket.flush())
+            .await
+            .map_err(|_| Closed::ReplyTimeout(self.timeouts.reply))??;
         Ok(())
     }
 }
