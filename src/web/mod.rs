@@ -44,22 +44,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Serves HTTP on `listener` until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, mut shutdown: watch::Receiver<bool>) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
-            _ = stopped(&mut shutdown) => break,
-        };
-        let socket = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
-                Err(e) => {
-                    log::warn!("http: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut shutdown) => break,
-        };
+    while let Some((socket, permit)) =
+        crate::wire::server::accept(&listener, &permits, &mut shutdown, "http: ").await
+    {
         let node = node.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {

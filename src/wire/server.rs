@@ -32,7 +32,7 @@ use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 use thrift::server::TProcessor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::time::Instant;
 
 use super::budget::{Budget, Share};
@@ -62,25 +62,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, mut shutdown: watch::
     let max = node.config().max_connections;
     let permits = Arc::new(Semaphore::new(max));
     let budget = Arc::new(Budget::new(node.config().inflight_budget()));
-    loop {
-        // Waiting for a permit before accepting leaves excess clients in the
-        // kernel's backlog instead of spawning without bound.
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
-            _ = stopped(&mut shutdown) => break,
-        };
-        let socket = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((socket, _)) => socket,
-                Err(e) => {
-                    // Usually EMFILE: back off a little instead of spinning.
-                    log::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped(&mut shutdown) => break,
-        };
+    while let Some((socket, permit)) = accept(&listener, &permits, &mut shutdown, "").await {
         let node = node.clone();
         let shutdown = shutdown.clone();
         let budget = budget.clone();
@@ -131,6 +113,35 @@ async fn secure(socket: TcpStream, node: &Arc<Node>) -> std::io::Result<Stream> 
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // Map the guard away here: it is not `Send` and must not live in a task.
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// The next connection, once one of `permits` is free; `None` once
+/// shutdown is signalled. Waiting for a permit before accepting leaves
+/// excess clients in the kernel's backlog instead of spawning without
+/// bound. `what` prefixes the log line of a failed accept.
+pub(crate) async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+    shutdown: &mut watch::Receiver<bool>,
+    what: &str,
+) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("semaphore never closed"),
+            _ = stopped(shutdown) => return None,
+        };
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, _)) => return Some((socket, permit)),
+                Err(e) => {
+                    // Usually EMFILE: back off a little instead of spinning.
+                    log::warn!("{what}accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stopped(shutdown) => return None,
+        }
+    }
 }
 
 /// Why a connection ended, for the log.
