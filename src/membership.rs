@@ -104,6 +104,27 @@ pub enum Status {
 }
 
 impl Status {
+    /// Every status, in merge order.
+    pub const ALL: [Status; 5] = [
+        Status::Alive,
+        Status::Suspect,
+        Status::Leaving,
+        Status::Dead,
+        Status::Left,
+    ];
+
+    /// Its name for people and tools (`storestat`, the status page, the
+    /// `status` label of `/metrics`, the log).
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Alive => "alive",
+            Status::Suspect => "suspect",
+            Status::Leaving => "leaving",
+            Status::Dead => "dead",
+            Status::Left => "left",
+        }
+    }
+
     /// Whether the member holds its share of the ring: `Alive` or `Suspect`.
     pub fn serves(self) -> bool {
         matches!(self, Status::Alive | Status::Suspect)

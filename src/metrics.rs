@@ -75,23 +75,6 @@ const LATENCY_BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
-/// Member statuses as their `status` label, in the order they are exported.
-const STATUSES: [(Status, &str); 5] = [
-    (Status::Alive, "alive"),
-    (Status::Suspect, "suspect"),
-    (Status::Leaving, "leaving"),
-    (Status::Dead, "dead"),
-    (Status::Left, "left"),
-];
-
-/// A `status` label's text.
-pub(crate) fn status_label(status: Status) -> &'static str {
-    STATUSES
-        .iter()
-        .find(|(s, _)| *s == status)
-        .map_or("unknown", |(_, label)| label)
-}
-
 /// The series this module registers (without the `thrifty_` prefix), which
 /// no gauge from `stats` may take.
 const COUNTED: [&str; 8] = [
@@ -291,13 +274,11 @@ impl Metrics {
             );
         }
         let members = Family::<Labels, Gauge>::default();
-        for (_, label) in STATUSES {
-            let _ = members.get_or_create(&[("status", label)]);
+        for status in Status::ALL {
+            let _ = members.get_or_create(&[("status", status.name())]);
         }
         for status in statuses {
-            members
-                .get_or_create(&[("status", status_label(status))])
-                .inc();
+            members.get_or_create(&[("status", status.name())]).inc();
         }
         now.register(
             "thrifty_members_by_status",

@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::addr::NodeAddr;
 use crate::client::{Client, ClientOptions};
 use crate::error::Result;
-use crate::membership::{MemberState, Status};
+use crate::membership::MemberState;
 
 /// How often [`RingStatus::wait_healthy`] looks again.
 const POLL: Duration = Duration::from_millis(250);
@@ -106,16 +106,6 @@ pub struct RingStatus {
     pub problems: Vec<String>,
 }
 
-fn status_name(status: Status) -> &'static str {
-    match status {
-        Status::Alive => "alive",
-        Status::Suspect => "suspect",
-        Status::Leaving => "leaving",
-        Status::Dead => "dead",
-        Status::Left => "left",
-    }
-}
-
 impl NodeStatus {
     fn new(row: &MemberState, stats: std::result::Result<BTreeMap<String, i64>, String>) -> Self {
         let (stats, error) = match stats {
@@ -126,7 +116,7 @@ impl NodeStatus {
         let flag = |name: &str| stat(name).map(|v| v != 0);
         NodeStatus {
             addr: row.addr.to_string(),
-            status: status_name(row.status),
+            status: row.status.name(),
             incarnation: row.incarnation,
             reachable: stats.is_some(),
             error: error.filter(|_| row.status.is_up()),
@@ -160,7 +150,7 @@ impl RingStatus {
                 let stats = if row.status.is_up() {
                     client.stats_of(&row.addr).map_err(|e| e.to_string())
                 } else {
-                    Err(format!("{} {}", row.addr, status_name(row.status)))
+                    Err(format!("{} {}", row.addr, row.status.name()))
                 };
                 NodeStatus::new(row, stats)
             })
@@ -392,6 +382,7 @@ impl fmt::Display for RingStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::membership::Status;
 
     fn row(port: u16, status: Status) -> MemberState {
         MemberState {

@@ -17,17 +17,6 @@ use crate::ring::Ring;
 use crate::swim::{Effect, Swim};
 use crate::transport::{Transport, unexpected};
 
-/// How a member's status reads in the log.
-fn status_word(status: Status) -> &'static str {
-    match status {
-        Status::Alive => "alive",
-        Status::Suspect => "suspected",
-        Status::Leaving => "leaving",
-        Status::Dead => "declared dead",
-        Status::Left => "left",
-    }
-}
-
 impl Node {
     /// Carries out what the membership state machine asked for: rebuilds
     /// the ring when the serving set changed, and sends its messages from
@@ -48,7 +37,7 @@ impl Node {
             match effect {
                 Effect::Changed(row) => {
                     if row.addr != self.me {
-                        news.push(format!("{} {}", row.addr, status_word(row.status)));
+                        news.push(format!("{} {}", row.addr, row.status.name()));
                     }
                     if row.addr == self.me {
                         let before = self.incarnation.swap(row.incarnation, Ordering::AcqRel);

@@ -18,7 +18,6 @@ use crate::addr::NodeAddr;
 use crate::auth::Role;
 use crate::client::{Client, ClientOptions};
 use crate::membership::{MemberState, Status};
-use crate::metrics::status_label;
 use crate::node::Node;
 use crate::ring::Ring;
 
@@ -210,7 +209,7 @@ pub(crate) async fn report(node: &Arc<Node>) -> Report {
             };
             MemberRow {
                 addr: row.addr.to_string(),
-                status: status_label(row.status),
+                status: row.status.name(),
                 incarnation: row.incarnation,
                 me: row.addr == *node.me(),
                 share: shares.get(&row.addr).copied().unwrap_or(0.0),

@@ -501,6 +501,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_refusal_for_a_missing_secret_is_known_again_from_its_message() {
+        let refused = Error::Unauthorized("`absorb` needs the cluster secret".into());
+        let app = thrift::Error::Application(thrift::ApplicationError::new(
+            thrift::ApplicationErrorKind::Unknown,
+            refused.to_string(),
+        ));
+        let peer = NodeAddr::new("127.0.0.1", 9901);
+        assert_eq!(
+            call_error(&peer, app).kind(),
+            crate::error::ErrorKind::Unauthorized
+        );
+    }
+
+    #[test]
     fn a_failed_call_names_its_peer_once_and_keeps_the_os_error() {
         let peer = NodeAddr::new("127.0.0.1", 9901);
         let io = io::Error::new(io::ErrorKind::BrokenPipe, "Broken pipe (os error 32)");
