@@ -111,6 +111,11 @@ pub trait Engine: Send + Sync + 'static {
     /// The entry at `key`: a value, a tombstone, or `None` if the key is unknown.
     fn get(&self, key: &[u8]) -> Result<Option<Stored>>;
 
+    /// The length of the value at `key` without copying it: `None` for an
+    /// unknown key or a tombstone (which an engine may report as 0). What a reply to a read will carry, known
+    /// before the reply is made (the server reserves its budget with it).
+    fn value_len(&self, key: &[u8]) -> Result<Option<usize>>;
+
     /// Applies (value, version) unless the key holds a version >= `version`
     /// (a value or a tombstone). Returns whether applied.
     fn merge(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<bool>;
@@ -209,6 +214,11 @@ impl Store {
     /// The entry at `key` (value or tombstone), if any. See [`Engine::get`].
     pub fn get(&self, key: &[u8]) -> Result<Option<Stored>> {
         self.engine.get(key)
+    }
+
+    /// The length of the value at `key`, not copied. See [`Engine::value_len`].
+    pub fn value_len(&self, key: &[u8]) -> Result<Option<usize>> {
+        self.engine.value_len(key)
     }
 
     /// Stores `value` (`None`: a tombstone) unless the key already holds a

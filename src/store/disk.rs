@@ -212,6 +212,16 @@ impl Engine for Disk {
         }
     }
 
+    fn value_len(&self, key: &[u8]) -> Result<Option<usize>> {
+        let Ok(stored) = stored_key(key) else {
+            return Ok(None);
+        };
+        // A tombstone is a header alone; its length says nothing worth more
+        // than the read a precise answer would cost.
+        let size = self.entries.size_of(&stored).map_err(storage)?;
+        Ok(size.and_then(|size| (size as usize).checked_sub(HEADER)))
+    }
+
     fn merge(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<bool> {
         let stored = stored_key(key)?;
         {

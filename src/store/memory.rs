@@ -738,6 +738,14 @@ impl Engine for Memory {
         Ok(shard.read().find(hash, key).map(Record::stored))
     }
 
+    fn value_len(&self, key: &[u8]) -> Result<Option<usize>> {
+        let (hash, shard) = self.locate(key);
+        Ok(shard
+            .read()
+            .find(hash, key)
+            .and_then(|record| record.value().map(<[u8]>::len)))
+    }
+
     fn merge(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<bool> {
         let (hash, shard) = self.locate(key);
         let applied = shard.write().put(&self.hasher, hash, key, value, |old| {

@@ -86,7 +86,21 @@ for_every_engine!(
     binary_keys_and_values_round_trip_and_an_empty_value_is_not_a_tombstone,
     usage_counts_values_bytes_and_tombstones_exactly_through_every_kind_of_write,
     usage_stays_exact_under_concurrent_overwrites_and_removes,
+    value_len_is_the_length_of_the_value_and_nothing_for_an_absent_key,
 );
+
+fn value_len_is_the_length_of_the_value_and_nothing_for_an_absent_key(engine: &dyn Engine) {
+    assert_eq!(engine.value_len(b"k").unwrap(), None);
+    engine.merge(b"k", Some(&[7; 5000]), v(1)).unwrap();
+    assert_eq!(engine.value_len(b"k").unwrap(), Some(5000));
+    engine.merge(b"e", Some(b""), v(1)).unwrap();
+    assert_eq!(engine.value_len(b"e").unwrap(), Some(0));
+    engine.merge(b"k", None, v(2)).unwrap();
+    // A tombstone carries no value: nothing, or nothing's length.
+    assert!(matches!(engine.value_len(b"k").unwrap(), None | Some(0)));
+    // A key too long to store was never stored.
+    assert_eq!(engine.value_len(&vec![b'x'; 1 << 20]).unwrap(), None);
+}
 
 fn a_newer_version_wins(engine: &dyn Engine) {
     assert!(engine.merge(b"k", Some(b"old"), v(1)).unwrap());

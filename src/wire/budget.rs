@@ -9,14 +9,16 @@
 //! sender. Waiters are served first come, first served (a tokio `Semaphore`),
 //! so a large request is not starved by a stream of small ones.
 //!
-//! A reply is different: its size is known only once it exists, so it is
+//! A reply to a read of a value the node holds is sized before it is made
+//! (the store tells a value's length without copying it), so the room for
+//! the node's copy and its encoding is *reserved* like a request's, waiting
+//! its turn. Any other reply's size is known only once it exists (a value
+//! gathered from other replicas, a `peek`, a `reconcile`), so it is
 //! *charged* (taken at once, going into debt when the budget is short), and
-//! while the budget is in debt no connection starts serving a new request
-//! ([`Budget::no_debt`]). The memory above the budget is therefore at most
-//! the replies being produced at the moment the budget ran out, one per
-//! connection being served then (in practice one per worker thread: a read
-//! served from the node's own copy does not yield between that check and
-//! its charge). Debt is repaid first from every release.
+//! while the budget is in debt no connection starts making a reply that can
+//! carry values ([`Budget::no_debt`]). The memory above the budget is
+//! therefore at most the charged replies being produced at the moment the
+//! budget ran out. Debt is repaid first from every release.
 //!
 //! Bytes are counted in KiB units (a semaphore hands out at most `u32`
 //! permits at once) and rounded up.

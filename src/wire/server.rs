@@ -406,6 +406,14 @@ impl Connection {
                     // its copy in the node's hands still counts.
                     self.input.consume(frame.len);
                     self.share.settle(self.in_use(frame.len));
+                    // A read of a value this node holds: its size is known
+                    // before the reply is made, so the room for the copy and
+                    // its encoding is taken from the budget first (waiting,
+                    // like a request being read), not charged after.
+                    if let Call::Read { key, .. } = &request.call {
+                        let room = reply_room(&self.node, key);
+                        self.share.reserve(self.in_use(frame.len) + room).await;
+                    }
                     let outcome = serve_hot(&self.node, request.method, request.call).await;
                     codec::encode_reply(
                         request.method,
@@ -604,6 +612,21 @@ async fn serve_hot(node: &Arc<Node>, method: Method, call: Call) -> Result<Answe
         Call::Probe(None) => Ok(Answer::Probed(false)),
     }
 }
+
+/// The bytes a read of `key` needs while its reply is made, by the local
+/// copy's size: the copy taken from the store and the reply it is encoded
+/// into (a frame's few bytes more). Nothing when the key is not held here
+/// (the reply, made from other nodes' copies, is charged once it exists).
+fn reply_room(node: &Node, key: &[u8]) -> usize {
+    match node.store().value_len(key) {
+        Ok(Some(len)) => len.saturating_mul(2).saturating_add(REPLY_OVERHEAD),
+        _ => 0,
+    }
+}
+
+/// Bytes a reply's frame adds to the value it carries (method name, sequence
+/// number, field headers), rounded up generously.
+const REPLY_OVERHEAD: usize = 256;
 
 /// Whether this message may be served at all on this connection.
 fn check(node: &Node, frame: &Frame) -> Result<(), Closed> {
