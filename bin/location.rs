@@ -93,6 +93,13 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = Config::default().failure_timeout.as_secs_f64())]
     failure_timeout: f64,
 
+    /// Seconds after which a chunk of a large value that no value points at
+    /// any more (replaced, deleted, or an upload that never finished) is
+    /// erased, giving its memory back. Clients commit an upload only within
+    /// half of this, so keep it above twice the longest upload.
+    #[arg(long, value_name = "SECS", default_value_t = Config::default().chunk_grace.as_secs())]
+    chunk_grace: u64,
+
     /// Keep data on disk in DIR (crash-safe); without it, data lives in memory.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<std::path::PathBuf>,
@@ -178,6 +185,7 @@ fn config(args: Args) -> Result<Config, String> {
             .ok()
             .filter(|t| *t >= Duration::from_millis(100))
             .ok_or("--failure-timeout must be at least 0.1 seconds")?,
+        chunk_grace: Duration::from_secs(args.chunk_grace.max(1)),
         data_dir: args.data_dir,
         fsync: args.fsync,
         fault_injection: args.fault_injection,
@@ -221,7 +229,23 @@ fn config(args: Args) -> Result<Config, String> {
     Ok(config)
 }
 
+/// Makes every block of a MiB or more its own mapping, given back to the
+/// system when freed. By default glibc raises this threshold to the size of
+/// the largest block freed so far (up to 32 MiB), so the node's 8 MiB chunks
+/// and large buffers end up in its heaps, and their space stays resident
+/// after they are freed. Measured in `tests/stream.rs` (3 nodes, 300 MiB of
+/// replaced chunks collected, 60 MiB live): 394 MiB over rest by default,
+/// 62 MiB with this (and a peak of 376 MiB instead of 556).
+fn give_large_blocks_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets a tunable; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    give_large_blocks_back();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let config = match config(Args::parse()) {
         Ok(config) => config,

@@ -87,6 +87,12 @@ pub struct Config {
     /// How often each node compares its data with the next peer in turn
     /// (anti-entropy). Default 2 s; a ring change starts a full round at once.
     pub anti_entropy_interval: Duration,
+    /// A chunk of a streamed value that no manifest names any more (the
+    /// value was replaced or deleted, or its upload never finished) is
+    /// erased once it is this old (see `node::collect`). Clients commit an
+    /// upload only within half of it, so it must exceed twice the longest
+    /// upload. Default 10 minutes.
+    pub chunk_grace: Duration,
     /// Where to keep data on disk; `None` keeps it in memory.
     pub data_dir: Option<std::path::PathBuf>,
     /// With `data_dir`: fsync every write (survives power loss, slower).
@@ -127,6 +133,7 @@ impl Default for Config {
             read_quorum: 1,
             failure_timeout: Duration::from_secs(5),
             anti_entropy_interval: Duration::from_secs(2),
+            chunk_grace: Duration::from_secs(600),
             data_dir: None,
             fsync: false,
             fault_injection: false,

@@ -246,6 +246,21 @@ pub enum Error {
         /// The largest chunk allowed.
         max: usize,
     },
+    /// An upload took longer than the nodes allow between a streamed value's
+    /// first chunk and its manifest (half their `--chunk-grace`), so its
+    /// chunks may already be collected: the manifest was not written and the
+    /// key holds what it held before.
+    #[error(
+        "the upload of `{key}` took {took:.0?}, longer than the {window:.0?} the nodes allow before its chunks may be collected; the key is unchanged: store it again, or raise --chunk-grace on the nodes"
+    )]
+    UploadTooSlow {
+        /// The value's key.
+        key: String,
+        /// How long the chunks took.
+        took: std::time::Duration,
+        /// Half the nodes' chunk grace.
+        window: std::time::Duration,
+    },
     /// The key holds something that begins like a manifest but is not a
     /// readable one. The ring is unchanged.
     #[error(
@@ -396,7 +411,8 @@ impl Error {
             | Error::SelfJoin { .. }
             | Error::Timeout(_)
             | Error::KeyTooLong { .. }
-            | Error::BadOptions { .. } => ErrorKind::Local,
+            | Error::BadOptions { .. }
+            | Error::UploadTooSlow { .. } => ErrorKind::Local,
             Error::Input(_) | Error::Output(_) | Error::Io(_) => ErrorKind::Io,
             Error::BadManifest { .. } | Error::MissingChunk { .. } | Error::CorruptChunk { .. } => {
                 ErrorKind::Damaged

@@ -50,8 +50,14 @@
 //!   erased (best effort). A read that fetched the old manifest just before
 //!   can then fail with a missing chunk: retrying reads the new value.
 //! - Chunks of an upload that failed, or that lost a race with a concurrent
-//!   upload to the same key, may remain as unreachable garbage; nothing reads
-//!   them. Each erased chunk leaves a tombstone, like any erased key.
+//!   upload to the same key, and those of a value replaced by a plain
+//!   `store` or deleted by a plain `erase`, are left to the nodes: each
+//!   erases the chunks it owns that no manifest names once they are older
+//!   than its `--chunk-grace` (see `node::collect`). So an upload commits
+//!   its manifest only within half that grace (the node reports it in
+//!   `stats` as `chunk_grace_ms`), or fails with
+//!   [`Error::UploadTooSlow`] leaving the key as it was. Each erased chunk
+//!   leaves a tombstone, like any erased key.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, Hasher};
@@ -366,6 +372,8 @@ pub fn put_large_with_progress(
     let mut control = Conn::open(source, &options.client())?;
     let ring = Ring::new(members(&mut control)?);
     let old = previous_manifest(&mut control, key)?;
+    let window = commit_window(&mut control)?;
+    let started = std::time::Instant::now();
     let upload = fresh_upload_id();
     let manifest = match send_chunks(&ring, key, upload, reader, options, progress) {
         Ok(manifest) => manifest,
@@ -375,6 +383,17 @@ pub fn put_large_with_progress(
             return Err(error);
         }
     };
+    let took = started.elapsed();
+    if let Some(window) = window.filter(|window| took > *window) {
+        // Its first chunks may be gone already (`node::collect`): a manifest
+        // naming them now could point at nothing.
+        erase_chunks(&mut control, key, upload, manifest.chunks());
+        return Err(Error::UploadTooSlow {
+            key: shown(key),
+            took,
+            window,
+        });
+    }
     if let Err(error) = control.store(key, &manifest.encode()) {
         // Only a refusal says the manifest was not stored; after a broken
         // call it may have been, and then its chunks are the value.
@@ -598,6 +617,18 @@ fn erase_chunks(control: &mut Conn, key: &[u8], upload: u64, count: u64) {
             return;
         }
     }
+}
+
+/// How long an upload may take from its first chunk to its manifest: half
+/// the chunk grace the node reports in `stats` (after which a chunk no
+/// manifest names may be collected). `None` for a node that reports none
+/// (it predates collection, so nothing limits the upload).
+fn commit_window(control: &mut Conn) -> Result<Option<std::time::Duration>> {
+    let stats = control.stats()?;
+    Ok(stats
+        .get(crate::node::GRACE_STAT)
+        .and_then(|&ms| u64::try_from(ms).ok())
+        .map(|ms| std::time::Duration::from_millis(ms / 2)))
 }
 
 /// The manifest `key` holds now, if it holds one (read before overwriting, so

@@ -64,6 +64,14 @@ pub struct Version {
     pub origin: u32,
 }
 
+impl Version {
+    /// The wall time the version was taken at, in microseconds since the
+    /// epoch, as the writing node's clock read it.
+    pub fn wall_micros(self) -> u64 {
+        self.stamp >> LOGICAL_BITS
+    }
+}
+
 /// A node's hybrid logical clock.
 pub struct Clock {
     last: AtomicU64,

@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use common::{NodeProc, run_tool, start_ring};
 use thrifty_p2p::stream::{MAGIC, Manifest, Options, Written};
@@ -415,4 +416,110 @@ fn storeput_on_a_terminal_draws_a_progress_bar_on_standard_error() {
     let shown = String::from_utf8_lossy(&std::fs::read(&screen).unwrap()).into_owned();
     // The bar's text: bytes so far of the input's size (a regular file).
     assert!(shown.contains("/3.00 MiB"), "{shown:?}");
+}
+
+/// Key and value bytes the nodes hold, over all of them (`stats` `bytes`).
+fn bytes_held(nodes: &[NodeProc]) -> i64 {
+    nodes
+        .iter()
+        .map(|node| common::stat(&node.addr, "bytes").unwrap_or(i64::MAX / 4))
+        .sum()
+}
+
+fn rss_of(nodes: &[NodeProc]) -> u64 {
+    nodes.iter().map(|node| node.memory("VmRSS")).sum()
+}
+
+#[test]
+fn chunks_no_value_points_at_are_collected_and_the_nodes_give_their_memory_back() {
+    let nodes = start_ring(3, &["--chunk-grace", "6"]);
+    let mut ring = nodes[0].session();
+    let at_rest = rss_of(&nodes);
+    let kept = pseudo_random(20 * MIB, 11);
+    ring.put("kept", &kept).unwrap();
+    // Replaced by a small value with a plain `store`, which erases nothing.
+    ring.put("replaced", pseudo_random(64 * MIB, 12)).unwrap();
+    ring.put("replaced", "small").unwrap();
+    // Deleted with a plain `erase`.
+    ring.put("deleted", pseudo_random(24 * MIB, 13)).unwrap();
+    ring.delete("deleted").unwrap();
+    // An upload that never wrote its manifest (its client died).
+    for index in 0..3 {
+        let chunk = thrifty_p2p::stream::chunk_key(b"abandoned", 0x5eed, index);
+        ring.put(&chunk, pseudo_random(4 * MIB, 14 + index))
+            .unwrap();
+    }
+    let full = rss_of(&nodes);
+    let live = 3 * (kept.len() as i64 + 64 * 1024);
+    eprintln!(
+        "before collection: {:.0} MiB held, RSS {:.0} MiB over {:.0} MiB at rest",
+        bytes_held(&nodes) as f64 / MIB as f64,
+        (full - at_rest) as f64 / MIB as f64,
+        at_rest as f64 / MIB as f64,
+    );
+    assert!(bytes_held(&nodes) > 3 * 110 * MIB as i64);
+
+    // Collected once older than the grace: the nodes hold the live value's
+    // three copies (and a manifest, "small" and tombstones) again.
+    assert!(
+        common::wait_until(Duration::from_secs(30), || bytes_held(&nodes) < live),
+        "still holding {} bytes, live data is about {live}",
+        bytes_held(&nodes)
+    );
+    let collected = rss_of(&nodes);
+    eprintln!(
+        "after collection: {:.0} MiB held, RSS {:.0} MiB over rest",
+        bytes_held(&nodes) as f64 / MIB as f64,
+        (collected.saturating_sub(at_rest)) as f64 / MIB as f64
+    );
+    // The 60 MiB of live copies, plus what the allocator and the
+    // connections' buffers keep; not the 430 MiB that was replaced.
+    assert!(
+        collected < at_rest + 3 * kept.len() as u64 + 96 * MIB as u64,
+        "RSS {:.0} MiB over rest after collection",
+        (collected - at_rest) as f64 / MIB as f64
+    );
+    // What a value points at stays.
+    assert_eq!(ring.get("kept").unwrap().as_deref(), Some(&kept[..]));
+    assert_eq!(
+        ring.get("replaced").unwrap().as_deref(),
+        Some(&b"small"[..])
+    );
+    assert_eq!(ring.get("deleted").unwrap(), None);
+}
+
+/// A reader that hands out `per_read` bytes at a time, `pause` apart: an
+/// upload from a slow disk or network.
+struct Slow {
+    data: std::io::Cursor<Vec<u8>>,
+    per_read: usize,
+    pause: Duration,
+}
+
+impl std::io::Read for Slow {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        std::thread::sleep(self.pause);
+        let n = out.len().min(self.per_read);
+        self.data.read(&mut out[..n])
+    }
+}
+
+#[test]
+fn an_upload_slower_than_half_the_chunk_grace_is_not_committed_and_the_key_keeps_its_value() {
+    let nodes = start_ring(1, &["--chunk-grace", "1"]);
+    let mut ring = nodes[0].session();
+    ring.put("doc", "before").unwrap();
+    let slow = Slow {
+        data: std::io::Cursor::new(pseudo_random(3 * MIB, 21)),
+        per_read: 256 * 1024,
+        pause: Duration::from_millis(100),
+    };
+    let error =
+        thrifty_p2p::stream::put(ring.entry(), b"doc", slow, &small_chunks(MIB)).unwrap_err();
+    assert!(
+        matches!(error, thrifty_p2p::Error::UploadTooSlow { .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("--chunk-grace"), "{error}");
+    assert_eq!(ring.get("doc").unwrap().as_deref(), Some(&b"before"[..]));
 }

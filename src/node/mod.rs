@@ -22,6 +22,7 @@
 //! - [`repair`]: anti-entropy and hints.
 //! - [`handoff`]: keys that moved away go to their new replicas.
 //! - [`leave`]: stopping, and the graceful leave.
+//! - [`collect`]: erasing chunks no value points at any more.
 //!
 //! # What keeps the guarantee (README, "Consistency model")
 //!
@@ -65,6 +66,8 @@ use crate::tasks::{Signal, Tasks};
 use crate::transport::{BoxFuture, Transport};
 use crate::version::{Clock, WallClock};
 
+mod collect;
+pub use collect::GRACE_STAT;
 mod handoff;
 mod leave;
 mod liveness;
@@ -274,7 +277,7 @@ impl Node {
     }
 
     /// Starts the background workers: membership (SWIM), view agreement, the
-    /// pause watch, anti-entropy and handoff.
+    /// pause watch, anti-entropy, handoff and chunk collection.
     pub fn start(self: &Arc<Self>) {
         // The pause watch measures from here, not from its first run: a
         // node frozen before that run (paused right after it joined) must
@@ -293,6 +296,9 @@ impl Node {
             .spawn(async move { node.anti_entropy_worker().await });
         let node = self.clone();
         self.tasks.spawn(async move { node.handoff_worker().await });
+        let node = self.clone();
+        self.tasks
+            .spawn(async move { node.chunk_collector().await });
     }
 
     /// This node's address (its name on the ring).
@@ -509,6 +515,10 @@ impl Node {
         put("members", view.ring.len());
         put("replicas", self.config.replicas.min(view.ring.len()));
         put("replicas_configured", self.config.replicas);
+        put(
+            collect::GRACE_STAT,
+            self.config.chunk_grace.as_millis() as usize,
+        );
         put("share_ppm", view.ring.share_ppm(&self.me) as usize);
         put(
             "handoff_pending",
