@@ -522,6 +522,8 @@ fn store_node_cases() -> Vec<Case> {
                     TEXT_KEY.len() + TEXT_VALUE.len() + ABSORBED_KEY.len() + ABSORBED_VALUE.len();
                 let expected = [
                     ("bytes", bytes as i64),
+                    // The default --chunk-grace of 600 s.
+                    ("chunk_grace_ms", 600_000),
                     ("handoff_pending", 0),
                     ("hints", 0),
                     // golden-key and the absorbed key: tombstones do not count.
