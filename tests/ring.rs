@@ -62,6 +62,33 @@ fn the_readme_walkthrough_works() {
 }
 
 #[test]
+fn storedel_deletes_a_key_and_says_when_there_was_none() {
+    let nodes = start_ring(2, &[]);
+    let first = peer(&nodes[0]);
+    let second = peer(&nodes[1]);
+    assert_eq!(
+        run_tool("storeput", &["d", "doomed", "--peer", &first], None).0,
+        0
+    );
+    assert_eq!(
+        run_tool("storeput", &["k", "kept", "--peer", &first], None).0,
+        0
+    );
+
+    let (code, _, err) = run_tool("storedel", &["d", "--peer", &second], None);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_tool("storeget", &["d", "--peer", &first], None);
+    assert_eq!(code, 1, "the deleted key still reads: {err}");
+    let (code, out, _) = run_tool("storeget", &["k", "--peer", &second], None);
+    assert_eq!((code, out.as_slice()), (0, b"kept".as_slice()));
+
+    // A second delete finds nothing: exit code 1 and the reason.
+    let (code, _, err) = run_tool("storedel", &["d", "--peer", &first], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("`d` is not stored"), "{err}");
+}
+
+#[test]
 fn command_line_errors_say_what_went_wrong() {
     let node = NodeProc::start(None);
     let addr = peer(&node);

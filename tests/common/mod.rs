@@ -250,6 +250,7 @@ pub fn run_tool_in(
     let path = match tool {
         "storeput" => env!("CARGO_BIN_EXE_storeput"),
         "storeget" => env!("CARGO_BIN_EXE_storeget"),
+        "storedel" => env!("CARGO_BIN_EXE_storedel"),
         "storeprimer" => env!("CARGO_BIN_EXE_storeprimer"),
         "storetest" => env!("CARGO_BIN_EXE_storetest"),
         "storemerge" => env!("CARGO_BIN_EXE_storemerge"),
