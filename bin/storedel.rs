@@ -1,14 +1,15 @@
 //! `storedel KEY`: delete the value stored at KEY (exit code 1 when there was
 //! none), large values included.
 
+#[path = "ring.rs"]
+mod ring;
 #[path = "secret.rs"]
 mod secret;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use secret::SecretArgs;
-use thrifty_p2p::{Client, NodeAddr};
+use ring::RingArgs;
 
 /// Delete the value stored at KEY in a thrifty-p2p ring. The delete is a
 /// tombstone written to the key's replicas; it returns once the write quorum
@@ -21,12 +22,8 @@ use thrifty_p2p::{Client, NodeAddr};
 struct Args {
     /// The key.
     key: String,
-    /// A node of the ring (HOST:PORT). Default: the first node answering on
-    /// localhost from port 9900 up.
-    #[arg(long, value_name = "HOST:PORT")]
-    peer: Option<NodeAddr>,
     #[command(flatten)]
-    secrets: SecretArgs,
+    ring: RingArgs,
 }
 
 fn main() -> ExitCode {
@@ -34,16 +31,12 @@ fn main() -> ExitCode {
     // Warnings by default; RUST_LOG=debug shows each call and retry.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let key = args.key.as_bytes();
-    let result = args
-        .secrets
-        .options()
-        .and_then(|base| Client::open(args.peer, base))
-        .and_then(|mut ring| {
-            if !ring.contains(key)? {
-                return Ok(false);
-            }
-            ring.delete(key).map(|()| true)
-        });
+    let result = args.ring.open().and_then(|mut ring| {
+        if !ring.contains(key)? {
+            return Ok(false);
+        }
+        ring.delete(key).map(|()| true)
+    });
     match result {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => {

@@ -3,6 +3,8 @@
 
 #[path = "progress.rs"]
 mod progress;
+#[path = "ring.rs"]
+mod ring;
 #[path = "secret.rs"]
 mod secret;
 
@@ -11,8 +13,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use progress::Bar;
-use secret::SecretArgs;
-use thrifty_p2p::{Client, NodeAddr};
+use ring::RingArgs;
 
 /// Print the value stored at KEY in a thrifty-p2p ring, as raw bytes.
 /// A value stored as chunks is fetched chunk by chunk, checked, and written
@@ -25,12 +26,8 @@ use thrifty_p2p::{Client, NodeAddr};
 struct Args {
     /// The key.
     key: String,
-    /// A node of the ring (HOST:PORT). Default: the first node answering on
-    /// localhost from port 9900 up.
-    #[arg(long, value_name = "HOST:PORT")]
-    peer: Option<NodeAddr>,
     #[command(flatten)]
-    secrets: SecretArgs,
+    ring: RingArgs,
 }
 
 fn main() -> ExitCode {
@@ -39,13 +36,9 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let mut out = std::io::stdout().lock();
     let bar = Bar::on_stderr(!out.is_terminal());
-    let result = args
-        .secrets
-        .options()
-        .and_then(|base| Client::open(args.peer, base))
-        .and_then(|mut ring| {
-            ring.get_to_with_progress(&args.key, &mut out, |p| bar.update(p, None))
-        });
+    let result = args.ring.open().and_then(|mut ring| {
+        ring.get_to_with_progress(&args.key, &mut out, |p| bar.update(p, None))
+    });
     bar.finish();
     match result {
         Ok(Some(_)) => {

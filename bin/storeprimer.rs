@@ -1,5 +1,7 @@
 //! `storeprimer`: load the NATO alphabet (A -> Alpha ... Z -> Zulu) into a ring.
 
+#[path = "ring.rs"]
+mod ring;
 #[path = "secret.rs"]
 mod secret;
 
@@ -9,8 +11,7 @@ mod nato;
 use std::process::ExitCode;
 
 use clap::Parser;
-use secret::SecretArgs;
-use thrifty_p2p::{Client, NodeAddr};
+use ring::RingArgs;
 
 use crate::nato::NATO;
 
@@ -20,29 +21,21 @@ use crate::nato::NATO;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// A node of the ring (HOST:PORT). Default: the first node answering on
-    /// localhost from port 9900 up.
-    #[arg(long, value_name = "HOST:PORT")]
-    peer: Option<NodeAddr>,
     #[command(flatten)]
-    secrets: SecretArgs,
+    ring: RingArgs,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     // Warnings by default; RUST_LOG=debug shows each call and retry.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let result = args
-        .secrets
-        .options()
-        .and_then(|base| Client::open(args.peer, base))
-        .and_then(|mut session| {
-            for (key, value) in NATO {
-                session.put(key, value)?;
-                println!("{key} -> {value}");
-            }
-            Ok(())
-        });
+    let result = args.ring.open().and_then(|mut session| {
+        for (key, value) in NATO {
+            session.put(key, value)?;
+            println!("{key} -> {value}");
+        }
+        Ok(())
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,5 +1,7 @@
 //! `storetest`: read back the NATO alphabet loaded by `storeprimer`.
 
+#[path = "ring.rs"]
+mod ring;
 #[path = "secret.rs"]
 mod secret;
 
@@ -9,7 +11,7 @@ mod nato;
 use std::process::ExitCode;
 
 use clap::Parser;
-use secret::SecretArgs;
+use ring::RingArgs;
 use thrifty_p2p::{Client, NodeAddr, Result};
 
 use crate::nato::NATO;
@@ -20,24 +22,15 @@ use crate::nato::NATO;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// A node of the ring (HOST:PORT). Default: the first node answering on
-    /// localhost from port 9900 up.
-    #[arg(long, value_name = "HOST:PORT")]
-    peer: Option<NodeAddr>,
     #[command(flatten)]
-    secrets: SecretArgs,
+    ring: RingArgs,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     // Warnings by default; RUST_LOG=debug shows each call and retry.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let missing = match args
-        .secrets
-        .options()
-        .and_then(|base| Client::open(args.peer, base))
-        .and_then(|mut s| check_nato(&mut s))
-    {
+    let missing = match args.ring.open().and_then(|mut s| check_nato(&mut s)) {
         Ok(missing) => missing,
         Err(e) => {
             eprintln!("storetest: {e}");
