@@ -282,13 +282,21 @@ impl<M: Clone + Ord + fmt::Display> Ring<M> {
     }
 
     /// The share of the circle (and so, on average, of the keys) that `m`
-    /// owns, in parts per million (see [`Ring::shares`]); 0 for a
-    /// non-member.
+    /// owns, in parts per million, rounded down so that the members' shares
+    /// never add up to more than a million (nearest rounding can make three
+    /// thirds 1,000,001); 0 for a non-member.
     pub fn share_ppm(&self, m: &M) -> u32 {
         let Ok(index) = self.members.binary_search(m) else {
             return 0;
         };
-        (self.shares()[index] * 1e6).round() as u32
+        let owned: u128 = self
+            .arcs()
+            .into_iter()
+            .filter(|&(_, _, member)| member == index)
+            .map(|(_, length, _)| length)
+            .sum();
+        // owned ≤ 2^64, so owned × 10^6 fits a u128 and the quotient ≤ 10^6.
+        ((owned * 1_000_000) >> 64) as u32
     }
 
     /// Index into `points` of the first point strictly after `position`,
@@ -426,6 +434,20 @@ mod tests {
         }
         let max = arcs.iter().copied().max().unwrap_or(0);
         max as f64 / ((1u128 << 64) as f64 / ring.len() as f64)
+    }
+
+    /// Found by CI: three members on ephemeral ports whose rounded shares
+    /// added up to 1,000,001, so `storestat` reported more than the circle.
+    #[test]
+    fn shares_in_ppm_never_add_up_to_more_than_a_million() {
+        for base in (30_000..60_000).step_by(97) {
+            let members: Vec<String> = (0..3)
+                .map(|i| format!("127.0.0.1:{}", base + i * 1_237))
+                .collect();
+            let ring = Ring::new(members);
+            let total: u32 = ring.members().iter().map(|m| ring.share_ppm(m)).sum();
+            assert!((999_997..=1_000_000).contains(&total), "{total} for {base}");
+        }
     }
 
     #[test]
