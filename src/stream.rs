@@ -103,7 +103,7 @@ pub const MAX_CHUNK_BYTES: usize = 1 << 30;
 const HEADER_BYTES: usize = 68;
 
 /// Bytes a chunk key adds to the value's key.
-const CHUNK_KEY_OVERHEAD: usize = CHUNK_PREFIX.len() + 16;
+pub(crate) const CHUNK_KEY_OVERHEAD: usize = CHUNK_PREFIX.len() + 16;
 
 /// Room in a reply for a chunk's key and the message envelope.
 const REPLY_OVERHEAD: usize = 64 * 1024 + MAX_KEY_BYTES;
@@ -257,6 +257,81 @@ impl Manifest {
             return Err("has chunk digests that do not match its hash list".into());
         }
         Ok(Some(manifest))
+    }
+}
+
+/// The manifest of the streamed value `value` stored at `key`, if it is one:
+/// `None` for a chunk (an internal key, whose bytes may begin like a
+/// manifest), for bytes that do not start with [`MAGIC`] (a 16-byte compare,
+/// cheap enough for every `fetch`), and for bytes that start with it but do
+/// not decode (no client writes such a value plain: [`put`] streams a value
+/// that begins with [`MAGIC`], so the check is exact for values it wrote).
+pub fn streamed_manifest(key: &[u8], value: &[u8]) -> Option<Manifest> {
+    if !value.starts_with(&MAGIC) || key.starts_with(CHUNK_PREFIX) {
+        return None;
+    }
+    Manifest::decode(value).ok().flatten()
+}
+
+/// What a key holds, as `describe` tells it (see the IDL's `ValueInfo`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValueInfo {
+    /// Whether the key holds a value (false: never written, or erased).
+    pub exists: bool,
+    /// The value's size in bytes (0 when it does not exist).
+    pub size: u64,
+    /// Bytes per part: every part but the last is this long (a plain
+    /// value: its size).
+    pub part_bytes: u64,
+    /// How many parts (a plain value: 1, or 0 when empty).
+    pub parts: u64,
+    /// The value's identity for [`crate::Client::read_range`]: its upload id
+    /// when streamed, its version when plain; never 0.
+    pub id: u64,
+    /// The manifest of a streamed value; `None` for a plain one.
+    pub manifest: Option<Manifest>,
+}
+
+impl ValueInfo {
+    /// What a key that holds nothing is.
+    pub fn absent() -> ValueInfo {
+        ValueInfo {
+            exists: false,
+            size: 0,
+            part_bytes: 0,
+            parts: 0,
+            id: 0,
+            manifest: None,
+        }
+    }
+
+    /// A plain value of `size` bytes written with version stamp `stamp`.
+    pub fn plain(size: u64, stamp: u64) -> ValueInfo {
+        ValueInfo {
+            exists: true,
+            size,
+            part_bytes: size,
+            parts: u64::from(size > 0),
+            id: stamp.max(1),
+            manifest: None,
+        }
+    }
+
+    /// A streamed value behind `manifest`.
+    pub fn streamed(manifest: Manifest) -> ValueInfo {
+        ValueInfo {
+            exists: true,
+            size: manifest.size,
+            part_bytes: manifest.chunk_bytes,
+            parts: manifest.chunks(),
+            id: manifest.upload.max(1),
+            manifest: Some(manifest),
+        }
+    }
+
+    /// Whether the value is streamed (held as parts behind a manifest).
+    pub fn streamed_value(&self) -> bool {
+        self.manifest.is_some()
     }
 }
 
@@ -906,14 +981,15 @@ pub fn hash_list(chunk_md5s: &[[u8; 16]]) -> [u8; 16] {
     list.finalize().into()
 }
 
-fn fresh_upload_id() -> u64 {
+/// A random upload id, never 0 (`read_range` takes 0 for "no id").
+pub(crate) fn fresh_upload_id() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     hasher.write_u128(now);
     hasher.write_u32(std::process::id());
-    hasher.finish()
+    hasher.finish().max(1)
 }
 
 /// A key for messages: lossy UTF-8, since keys may be any bytes.
