@@ -509,21 +509,13 @@ pub fn get_with_progress(
 ) -> Result<Option<u64>> {
     options.check()?;
     let mut control = Conn::open(source, &options.client())?;
-    let Some(value) = control.fetch(key)? else {
-        return Ok(None);
-    };
-    let manifest = match Manifest::decode(&value) {
-        Ok(Some(manifest)) => manifest,
-        Ok(None) => {
+    let manifest = match read_key(&mut control, key)? {
+        None => return Ok(None),
+        Some(Held::Streamed(manifest)) => manifest,
+        Some(Held::Plain(value)) => {
             writer.write_all(&value).map_err(Error::Output)?;
             writer.flush().map_err(Error::Output)?;
             return Ok(Some(value.len() as u64));
-        }
-        Err(reason) => {
-            return Err(Error::BadManifest {
-                key: shown(key),
-                reason,
-            });
         }
     };
     let ring = Ring::new(members(&mut control)?);
@@ -709,9 +701,59 @@ fn commit_window(control: &mut Conn) -> Result<Option<std::time::Duration>> {
 /// The manifest `key` holds now, if it holds one (read before overwriting, so
 /// that the old chunks can be erased afterwards).
 fn previous_manifest(control: &mut Conn, key: &[u8]) -> Result<Option<Manifest>> {
-    let old = control.fetch(key)?;
-    // Something unreadable is not ours to clean up; overwriting it is fine.
-    Ok(old.and_then(|v| Manifest::decode(&v).ok().flatten()))
+    match read_key(control, key) {
+        Ok(Some(Held::Streamed(manifest))) => Ok(Some(manifest)),
+        Ok(_) => Ok(None),
+        // Something unreadable is not ours to clean up; overwriting it is fine.
+        Err(e) if e.kind() == ErrorKind::Damaged => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What a key holds, as [`read_key`] finds it.
+pub(crate) enum Held {
+    /// A plain value, whole.
+    Plain(Vec<u8>),
+    /// A streamed value's manifest.
+    Streamed(Manifest),
+}
+
+/// Reads what `key` holds: `fetch` answers a plain value whole and refuses
+/// a streamed one (`ErrorKind::Streamed`), whose manifest `describe` then
+/// gives. (A node older than `describe` answered `fetch` with the manifest
+/// itself, which is decoded as before.) A value replaced between the two
+/// calls is read again.
+pub(crate) fn read_key(control: &mut Conn, key: &[u8]) -> Result<Option<Held>> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let value = match control.fetch(key) {
+            Ok(value) => value,
+            Err(e) if e.kind() == ErrorKind::Streamed => match control.describe(key)? {
+                crate::stream::ValueInfo {
+                    manifest: Some(manifest),
+                    ..
+                } => return Ok(Some(Held::Streamed(manifest))),
+                // Replaced by a plain value (or erased) in between.
+                _ if tries < 3 => continue,
+                _ => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        return match Manifest::decode(&value) {
+            Ok(Some(manifest)) if !key.starts_with(CHUNK_PREFIX) => {
+                Ok(Some(Held::Streamed(manifest)))
+            }
+            Ok(_) => Ok(Some(Held::Plain(value))),
+            Err(reason) => Err(Error::BadManifest {
+                key: shown(key),
+                reason,
+            }),
+        };
+    }
 }
 
 // ---- getting ----
