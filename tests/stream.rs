@@ -200,6 +200,19 @@ fn a_missing_or_corrupt_chunk_makes_storeget_fail_naming_the_chunk_and_its_owner
     assert!(err.contains("chunk 3 of 5"), "unclear message: {err}");
     assert!(err.contains("corrupt"), "unclear message: {err}");
     assert!(err.contains(&owner.to_string()), "owner not named: {err}");
+
+    // A node's `read_range` checks the chunks it reads the same way, and
+    // ranges that avoid the damaged chunk still read.
+    let mut ring = nodes[1].session();
+    for (key, index, what) in [("erased", 2, "missing"), ("corrupted", 3, "corrupt")] {
+        let offset = (index * MIB) as u64 + 10;
+        let error = ring.read_range(key, offset, 10, 0).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains(&format!("chunk {index} of 5")), "{text}");
+        assert!(text.contains(what), "{text}");
+        let fine = ring.read_range(key, 0, MIB as u32, 0).unwrap();
+        assert!(fine == pseudo_random(5 * MIB, 5)[..MIB]);
+    }
 }
 
 #[test]
