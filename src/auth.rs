@@ -527,6 +527,17 @@ mod tests {
         )
         .unwrap();
         assert!(client.allows(&secrets, "store").is_ok());
+        // Large values are data too: the client secret opens them.
+        for method in [
+            "describe",
+            "read_range",
+            "begin_upload",
+            "upload_part",
+            "commit_upload",
+        ] {
+            assert_eq!(needs(method), Needs::Client, "{method}");
+            assert!(client.allows(&secrets, method).is_ok(), "{method}");
+        }
         assert!(client.allows(&secrets, "absorb").is_err());
         let mut member = Session::new();
         prove(
