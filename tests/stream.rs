@@ -775,11 +775,22 @@ fn uploads_that_break_the_limits_are_refused_and_leave_the_key_unchanged() {
         "already committed",
     );
 
-    // Ranges longer than 16 MiB, or negative.
+    // Ranges longer than 16 MiB or than this node's largest message (2 MiB
+    // here), or negative.
     refused(
         ring.read_range("doc", 0, (16 << 20) + 1, 0).unwrap_err(),
         ErrorKind::Refused,
         "longer than read_range answers",
+    );
+    refused(
+        ring.read_range("doc", 0, 2 * MIB as u32 + 1, 0)
+            .unwrap_err(),
+        ErrorKind::Refused,
+        "answers here (2097152 bytes)",
+    );
+    assert_eq!(
+        ring.read_range("doc", 0, 2 * MIB as u32, 0).unwrap(),
+        b"abcdefghab"
     );
     let negative = nodes[0].client().read_range(b"doc".to_vec(), -1, 1, 0);
     assert!(format!("{negative:?}").contains("negative"), "{negative:?}");

@@ -93,9 +93,11 @@ impl Node {
                 "offset {offset} and length {length} must not be negative"
             )));
         };
-        if length > MAX_RANGE_BYTES {
+        // No reply larger than the node's largest message either.
+        let most = MAX_RANGE_BYTES.min(self.config.max_value_bytes);
+        if length > most {
             return Err(refused(format!(
-                "a range of {length} bytes is longer than read_range answers ({MAX_RANGE_BYTES} bytes); ask for several ranges"
+                "a range of {length} bytes is longer than read_range answers here ({most} bytes); ask for several ranges"
             )));
         }
         let id = id as u64;
