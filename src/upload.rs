@@ -41,6 +41,11 @@ pub const MAX_TABLE_PARTS: usize = 1 << 20;
 /// Longest range one `read_range` answers: two parts of the default 8 MiB.
 pub const MAX_RANGE_BYTES: usize = 16 << 20;
 
+/// Most parts one `read_range` reads (a range over parts smaller than
+/// 16 KiB must be shorter): each part is a quorum read among the replicas,
+/// so one call must not fan out into millions of them.
+pub const MAX_RANGE_PARTS: u64 = 1024;
+
 /// One part as the table knows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Part {

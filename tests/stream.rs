@@ -792,6 +792,17 @@ fn uploads_that_break_the_limits_are_refused_and_leave_the_key_unchanged() {
         ring.read_range("doc", 0, 2 * MIB as u32, 0).unwrap(),
         b"abcdefghab"
     );
+    // A range over more than 1,024 parts (1-byte parts here) is refused;
+    // one over 1,024 of them reads.
+    let tiny: Vec<u8> = (0..1025u32).map(|i| i as u8).collect();
+    let info = upload_in_parts(&mut c, b"tiny", &tiny, 1);
+    assert_eq!(info.parts, 1025);
+    refused(
+        ring.read_range("tiny", 0, 1025, info.id).unwrap_err(),
+        ErrorKind::Refused,
+        "at most 1024 parts",
+    );
+    assert!(ring.read_range("tiny", 1, 1024, info.id).unwrap() == tiny[1..]);
     let negative = nodes[0].client().read_range(b"doc".to_vec(), -1, 1, 0);
     assert!(format!("{negative:?}").contains("negative"), "{negative:?}");
 

@@ -189,8 +189,8 @@ service Store extends locator.Locator {
    * Up to `length` bytes of the value at `key` from byte `offset` on, plain
    * or streamed: fewer only at the end of the value (an empty answer at its
    * end). `length` is at most 16 MiB (16,777,216), or the node's
-   * `--max-value-bytes` if smaller; a longer one is refused with REFUSED.
-   * The node reads the parts covering the range and checks
+   * `--max-value-bytes` if smaller, and a range spans at most 1,024 parts;
+   * a longer one is refused with REFUSED. The node reads the parts covering the range and checks
    * each against its MD5 in the manifest. With `id` from `describe`, a key
    * that now holds another value answers CHANGED, so a reader never stitches
    * two values together; with `id` 0 (no value has that id), each call reads

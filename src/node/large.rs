@@ -10,8 +10,8 @@
 //! client needs nothing but the IDL and a buffer of one range or one part.
 //!
 //! - A range read reads the key (a quorum read, like `fetch`), then the
-//!   chunks covering the range, concurrently, each checked against its MD5
-//!   in the manifest. With the value's `id`, a key that now holds another
+//!   chunks covering the range, a few at a time, each checked against its
+//!   MD5 in the manifest. With the value's `id`, a key that now holds another
 //!   value answers [`Error::Changed`]; a chunk that went missing is told
 //!   apart from damage by reading the key again (a replaced value's chunks
 //!   are erased after its commit).
@@ -24,7 +24,7 @@
 
 use std::sync::Arc;
 
-use futures::future::try_join_all;
+use futures::stream::{self, StreamExt};
 use md5::{Digest, Md5};
 use tokio::time::Instant;
 
@@ -32,7 +32,10 @@ use super::Node;
 use crate::config::MAX_KEY_BYTES;
 use crate::error::{Error, Result};
 use crate::stream::{CHUNK_KEY_OVERHEAD, Manifest, ValueInfo, chunk_key, streamed_manifest};
-use crate::upload::{self, MAX_RANGE_BYTES};
+use crate::upload::{self, MAX_RANGE_BYTES, MAX_RANGE_PARTS};
+
+/// Parts a range read fetches at once.
+const READ_AHEAD: usize = 4;
 
 /// What a key holds, read once: the value's facts and, for a plain value,
 /// its bytes.
@@ -125,19 +128,30 @@ impl Node {
         else {
             return Ok(Vec::new());
         };
-        let chunks = try_join_all((first..=last).map(|i| self.chunk(key, manifest, i))).await;
-        let chunks = match chunks {
-            Ok(chunks) => chunks,
-            Err(Error::MissingChunk { .. }) if self.held(key).await?.info.id != info.id => {
-                // Replaced while we read: its chunks are erased after the
-                // new manifest is written.
-                return Err(Error::Changed { key: shown(key) });
-            }
-            Err(e) => return Err(e),
-        };
+        if last - first >= MAX_RANGE_PARTS {
+            return Err(refused(format!(
+                "a range of {length} bytes spans {} parts of {} bytes, and read_range reads at most {MAX_RANGE_PARTS} parts per call; ask for shorter ranges",
+                last - first + 1,
+                manifest.chunk_bytes
+            )));
+        }
+        // In order, a few at a time: memory stays at a few parts and the
+        // range, however small the parts.
+        let mut chunks = stream::iter(first..=last)
+            .map(|index| self.chunk(key, manifest, index))
+            .buffered(READ_AHEAD);
         let mut out = Vec::with_capacity((end - offset) as usize);
         let mut skip = skip as usize;
-        for chunk in &chunks {
+        while let Some(chunk) = chunks.next().await {
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(Error::MissingChunk { .. }) if self.held(key).await?.info.id != info.id => {
+                    // Replaced while we read: its chunks are erased after the
+                    // new manifest is written.
+                    return Err(Error::Changed { key: shown(key) });
+                }
+                Err(e) => return Err(e),
+            };
             let wanted = (end - offset) as usize - out.len();
             let take = (chunk.len() - skip).min(wanted);
             out.extend_from_slice(&chunk[skip..skip + take]);
