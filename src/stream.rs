@@ -11,6 +11,14 @@
 //! receiving node routes the chunk to the right owner; if the owner cannot be
 //! reached, the next member of the chunk's preference list takes it.
 //!
+//! Other clients get the same values through the node they call, with the
+//! IDL's large-value methods (`describe`, `read_range`, `begin_upload`,
+//! `upload_part`, `commit_upload`; `node::large`), which read and write this
+//! format. A node answers a client's `fetch` of a manifest with
+//! [`ErrorKind::Streamed`] rather than the manifest (see
+//! [`streamed_manifest`]), so this module reads a streamed value's manifest
+//! with `describe` ([`read_key`]).
+//!
 //! # Formats
 //!
 //! Chunk `i` of an upload is stored under the key
