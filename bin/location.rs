@@ -42,7 +42,8 @@ struct Args {
     #[arg(long, value_name = "HOST")]
     advertise: Option<String>,
 
-    /// Largest value accepted, in bytes.
+    /// Largest value accepted in one message, in bytes (also the largest
+    /// part of an upload in parts; larger values are streamed in parts).
     #[arg(long, default_value_t = Config::default().max_value_bytes)]
     max_value_bytes: usize,
 
@@ -95,8 +96,9 @@ struct Args {
 
     /// Seconds after which a chunk of a large value that no value points at
     /// any more (replaced, deleted, or an upload that never finished) is
-    /// erased, giving its memory back. Clients commit an upload only within
-    /// half of this, so keep it above twice the longest upload.
+    /// erased, giving its memory back. An upload must commit within half of
+    /// this (one opened with begin_upload expires then), so keep it above
+    /// twice the longest upload.
     #[arg(long, value_name = "SECS", default_value_t = Config::default().chunk_grace.as_secs())]
     chunk_grace: u64,
 

@@ -210,7 +210,7 @@ const OPEN: [&str; 5] = [
 ];
 
 /// The data methods: what a client of the store calls.
-const DATA: [&str; 12] = [
+const DATA: [&str; 17] = [
     "get",
     "put",
     "fetch",
@@ -223,6 +223,11 @@ const DATA: [&str; 12] = [
     "get_node",
     "members",
     "list_keys",
+    "describe",
+    "read_range",
+    "begin_upload",
+    "upload_part",
+    "commit_upload",
 ];
 
 /// What calling `method` needs. Every method not open and not a data method
@@ -523,6 +528,17 @@ mod tests {
         )
         .unwrap();
         assert!(client.allows(&secrets, "store").is_ok());
+        // Large values are data too: the client secret opens them.
+        for method in [
+            "describe",
+            "read_range",
+            "begin_upload",
+            "upload_part",
+            "commit_upload",
+        ] {
+            assert_eq!(needs(method), Needs::Client, "{method}");
+            assert!(client.allows(&secrets, method).is_ok(), "{method}");
+        }
         assert!(client.allows(&secrets, "absorb").is_err());
         let mut member = Session::new();
         prove(

@@ -71,7 +71,7 @@ use crate::listing::{self, MAX_PAGE_KEYS};
 use crate::membership::Status as MemberStatus;
 use crate::membership::{MemberState, Status};
 use crate::ring::Ring;
-use crate::stream::{self, Manifest, Progress, Written};
+use crate::stream::{self, Manifest, Progress, ValueInfo, Written};
 use crate::wire::{Conn, Limits};
 
 /// How a [`Client`] connects and calls.
@@ -187,24 +187,29 @@ impl Client {
     /// checked against its manifest's digests.
     pub fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
         let key = key.as_ref();
-        let Some(value) = self.on_owner(key, |c| c.fetch(key))? else {
-            return Ok(None);
+        let fetched = match self.on_owner(key, |c| c.fetch(key)) {
+            // The node says the value is streamed (see `describe`).
+            Err(e) if e.kind() == ErrorKind::Streamed => None,
+            other => Some(other?),
         };
-        if !value.starts_with(&stream::MAGIC) {
-            return Ok(Some(value));
-        }
-        match Manifest::decode(&value) {
-            Ok(None) => Ok(Some(value)),
-            Ok(Some(manifest)) => {
-                let mut whole = Vec::with_capacity(usize::try_from(manifest.size).unwrap_or(0));
-                self.get_to(key, &mut whole)?;
-                Ok(Some(whole))
+        if let Some(value) = fetched {
+            let Some(value) = value else {
+                return Ok(None);
+            };
+            match Manifest::decode(&value) {
+                // A node older than `describe` answers with the manifest.
+                Ok(Some(_)) => {}
+                Ok(None) => return Ok(Some(value)),
+                Err(reason) => {
+                    return Err(Error::BadManifest {
+                        key: String::from_utf8_lossy(key).into_owned(),
+                        reason,
+                    });
+                }
             }
-            Err(reason) => Err(Error::BadManifest {
-                key: String::from_utf8_lossy(key).into_owned(),
-                reason,
-            }),
         }
+        let mut whole = Vec::new();
+        Ok(self.get_to(key, &mut whole)?.map(|_| whole))
     }
 
     /// Stores `value` at `key`; returns once a write quorum of the key's
@@ -227,7 +232,49 @@ impl Client {
     /// Whether `key` holds a value.
     pub fn contains(&mut self, key: impl AsRef<[u8]>) -> Result<bool> {
         let key = key.as_ref();
-        Ok(self.on_owner(key, |c| c.fetch(key))?.is_some())
+        match self.on_owner(key, |c| c.fetch(key)) {
+            Err(e) if e.kind() == ErrorKind::Streamed => Ok(true),
+            other => Ok(other?.is_some()),
+        }
+    }
+
+    /// What `key` holds: whether it exists, its size, whether it is streamed
+    /// (stored in parts behind a manifest), its part size and count, and
+    /// its identity for [`Client::read_range`].
+    ///
+    /// ```no_run
+    /// let mut ring = thrifty_p2p::Client::connect("127.0.0.1:9900")?;
+    /// let info = ring.describe("movie")?;
+    /// println!("{} bytes in {} parts", info.size, info.parts);
+    /// # Ok::<(), thrifty_p2p::Error>(())
+    /// ```
+    pub fn describe(&mut self, key: impl AsRef<[u8]>) -> Result<ValueInfo> {
+        let key = key.as_ref();
+        self.on_owner(key, |c| c.describe(key))
+    }
+
+    /// Up to `length` bytes (at most 16 MiB) of the value at `key`, plain or
+    /// streamed, from byte `offset` on; fewer only at the value's end. With
+    /// `id` from [`Client::describe`], fails with [`ErrorKind::Changed`] once
+    /// the key holds another value, so pieces of two values are never mixed;
+    /// with `id` 0 it reads whatever the key holds. The node checks every
+    /// part it reads against the manifest's MD5.
+    ///
+    /// ```no_run
+    /// let mut ring = thrifty_p2p::Client::connect("127.0.0.1:9900")?;
+    /// let info = ring.describe("movie")?;
+    /// let head = ring.read_range("movie", 0, 1 << 20, info.id)?;
+    /// # Ok::<(), thrifty_p2p::Error>(())
+    /// ```
+    pub fn read_range(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        offset: u64,
+        length: u32,
+        id: u64,
+    ) -> Result<Vec<u8>> {
+        let key = key.as_ref();
+        self.on_owner(key, |c| c.read_range(key, offset, length, id))
     }
 
     /// The member that owns `key` in the entry node's view of the ring.

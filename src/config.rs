@@ -89,9 +89,10 @@ pub struct Config {
     pub anti_entropy_interval: Duration,
     /// A chunk of a streamed value that no manifest names any more (the
     /// value was replaced or deleted, or its upload never finished) is
-    /// erased once it is this old (see `node::collect`). Clients commit an
-    /// upload only within half of it, so it must exceed twice the longest
-    /// upload. Default 10 minutes.
+    /// erased once it is this old (see `node::collect`). An upload commits
+    /// only within half of it (the Rust client's own, and one opened with
+    /// `begin_upload`, which expires then; see `upload`), so it must exceed
+    /// twice the longest upload. Default 10 minutes.
     pub chunk_grace: Duration,
     /// Where to keep data on disk; `None` keeps it in memory.
     pub data_dir: Option<std::path::PathBuf>,

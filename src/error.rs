@@ -334,6 +334,39 @@ pub enum Error {
         /// How it differs.
         reason: String,
     },
+    /// `fetch` (or the 2009 `get`) of a key that holds a streamed value,
+    /// which one message does not carry. Nothing changed.
+    #[error(
+        "`{key}` holds a streamed value of {size} bytes, which fetch does not return: read it with `describe` and `read_range` (README, Large values)"
+    )]
+    Streamed {
+        /// The key, lossy UTF-8.
+        key: String,
+        /// The value's size in bytes.
+        size: u64,
+    },
+    /// A ranged read named the value it was reading (`id`), and the key now
+    /// holds another one, or none. Nothing changed.
+    #[error(
+        "the value at `{key}` was replaced while you read it; start again (describe, then read_range)"
+    )]
+    Changed {
+        /// The key, lossy UTF-8.
+        key: String,
+    },
+    /// A part or commit named an upload this node does not hold open. The
+    /// key is unchanged.
+    #[error(
+        "no open upload {upload} of `{key}` on this node ({reason}); begin a new upload with begin_upload, and send its parts and commit to the same node"
+    )]
+    NoSuchUpload {
+        /// The key, lossy UTF-8.
+        key: String,
+        /// The upload id named.
+        upload: u64,
+        /// Why: never begun here, committed, or expired.
+        reason: String,
+    },
     /// The node asked reports no ring members. Nothing changed.
     #[error("{peer} reports no ring members; check that it is a running node")]
     NoMembers {
@@ -390,6 +423,15 @@ pub enum ErrorKind {
     /// A large value is damaged on the ring (a chunk missing or corrupt, a
     /// manifest unreadable).
     Damaged,
+    /// `fetch` of a streamed value: read it with `describe` and
+    /// `read_range` (or [`crate::Client::get`], which does). Nothing changed.
+    Streamed,
+    /// The value a ranged read was reading was replaced; start again.
+    /// Nothing changed.
+    Changed,
+    /// The upload named is not open on that node (never begun there,
+    /// committed, or expired). The key is unchanged.
+    NoSuchUpload,
     /// A kind this build does not know (sent by a newer node).
     Other,
 }
@@ -429,6 +471,9 @@ impl Error {
             Error::BadManifest { .. } | Error::MissingChunk { .. } | Error::CorruptChunk { .. } => {
                 ErrorKind::Damaged
             }
+            Error::Streamed { .. } => ErrorKind::Streamed,
+            Error::Changed { .. } => ErrorKind::Changed,
+            Error::NoSuchUpload { .. } => ErrorKind::NoSuchUpload,
             Error::Remote { kind, .. } => *kind,
         }
     }

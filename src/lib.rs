@@ -32,6 +32,8 @@
 //!   differ, and the rounds that say whom a node compares with when.
 //! - [`handoff`]: which keys move after a ring change, to whom, and when a
 //!   batch may be deleted here.
+//! - [`upload`]: the uploads in parts a node holds open (`begin_upload`,
+//!   `upload_part`, `commit_upload`), bounded, and the commit's checks.
 //! - [`addr`], [`config`], [`error`]: names, settings and errors.
 //!
 //! Node:
@@ -44,7 +46,9 @@
 //!   `write` (routing, coordination, quorums), `replica` (the other side),
 //!   `members` (membership driven by [`swim`], join), `liveness` (view
 //!   agreement, pause watch, lease), `repair` (anti-entropy, hints),
-//!   `handoff`, `leave`, `listing` (a page of the node's keys).
+//!   `handoff`, `leave`, `listing` (a page of the node's keys), `collect`
+//!   (unreferenced chunks), `large` (large values for any Thrift client:
+//!   `describe`, `read_range`, uploads in parts).
 //! - [`replicate`]: per-peer batched replication, quorum acks, hints.
 //! - [`launch`]: start a node process, run it, stop it.
 //! - [`metrics`]: the node's Prometheus registry: counters where the work
@@ -103,6 +107,7 @@ pub(crate) mod swim;
 pub(crate) mod tasks;
 pub mod tls;
 pub(crate) mod transport;
+pub(crate) mod upload;
 pub(crate) mod version;
 pub(crate) mod web;
 pub mod wire;

@@ -28,10 +28,13 @@ use crate::membership::Status;
 
 /// Every method of the IDL (`thrift/*.thrift`), sorted, so a name is found
 /// by binary search; anything else counts as [`OTHER`].
-const METHODS: [&str; 32] = [
+const METHODS: [&str; 37] = [
     "absorb",
     "add",
+    "begin_upload",
+    "commit_upload",
     "debug",
+    "describe",
     "die",
     "diff_buckets",
     "enter",
@@ -49,6 +52,7 @@ const METHODS: [&str; 32] = [
     "ping",
     "probe",
     "put",
+    "read_range",
     "reconcile",
     "relay_erase",
     "relay_fetch",
@@ -61,6 +65,7 @@ const METHODS: [&str; 32] = [
     "service_types",
     "stats",
     "store",
+    "upload_part",
 ];
 
 /// The label of a method not in the IDL: unknown names are folded into one

@@ -11,6 +11,14 @@
 //! receiving node routes the chunk to the right owner; if the owner cannot be
 //! reached, the next member of the chunk's preference list takes it.
 //!
+//! Other clients get the same values through the node they call, with the
+//! IDL's large-value methods (`describe`, `read_range`, `begin_upload`,
+//! `upload_part`, `commit_upload`; `node::large`), which read and write this
+//! format. A node answers a client's `fetch` of a manifest with
+//! [`ErrorKind::Streamed`] rather than the manifest (see
+//! [`streamed_manifest`]), so this module reads a streamed value's manifest
+//! with `describe` ([`read_key`]).
+//!
 //! # Formats
 //!
 //! Chunk `i` of an upload is stored under the key
@@ -103,7 +111,7 @@ pub const MAX_CHUNK_BYTES: usize = 1 << 30;
 const HEADER_BYTES: usize = 68;
 
 /// Bytes a chunk key adds to the value's key.
-const CHUNK_KEY_OVERHEAD: usize = CHUNK_PREFIX.len() + 16;
+pub(crate) const CHUNK_KEY_OVERHEAD: usize = CHUNK_PREFIX.len() + 16;
 
 /// Room in a reply for a chunk's key and the message envelope.
 const REPLY_OVERHEAD: usize = 64 * 1024 + MAX_KEY_BYTES;
@@ -257,6 +265,81 @@ impl Manifest {
             return Err("has chunk digests that do not match its hash list".into());
         }
         Ok(Some(manifest))
+    }
+}
+
+/// The manifest of the streamed value `value` stored at `key`, if it is one:
+/// `None` for a chunk (an internal key, whose bytes may begin like a
+/// manifest), for bytes that do not start with [`MAGIC`] (a 16-byte compare,
+/// cheap enough for every `fetch`), and for bytes that start with it but do
+/// not decode (no client writes such a value plain: [`put`] streams a value
+/// that begins with [`MAGIC`], so the check is exact for values it wrote).
+pub fn streamed_manifest(key: &[u8], value: &[u8]) -> Option<Manifest> {
+    if !value.starts_with(&MAGIC) || key.starts_with(CHUNK_PREFIX) {
+        return None;
+    }
+    Manifest::decode(value).ok().flatten()
+}
+
+/// What a key holds, as `describe` tells it (see the IDL's `ValueInfo`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValueInfo {
+    /// Whether the key holds a value (false: never written, or erased).
+    pub exists: bool,
+    /// The value's size in bytes (0 when it does not exist).
+    pub size: u64,
+    /// Bytes per part: every part but the last is this long (a plain
+    /// value: its size).
+    pub part_bytes: u64,
+    /// How many parts (a plain value: 1, or 0 when empty).
+    pub parts: u64,
+    /// The value's identity for [`crate::Client::read_range`]: its upload id
+    /// when streamed, its version when plain; never 0.
+    pub id: u64,
+    /// The manifest of a streamed value; `None` for a plain one.
+    pub manifest: Option<Manifest>,
+}
+
+impl ValueInfo {
+    /// What a key that holds nothing is.
+    pub fn absent() -> ValueInfo {
+        ValueInfo {
+            exists: false,
+            size: 0,
+            part_bytes: 0,
+            parts: 0,
+            id: 0,
+            manifest: None,
+        }
+    }
+
+    /// A plain value of `size` bytes written with version stamp `stamp`.
+    pub fn plain(size: u64, stamp: u64) -> ValueInfo {
+        ValueInfo {
+            exists: true,
+            size,
+            part_bytes: size,
+            parts: u64::from(size > 0),
+            id: stamp.max(1),
+            manifest: None,
+        }
+    }
+
+    /// A streamed value behind `manifest`.
+    pub fn streamed(manifest: Manifest) -> ValueInfo {
+        ValueInfo {
+            exists: true,
+            size: manifest.size,
+            part_bytes: manifest.chunk_bytes,
+            parts: manifest.chunks(),
+            id: manifest.upload.max(1),
+            manifest: Some(manifest),
+        }
+    }
+
+    /// Whether the value is streamed (held as parts behind a manifest).
+    pub fn streamed_value(&self) -> bool {
+        self.manifest.is_some()
     }
 }
 
@@ -434,21 +517,13 @@ pub fn get_with_progress(
 ) -> Result<Option<u64>> {
     options.check()?;
     let mut control = Conn::open(source, &options.client())?;
-    let Some(value) = control.fetch(key)? else {
-        return Ok(None);
-    };
-    let manifest = match Manifest::decode(&value) {
-        Ok(Some(manifest)) => manifest,
-        Ok(None) => {
+    let manifest = match read_key(&mut control, key)? {
+        None => return Ok(None),
+        Some(Held::Streamed(manifest)) => manifest,
+        Some(Held::Plain(value)) => {
             writer.write_all(&value).map_err(Error::Output)?;
             writer.flush().map_err(Error::Output)?;
             return Ok(Some(value.len() as u64));
-        }
-        Err(reason) => {
-            return Err(Error::BadManifest {
-                key: shown(key),
-                reason,
-            });
         }
     };
     let ring = Ring::new(members(&mut control)?);
@@ -634,9 +709,59 @@ fn commit_window(control: &mut Conn) -> Result<Option<std::time::Duration>> {
 /// The manifest `key` holds now, if it holds one (read before overwriting, so
 /// that the old chunks can be erased afterwards).
 fn previous_manifest(control: &mut Conn, key: &[u8]) -> Result<Option<Manifest>> {
-    let old = control.fetch(key)?;
-    // Something unreadable is not ours to clean up; overwriting it is fine.
-    Ok(old.and_then(|v| Manifest::decode(&v).ok().flatten()))
+    match read_key(control, key) {
+        Ok(Some(Held::Streamed(manifest))) => Ok(Some(manifest)),
+        Ok(_) => Ok(None),
+        // Something unreadable is not ours to clean up; overwriting it is fine.
+        Err(e) if e.kind() == ErrorKind::Damaged => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What a key holds, as [`read_key`] finds it.
+pub(crate) enum Held {
+    /// A plain value, whole.
+    Plain(Vec<u8>),
+    /// A streamed value's manifest.
+    Streamed(Manifest),
+}
+
+/// Reads what `key` holds: `fetch` answers a plain value whole and refuses
+/// a streamed one (`ErrorKind::Streamed`), whose manifest `describe` then
+/// gives. (A node older than `describe` answered `fetch` with the manifest
+/// itself, which is decoded as before.) A value replaced between the two
+/// calls is read again.
+pub(crate) fn read_key(control: &mut Conn, key: &[u8]) -> Result<Option<Held>> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let value = match control.fetch(key) {
+            Ok(value) => value,
+            Err(e) if e.kind() == ErrorKind::Streamed => match control.describe(key)? {
+                crate::stream::ValueInfo {
+                    manifest: Some(manifest),
+                    ..
+                } => return Ok(Some(Held::Streamed(manifest))),
+                // Replaced by a plain value (or erased) in between.
+                _ if tries < 3 => continue,
+                _ => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        return match Manifest::decode(&value) {
+            Ok(Some(manifest)) if !key.starts_with(CHUNK_PREFIX) => {
+                Ok(Some(Held::Streamed(manifest)))
+            }
+            Ok(_) => Ok(Some(Held::Plain(value))),
+            Err(reason) => Err(Error::BadManifest {
+                key: shown(key),
+                reason,
+            }),
+        };
+    }
 }
 
 // ---- getting ----
@@ -906,14 +1031,15 @@ pub fn hash_list(chunk_md5s: &[[u8; 16]]) -> [u8; 16] {
     list.finalize().into()
 }
 
-fn fresh_upload_id() -> u64 {
+/// A random upload id, never 0 (`read_range` takes 0 for "no id").
+pub(crate) fn fresh_upload_id() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     hasher.write_u128(now);
     hasher.write_u32(std::process::id());
-    hasher.finish()
+    hasher.finish().max(1)
 }
 
 /// A key for messages: lossy UTF-8, since keys may be any bytes.

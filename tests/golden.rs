@@ -508,6 +508,56 @@ fn store_node_cases() -> Vec<Case> {
                 assert_eq!(message, not_a_member(run));
             }),
         },
+        // Large values: the calls whose answers do not depend on the run
+        // (no fresh upload id, no version); `begin_upload` answers a random
+        // id, so only its request is pinned by the cases that name an upload.
+        Case {
+            name: "describe.missing",
+            args: "key 00 'no such key' ff",
+            request: Method(|c| c.describe(MISSING_KEY.to_vec()).map(drop)),
+            answer: reply(|r, _| {
+                let info = expect_reply(r, |c| c.describe(Vec::new()));
+                assert_eq!(info.exists, Some(false));
+                assert_eq!(
+                    (info.size, info.id, info.manifest),
+                    (Some(0), Some(0), None)
+                );
+            }),
+        },
+        Case {
+            name: "read_range.missing",
+            args: "key 00 'no such key' ff, offset 2^32, length 1 MiB, id 0",
+            request: Method(|c| {
+                c.read_range(MISSING_KEY.to_vec(), 1 << 32, 1 << 20, 0)
+                    .map(drop)
+            }),
+            answer: reply(|r, _| {
+                let message = expect_store_error(r, |c| c.read_range(Vec::new(), 0, 0, 0));
+                assert!(message.contains("holds no value"), "{message}");
+            }),
+        },
+        Case {
+            name: "upload_part.unknown",
+            args: "key ff 'golden' 00 'key' fe, upload -2, index 3, data 00 7f 80 ff 'value'",
+            request: Method(|c| c.upload_part(KEY.to_vec(), -2, 3, VALUE.to_vec())),
+            answer: reply(|r, _| {
+                let message =
+                    expect_store_error(r, |c| c.upload_part(Vec::new(), 0, 0, Vec::new()));
+                assert!(
+                    message.contains("no open upload 18446744073709551614"),
+                    "{message}"
+                );
+            }),
+        },
+        Case {
+            name: "commit_upload.unknown",
+            args: "key ff 'golden' 00 'key' fe, upload 7",
+            request: Method(|c| c.commit_upload(KEY.to_vec(), 7).map(drop)),
+            answer: reply(|r, _| {
+                let message = expect_store_error(r, |c| c.commit_upload(Vec::new(), 0));
+                assert!(message.contains("no open upload 7"), "{message}");
+            }),
+        },
         Case {
             name: "stats",
             args: "(after every call above)",

@@ -1,6 +1,8 @@
 //! A Thrift client written by others, Python's thriftpy2, against a 3-node
 //! ring. `tests/python/compat.py` builds its client from the IDL files in
-//! `thrift/` alone and checks the 2009 methods and the thrifty-p2p additions.
+//! `thrift/` alone and checks the 2009 methods and the thrifty-p2p additions;
+//! `tests/python/large.py` streams large values in and out through the
+//! large-value methods alone, with a bounded buffer.
 
 mod common;
 
@@ -48,6 +50,35 @@ fn a_python_thriftpy2_client_built_from_our_idl_works_against_a_three_node_ring(
     let out = Command::new("python3")
         .arg(&script)
         .args(nodes.map(|n| n.addr.to_string()))
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{} failed ({}):\n---- stdout\n{stdout}---- stderr\n{stderr}",
+        script.display(),
+        out.status
+    );
+    println!("{stdout}");
+}
+
+/// MiB piped into `storeput` and read back by `tests/python/large.py` (a
+/// quarter of it uploaded in parts). 300 MiB takes about 11 s here with the
+/// debug builds tests use (the script prints MiB/s with `--nocapture`).
+const LARGE_MIB: usize = 300;
+
+#[test]
+fn a_python_client_streams_large_values_in_and_out_through_the_idl_alone() {
+    require_thriftpy2();
+    let nodes = common::start_ring(3, &[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/large.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(env!("CARGO_BIN_EXE_storeput"))
+        .arg(env!("CARGO_BIN_EXE_storeget"))
+        .arg(LARGE_MIB.to_string())
+        .args(nodes.iter().map(|n| n.addr.to_string()))
         .output()
         .expect("run python3");
     let stdout = String::from_utf8_lossy(&out.stdout);

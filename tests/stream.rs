@@ -7,8 +7,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{NodeProc, run_tool, start_ring};
+use thrifty_p2p::ErrorKind;
 use thrifty_p2p::stream::{MAGIC, Manifest, Options, Written};
-use thrifty_p2p::wire::idl::diststore::TPeerSyncClient;
+use thrifty_p2p::wire::Conn;
+use thrifty_p2p::wire::idl::diststore::{TPeerSyncClient, TStoreSyncClient};
 use thrifty_p2p::wire::idl::locator::TLocatorSyncClient;
 
 const MIB: usize = 1 << 20;
@@ -28,17 +30,19 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// The manifest stored at `key`, read as a plain value through `node`.
+/// The manifest stored at `key`, as `describe` through `node` tells it.
 fn manifest_at(node: &NodeProc, key: &str) -> Manifest {
-    // A `Client` would read the value whole; the raw connection does not.
-    let raw = thrifty_p2p::wire::Conn::open(&node.addr, &Default::default())
+    // A `Client` would read the value whole; `describe` does not.
+    conn(node)
+        .describe(key.as_bytes())
         .unwrap()
-        .fetch(key.as_bytes())
-        .unwrap()
-        .expect("the key is stored");
-    Manifest::decode(&raw)
-        .expect("a valid manifest")
+        .manifest
         .expect("the value was streamed, so the key holds a manifest")
+}
+
+/// A raw connection to `node`, one Thrift call per method.
+fn conn(node: &NodeProc) -> Conn {
+    Conn::open(&node.addr, &Default::default()).unwrap()
 }
 
 fn small_chunks(chunk_bytes: usize) -> Options {
@@ -196,6 +200,19 @@ fn a_missing_or_corrupt_chunk_makes_storeget_fail_naming_the_chunk_and_its_owner
     assert!(err.contains("chunk 3 of 5"), "unclear message: {err}");
     assert!(err.contains("corrupt"), "unclear message: {err}");
     assert!(err.contains(&owner.to_string()), "owner not named: {err}");
+
+    // A node's `read_range` checks the chunks it reads the same way, and
+    // ranges that avoid the damaged chunk still read.
+    let mut ring = nodes[1].session();
+    for (key, index, what) in [("erased", 2, "missing"), ("corrupted", 3, "corrupt")] {
+        let offset = (index * MIB) as u64 + 10;
+        let error = ring.read_range(key, offset, 10, 0).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains(&format!("chunk {index} of 5")), "{text}");
+        assert!(text.contains(what), "{text}");
+        let fine = ring.read_range(key, 0, MIB as u32, 0).unwrap();
+        assert!(fine == pseudo_random(5 * MIB, 5)[..MIB]);
+    }
 }
 
 #[test]
@@ -521,5 +538,302 @@ fn an_upload_slower_than_half_the_chunk_grace_is_not_committed_and_the_key_keeps
         "{error}"
     );
     assert!(error.to_string().contains("--chunk-grace"), "{error}");
+    assert_eq!(ring.get("doc").unwrap().as_deref(), Some(&b"before"[..]));
+}
+
+// ---- large values through the IDL alone (describe, read_range, uploads in parts) ----
+
+/// Uploads `value` in parts of `part` bytes through `conn`, last part
+/// first (parts may come in any order), and commits it.
+fn upload_in_parts(
+    conn: &mut Conn,
+    key: &[u8],
+    value: &[u8],
+    part: usize,
+) -> thrifty_p2p::stream::ValueInfo {
+    let upload = conn.begin_upload(key).unwrap();
+    assert_ne!(upload, 0, "no upload has id 0");
+    let parts: Vec<&[u8]> = value.chunks(part).collect();
+    for (index, data) in parts.iter().enumerate().rev() {
+        conn.upload_part(key, upload, index as u64, data).unwrap();
+    }
+    conn.commit_upload(key, upload).unwrap()
+}
+
+#[test]
+fn a_value_uploaded_in_parts_reads_back_in_any_range_through_any_node() {
+    let nodes = start_ring(3, &[]);
+    let value = pseudo_random(5 * MIB + 12_345, 31);
+    let info = upload_in_parts(&mut conn(&nodes[0]), b"parts", &value, 2 * MIB);
+    assert!(info.exists && info.streamed_value());
+    assert_eq!(
+        (info.size, info.part_bytes, info.parts),
+        (value.len() as u64, 2 * MIB as u64, 3)
+    );
+
+    // Every node describes the same value.
+    for node in &nodes {
+        let seen = conn(node).describe(b"parts").unwrap();
+        assert_eq!(seen, info, "as {} describes it", node.addr);
+    }
+    // Ranges within a part, across parts, at the end, past the end.
+    let mut ring = nodes[2].session();
+    let len = value.len() as u64;
+    for (offset, length) in [
+        (0, 10),
+        (2 * MIB as u64 - 3, 7),
+        (MIB as u64, 3 * MIB as u32),
+        (len - 5, 100),
+        (len, 10),
+        (0, 16 << 20),
+    ] {
+        let got = ring.read_range("parts", offset, length, info.id).unwrap();
+        let end = len.min(offset + u64::from(length));
+        assert!(
+            got == value[offset as usize..end as usize],
+            "range {offset}+{length} differs"
+        );
+    }
+    let past = ring.read_range("parts", len + 1, 1, info.id).unwrap_err();
+    assert_eq!(past.kind(), ErrorKind::Refused, "{past}");
+    assert!(past.to_string().contains("past the end"), "{past}");
+
+    // The Rust client streams it from the chunks' owners, as any streamed value.
+    assert!(ring.get("parts").unwrap().unwrap() == value);
+    let peer = nodes[1].addr.to_string();
+    let (code, out, err) = run_tool("storeget", &["--peer", &peer, "parts"], None);
+    assert_eq!(code, 0, "storeget failed: {err}");
+    assert!(out == value, "storeget read back another value");
+
+    // A plain value reads in ranges too, and its id is its version.
+    ring.put("plain", "hello, world").unwrap();
+    let plain = ring.describe("plain").unwrap();
+    assert!(plain.exists && !plain.streamed_value() && plain.id != 0);
+    assert_eq!((plain.size, plain.parts), (12, 1));
+    assert_eq!(
+        ring.read_range("plain", 7, 100, plain.id).unwrap(),
+        b"world"
+    );
+    let absent = ring.describe("never").unwrap();
+    assert!(!absent.exists);
+}
+
+#[test]
+fn fetch_of_a_streamed_value_names_the_streaming_methods_instead_of_answering_the_manifest() {
+    let nodes = start_ring(3, &[]);
+    let value = pseudo_random(3 * MIB, 32);
+    let session = nodes[0].session();
+    thrifty_p2p::stream::put(session.entry(), b"big", &value[..], &small_chunks(MIB)).unwrap();
+
+    for node in &nodes {
+        let error = conn(node).fetch(b"big").unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Streamed, "{error}");
+        let text = error.to_string();
+        for needed in [
+            "`big` holds a streamed value of 3145728 bytes",
+            "`describe`",
+            "`read_range`",
+        ] {
+            assert!(text.contains(needed), "{text}");
+        }
+        // The 2009 `get` declares no exception: an application error, same words.
+        let error = node.client().get("big".into()).unwrap_err();
+        match error {
+            thrift::Error::Application(app) => {
+                assert!(
+                    app.message
+                        .contains("read it with `describe` and `read_range`"),
+                    "{app:?}"
+                )
+            }
+            other => panic!("expected an application error, got {other:?}"),
+        }
+    }
+    // The chunks themselves are plain values, whatever their bytes.
+    let manifest = manifest_at(&nodes[1], "big");
+    let chunk = conn(&nodes[2])
+        .fetch(&manifest.chunk_key(b"big", 0))
+        .unwrap();
+    assert_eq!(chunk.as_deref(), Some(&value[..MIB]));
+    // The Rust client reads it whole, and knows it exists.
+    let mut ring = nodes[2].session();
+    assert!(ring.get("big").unwrap().unwrap() == value);
+    assert!(ring.contains("big").unwrap());
+}
+
+#[test]
+fn a_reader_holding_the_values_id_is_told_changed_when_it_is_replaced_mid_read() {
+    let nodes = start_ring(3, &[]);
+    let first = pseudo_random(3 * MIB, 33);
+    let second = pseudo_random(3 * MIB, 34);
+    let mut ring = nodes[1].session();
+    let info = upload_in_parts(&mut conn(&nodes[0]), b"doc", &first, MIB);
+    let head = ring.read_range("doc", 0, MIB as u32, info.id).unwrap();
+    assert!(head == first[..MIB]);
+
+    // Replaced by another streamed value, then by a plain one, then erased.
+    let replaced = upload_in_parts(&mut conn(&nodes[2]), b"doc", &second, MIB);
+    assert_ne!(replaced.id, info.id);
+    let error = ring
+        .read_range("doc", MIB as u64, MIB as u32, info.id)
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Changed, "{error}");
+    assert!(error.to_string().contains("start again"), "{error}");
+    // Without the id, the reader gets whatever the key holds now.
+    let now = ring.read_range("doc", MIB as u64, MIB as u32, 0).unwrap();
+    assert!(now == second[MIB..2 * MIB]);
+    // The replaced value's chunks were erased by the commit.
+    for index in 0..3 {
+        let chunk = thrifty_p2p::stream::chunk_key(b"doc", info.id, index);
+        assert_eq!(
+            ring.get(&chunk).unwrap(),
+            None,
+            "chunk {index} was left behind"
+        );
+    }
+    ring.put("doc", "small").unwrap();
+    let error = ring.read_range("doc", 0, 5, replaced.id).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Changed, "{error}");
+    ring.delete("doc").unwrap();
+    let error = ring.read_range("doc", 0, 5, replaced.id).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Changed, "{error}");
+    let error = ring.read_range("doc", 0, 5, 0).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Refused, "{error}");
+}
+
+#[test]
+fn uploads_that_break_the_limits_are_refused_and_leave_the_key_unchanged() {
+    let nodes = start_ring(3, &["--max-value-bytes", &(2 * MIB).to_string()]);
+    let mut ring = nodes[0].session();
+    ring.put("doc", "before").unwrap();
+    let mut c = conn(&nodes[1]);
+    let upload = c.begin_upload(b"doc").unwrap();
+    let refused = |e: thrifty_p2p::Error, kind: ErrorKind, words: &str| {
+        assert_eq!(e.kind(), kind, "{e}");
+        assert!(e.to_string().contains(words), "{e}");
+    };
+
+    // A part longer than the node's largest value, an index out of range.
+    let big = vec![7u8; 2 * MIB + 1];
+    refused(
+        c.upload_part(b"doc", upload, 0, &big).unwrap_err(),
+        ErrorKind::TooLarge,
+        "exceeds the limit",
+    );
+    refused(
+        c.upload_part(b"doc", upload, 1 << 16, b"x").unwrap_err(),
+        ErrorKind::Refused,
+        "out of range",
+    );
+    let negative = nodes[1]
+        .client()
+        .upload_part(b"doc".to_vec(), upload as i64, -1, b"x".to_vec());
+    assert!(format!("{negative:?}").contains("negative"), "{negative:?}");
+    refused(
+        c.upload_part(b"doc", upload, 0, b"").unwrap_err(),
+        ErrorKind::Refused,
+        "empty",
+    );
+    // Parts of another key, or of an upload this node never began.
+    refused(
+        c.upload_part(b"other", upload, 0, b"x").unwrap_err(),
+        ErrorKind::NoSuchUpload,
+        "another key",
+    );
+    let elsewhere = conn(&nodes[2])
+        .upload_part(b"doc", upload, 0, b"x")
+        .unwrap_err();
+    refused(elsewhere, ErrorKind::NoSuchUpload, "begin a new upload");
+
+    // A commit with a part missing, or parts of unequal length.
+    c.upload_part(b"doc", upload, 0, b"abcd").unwrap();
+    c.upload_part(b"doc", upload, 2, b"ab").unwrap();
+    refused(
+        c.commit_upload(b"doc", upload).unwrap_err(),
+        ErrorKind::Refused,
+        "part 1 of upload",
+    );
+    assert_eq!(ring.get("doc").unwrap().as_deref(), Some(&b"before"[..]));
+    c.upload_part(b"doc", upload, 1, b"abc").unwrap();
+    refused(
+        c.commit_upload(b"doc", upload).unwrap_err(),
+        ErrorKind::Refused,
+        "holds 3 bytes",
+    );
+    assert_eq!(ring.get("doc").unwrap().as_deref(), Some(&b"before"[..]));
+    // Still open: the part sent again, the commit goes through.
+    c.upload_part(b"doc", upload, 1, b"efgh").unwrap();
+    let info = c.commit_upload(b"doc", upload).unwrap();
+    assert_eq!(info.size, 10);
+    assert_eq!(
+        ring.get("doc").unwrap().as_deref(),
+        Some(&b"abcdefghab"[..])
+    );
+    refused(
+        c.commit_upload(b"doc", upload).unwrap_err(),
+        ErrorKind::NoSuchUpload,
+        "already committed",
+    );
+
+    // Ranges longer than 16 MiB or than this node's largest message (2 MiB
+    // here), or negative.
+    refused(
+        ring.read_range("doc", 0, (16 << 20) + 1, 0).unwrap_err(),
+        ErrorKind::Refused,
+        "longer than read_range answers",
+    );
+    refused(
+        ring.read_range("doc", 0, 2 * MIB as u32 + 1, 0)
+            .unwrap_err(),
+        ErrorKind::Refused,
+        "answers here (2097152 bytes)",
+    );
+    assert_eq!(
+        ring.read_range("doc", 0, 2 * MIB as u32, 0).unwrap(),
+        b"abcdefghab"
+    );
+    // A range over more than 1,024 parts (1-byte parts here) is refused;
+    // one over 1,024 of them reads.
+    let tiny: Vec<u8> = (0..1025u32).map(|i| i as u8).collect();
+    let info = upload_in_parts(&mut c, b"tiny", &tiny, 1);
+    assert_eq!(info.parts, 1025);
+    refused(
+        ring.read_range("tiny", 0, 1025, info.id).unwrap_err(),
+        ErrorKind::Refused,
+        "at most 1024 parts",
+    );
+    assert!(ring.read_range("tiny", 1, 1024, info.id).unwrap() == tiny[1..]);
+    let negative = nodes[0].client().read_range(b"doc".to_vec(), -1, 1, 0);
+    assert!(format!("{negative:?}").contains("negative"), "{negative:?}");
+
+    // No more than 256 uploads open on one node.
+    for _ in 0..256 {
+        c.begin_upload(b"many").unwrap();
+    }
+    refused(
+        c.begin_upload(b"many").unwrap_err(),
+        ErrorKind::Refused,
+        "256 open uploads",
+    );
+    // Other nodes keep their own tables.
+    conn(&nodes[2]).begin_upload(b"many").unwrap();
+}
+
+#[test]
+fn an_upload_not_committed_within_half_the_chunk_grace_expires_and_the_key_keeps_its_value() {
+    let nodes = start_ring(1, &["--chunk-grace", "1"]);
+    let mut ring = nodes[0].session();
+    ring.put("doc", "before").unwrap();
+    let mut c = conn(&nodes[0]);
+    let upload = c.begin_upload(b"doc").unwrap();
+    c.upload_part(b"doc", upload, 0, b"new").unwrap();
+    // Half a second after it began, the upload is gone.
+    let expired = common::wait_until(Duration::from_secs(10), || {
+        c.upload_part(b"doc", upload, 1, b"x")
+            .is_err_and(|e| e.kind() == ErrorKind::NoSuchUpload)
+    });
+    assert!(expired, "the upload never expired");
+    let error = c.commit_upload(b"doc", upload).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::NoSuchUpload, "{error}");
     assert_eq!(ring.get("doc").unwrap().as_deref(), Some(&b"before"[..]));
 }

@@ -38,6 +38,25 @@ enum ErrorKind {
    * and `authenticate`). Nothing changed.
    */
   UNAUTHORIZED = 14,
+  /**
+   * `fetch` (or the 2009 `get`) of a key that holds a streamed value: one
+   * stored in parts behind a manifest, which those methods do not return.
+   * Read it with `describe` and `read_range`. Nothing changed.
+   */
+  STREAMED = 15,
+  /**
+   * `read_range` was given the `id` of the value being read, and the key now
+   * holds another value (or none): the value was replaced while you read it;
+   * start again from `describe`. Nothing changed.
+   */
+  CHANGED = 16,
+  /**
+   * `upload_part` or `commit_upload` named an upload this node does not hold
+   * open: never begun here (uploads live on the node that began them), already
+   * committed, or expired (older than half the node's `--chunk-grace`).
+   * Begin a new upload. The key is unchanged.
+   */
+  NO_SUCH_UPLOAD = 17,
 }
 
 /**
@@ -116,6 +135,39 @@ struct KeyPage {
   2: optional binary resume,
 }
 
+/**
+ * What `describe` tells of the value at a key (README, Large values). A value
+ * is read in parts of `part_bytes`, or in any ranges, with `read_range`.
+ */
+struct ValueInfo {
+  /** Whether the key holds a value; false: never written, or erased. */
+  1: bool exists,
+  /** The value's size in bytes (0 when it does not exist). */
+  2: i64 size,
+  /**
+   * Whether it is stored streamed: as parts behind a manifest (uploaded with
+   * `begin_upload`, or by a client that streams large values), which `fetch`
+   * does not return; false for a plain value, which `fetch` returns whole.
+   */
+  3: bool streamed,
+  /** Bytes per part; every part but the last is this long (a plain value: its size). */
+  4: i64 part_bytes,
+  /** How many parts (a plain value: 1, or 0 when empty). */
+  5: i64 parts,
+  /**
+   * The value's identity: its upload id when streamed, its version when
+   * plain; never 0. Pass it to `read_range` as `id` so that a read spanning
+   * several calls is told CHANGED rather than stitch two values together.
+   */
+  6: i64 id,
+  /**
+   * A streamed value's manifest, raw (layout in src/stream.rs): a client
+   * that knows it may fetch the parts straight from their owners, several at
+   * a time. Other clients ignore it.
+   */
+  7: optional binary manifest,
+}
+
 service Store extends locator.Locator {
   // ---- the original interface ----
   /** The value stored at `key`, routed to its owner; "" when absent. */
@@ -156,6 +208,62 @@ service Store extends locator.Locator {
    * DEAD or LEFT). For status tools; nodes exchange tables with `gossip`.
    */
   list<locator.Member> members(),
+
+  // ---- large values (README, Large values) ----
+  // A value larger than one message (`--max-value-bytes`, 64 MiB by default;
+  // a client may choose smaller parts) is stored streamed: in parts under
+  // internal keys, with a manifest at the key written last, so a reader sees
+  // the old value or the whole new one, never a mix. `fetch` of such a key
+  // answers StoreError STREAMED; these methods read and write it with a
+  // bounded buffer from any Thrift client. Sizes up to 2^63 - 1 bytes are
+  // representable; a node takes at most 65,536 parts per upload (512 GiB in
+  // parts of 8 MiB; 4 GiB in parts of 64 KiB).
+
+  /**
+   * What the key holds: whether it exists, its size, whether it is streamed,
+   * its part size and count, and its identity (`id`) for `read_range`. Works
+   * for plain and streamed values alike.
+   */
+  ValueInfo describe(1: binary key) throws (1: StoreError err),
+  /**
+   * Up to `length` bytes of the value at `key` from byte `offset` on, plain
+   * or streamed: fewer only at the end of the value (an empty answer at its
+   * end). `length` is at most 16 MiB (16,777,216), or the node's
+   * `--max-value-bytes` if smaller, and a range spans at most 1,024 parts;
+   * a longer one is refused with REFUSED. The node reads the parts covering the range and checks
+   * each against its MD5 in the manifest. With `id` from `describe`, a key
+   * that now holds another value answers CHANGED, so a reader never stitches
+   * two values together; with `id` 0 (no value has that id), each call reads
+   * whatever the key holds then. A key that holds nothing answers REFUSED
+   * (CHANGED when `id` is given).
+   */
+  binary read_range(1: binary key, 2: i64 offset, 3: i32 length, 4: i64 id) throws (1: StoreError err),
+  /**
+   * Opens an upload to `key` on this node and returns its id. Upload state
+   * lives on this node: send every part and the commit to the same node. At
+   * most 256 uploads are open on a node at once (REFUSED beyond), and an
+   * upload must be committed within half the node's `--chunk-grace` (5
+   * minutes by default; `stats` reports the grace as `chunk_grace_ms`), or
+   * it expires (NO_SUCH_UPLOAD) and its parts are collected. The key is
+   * unchanged until `commit_upload`.
+   */
+  i64 begin_upload(1: binary key) throws (1: StoreError err),
+  /**
+   * Stores part `index` (0, 1, ...; at most 65,535) of an upload: 1 byte to
+   * `--max-value-bytes` bytes, every part but the last of one length. Parts
+   * may come in any order, and a part sent again replaces the earlier one;
+   * one part at a time per index. Returns once a write quorum stored it.
+   */
+  void upload_part(1: binary key, 2: i64 upload, 3: i64 index, 4: binary data) throws (1: StoreError err),
+  /**
+   * Makes the upload the value at `key`, all at once: checks that parts 0 to
+   * n-1 are all there and that all but the last have one length, then writes
+   * the manifest at the key (readers see the old value or the new one, never
+   * a mix) and erases the previous streamed value's parts. A refused commit
+   * (REFUSED: a part missing or of the wrong length) leaves the key unchanged
+   * and the upload open. Answers what `describe` would.
+   */
+  ValueInfo commit_upload(1: binary key, 2: i64 upload) throws (1: StoreError err),
 
   // ---- access control (see README, Security) ----
   /**

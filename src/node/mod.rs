@@ -23,6 +23,8 @@
 //! - [`handoff`]: keys that moved away go to their new replicas.
 //! - [`leave`]: stopping, and the graceful leave.
 //! - [`collect`]: erasing chunks no value points at any more.
+//! - [`large`]: large values for any Thrift client: `describe`,
+//!   `read_range`, and uploads in parts committed at once.
 //!
 //! # What keeps the guarantee (README, "Consistency model")
 //!
@@ -64,11 +66,13 @@ use crate::store::Store;
 use crate::swim::{Config as SwimConfig, Swim};
 use crate::tasks::{Signal, Tasks};
 use crate::transport::{BoxFuture, Transport};
+use crate::upload::Uploads;
 use crate::version::{Clock, WallClock};
 
 mod collect;
 pub use collect::GRACE_STAT;
 mod handoff;
+mod large;
 mod leave;
 mod listing;
 mod liveness;
@@ -188,6 +192,8 @@ pub struct Node {
     /// Keys this node holds but no longer replicates, as its latest handoff
     /// pass found them, less those moved since.
     handoff_pending: AtomicUsize,
+    /// Uploads in parts open on this node (see [`large`]).
+    uploads: parking_lot::Mutex<Uploads>,
 }
 
 /// The parts a node is built from.
@@ -272,6 +278,7 @@ impl Node {
             disagreed: AtomicU64::new(0),
             views: parking_lot::Mutex::new(BTreeMap::new()),
             metrics: Metrics::new(),
+            uploads: parking_lot::Mutex::new(Uploads::new(config.chunk_grace / 2)),
             config,
             me,
         })

@@ -319,10 +319,15 @@ pub fn encode_reply(
 /// Methods whose IDL declares `throws (1: StoreError err)`: a refusal is
 /// answered as that exception (with its kind); other methods get a Thrift
 /// application exception carrying the same message.
-pub const STORE_ERROR_METHODS: [&str; 13] = [
+pub const STORE_ERROR_METHODS: [&str; 18] = [
     "fetch",
     "store",
     "erase",
+    "describe",
+    "read_range",
+    "begin_upload",
+    "upload_part",
+    "commit_upload",
     "authenticate",
     "relay_fetch",
     "relay_store",

@@ -328,6 +328,48 @@ impl Conn {
         self.done(result)
     }
 
+    /// `describe`: what `key` holds (size, parts, identity, a streamed
+    /// value's manifest).
+    pub fn describe(&mut self, key: &[u8]) -> Result<crate::stream::ValueInfo> {
+        let result = self.client.describe(key.to_vec());
+        let info = self.done(result)?;
+        convert::value_info_from(key, info)
+    }
+
+    /// `read_range`: up to `length` bytes of the value at `key` from
+    /// `offset` on; `id` 0 reads whatever the key holds, another id fails
+    /// with `ErrorKind::Changed` once the key holds another value.
+    pub fn read_range(&mut self, key: &[u8], offset: u64, length: u32, id: u64) -> Result<Vec<u8>> {
+        let offset = i64::try_from(offset).unwrap_or(i64::MAX);
+        let length = i32::try_from(length).unwrap_or(i32::MAX);
+        let result = self
+            .client
+            .read_range(key.to_vec(), offset, length, id as i64);
+        self.done(result)
+    }
+
+    /// `begin_upload`: opens an upload in parts to `key` on this node.
+    pub fn begin_upload(&mut self, key: &[u8]) -> Result<u64> {
+        let result = self.client.begin_upload(key.to_vec());
+        Ok(self.done(result)? as u64)
+    }
+
+    /// `upload_part`: stores part `index` of `upload`.
+    pub fn upload_part(&mut self, key: &[u8], upload: u64, index: u64, data: &[u8]) -> Result<()> {
+        let index = i64::try_from(index).unwrap_or(i64::MAX);
+        let result = self
+            .client
+            .upload_part(key.to_vec(), upload as i64, index, data.to_vec());
+        self.done(result)
+    }
+
+    /// `commit_upload`: makes `upload` the value at `key`, at once.
+    pub fn commit_upload(&mut self, key: &[u8], upload: u64) -> Result<crate::stream::ValueInfo> {
+        let result = self.client.commit_upload(key.to_vec(), upload as i64);
+        let info = self.done(result)?;
+        convert::value_info_from(key, info)
+    }
+
     /// Erases `key` (a tombstone keeps older copies from coming back).
     pub fn erase(&mut self, key: &[u8]) -> Result<()> {
         let result = self.client.erase(key.to_vec());

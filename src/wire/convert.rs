@@ -2,12 +2,14 @@
 
 use super::idl::diststore::{
     Entry, ErrorKind as WireKind, KeyPage, ListedKey, Lookup, Replica, StoreError,
+    ValueInfo as WireInfo,
 };
 use super::idl::locator::{Location, Member, MemberStatus};
 use crate::addr::NodeAddr;
 use crate::error::{Error, ErrorKind};
 use crate::membership::{MemberState, Status};
 use crate::store::{Listed, Stored};
+use crate::stream::{Manifest, ValueInfo};
 use crate::version::Version;
 
 /// A `Location` for an address. The port travels as a signed 16-bit number, so
@@ -44,6 +46,9 @@ pub fn store_error(error: &Error) -> StoreError {
         ErrorKind::Unreachable => WireKind::UNREACHABLE,
         ErrorKind::Rpc => WireKind::RPC,
         ErrorKind::Unauthorized => WireKind::UNAUTHORIZED,
+        ErrorKind::Streamed => WireKind::STREAMED,
+        ErrorKind::Changed => WireKind::CHANGED,
+        ErrorKind::NoSuchUpload => WireKind::NO_SUCH_UPLOAD,
         _ => WireKind::OTHER,
     };
     // A remote error passed on keeps its text; ours is the whole message.
@@ -72,6 +77,9 @@ pub fn remote_error(peer: &NodeAddr, error: StoreError) -> Error {
         Some(WireKind::UNREACHABLE) => ErrorKind::Unreachable,
         Some(WireKind::RPC) => ErrorKind::Rpc,
         Some(WireKind::UNAUTHORIZED) => ErrorKind::Unauthorized,
+        Some(WireKind::STREAMED) => ErrorKind::Streamed,
+        Some(WireKind::CHANGED) => ErrorKind::Changed,
+        Some(WireKind::NO_SUCH_UPLOAD) => ErrorKind::NoSuchUpload,
         Some(_) => ErrorKind::Other,
     };
     Error::Remote {
@@ -79,6 +87,46 @@ pub fn remote_error(peer: &NodeAddr, error: StoreError) -> Error {
         kind,
         message: error.message.unwrap_or_default(),
     }
+}
+
+/// What `describe` answers, for the wire (the manifest raw).
+pub fn value_info(info: &ValueInfo) -> WireInfo {
+    WireInfo::new(
+        info.exists,
+        info.size as i64,
+        info.streamed_value(),
+        info.part_bytes as i64,
+        info.parts as i64,
+        info.id as i64,
+        info.manifest.as_ref().map(Manifest::encode),
+    )
+}
+
+/// What a node's `describe` answered. A manifest that does not decode is
+/// damage, told as such rather than read as something else.
+pub fn value_info_from(key: &[u8], info: WireInfo) -> Result<ValueInfo, Error> {
+    let manifest = match info.manifest {
+        Some(bytes) => match Manifest::decode(&bytes) {
+            Ok(Some(manifest)) => Some(manifest),
+            Ok(None) => None,
+            Err(reason) => {
+                return Err(Error::BadManifest {
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    reason,
+                });
+            }
+        },
+        None => None,
+    };
+    let number = |n: Option<i64>| n.unwrap_or(0) as u64;
+    Ok(ValueInfo {
+        exists: info.exists.unwrap_or(false),
+        size: number(info.size),
+        part_bytes: number(info.part_bytes),
+        parts: number(info.parts),
+        id: number(info.id),
+        manifest,
+    })
 }
 
 /// A member row for the wire.
@@ -298,6 +346,16 @@ mod tests {
             Error::Rpc {
                 peer: "x".into(),
                 reason: "r".into(),
+            },
+            Error::Streamed {
+                key: "k".into(),
+                size: 5 << 30,
+            },
+            Error::Changed { key: "k".into() },
+            Error::NoSuchUpload {
+                key: "k".into(),
+                upload: 7,
+                reason: "expired".into(),
             },
         ] {
             let back = remote_error(&peer, store_error(&error));

@@ -9,7 +9,9 @@ use parking_lot::Mutex;
 use thrift::{ApplicationError, ApplicationErrorKind};
 
 use super::convert;
-use super::idl::diststore::{Entry, KeyPage, Lookup, PeerSyncHandler, Replica, StoreSyncHandler};
+use super::idl::diststore::{
+    Entry, KeyPage, Lookup, PeerSyncHandler, Replica, StoreSyncHandler, ValueInfo,
+};
 use super::idl::locator::{BaseSyncHandler, Location, LocatorSyncHandler, Member};
 use crate::addr::NodeAddr;
 use crate::auth::Session;
@@ -92,6 +94,28 @@ fn app_error(error: Error) -> thrift::Error {
         ApplicationErrorKind::InternalError,
         error.to_string(),
     ))
+}
+
+/// Runs one of the node's async operations to its end from the generated
+/// (synchronous) processor. The large-value methods wait on other nodes
+/// (their parts and manifests go through the routed, replicated read and
+/// write paths), and they are neither frequent nor small enough to be worth
+/// decoding by hand like the hot methods ([`super::codec`]); so the
+/// processor's call hands its tokio worker over to the runtime's other tasks
+/// (`block_in_place`) while this one waits. That needs the multi-threaded
+/// runtime every node process runs on; anywhere else (a processor built for
+/// a test or a fuzz target) the call is refused rather than panic.
+fn wait<T>(operation: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| handle.block_on(operation))
+        }
+        _ => Err(Error::Refused {
+            peer: "this node".into(),
+            message: "large-value methods are served only by a node process".into(),
+        }),
+    }
 }
 
 /// The calling node named in an anti-entropy call.
@@ -228,6 +252,43 @@ impl StoreSyncHandler for Handler {
 
     fn handle_members(&self) -> thrift::Result<Vec<Member>> {
         Ok(self.node.table().iter().map(convert::member).collect())
+    }
+
+    fn handle_describe(&self, key: Vec<u8>) -> thrift::Result<ValueInfo> {
+        let info = wait(self.node.describe(&key)).map_err(store_error)?;
+        Ok(convert::value_info(&info))
+    }
+
+    fn handle_read_range(
+        &self,
+        key: Vec<u8>,
+        offset: i64,
+        length: i32,
+        id: i64,
+    ) -> thrift::Result<Vec<u8>> {
+        wait(self.node.read_range(&key, offset, length, id)).map_err(store_error)
+    }
+
+    fn handle_begin_upload(&self, key: Vec<u8>) -> thrift::Result<i64> {
+        self.node
+            .begin_upload(&key)
+            .map(|id| id as i64)
+            .map_err(store_error)
+    }
+
+    fn handle_upload_part(
+        &self,
+        key: Vec<u8>,
+        upload: i64,
+        index: i64,
+        data: Vec<u8>,
+    ) -> thrift::Result<()> {
+        wait(self.node.upload_part(&key, upload, index, &data)).map_err(store_error)
+    }
+
+    fn handle_commit_upload(&self, key: Vec<u8>, upload: i64) -> thrift::Result<ValueInfo> {
+        let info = wait(self.node.commit_upload(&key, upload)).map_err(store_error)?;
+        Ok(convert::value_info(&info))
     }
 
     fn handle_hello(&self, nonce: Vec<u8>) -> thrift::Result<Vec<u8>> {

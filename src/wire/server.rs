@@ -172,13 +172,14 @@ enum Closed {
 /// Methods whose replies carry values, so may be as large as a message (or,
 /// for `peek` and `reconcile`, hold several); every other reply is a few
 /// bytes or the member table.
-const VALUE_REPLIES: [&str; 6] = [
+const VALUE_REPLIES: [&str; 7] = [
     "get",
     "fetch",
     "relay_fetch",
     "replica_read",
     "peek",
     "reconcile",
+    "read_range",
 ];
 
 /// Bytes a connection reads at a time while it does not know how long its
@@ -580,17 +581,20 @@ async fn serve_hot(node: &Arc<Node>, method: Method, call: Call) -> Result<Answe
         Call::Read { key, hops } => {
             // A relayed read answers with the copy's version, which only the
             // waiting path gives.
-            if matches!(method, Method::Get | Method::Fetch)
-                && let Some(now) = node.fetch_now(&key, hops)
-            {
-                return now.map(|value| {
-                    Answer::Copy(value.map(|value| Stored {
-                        value: Some(value),
-                        version: Version::default(),
-                    }))
-                });
+            let client = matches!(method, Method::Get | Method::Fetch);
+            if client && let Some(now) = node.fetch_now(&key, hops) {
+                let value = now?;
+                refuse_streamed(&key, value.as_deref())?;
+                return Ok(Answer::Copy(value.map(|value| Stored {
+                    value: Some(value),
+                    version: Version::default(),
+                })));
             }
-            node.fetch_copy(&key, hops).await.map(Answer::Copy)
+            let copy = node.fetch_copy(&key, hops).await?;
+            if client {
+                refuse_streamed(&key, copy.as_ref().and_then(|c| c.value.as_deref()))?;
+            }
+            Ok(Answer::Copy(copy))
         }
         Call::Write {
             key,
@@ -610,6 +614,21 @@ async fn serve_hot(node: &Arc<Node>, method: Method, call: Call) -> Result<Answe
         }
         Call::Probe(Some(target)) => Ok(Answer::Probed(node.probe_for_peer(&target).await)),
         Call::Probe(None) => Ok(Answer::Probed(false)),
+    }
+}
+
+/// A client's `fetch` or `get` of a streamed value is told so, never
+/// answered with the manifest (internal bytes): [`Error::Streamed`] names
+/// the methods that read it. A 16-byte compare of the value in hand, and a
+/// decode only when it matches (see [`crate::stream::streamed_manifest`]).
+/// Forwards between nodes (`relay_fetch`) carry the manifest as it is.
+fn refuse_streamed(key: &[u8], value: Option<&[u8]>) -> Result<(), Error> {
+    match value.and_then(|value| crate::stream::streamed_manifest(key, value)) {
+        Some(manifest) => Err(Error::Streamed {
+            key: String::from_utf8_lossy(key).into_owned(),
+            size: manifest.size,
+        }),
+        None => Ok(()),
     }
 }
 

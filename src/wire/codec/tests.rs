@@ -11,7 +11,7 @@ use thrift::server::TProcessor;
 use super::*;
 use crate::wire::idl::diststore::{
     Entry, KeyPage, PeerSyncClient, PeerSyncHandler, PeerSyncProcessor, Replica, StoreSyncHandler,
-    TPeerSyncClient, TStoreSyncClient,
+    TPeerSyncClient, TStoreSyncClient, ValueInfo,
 };
 use crate::wire::idl::locator::{
     BaseSyncHandler, Location, LocatorSyncHandler, Member, TBaseSyncClient,
@@ -297,6 +297,21 @@ impl StoreSyncHandler for Stub {
         unreachable!()
     }
     fn handle_members(&self) -> thrift::Result<Vec<Member>> {
+        unreachable!()
+    }
+    fn handle_describe(&self, _: Vec<u8>) -> thrift::Result<ValueInfo> {
+        unreachable!()
+    }
+    fn handle_read_range(&self, _: Vec<u8>, _: i64, _: i32, _: i64) -> thrift::Result<Vec<u8>> {
+        unreachable!()
+    }
+    fn handle_begin_upload(&self, _: Vec<u8>) -> thrift::Result<i64> {
+        unreachable!()
+    }
+    fn handle_upload_part(&self, _: Vec<u8>, _: i64, _: i64, _: Vec<u8>) -> thrift::Result<()> {
+        unreachable!()
+    }
+    fn handle_commit_upload(&self, _: Vec<u8>, _: i64) -> thrift::Result<ValueInfo> {
         unreachable!()
     }
     fn handle_hello(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {

@@ -56,6 +56,19 @@ impl ErrorKind {
   /// The node requires a secret this connection has not proved (see `hello`
   /// and `authenticate`). Nothing changed.
   pub const UNAUTHORIZED: ErrorKind = ErrorKind(14);
+  /// `fetch` (or the 2009 `get`) of a key that holds a streamed value: one
+  /// stored in parts behind a manifest, which those methods do not return.
+  /// Read it with `describe` and `read_range`. Nothing changed.
+  pub const STREAMED: ErrorKind = ErrorKind(15);
+  /// `read_range` was given the `id` of the value being read, and the key now
+  /// holds another value (or none): the value was replaced while you read it;
+  /// start again from `describe`. Nothing changed.
+  pub const CHANGED: ErrorKind = ErrorKind(16);
+  /// `upload_part` or `commit_upload` named an upload this node does not hold
+  /// open: never begun here (uploads live on the node that began them), already
+  /// committed, or expired (older than half the node's `--chunk-grace`).
+  /// Begin a new upload. The key is unchanged.
+  pub const NO_SUCH_UPLOAD: ErrorKind = ErrorKind(17);
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::OTHER,
     Self::REFUSED,
@@ -72,6 +85,9 @@ impl ErrorKind {
     Self::UNREACHABLE,
     Self::RPC,
     Self::UNAUTHORIZED,
+    Self::STREAMED,
+    Self::CHANGED,
+    Self::NO_SUCH_UPLOAD,
   ];
 }
 
@@ -104,6 +120,9 @@ impl From<i32> for ErrorKind {
       12 => ErrorKind::UNREACHABLE,
       13 => ErrorKind::RPC,
       14 => ErrorKind::UNAUTHORIZED,
+      15 => ErrorKind::STREAMED,
+      16 => ErrorKind::CHANGED,
+      17 => ErrorKind::NO_SUCH_UPLOAD,
       _ => ErrorKind(i)
     }
   }
@@ -762,6 +781,170 @@ impl Default for KeyPage {
 }
 
 //
+// ValueInfo
+//
+
+/// What `describe` tells of the value at a key (README, Large values). A value
+/// is read in parts of `part_bytes`, or in any ranges, with `read_range`.
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct ValueInfo {
+  /// Whether the key holds a value; false: never written, or erased.
+  pub exists: Option<bool>,
+  /// The value's size in bytes (0 when it does not exist).
+  pub size: Option<i64>,
+  /// Whether it is stored streamed: as parts behind a manifest (uploaded with
+  /// `begin_upload`, or by a client that streams large values), which `fetch`
+  /// does not return; false for a plain value, which `fetch` returns whole.
+  pub streamed: Option<bool>,
+  /// Bytes per part; every part but the last is this long (a plain value: its size).
+  pub part_bytes: Option<i64>,
+  /// How many parts (a plain value: 1, or 0 when empty).
+  pub parts: Option<i64>,
+  /// The value's identity: its upload id when streamed, its version when
+  /// plain; never 0. Pass it to `read_range` as `id` so that a read spanning
+  /// several calls is told CHANGED rather than stitch two values together.
+  pub id: Option<i64>,
+  /// A streamed value's manifest, raw (layout in src/stream.rs): a client
+  /// that knows it may fetch the parts straight from their owners, several at
+  /// a time. Other clients ignore it.
+  pub manifest: Option<Vec<u8>>,
+}
+
+impl ValueInfo {
+  pub fn new<F1, F2, F3, F4, F5, F6, F7>(exists: F1, size: F2, streamed: F3, part_bytes: F4, parts: F5, id: F6, manifest: F7) -> ValueInfo where F1: Into<Option<bool>>, F2: Into<Option<i64>>, F3: Into<Option<bool>>, F4: Into<Option<i64>>, F5: Into<Option<i64>>, F6: Into<Option<i64>>, F7: Into<Option<Vec<u8>>> {
+    ValueInfo {
+      exists: exists.into(),
+      size: size.into(),
+      streamed: streamed.into(),
+      part_bytes: part_bytes.into(),
+      parts: parts.into(),
+      id: id.into(),
+      manifest: manifest.into(),
+    }
+  }
+}
+
+impl TSerializable for ValueInfo {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<ValueInfo> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<bool> = Some(false);
+    let mut f_2: Option<i64> = Some(0);
+    let mut f_3: Option<bool> = Some(false);
+    let mut f_4: Option<i64> = Some(0);
+    let mut f_5: Option<i64> = Some(0);
+    let mut f_6: Option<i64> = Some(0);
+    let mut f_7: Option<Vec<u8>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bool()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_bool()?;
+          f_3 = Some(val);
+        },
+        4 => {
+          let val = i_prot.read_i64()?;
+          f_4 = Some(val);
+        },
+        5 => {
+          let val = i_prot.read_i64()?;
+          f_5 = Some(val);
+        },
+        6 => {
+          let val = i_prot.read_i64()?;
+          f_6 = Some(val);
+        },
+        7 => {
+          let val = i_prot.read_bytes()?;
+          f_7 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = ValueInfo {
+      exists: f_1,
+      size: f_2,
+      streamed: f_3,
+      part_bytes: f_4,
+      parts: f_5,
+      id: f_6,
+      manifest: f_7,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("ValueInfo");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(fld_var) = self.exists {
+      o_prot.write_field_begin(&TFieldIdentifier::new("exists", TType::Bool, 1))?;
+      o_prot.write_bool(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.size {
+      o_prot.write_field_begin(&TFieldIdentifier::new("size", TType::I64, 2))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.streamed {
+      o_prot.write_field_begin(&TFieldIdentifier::new("streamed", TType::Bool, 3))?;
+      o_prot.write_bool(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.part_bytes {
+      o_prot.write_field_begin(&TFieldIdentifier::new("part_bytes", TType::I64, 4))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.parts {
+      o_prot.write_field_begin(&TFieldIdentifier::new("parts", TType::I64, 5))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.id {
+      o_prot.write_field_begin(&TFieldIdentifier::new("id", TType::I64, 6))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.manifest {
+      o_prot.write_field_begin(&TFieldIdentifier::new("manifest", TType::String, 7))?;
+      o_prot.write_bytes(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+impl Default for ValueInfo {
+  fn default() -> Self {
+    ValueInfo{
+      exists: Some(false),
+      size: Some(0),
+      streamed: Some(false),
+      part_bytes: Some(0),
+      parts: Some(0),
+      id: Some(0),
+      manifest: Some(Vec::new()),
+    }
+  }
+}
+
+//
 // Store service client
 //
 
@@ -796,6 +979,41 @@ pub trait TStoreSyncClient : locator::TLocatorSyncClient {
   /// included, with its incarnation and status (departed members too, as
   /// DEAD or LEFT). For status tools; nodes exchange tables with `gossip`.
   fn members(&mut self) -> thrift::Result<Vec<locator::Member>>;
+  /// What the key holds: whether it exists, its size, whether it is streamed,
+  /// its part size and count, and its identity (`id`) for `read_range`. Works
+  /// for plain and streamed values alike.
+  fn describe(&mut self, key: Vec<u8>) -> thrift::Result<ValueInfo>;
+  /// Up to `length` bytes of the value at `key` from byte `offset` on, plain
+  /// or streamed: fewer only at the end of the value (an empty answer at its
+  /// end). `length` is at most 16 MiB (16,777,216), or the node's
+  /// `--max-value-bytes` if smaller, and a range spans at most 1,024 parts;
+  /// a longer one is refused with REFUSED. The node reads the parts covering the range and checks
+  /// each against its MD5 in the manifest. With `id` from `describe`, a key
+  /// that now holds another value answers CHANGED, so a reader never stitches
+  /// two values together; with `id` 0 (no value has that id), each call reads
+  /// whatever the key holds then. A key that holds nothing answers REFUSED
+  /// (CHANGED when `id` is given).
+  fn read_range(&mut self, key: Vec<u8>, offset: i64, length: i32, id: i64) -> thrift::Result<Vec<u8>>;
+  /// Opens an upload to `key` on this node and returns its id. Upload state
+  /// lives on this node: send every part and the commit to the same node. At
+  /// most 256 uploads are open on a node at once (REFUSED beyond), and an
+  /// upload must be committed within half the node's `--chunk-grace` (5
+  /// minutes by default; `stats` reports the grace as `chunk_grace_ms`), or
+  /// it expires (NO_SUCH_UPLOAD) and its parts are collected. The key is
+  /// unchanged until `commit_upload`.
+  fn begin_upload(&mut self, key: Vec<u8>) -> thrift::Result<i64>;
+  /// Stores part `index` (0, 1, ...; at most 65,535) of an upload: 1 byte to
+  /// `--max-value-bytes` bytes, every part but the last of one length. Parts
+  /// may come in any order, and a part sent again replaces the earlier one;
+  /// one part at a time per index. Returns once a write quorum stored it.
+  fn upload_part(&mut self, key: Vec<u8>, upload: i64, index: i64, data: Vec<u8>) -> thrift::Result<()>;
+  /// Makes the upload the value at `key`, all at once: checks that parts 0 to
+  /// n-1 are all there and that all but the last have one length, then writes
+  /// the manifest at the key (readers see the old value or the new one, never
+  /// a mix) and erases the previous streamed value's parts. A refused commit
+  /// (REFUSED: a part missing or of the wrong length) leaves the key unchanged
+  /// and the upload open. Answers what `describe` would.
+  fn commit_upload(&mut self, key: Vec<u8>, upload: i64) -> thrift::Result<ValueInfo>;
   /// Step 1 of proving a secret on this connection: the caller sends a fresh
   /// random `nonce` (16 to 64 bytes) and gets the node's own fresh nonce back.
   fn hello(&mut self, nonce: Vec<u8>) -> thrift::Result<Vec<u8>>;
@@ -1037,6 +1255,141 @@ impl <C: TThriftClient + TStoreSyncClientMarker + locator::TLocatorSyncClientMar
       result.ok_or()
     }
   }
+  fn describe(&mut self, key: Vec<u8>) -> thrift::Result<ValueInfo> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("describe", TMessageType::Call, self.sequence_number());
+        let call_args = StoreDescribeArgs { key };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("describe", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreDescribeResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn read_range(&mut self, key: Vec<u8>, offset: i64, length: i32, id: i64) -> thrift::Result<Vec<u8>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("read_range", TMessageType::Call, self.sequence_number());
+        let call_args = StoreReadRangeArgs { key, offset, length, id };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("read_range", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreReadRangeResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn begin_upload(&mut self, key: Vec<u8>) -> thrift::Result<i64> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("begin_upload", TMessageType::Call, self.sequence_number());
+        let call_args = StoreBeginUploadArgs { key };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("begin_upload", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreBeginUploadResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn upload_part(&mut self, key: Vec<u8>, upload: i64, index: i64, data: Vec<u8>) -> thrift::Result<()> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("upload_part", TMessageType::Call, self.sequence_number());
+        let call_args = StoreUploadPartArgs { key, upload, index, data };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("upload_part", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreUploadPartResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn commit_upload(&mut self, key: Vec<u8>, upload: i64) -> thrift::Result<ValueInfo> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("commit_upload", TMessageType::Call, self.sequence_number());
+        let call_args = StoreCommitUploadArgs { key, upload };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("commit_upload", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreCommitUploadResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
   fn hello(&mut self, nonce: Vec<u8>) -> thrift::Result<Vec<u8>> {
     (
       {
@@ -1128,6 +1481,41 @@ pub trait StoreSyncHandler : locator::LocatorSyncHandler {
   /// included, with its incarnation and status (departed members too, as
   /// DEAD or LEFT). For status tools; nodes exchange tables with `gossip`.
   fn handle_members(&self) -> thrift::Result<Vec<locator::Member>>;
+  /// What the key holds: whether it exists, its size, whether it is streamed,
+  /// its part size and count, and its identity (`id`) for `read_range`. Works
+  /// for plain and streamed values alike.
+  fn handle_describe(&self, key: Vec<u8>) -> thrift::Result<ValueInfo>;
+  /// Up to `length` bytes of the value at `key` from byte `offset` on, plain
+  /// or streamed: fewer only at the end of the value (an empty answer at its
+  /// end). `length` is at most 16 MiB (16,777,216), or the node's
+  /// `--max-value-bytes` if smaller, and a range spans at most 1,024 parts;
+  /// a longer one is refused with REFUSED. The node reads the parts covering the range and checks
+  /// each against its MD5 in the manifest. With `id` from `describe`, a key
+  /// that now holds another value answers CHANGED, so a reader never stitches
+  /// two values together; with `id` 0 (no value has that id), each call reads
+  /// whatever the key holds then. A key that holds nothing answers REFUSED
+  /// (CHANGED when `id` is given).
+  fn handle_read_range(&self, key: Vec<u8>, offset: i64, length: i32, id: i64) -> thrift::Result<Vec<u8>>;
+  /// Opens an upload to `key` on this node and returns its id. Upload state
+  /// lives on this node: send every part and the commit to the same node. At
+  /// most 256 uploads are open on a node at once (REFUSED beyond), and an
+  /// upload must be committed within half the node's `--chunk-grace` (5
+  /// minutes by default; `stats` reports the grace as `chunk_grace_ms`), or
+  /// it expires (NO_SUCH_UPLOAD) and its parts are collected. The key is
+  /// unchanged until `commit_upload`.
+  fn handle_begin_upload(&self, key: Vec<u8>) -> thrift::Result<i64>;
+  /// Stores part `index` (0, 1, ...; at most 65,535) of an upload: 1 byte to
+  /// `--max-value-bytes` bytes, every part but the last of one length. Parts
+  /// may come in any order, and a part sent again replaces the earlier one;
+  /// one part at a time per index. Returns once a write quorum stored it.
+  fn handle_upload_part(&self, key: Vec<u8>, upload: i64, index: i64, data: Vec<u8>) -> thrift::Result<()>;
+  /// Makes the upload the value at `key`, all at once: checks that parts 0 to
+  /// n-1 are all there and that all but the last have one length, then writes
+  /// the manifest at the key (readers see the old value or the new one, never
+  /// a mix) and erases the previous streamed value's parts. A refused commit
+  /// (REFUSED: a part missing or of the wrong length) leaves the key unchanged
+  /// and the upload open. Answers what `describe` would.
+  fn handle_commit_upload(&self, key: Vec<u8>, upload: i64) -> thrift::Result<ValueInfo>;
   /// Step 1 of proving a secret on this connection: the caller sends a fresh
   /// random `nonce` (16 to 64 bytes) and gets the node's own fresh nonce back.
   fn handle_hello(&self, nonce: Vec<u8>) -> thrift::Result<Vec<u8>>;
@@ -1173,6 +1561,21 @@ impl <H: StoreSyncHandler> StoreSyncProcessor<H> {
   }
   fn process_members(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_members(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_describe(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_describe(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_read_range(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_read_range(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_begin_upload(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_begin_upload(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_upload_part(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_upload_part(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_commit_upload(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_commit_upload(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_hello(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_hello(&self.handler, incoming_sequence_number, i_prot, o_prot)
@@ -1596,6 +1999,306 @@ impl TStoreProcessFunctions {
       },
     }
   }
+  pub fn process_describe<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreDescribeArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_describe(args.key) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("describe", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreDescribeResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreDescribeResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("describe", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("describe", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("describe", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("describe", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_read_range<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreReadRangeArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_read_range(args.key, args.offset, args.length, args.id) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("read_range", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreReadRangeResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreReadRangeResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("read_range", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("read_range", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("read_range", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("read_range", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_begin_upload<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreBeginUploadArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_begin_upload(args.key) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("begin_upload", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreBeginUploadResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreBeginUploadResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("begin_upload", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("begin_upload", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("begin_upload", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("begin_upload", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_upload_part<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreUploadPartArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_upload_part(args.key, args.upload, args.index, args.data) {
+      Ok(_) => {
+        let message_ident = TMessageIdentifier::new("upload_part", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreUploadPartResult { err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreUploadPartResult{ err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("upload_part", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("upload_part", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("upload_part", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("upload_part", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_commit_upload<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreCommitUploadArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_commit_upload(args.key, args.upload) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("commit_upload", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreCommitUploadResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreCommitUploadResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("commit_upload", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("commit_upload", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("commit_upload", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("commit_upload", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
   pub fn process_hello<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let args = StoreHelloArgs::read_from_in_protocol(i_prot)?;
     match handler.handle_hello(args.nonce) {
@@ -1722,6 +2425,21 @@ impl <H: StoreSyncHandler> TProcessor for StoreSyncProcessor<H> {
       },
       "members" => {
         self.process_members(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "describe" => {
+        self.process_describe(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "read_range" => {
+        self.process_read_range(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "begin_upload" => {
+        self.process_begin_upload(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "upload_part" => {
+        self.process_upload_part(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "commit_upload" => {
+        self.process_commit_upload(message_ident.sequence_number, i_prot, o_prot)
       },
       "hello" => {
         self.process_hello(message_ident.sequence_number, i_prot, o_prot)
@@ -2662,6 +3380,687 @@ impl StoreMembersResult {
 }
 
 //
+// StoreDescribeArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreDescribeArgs {
+  key: Vec<u8>,
+}
+
+impl StoreDescribeArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreDescribeArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreDescribeArgs.key", &f_1)?;
+    let ret = StoreDescribeArgs {
+      key: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("describe_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+    o_prot.write_bytes(&self.key)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreDescribeResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreDescribeResult {
+  result_value: Option<ValueInfo>,
+  err: Option<StoreError>,
+}
+
+impl StoreDescribeResult {
+  fn ok_or(self) -> thrift::Result<ValueInfo> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreDescribe"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreDescribeResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<ValueInfo> = None;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = ValueInfo::read_from_in_protocol(i_prot)?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreDescribeResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreDescribeResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreReadRangeArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreReadRangeArgs {
+  key: Vec<u8>,
+  offset: i64,
+  length: i32,
+  id: i64,
+}
+
+impl StoreReadRangeArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreReadRangeArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    let mut f_2: Option<i64> = None;
+    let mut f_3: Option<i32> = None;
+    let mut f_4: Option<i64> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_i32()?;
+          f_3 = Some(val);
+        },
+        4 => {
+          let val = i_prot.read_i64()?;
+          f_4 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreReadRangeArgs.key", &f_1)?;
+    verify_required_field_exists("StoreReadRangeArgs.offset", &f_2)?;
+    verify_required_field_exists("StoreReadRangeArgs.length", &f_3)?;
+    verify_required_field_exists("StoreReadRangeArgs.id", &f_4)?;
+    let ret = StoreReadRangeArgs {
+      key: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      offset: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      length: f_3.expect("auto-generated code should have checked for presence of required fields"),
+      id: f_4.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("read_range_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+    o_prot.write_bytes(&self.key)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("offset", TType::I64, 2))?;
+    o_prot.write_i64(self.offset)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("length", TType::I32, 3))?;
+    o_prot.write_i32(self.length)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("id", TType::I64, 4))?;
+    o_prot.write_i64(self.id)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreReadRangeResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreReadRangeResult {
+  result_value: Option<Vec<u8>>,
+  err: Option<StoreError>,
+}
+
+impl StoreReadRangeResult {
+  fn ok_or(self) -> thrift::Result<Vec<u8>> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreReadRange"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreReadRangeResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<u8>> = None;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_bytes()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreReadRangeResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreReadRangeResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::String, 0))?;
+      o_prot.write_bytes(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreBeginUploadArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreBeginUploadArgs {
+  key: Vec<u8>,
+}
+
+impl StoreBeginUploadArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreBeginUploadArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreBeginUploadArgs.key", &f_1)?;
+    let ret = StoreBeginUploadArgs {
+      key: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("begin_upload_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+    o_prot.write_bytes(&self.key)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreBeginUploadResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreBeginUploadResult {
+  result_value: Option<i64>,
+  err: Option<StoreError>,
+}
+
+impl StoreBeginUploadResult {
+  fn ok_or(self) -> thrift::Result<i64> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreBeginUpload"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreBeginUploadResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<i64> = None;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_i64()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreBeginUploadResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreBeginUploadResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::I64, 0))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreUploadPartArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreUploadPartArgs {
+  key: Vec<u8>,
+  upload: i64,
+  index: i64,
+  data: Vec<u8>,
+}
+
+impl StoreUploadPartArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreUploadPartArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    let mut f_2: Option<i64> = None;
+    let mut f_3: Option<i64> = None;
+    let mut f_4: Option<Vec<u8>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_i64()?;
+          f_3 = Some(val);
+        },
+        4 => {
+          let val = i_prot.read_bytes()?;
+          f_4 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreUploadPartArgs.key", &f_1)?;
+    verify_required_field_exists("StoreUploadPartArgs.upload", &f_2)?;
+    verify_required_field_exists("StoreUploadPartArgs.index", &f_3)?;
+    verify_required_field_exists("StoreUploadPartArgs.data", &f_4)?;
+    let ret = StoreUploadPartArgs {
+      key: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      upload: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      index: f_3.expect("auto-generated code should have checked for presence of required fields"),
+      data: f_4.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("upload_part_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+    o_prot.write_bytes(&self.key)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("upload", TType::I64, 2))?;
+    o_prot.write_i64(self.upload)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("index", TType::I64, 3))?;
+    o_prot.write_i64(self.index)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("data", TType::String, 4))?;
+    o_prot.write_bytes(&self.data)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreUploadPartResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreUploadPartResult {
+  err: Option<StoreError>,
+}
+
+impl StoreUploadPartResult {
+  fn ok_or(self) -> thrift::Result<()> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else {
+      Ok(())
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreUploadPartResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreUploadPartResult {
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreUploadPartResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreCommitUploadArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreCommitUploadArgs {
+  key: Vec<u8>,
+  upload: i64,
+}
+
+impl StoreCommitUploadArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreCommitUploadArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    let mut f_2: Option<i64> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreCommitUploadArgs.key", &f_1)?;
+    verify_required_field_exists("StoreCommitUploadArgs.upload", &f_2)?;
+    let ret = StoreCommitUploadArgs {
+      key: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      upload: f_2.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("commit_upload_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+    o_prot.write_bytes(&self.key)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("upload", TType::I64, 2))?;
+    o_prot.write_i64(self.upload)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreCommitUploadResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreCommitUploadResult {
+  result_value: Option<ValueInfo>,
+  err: Option<StoreError>,
+}
+
+impl StoreCommitUploadResult {
+  fn ok_or(self) -> thrift::Result<ValueInfo> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreCommitUpload"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreCommitUploadResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<ValueInfo> = None;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = ValueInfo::read_from_in_protocol(i_prot)?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreCommitUploadResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreCommitUploadResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
 // StoreHelloArgs
 //
 
@@ -3511,6 +4910,21 @@ impl <H: PeerSyncHandler> PeerSyncProcessor<H> {
   fn process_members(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_members(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
+  fn process_describe(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_describe(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_read_range(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_read_range(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_begin_upload(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_begin_upload(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_upload_part(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_upload_part(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_commit_upload(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_commit_upload(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
   fn process_hello(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_hello(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
@@ -4354,6 +5768,21 @@ impl <H: PeerSyncHandler> TProcessor for PeerSyncProcessor<H> {
       },
       "members" => {
         self.process_members(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "describe" => {
+        self.process_describe(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "read_range" => {
+        self.process_read_range(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "begin_upload" => {
+        self.process_begin_upload(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "upload_part" => {
+        self.process_upload_part(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "commit_upload" => {
+        self.process_commit_upload(message_ident.sequence_number, i_prot, o_prot)
       },
       "hello" => {
         self.process_hello(message_ident.sequence_number, i_prot, o_prot)

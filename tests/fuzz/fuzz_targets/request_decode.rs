@@ -33,7 +33,7 @@ use thrifty_p2p::wire::conn::protocol_config;
 use thrifty_p2p::wire::convert;
 use thrifty_p2p::wire::frame::{self, Frame, Limits, MessageKind};
 use thrifty_p2p::wire::idl::diststore::{
-    Entry, Lookup, PeerSyncHandler, PeerSyncProcessor, Replica, StoreSyncHandler,
+    Entry, KeyPage, Lookup, PeerSyncHandler, PeerSyncProcessor, Replica, StoreSyncHandler, ValueInfo,
 };
 use thrifty_p2p::wire::idl::locator::{BaseSyncHandler, Location, LocatorSyncHandler, Member};
 
@@ -262,6 +262,24 @@ impl StoreSyncHandler for Recorder {
     }
     fn handle_members(&self) -> thrift::Result<Vec<Member>> {
         self.saw(Generated::Other("members"))
+    }
+    fn handle_list_keys(&self, _: Vec<u8>, _: Vec<u8>, _: i32) -> thrift::Result<KeyPage> {
+        self.saw(Generated::Other("list_keys"))
+    }
+    fn handle_describe(&self, _: Vec<u8>) -> thrift::Result<ValueInfo> {
+        self.saw(Generated::Other("describe"))
+    }
+    fn handle_read_range(&self, _: Vec<u8>, _: i64, _: i32, _: i64) -> thrift::Result<Vec<u8>> {
+        self.saw(Generated::Other("read_range"))
+    }
+    fn handle_begin_upload(&self, _: Vec<u8>) -> thrift::Result<i64> {
+        self.saw(Generated::Other("begin_upload"))
+    }
+    fn handle_upload_part(&self, _: Vec<u8>, _: i64, _: i64, _: Vec<u8>) -> thrift::Result<()> {
+        self.saw(Generated::Other("upload_part"))
+    }
+    fn handle_commit_upload(&self, _: Vec<u8>, _: i64) -> thrift::Result<ValueInfo> {
+        self.saw(Generated::Other("commit_upload"))
     }
     fn handle_hello(&self, _: Vec<u8>) -> thrift::Result<Vec<u8>> {
         self.saw(Generated::Other("hello"))
