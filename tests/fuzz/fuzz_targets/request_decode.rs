@@ -33,7 +33,8 @@ use thrifty_p2p::wire::conn::protocol_config;
 use thrifty_p2p::wire::convert;
 use thrifty_p2p::wire::frame::{self, Frame, Limits, MessageKind};
 use thrifty_p2p::wire::idl::diststore::{
-    Entry, KeyPage, Lookup, PeerSyncHandler, PeerSyncProcessor, Replica, StoreSyncHandler, ValueInfo,
+    Entry, KeyPage, Lookup, PeerSyncHandler, PeerSyncProcessor, Replica, StoreSyncHandler,
+    ValueInfo,
 };
 use thrifty_p2p::wire::idl::locator::{BaseSyncHandler, Location, LocatorSyncHandler, Member};
 
