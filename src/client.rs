@@ -490,6 +490,92 @@ impl Client {
         self.call(&entry, Conn::member_table)
     }
 
+    /// Where the value at `key` lives, in the entry node's view of the ring:
+    /// the members holding the key, owner first, and for a streamed value
+    /// the members holding each part; `None` when the key holds nothing.
+    ///
+    /// ```
+    /// use thrifty_p2p::{Client, Config, launch};
+    ///
+    /// # fn main() -> thrifty_p2p::Result<()> {
+    /// let node = launch::start(Config { port: 0, ..Config::default() })?;
+    /// let mut ring = Client::connect(&node.addr().to_string())?;
+    /// ring.put("blob", vec![0u8; 9 << 20])?; // more than one 8 MiB chunk
+    /// let placement = ring.placement("blob")?.expect("stored");
+    /// assert_eq!(placement.replicas, [node.addr().clone()]);
+    /// assert_eq!(placement.parts.len(), 2);
+    /// assert_eq!(ring.placement("nothing")?, None);
+    /// node.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn placement(&mut self, key: impl AsRef<[u8]>) -> Result<Option<Placement>> {
+        let key = key.as_ref();
+        let info = self.describe(key)?;
+        if !info.exists {
+            return Ok(None);
+        }
+        let entry = self.entry.clone();
+        // The node caps the count at its own replica count.
+        let replicas = self.call(&entry, |c| c.replicas(key, usize::MAX))?;
+        let parts = match &info.manifest {
+            Some(manifest) => {
+                let ring = Ring::new(self.members()?);
+                (0..manifest.chunks())
+                    .map(|i| {
+                        let part = manifest.chunk_key(key, i);
+                        let owners = ring.owners(&part, replicas.len());
+                        owners.into_iter().cloned().collect()
+                    })
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        Ok(Some(Placement { replicas, parts }))
+    }
+
+    /// `count` new keys, each `prefix` followed by 16 random hex digits,
+    /// spread evenly over the members: the owner of the i-th key is the
+    /// i-th member (sorted by address) round and round, so each member owns
+    /// `count / members` of them, give or take one. For a shuffle's
+    /// partitions, say. The spread is the ring's at the time of the call: a
+    /// member joining or leaving later moves some of them, as it moves any key.
+    ///
+    /// ```
+    /// use thrifty_p2p::{Client, Config, launch};
+    ///
+    /// # fn main() -> thrifty_p2p::Result<()> {
+    /// let node = launch::start(Config { port: 0, ..Config::default() })?;
+    /// let mut ring = Client::connect(&node.addr().to_string())?;
+    /// let ids = ring.spread_keys("part-", 4)?;
+    /// assert_eq!(ids.len(), 4);
+    /// assert!(ids.iter().all(|id| id.starts_with("part-") && id.len() == 21));
+    /// node.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn spread_keys(&mut self, prefix: &str, count: usize) -> Result<Vec<String>> {
+        let members = self.members()?;
+        let ring = Ring::new(members.clone());
+        let mut keys = Vec::with_capacity(count);
+        for target in members.iter().cycle().take(count) {
+            // A member owns about 1/members of the circle: drawing that many
+            // keys finds one of its own, on average.
+            let tries = 1000 * members.len();
+            let found = (0..tries).find_map(|_| {
+                let mut bytes = [0u8; 8];
+                getrandom::fill(&mut bytes).ok()?;
+                let key = format!("{prefix}{:016x}", u64::from_be_bytes(bytes));
+                (ring.owner(key.as_bytes()) == Some(target)).then_some(key)
+            });
+            keys.push(found.ok_or_else(|| Error::Refused {
+                peer: target.to_string(),
+                message: format!("no key of {tries} drawn is owned by this member"),
+            })?);
+        }
+        Ok(keys)
+    }
+
     /// Stores everything `reader` yields at `key`: input that ends within one
     /// chunk as a plain value, longer input as chunks sent straight to their
     /// owners, `options.stream.workers` at a time, behind a manifest written
@@ -624,6 +710,17 @@ impl Client {
         }
         Ok(self.conns.get_mut(peer).expect("inserted above"))
     }
+}
+
+/// Where a value lives ([`Client::placement`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The members holding the key (its value, or a streamed value's
+    /// manifest), owner first.
+    pub replicas: Vec<NodeAddr>,
+    /// For a streamed value, the members holding each part, in order, owner
+    /// first; empty for a plain value.
+    pub parts: Vec<Vec<NodeAddr>>,
 }
 
 /// The keys of a ring, page by page ([`Client::keys`]).
