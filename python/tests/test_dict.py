@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import collections.abc
 import os
 import socket
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 import thrifty_p2p
-from conftest import Node, Proxy, start_ring
+from conftest import Node, Proxy
 
 MiB = 1 << 20
 
@@ -200,3 +201,21 @@ def test_python_threads_run_during_a_put_which_reads_the_value_in_place(ring, si
     finally:
         proxy.close()
 
+
+
+def test_a_ring_requiring_a_client_secret_takes_it_from_secret_file_or_the_environment(
+    tmp_path, monkeypatch
+):
+    secret = tmp_path / "client.secret"
+    secret.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    node = Node(None, "--client-secret-file", str(secret))
+    try:
+        monkeypatch.delenv("THRIFTY_CLIENT_SECRET_FILE", raising=False)
+        with pytest.raises(thrifty_p2p.StoreError) as caught:
+            thrifty_p2p.Dict(node.addr)["k"] = b"v"
+        assert caught.value.kind == "Unauthorized"
+        thrifty_p2p.Dict(node.addr, secret_file=secret)["k"] = b"v"
+        monkeypatch.setenv("THRIFTY_CLIENT_SECRET_FILE", str(secret))
+        assert thrifty_p2p.Dict(node.addr)["k"] == b"v"
+    finally:
+        node.stop()

@@ -24,6 +24,9 @@ from ._native import Ring
 
 __all__ = ["Dict", "StoreError", "Ring"]
 
+# Shown and pickled as thrifty_p2p.StoreError, where users import it from.
+StoreError.__module__ = __name__
+
 Key = Union[str, bytes]
 
 _SERIALIZERS = (None, "bytes", "pickle")
