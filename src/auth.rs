@@ -210,9 +210,19 @@ const OPEN: [&str; 5] = [
 ];
 
 /// The data methods: what a client of the store calls.
-const DATA: [&str; 11] = [
-    "get", "put", "fetch", "store", "erase", "locate", "replicas", "stats", "get_all", "get_node",
+const DATA: [&str; 12] = [
+    "get",
+    "put",
+    "fetch",
+    "store",
+    "erase",
+    "locate",
+    "replicas",
+    "stats",
+    "get_all",
+    "get_node",
     "members",
+    "list_keys",
 ];
 
 /// What calling `method` needs. Every method not open and not a data method

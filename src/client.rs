@@ -65,6 +65,8 @@ use crate::addr::NodeAddr;
 use crate::auth::{Role, Secret};
 use crate::discover;
 use crate::error::{Error, ErrorKind, Result};
+pub use crate::listing::KeyPage;
+use crate::listing::{self, MAX_PAGE_KEYS};
 #[cfg(doc)]
 use crate::membership::Status as MemberStatus;
 use crate::membership::{MemberState, Status};
@@ -310,6 +312,110 @@ impl Client {
         }
     }
 
+    /// A page of the keys the ring holds that start with `prefix`: at most
+    /// `limit` of them (1 to 10,000), from `cursor` (`None` for the first
+    /// page, then each page's [`KeyPage::cursor`] until it is `None`).
+    ///
+    /// Every member is asked for its own copies and the answers merged (see
+    /// [`crate::listing`]), so each key is listed once, an erased key not at
+    /// all, and a member that cannot be reached is left out as long as fewer
+    /// than the write quorum are: past that it fails with
+    /// [`Error::ListIncomplete`]. Keys written or erased while a listing
+    /// runs may or may not be in it; every other key is listed exactly once.
+    /// The order is the ring's listing order, not sorted by key.
+    ///
+    /// ```
+    /// use thrifty_p2p::{Client, Config, launch};
+    ///
+    /// # fn main() -> thrifty_p2p::Result<()> {
+    /// let node = launch::start(Config { port: 0, ..Config::default() })?;
+    /// let mut ring = Client::connect(&node.addr().to_string())?;
+    /// for key in ["fruit/apple", "fruit/pear", "veg/leek"] {
+    ///     ring.put(key, "x")?;
+    /// }
+    /// let mut fruit = Vec::new();
+    /// let mut cursor = None;
+    /// loop {
+    ///     let page = ring.list("fruit/", cursor.as_deref(), 1)?;
+    ///     fruit.extend(page.keys);
+    ///     match page.cursor {
+    ///         Some(next) => cursor = Some(next),
+    ///         None => break,
+    ///     }
+    /// }
+    /// fruit.sort();
+    /// assert_eq!(fruit, [b"fruit/apple".to_vec(), b"fruit/pear".to_vec()]);
+    /// // Or, without cursors:
+    /// assert_eq!(ring.keys("").count(), 3);
+    /// assert_eq!(ring.count("veg/")?, 1);
+    /// node.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn list(
+        &mut self,
+        prefix: impl AsRef<[u8]>,
+        cursor: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<KeyPage> {
+        let (prefix, start) = (prefix.as_ref(), cursor.unwrap_or_default());
+        let limit = limit.clamp(1, MAX_PAGE_KEYS);
+        let members = self.members()?;
+        let mut pages = Vec::with_capacity(members.len());
+        let mut silent = Vec::new();
+        for member in &members {
+            match self.call(member, |c| c.list_keys(prefix, start, limit)) {
+                Ok(page) => pages.push(page),
+                Err(e) if moves_on(&e) => {
+                    log::debug!("listing without {member}: {e}");
+                    silent.push(member.to_string());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if !silent.is_empty() {
+            let needed = self.write_quorum()?;
+            if silent.len() >= needed || pages.is_empty() {
+                return Err(Error::ListIncomplete { silent, needed });
+            }
+        }
+        Ok(listing::merge(pages, limit as usize))
+    }
+
+    /// Every key starting with `prefix`, page by page (see [`Client::list`]);
+    /// an error ends the iteration after it is yielded.
+    pub fn keys(&mut self, prefix: impl AsRef<[u8]>) -> Keys<'_> {
+        Keys {
+            client: self,
+            prefix: prefix.as_ref().to_vec(),
+            cursor: None,
+            page: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+
+    /// How many keys starting with `prefix` the ring holds (`""`: all), by
+    /// listing them (see [`Client::list`]): it costs a listing.
+    pub fn count(&mut self, prefix: impl AsRef<[u8]>) -> Result<u64> {
+        let prefix = prefix.as_ref();
+        let (mut count, mut cursor) = (0, None);
+        loop {
+            let page = self.list(prefix, cursor.as_deref(), MAX_PAGE_KEYS)?;
+            count += page.keys.len() as u64;
+            match page.cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(count),
+            }
+        }
+    }
+
+    /// The write quorum of the entry node: how many copies every
+    /// acknowledged write has at least.
+    fn write_quorum(&mut self) -> Result<usize> {
+        let stats = self.stats()?;
+        Ok(stats.get("write_quorum").map_or(1, |&w| w.max(1) as usize))
+    }
+
     /// The entry node's counters (keys, bytes, requests, repairs...).
     pub fn stats(&mut self) -> Result<BTreeMap<String, i64>> {
         let entry = self.entry.clone();
@@ -478,6 +584,42 @@ impl Client {
             self.conns.insert(peer.clone(), conn);
         }
         Ok(self.conns.get_mut(peer).expect("inserted above"))
+    }
+}
+
+/// The keys of a ring, page by page ([`Client::keys`]).
+pub struct Keys<'a> {
+    client: &'a mut Client,
+    prefix: Vec<u8>,
+    cursor: Option<Vec<u8>>,
+    page: std::vec::IntoIter<Vec<u8>>,
+    done: bool,
+}
+
+impl Iterator for Keys<'_> {
+    type Item = Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(key) = self.page.next() {
+                return Some(Ok(key));
+            }
+            if self.done {
+                return None;
+            }
+            let cursor = self.cursor.take();
+            match (self.client).list(&self.prefix, cursor.as_deref(), 1000) {
+                Ok(page) => {
+                    self.done = page.cursor.is_none();
+                    self.cursor = page.cursor;
+                    self.page = page.keys.into_iter();
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
     }
 }
 

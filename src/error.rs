@@ -127,6 +127,18 @@ pub enum Error {
         /// The read quorum.
         needed: usize,
     },
+    /// A listing could not hear from enough members to be complete: a key
+    /// stored only on the ones that did not answer would be missing.
+    #[error(
+        "cannot list the ring: {} did not answer, and a key may be stored only there ({needed} copies per write); retry once they are back or declared dead",
+        silent.join(", ")
+    )]
+    ListIncomplete {
+        /// The members that did not answer.
+        silent: Vec<String>,
+        /// Copies every acknowledged write has (the write quorum).
+        needed: usize,
+    },
     /// A relayed write arrived after its sender stopped waiting for it. Nothing
     /// was stored (the sender has retried elsewhere).
     #[error("the relayed write expired before this node could apply it")]
@@ -395,7 +407,7 @@ impl Error {
             Error::TooLarge { .. } => ErrorKind::TooLarge,
             Error::TooManyHops { .. } => ErrorKind::TooManyHops,
             Error::Quorum { .. } => ErrorKind::Quorum,
-            Error::ReadQuorum { .. } => ErrorKind::ReadQuorum,
+            Error::ReadQuorum { .. } | Error::ListIncomplete { .. } => ErrorKind::ReadQuorum,
             Error::Expired => ErrorKind::Expired,
             Error::NoOwner | Error::NoMembers { .. } => ErrorKind::NoOwner,
             Error::Joining => ErrorKind::Joining,

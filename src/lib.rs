@@ -86,6 +86,7 @@ pub mod discover;
 pub mod error;
 pub(crate) mod handoff;
 pub mod launch;
+pub mod listing;
 pub(crate) mod membership;
 pub(crate) mod metrics;
 pub(crate) mod node;

@@ -38,6 +38,18 @@
 //! live values, their bytes and tombstones once at open (a full scan) and
 //! keeps the counts itself ([`Usage`]).
 //!
+//! # Listing order
+//!
+//! Keys are listed in one order on every node, whatever its engine, so a
+//! client can merge the pages of several replicas and resume anywhere with a
+//! cursor any node understands: by [`list_group`] (the top six bits of the
+//! key's ring position, a value every node computes alike), then by the key's
+//! bytes. [`list_position`] is that order as bytes, compared bytewise, and a
+//! cursor is such a position: a page starts at the first key at or after it.
+//! The memory engine keeps each group in a shard of its own, so a page costs
+//! one shard's worth of work, never the whole store; the disk engine walks its
+//! key-ordered tree once per group.
+//!
 //! [fjall]: https://docs.rs/fjall
 
 mod disk;
@@ -49,7 +61,52 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::Result;
+use crate::ring::key_position;
 use crate::version::Version;
+
+/// Groups of the listing order (see the module doc): one per memory shard.
+pub const LIST_GROUPS: usize = 64;
+
+/// The listing group of `key`: the top six bits of its ring position.
+pub fn list_group(key: &[u8]) -> u8 {
+    (key_position(key) >> (64 - LIST_GROUPS.trailing_zeros())) as u8
+}
+
+/// Where `key` sits in the listing order: its group, then its bytes.
+pub fn list_position(key: &[u8]) -> Vec<u8> {
+    let mut position = Vec::with_capacity(1 + key.len());
+    position.push(list_group(key));
+    position.extend_from_slice(key);
+    position
+}
+
+/// The smallest position after `key`'s: where a listing resumes once `key`
+/// was listed.
+pub fn list_position_after(key: &[u8]) -> Vec<u8> {
+    let mut position = list_position(key);
+    position.push(0);
+    position
+}
+
+/// A cursor split into the group it starts in and the smallest key of that
+/// group it may list (an empty cursor starts at the very beginning).
+fn split_cursor(from: &[u8]) -> (usize, &[u8]) {
+    match from.split_first() {
+        Some((&group, key)) => (usize::from(group), key),
+        None => (0, &[]),
+    }
+}
+
+/// One page of a listing (see [`Engine::list`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listed {
+    /// (key, version, is_tombstone), in listing order.
+    pub entries: Vec<(Vec<u8>, Version, bool)>,
+    /// Where the next page starts; `None` once the listing reached the end.
+    /// Every entry between the page's start and this position is in
+    /// `entries`.
+    pub next: Option<Vec<u8>>,
+}
 
 /// One stored entry: a value, or a tombstone (value `None`) marking a delete.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,6 +210,14 @@ pub trait Engine: Send + Sync + 'static {
     /// concurrently, but never blocks writers for the whole scan; `visit` runs
     /// with no lock held, so it may read or write the store.
     fn scan(&self, visit: &mut dyn FnMut(&[u8], Version, bool) -> bool) -> Result<()>;
+
+    /// A page of the entries (tombstones included) whose key starts with
+    /// `prefix`, in listing order (module doc) from position `from` on: at
+    /// most `limit` of them, and it stops early, with `next` set, once it has
+    /// looked at `budget` entries, so one call never walks a whole large
+    /// store. A `from` in the middle of a group that no longer holds the key
+    /// it names simply resumes at the next key.
+    fn list(&self, from: &[u8], prefix: &[u8], limit: usize, budget: usize) -> Result<Listed>;
 }
 
 /// The node's store: an engine plus conveniences. Clones share the engine
@@ -282,5 +347,10 @@ impl Store {
     /// false. See [`Engine::scan`].
     pub fn scan(&self, mut visit: impl FnMut(&[u8], Version, bool) -> bool) -> Result<()> {
         self.engine.scan(&mut visit)
+    }
+
+    /// See [`Engine::list`].
+    pub fn list(&self, from: &[u8], prefix: &[u8], limit: usize, budget: usize) -> Result<Listed> {
+        self.engine.list(from, prefix, limit, budget)
     }
 }

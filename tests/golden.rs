@@ -539,6 +539,8 @@ fn store_node_cases() -> Vec<Case> {
                     ("share_ppm", 1_000_000),
                     ("syncing", 0),
                     ("tombstones", 3),
+                    // Alone: every write has its one copy.
+                    ("write_quorum", 1),
                 ];
                 let expected = expected.map(|(k, v)| (k.to_string(), v)).into();
                 assert_eq!(stats, expected);

@@ -89,6 +89,84 @@ fn storedel_deletes_a_key_and_says_when_there_was_none() {
 }
 
 #[test]
+fn storelist_lists_every_key_once_without_erased_ones_even_with_a_member_killed() {
+    let nodes = start_ring(4, &[]);
+    let mut ring = thrifty_p2p::Client::connect(&peer(&nodes[0])).unwrap();
+    let mut expected = std::collections::BTreeSet::new();
+    for i in 0..300 {
+        let key = if i < 100 {
+            format!("fruit/{i}")
+        } else {
+            format!("veg/{i}")
+        };
+        ring.put(&key, "x").unwrap();
+        expected.insert(key);
+    }
+    for i in 0..10 {
+        ring.delete(format!("fruit/{i}")).unwrap();
+        expected.remove(&format!("fruit/{i}"));
+    }
+    // Keys no line could hold as they are, and a value that travels as
+    // chunks (whose internal keys are never listed).
+    ring.put(b"odd\nkey\\\xff", "x").unwrap();
+    expected.insert("odd\\nkey\\\\\\xff".to_string());
+    ring.put("blob", vec![1u8; 9 << 20]).unwrap();
+    expected.insert("blob".to_string());
+
+    let lines = |args: &[&str]| -> Vec<String> {
+        let (code, out, err) = run_tool("storelist", args, None);
+        assert_eq!(code, 0, "storelist {args:?}: {err}");
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    };
+    let second = peer(&nodes[1]);
+    let listed = lines(&["--peer", &second]);
+    assert_eq!(
+        listed.len(),
+        expected.len(),
+        "a key listed twice or missing"
+    );
+    assert_eq!(
+        listed
+            .iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
+        expected
+    );
+    let fruit = lines(&["--prefix", "fruit/", "--peer", &second]);
+    assert_eq!(fruit.len(), 90);
+    assert!(fruit.iter().all(|k| k.starts_with("fruit/")));
+    assert_eq!(lines(&["--count", "--peer", &second]), ["292"]);
+    assert_eq!(
+        lines(&["--count", "--prefix", "veg/", "--peer", &second]),
+        ["200"]
+    );
+
+    // Small pages through the client's cursor: the same keys, once each.
+    let mut paged = Vec::new();
+    let mut cursor: Option<Vec<u8>> = None;
+    loop {
+        let page = ring.list("", cursor.as_deref(), 7).unwrap();
+        assert!(page.keys.len() <= 7);
+        paged.extend(page.keys);
+        match page.cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged.len(), expected.len());
+
+    // One member killed: every key has another copy, so nothing is missing.
+    nodes[2].signal("KILL");
+    let listed = lines(&["--peer", &second]);
+    assert_eq!(listed.len(), expected.len(), "listing with a member dead");
+    assert_eq!(ring.count("").unwrap(), expected.len() as u64);
+}
+
+#[test]
 fn command_line_errors_say_what_went_wrong() {
     let node = NodeProc::start(None);
     let addr = peer(&node);

@@ -91,6 +91,31 @@ struct Replica {
   5: i64 ring,
 }
 
+/**
+ * One key in a page of `list_keys`: a copy this node holds, with its version,
+ * and whether it is a tombstone (the key was erased), so a client merging the
+ * pages of several replicas keeps the newest copy of each key and leaves out
+ * erased keys.
+ */
+struct ListedKey {
+  1: binary key,
+  2: i64 version,
+  3: i32 origin,
+  4: bool erased,
+}
+
+/** A page of `list_keys`. */
+struct KeyPage {
+  /** In the listing order (see `list_keys`). */
+  1: list<ListedKey> keys,
+  /**
+   * Where the next page starts; unset once this node has nothing after the
+   * page. Every key this node holds between the page's start and `resume` is
+   * in `keys`.
+   */
+  2: optional binary resume,
+}
+
 service Store extends locator.Locator {
   // ---- the original interface ----
   /** The value stored at `key`, routed to its owner; "" when absent. */
@@ -110,6 +135,21 @@ service Store extends locator.Locator {
   void erase(1: binary key) throws (1: StoreError err),
   /** Counters describing this node (keys, bytes, replication backlog, hints, ...). */
   map<string, i64> stats(),
+  /**
+   * A page of the keys this node holds copies of (tombstones included,
+   * internal chunk keys left out), in the listing order every node shares:
+   * by the top six bits of the key's ring position (MD5, as `locate` uses),
+   * then by the key's bytes. A position in that order is one byte (those six
+   * bits) followed by a key; `start` is where the page starts (the first key
+   * at or after it; "" for the beginning), normally a `resume` that an earlier
+   * page returned, from any node. `prefix` keeps the keys that start with it.
+   * At most `limit` keys (1 to 10,000) and a few MiB; a page may be short,
+   * even empty with `resume` set, when the node looked at many keys to fill it.
+   * To list a ring, ask every member for a page from the same `start`, keep
+   * the keys before the smallest `resume`, the newest copy of each, and go on
+   * from there (what the Rust client and `storelist` do; README, Listing).
+   */
+  KeyPage list_keys(1: binary prefix, 2: binary start, 3: i32 limit) throws (1: StoreError err),
   /**
    * This node's whole member table, read-only: every member it knows, itself
    * included, with its incarnation and status (departed members too, as

@@ -70,6 +70,7 @@ mod collect;
 pub use collect::GRACE_STAT;
 mod handoff;
 mod leave;
+mod listing;
 mod liveness;
 mod members;
 mod read;
@@ -515,6 +516,7 @@ impl Node {
         put("members", view.ring.len());
         put("replicas", self.config.replicas.min(view.ring.len()));
         put("replicas_configured", self.config.replicas);
+        put("write_quorum", self.write_quorum());
         put(
             collect::GRACE_STAT,
             self.config.chunk_grace.as_millis() as usize,

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use parking_lot::Mutex;
 
-use super::{Engine, Stored, Usage};
+use super::{Engine, LIST_GROUPS, Listed, Stored, Usage, split_cursor};
 use crate::error::{Error, Result};
 use crate::version::Version;
 
@@ -287,6 +287,79 @@ impl Engine for Disk {
 
     fn scan(&self, visit: &mut dyn FnMut(&[u8], Version, bool) -> bool) -> Result<()> {
         self.walk(&mut |key, version, tombstone, _| visit(key, version, tombstone))
+    }
+
+    fn list(&self, from: &[u8], prefix: &[u8], limit: usize, budget: usize) -> Result<Listed> {
+        // The tree is in key order, not listing order: walk the keys with
+        // `prefix` once per group, from the cursor's key in its first group,
+        // keeping that group's. Batches from fresh iterators, as `walk` does.
+        let (first, floor) = split_cursor(from);
+        let mut listed = Listed::default();
+        let mut looked = 0;
+        // The first stored key past every key with `prefix`.
+        let mut end = stored_key(prefix)?;
+        let end = match end.iter().rposition(|&b| b != u8::MAX) {
+            Some(at) => {
+                end.truncate(at + 1);
+                end[at] += 1;
+                Bound::Excluded(end)
+            }
+            None => Bound::Unbounded,
+        };
+        for group in first..LIST_GROUPS {
+            let floor = if group == first {
+                floor.max(prefix)
+            } else {
+                prefix
+            };
+            let mut start = Bound::Included(stored_key(floor)?);
+            loop {
+                if listed.entries.len() == limit || looked >= budget {
+                    // Resume in this group, after the last key looked at.
+                    let mut next = vec![group as u8];
+                    match &start {
+                        Bound::Excluded(stored) => {
+                            next.extend_from_slice(&stored[1..]);
+                            next.push(0);
+                        }
+                        Bound::Included(stored) => next.extend_from_slice(&stored[1..]),
+                        Bound::Unbounded => {}
+                    }
+                    listed.next = Some(next);
+                    return Ok(listed);
+                }
+                let mut batch = Vec::with_capacity(SCAN_BATCH);
+                for guard in self
+                    .entries
+                    .range((start.clone(), end.clone()))
+                    .take(SCAN_BATCH)
+                {
+                    let (stored, bytes) = guard.into_inner().map_err(storage)?;
+                    batch.push((stored, bytes));
+                }
+                let mut last = None;
+                for (stored, bytes) in &batch {
+                    looked += 1;
+                    last = Some(stored);
+                    let key = &stored[1..];
+                    if usize::from(super::list_group(key)) == group {
+                        let (version, tombstone) = decode(stored, bytes)?;
+                        listed.entries.push((key.to_vec(), version, tombstone));
+                    }
+                    if listed.entries.len() == limit || looked >= budget {
+                        break;
+                    }
+                }
+                match last {
+                    Some(stored) => start = Bound::Excluded(stored.to_vec()),
+                    None => break,
+                }
+                if batch.len() < SCAN_BATCH && listed.entries.len() < limit && looked < budget {
+                    break;
+                }
+            }
+        }
+        Ok(listed)
     }
 }
 

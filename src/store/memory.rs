@@ -3,7 +3,9 @@
 //!
 //! # Layout
 //!
-//! Keys are spread over [`SHARDS`] shards by their hash, each behind a
+//! Keys are spread over [`SHARDS`] shards by their listing group (the top
+//! bits of their ring position, see the parent module's "Listing order"), so a
+//! page of a listing reads one shard; each shard is behind a
 //! `parking_lot` read-write lock: operations are short and never await, so a
 //! blocking lock held for a few hundred nanoseconds is cheaper than an async
 //! one, and sharding keeps cores from contending. The lock guards everything in
@@ -33,8 +35,10 @@
 //!
 //! Nor is it slower (`nanoseconds_per_operation_at_a_million_keys` below): a
 //! write copies into a page instead of allocating, an overwrite of the same
-//! size rewrites the record in place, and one SipHash per operation serves
-//! both the shard choice and the table, where there were two.
+//! size rewrites the record in place. The shard is chosen by the key's MD5
+//! ring position, which clients can aim at one shard: that only makes them
+//! share a lock, since each table hashes with a SipHash key of this
+//! process's own.
 //!
 //! # Garbage
 //!
@@ -63,14 +67,14 @@ use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 use parking_lot::RwLock;
 
-use super::{Engine, Stored, Usage};
+use super::{Engine, Listed, Stored, Usage, split_cursor};
 use crate::error::{Error, Result};
 use crate::version::Version;
 
 /// Enough shards that two cores rarely meet on one lock. Memory per entry
 /// does not depend on it: the tables' load factor swings between 44% and 87%
 /// as keys are added, whatever the number of shards.
-const SHARDS: usize = 64;
+const SHARDS: usize = super::LIST_GROUPS;
 
 /// Bits of a [`Handle`] that hold the offset within a page.
 const OFFSET_BITS: u32 = 15;
@@ -660,10 +664,8 @@ impl Shard {
 /// The in-memory engine.
 pub(super) struct Memory {
     shards: Vec<RwLock<Shard>>,
-    /// Hashes keys with a key of this process's own (SipHash), since clients
-    /// choose the keys. One hash per operation serves twice: bits 32 and up
-    /// pick the shard, while a table indexes by the low bits and tags buckets
-    /// with the top 7, so the keys of one shard still spread over its table.
+    /// Hashes keys for the tables with a key of this process's own
+    /// (SipHash), since clients choose the keys.
     hasher: KeyHasher,
 }
 
@@ -687,10 +689,10 @@ impl Memory {
         }
     }
 
-    /// The key's hash and the shard that holds it.
+    /// The key's hash and the shard that holds it (its listing group).
     fn locate(&self, key: &[u8]) -> (u64, &RwLock<Shard>) {
         let hash = hash_of(&self.hasher, key);
-        (hash, &self.shards[(hash >> 32) as usize % SHARDS])
+        (hash, &self.shards[usize::from(super::list_group(key))])
     }
 
     /// What the arenas and tables hold, for tests of the accounting.
@@ -785,6 +787,47 @@ impl Engine for Memory {
             total.add(shard.read().usage);
         }
         total
+    }
+
+    fn list(&self, from: &[u8], prefix: &[u8], limit: usize, budget: usize) -> Result<Listed> {
+        // A shard is a listing group: pick the page's keys of one group under
+        // its read lock (only the page's own records are copied), in order,
+        // then the next group's, until the page is full or the budget spent.
+        let (first, floor) = split_cursor(from);
+        let mut listed = Listed::default();
+        let mut looked = 0;
+        for group in first..SHARDS {
+            let want = limit - listed.entries.len();
+            if want == 0 || (looked >= budget && group > first) {
+                listed.next = Some(vec![group as u8]);
+                return Ok(listed);
+            }
+            let floor = if group == first { floor } else { &[] };
+            let shard = self.shards[group].read();
+            looked += shard.table.len();
+            let mut picked: Vec<Record<'_>> = (shard.table.iter())
+                .map(|&handle| shard.arena.record(handle))
+                .filter(|record| record.key() >= floor && record.key().starts_with(prefix))
+                .collect();
+            let full = picked.len() > want;
+            if full {
+                picked.select_nth_unstable_by(want, |a, b| a.key().cmp(b.key()));
+                picked.truncate(want);
+            }
+            picked.sort_unstable_by(|a, b| a.key().cmp(b.key()));
+            listed
+                .entries
+                .extend((picked.iter()).map(|r| (r.key().to_vec(), r.version(), r.is_tombstone())));
+            if full {
+                let last = &listed.entries.last().expect("a full page").0;
+                let mut next = vec![group as u8];
+                next.extend_from_slice(last);
+                next.push(0);
+                listed.next = Some(next);
+                return Ok(listed);
+            }
+        }
+        Ok(listed)
     }
 
     fn scan(&self, visit: &mut dyn FnMut(&[u8], Version, bool) -> bool) -> Result<()> {

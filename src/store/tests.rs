@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{Engine, Store, Stored, Usage};
+use super::{Engine, Listed, Store, Stored, Usage, list_position, list_position_after};
 use crate::version::Version;
 
 fn v(stamp: u64) -> Version {
@@ -87,6 +87,8 @@ for_every_engine!(
     usage_counts_values_bytes_and_tombstones_exactly_through_every_kind_of_write,
     usage_stays_exact_under_concurrent_overwrites_and_removes,
     value_len_is_the_length_of_the_value_and_nothing_for_an_absent_key,
+    pages_list_every_entry_once_in_listing_order_whatever_the_limit_and_budget,
+    a_prefix_lists_only_its_keys_and_a_cursor_past_a_deleted_key_resumes_after_it,
 );
 
 fn value_len_is_the_length_of_the_value_and_nothing_for_an_absent_key(engine: &dyn Engine) {
@@ -456,4 +458,100 @@ fn the_disk_engine_recounts_usage_exactly_at_reopen() {
     let store = Store::open(dir.path(), false).unwrap();
     assert_eq!(store.usage(), before);
     assert!(before.values > 0 && before.tombstones > 0 && before.bytes > 0);
+}
+
+/// Every page from the start, following `next`, asserting each page is in
+/// listing order and starts where the previous one said.
+fn list_all(engine: &dyn Engine, prefix: &[u8], limit: usize, budget: usize) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = Vec::new();
+    let mut from = Vec::new();
+    for _ in 0..100_000 {
+        let Listed { entries, next } = engine.list(&from, prefix, limit, budget).unwrap();
+        assert!(entries.len() <= limit);
+        for (key, _, _) in entries {
+            assert!(list_position(&key) >= from, "{key:?} is before the cursor");
+            if let Some(last) = keys.last() {
+                assert!(list_position(last) < list_position(&key), "out of order");
+            }
+            keys.push(key);
+        }
+        match next {
+            Some(next) => {
+                assert!(next >= from, "the cursor went back");
+                from = next;
+            }
+            None => return keys,
+        }
+    }
+    panic!("the listing never ended");
+}
+
+fn pages_list_every_entry_once_in_listing_order_whatever_the_limit_and_budget(engine: &dyn Engine) {
+    let mut expected: Vec<Vec<u8>> = (0..600u32)
+        .map(|i| format!("key-{i}").into_bytes())
+        .collect();
+    for (i, key) in expected.iter().enumerate() {
+        let value = (i % 5 != 0).then_some(&b"v"[..]);
+        engine.merge(key, value, v(1)).unwrap();
+    }
+    expected.sort_by_key(|key| list_position(key));
+    for (limit, budget) in [
+        (1, usize::MAX),
+        (7, usize::MAX),
+        (1000, usize::MAX),
+        (50, 1),
+        (3, 40),
+    ] {
+        assert_eq!(
+            list_all(engine, b"", limit, budget),
+            expected,
+            "limit {limit}, budget {budget}"
+        );
+    }
+    // Tombstones are listed, flagged, with their versions.
+    let page = engine.list(&[], b"", 1000, usize::MAX).unwrap();
+    assert_eq!(page.next, None);
+    let tombstones = page.entries.iter().filter(|(_, _, dead)| *dead).count();
+    assert_eq!(tombstones, 120);
+    assert!(page.entries.iter().all(|(_, version, _)| *version == v(1)));
+}
+
+fn a_prefix_lists_only_its_keys_and_a_cursor_past_a_deleted_key_resumes_after_it(
+    engine: &dyn Engine,
+) {
+    for i in 0..300u32 {
+        let prefix = if i % 3 == 0 { "p/" } else { "q/" };
+        engine
+            .merge(format!("{prefix}{i}").as_bytes(), Some(b"v"), v(1))
+            .unwrap();
+    }
+    engine.merge(b"p", Some(b"v"), v(1)).unwrap();
+    engine.merge(b"p/\xff\xff", Some(b"v"), v(1)).unwrap();
+    let mut expected: Vec<Vec<u8>> = (0..300u32)
+        .filter(|i| i % 3 == 0)
+        .map(|i| format!("p/{i}").into_bytes())
+        .collect();
+    expected.push(b"p/\xff\xff".to_vec());
+    expected.sort_by_key(|key| list_position(key));
+    assert_eq!(list_all(engine, b"p/", 9, usize::MAX), expected);
+    assert_eq!(list_all(engine, b"p/", 4, 10), expected);
+    assert_eq!(
+        list_all(engine, b"nothing", 4, usize::MAX),
+        Vec::<Vec<u8>>::new()
+    );
+
+    // Resuming after a key that was forgotten meanwhile lists the keys after it.
+    let gone = &expected[10];
+    let version = engine.get(gone).unwrap().unwrap().version;
+    assert!(engine.remove_if(gone, version).unwrap());
+    let page = engine
+        .list(&list_position_after(gone), b"p/", 5, usize::MAX)
+        .unwrap();
+    let keys: Vec<&Vec<u8>> = page.entries.iter().map(|(key, _, _)| key).collect();
+    assert_eq!(keys, expected[11..16].iter().collect::<Vec<_>>());
+    let page = engine
+        .list(&list_position(gone), b"p/", 5, usize::MAX)
+        .unwrap();
+    let keys: Vec<&Vec<u8>> = page.entries.iter().map(|(key, _, _)| key).collect();
+    assert_eq!(keys, expected[11..16].iter().collect::<Vec<_>>());
 }

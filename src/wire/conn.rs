@@ -26,6 +26,7 @@ use crate::client::ClientOptions;
 use crate::error::{Error, Result};
 use crate::membership::MemberState;
 use crate::peer::Entry;
+use crate::store::Listed;
 use crate::tls::SyncStream;
 use rustls::StreamOwned;
 
@@ -395,6 +396,16 @@ impl Conn {
     pub fn stats(&mut self) -> Result<BTreeMap<String, i64>> {
         let result = self.client.stats();
         self.done(result)
+    }
+
+    /// A page of the keys the node holds copies of (see `list_keys` in the
+    /// IDL).
+    pub(crate) fn list_keys(&mut self, prefix: &[u8], start: &[u8], limit: u32) -> Result<Listed> {
+        let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+        let result = self
+            .client
+            .list_keys(prefix.to_vec(), start.to_vec(), limit);
+        Ok(convert::key_page_in(self.done(result)?))
     }
 
     /// The node's own copies of `keys`, tombstones included (a diagnostic).

@@ -1,11 +1,13 @@
 //! Conversions between the generated Thrift types and the crate's domain types.
 
-use super::idl::diststore::{Entry, ErrorKind as WireKind, Lookup, Replica, StoreError};
+use super::idl::diststore::{
+    Entry, ErrorKind as WireKind, KeyPage, ListedKey, Lookup, Replica, StoreError,
+};
 use super::idl::locator::{Location, Member, MemberStatus};
 use crate::addr::NodeAddr;
 use crate::error::{Error, ErrorKind};
 use crate::membership::{MemberState, Status};
-use crate::store::Stored;
+use crate::store::{Listed, Stored};
 use crate::version::Version;
 
 /// A `Location` for an address. The port travels as a signed 16-bit number, so
@@ -213,6 +215,33 @@ pub fn from_entry(entry: Entry) -> Option<(Vec<u8>, Stored)> {
             },
         },
     ))
+}
+
+/// A page of this node's keys for the wire.
+pub fn key_page_out(listed: Listed) -> KeyPage {
+    let keys = (listed.entries.into_iter())
+        .map(|(key, version, erased)| {
+            ListedKey::new(key, version.stamp as i64, version.origin as i32, erased)
+        })
+        .collect::<Vec<_>>();
+    KeyPage::new(keys, listed.next)
+}
+
+/// A page of a node's keys from the wire; keys missing a field are dropped.
+pub fn key_page_in(page: KeyPage) -> Listed {
+    let entries = (page.keys.unwrap_or_default().into_iter())
+        .filter_map(|listed| {
+            Some((
+                listed.key?,
+                version(listed.version?, listed.origin?),
+                listed.erased?,
+            ))
+        })
+        .collect();
+    Listed {
+        entries,
+        next: page.resume,
+    }
 }
 
 #[cfg(test)]

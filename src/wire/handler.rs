@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use thrift::{ApplicationError, ApplicationErrorKind};
 
 use super::convert;
-use super::idl::diststore::{Entry, Lookup, PeerSyncHandler, Replica, StoreSyncHandler};
+use super::idl::diststore::{Entry, KeyPage, Lookup, PeerSyncHandler, Replica, StoreSyncHandler};
 use super::idl::locator::{BaseSyncHandler, Location, LocatorSyncHandler, Member};
 use crate::addr::NodeAddr;
 use crate::auth::Session;
@@ -214,6 +214,16 @@ impl StoreSyncHandler for Handler {
 
     fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>> {
         Ok(self.node.stats())
+    }
+
+    fn handle_list_keys(
+        &self,
+        prefix: Vec<u8>,
+        start: Vec<u8>,
+        limit: i32,
+    ) -> thrift::Result<KeyPage> {
+        let listed = (self.node.list_keys(&prefix, &start, limit)).map_err(store_error)?;
+        Ok(convert::key_page_out(listed))
     }
 
     fn handle_members(&self) -> thrift::Result<Vec<Member>> {

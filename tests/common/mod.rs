@@ -251,6 +251,7 @@ pub fn run_tool_in(
         "storeput" => env!("CARGO_BIN_EXE_storeput"),
         "storeget" => env!("CARGO_BIN_EXE_storeget"),
         "storedel" => env!("CARGO_BIN_EXE_storedel"),
+        "storelist" => env!("CARGO_BIN_EXE_storelist"),
         "storeprimer" => env!("CARGO_BIN_EXE_storeprimer"),
         "storetest" => env!("CARGO_BIN_EXE_storetest"),
         "storemerge" => env!("CARGO_BIN_EXE_storemerge"),

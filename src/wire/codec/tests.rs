@@ -10,7 +10,7 @@ use thrift::server::TProcessor;
 
 use super::*;
 use crate::wire::idl::diststore::{
-    Entry, PeerSyncClient, PeerSyncHandler, PeerSyncProcessor, Replica, StoreSyncHandler,
+    Entry, KeyPage, PeerSyncClient, PeerSyncHandler, PeerSyncProcessor, Replica, StoreSyncHandler,
     TPeerSyncClient, TStoreSyncClient,
 };
 use crate::wire::idl::locator::{
@@ -291,6 +291,9 @@ impl StoreSyncHandler for Stub {
         self.store_error()
     }
     fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>> {
+        unreachable!()
+    }
+    fn handle_list_keys(&self, _: Vec<u8>, _: Vec<u8>, _: i32) -> thrift::Result<KeyPage> {
         unreachable!()
     }
     fn handle_members(&self) -> thrift::Result<Vec<Member>> {

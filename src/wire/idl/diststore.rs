@@ -557,6 +557,211 @@ impl Default for Replica {
 }
 
 //
+// ListedKey
+//
+
+/// One key in a page of `list_keys`: a copy this node holds, with its version,
+/// and whether it is a tombstone (the key was erased), so a client merging the
+/// pages of several replicas keeps the newest copy of each key and leaves out
+/// erased keys.
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct ListedKey {
+  pub key: Option<Vec<u8>>,
+  pub version: Option<i64>,
+  pub origin: Option<i32>,
+  pub erased: Option<bool>,
+}
+
+impl ListedKey {
+  pub fn new<F1, F2, F3, F4>(key: F1, version: F2, origin: F3, erased: F4) -> ListedKey where F1: Into<Option<Vec<u8>>>, F2: Into<Option<i64>>, F3: Into<Option<i32>>, F4: Into<Option<bool>> {
+    ListedKey {
+      key: key.into(),
+      version: version.into(),
+      origin: origin.into(),
+      erased: erased.into(),
+    }
+  }
+}
+
+impl TSerializable for ListedKey {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<ListedKey> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = Some(Vec::new());
+    let mut f_2: Option<i64> = Some(0);
+    let mut f_3: Option<i32> = Some(0);
+    let mut f_4: Option<bool> = Some(false);
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_i32()?;
+          f_3 = Some(val);
+        },
+        4 => {
+          let val = i_prot.read_bool()?;
+          f_4 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = ListedKey {
+      key: f_1,
+      version: f_2,
+      origin: f_3,
+      erased: f_4,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("ListedKey");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.key {
+      o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+      o_prot.write_bytes(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.version {
+      o_prot.write_field_begin(&TFieldIdentifier::new("version", TType::I64, 2))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.origin {
+      o_prot.write_field_begin(&TFieldIdentifier::new("origin", TType::I32, 3))?;
+      o_prot.write_i32(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.erased {
+      o_prot.write_field_begin(&TFieldIdentifier::new("erased", TType::Bool, 4))?;
+      o_prot.write_bool(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+impl Default for ListedKey {
+  fn default() -> Self {
+    ListedKey{
+      key: Some(Vec::new()),
+      version: Some(0),
+      origin: Some(0),
+      erased: Some(false),
+    }
+  }
+}
+
+//
+// KeyPage
+//
+
+/// A page of `list_keys`.
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct KeyPage {
+  /// In the listing order (see `list_keys`).
+  pub keys: Option<Vec<ListedKey>>,
+  /// Where the next page starts; unset once this node has nothing after the
+  /// page. Every key this node holds between the page's start and `resume` is
+  /// in `keys`.
+  pub resume: Option<Vec<u8>>,
+}
+
+impl KeyPage {
+  pub fn new<F1, F2>(keys: F1, resume: F2) -> KeyPage where F1: Into<Option<Vec<ListedKey>>>, F2: Into<Option<Vec<u8>>> {
+    KeyPage {
+      keys: keys.into(),
+      resume: resume.into(),
+    }
+  }
+}
+
+impl TSerializable for KeyPage {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<KeyPage> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<ListedKey>> = Some(Vec::new());
+    let mut f_2: Option<Vec<u8>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<ListedKey> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_0 = ListedKey::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_0);
+          }
+          i_prot.read_list_end()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_bytes()?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = KeyPage {
+      keys: f_1,
+      resume: f_2,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("KeyPage");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.keys {
+      o_prot.write_field_begin(&TFieldIdentifier::new("keys", TType::List, 1))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
+      for e in fld_var {
+        e.write_to_out_protocol(o_prot)?;
+      }
+      o_prot.write_list_end()?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.resume {
+      o_prot.write_field_begin(&TFieldIdentifier::new("resume", TType::String, 2))?;
+      o_prot.write_bytes(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+impl Default for KeyPage {
+  fn default() -> Self {
+    KeyPage{
+      keys: Some(Vec::new()),
+      resume: Some(Vec::new()),
+    }
+  }
+}
+
+//
 // Store service client
 //
 
@@ -574,6 +779,19 @@ pub trait TStoreSyncClient : locator::TLocatorSyncClient {
   fn erase(&mut self, key: Vec<u8>) -> thrift::Result<()>;
   /// Counters describing this node (keys, bytes, replication backlog, hints, ...).
   fn stats(&mut self) -> thrift::Result<BTreeMap<String, i64>>;
+  /// A page of the keys this node holds copies of (tombstones included,
+  /// internal chunk keys left out), in the listing order every node shares:
+  /// by the top six bits of the key's ring position (MD5, as `locate` uses),
+  /// then by the key's bytes. A position in that order is one byte (those six
+  /// bits) followed by a key; `start` is where the page starts (the first key
+  /// at or after it; "" for the beginning), normally a `resume` that an earlier
+  /// page returned, from any node. `prefix` keeps the keys that start with it.
+  /// At most `limit` keys (1 to 10,000) and a few MiB; a page may be short,
+  /// even empty with `resume` set, when the node looked at many keys to fill it.
+  /// To list a ring, ask every member for a page from the same `start`, keep
+  /// the keys before the smallest `resume`, the newest copy of each, and go on
+  /// from there (what the Rust client and `storelist` do; README, Listing).
+  fn list_keys(&mut self, prefix: Vec<u8>, start: Vec<u8>, limit: i32) -> thrift::Result<KeyPage>;
   /// This node's whole member table, read-only: every member it knows, itself
   /// included, with its incarnation and status (departed members too, as
   /// DEAD or LEFT). For status tools; nodes exchange tables with `gossip`.
@@ -765,6 +983,33 @@ impl <C: TThriftClient + TStoreSyncClientMarker + locator::TLocatorSyncClientMar
       result.ok_or()
     }
   }
+  fn list_keys(&mut self, prefix: Vec<u8>, start: Vec<u8>, limit: i32) -> thrift::Result<KeyPage> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("list_keys", TMessageType::Call, self.sequence_number());
+        let call_args = StoreListKeysArgs { prefix, start, limit };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("list_keys", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreListKeysResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
   fn members(&mut self) -> thrift::Result<Vec<locator::Member>> {
     (
       {
@@ -866,6 +1111,19 @@ pub trait StoreSyncHandler : locator::LocatorSyncHandler {
   fn handle_erase(&self, key: Vec<u8>) -> thrift::Result<()>;
   /// Counters describing this node (keys, bytes, replication backlog, hints, ...).
   fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>>;
+  /// A page of the keys this node holds copies of (tombstones included,
+  /// internal chunk keys left out), in the listing order every node shares:
+  /// by the top six bits of the key's ring position (MD5, as `locate` uses),
+  /// then by the key's bytes. A position in that order is one byte (those six
+  /// bits) followed by a key; `start` is where the page starts (the first key
+  /// at or after it; "" for the beginning), normally a `resume` that an earlier
+  /// page returned, from any node. `prefix` keeps the keys that start with it.
+  /// At most `limit` keys (1 to 10,000) and a few MiB; a page may be short,
+  /// even empty with `resume` set, when the node looked at many keys to fill it.
+  /// To list a ring, ask every member for a page from the same `start`, keep
+  /// the keys before the smallest `resume`, the newest copy of each, and go on
+  /// from there (what the Rust client and `storelist` do; README, Listing).
+  fn handle_list_keys(&self, prefix: Vec<u8>, start: Vec<u8>, limit: i32) -> thrift::Result<KeyPage>;
   /// This node's whole member table, read-only: every member it knows, itself
   /// included, with its incarnation and status (departed members too, as
   /// DEAD or LEFT). For status tools; nodes exchange tables with `gossip`.
@@ -909,6 +1167,9 @@ impl <H: StoreSyncHandler> StoreSyncProcessor<H> {
   }
   fn process_stats(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_stats(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_list_keys(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_list_keys(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_members(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_members(&self.handler, incoming_sequence_number, i_prot, o_prot)
@@ -1238,6 +1499,66 @@ impl TStoreProcessFunctions {
       },
     }
   }
+  pub fn process_list_keys<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreListKeysArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_list_keys(args.prefix, args.start, args.limit) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("list_keys", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreListKeysResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreListKeysResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("list_keys", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("list_keys", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("list_keys", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("list_keys", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
   pub fn process_members<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let _ = StoreMembersArgs::read_from_in_protocol(i_prot)?;
     match handler.handle_members() {
@@ -1395,6 +1716,9 @@ impl <H: StoreSyncHandler> TProcessor for StoreSyncProcessor<H> {
       },
       "stats" => {
         self.process_stats(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "list_keys" => {
+        self.process_list_keys(message_ident.sequence_number, i_prot, o_prot)
       },
       "members" => {
         self.process_members(message_ident.sequence_number, i_prot, o_prot)
@@ -2044,9 +2368,9 @@ impl StoreStatsResult {
           let map_ident = i_prot.read_map_begin()?;
           let mut val: BTreeMap<String, i64> = BTreeMap::new();
           for _ in 0..map_ident.size {
-            let map_key_0 = i_prot.read_string()?;
-            let map_val_1 = i_prot.read_i64()?;
-            val.insert(map_key_0, map_val_1);
+            let map_key_1 = i_prot.read_string()?;
+            let map_val_2 = i_prot.read_i64()?;
+            val.insert(map_key_1, map_val_2);
           }
           i_prot.read_map_end()?;
           f_0 = Some(val);
@@ -2074,6 +2398,153 @@ impl StoreStatsResult {
         o_prot.write_i64(*v)?;
       }
       o_prot.write_map_end()?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreListKeysArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreListKeysArgs {
+  prefix: Vec<u8>,
+  start: Vec<u8>,
+  limit: i32,
+}
+
+impl StoreListKeysArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreListKeysArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    let mut f_2: Option<Vec<u8>> = None;
+    let mut f_3: Option<i32> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_bytes()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_i32()?;
+          f_3 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreListKeysArgs.prefix", &f_1)?;
+    verify_required_field_exists("StoreListKeysArgs.start", &f_2)?;
+    verify_required_field_exists("StoreListKeysArgs.limit", &f_3)?;
+    let ret = StoreListKeysArgs {
+      prefix: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      start: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      limit: f_3.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("list_keys_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("prefix", TType::String, 1))?;
+    o_prot.write_bytes(&self.prefix)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("start", TType::String, 2))?;
+    o_prot.write_bytes(&self.start)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("limit", TType::I32, 3))?;
+    o_prot.write_i32(self.limit)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreListKeysResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreListKeysResult {
+  result_value: Option<KeyPage>,
+  err: Option<StoreError>,
+}
+
+impl StoreListKeysResult {
+  fn ok_or(self) -> thrift::Result<KeyPage> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreListKeys"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreListKeysResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<KeyPage> = None;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = KeyPage::read_from_in_protocol(i_prot)?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreListKeysResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreListKeysResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
       o_prot.write_field_end()?
     }
     o_prot.write_field_stop()?;
@@ -2155,8 +2626,8 @@ impl StoreMembersResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<locator::Member> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_2 = locator::Member::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_2);
+            let list_elem_3 = locator::Member::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_3);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -3034,6 +3505,9 @@ impl <H: PeerSyncHandler> PeerSyncProcessor<H> {
   fn process_stats(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_stats(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
+  fn process_list_keys(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_list_keys(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
   fn process_members(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_members(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
@@ -3875,6 +4349,9 @@ impl <H: PeerSyncHandler> TProcessor for PeerSyncProcessor<H> {
       "stats" => {
         self.process_stats(message_ident.sequence_number, i_prot, o_prot)
       },
+      "list_keys" => {
+        self.process_list_keys(message_ident.sequence_number, i_prot, o_prot)
+      },
       "members" => {
         self.process_members(message_ident.sequence_number, i_prot, o_prot)
       },
@@ -4021,8 +4498,8 @@ impl PeerEnterResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<locator::Member> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_3 = locator::Member::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_3);
+            let list_elem_4 = locator::Member::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_4);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -4080,8 +4557,8 @@ impl PeerGossipArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<locator::Member> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_4 = locator::Member::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_4);
+            let list_elem_5 = locator::Member::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_5);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -4152,8 +4629,8 @@ impl PeerGossipResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<locator::Member> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_5 = locator::Member::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_5);
+            let list_elem_6 = locator::Member::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_6);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -4852,8 +5329,8 @@ impl PeerPeekArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Vec<u8>> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_6 = i_prot.read_bytes()?;
-            val.push(list_elem_6);
+            let list_elem_7 = i_prot.read_bytes()?;
+            val.push(list_elem_7);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -4928,8 +5405,8 @@ impl PeerPeekResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_7 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_7);
+            let list_elem_8 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_8);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -5003,8 +5480,8 @@ impl PeerDiffBucketsArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<i64> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_8 = i_prot.read_i64()?;
-            val.push(list_elem_8);
+            let list_elem_9 = i_prot.read_i64()?;
+            val.push(list_elem_9);
           }
           i_prot.read_list_end()?;
           f_2 = Some(val);
@@ -5084,8 +5561,8 @@ impl PeerDiffBucketsResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<i32> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_9 = i_prot.read_i32()?;
-            val.push(list_elem_9);
+            let list_elem_10 = i_prot.read_i32()?;
+            val.push(list_elem_10);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -5161,8 +5638,8 @@ impl PeerReconcileArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<i32> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_10 = i_prot.read_i32()?;
-            val.push(list_elem_10);
+            let list_elem_11 = i_prot.read_i32()?;
+            val.push(list_elem_11);
           }
           i_prot.read_list_end()?;
           f_2 = Some(val);
@@ -5171,8 +5648,8 @@ impl PeerReconcileArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_11 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_11);
+            let list_elem_12 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_12);
           }
           i_prot.read_list_end()?;
           f_3 = Some(val);
@@ -5261,8 +5738,8 @@ impl PeerReconcileResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_12 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_12);
+            let list_elem_13 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_13);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -5590,8 +6067,8 @@ impl PeerReplicateArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_13 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_13);
+            let list_elem_14 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_14);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -5713,8 +6190,8 @@ impl PeerAbsorbArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_14 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_14);
+            let list_elem_15 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_15);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
