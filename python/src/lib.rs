@@ -27,6 +27,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 use thrifty_p2p::auth::{Role, Secret};
+use thrifty_p2p::listing::KeyPage;
 use thrifty_p2p::{Client, ClientOptions, Error, NodeAddr};
 
 /// `thrifty_p2p.StoreError`, defined in Python (`thrifty_p2p/_errors.py`) so
@@ -221,6 +222,30 @@ impl Ring {
     /// The entry node's counters.
     fn stats(&self, py: Python<'_>) -> PyResult<BTreeMap<String, i64>> {
         self.call(py, Client::stats)
+    }
+
+    /// One page of at most `limit` keys starting with `prefix`, and the
+    /// cursor for the next page (None: no more).
+    #[pyo3(signature = (prefix, cursor=None, limit=1000))]
+    fn list<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        cursor: Option<&Bound<'py, PyBytes>>,
+        limit: u32,
+    ) -> PyResult<(Vec<Bound<'py, PyBytes>>, Option<Bound<'py, PyBytes>>)> {
+        let prefix = key_bytes(prefix)?;
+        let cursor = cursor.map(|c| c.as_bytes());
+        let KeyPage { keys, cursor } = self.call(py, |c| c.list(prefix, cursor, limit))?;
+        let keys = keys.iter().map(|k| PyBytes::new(py, k)).collect();
+        Ok((keys, cursor.map(|c| PyBytes::new(py, &c))))
+    }
+
+    /// How many keys start with `prefix` on the whole ring (it costs a
+    /// listing).
+    fn count(&self, py: Python<'_>, prefix: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let prefix = key_bytes(prefix)?;
+        self.call(py, |c| c.count(prefix))
     }
 
     fn __repr__(&self) -> String {

@@ -197,7 +197,9 @@ def test_python_threads_run_during_a_put_which_reads_the_value_in_place(ring, si
         through[f"gil-{size}"] = value
         armed.clear()
         assert "exported" in seen and "resized" not in seen, seen
-        assert thrifty_p2p.Dict(ring[1])[f"gil-{size}"] == bytes(value)
+        other = thrifty_p2p.Dict(ring[1])
+        assert other[f"gil-{size}"] == bytes(value)
+        del other[f"gil-{size}"]
     finally:
         proxy.close()
 
@@ -219,3 +221,37 @@ def test_a_ring_requiring_a_client_secret_takes_it_from_secret_file_or_the_envir
         assert thrifty_p2p.Dict(node.addr)["k"] == b"v"
     finally:
         node.stop()
+
+
+def test_iteration_len_and_keys_with_a_prefix_list_every_key_once_across_pages(d, monkeypatch):
+    # Small pages, so the listing takes many cursors.
+    monkeypatch.setattr(thrifty_p2p, "_PAGE", 7)
+    written = {f"list/{i:03d}" for i in range(60)} | {b"list/\xff\xfe"}
+    for key in written:
+        d[key] = b"v"
+    d["other/1"] = b"v"
+    listed = list(d.keys(prefix="list/"))
+    assert len(listed) == len(set(listed)) == len(written)
+    assert set(listed) == written  # str when UTF-8, bytes otherwise
+    assert set(d.keys(prefix=b"list/")) == written
+    assert len(d.keys(prefix="list/")) == len(written)
+    assert "list/007" in d.keys(prefix="list/")
+    assert "other/1" not in d.keys(prefix="list/") and "list/999" not in d.keys(prefix="list/")
+    everything = list(d)
+    assert len(everything) == len(set(everything)) == len(d)
+    assert written | {"other/1"} <= set(everything)
+    assert set(d.keys()) == set(everything)
+    del d["list/000"]
+    assert "list/000" not in set(d.keys(prefix="list/"))
+    assert len(d.keys(prefix="list/")) == len(written) - 1
+    with pytest.raises(TypeError):
+        d.keys(prefix=5)
+
+
+def test_a_dict_of_a_ring_is_a_whole_mapping(ring):
+    d = thrifty_p2p.Dict(ring[2])
+    for key in list(d.keys(prefix="whole/")):
+        del d[key]
+    d.update({"whole/a": b"1", "whole/b": b"2"})
+    assert {k: d[k] for k in d.keys(prefix="whole/")} == {"whole/a": b"1", "whole/b": b"2"}
+    assert dict(d.items()) == {k: d[k] for k in d}

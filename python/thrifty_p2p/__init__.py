@@ -30,10 +30,16 @@ StoreError.__module__ = __name__
 Key = Union[str, bytes]
 
 _SERIALIZERS = (None, "bytes", "pickle")
-_NOT_YET = (
-    "listing the ring's keys (len, iteration, keys()) needs Client::list and "
-    "Client::count, which this build of thrifty_p2p does not have yet"
-)
+# Keys per listing call.
+_PAGE = 1000
+
+
+def _key_bytes(key: object) -> bytes:
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, bytes):
+        return key
+    raise TypeError(f"keys are str or bytes, not {type(key).__name__}")
 
 
 def _decode(key: bytes) -> Key:
@@ -61,7 +67,8 @@ class Dict(MutableMapping):
     back unpickled: only use it with a ring whose writers you trust.
 
     Listed keys (iteration, ``keys()``) come back as ``str`` when they are
-    valid UTF-8, else as ``bytes``.
+    valid UTF-8, else as ``bytes``, in no overall order; ``len()`` lists the
+    keys to count them.
 
     A Dict may be shared by threads: its calls are serialised on one
     connection set, with the GIL released while they wait. Failures raise
@@ -120,14 +127,31 @@ class Dict(MutableMapping):
         return self._ring.contains(key)
 
     def __len__(self) -> int:
-        raise NotImplementedError(_NOT_YET)
+        """How many keys the whole ring holds: it lists them all, so it costs a scan."""
+        return self._ring.count(b"")
 
     def __iter__(self) -> Iterator[Key]:
-        raise NotImplementedError(_NOT_YET)
+        return self._keys(b"")
 
     def keys(self, prefix: Optional[Key] = None) -> KeysView:  # type: ignore[override]
-        """The ring's keys, or those starting with ``prefix``, as a view."""
-        raise NotImplementedError(_NOT_YET)
+        """The ring's keys, or those starting with ``prefix``, as a view.
+
+        Iterating pages through the ring (1000 keys a call), lazily; keys come
+        as ``str`` when valid UTF-8, else ``bytes``, in no overall order. Keys
+        written or deleted meanwhile may or may not be seen. ``len()`` of the
+        view counts the keys with the prefix; ``in`` checks the prefix and
+        asks the ring.
+        """
+        return _Keys(self, _key_bytes(prefix) if prefix is not None else b"")
+
+    def _keys(self, prefix: bytes) -> Iterator[Key]:
+        cursor: Optional[bytes] = None
+        while True:
+            keys, cursor = self._ring.list(prefix, cursor, _PAGE)
+            for key in keys:
+                yield _decode(key)
+            if cursor is None:
+                return
 
     # The ring.
 
@@ -146,3 +170,25 @@ class Dict(MutableMapping):
     def stats(self) -> dict[str, int]:
         """The entry node's counters (keys, bytes, requests, ``replicas``...)."""
         return self._ring.stats()
+
+
+class _Keys(KeysView):
+    """``Dict.keys(prefix)``: the keys starting with ``prefix``, listed when iterated."""
+
+    def __init__(self, mapping: Dict, prefix: bytes) -> None:
+        super().__init__(mapping)
+        self._prefix = prefix
+
+    def __iter__(self) -> Iterator[Key]:
+        return self._mapping._keys(self._prefix)
+
+    def __len__(self) -> int:
+        return self._mapping._ring.count(self._prefix)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, (str, bytes)):
+            return False
+        return _key_bytes(key).startswith(self._prefix) and key in self._mapping
+
+    def __repr__(self) -> str:
+        return f"{self._mapping!r}.keys(prefix={self._prefix!r})"
