@@ -103,6 +103,9 @@ impl Value {
     }
 }
 
+/// A page of keys and the cursor for the next, as `Ring.list` returns them.
+type Page<'py> = (Vec<Bound<'py, PyBytes>>, Option<Bound<'py, PyBytes>>);
+
 /// A connection to a ring, shared by the threads that use it.
 #[pyclass(module = "thrifty_p2p._native", frozen)]
 struct Ring {
@@ -172,7 +175,12 @@ impl Ring {
 
     /// Stores `value` (any C-contiguous buffer) at `key`; returns once a
     /// write quorum of its replicas holds it.
-    fn put(&self, py: Python<'_>, key: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn put(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let key = key_bytes(key)?;
         let value = Value::of(value)?;
         let bytes = value.bytes();
@@ -233,7 +241,7 @@ impl Ring {
         prefix: &Bound<'py, PyAny>,
         cursor: Option<&Bound<'py, PyBytes>>,
         limit: u32,
-    ) -> PyResult<(Vec<Bound<'py, PyBytes>>, Option<Bound<'py, PyBytes>>)> {
+    ) -> PyResult<Page<'py>> {
         let prefix = key_bytes(prefix)?;
         let cursor = cursor.map(|c| c.as_bytes());
         let KeyPage { keys, cursor } = self.call(py, |c| c.list(prefix, cursor, limit))?;
