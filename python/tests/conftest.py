@@ -1,17 +1,18 @@
 """Fixtures: real `location` nodes on ephemeral ports of 127.0.0.1, started
 from the root crate's built binary and killed at the end.
 
-The binary is $THRIFTY_LOCATION, or target/debug/location at the repository's
-root (``cargo build`` or ``cargo test`` there makes it).
+The binary is $THRIFTY_LOCATION, or target/debug/location at the
+repository's root (``cargo build`` or ``cargo test`` there makes it); the
+nodes' logs go to target/tmp/python-node-logs/.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,9 @@ import pytest
 import thrifty_p2p
 
 ROOT = Path(__file__).resolve().parents[2]
+# The nodes' logs, beside the Rust tests' (target/tmp/node-logs).
+LOGS = ROOT / "target" / "tmp" / "python-node-logs"
+_LOG_NUMBERS = itertools.count()
 
 
 def location_binary() -> str:
@@ -49,9 +53,11 @@ class Node:
         if seed:
             args.append(seed)
         args.append("0")
-        self.log = tempfile.NamedTemporaryFile(prefix="thrifty-node-", suffix=".log", delete=False)
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self.log)
+        LOGS.mkdir(parents=True, exist_ok=True)
+        self.log = LOGS / f"node-{os.getpid()}-{next(_LOG_NUMBERS)}.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                         stderr=log, env={**os.environ, "RUST_LOG": "thrifty_p2p=debug"})
         lines: queue.Queue[bytes] = queue.Queue()
         threading.Thread(target=lambda: lines.put(self.proc.stdout.readline()), daemon=True).start()
         try:
@@ -60,7 +66,7 @@ class Node:
             line = ""
         if not line.startswith("listening on") or " as " not in line:
             self.stop()
-            pytest.fail(f"{args} did not start: stdout {line!r}, log:\n{Path(self.log.name).read_text()}")
+            pytest.fail(f"{args} did not start: stdout {line!r}, log:\n{self.log.read_text()}")
         self.addr = line.strip().rsplit(" as ", 1)[1]
 
     def stop(self) -> None:
