@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import collections.abc
 import os
+import pickle
 import socket
 import threading
 
@@ -143,6 +144,8 @@ def test_an_unreachable_peer_raises_a_transient_store_error():
     assert caught.value.kind == "Unreachable"
     assert caught.value.transient is True
     assert "location PORT" in str(caught.value)
+    again = pickle.loads(pickle.dumps(caught.value))
+    assert (str(again), again.kind, again.transient) == (str(caught.value), "Unreachable", True)
     with pytest.raises(thrifty_p2p.StoreError) as caught:
         thrifty_p2p.Dict("not an address")
     assert caught.value.kind == "BadAddress"

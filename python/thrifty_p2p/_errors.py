@@ -16,5 +16,9 @@ class StoreError(Exception):
         self.kind = kind
         self.transient = transient
 
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        # Pickled whole (for multiprocessing, say): the default pickles only the message.
+        return (type(self), (str(self), self.kind, self.transient))
+
     def __repr__(self) -> str:
         return f"StoreError({str(self)!r}, kind={self.kind!r}, transient={self.transient})"
