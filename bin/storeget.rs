@@ -8,7 +8,9 @@ mod ring;
 #[path = "secret.rs"]
 mod secret;
 
-use std::io::{IsTerminal, Write};
+use std::fs::File;
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -20,12 +22,19 @@ use ring::RingArgs;
 /// as it arrives (never held whole in memory). Meanwhile a progress bar is
 /// drawn on standard error if it is a terminal and standard output is not
 /// (a bar amid the value's bytes on one screen would garble both).
+/// With --out the value goes to a file instead, which appears only once the
+/// whole value arrived and was checked.
 /// Exit code 1 when the key is not stored, 2 on any other error.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
     /// The key.
     key: String,
+    /// Write the value to PATH (replacing it) rather than standard output:
+    /// into PATH.partial first, renamed to PATH once complete, so PATH never
+    /// holds half a value (nor is created for a key that is not stored).
+    #[arg(long, value_name = "PATH")]
+    out: Option<PathBuf>,
     #[command(flatten)]
     ring: RingArgs,
 }
@@ -34,6 +43,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // Warnings by default; RUST_LOG=debug shows each call and retry.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    if let Some(path) = args.out.clone() {
+        return to_file(args, &path);
+    }
     let mut out = std::io::stdout().lock();
     let bar = Bar::on_stderr(!out.is_terminal());
     let result = args.ring.open().and_then(|mut ring| {
@@ -60,4 +72,55 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// `storeget KEY --out PATH`: the value into PATH.partial, renamed to PATH
+/// once whole; the partial file is removed on any failure.
+fn to_file(args: Args, path: &Path) -> ExitCode {
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let file = match File::create(&partial) {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!(
+                "storeget: cannot create {}: {e}; check that its folder exists and is writable",
+                partial.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let mut out = BufWriter::new(file);
+    let bar = Bar::on_stderr(true);
+    let result = args.ring.open().and_then(|mut ring| {
+        let got = ring.get_to_with_progress(&args.key, &mut out, |p| bar.update(p, None))?;
+        out.flush()?;
+        out.get_ref().sync_all()?;
+        Ok(got)
+    });
+    bar.finish();
+    let code = match result {
+        Ok(Some(_)) => match std::fs::rename(&partial, path) {
+            Ok(()) => return ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "storeget: cannot rename {} to {}: {e}",
+                    partial.display(),
+                    path.display()
+                );
+                ExitCode::from(2)
+            }
+        },
+        Ok(None) => {
+            eprintln!("storeget: key `{}` is not stored", args.key);
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("storeget: {e}");
+            ExitCode::from(2)
+        }
+    };
+    drop(out);
+    let _ = std::fs::remove_file(&partial);
+    code
 }

@@ -6,7 +6,9 @@ mod progress;
 #[path = "secret.rs"]
 mod secret;
 
-use std::io::Read;
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -35,7 +37,12 @@ struct Args {
     /// The key.
     key: String,
     /// The value; `-` reads it (any bytes, any length) from standard input.
-    value: String,
+    #[arg(required_unless_present = "file")]
+    value: Option<String>,
+    /// Read the value from the file at PATH (any bytes, any length), streamed
+    /// like standard input, instead of giving VALUE.
+    #[arg(long, value_name = "PATH", conflicts_with = "value")]
+    file: Option<PathBuf>,
     /// A node of the ring (HOST:PORT). Default: the first node answering on
     /// localhost from port 9900 up.
     #[arg(long, value_name = "HOST:PORT")]
@@ -68,14 +75,29 @@ fn main() -> ExitCode {
         },
         ..base
     };
-    let (input, size): (Box<dyn Read>, Option<u64>) = if args.value == "-" {
-        (Box::new(std::io::stdin().lock()), stdin_size())
-    } else {
-        let size = args.value.len() as u64;
-        (
-            Box::new(std::io::Cursor::new(args.value.into_bytes())),
-            Some(size),
-        )
+    let (input, size): (Box<dyn Read>, Option<u64>) = match (args.file, args.value) {
+        (Some(path), _) => match File::open(&path).and_then(|f| Ok((f.metadata()?.len(), f))) {
+            Ok((size, file)) => (
+                Box::new(BufReader::with_capacity(1 << 20, file)),
+                Some(size),
+            ),
+            Err(e) => {
+                eprintln!(
+                    "storeput: cannot read {}: {e}; check the path",
+                    path.display()
+                );
+                return ExitCode::from(2);
+            }
+        },
+        (None, Some(value)) if value == "-" => (Box::new(std::io::stdin().lock()), stdin_size()),
+        (None, Some(value)) => {
+            let size = value.len() as u64;
+            (
+                Box::new(std::io::Cursor::new(value.into_bytes())),
+                Some(size),
+            )
+        }
+        (None, None) => unreachable!("clap requires VALUE unless --file is given"),
     };
     let bar = Bar::on_stderr(true);
     let result = Client::open(args.peer, options).and_then(|mut ring| {

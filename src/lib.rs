@@ -44,7 +44,7 @@
 //!   `write` (routing, coordination, quorums), `replica` (the other side),
 //!   `members` (membership driven by [`swim`], join), `liveness` (view
 //!   agreement, pause watch, lease), `repair` (anti-entropy, hints),
-//!   `handoff`, `leave`.
+//!   `handoff`, `leave`, `listing` (a page of the node's keys).
 //! - [`replicate`]: per-peer batched replication, quorum acks, hints.
 //! - [`launch`]: start a node process, run it, stop it.
 //! - [`metrics`]: the node's Prometheus registry: counters where the work
@@ -57,6 +57,7 @@
 //!
 //! Clients:
 //! - [`client`]: the public [`Client`].
+//! - [`listing`]: a ring's keys, from every member's pages, merged.
 //! - [`stream`]: large values as chunks sent straight to their owners, in
 //!   parallel, behind a manifest at the key.
 //! - [`tls`]: encryption and mutual certificates (rustls), for nodes and clients.

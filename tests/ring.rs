@@ -167,6 +167,73 @@ fn storelist_lists_every_key_once_without_erased_ones_even_with_a_member_killed(
 }
 
 #[test]
+fn storeput_file_and_storeget_out_move_a_large_value_through_files() {
+    let nodes = start_ring(2, &[]);
+    let (first, second) = (peer(&nodes[0]), peer(&nodes[1]));
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("in.bin");
+    let value: Vec<u8> = (0..(20u32 << 20)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&source, &value).unwrap();
+    let source = source.to_str().unwrap();
+    let (code, _, err) = run_tool(
+        "storeput",
+        &["big", "--file", source, "--peer", &first],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+
+    let target = dir.path().join("out.bin");
+    let target_arg = target.to_str().unwrap();
+    let (code, out, err) = run_tool(
+        "storeget",
+        &["big", "--out", target_arg, "--peer", &second],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.is_empty(), "the value went to standard output too");
+    assert!(
+        std::fs::read(&target).unwrap() == value,
+        "the file differs from the value"
+    );
+    assert!(!dir.path().join("out.bin.partial").exists());
+
+    // A key that is not stored: exit 1, and no file is made.
+    let missing = dir.path().join("missing.bin");
+    let (code, _, err) = run_tool(
+        "storeget",
+        &[
+            "nothing",
+            "--out",
+            missing.to_str().unwrap(),
+            "--peer",
+            &first,
+        ],
+        None,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(!missing.exists() && !dir.path().join("missing.bin.partial").exists());
+
+    // A file that is not there, or a value given twice: exit 2, saying why.
+    let (code, _, err) = run_tool(
+        "storeput",
+        &["k", "--file", "/no/such/file", "--peer", &first],
+        None,
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("/no/such/file") && err.contains("check the path"),
+        "{err}"
+    );
+    let (code, _, err) = run_tool(
+        "storeput",
+        &["k", "v", "--file", source, "--peer", &first],
+        None,
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("--file"), "{err}");
+}
+
+#[test]
 fn command_line_errors_say_what_went_wrong() {
     let node = NodeProc::start(None);
     let addr = peer(&node);
