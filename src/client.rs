@@ -283,6 +283,14 @@ impl Client {
         self.call(&entry, |c| c.locate(key.as_ref()))
     }
 
+    /// The members holding `key` in the entry node's view, owner first: as
+    /// many as the node's `--replicas` (fewer when the ring is smaller).
+    pub fn replicas(&mut self, key: impl AsRef<[u8]>) -> Result<Vec<NodeAddr>> {
+        let entry = self.entry.clone();
+        // The node caps the count at its own replica count.
+        self.call(&entry, |c| c.replicas(key.as_ref(), usize::MAX))
+    }
+
     /// The ring's members in the entry node's view.
     pub fn members(&mut self) -> Result<Vec<NodeAddr>> {
         let entry = self.entry.clone();

@@ -535,3 +535,16 @@ fn two_rings_merge_into_one_keeping_the_newer_copy_of_every_key() {
     assert_eq!(code, 0);
     assert!(String::from_utf8_lossy(&out).contains("merged: 4 members"));
 }
+
+#[test]
+fn client_replicas_names_the_owner_first_and_as_many_copies_as_the_nodes_keep() {
+    let nodes = start_ring(3, &["--replicas", "2"]);
+    let mut client = nodes[1].session();
+    for i in 0..20 {
+        let key = format!("key-{i}");
+        let replicas = client.replicas(&key).unwrap();
+        assert_eq!(replicas.len(), 2, "{key}: {replicas:?}");
+        assert_eq!(Some(&replicas[0]), client.owner(&key).unwrap().as_ref());
+        assert_ne!(replicas[0], replicas[1]);
+    }
+}

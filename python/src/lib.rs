@@ -1,0 +1,268 @@
+//! `thrifty_p2p._native`: the Rust half of the Python package, one class,
+//! `Ring`, over the root crate's [`Client`]. `thrifty_p2p.Dict` (Python, in
+//! `thrifty_p2p/__init__.py`) builds the mapping on it; this file only
+//! converts arguments and errors and calls the client.
+//!
+//! Every call that touches the network releases the GIL (`Python::detach`)
+//! before it takes the client's lock, so other Python threads run during a
+//! transfer and two threads sharing a `Ring` wait for each other without
+//! holding the GIL (taking the lock first would deadlock: the holder could
+//! need the GIL back to return). The [`Client`] is not `Sync`, so a mutex
+//! serialises the calls; a thread that wants parallel calls opens its own
+//! `Ring`.
+//!
+//! Values are read in place through the buffer protocol (bytes, bytearray,
+//! memoryview, a NumPy array, anything C-contiguous): no copy is made on the
+//! way in. The caller must not change the object while it is being stored,
+//! as with any nogil NumPy operation. Values come back as `bytes` (one copy,
+//! from the client's buffer into the bytes object).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyString};
+use thrifty_p2p::auth::{Role, Secret};
+use thrifty_p2p::listing::KeyPage;
+use thrifty_p2p::{Client, ClientOptions, Error, NodeAddr};
+
+/// `thrifty_p2p.StoreError`, defined in Python (`thrifty_p2p/_errors.py`) so
+/// its constructor and attributes read as Python; looked up once.
+static STORE_ERROR: OnceLock<Py<PyAny>> = OnceLock::new();
+
+/// The Python exception for a library error: `StoreError(message, kind,
+/// transient)`, the message being the error's Display (it says what to do).
+fn store_error(py: Python<'_>, error: Error) -> PyErr {
+    let class = match STORE_ERROR.get() {
+        Some(class) => class.bind(py).clone(),
+        None => match py
+            .import("thrifty_p2p._errors")
+            .and_then(|m| m.getattr("StoreError"))
+        {
+            Ok(class) => STORE_ERROR.get_or_init(|| class.unbind()).bind(py).clone(),
+            Err(e) => return e,
+        },
+    };
+    let kind = format!("{:?}", error.kind());
+    match class.call1((error.to_string(), kind, error.is_transient())) {
+        Ok(instance) => PyErr::from_value(instance),
+        Err(e) => e,
+    }
+}
+
+/// A key's bytes, borrowed: `str` (as UTF-8) or `bytes`, nothing else.
+fn key_bytes<'a>(key: &'a Bound<'_, PyAny>) -> PyResult<&'a [u8]> {
+    if let Ok(s) = key.cast::<PyString>() {
+        return Ok(s.to_str()?.as_bytes());
+    }
+    if let Ok(b) = key.cast::<PyBytes>() {
+        return Ok(b.as_bytes());
+    }
+    Err(PyTypeError::new_err(format!(
+        "keys are str or bytes, not {}",
+        key.get_type().name()?
+    )))
+}
+
+/// A value exported through the buffer protocol, held (and so kept alive
+/// and unresizable) until dropped.
+struct Value(PyUntypedBuffer);
+
+impl Value {
+    fn of(value: &Bound<'_, PyAny>) -> PyResult<Value> {
+        let Ok(buffer) = PyUntypedBuffer::get(value) else {
+            return Err(PyTypeError::new_err(format!(
+                "values are bytes-like objects (bytes, bytearray, memoryview, a NumPy array), \
+                 not {}; encode it first, or open the Dict with serializer=\"pickle\"",
+                value.get_type().name()?
+            )));
+        };
+        if !buffer.is_c_contiguous() {
+            return Err(PyTypeError::new_err(
+                "the value's buffer is not C-contiguous (a slice with steps, a transposed \
+                 array...); store a contiguous copy (numpy.ascontiguousarray, bytes(...))",
+            ));
+        }
+        Ok(Value(buffer))
+    }
+
+    /// The value's bytes, in place.
+    fn bytes(&self) -> &[u8] {
+        let (ptr, len) = (self.0.buf_ptr().cast::<u8>(), self.0.len_bytes());
+        if ptr.is_null() || len == 0 {
+            return &[];
+        }
+        // SAFETY: a C-contiguous buffer is `len_bytes` bytes from `buf_ptr`,
+        // exported to us until `self.0` is released (the exporter may not
+        // free or resize it meanwhile); we only read it.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
+}
+
+/// A page of keys and the cursor for the next, as `Ring.list` returns them.
+type Page<'py> = (Vec<Bound<'py, PyBytes>>, Option<Bound<'py, PyBytes>>);
+
+/// A connection to a ring, shared by the threads that use it.
+#[pyclass(module = "thrifty_p2p._native", frozen)]
+struct Ring {
+    client: Mutex<Client>,
+    entry: String,
+}
+
+impl Ring {
+    /// Runs `call` on the client with the GIL released.
+    fn call<R: Send>(
+        &self,
+        py: Python<'_>,
+        call: impl FnOnce(&mut Client) -> thrifty_p2p::Result<R> + Send,
+    ) -> PyResult<R> {
+        py.detach(|| call(&mut self.client.lock()))
+            .map_err(|e| store_error(py, e))
+    }
+}
+
+#[pymethods]
+impl Ring {
+    /// Connects to `peer`'s ring (`HOST:PORT`), or with None to the first
+    /// node answering on localhost from port 9900 up; proves the client
+    /// secret in `secret_file` when given.
+    #[new]
+    #[pyo3(signature = (peer=None, secret_file=None))]
+    fn new(py: Python<'_>, peer: Option<&str>, secret_file: Option<PathBuf>) -> PyResult<Ring> {
+        let peer: Option<NodeAddr> = peer
+            .map(str::parse)
+            .transpose()
+            .map_err(|e| store_error(py, e))?;
+        let client = py
+            .detach(|| {
+                let secret = match secret_file {
+                    Some(path) => Some((Role::Client, Secret::from_file(&path)?)),
+                    None => None,
+                };
+                let options = ClientOptions {
+                    secret,
+                    ..ClientOptions::default()
+                };
+                Client::open(peer, options)
+            })
+            .map_err(|e| store_error(py, e))?;
+        Ok(Ring {
+            entry: client.entry().to_string(),
+            client: Mutex::new(client),
+        })
+    }
+
+    /// The node this ring was entered through, `HOST:PORT`.
+    #[getter]
+    fn entry(&self) -> &str {
+        &self.entry
+    }
+
+    /// The value at `key` as bytes, or None when it is not stored.
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        key: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let key = key_bytes(key)?;
+        let value = self.call(py, |c| c.get(key))?;
+        Ok(value.map(|v| PyBytes::new(py, &v)))
+    }
+
+    /// Stores `value` (any C-contiguous buffer) at `key`; returns once a
+    /// write quorum of its replicas holds it.
+    fn put(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let key = key_bytes(key)?;
+        let value = Value::of(value)?;
+        let bytes = value.bytes();
+        self.call(py, |c| c.put(key, bytes))
+    }
+
+    /// Deletes `key` if it holds a value; returns whether it did (the
+    /// check and the delete are two calls, made back to back under the
+    /// ring's lock).
+    fn delete(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let key = key_bytes(key)?;
+        self.call(py, |c| {
+            if !c.contains(key)? {
+                return Ok(false);
+            }
+            c.delete(key).map(|()| true)
+        })
+    }
+
+    /// Whether `key` holds a value.
+    fn contains(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let key = key_bytes(key)?;
+        self.call(py, |c| c.contains(key))
+    }
+
+    /// The member owning `key` (`HOST:PORT`) in the entry node's view, or
+    /// None for an empty ring.
+    fn owner(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
+        let key = key_bytes(key)?;
+        let owner = self.call(py, |c| c.owner(key))?;
+        Ok(owner.map(|a| a.to_string()))
+    }
+
+    /// The members holding `key`, owner first.
+    fn replicas(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+        let key = key_bytes(key)?;
+        let replicas = self.call(py, |c| c.replicas(key))?;
+        Ok(replicas.iter().map(ToString::to_string).collect())
+    }
+
+    /// The ring's members in the entry node's view.
+    fn members(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let members = self.call(py, Client::members)?;
+        Ok(members.iter().map(ToString::to_string).collect())
+    }
+
+    /// The entry node's counters.
+    fn stats(&self, py: Python<'_>) -> PyResult<BTreeMap<String, i64>> {
+        self.call(py, Client::stats)
+    }
+
+    /// One page of at most `limit` keys starting with `prefix`, and the
+    /// cursor for the next page (None: no more).
+    #[pyo3(signature = (prefix, cursor=None, limit=1000))]
+    fn list<'py>(
+        &self,
+        py: Python<'py>,
+        prefix: &Bound<'py, PyAny>,
+        cursor: Option<&Bound<'py, PyBytes>>,
+        limit: u32,
+    ) -> PyResult<Page<'py>> {
+        let prefix = key_bytes(prefix)?;
+        let cursor = cursor.map(|c| c.as_bytes());
+        let KeyPage { keys, cursor } = self.call(py, |c| c.list(prefix, cursor, limit))?;
+        let keys = keys.iter().map(|k| PyBytes::new(py, k)).collect();
+        Ok((keys, cursor.map(|c| PyBytes::new(py, &c))))
+    }
+
+    /// How many keys start with `prefix` on the whole ring (it costs a
+    /// listing).
+    fn count(&self, py: Python<'_>, prefix: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let prefix = key_bytes(prefix)?;
+        self.call(py, |c| c.count(prefix))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Ring({:?})", self.entry)
+    }
+}
+
+/// The module `thrifty_p2p._native`.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Ring>()
+}

@@ -1,0 +1,194 @@
+"""A dict over a thrifty-p2p ring.
+
+``Dict`` is a ``collections.abc.MutableMapping`` whose items live on the ring;
+the work is done by the Rust ``Client`` (``thrifty_p2p._native``): each key
+goes straight to its owner, values larger than a chunk (8 MiB) travel as
+chunks in parallel, and the GIL is released during every call.
+
+>>> import thrifty_p2p
+>>> d = thrifty_p2p.Dict("127.0.0.1:9900")   # or Dict(): the local ring, like the CLI
+>>> d["a"] = b"apple"
+>>> d["a"]
+b'apple'
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterator, KeysView, MutableMapping
+from typing import Any, Optional, Union
+
+from ._errors import StoreError
+from ._native import Ring
+
+__all__ = ["Dict", "StoreError", "Ring"]
+
+# Shown and pickled as thrifty_p2p.StoreError, where users import it from.
+StoreError.__module__ = __name__
+
+Key = Union[str, bytes]
+
+_SERIALIZERS = (None, "bytes", "pickle")
+# Keys per listing call.
+_PAGE = 1000
+
+
+def _key_bytes(key: object) -> bytes:
+    if isinstance(key, str):
+        return key.encode("utf-8")
+    if isinstance(key, bytes):
+        return key
+    raise TypeError(f"keys are str or bytes, not {type(key).__name__}")
+
+
+def _decode(key: bytes) -> Key:
+    """A listed key as str when it is UTF-8, else as bytes (either indexes the same item)."""
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return key
+
+
+class Dict(MutableMapping):
+    """The items stored on a thrifty-p2p ring, as a mutable mapping.
+
+    ``peer`` is any member, ``"HOST:PORT"``; None finds the local ring as the
+    command-line tools do (the first node answering on localhost from port
+    9900 up). ``secret_file`` is a file holding the ring's client secret, for
+    nodes started with ``--client-secret-file`` (default: the environment
+    variable ``THRIFTY_CLIENT_SECRET_FILE``, as for the CLI).
+
+    Keys are ``str`` (stored as UTF-8) or ``bytes``; ``"a"`` and ``b"a"`` are
+    the same key. With the default serializer (None or ``"bytes"``) values
+    are any C-contiguous bytes-like object (bytes, bytearray, memoryview, a
+    NumPy array), read in place without a copy, and come back as ``bytes``.
+    With ``serializer="pickle"`` any picklable object is stored and comes
+    back unpickled: only use it with a ring whose writers you trust.
+
+    Listed keys (iteration, ``keys()``) come back as ``str`` when they are
+    valid UTF-8, else as ``bytes``, in no overall order; ``len()`` lists the
+    keys to count them.
+
+    A Dict may be shared by threads: its calls are serialised on one
+    connection set, with the GIL released while they wait. Failures raise
+    ``StoreError``; a missing key raises ``KeyError``.
+    """
+
+    def __init__(
+        self,
+        peer: Optional[str] = None,
+        *,
+        serializer: Optional[str] = None,
+        secret_file: Union[str, "os.PathLike[str]", None] = None,
+    ) -> None:
+        if serializer not in _SERIALIZERS:
+            raise ValueError(f"serializer must be None, 'bytes' or 'pickle', not {serializer!r}")
+        if secret_file is None:
+            secret_file = os.environ.get("THRIFTY_CLIENT_SECRET_FILE") or None
+        self._pickle = serializer == "pickle"
+        self._ring = Ring(peer, os.fspath(secret_file) if secret_file is not None else None)
+
+    @property
+    def entry(self) -> str:
+        """The node this Dict entered the ring through, ``"HOST:PORT"``."""
+        return self._ring.entry
+
+    def __repr__(self) -> str:
+        return f"thrifty_p2p.Dict({self.entry!r})"
+
+    # The mapping.
+
+    def __getitem__(self, key: Key) -> Any:
+        value = self._ring.get(key)
+        if value is None:
+            raise KeyError(key)
+        return pickle.loads(value) if self._pickle else value
+
+    def get(self, key: Key, default: Any = None) -> Any:
+        """The value at ``key``, or ``default`` when it is not stored (one call)."""
+        value = self._ring.get(key)
+        if value is None:
+            return default
+        return pickle.loads(value) if self._pickle else value
+
+    def __setitem__(self, key: Key, value: Any) -> None:
+        if self._pickle:
+            value = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        self._ring.put(key, value)
+
+    def __delitem__(self, key: Key) -> None:
+        if not self._ring.delete(key):
+            raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, (str, bytes)):
+            return False
+        return self._ring.contains(key)
+
+    def __len__(self) -> int:
+        """How many keys the whole ring holds: it lists them all, so it costs a scan."""
+        return self._ring.count(b"")
+
+    def __iter__(self) -> Iterator[Key]:
+        return self._keys(b"")
+
+    def keys(self, prefix: Optional[Key] = None) -> KeysView:  # type: ignore[override]
+        """The ring's keys, or those starting with ``prefix``, as a view.
+
+        Iterating pages through the ring (1000 keys a call), lazily; keys come
+        as ``str`` when valid UTF-8, else ``bytes``, in no overall order. Keys
+        written or deleted meanwhile may or may not be seen. ``len()`` of the
+        view counts the keys with the prefix; ``in`` checks the prefix and
+        asks the ring.
+        """
+        return _Keys(self, _key_bytes(prefix) if prefix is not None else b"")
+
+    def _keys(self, prefix: bytes) -> Iterator[Key]:
+        cursor: Optional[bytes] = None
+        while True:
+            keys, cursor = self._ring.list(prefix, cursor, _PAGE)
+            for key in keys:
+                yield _decode(key)
+            if cursor is None:
+                return
+
+    # The ring.
+
+    def owner(self, key: Key) -> Optional[str]:
+        """The member owning ``key`` in the entry node's view (``"HOST:PORT"``), or None."""
+        return self._ring.owner(key)
+
+    def replicas(self, key: Key) -> list[str]:
+        """The members holding ``key``, owner first (as many as the nodes' ``--replicas``)."""
+        return self._ring.replicas(key)
+
+    def members(self) -> list[str]:
+        """The ring's members in the entry node's view."""
+        return self._ring.members()
+
+    def stats(self) -> dict[str, int]:
+        """The entry node's counters (keys, bytes, requests, ``replicas``...)."""
+        return self._ring.stats()
+
+
+class _Keys(KeysView):
+    """``Dict.keys(prefix)``: the keys starting with ``prefix``, listed when iterated."""
+
+    def __init__(self, mapping: Dict, prefix: bytes) -> None:
+        super().__init__(mapping)
+        self._prefix = prefix
+
+    def __iter__(self) -> Iterator[Key]:
+        return self._mapping._keys(self._prefix)
+
+    def __len__(self) -> int:
+        return self._mapping._ring.count(self._prefix)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, (str, bytes)):
+            return False
+        return _key_bytes(key).startswith(self._prefix) and key in self._mapping
+
+    def __repr__(self) -> str:
+        return f"{self._mapping!r}.keys(prefix={self._prefix!r})"
