@@ -234,6 +234,56 @@ fn storeput_file_and_storeget_out_move_a_large_value_through_files() {
 }
 
 #[test]
+fn placement_names_the_holders_of_a_key_and_of_each_part_and_spread_keys_go_round_the_members() {
+    let nodes = start_ring(3, &["--replicas", "2"]);
+    let mut ring = thrifty_p2p::Client::connect(&peer(&nodes[0])).unwrap();
+    let mut members = ring.members().unwrap();
+    members.sort();
+
+    // spread_keys: the i-th key's owner is the i-th member, round and round.
+    let keys = ring.spread_keys("part-", 30).unwrap();
+    assert_eq!(keys.len(), 30);
+    for (i, key) in keys.iter().enumerate() {
+        assert_eq!(
+            ring.owner(key).unwrap().as_ref(),
+            Some(&members[i % 3]),
+            "{key}"
+        );
+    }
+
+    // A plain value: its two replicas, owner first, and no parts.
+    ring.put("small", "x").unwrap();
+    let placement = ring.placement("small").unwrap().expect("stored");
+    assert_eq!(placement.replicas, ring.replicas("small").unwrap());
+    assert_eq!(placement.replicas.len(), 2);
+    assert_eq!(placement.replicas[0], ring.owner("small").unwrap().unwrap());
+    assert!(placement.parts.is_empty());
+
+    // A streamed value: two holders for each of its three parts, and each
+    // named holder has the part (peek reads a node's own copies).
+    ring.put("large", vec![5u8; 17 << 20]).unwrap();
+    let placement = ring.placement("large").unwrap().expect("stored");
+    assert_eq!(placement.parts.len(), 3);
+    let info = ring.describe("large").unwrap();
+    let manifest = info.manifest.expect("streamed");
+    for (i, holders) in placement.parts.iter().enumerate() {
+        assert_eq!(holders.len(), 2);
+        let part = manifest.chunk_key(b"large", i as u64);
+        for holder in holders {
+            let node = nodes.iter().find(|n| &n.addr == holder).expect("a member");
+            let mut client = node.client();
+            assert!(
+                wait_until(Duration::from_secs(10), || {
+                    client.peek(vec![part.clone()]).is_ok_and(|e| !e.is_empty())
+                }),
+                "{holder} does not hold part {i}"
+            );
+        }
+    }
+    assert_eq!(ring.placement("nothing").unwrap(), None);
+}
+
+#[test]
 fn command_line_errors_say_what_went_wrong() {
     let node = NodeProc::start(None);
     let addr = peer(&node);
