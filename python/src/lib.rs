@@ -221,6 +221,32 @@ impl Ring {
         Ok(replicas.iter().map(ToString::to_string).collect())
     }
 
+    /// Where the value at `key` lives: (holders of the key, holders of each
+    /// part of a streamed value), or None when nothing is stored.
+    #[allow(clippy::type_complexity)]
+    fn placement(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<(Vec<String>, Vec<Vec<String>>)>> {
+        let key = key_bytes(key)?;
+        let placement = self.call(py, |c| c.placement(key))?;
+        let names =
+            |addrs: &[thrifty_p2p::NodeAddr]| addrs.iter().map(ToString::to_string).collect();
+        Ok(placement.map(|p| {
+            (
+                names(&p.replicas),
+                p.parts.iter().map(|part| names(part)).collect(),
+            )
+        }))
+    }
+
+    /// `count` new keys `prefix` + 16 hex digits whose owners go round the
+    /// members.
+    fn spread_keys(&self, py: Python<'_>, prefix: &str, count: usize) -> PyResult<Vec<String>> {
+        self.call(py, |c| c.spread_keys(prefix, count))
+    }
+
     /// The ring's members in the entry node's view.
     fn members(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         let members = self.call(py, Client::members)?;

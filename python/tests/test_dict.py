@@ -121,6 +121,21 @@ def test_owner_replicas_members_and_stats_describe_the_ring(d, ring):
     assert all(isinstance(k, str) and isinstance(v, int) for k, v in stats.items())
 
 
+def test_placement_names_the_holders_of_a_value_and_its_parts_and_spread_keys_go_round(d, ring):
+    d["plain"] = b"x"
+    placement = d.placement("plain")
+    assert placement.replicas == d.replicas("plain") and placement.parts == []
+    d["large"] = bytes(17 << 20)  # three 8 MiB chunks
+    placement = d.placement("large")
+    assert len(placement.parts) == 3
+    assert all(sorted(holders) == sorted(ring) for holders in placement.parts)
+    assert d.placement("never-written") is None
+    members = sorted(d.members())
+    keys = d.spread_keys("part-", 9)
+    assert [d.owner(k) for k in keys] == [members[i % 3] for i in range(9)]
+    assert all(k.startswith("part-") and len(k) == 21 for k in keys)
+
+
 def test_a_value_over_the_nodes_limit_raises_store_error_too_large():
     node = Node(None, "--max-value-bytes", "1024")
     try:

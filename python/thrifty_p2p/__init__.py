@@ -17,17 +17,29 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Iterator, KeysView, MutableMapping
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from ._errors import StoreError
 from ._native import Ring
 
-__all__ = ["Dict", "StoreError", "Ring"]
+__all__ = ["Dict", "Placement", "StoreError", "Ring"]
 
 # Shown and pickled as thrifty_p2p.StoreError, where users import it from.
 StoreError.__module__ = __name__
 
 Key = Union[str, bytes]
+
+
+
+class Placement(NamedTuple):
+    """Where a value lives (``Dict.placement``), as ``"HOST:PORT"`` names."""
+
+    #: The members holding the key, owner first.
+    replicas: list[str]
+    #: For a large (streamed) value, the members holding each part, in
+    #: order; empty for a value stored whole.
+    parts: list[list[str]]
+
 
 _SERIALIZERS = (None, "bytes", "pickle")
 # Keys per listing call.
@@ -162,6 +174,19 @@ class Dict(MutableMapping):
     def replicas(self, key: Key) -> list[str]:
         """The members holding ``key``, owner first (as many as the nodes' ``--replicas``)."""
         return self._ring.replicas(key)
+
+    def placement(self, key: Key) -> Optional[Placement]:
+        """Where the value at ``key`` lives: the members holding the key,
+        owner first, and for a large (streamed) value the members holding
+        each of its parts; None when nothing is stored there."""
+        found = self._ring.placement(key)
+        return None if found is None else Placement(*found)
+
+    def spread_keys(self, prefix: str, count: int) -> list[str]:
+        """``count`` new keys, ``prefix`` + 16 hex digits, whose owners go
+        round the members in order, so each member owns an even share (of
+        the ring as it is now): a shuffle's partitions, say."""
+        return self._ring.spread_keys(prefix, count)
 
     def members(self) -> list[str]:
         """The ring's members in the entry node's view."""

@@ -2,11 +2,15 @@
 
 import os
 from collections.abc import Iterator, KeysView, MutableMapping
-from typing import Any, Optional, Union, overload
+from typing import Any, NamedTuple, Optional, Union, overload
 
 from ._native import Ring as Ring
 
 Key = Union[str, bytes]
+
+class Placement(NamedTuple):
+    replicas: list[str]
+    parts: list[list[str]]
 
 class StoreError(Exception):
     kind: str
@@ -36,7 +40,9 @@ class Dict(MutableMapping[Key, Any]):
     def keys(self, prefix: Optional[Key] = None) -> KeysView[Key]: ...  # type: ignore[override]
     def owner(self, key: Key) -> Optional[str]: ...
     def replicas(self, key: Key) -> list[str]: ...
+    def placement(self, key: Key) -> Optional[Placement]: ...
+    def spread_keys(self, prefix: str, count: int) -> list[str]: ...
     def members(self) -> list[str]: ...
     def stats(self) -> dict[str, int]: ...
 
-__all__ = ["Dict", "StoreError", "Ring"]
+__all__ = ["Dict", "Placement", "StoreError", "Ring"]
