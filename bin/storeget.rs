@@ -63,8 +63,17 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        failed => failure(failed, &args.key),
+    }
+}
+
+/// Says why a get that found no value failed: exit code 1 when the key is
+/// not stored, 2 for an error.
+fn failure(result: thrifty_p2p::Result<Option<u64>>, key: &str) -> ExitCode {
+    match result {
+        Ok(Some(_)) => ExitCode::SUCCESS,
         Ok(None) => {
-            eprintln!("storeget: key `{}` is not stored", args.key);
+            eprintln!("storeget: key `{key}` is not stored");
             ExitCode::from(1)
         }
         Err(e) => {
@@ -111,14 +120,7 @@ fn to_file(args: Args, path: &Path) -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Ok(None) => {
-            eprintln!("storeget: key `{}` is not stored", args.key);
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("storeget: {e}");
-            ExitCode::from(2)
-        }
+        failed => failure(failed, &args.key),
     };
     drop(out);
     let _ = std::fs::remove_file(&partial);

@@ -46,10 +46,18 @@ fn a_python_thriftpy2_client_built_from_our_idl_works_against_a_three_node_ring(
         nodes.map(|n| members_of(&n.addr))
     );
 
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/compat.py");
+    run_script("compat.py", nodes.map(|n| n.addr.to_string()));
+}
+
+/// Runs `tests/python/NAME` with `args`, failing with its output unless it
+/// succeeds; prints what it printed (seen with `--nocapture`).
+fn run_script(name: &str, args: impl IntoIterator<Item = String>) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(name);
     let out = Command::new("python3")
         .arg(&script)
-        .args(nodes.map(|n| n.addr.to_string()))
+        .args(args)
         .output()
         .expect("run python3");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -72,22 +80,15 @@ const LARGE_MIB: usize = 300;
 fn a_python_client_streams_large_values_in_and_out_through_the_idl_alone() {
     require_thriftpy2();
     let nodes = common::start_ring(3, &[]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/large.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg(env!("CARGO_BIN_EXE_storeput"))
-        .arg(env!("CARGO_BIN_EXE_storeget"))
-        .arg(LARGE_MIB.to_string())
-        .args(nodes.iter().map(|n| n.addr.to_string()))
-        .output()
-        .expect("run python3");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{} failed ({}):\n---- stdout\n{stdout}---- stderr\n{stderr}",
-        script.display(),
-        out.status
+    let tools = [
+        env!("CARGO_BIN_EXE_storeput").to_string(),
+        env!("CARGO_BIN_EXE_storeget").to_string(),
+        LARGE_MIB.to_string(),
+    ];
+    run_script(
+        "large.py",
+        tools
+            .into_iter()
+            .chain(nodes.iter().map(|n| n.addr.to_string())),
     );
-    println!("{stdout}");
 }

@@ -15,16 +15,9 @@ import hmac
 import os
 import sys
 
-import thriftpy2
 from thriftpy2.rpc import make_client
 
-THRIFT_DIR = os.path.normpath(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "thrift"))
-diststore = thriftpy2.load(
-    os.path.join(THRIFT_DIR, "diststore.thrift"),
-    module_name="diststore_thrift",
-    include_dirs=[THRIFT_DIR],
-)
+from idl import diststore  # tests/python/idl.py
 
 
 def mac(secret, *parts):

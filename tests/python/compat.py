@@ -11,7 +11,6 @@ additions (store, fetch, locate). Prints one line per check and exits 1 if any
 check fails (2 on bad usage).
 """
 
-import os
 import sys
 import time
 import traceback
@@ -22,13 +21,7 @@ from thriftpy2.protocol import TBinaryProtocolFactory
 from thriftpy2.rpc import make_client
 from thriftpy2.transport import TBufferedTransportFactory
 
-THRIFT_DIR = os.path.normpath(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "thrift"))
-diststore = thriftpy2.load(
-    os.path.join(THRIFT_DIR, "diststore.thrift"),
-    module_name="diststore_thrift",
-    include_dirs=[THRIFT_DIR],
-)
+from idl import diststore  # tests/python/idl.py
 
 TIMEOUT_MS = 5000
 # put is oneway (never acknowledged), so reads poll for this long.

@@ -23,26 +23,18 @@ Prints one line per step (with MB/s figures) and exits 1 on the first failure
 """
 
 import hashlib
-import os
 import random
 import subprocess
 import sys
 import time
 import uuid
 
-import thriftpy2
 from thriftpy2.protocol import TBinaryProtocolFactory
 from thriftpy2.rpc import make_client
 from thriftpy2.thrift import TApplicationException
 from thriftpy2.transport import TBufferedTransportFactory
 
-THRIFT_DIR = os.path.normpath(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "thrift"))
-diststore = thriftpy2.load(
-    os.path.join(THRIFT_DIR, "diststore.thrift"),
-    module_name="diststore_thrift",
-    include_dirs=[THRIFT_DIR],
-)
+from idl import diststore  # tests/python/idl.py
 ErrorKind = diststore.ErrorKind
 
 MIB = 1 << 20
