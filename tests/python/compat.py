@@ -17,11 +17,9 @@ import traceback
 import uuid
 
 import thriftpy2
-from thriftpy2.protocol import TBinaryProtocolFactory
-from thriftpy2.rpc import make_client
-from thriftpy2.transport import TBufferedTransportFactory
 
-from idl import diststore  # tests/python/idl.py
+import idl  # tests/python/idl.py
+from idl import diststore
 
 TIMEOUT_MS = 5000
 # put is oneway (never acknowledged), so reads poll for this long.
@@ -32,15 +30,7 @@ RUN = uuid.uuid4().hex[:12]
 
 def call(node, method, *args):
     """Makes one call over a fresh connection and closes it, as the 2009 clients did."""
-    host, port = node
-    client = make_client(
-        diststore.Store,
-        host,
-        port,
-        proto_factory=TBinaryProtocolFactory(),
-        trans_factory=TBufferedTransportFactory(),
-        timeout=TIMEOUT_MS,
-    )
+    client = idl.connect(node, TIMEOUT_MS)
     try:
         return getattr(client, method)(*args)
     finally:

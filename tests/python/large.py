@@ -29,12 +29,10 @@ import sys
 import time
 import uuid
 
-from thriftpy2.protocol import TBinaryProtocolFactory
-from thriftpy2.rpc import make_client
 from thriftpy2.thrift import TApplicationException
-from thriftpy2.transport import TBufferedTransportFactory
 
-from idl import diststore  # tests/python/idl.py
+import idl  # tests/python/idl.py
+from idl import diststore
 ErrorKind = diststore.ErrorKind
 
 MIB = 1 << 20
@@ -45,15 +43,7 @@ RUN = uuid.uuid4().hex[:12]
 
 
 def connect(node):
-    host, port = node
-    return make_client(
-        diststore.Store,
-        host,
-        port,
-        proto_factory=TBinaryProtocolFactory(),
-        trans_factory=TBufferedTransportFactory(),
-        timeout=TIMEOUT_MS,
-    )
+    return idl.connect(node, TIMEOUT_MS)
 
 
 def blocks(seed, size, block):
