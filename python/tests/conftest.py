@@ -36,6 +36,14 @@ def location_binary() -> str:
     return path
 
 
+def tool_binary(name: str) -> str:
+    """A command-line tool built beside `location` (storeput, storeget...)."""
+    path = str(Path(location_binary()).with_name(name))
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"no `{name}` binary at {path}: run `cargo build` at the repository root")
+    return path
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
     """Polls ``condition`` every 20 ms until it holds; fails naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout

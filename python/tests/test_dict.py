@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import collections.abc
 import os
 import pickle
 import socket
+import subprocess
 import threading
 
 import numpy as np
 import pytest
 
 import thrifty_p2p
-from conftest import Node, Proxy
+from conftest import Node, Proxy, tool_binary
 
 MiB = 1 << 20
 
@@ -94,6 +96,20 @@ def test_a_64_mib_numpy_array_round_trips_as_a_streamed_value(d):
     assert np.array_equal(np.frombuffer(back, dtype=np.float64), big)
     del d["big"]
     assert "big" not in d
+
+
+def test_a_value_of_hundreds_of_mib_written_by_storeput_reads_back_whole(d, ring):
+    # 200 MiB streamed from storeput's standard input: 25 chunks on the ring.
+    value = np.random.default_rng(7).integers(0, 256, 200 * MiB, dtype=np.uint8).tobytes()
+    put = subprocess.run(
+        [tool_binary("storeput"), "from-the-cli", "-", "--peer", ring[1]],
+        input=value, capture_output=True, timeout=300,
+    )
+    assert put.returncode == 0, put.stderr.decode()
+    got = d["from-the-cli"]
+    assert len(got) == len(value)
+    assert hashlib.md5(got).digest() == hashlib.md5(value).digest()
+    assert len(d.placement("from-the-cli").parts) == 25
 
 
 def test_the_pickle_serializer_stores_any_picklable_object(ring):
