@@ -28,6 +28,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 use thrifty_p2p::auth::{Role, Secret};
 use thrifty_p2p::listing::KeyPage;
+use thrifty_p2p::tls::Tls;
 use thrifty_p2p::{Client, ClientOptions, Error, NodeAddr};
 
 /// `thrifty_p2p.StoreError`, defined in Python (`thrifty_p2p/_errors.py`) so
@@ -128,23 +129,37 @@ impl Ring {
 #[pymethods]
 impl Ring {
     /// Connects to `peer`'s ring (`HOST:PORT`), or with None to the first
-    /// node answering on localhost from port 9900 up; proves the client
-    /// secret in `secret_file` when given.
+    /// node answering on localhost from port 9900 up; proves the cluster
+    /// secret in `cluster_secret_file`, else the client secret in
+    /// `secret_file`, when given; over TLS with `tls` (certificate, key,
+    /// CA), as the command-line tools' options do.
     #[new]
-    #[pyo3(signature = (peer=None, secret_file=None))]
-    fn new(py: Python<'_>, peer: Option<&str>, secret_file: Option<PathBuf>) -> PyResult<Ring> {
+    #[pyo3(signature = (peer=None, secret_file=None, cluster_secret_file=None, tls=None))]
+    fn new(
+        py: Python<'_>,
+        peer: Option<&str>,
+        secret_file: Option<PathBuf>,
+        cluster_secret_file: Option<PathBuf>,
+        tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    ) -> PyResult<Ring> {
         let peer: Option<NodeAddr> = peer
             .map(str::parse)
             .transpose()
             .map_err(|e| store_error(py, e))?;
         let client = py
             .detach(|| {
-                let secret = match secret_file {
-                    Some(path) => Some((Role::Client, Secret::from_file(&path)?)),
+                let secret = match (cluster_secret_file, secret_file) {
+                    (Some(path), _) => Some((Role::Cluster, Secret::from_file(&path)?)),
+                    (None, Some(path)) => Some((Role::Client, Secret::from_file(&path)?)),
+                    (None, None) => None,
+                };
+                let tls = match tls {
+                    Some((cert, key, ca)) => Some(Tls::from_files(&cert, &key, &ca)?),
                     None => None,
                 };
                 let options = ClientOptions {
                     secret,
+                    tls,
                     ..ClientOptions::default()
                 };
                 Client::open(peer, options)

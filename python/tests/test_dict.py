@@ -257,6 +257,65 @@ def test_a_ring_requiring_a_client_secret_takes_it_from_secret_file_or_the_envir
         node.stop()
 
 
+def test_the_cluster_secret_opens_a_ring_that_requires_one(tmp_path, monkeypatch):
+    secret = tmp_path / "cluster.secret"
+    secret.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+    node = Node(None, "--cluster-secret-file", str(secret))
+    try:
+        monkeypatch.delenv("THRIFTY_CLUSTER_SECRET_FILE", raising=False)
+        thrifty_p2p.Dict(node.addr, cluster_secret_file=secret)["k"] = b"v"
+        monkeypatch.setenv("THRIFTY_CLUSTER_SECRET_FILE", str(secret))
+        assert thrifty_p2p.Dict(node.addr)["k"] == b"v"
+    finally:
+        node.stop()
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+
+def _identity(tmp_path, name: str, ca=None):
+    """A P-256 key and certificate for 127.0.0.1: self-signed as a CA, or
+    signed by ``ca`` (its certificate and key) for nodes and clients."""
+    key, cert = tmp_path / f"{name}.key", tmp_path / f"{name}.pem"
+    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", str(key))
+    if ca is None:
+        _openssl("req", "-x509", "-new", "-key", str(key), "-out", str(cert), "-days", "2",
+                 "-subj", f"/CN={name}", "-addext", "basicConstraints=critical,CA:TRUE")
+        return cert, key
+    request = tmp_path / f"{name}.csr"
+    extensions = tmp_path / f"{name}.ext"
+    extensions.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                          "extendedKeyUsage=serverAuth,clientAuth\n"
+                          "basicConstraints=CA:FALSE\n")
+    _openssl("req", "-new", "-key", str(key), "-out", str(request), "-subj", f"/CN={name}")
+    _openssl("x509", "-req", "-in", str(request), "-CA", str(ca[0]), "-CAkey", str(ca[1]),
+             "-CAcreateserial", "-out", str(cert), "-days", "2", "-extfile", str(extensions))
+    return cert, key
+
+
+def test_tls_options_reach_a_ring_that_serves_only_tls(tmp_path, monkeypatch):
+    for variable in ("THRIFTY_TLS_CERT", "THRIFTY_TLS_KEY", "THRIFTY_TLS_CA"):
+        monkeypatch.delenv(variable, raising=False)
+    ca = _identity(tmp_path, "ca")
+    node_cert, node_key = _identity(tmp_path, "node", ca)
+    client_cert, client_key = _identity(tmp_path, "client", ca)
+    node = Node(None, "--tls-cert", str(node_cert), "--tls-key", str(node_key),
+                "--tls-ca", str(ca[0]))
+    try:
+        d = thrifty_p2p.Dict(node.addr, tls_cert=client_cert, tls_key=client_key, tls_ca=ca[0])
+        d["k"] = b"over tls"
+        assert d["k"] == b"over tls"
+        # Without TLS the node does not answer as a store; with two of three
+        # files the Dict refuses to start.
+        with pytest.raises(thrifty_p2p.StoreError):
+            thrifty_p2p.Dict(node.addr)["k"]
+        with pytest.raises(ValueError, match="tls_ca missing"):
+            thrifty_p2p.Dict(node.addr, tls_cert=client_cert, tls_key=client_key)
+    finally:
+        node.stop()
+
+
 def test_iteration_len_and_keys_with_a_prefix_list_every_key_once_across_pages(d, monkeypatch):
     # Small pages, so the listing takes many cursors.
     monkeypatch.setattr(thrifty_p2p, "_PAGE", 7)

@@ -62,14 +62,26 @@ def _decode(key: bytes) -> Key:
         return key
 
 
+def _path(given: Union[str, "os.PathLike[str]", None], variable: str) -> Optional[str]:
+    """A file option: as given, else from the environment ``variable``."""
+    if given is None:
+        return os.environ.get(variable) or None
+    return os.fspath(given)
+
+
 class Dict(MutableMapping):
     """The items stored on a thrifty-p2p ring, as a mutable mapping.
 
     ``peer`` is any member, ``"HOST:PORT"``; None finds the local ring as the
     command-line tools do (the first node answering on localhost from port
     9900 up). ``secret_file`` is a file holding the ring's client secret, for
-    nodes started with ``--client-secret-file`` (default: the environment
-    variable ``THRIFTY_CLIENT_SECRET_FILE``, as for the CLI).
+    nodes started with ``--client-secret-file``; ``cluster_secret_file`` one
+    holding the cluster secret (it opens every method); ``tls_cert``,
+    ``tls_key`` and ``tls_ca`` (all three or none) connect over TLS to nodes
+    started with ``--tls-*``. Each defaults to its environment variable, as
+    for the CLI: ``THRIFTY_CLIENT_SECRET_FILE``,
+    ``THRIFTY_CLUSTER_SECRET_FILE``, ``THRIFTY_TLS_CERT``, ``THRIFTY_TLS_KEY``,
+    ``THRIFTY_TLS_CA``.
 
     Keys are ``str`` (stored as UTF-8) or ``bytes``; ``"a"`` and ``b"a"`` are
     the same key. With the default serializer (None or ``"bytes"``) values
@@ -93,13 +105,28 @@ class Dict(MutableMapping):
         *,
         serializer: Optional[str] = None,
         secret_file: Union[str, "os.PathLike[str]", None] = None,
+        cluster_secret_file: Union[str, "os.PathLike[str]", None] = None,
+        tls_cert: Union[str, "os.PathLike[str]", None] = None,
+        tls_key: Union[str, "os.PathLike[str]", None] = None,
+        tls_ca: Union[str, "os.PathLike[str]", None] = None,
     ) -> None:
         if serializer not in _SERIALIZERS:
             raise ValueError(f"serializer must be None, 'bytes' or 'pickle', not {serializer!r}")
-        if secret_file is None:
-            secret_file = os.environ.get("THRIFTY_CLIENT_SECRET_FILE") or None
+        secret_file = _path(secret_file, "THRIFTY_CLIENT_SECRET_FILE")
+        cluster_secret_file = _path(cluster_secret_file, "THRIFTY_CLUSTER_SECRET_FILE")
+        tls = {
+            "tls_cert": _path(tls_cert, "THRIFTY_TLS_CERT"),
+            "tls_key": _path(tls_key, "THRIFTY_TLS_KEY"),
+            "tls_ca": _path(tls_ca, "THRIFTY_TLS_CA"),
+        }
+        given = [name for name, path in tls.items() if path is not None]
+        if given and len(given) < 3:
+            missing = sorted(set(tls) - set(given))
+            raise ValueError(f"TLS needs tls_cert, tls_key and tls_ca; {', '.join(missing)} missing")
         self._pickle = serializer == "pickle"
-        self._ring = Ring(peer, os.fspath(secret_file) if secret_file is not None else None)
+        self._ring = Ring(
+            peer, secret_file, cluster_secret_file, tuple(tls.values()) if given else None
+        )
 
     @property
     def entry(self) -> str:

@@ -24,6 +24,10 @@ class Dict(MutableMapping[Key, Any]):
         *,
         serializer: Optional[str] = None,
         secret_file: Union[str, os.PathLike[str], None] = None,
+        cluster_secret_file: Union[str, os.PathLike[str], None] = None,
+        tls_cert: Union[str, os.PathLike[str], None] = None,
+        tls_key: Union[str, os.PathLike[str], None] = None,
+        tls_ca: Union[str, os.PathLike[str], None] = None,
     ) -> None: ...
     @property
     def entry(self) -> str: ...

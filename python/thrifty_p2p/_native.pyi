@@ -11,7 +11,13 @@ _Key = Union[str, bytes]
 class Ring:
     """A connection to a ring, shared by threads; every call releases the GIL."""
 
-    def __new__(cls, peer: Optional[str] = None, secret_file: Optional[str] = None) -> "Ring": ...
+    def __new__(
+        cls,
+        peer: Optional[str] = None,
+        secret_file: Optional[str] = None,
+        cluster_secret_file: Optional[str] = None,
+        tls: Optional[tuple[str, str, str]] = None,
+    ) -> "Ring": ...
     @property
     def entry(self) -> str: ...
     def get(self, key: _Key) -> Optional[bytes]: ...
