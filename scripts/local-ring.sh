@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts a local ring you can talk to: installs the commands (location, storeput,
-# storeget, storeprimer, storetest, storestat) with `cargo install`, then runs a 3-node ring
+# storeget, storedel, storelist, storeprimer, storetest, storestat, storemerge) with
+# `cargo install`, then runs a 3-node ring
 # on ports 9900-9902 in the background.
 #
 #   scripts/local-ring.sh          start (or say it is already running)
@@ -60,6 +61,7 @@ cat <<MSG
 local-ring: ring of $count nodes on ports 9900-$((9900 + count - 1)). Try:
   storeput a apple
   storeget a
+  storelist
   storeprimer && storetest
   location localhost:9900 $((9900 + count))     # another node joins (Ctrl-C: it hands its keys over and leaves)
 Stop the ring with: scripts/local-ring.sh stop
