@@ -14,7 +14,7 @@ use common::{
 };
 use thrifty_p2p::NodeAddr;
 use thrifty_p2p::wire::PEEK;
-use thrifty_p2p::wire::idl::diststore::TPeerSyncClient;
+use thrifty_p2p::wire::idl::diststore::{ErrorKind, StoreError, TPeerSyncClient, TStoreSyncClient};
 
 fn peer(node: &NodeProc) -> String {
     node.addr.to_string()
@@ -158,6 +158,18 @@ fn storelist_lists_every_key_once_without_erased_ones_even_with_a_member_killed(
         }
     }
     assert_eq!(paged.len(), expected.len());
+
+    // Pages out of bounds are refused, saying what is allowed.
+    let mut raw = nodes[0].client();
+    for (limit, start) in [(0, vec![]), (10_001, vec![]), (5, vec![0u8; 70_000])] {
+        match raw.list_keys(vec![], start, limit) {
+            Err(thrift::Error::User(e)) => {
+                let e = e.downcast::<StoreError>().expect("a StoreError");
+                assert_eq!(e.kind, Some(ErrorKind::REFUSED), "{e:?}");
+            }
+            other => panic!("limit {limit}: {other:?}"),
+        }
+    }
 
     // One member killed: every key has another copy, so nothing is missing.
     nodes[2].signal("KILL");
