@@ -126,6 +126,12 @@ impl Ring {
     }
 }
 
+/// `Ring.info`'s answer: size, streamed, part_bytes, parts, id.
+type InfoTuple = (u64, bool, u64, u64, u64);
+
+/// `Ring.placement`'s answer: the key's holders, and each part's.
+type PlacementTuple = (Vec<String>, Vec<Vec<String>>);
+
 #[pymethods]
 impl Ring {
     /// Connects to `peer`'s ring (`HOST:PORT`), or with None to the first
@@ -236,14 +242,24 @@ impl Ring {
         Ok(replicas.iter().map(ToString::to_string).collect())
     }
 
+    /// What the key holds: (size, streamed, part_bytes, parts, id), or
+    /// None when nothing is stored.
+    fn info(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<InfoTuple>> {
+        let key = key_bytes(key)?;
+        let info = self.call(py, |c| c.describe(key))?;
+        Ok(info.exists.then(|| {
+            let streamed = info.manifest.is_some();
+            (info.size, streamed, info.part_bytes, info.parts, info.id)
+        }))
+    }
+
     /// Where the value at `key` lives: (holders of the key, holders of each
     /// part of a streamed value), or None when nothing is stored.
-    #[allow(clippy::type_complexity)]
     fn placement(
         &self,
         py: Python<'_>,
         key: &Bound<'_, PyAny>,
-    ) -> PyResult<Option<(Vec<String>, Vec<Vec<String>>)>> {
+    ) -> PyResult<Option<PlacementTuple>> {
         let key = key_bytes(key)?;
         let placement = self.call(py, |c| c.placement(key))?;
         let names =

@@ -137,7 +137,7 @@ def test_owner_replicas_members_and_stats_describe_the_ring(d, ring):
     assert all(isinstance(k, str) and isinstance(v, int) for k, v in stats.items())
 
 
-def test_placement_names_the_holders_of_a_value_and_its_parts_and_spread_keys_go_round(d, ring):
+def test_info_and_placement_describe_a_value_and_its_parts_and_spread_keys_go_round(d, ring):
     d["plain"] = b"x"
     placement = d.placement("plain")
     assert placement.replicas == d.replicas("plain") and placement.parts == []
@@ -146,6 +146,13 @@ def test_placement_names_the_holders_of_a_value_and_its_parts_and_spread_keys_go
     assert len(placement.parts) == 3
     assert all(sorted(holders) == sorted(ring) for holders in placement.parts)
     assert d.placement("never-written") is None
+    info = d.info("large")
+    assert (info.size, info.streamed, info.part_bytes, info.parts) == (17 << 20, True, 8 << 20, 3)
+    assert d.info("plain")[:4] == (1, False, 1, 1)
+    assert d.info("never-written") is None
+    old_id = info.id
+    d["large"] = bytes(17 << 20)
+    assert d.info("large").id != old_id
     members = sorted(d.members())
     keys = d.spread_keys("part-", 9)
     assert [d.owner(k) for k in keys] == [members[i % 3] for i in range(9)]

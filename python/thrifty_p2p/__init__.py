@@ -22,13 +22,28 @@ from typing import Any, NamedTuple, Optional, Union
 from ._errors import StoreError
 from ._native import Ring
 
-__all__ = ["Dict", "Placement", "StoreError", "Ring"]
+__all__ = ["Dict", "Info", "Placement", "StoreError", "Ring"]
 
 # Shown and pickled as thrifty_p2p.StoreError, where users import it from.
 StoreError.__module__ = __name__
 
 Key = Union[str, bytes]
 
+
+
+class Info(NamedTuple):
+    """What a key holds (``Dict.info``)."""
+
+    #: The value's size in bytes.
+    size: int
+    #: Whether it is stored streamed, in parts (a large value).
+    streamed: bool
+    #: Bytes per part (every part but the last); a plain value: its size.
+    part_bytes: int
+    #: How many parts (a plain value: 1, or 0 when empty).
+    parts: int
+    #: The value's identity: it changes whenever the value is replaced.
+    id: int
 
 
 class Placement(NamedTuple):
@@ -201,6 +216,12 @@ class Dict(MutableMapping):
     def replicas(self, key: Key) -> list[str]:
         """The members holding ``key``, owner first (as many as the nodes' ``--replicas``)."""
         return self._ring.replicas(key)
+
+    def info(self, key: Key) -> Optional[Info]:
+        """What ``key`` holds (size, whether streamed, parts, identity)
+        without reading the value; None when nothing is stored."""
+        found = self._ring.info(key)
+        return None if found is None else Info(*found)
 
     def placement(self, key: Key) -> Optional[Placement]:
         """Where the value at ``key`` lives: the members holding the key,

@@ -8,6 +8,13 @@ from ._native import Ring as Ring
 
 Key = Union[str, bytes]
 
+class Info(NamedTuple):
+    size: int
+    streamed: bool
+    part_bytes: int
+    parts: int
+    id: int
+
 class Placement(NamedTuple):
     replicas: list[str]
     parts: list[list[str]]
@@ -44,9 +51,10 @@ class Dict(MutableMapping[Key, Any]):
     def keys(self, prefix: Optional[Key] = None) -> KeysView[Key]: ...  # type: ignore[override]
     def owner(self, key: Key) -> Optional[str]: ...
     def replicas(self, key: Key) -> list[str]: ...
+    def info(self, key: Key) -> Optional[Info]: ...
     def placement(self, key: Key) -> Optional[Placement]: ...
     def spread_keys(self, prefix: str, count: int) -> list[str]: ...
     def members(self) -> list[str]: ...
     def stats(self) -> dict[str, int]: ...
 
-__all__ = ["Dict", "Placement", "StoreError", "Ring"]
+__all__ = ["Dict", "Info", "Placement", "StoreError", "Ring"]
