@@ -395,3 +395,56 @@ fn twenty_clients_that_never_read_a_32_mib_reply_hold_the_budget_only_until_the_
     drop(readers);
     eprintln!("after the deadline: node RSS {:.0} MiB", mib(rss(&node)));
 }
+
+#[test]
+fn concurrent_one_byte_range_reads_across_parts_hold_no_more_than_the_inflight_budget() {
+    // Each `read_range` of two bytes across a part boundary makes the node
+    // read two whole 8 MiB parts: 16 MiB held for a 2-byte answer.
+    let budget = 64 * MIB;
+    let node = NodeProc::start_with(
+        None,
+        &[
+            "--inflight-bytes",
+            &budget.to_string(),
+            "--max-value-bytes",
+            &(8 * MIB).to_string(),
+        ],
+    );
+    let addr = node.addr.to_string();
+    let mut ring = thrifty_p2p::Client::connect(&addr).unwrap();
+    ring.put("parts", vec![b'p'; 32 * MIB]).unwrap();
+    let id = ring.describe("parts").unwrap().id;
+    drop(ring);
+    let base = rss(&node);
+    reset_peak_rss(&node);
+    let readers: Vec<_> = (0..24)
+        .map(|_| {
+            let addr = addr.clone();
+            thread::spawn(move || {
+                let mut ring = thrifty_p2p::Client::connect(&addr).unwrap();
+                for _ in 0..4 {
+                    let bytes = ring.read_range("parts", 8 * MIB as u64 - 1, 2, id).unwrap();
+                    assert_eq!(bytes, b"pp");
+                }
+            })
+        })
+        .collect();
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    let used = peak_rss(&node) - base;
+    eprintln!(
+        "24 readers of 2 bytes across two 8 MiB parts: node RSS peaked {:.0} MiB above its \
+         {:.0} MiB at rest (budget {:.0} MiB)",
+        mib(used),
+        mib(base),
+        mib(budget)
+    );
+    // Without the reservation: up to 24 × 16 MiB at once.
+    assert!(
+        used < budget + 32 * MIB,
+        "node RSS grew {:.0} MiB",
+        mib(used)
+    );
+    assert_serves(&node);
+}

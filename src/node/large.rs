@@ -56,6 +56,18 @@ fn refused(message: String) -> Error {
 }
 
 impl Node {
+    /// The most memory one `read_range` can hold while this node answers
+    /// it, whatever it asks: a plain value read whole, or the parts covering
+    /// the range (at most two whole parts beyond it), plus the range and its
+    /// reply. The server reserves this much of the in-flight budget before
+    /// serving one, so many small reads across large parts cannot add up
+    /// past the budget.
+    pub fn read_range_room(&self) -> usize {
+        let part = self.config.max_value_bytes;
+        let range = MAX_RANGE_BYTES.min(part);
+        part.saturating_mul(2).saturating_add(range.saturating_mul(5))
+    }
+
     /// What the key holds (a read of the key, as a client's `fetch` makes).
     pub async fn describe(self: &Arc<Self>, key: &[u8]) -> Result<ValueInfo> {
         Ok(self.held(key).await?.info)

@@ -425,6 +425,13 @@ impl Connection {
                     );
                 }
                 None => {
+                    // A range read's memory is known only as a bound (see
+                    // `Node::read_range_room`): that much comes first.
+                    if frame.name == "read_range" {
+                        let room = self.node.read_range_room();
+                        self.share.reserve(self.in_use(frame.len) + room).await;
+                    }
+                    let message = &self.input.unread()[..frame.len];
                     process(&processor, message, &frame, &self.limits, &mut self.reply);
                     self.input.consume(frame.len);
                 }
