@@ -65,7 +65,8 @@ impl Node {
     pub fn read_range_room(&self) -> usize {
         let part = self.config.max_value_bytes;
         let range = MAX_RANGE_BYTES.min(part);
-        part.saturating_mul(2).saturating_add(range.saturating_mul(5))
+        part.saturating_mul(2)
+            .saturating_add(range.saturating_mul(5))
     }
 
     /// What the key holds (a read of the key, as a client's `fetch` makes).
