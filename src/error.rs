@@ -437,6 +437,15 @@ pub enum ErrorKind {
 }
 
 impl Error {
+    /// A request this node refuses as invalid or not allowed, saying why:
+    /// [`Error::Refused`] from "this node".
+    pub(crate) fn refused_here(message: impl Into<String>) -> Error {
+        Error::Refused {
+            peer: "this node".into(),
+            message: message.into(),
+        }
+    }
+
     /// What kind of failure this is (see [`ErrorKind`]).
     pub fn kind(&self) -> ErrorKind {
         match self {

@@ -32,12 +32,9 @@ pub const MAX_ROWS: usize = crate::membership::MAX_ROWS;
 /// Refuses a list of `len` elements over `cap`, naming what it was.
 pub fn within(what: &str, len: usize, cap: usize) -> crate::error::Result<()> {
     if len > cap {
-        return Err(crate::error::Error::Refused {
-            peer: "this node".into(),
-            message: format!(
-                "{what}: {len} elements, at most {cap} are taken per request; send smaller batches (nothing was changed)"
-            ),
-        });
+        return Err(crate::error::Error::refused_here(format!(
+            "{what}: {len} elements, at most {cap} are taken per request; send smaller batches (nothing was changed)"
+        )));
     }
     Ok(())
 }
@@ -67,13 +64,10 @@ impl BoundedReply {
     pub fn push(&mut self, entry: Entry) -> crate::error::Result<()> {
         self.bytes = self.bytes.saturating_add(entry.bytes());
         if self.bytes > self.limit || self.entries.len() >= MAX_ENTRIES {
-            return Err(crate::error::Error::Refused {
-                peer: "this node".into(),
-                message: format!(
-                    "{}: the reply would pass {} entries or {} bytes, the most one reply carries; ask for fewer keys or buckets",
-                    self.what, MAX_ENTRIES, self.limit
-                ),
-            });
+            return Err(crate::error::Error::refused_here(format!(
+                "{}: the reply would pass {} entries or {} bytes, the most one reply carries; ask for fewer keys or buckets",
+                self.what, MAX_ENTRIES, self.limit
+            )));
         }
         self.entries.push(entry);
         Ok(())

@@ -74,15 +74,8 @@ pub struct Uploads {
     parts: usize,
 }
 
-/// A refusal of this node's, about an upload.
-fn refused(message: String) -> Error {
-    Error::Refused {
-        peer: "this node".into(),
-        message,
-    }
-}
-
-fn shown(key: &[u8]) -> String {
+/// A key as messages show it.
+pub(crate) fn shown(key: &[u8]) -> String {
     String::from_utf8_lossy(key).into_owned()
 }
 
@@ -100,7 +93,7 @@ impl Uploads {
     pub fn begin(&mut self, key: &[u8], upload: u64, now: Instant) -> Result<()> {
         self.expire(now);
         if self.open.len() >= MAX_OPEN {
-            return Err(refused(format!(
+            return Err(Error::refused_here(format!(
                 "this node already holds {MAX_OPEN} open uploads, its limit; commit or abandon some (an upload expires {} s after it began), or use another node",
                 self.window.as_secs()
             )));
@@ -153,13 +146,13 @@ impl Uploads {
         now: Instant,
     ) -> Result<()> {
         if index >= MAX_PARTS {
-            return Err(refused(format!(
+            return Err(Error::refused_here(format!(
                 "part index {index} is out of range: an upload has at most {MAX_PARTS} parts (0 to {}); use larger parts",
                 MAX_PARTS - 1
             )));
         }
         if len == 0 {
-            return Err(refused(format!(
+            return Err(Error::refused_here(format!(
                 "part {index} is empty: every part holds at least one byte"
             )));
         }
@@ -173,13 +166,13 @@ impl Uploads {
         let open = self.find(key, upload, now)?;
         let added = match open.parts.get(&index) {
             Some(Part::Writing) => {
-                return Err(refused(format!(
+                return Err(Error::refused_here(format!(
                     "part {index} of upload {upload} is being stored by another call; wait for it, then send it again if need be"
                 )));
             }
             Some(Part::Stored { .. }) => false,
             None if full => {
-                return Err(refused(format!(
+                return Err(Error::refused_here(format!(
                     "this node records at most {MAX_TABLE_PARTS} parts across its open uploads; commit some, or use larger parts"
                 )));
             }
@@ -218,7 +211,7 @@ impl Uploads {
         let open = self.find(key, upload, now)?;
         let count = open.parts.len() as u64;
         if count == 0 {
-            return Err(refused(format!(
+            return Err(Error::refused_here(format!(
                 "upload {upload} of `{}` has no parts; send them with upload_part (an empty value is stored with `store`)",
                 shown(key)
             )));
@@ -228,13 +221,13 @@ impl Uploads {
         let mut part_bytes = 0u64;
         for (expected, (&index, part)) in (0u64..).zip(&open.parts) {
             if index != expected {
-                return Err(refused(format!(
+                return Err(Error::refused_here(format!(
                     "part {expected} of upload {upload} is missing (the upload has {count} parts, up to index {}); send it, then commit again; the key is unchanged",
                     open.parts.keys().next_back().expect("not empty")
                 )));
             }
             let Part::Stored { len, md5 } = *part else {
-                return Err(refused(format!(
+                return Err(Error::refused_here(format!(
                     "part {index} of upload {upload} is still being stored; commit once every upload_part has answered"
                 )));
             };
@@ -243,7 +236,7 @@ impl Uploads {
             }
             let last = index + 1 == count;
             if (!last && len != part_bytes) || len > part_bytes {
-                return Err(refused(format!(
+                return Err(Error::refused_here(format!(
                     "part {index} of upload {upload} holds {len} bytes, and part 0 holds {part_bytes}: every part but the last must be as long as part 0, the last no longer; send it again, then commit; the key is unchanged"
                 )));
             }

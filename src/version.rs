@@ -190,10 +190,7 @@ impl std::fmt::Display for Implausible {
 
 impl From<Implausible> for crate::error::Error {
     fn from(e: Implausible) -> Self {
-        crate::error::Error::Refused {
-            peer: "this node".into(),
-            message: format!("{e}; nothing was stored"),
-        }
+        crate::error::Error::refused_here(format!("{e}; nothing was stored"))
     }
 }
 

@@ -32,7 +32,7 @@ use super::Node;
 use crate::config::MAX_KEY_BYTES;
 use crate::error::{Error, Result};
 use crate::stream::{CHUNK_KEY_OVERHEAD, Manifest, ValueInfo, chunk_key, streamed_manifest};
-use crate::upload::{self, MAX_RANGE_BYTES, MAX_RANGE_PARTS};
+use crate::upload::{self, MAX_RANGE_BYTES, MAX_RANGE_PARTS, shown};
 
 /// Parts a range read fetches at once.
 const READ_AHEAD: usize = 4;
@@ -44,17 +44,6 @@ struct Held {
     plain: Option<Vec<u8>>,
 }
 
-fn shown(key: &[u8]) -> String {
-    String::from_utf8_lossy(key).into_owned()
-}
-
-fn refused(message: String) -> Error {
-    Error::Refused {
-        peer: "this node".into(),
-        message,
-    }
-}
-
 impl Node {
     /// The most memory one `read_range` can hold while this node answers
     /// it, whatever it asks: a plain value read whole, or the parts covering
@@ -64,9 +53,14 @@ impl Node {
     /// past the budget.
     pub fn read_range_room(&self) -> usize {
         let part = self.config.max_value_bytes;
-        let range = MAX_RANGE_BYTES.min(part);
         part.saturating_mul(2)
-            .saturating_add(range.saturating_mul(5))
+            .saturating_add(self.longest_range().saturating_mul(5))
+    }
+
+    /// The longest range `read_range` answers: [`MAX_RANGE_BYTES`], and no
+    /// reply larger than the node's largest message either.
+    fn longest_range(&self) -> usize {
+        MAX_RANGE_BYTES.min(self.config.max_value_bytes)
     }
 
     /// What the key holds (a read of the key, as a client's `fetch` makes).
@@ -105,14 +99,13 @@ impl Node {
         id: i64,
     ) -> Result<Vec<u8>> {
         let (Ok(offset), Ok(length)) = (u64::try_from(offset), usize::try_from(length)) else {
-            return Err(refused(format!(
+            return Err(Error::refused_here(format!(
                 "offset {offset} and length {length} must not be negative"
             )));
         };
-        // No reply larger than the node's largest message either.
-        let most = MAX_RANGE_BYTES.min(self.config.max_value_bytes);
+        let most = self.longest_range();
         if length > most {
-            return Err(refused(format!(
+            return Err(Error::refused_here(format!(
                 "a range of {length} bytes is longer than read_range answers here ({most} bytes); ask for several ranges"
             )));
         }
@@ -123,10 +116,13 @@ impl Node {
             return Err(Error::Changed { key: shown(key) });
         }
         if !info.exists {
-            return Err(refused(format!("`{}` holds no value", shown(key))));
+            return Err(Error::refused_here(format!(
+                "`{}` holds no value",
+                shown(key)
+            )));
         }
         if offset > info.size {
-            return Err(refused(format!(
+            return Err(Error::refused_here(format!(
                 "offset {offset} is past the end of `{}` ({} bytes)",
                 shown(key),
                 info.size
@@ -142,7 +138,7 @@ impl Node {
             return Ok(Vec::new());
         };
         if last - first >= MAX_RANGE_PARTS {
-            return Err(refused(format!(
+            return Err(Error::refused_here(format!(
                 "a range of {length} bytes spans {} parts of {} bytes, and read_range reads at most {MAX_RANGE_PARTS} parts per call; ask for shorter ranges",
                 last - first + 1,
                 manifest.chunk_bytes
@@ -236,7 +232,9 @@ impl Node {
         data: &[u8],
     ) -> Result<()> {
         let (upload, Ok(index)) = (upload as u64, u64::try_from(index)) else {
-            return Err(refused(format!("part index {index} is negative")));
+            return Err(Error::refused_here(format!(
+                "part index {index} is negative"
+            )));
         };
         let max = self.config.max_value_bytes;
         self.uploads

@@ -15,27 +15,22 @@ use crate::stream::CHUNK_PREFIX;
 /// few milliseconds of one core, so a listing never stalls the node.
 const LOOK_BUDGET: usize = 65_536;
 
-fn refused(message: String) -> Error {
-    Error::Refused {
-        peer: "this node".into(),
-        message,
-    }
-}
-
 impl Node {
     /// Up to `limit` of this node's keys (tombstones included, chunk keys
     /// left out) that start with `prefix`, from listing position `start`
     /// on, and where the next page starts. A page also stops once its keys
     /// fill half of a reply (`--max-reply-bytes`).
     pub fn list_keys(&self, prefix: &[u8], start: &[u8], limit: i32) -> Result<Listed> {
-        let limit = u32::try_from(limit).unwrap_or(0);
-        if !(1..=MAX_PAGE_KEYS).contains(&limit) {
-            return Err(refused(format!(
+        let Some(limit) = u32::try_from(limit)
+            .ok()
+            .filter(|n| (1..=MAX_PAGE_KEYS).contains(n))
+        else {
+            return Err(Error::refused_here(format!(
                 "list_keys: a page of {limit} keys was asked for; ask for 1 to {MAX_PAGE_KEYS}"
             )));
-        }
+        };
         if prefix.len() > MAX_KEY_BYTES || start.len() > MAX_KEY_BYTES + 2 {
-            return Err(refused(format!(
+            return Err(Error::refused_here(format!(
                 "list_keys: a prefix or start over {MAX_KEY_BYTES} bytes cannot match any key"
             )));
         }

@@ -76,10 +76,7 @@ impl Handler {
 /// The answer to a hot method whose message the codec did not take (a field
 /// of another type than the IDL's): it is refused, not guessed at.
 fn malformed() -> Error {
-    Error::Refused {
-        peer: "this node".into(),
-        message: "malformed request: a field's type differs from the IDL's".into(),
-    }
+    Error::refused_here("malformed request: a field's type differs from the IDL's")
 }
 
 /// A library error as the `StoreError` exception of the new methods.
@@ -111,19 +108,15 @@ fn wait<T>(operation: impl Future<Output = Result<T, Error>>) -> Result<T, Error
         Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
             tokio::task::block_in_place(|| handle.block_on(operation))
         }
-        _ => Err(Error::Refused {
-            peer: "this node".into(),
-            message: "large-value methods are served only by a node process".into(),
-        }),
+        _ => Err(Error::refused_here(
+            "large-value methods are served only by a node process",
+        )),
     }
 }
 
 /// The calling node named in an anti-entropy call.
 fn caller_of(location: &Location) -> Result<NodeAddr, Error> {
-    convert::addr(location).ok_or_else(|| Error::Refused {
-        peer: "this node".into(),
-        message: "the caller's location is empty".into(),
-    })
+    convert::addr(location).ok_or_else(|| Error::refused_here("the caller's location is empty"))
 }
 
 fn bad_location(location: &Location) -> Option<NodeAddr> {
