@@ -74,17 +74,25 @@ pub fn list_group(key: &[u8]) -> u8 {
 
 /// Where `key` sits in the listing order: its group, then its bytes.
 pub fn list_position(key: &[u8]) -> Vec<u8> {
-    let mut position = Vec::with_capacity(1 + key.len());
-    position.push(list_group(key));
-    position.extend_from_slice(key);
-    position
+    cursor(usize::from(list_group(key)), key, false)
 }
 
 /// The smallest position after `key`'s: where a listing resumes once `key`
 /// was listed.
 pub fn list_position_after(key: &[u8]) -> Vec<u8> {
-    let mut position = list_position(key);
-    position.push(0);
+    cursor(usize::from(list_group(key)), key, true)
+}
+
+/// The position of `key` in `group` (a key of another group is just a
+/// bound within it), or with `after` the smallest position past it: what
+/// [`split_cursor`] splits.
+fn cursor(group: usize, key: &[u8], after: bool) -> Vec<u8> {
+    let mut position = Vec::with_capacity(2 + key.len());
+    position.push(group as u8);
+    position.extend_from_slice(key);
+    if after {
+        position.push(0);
+    }
     position
 }
 

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use parking_lot::Mutex;
 
-use super::{Engine, LIST_GROUPS, Listed, Stored, Usage, split_cursor};
+use super::{Engine, LIST_GROUPS, Listed, Stored, Usage, cursor, split_cursor};
 use crate::error::{Error, Result};
 use crate::version::Version;
 
@@ -316,16 +316,11 @@ impl Engine for Disk {
             loop {
                 if listed.entries.len() == limit || looked >= budget {
                     // Resume in this group, after the last key looked at.
-                    let mut next = vec![group as u8];
-                    match &start {
-                        Bound::Excluded(stored) => {
-                            next.extend_from_slice(&stored[1..]);
-                            next.push(0);
-                        }
-                        Bound::Included(stored) => next.extend_from_slice(&stored[1..]),
-                        Bound::Unbounded => {}
-                    }
-                    listed.next = Some(next);
+                    listed.next = Some(match &start {
+                        Bound::Excluded(stored) => cursor(group, &stored[1..], true),
+                        Bound::Included(stored) => cursor(group, &stored[1..], false),
+                        Bound::Unbounded => cursor(group, &[], false),
+                    });
                     return Ok(listed);
                 }
                 let mut batch = Vec::with_capacity(SCAN_BATCH);

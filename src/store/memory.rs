@@ -67,7 +67,7 @@ use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 use parking_lot::RwLock;
 
-use super::{Engine, Listed, Stored, Usage, split_cursor};
+use super::{Engine, Listed, Stored, Usage, cursor, split_cursor};
 use crate::error::{Error, Result};
 use crate::version::Version;
 
@@ -799,7 +799,7 @@ impl Engine for Memory {
         for group in first..SHARDS {
             let want = limit - listed.entries.len();
             if want == 0 || (looked >= budget && group > first) {
-                listed.next = Some(vec![group as u8]);
+                listed.next = Some(cursor(group, &[], false));
                 return Ok(listed);
             }
             let floor = if group == first { floor } else { &[] };
@@ -820,10 +820,7 @@ impl Engine for Memory {
                 .extend((picked.iter()).map(|r| (r.key().to_vec(), r.version(), r.is_tombstone())));
             if full {
                 let last = &listed.entries.last().expect("a full page").0;
-                let mut next = vec![group as u8];
-                next.extend_from_slice(last);
-                next.push(0);
-                listed.next = Some(next);
+                listed.next = Some(cursor(group, last, true));
                 return Ok(listed);
             }
         }
