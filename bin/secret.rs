@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 
-use thrifty_p2p::auth::{Role, Secret};
-use thrifty_p2p::tls::Tls;
 use thrifty_p2p::{ClientOptions, Result};
 
 /// Which secret to prove to nodes that require one.
@@ -31,31 +29,19 @@ pub struct SecretArgs {
 }
 
 impl SecretArgs {
-    /// Default client options with the secret and TLS these arguments give.
+    /// Default client options with the secret and TLS these arguments give
+    /// (clap makes the TLS files all or none).
     pub fn options(&self) -> Result<ClientOptions> {
-        Ok(ClientOptions {
-            secret: self.secret()?,
-            tls: self.tls()?,
-            ..ClientOptions::default()
-        })
-    }
-
-    /// TLS, when the three files are given (clap makes it all or none).
-    pub fn tls(&self) -> Result<Option<Tls>> {
-        match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
-            (Some(cert), Some(key), Some(ca)) => Tls::from_files(cert, key, ca).map(Some),
-            _ => Ok(None),
-        }
-    }
-
-    /// The secret to prove, if any: the cluster secret when both are given.
-    pub fn secret(&self) -> Result<Option<(Role, Secret)>> {
-        if let Some(path) = &self.cluster_secret_file {
-            return Ok(Some((Role::Cluster, Secret::from_file(path)?)));
-        }
-        match &self.client_secret_file {
-            Some(path) => Ok(Some((Role::Client, Secret::from_file(path)?))),
-            None => Ok(None),
-        }
+        let tls = match (&self.tls_cert, &self.tls_key, &self.tls_ca) {
+            (Some(cert), Some(key), Some(ca)) => {
+                Some((cert.as_path(), key.as_path(), ca.as_path()))
+            }
+            _ => None,
+        };
+        ClientOptions::from_files(
+            self.client_secret_file.as_deref(),
+            self.cluster_secret_file.as_deref(),
+            tls,
+        )
     }
 }

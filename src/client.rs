@@ -104,6 +104,33 @@ pub struct ClientOptions {
     pub stream: stream::Options,
 }
 
+impl ClientOptions {
+    /// The default options with the secret and TLS read from files, as every
+    /// client tool takes them: the cluster secret when `cluster_secret` is
+    /// given (it opens every method), else the client secret; TLS with
+    /// (certificate, key, CA) when given.
+    pub fn from_files(
+        client_secret: Option<&std::path::Path>,
+        cluster_secret: Option<&std::path::Path>,
+        tls: Option<(&std::path::Path, &std::path::Path, &std::path::Path)>,
+    ) -> Result<ClientOptions> {
+        let secret = match (cluster_secret, client_secret) {
+            (Some(path), _) => Some((Role::Cluster, Secret::from_file(path)?)),
+            (None, Some(path)) => Some((Role::Client, Secret::from_file(path)?)),
+            (None, None) => None,
+        };
+        let tls = match tls {
+            Some((cert, key, ca)) => Some(crate::tls::Tls::from_files(cert, key, ca)?),
+            None => None,
+        };
+        Ok(ClientOptions {
+            secret,
+            tls,
+            ..ClientOptions::default()
+        })
+    }
+}
+
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
@@ -187,16 +214,12 @@ impl Client {
     /// checked against its manifest's digests.
     pub fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<Vec<u8>>> {
         let key = key.as_ref();
-        let fetched = match self.on_owner(key, |c| c.fetch(key)) {
+        match self.on_owner(key, |c| c.fetch(key)) {
             // The node says the value is streamed (see `describe`).
-            Err(e) if e.kind() == ErrorKind::Streamed => None,
-            other => Some(other?),
-        };
-        if let Some(value) = fetched {
-            let Some(value) = value else {
-                return Ok(None);
-            };
-            match Manifest::decode(&value) {
+            Err(e) if e.kind() == ErrorKind::Streamed => {}
+            Err(e) => return Err(e),
+            Ok(None) => return Ok(None),
+            Ok(Some(value)) => match Manifest::decode(&value) {
                 // A node older than `describe` answers with the manifest.
                 Ok(Some(_)) => {}
                 Ok(None) => return Ok(Some(value)),
@@ -206,7 +229,7 @@ impl Client {
                         reason,
                     });
                 }
-            }
+            },
         }
         let mut whole = Vec::new();
         Ok(self.get_to(key, &mut whole)?.map(|_| whole))
@@ -523,9 +546,7 @@ impl Client {
         if !info.exists {
             return Ok(None);
         }
-        let entry = self.entry.clone();
-        // The node caps the count at its own replica count.
-        let replicas = self.call(&entry, |c| c.replicas(key, usize::MAX))?;
+        let replicas = self.replicas(key)?;
         let parts = match &info.manifest {
             Some(manifest) => {
                 let ring = Ring::new(self.members()?);

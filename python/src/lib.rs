@@ -26,9 +26,7 @@ use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
-use thrifty_p2p::auth::{Role, Secret};
 use thrifty_p2p::listing::KeyPage;
-use thrifty_p2p::tls::Tls;
 use thrifty_p2p::{Client, ClientOptions, Error, NodeAddr};
 
 /// `thrifty_p2p.StoreError`, defined in Python (`thrifty_p2p/_errors.py`) so
@@ -154,20 +152,12 @@ impl Ring {
             .map_err(|e| store_error(py, e))?;
         let client = py
             .detach(|| {
-                let secret = match (cluster_secret_file, secret_file) {
-                    (Some(path), _) => Some((Role::Cluster, Secret::from_file(&path)?)),
-                    (None, Some(path)) => Some((Role::Client, Secret::from_file(&path)?)),
-                    (None, None) => None,
-                };
-                let tls = match tls {
-                    Some((cert, key, ca)) => Some(Tls::from_files(&cert, &key, &ca)?),
-                    None => None,
-                };
-                let options = ClientOptions {
-                    secret,
-                    tls,
-                    ..ClientOptions::default()
-                };
+                let tls = tls.as_ref();
+                let options = ClientOptions::from_files(
+                    secret_file.as_deref(),
+                    cluster_secret_file.as_deref(),
+                    tls.map(|(cert, key, ca)| (cert.as_path(), key.as_path(), ca.as_path())),
+                )?;
                 Client::open(peer, options)
             })
             .map_err(|e| store_error(py, e))?;
