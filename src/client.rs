@@ -57,6 +57,8 @@
 //! the [`crate::ErrorKind`] the node gave it, and [`Error::is_transient`] says
 //! whether retrying may help.
 
+mod batch;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
 use std::time::Duration;

@@ -97,6 +97,18 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// A key of a `fetch_many` batch whose value did not fit in the batch's
+    /// reply, which carries at most `limit` bytes of values. Nothing
+    /// changed: read the key again, alone or in a later batch.
+    #[error(
+        "`{key}` did not fit in the batch's reply of at most {limit} bytes of values: fetch it alone or in a later batch"
+    )]
+    BatchFull {
+        /// The key, lossy UTF-8.
+        key: String,
+        /// The most value bytes one batch reply carries.
+        limit: usize,
+    },
     /// A request bounced between nodes that disagree on the owner. Nothing stored.
     #[error(
         "the ring is changing and no node took key ownership after {hops} forwards; retry shortly"
@@ -455,7 +467,7 @@ impl Error {
                 ErrorKind::Rpc
             }
             Error::Refused { .. } => ErrorKind::Refused,
-            Error::TooLarge { .. } => ErrorKind::TooLarge,
+            Error::TooLarge { .. } | Error::BatchFull { .. } => ErrorKind::TooLarge,
             Error::TooManyHops { .. } => ErrorKind::TooManyHops,
             Error::Quorum { .. } => ErrorKind::Quorum,
             Error::ReadQuorum { .. } | Error::ListIncomplete { .. } => ErrorKind::ReadQuorum,

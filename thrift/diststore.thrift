@@ -168,6 +168,27 @@ struct ValueInfo {
   7: optional binary manifest,
 }
 
+/**
+ * One key's answer in `fetch_many`: `value` set when the key holds one,
+ * `error` set when this key could not be read (the others still were);
+ * neither: the key is not stored.
+ */
+struct Fetched {
+  1: optional binary value,
+  2: optional StoreError error,
+}
+
+/** One write of `store_many`. */
+struct Item {
+  1: binary key,
+  2: binary value,
+}
+
+/** One write's outcome in `store_many`: `error` unset when it was stored. */
+struct Outcome {
+  1: optional StoreError error,
+}
+
 service Store extends locator.Locator {
   // ---- the original interface ----
   /** The value stored at `key`, routed to its owner; "" when absent. */
@@ -202,6 +223,27 @@ service Store extends locator.Locator {
    * from there (what the Rust client and `storelist` do; README, Listing).
    */
   KeyPage list_keys(1: binary prefix, 2: binary start, 3: i32 limit) throws (1: StoreError err),
+  /**
+   * Reads many keys in one call: one `Fetched` per key, in the order given.
+   * Each key is read as `fetch` reads it (routed to its owner, every key at
+   * once), so each answer is as consistent as a `fetch`, but the batch is
+   * not a snapshot: a write landing meanwhile may be seen for one key and
+   * not another. At most 10,000 keys; the values answered add up to at most
+   * `--max-value-bytes` (64 MiB by default): a key past that answers
+   * TOO_LARGE in its `error` (fetch it again, alone or in a later batch). A
+   * streamed value answers STREAMED there, as `fetch` does.
+   */
+  list<Fetched> fetch_many(1: list<binary> keys) throws (1: StoreError err),
+  /**
+   * Writes many keys in one call: one `Outcome` per item, in the order
+   * given. Each item is written as `store` writes it (acknowledged by a
+   * write quorum of its replicas; all items at once), and each stands
+   * alone: the batch is not atomic, so some items may be stored and others
+   * refused, and a reader may see some before the others. Items for the
+   * same key are written in the order given. At most 10,000 items in one
+   * message (`--max-value-bytes` bounds the message).
+   */
+  list<Outcome> store_many(1: list<Item> items) throws (1: StoreError err),
   /**
    * This node's whole member table, read-only: every member it knows, itself
    * included, with its incarnation and status (departed members too, as

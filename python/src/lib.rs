@@ -198,6 +198,53 @@ impl Ring {
         self.call(py, |c| c.put(key, bytes))
     }
 
+    /// The values at `keys` (a sequence of str/bytes), one per key in
+    /// order: bytes, None when not stored, or the `StoreError` that key
+    /// failed with (returned, not raised: the other keys were read).
+    fn get_many<'py>(
+        &self,
+        py: Python<'py>,
+        keys: Vec<Bound<'py, PyAny>>,
+    ) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let keys = keys
+            .iter()
+            .map(key_bytes)
+            .collect::<PyResult<Vec<&[u8]>>>()?;
+        let outcomes = self.call(py, |c| Ok(c.get_many(&keys)))?;
+        outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok(Some(value)) => Ok(PyBytes::new(py, &value).into_any()),
+                Ok(None) => Ok(py.None().into_bound(py)),
+                Err(e) => Ok(store_error(py, e).into_value(py).into_bound(py).into_any()),
+            })
+            .collect()
+    }
+
+    /// Stores each `(key, value)` pair of `items` (values: any C-contiguous
+    /// buffer, read in place); one outcome per item in order: None when it
+    /// was stored, else the `StoreError` it failed with (returned, not
+    /// raised: the other items were written).
+    fn put_many<'py>(
+        &self,
+        py: Python<'py>,
+        items: Vec<(Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    ) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let held = items
+            .iter()
+            .map(|(key, value)| Ok((key_bytes(key)?, Value::of(value)?)))
+            .collect::<PyResult<Vec<(&[u8], Value)>>>()?;
+        let pairs: Vec<(&[u8], &[u8])> = held.iter().map(|(k, v)| (*k, v.bytes())).collect();
+        let outcomes = self.call(py, |c| Ok(c.put_many(&pairs)))?;
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok(()) => py.None().into_bound(py),
+                Err(e) => store_error(py, e).into_value(py).into_bound(py).into_any(),
+            })
+            .collect())
+    }
+
     /// Deletes `key` if it holds a value; returns whether it did (the
     /// check and the delete are two calls, made back to back under the
     /// ring's lock).

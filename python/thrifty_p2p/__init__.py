@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Iterator, KeysView, MutableMapping
+from collections.abc import Iterable, Iterator, KeysView, Mapping, MutableMapping
 from typing import Any, NamedTuple, Optional, Union
 
-from ._errors import StoreError
+from ._errors import BatchError, StoreError
 from ._native import Ring
 
-__all__ = ["Dict", "Info", "Placement", "StoreError", "Ring"]
+__all__ = ["BatchError", "Dict", "Info", "Placement", "StoreError", "Ring"]
 
 # Shown and pickled as thrifty_p2p.StoreError, where users import it from.
 StoreError.__module__ = __name__
+BatchError.__module__ = __name__
 
 Key = Union[str, bytes]
 
@@ -179,6 +180,51 @@ class Dict(MutableMapping):
         if not isinstance(key, (str, bytes)):
             return False
         return self._ring.contains(key)
+
+    # Batches.
+
+    def get_many(self, keys: Iterable[Key]) -> dict:
+        """The values of those ``keys`` that are stored, as ``{key: value}``
+        (a key not stored is left out), read with one call per owner node.
+
+        Each key is read as ``d[key]`` reads it; the batch is not a snapshot
+        (a write landing meanwhile may be seen for one key, not another).
+        When some keys could not be read, raises ``BatchError``: its
+        ``errors`` maps each to its ``StoreError`` and its ``values`` holds
+        what was read.
+        """
+        keys = list(keys)
+        found: dict = {}
+        errors: dict = {}
+        for key, value in zip(keys, self._ring.get_many(keys)):
+            if isinstance(value, StoreError):
+                errors[key] = value
+            elif value is not None:
+                found[key] = pickle.loads(value) if self._pickle else value
+        if errors:
+            raise BatchError.of(errors, found, len(keys))
+        return found
+
+    def put_many(self, items: Union[Mapping[Key, Any], Iterable[tuple[Key, Any]]]) -> None:
+        """Stores every item of ``items`` (a mapping, or ``(key, value)``
+        pairs), with one call per owner node.
+
+        Each item is stored as ``d[key] = value`` stores it, and stands
+        alone: not atomic, so when some fail the others are still stored
+        (and a reader may see some before others). Of two pairs for one key
+        the later wins. When some items failed, raises ``BatchError``: its
+        ``errors`` maps each failed key to its ``StoreError``.
+        """
+        pairs = list(items.items() if isinstance(items, Mapping) else items)
+        if self._pickle:
+            pairs = [(k, pickle.dumps(v, protocol=pickle.HIGHEST_PROTOCOL)) for k, v in pairs]
+        errors = {
+            key: outcome
+            for (key, _), outcome in zip(pairs, self._ring.put_many(pairs))
+            if outcome is not None
+        }
+        if errors:
+            raise BatchError.of(errors, {}, len(pairs))
 
     def __len__(self) -> int:
         """How many keys the whole ring holds: it lists them all, so it costs a scan."""

@@ -1,7 +1,7 @@
 """A dict over a thrifty-p2p ring (see __init__.py)."""
 
 import os
-from collections.abc import Iterator, KeysView, MutableMapping
+from collections.abc import Iterable, Iterator, KeysView, Mapping, MutableMapping
 from typing import Any, NamedTuple, Optional, Union, overload
 
 from ._native import Ring as Ring
@@ -23,6 +23,22 @@ class StoreError(Exception):
     kind: str
     transient: bool
     def __init__(self, message: str, kind: str, transient: bool) -> None: ...
+
+class BatchError(StoreError):
+    errors: dict[Any, StoreError]
+    values: dict[Any, Any]
+    def __init__(
+        self,
+        message: str,
+        kind: str,
+        transient: bool,
+        errors: Optional[dict[Any, StoreError]] = None,
+        values: Optional[dict[Any, Any]] = None,
+    ) -> None: ...
+    @classmethod
+    def of(
+        cls, errors: dict[Any, StoreError], values: dict[Any, Any], total: int
+    ) -> "BatchError": ...
 
 class Dict(MutableMapping[Key, Any]):
     def __init__(
@@ -46,6 +62,10 @@ class Dict(MutableMapping[Key, Any]):
     def __setitem__(self, key: Key, value: Any) -> None: ...
     def __delitem__(self, key: Key) -> None: ...
     def __contains__(self, key: object) -> bool: ...
+    def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]: ...
+    def put_many(
+        self, items: Union[Mapping[Key, Any], Iterable[tuple[Key, Any]]]
+    ) -> None: ...
     def __len__(self) -> int: ...
     def __iter__(self) -> Iterator[Key]: ...
     def keys(self, prefix: Optional[Key] = None) -> KeysView[Key]: ...  # type: ignore[override]
@@ -57,4 +77,4 @@ class Dict(MutableMapping[Key, Any]):
     def members(self) -> list[str]: ...
     def stats(self) -> dict[str, int]: ...
 
-__all__ = ["Dict", "Info", "Placement", "StoreError", "Ring"]
+__all__ = ["BatchError", "Dict", "Info", "Placement", "StoreError", "Ring"]

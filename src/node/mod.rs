@@ -71,6 +71,7 @@ use crate::version::{Clock, WallClock};
 
 mod collect;
 pub use collect::GRACE_STAT;
+mod batch;
 mod handoff;
 mod large;
 mod leave;
@@ -78,6 +79,7 @@ mod listing;
 mod liveness;
 mod members;
 mod read;
+pub(crate) use read::refuse_streamed;
 mod repair;
 mod replica;
 mod write;

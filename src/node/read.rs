@@ -198,3 +198,18 @@ impl Node {
         Ok(verdict.newest)
     }
 }
+
+/// A client's `fetch` or `get` of a streamed value is told so, never
+/// answered with the manifest (internal bytes): [`Error::Streamed`] names
+/// the methods that read it. A 16-byte compare of the value in hand, and a
+/// decode only when it matches (see [`crate::stream::streamed_manifest`]).
+/// Forwards between nodes (`relay_fetch`) carry the manifest as it is.
+pub(crate) fn refuse_streamed(key: &[u8], value: Option<&[u8]>) -> Result<()> {
+    match value.and_then(|value| crate::stream::streamed_manifest(key, value)) {
+        Some(manifest) => Err(Error::Streamed {
+            key: String::from_utf8_lossy(key).into_owned(),
+            size: manifest.size,
+        }),
+        None => Ok(()),
+    }
+}

@@ -18,7 +18,7 @@ use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 
 use super::convert;
 use super::frame::{self, Limits};
-use super::idl::diststore::{PeerSyncClient, TPeerSyncClient, TStoreSyncClient};
+use super::idl::diststore::{Item, PeerSyncClient, TPeerSyncClient, TStoreSyncClient};
 use super::idl::locator::{TBaseSyncClient, TLocatorSyncClient};
 use crate::addr::NodeAddr;
 use crate::auth::{Caller, Role, Secret};
@@ -326,6 +326,55 @@ impl Conn {
     pub fn store(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         let result = super::codec::store_borrowed(&mut self.client, key, value);
         self.done(result)
+    }
+
+    /// `fetch_many`: each key's value (`None`: not stored) or its own error,
+    /// in the order given.
+    pub fn fetch_many(&mut self, keys: &[&[u8]]) -> Result<Vec<Result<Option<Vec<u8>>>>> {
+        let result = self
+            .client
+            .fetch_many(keys.iter().map(|k| k.to_vec()).collect());
+        let fetched = self.done(result)?;
+        if fetched.len() != keys.len() {
+            return Err(self.miscounted("fetch_many", keys.len(), fetched.len()));
+        }
+        Ok(fetched
+            .into_iter()
+            .map(|f| match f.error {
+                Some(error) => Err(convert::remote_error(&self.peer, error)),
+                None => Ok(f.value),
+            })
+            .collect())
+    }
+
+    /// `store_many`: each item's outcome, in the order given.
+    pub fn store_many(&mut self, items: &[(&[u8], &[u8])]) -> Result<Vec<Result<()>>> {
+        let count = items.len();
+        let items = items
+            .iter()
+            .map(|(key, value)| Item::new(key.to_vec(), value.to_vec()))
+            .collect();
+        let result = self.client.store_many(items);
+        let outcomes = self.done(result)?;
+        if outcomes.len() != count {
+            return Err(self.miscounted("store_many", count, outcomes.len()));
+        }
+        Ok(outcomes
+            .into_iter()
+            .map(|o| match o.error {
+                Some(error) => Err(convert::remote_error(&self.peer, error)),
+                None => Ok(()),
+            })
+            .collect())
+    }
+
+    /// A batch answered with another number of outcomes than it asked for:
+    /// the node is not keeping the protocol.
+    fn miscounted(&self, method: &str, asked: usize, answered: usize) -> Error {
+        Error::Rpc {
+            peer: self.peer.to_string(),
+            reason: format!("{method} of {asked} keys answered {answered} outcomes"),
+        }
     }
 
     /// `describe`: what `key` holds (size, parts, identity, a streamed

@@ -10,7 +10,8 @@ use thrift::{ApplicationError, ApplicationErrorKind};
 
 use super::convert;
 use super::idl::diststore::{
-    Entry, KeyPage, Lookup, PeerSyncHandler, Replica, StoreSyncHandler, ValueInfo,
+    Entry, Fetched, Item, KeyPage, Lookup, Outcome, PeerSyncHandler, Replica, StoreSyncHandler,
+    ValueInfo,
 };
 use super::idl::locator::{BaseSyncHandler, Location, LocatorSyncHandler, Member};
 use crate::addr::NodeAddr;
@@ -241,6 +242,30 @@ impl StoreSyncHandler for Handler {
     ) -> thrift::Result<KeyPage> {
         let listed = (self.node.list_keys(&prefix, &start, limit)).map_err(store_error)?;
         Ok(convert::key_page_out(listed))
+    }
+
+    fn handle_fetch_many(&self, keys: Vec<Vec<u8>>) -> thrift::Result<Vec<Fetched>> {
+        let outcomes = wait(self.node.fetch_many(&keys)).map_err(store_error)?;
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| match outcome {
+                Ok(value) => Fetched::new(value, None),
+                Err(e) => Fetched::new(None, convert::store_error(&e)),
+            })
+            .collect())
+    }
+
+    fn handle_store_many(&self, items: Vec<Item>) -> thrift::Result<Vec<Outcome>> {
+        // A field left out is empty, as the generated code reads it.
+        let items: Vec<(Vec<u8>, Vec<u8>)> = items
+            .into_iter()
+            .map(|item| (item.key.unwrap_or_default(), item.value.unwrap_or_default()))
+            .collect();
+        let outcomes = wait(self.node.store_many(&items)).map_err(store_error)?;
+        Ok(outcomes
+            .into_iter()
+            .map(|outcome| Outcome::new(outcome.err().map(|e| convert::store_error(&e))))
+            .collect())
     }
 
     fn handle_members(&self) -> thrift::Result<Vec<Member>> {

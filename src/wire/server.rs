@@ -425,10 +425,9 @@ impl Connection {
                     );
                 }
                 None => {
-                    // A range read's memory is known only as a bound (see
-                    // `Node::read_range_room`): that much comes first.
-                    if frame.name == "read_range" {
-                        let room = self.node.read_range_room();
+                    // A range read's or a batch's memory is known only as a
+                    // bound: that much comes first.
+                    if let Some(room) = room_bound(&self.node, &frame.name) {
                         self.share.reserve(self.in_use(frame.len) + room).await;
                     }
                     let message = &self.input.unread()[..frame.len];
@@ -591,7 +590,7 @@ async fn serve_hot(node: &Arc<Node>, method: Method, call: Call) -> Result<Answe
             let client = matches!(method, Method::Get | Method::Fetch);
             if client && let Some(now) = node.fetch_now(&key, hops) {
                 let value = now?;
-                refuse_streamed(&key, value.as_deref())?;
+                crate::node::refuse_streamed(&key, value.as_deref())?;
                 return Ok(Answer::Copy(value.map(|value| Stored {
                     value: Some(value),
                     version: Version::default(),
@@ -599,7 +598,7 @@ async fn serve_hot(node: &Arc<Node>, method: Method, call: Call) -> Result<Answe
             }
             let copy = node.fetch_copy(&key, hops).await?;
             if client {
-                refuse_streamed(&key, copy.as_ref().and_then(|c| c.value.as_deref()))?;
+                crate::node::refuse_streamed(&key, copy.as_ref().and_then(|c| c.value.as_deref()))?;
             }
             Ok(Answer::Copy(copy))
         }
@@ -624,21 +623,6 @@ async fn serve_hot(node: &Arc<Node>, method: Method, call: Call) -> Result<Answe
     }
 }
 
-/// A client's `fetch` or `get` of a streamed value is told so, never
-/// answered with the manifest (internal bytes): [`Error::Streamed`] names
-/// the methods that read it. A 16-byte compare of the value in hand, and a
-/// decode only when it matches (see [`crate::stream::streamed_manifest`]).
-/// Forwards between nodes (`relay_fetch`) carry the manifest as it is.
-fn refuse_streamed(key: &[u8], value: Option<&[u8]>) -> Result<(), Error> {
-    match value.and_then(|value| crate::stream::streamed_manifest(key, value)) {
-        Some(manifest) => Err(Error::Streamed {
-            key: String::from_utf8_lossy(key).into_owned(),
-            size: manifest.size,
-        }),
-        None => Ok(()),
-    }
-}
-
 /// The bytes a read of `key` needs while its reply is made, by the local
 /// copy's size: the copy taken from the store and the reply it is encoded
 /// into (a frame's few bytes more). Nothing when the key is not held here
@@ -647,6 +631,17 @@ fn reply_room(node: &Node, key: &[u8]) -> usize {
     match node.store().value_len(key) {
         Ok(Some(len)) => len.saturating_mul(2).saturating_add(REPLY_OVERHEAD),
         _ => 0,
+    }
+}
+
+/// The memory a method served by the generated processor may hold, when
+/// only a bound is known before it runs (see `Node::read_range_room`,
+/// `Node::batch_room`).
+fn room_bound(node: &Node, method: &str) -> Option<usize> {
+    match method {
+        "read_range" => Some(node.read_range_room()),
+        "fetch_many" => Some(node.batch_room()),
+        _ => None,
     }
 }
 

@@ -10,8 +10,8 @@ use thrift::server::TProcessor;
 
 use super::*;
 use crate::wire::idl::diststore::{
-    Entry, KeyPage, PeerSyncClient, PeerSyncHandler, PeerSyncProcessor, Replica, StoreSyncHandler,
-    TPeerSyncClient, TStoreSyncClient, ValueInfo,
+    Entry, Fetched, Item, KeyPage, Outcome, PeerSyncClient, PeerSyncHandler, PeerSyncProcessor,
+    Replica, StoreSyncHandler, TPeerSyncClient, TStoreSyncClient, ValueInfo,
 };
 use crate::wire::idl::locator::{
     BaseSyncHandler, Location, LocatorSyncHandler, Member, TBaseSyncClient,
@@ -294,6 +294,12 @@ impl StoreSyncHandler for Stub {
         unreachable!()
     }
     fn handle_list_keys(&self, _: Vec<u8>, _: Vec<u8>, _: i32) -> thrift::Result<KeyPage> {
+        unreachable!()
+    }
+    fn handle_fetch_many(&self, _: Vec<Vec<u8>>) -> thrift::Result<Vec<Fetched>> {
+        unreachable!()
+    }
+    fn handle_store_many(&self, _: Vec<Item>) -> thrift::Result<Vec<Outcome>> {
         unreachable!()
     }
     fn handle_members(&self) -> thrift::Result<Vec<Member>> {

@@ -945,6 +945,234 @@ impl Default for ValueInfo {
 }
 
 //
+// Fetched
+//
+
+/// One key's answer in `fetch_many`: `value` set when the key holds one,
+/// `error` set when this key could not be read (the others still were);
+/// neither: the key is not stored.
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct Fetched {
+  pub value: Option<Vec<u8>>,
+  pub error: Option<StoreError>,
+}
+
+impl Fetched {
+  pub fn new<F1, F2>(value: F1, error: F2) -> Fetched where F1: Into<Option<Vec<u8>>>, F2: Into<Option<StoreError>> {
+    Fetched {
+      value: value.into(),
+      error: error.into(),
+    }
+  }
+}
+
+impl TSerializable for Fetched {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<Fetched> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    let mut f_2: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = Fetched {
+      value: f_1,
+      error: f_2,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("Fetched");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("value", TType::String, 1))?;
+      o_prot.write_bytes(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.error {
+      o_prot.write_field_begin(&TFieldIdentifier::new("error", TType::Struct, 2))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+impl Default for Fetched {
+  fn default() -> Self {
+    Fetched{
+      value: Some(Vec::new()),
+      error: None,
+    }
+  }
+}
+
+//
+// Item
+//
+
+/// One write of `store_many`.
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct Item {
+  pub key: Option<Vec<u8>>,
+  pub value: Option<Vec<u8>>,
+}
+
+impl Item {
+  pub fn new<F1, F2>(key: F1, value: F2) -> Item where F1: Into<Option<Vec<u8>>>, F2: Into<Option<Vec<u8>>> {
+    Item {
+      key: key.into(),
+      value: value.into(),
+    }
+  }
+}
+
+impl TSerializable for Item {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<Item> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = Some(Vec::new());
+    let mut f_2: Option<Vec<u8>> = Some(Vec::new());
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_bytes()?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = Item {
+      key: f_1,
+      value: f_2,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("Item");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.key {
+      o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+      o_prot.write_bytes(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("value", TType::String, 2))?;
+      o_prot.write_bytes(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+impl Default for Item {
+  fn default() -> Self {
+    Item{
+      key: Some(Vec::new()),
+      value: Some(Vec::new()),
+    }
+  }
+}
+
+//
+// Outcome
+//
+
+/// One write's outcome in `store_many`: `error` unset when it was stored.
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct Outcome {
+  pub error: Option<StoreError>,
+}
+
+impl Outcome {
+  pub fn new<F1>(error: F1) -> Outcome where F1: Into<Option<StoreError>> {
+    Outcome {
+      error: error.into(),
+    }
+  }
+}
+
+impl TSerializable for Outcome {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<Outcome> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = Outcome {
+      error: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("Outcome");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.error {
+      o_prot.write_field_begin(&TFieldIdentifier::new("error", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+impl Default for Outcome {
+  fn default() -> Self {
+    Outcome{
+      error: None,
+    }
+  }
+}
+
+//
 // Store service client
 //
 
@@ -975,6 +1203,23 @@ pub trait TStoreSyncClient : locator::TLocatorSyncClient {
   /// the keys before the smallest `resume`, the newest copy of each, and go on
   /// from there (what the Rust client and `storelist` do; README, Listing).
   fn list_keys(&mut self, prefix: Vec<u8>, start: Vec<u8>, limit: i32) -> thrift::Result<KeyPage>;
+  /// Reads many keys in one call: one `Fetched` per key, in the order given.
+  /// Each key is read as `fetch` reads it (routed to its owner, every key at
+  /// once), so each answer is as consistent as a `fetch`, but the batch is
+  /// not a snapshot: a write landing meanwhile may be seen for one key and
+  /// not another. At most 10,000 keys; the values answered add up to at most
+  /// `--max-value-bytes` (64 MiB by default): a key past that answers
+  /// TOO_LARGE in its `error` (fetch it again, alone or in a later batch). A
+  /// streamed value answers STREAMED there, as `fetch` does.
+  fn fetch_many(&mut self, keys: Vec<Vec<u8>>) -> thrift::Result<Vec<Fetched>>;
+  /// Writes many keys in one call: one `Outcome` per item, in the order
+  /// given. Each item is written as `store` writes it (acknowledged by a
+  /// write quorum of its replicas; all items at once), and each stands
+  /// alone: the batch is not atomic, so some items may be stored and others
+  /// refused, and a reader may see some before the others. Items for the
+  /// same key are written in the order given. At most 10,000 items in one
+  /// message (`--max-value-bytes` bounds the message).
+  fn store_many(&mut self, items: Vec<Item>) -> thrift::Result<Vec<Outcome>>;
   /// This node's whole member table, read-only: every member it knows, itself
   /// included, with its incarnation and status (departed members too, as
   /// DEAD or LEFT). For status tools; nodes exchange tables with `gossip`.
@@ -1228,6 +1473,60 @@ impl <C: TThriftClient + TStoreSyncClientMarker + locator::TLocatorSyncClientMar
       result.ok_or()
     }
   }
+  fn fetch_many(&mut self, keys: Vec<Vec<u8>>) -> thrift::Result<Vec<Fetched>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("fetch_many", TMessageType::Call, self.sequence_number());
+        let call_args = StoreFetchManyArgs { keys };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("fetch_many", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreFetchManyResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn store_many(&mut self, items: Vec<Item>) -> thrift::Result<Vec<Outcome>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("store_many", TMessageType::Call, self.sequence_number());
+        let call_args = StoreStoreManyArgs { items };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("store_many", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreStoreManyResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
   fn members(&mut self) -> thrift::Result<Vec<locator::Member>> {
     (
       {
@@ -1477,6 +1776,23 @@ pub trait StoreSyncHandler : locator::LocatorSyncHandler {
   /// the keys before the smallest `resume`, the newest copy of each, and go on
   /// from there (what the Rust client and `storelist` do; README, Listing).
   fn handle_list_keys(&self, prefix: Vec<u8>, start: Vec<u8>, limit: i32) -> thrift::Result<KeyPage>;
+  /// Reads many keys in one call: one `Fetched` per key, in the order given.
+  /// Each key is read as `fetch` reads it (routed to its owner, every key at
+  /// once), so each answer is as consistent as a `fetch`, but the batch is
+  /// not a snapshot: a write landing meanwhile may be seen for one key and
+  /// not another. At most 10,000 keys; the values answered add up to at most
+  /// `--max-value-bytes` (64 MiB by default): a key past that answers
+  /// TOO_LARGE in its `error` (fetch it again, alone or in a later batch). A
+  /// streamed value answers STREAMED there, as `fetch` does.
+  fn handle_fetch_many(&self, keys: Vec<Vec<u8>>) -> thrift::Result<Vec<Fetched>>;
+  /// Writes many keys in one call: one `Outcome` per item, in the order
+  /// given. Each item is written as `store` writes it (acknowledged by a
+  /// write quorum of its replicas; all items at once), and each stands
+  /// alone: the batch is not atomic, so some items may be stored and others
+  /// refused, and a reader may see some before the others. Items for the
+  /// same key are written in the order given. At most 10,000 items in one
+  /// message (`--max-value-bytes` bounds the message).
+  fn handle_store_many(&self, items: Vec<Item>) -> thrift::Result<Vec<Outcome>>;
   /// This node's whole member table, read-only: every member it knows, itself
   /// included, with its incarnation and status (departed members too, as
   /// DEAD or LEFT). For status tools; nodes exchange tables with `gossip`.
@@ -1558,6 +1874,12 @@ impl <H: StoreSyncHandler> StoreSyncProcessor<H> {
   }
   fn process_list_keys(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_list_keys(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_fetch_many(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_fetch_many(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_store_many(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_store_many(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_members(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_members(&self.handler, incoming_sequence_number, i_prot, o_prot)
@@ -1953,6 +2275,126 @@ impl TStoreProcessFunctions {
               )
             };
             let message_ident = TMessageIdentifier::new("list_keys", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_fetch_many<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreFetchManyArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_fetch_many(args.keys) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("fetch_many", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreFetchManyResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreFetchManyResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("fetch_many", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("fetch_many", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("fetch_many", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("fetch_many", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_store_many<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreStoreManyArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_store_many(args.items) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("store_many", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreStoreManyResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreStoreManyResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("store_many", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("store_many", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("store_many", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("store_many", TMessageType::Exception, incoming_sequence_number);
             o_prot.write_message_begin(&message_ident)?;
             thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
             o_prot.write_message_end()?;
@@ -2422,6 +2864,12 @@ impl <H: StoreSyncHandler> TProcessor for StoreSyncProcessor<H> {
       },
       "list_keys" => {
         self.process_list_keys(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "fetch_many" => {
+        self.process_fetch_many(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "store_many" => {
+        self.process_store_many(message_ident.sequence_number, i_prot, o_prot)
       },
       "members" => {
         self.process_members(message_ident.sequence_number, i_prot, o_prot)
@@ -3271,6 +3719,296 @@ impl StoreListKeysResult {
 }
 
 //
+// StoreFetchManyArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreFetchManyArgs {
+  keys: Vec<Vec<u8>>,
+}
+
+impl StoreFetchManyArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreFetchManyArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<Vec<u8>>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<Vec<u8>> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_3 = i_prot.read_bytes()?;
+            val.push(list_elem_3);
+          }
+          i_prot.read_list_end()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreFetchManyArgs.keys", &f_1)?;
+    let ret = StoreFetchManyArgs {
+      keys: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("fetch_many_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("keys", TType::List, 1))?;
+    o_prot.write_list_begin(&TListIdentifier::new(TType::String, self.keys.len() as i32))?;
+    for e in &self.keys {
+      o_prot.write_bytes(e)?;
+    }
+    o_prot.write_list_end()?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreFetchManyResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreFetchManyResult {
+  result_value: Option<Vec<Fetched>>,
+  err: Option<StoreError>,
+}
+
+impl StoreFetchManyResult {
+  fn ok_or(self) -> thrift::Result<Vec<Fetched>> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreFetchMany"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreFetchManyResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<Fetched>> = None;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<Fetched> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_4 = Fetched::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_4);
+          }
+          i_prot.read_list_end()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreFetchManyResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreFetchManyResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
+      for e in fld_var {
+        e.write_to_out_protocol(o_prot)?;
+      }
+      o_prot.write_list_end()?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreStoreManyArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreStoreManyArgs {
+  items: Vec<Item>,
+}
+
+impl StoreStoreManyArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreStoreManyArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<Item>> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<Item> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_5 = Item::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_5);
+          }
+          i_prot.read_list_end()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreStoreManyArgs.items", &f_1)?;
+    let ret = StoreStoreManyArgs {
+      items: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("store_many_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("items", TType::List, 1))?;
+    o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, self.items.len() as i32))?;
+    for e in &self.items {
+      e.write_to_out_protocol(o_prot)?;
+    }
+    o_prot.write_list_end()?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreStoreManyResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreStoreManyResult {
+  result_value: Option<Vec<Outcome>>,
+  err: Option<StoreError>,
+}
+
+impl StoreStoreManyResult {
+  fn ok_or(self) -> thrift::Result<Vec<Outcome>> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreStoreMany"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreStoreManyResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<Outcome>> = None;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<Outcome> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_6 = Outcome::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_6);
+          }
+          i_prot.read_list_end()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreStoreManyResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreStoreManyResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
+      for e in fld_var {
+        e.write_to_out_protocol(o_prot)?;
+      }
+      o_prot.write_list_end()?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
 // StoreMembersArgs
 //
 
@@ -3344,8 +4082,8 @@ impl StoreMembersResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<locator::Member> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_3 = locator::Member::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_3);
+            let list_elem_7 = locator::Member::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_7);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -4907,6 +5645,12 @@ impl <H: PeerSyncHandler> PeerSyncProcessor<H> {
   fn process_list_keys(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_list_keys(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
+  fn process_fetch_many(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_fetch_many(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_store_many(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_store_many(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
   fn process_members(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_members(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
@@ -5766,6 +6510,12 @@ impl <H: PeerSyncHandler> TProcessor for PeerSyncProcessor<H> {
       "list_keys" => {
         self.process_list_keys(message_ident.sequence_number, i_prot, o_prot)
       },
+      "fetch_many" => {
+        self.process_fetch_many(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "store_many" => {
+        self.process_store_many(message_ident.sequence_number, i_prot, o_prot)
+      },
       "members" => {
         self.process_members(message_ident.sequence_number, i_prot, o_prot)
       },
@@ -5927,8 +6677,8 @@ impl PeerEnterResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<locator::Member> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_4 = locator::Member::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_4);
+            let list_elem_8 = locator::Member::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_8);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -5986,8 +6736,8 @@ impl PeerGossipArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<locator::Member> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_5 = locator::Member::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_5);
+            let list_elem_9 = locator::Member::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_9);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -6058,8 +6808,8 @@ impl PeerGossipResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<locator::Member> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_6 = locator::Member::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_6);
+            let list_elem_10 = locator::Member::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_10);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -6758,8 +7508,8 @@ impl PeerPeekArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Vec<u8>> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_7 = i_prot.read_bytes()?;
-            val.push(list_elem_7);
+            let list_elem_11 = i_prot.read_bytes()?;
+            val.push(list_elem_11);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -6834,8 +7584,8 @@ impl PeerPeekResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_8 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_8);
+            let list_elem_12 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_12);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -6909,8 +7659,8 @@ impl PeerDiffBucketsArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<i64> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_9 = i_prot.read_i64()?;
-            val.push(list_elem_9);
+            let list_elem_13 = i_prot.read_i64()?;
+            val.push(list_elem_13);
           }
           i_prot.read_list_end()?;
           f_2 = Some(val);
@@ -6990,8 +7740,8 @@ impl PeerDiffBucketsResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<i32> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_10 = i_prot.read_i32()?;
-            val.push(list_elem_10);
+            let list_elem_14 = i_prot.read_i32()?;
+            val.push(list_elem_14);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -7067,8 +7817,8 @@ impl PeerReconcileArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<i32> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_11 = i_prot.read_i32()?;
-            val.push(list_elem_11);
+            let list_elem_15 = i_prot.read_i32()?;
+            val.push(list_elem_15);
           }
           i_prot.read_list_end()?;
           f_2 = Some(val);
@@ -7077,8 +7827,8 @@ impl PeerReconcileArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_12 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_12);
+            let list_elem_16 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_16);
           }
           i_prot.read_list_end()?;
           f_3 = Some(val);
@@ -7167,8 +7917,8 @@ impl PeerReconcileResult {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_13 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_13);
+            let list_elem_17 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_17);
           }
           i_prot.read_list_end()?;
           f_0 = Some(val);
@@ -7496,8 +8246,8 @@ impl PeerReplicateArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_14 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_14);
+            let list_elem_18 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_18);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);
@@ -7619,8 +8369,8 @@ impl PeerAbsorbArgs {
           let list_ident = i_prot.read_list_begin()?;
           let mut val: Vec<Entry> = Vec::with_capacity(list_ident.size as usize);
           for _ in 0..list_ident.size {
-            let list_elem_15 = Entry::read_from_in_protocol(i_prot)?;
-            val.push(list_elem_15);
+            let list_elem_19 = Entry::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_19);
           }
           i_prot.read_list_end()?;
           f_1 = Some(val);

@@ -33,7 +33,7 @@ use thrifty_p2p::wire::conn::protocol_config;
 use thrifty_p2p::wire::convert;
 use thrifty_p2p::wire::frame::{self, Frame, Limits, MessageKind};
 use thrifty_p2p::wire::idl::diststore::{
-    Entry, KeyPage, Lookup, PeerSyncHandler, PeerSyncProcessor, Replica, StoreSyncHandler,
+    Entry, Fetched, Item, KeyPage, Lookup, Outcome, PeerSyncHandler, PeerSyncProcessor, Replica, StoreSyncHandler,
     ValueInfo,
 };
 use thrifty_p2p::wire::idl::locator::{BaseSyncHandler, Location, LocatorSyncHandler, Member};
@@ -266,6 +266,12 @@ impl StoreSyncHandler for Recorder {
     }
     fn handle_list_keys(&self, _: Vec<u8>, _: Vec<u8>, _: i32) -> thrift::Result<KeyPage> {
         self.saw(Generated::Other("list_keys"))
+    }
+    fn handle_fetch_many(&self, _: Vec<Vec<u8>>) -> thrift::Result<Vec<Fetched>> {
+        self.saw(Generated::Other("fetch_many"))
+    }
+    fn handle_store_many(&self, _: Vec<Item>) -> thrift::Result<Vec<Outcome>> {
+        self.saw(Generated::Other("store_many"))
     }
     fn handle_describe(&self, _: Vec<u8>) -> thrift::Result<ValueInfo> {
         self.saw(Generated::Other("describe"))
