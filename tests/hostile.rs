@@ -448,3 +448,61 @@ fn concurrent_one_byte_range_reads_across_parts_hold_no_more_than_the_inflight_b
     );
     assert_serves(&node);
 }
+
+#[test]
+fn concurrent_read_batches_of_large_values_hold_no_more_than_the_inflight_budget() {
+    // A `fetch_many` naming six 6 MiB values is a few dozen bytes that make
+    // the node read 36 MiB; each batch is charged its bound (three times
+    // --max-value-bytes) before it runs.
+    let budget = 64 * MIB;
+    let node = NodeProc::start_with(
+        None,
+        &[
+            "--inflight-bytes",
+            &budget.to_string(),
+            "--max-value-bytes",
+            &(8 * MIB).to_string(),
+        ],
+    );
+    let addr = node.addr.to_string();
+    let mut ring = thrifty_p2p::Client::connect(&addr).unwrap();
+    let keys: Vec<String> = (0..6).map(|i| format!("large{i}")).collect();
+    for key in &keys {
+        ring.put(key, vec![b'v'; 6 * MIB]).unwrap();
+    }
+    drop(ring);
+    let base = rss(&node);
+    reset_peak_rss(&node);
+    let readers: Vec<_> = (0..16)
+        .map(|_| {
+            let (addr, keys) = (node.addr.clone(), keys.clone());
+            thread::spawn(move || {
+                let mut conn = thrifty_p2p::wire::Conn::open(&addr, &Default::default()).unwrap();
+                let asked: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+                for _ in 0..3 {
+                    let answered = conn.fetch_many(&asked).unwrap();
+                    // One 6 MiB value fits a batch's 8 MiB of values.
+                    assert_eq!(answered.iter().filter(|a| a.is_ok()).count(), 1);
+                }
+            })
+        })
+        .collect();
+    for reader in readers {
+        reader.join().unwrap();
+    }
+    let used = peak_rss(&node) - base;
+    eprintln!(
+        "16 readers of 6 × 6 MiB batches: node RSS peaked {:.0} MiB above its {:.0} MiB at \
+         rest (budget {:.0} MiB)",
+        mib(used),
+        mib(base),
+        mib(budget)
+    );
+    // Without the reservation: up to 16 × 36 MiB at once.
+    assert!(
+        used < budget + 32 * MIB,
+        "node RSS grew {:.0} MiB",
+        mib(used)
+    );
+    assert_serves(&node);
+}
