@@ -735,3 +735,67 @@ fn a_debug_call_logs_one_line_without_key_names() {
     assert!(log.contains("1 keys; 1 members"), "{log}");
     assert!(!log.contains("a-private-key-name"), "{log}");
 }
+
+#[test]
+fn pipelined_calls_on_one_connection_are_answered_in_order_and_take_effect_in_order_per_key() {
+    // A 3-node ring: most writes wait for a replica, so later calls are
+    // read and started while earlier ones wait.
+    let nodes = common::start_ring(3, &[]);
+    let mut socket = connect(&nodes[0]);
+    let store = |seq: i32, key: &[u8], value: &[u8]| {
+        let (key, value) = (key.to_vec(), value.to_vec());
+        message(true, TMessageType::Call, "store", seq, move |o| {
+            bytes_field(o, 1, &key)?;
+            bytes_field(o, 2, &value)
+        })
+    };
+    let fetch = |seq: i32, key: &[u8]| {
+        let key = key.to_vec();
+        message(true, TMessageType::Call, "fetch", seq, move |o| {
+            bytes_field(o, 1, &key)
+        })
+    };
+    // 100 keys, each written twice and read, all sent before any reply is
+    // read: replies come in the order of the calls, and each read sees the
+    // second write of its key.
+    let mut burst = Vec::new();
+    let mut expected = Vec::new();
+    for k in 0..100 {
+        let key = format!("pipelined{k}").into_bytes();
+        let seq = k * 3;
+        burst.extend(store(seq, &key, b"first"));
+        burst.extend(store(seq + 1, &key, format!("second {k}").as_bytes()));
+        burst.extend(fetch(seq + 2, &key));
+        expected.push((seq, "store", None));
+        expected.push((seq + 1, "store", None));
+        expected.push((seq + 2, "fetch", Some(format!("second {k}").into_bytes())));
+    }
+    send(&mut socket, &burst);
+    for (seq, name, value) in expected {
+        let reply = read_reply(&mut socket);
+        assert_reply(&reply, name, seq);
+        if let Some(value) = value {
+            let lookup = reply.body.field(0).expect("a fetch's success field");
+            assert_eq!(lookup.field(1), Some(&Value::Bytes(value)), "seq {seq}");
+        }
+    }
+
+    // 2009-style: a burst of oneway puts, then a ping, which is answered
+    // once every put before it has been applied.
+    let mut burst = Vec::new();
+    for k in 0..2_000 {
+        burst.extend(message(true, TMessageType::OneWay, "put", k, move |o| {
+            bytes_field(o, 1, format!("oneway{k}").as_bytes())?;
+            bytes_field(o, 2, b"v")
+        }));
+    }
+    send(&mut socket, &burst);
+    ping(&mut socket, 9_999);
+    let mut ring = thrifty_p2p::Client::connect(&nodes[1].addr.to_string()).unwrap();
+    for k in (0..2_000).step_by(97) {
+        assert_eq!(
+            ring.get(format!("oneway{k}")).unwrap().as_deref(),
+            Some(&b"v"[..])
+        );
+    }
+}

@@ -66,7 +66,8 @@ impl Method {
         })
     }
 
-    fn name(self) -> &'static str {
+    /// The method's name in the IDL.
+    pub fn name(self) -> &'static str {
         match self {
             Method::Get => "get",
             Method::Put => "put",
@@ -284,7 +285,7 @@ impl Slot {
     }
 }
 
-/// Writes the reply to call `seq` of `method` into `out` (cleared first): the
+/// Writes the reply to call `seq` of `method` appended to `out`: the
 /// bytes the generated processor writes for the same outcome. A oneway `put`
 /// gets none.
 pub fn encode_reply(
@@ -294,7 +295,6 @@ pub fn encode_reply(
     outcome: Result<Answer, Error>,
     out: &mut Vec<u8>,
 ) {
-    out.clear();
     if method == Method::Put {
         if let Err(e) = outcome {
             // Oneway: nobody hears an error, so log it rather than return it.

@@ -8,6 +8,15 @@
 //! (waiting on other nodes as it must, without blocking a worker) and its reply
 //! encoded once; any other message goes through the generated processor over
 //! in-memory buffers. The reply is written unless the method is oneway.
+//!
+//! Hot requests are pipelined: while one waits on other nodes (a write
+//! waiting for its replicas), the connection reads and starts the next, up
+//! to [`PIPELINE`] at once, and writes the replies in the order of the
+//! requests, several in one write when they are ready together. A request
+//! for a key that an earlier one still in flight names waits for it, so the
+//! requests of one connection take effect in order for every key. Any other
+//! message (the generated processor's, a refusal) waits until every earlier
+//! request has been answered.
 //! Because framing is ours, an unknown method or a bad argument costs one
 //! exception reply, never the connection's sync.
 //!
@@ -23,8 +32,11 @@
 //!   read, a decoded request being served, a reply being written) is taken
 //!   from the node-wide [`Budget`] of bytes in flight first.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use parking_lot::Mutex;
 
@@ -33,6 +45,7 @@ use thrift::server::TProcessor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::budget::{Budget, Share};
@@ -280,6 +293,83 @@ impl Input {
     }
 }
 
+/// The most hot requests one connection has in the node's hands at once;
+/// further bytes wait in the socket until the oldest is answered.
+pub const PIPELINE: usize = 128;
+
+/// The requests of one connection being served, oldest first.
+type Queue = VecDeque<InFlight>;
+
+/// A hot request taken from a connection and not yet answered.
+struct InFlight {
+    method: Method,
+    seq: i32,
+    strict: bool,
+    /// Whether it gets a reply (not when sent oneway).
+    answers: bool,
+    /// When it was taken, for the method's latency.
+    started: Instant,
+    /// Bytes the connection counts for it until its reply is made.
+    held: usize,
+    /// A hash of its key, so that a later request of the same key waits.
+    key: Option<u64>,
+    outcome: Pending,
+}
+
+/// A request's outcome, or the task still serving it.
+enum Pending {
+    Ready(Result<Answer, Error>),
+    Running(JoinHandle<Result<Answer, Error>>),
+}
+
+impl InFlight {
+    /// Waits until the request is served. Cancel-safe: a wait cut short
+    /// loses nothing.
+    async fn served(&mut self) {
+        if let Pending::Running(task) = &mut self.outcome {
+            let outcome = task.await;
+            self.outcome = Pending::Ready(outcome.unwrap_or_else(|e| Err(task_failed(e))));
+        }
+    }
+
+    /// Whether the request is served, without waiting.
+    fn is_served(&mut self) -> bool {
+        if let Pending::Running(task) = &mut self.outcome {
+            if !task.is_finished() {
+                return false;
+            }
+            match task.now_or_never() {
+                Some(outcome) => {
+                    self.outcome = Pending::Ready(outcome.unwrap_or_else(|e| Err(task_failed(e))));
+                }
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// The outcome of a served request.
+    fn outcome(self) -> Result<Answer, Error> {
+        match self.outcome {
+            Pending::Ready(outcome) => outcome,
+            Pending::Running(_) => unreachable!("finished only once served"),
+        }
+    }
+}
+
+/// A task serving a request panicked (a bug): its caller is told, and the
+/// connection goes on.
+fn task_failed(e: tokio::task::JoinError) -> Error {
+    log::error!("a request's task failed: {e}");
+    Error::refused_here(format!("the request failed inside the node: {e}"))
+}
+
+/// A key's hash, to tell whether two requests in flight name one key.
+fn key_hash(key: &[u8]) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
+}
+
 /// The time limits of one connection (see [`crate::Config`]).
 #[derive(Clone, Copy)]
 struct Timeouts {
@@ -313,8 +403,14 @@ struct Connection {
     timeouts: Timeouts,
     input: Input,
     scanner: Scanner,
-    /// The reply to the last message (empty for none).
+    /// Replies made and not yet written, in order (empty for none).
     reply: Vec<u8>,
+    /// Bytes held by the requests in flight (see [`InFlight::held`]).
+    serving: usize,
+    /// When the message being read must be whole (set at its first byte).
+    deadline: Option<Instant>,
+    /// A call refused for its size, to answer before closing.
+    oversize: Option<frame::Oversize>,
     /// The node's budget of bytes in flight, and what this connection holds.
     budget: Arc<Budget>,
     share: Share,
@@ -345,6 +441,9 @@ impl Connection {
             input: Input::new(),
             scanner: Scanner::new(),
             reply: Vec::with_capacity(READ_CHUNK),
+            serving: 0,
+            deadline: None,
+            oversize: None,
             share: Share::new(budget.clone()),
             budget,
             session: Arc::new(Mutex::new(Session::new())),
@@ -358,11 +457,29 @@ impl Connection {
     }
 
     /// Serves messages until the peer leaves, a limit is passed, or shutdown.
+    /// Whatever ends it, the replies of requests already taken are written
+    /// first (as far as the peer takes them).
     async fn run(mut self) -> Result<(), Closed> {
         let processor =
             PeerSyncProcessor::new(Handler::new(self.node.clone(), self.session.clone()));
+        let mut queue = VecDeque::new();
+        let ended = self.serve_all(&processor, &mut queue).await;
+        if !matches!(ended, Err(Closed::Io(_) | Closed::ReplyTimeout(_))) {
+            let _ = self.drain(&mut queue).await;
+            if let Some(over) = self.oversize.take() {
+                self.refuse_oversize(over).await;
+            }
+        }
+        ended
+    }
+
+    async fn serve_all(
+        &mut self,
+        processor: &PeerSyncProcessor<Handler>,
+        queue: &mut Queue,
+    ) -> Result<(), Closed> {
         loop {
-            let frame = self.next_frame().await?;
+            let frame = self.next_frame(queue).await?;
             // The one place that knows both the method and when its reply is
             // ready. Measured to the reply made, not written: how fast the
             // client reads is its own latency, not the node's.
@@ -381,6 +498,7 @@ impl Connection {
                     log::warn!("dropped a oneway `{}`: {refused}", frame.name);
                     continue;
                 }
+                self.drain(queue).await?;
                 codec::encode_refusal(
                     &frame.name,
                     frame.seq,
@@ -388,14 +506,17 @@ impl Connection {
                     &refused,
                     &mut self.reply,
                 );
-                self.write_reply().await?;
-                self.reply.clear();
+                self.flush_replies().await?;
                 continue;
             }
             // While replies hold the budget in debt, make no new reply that
             // can carry values: wait until earlier replies have drained (or
             // timed out). Other calls answer in a few bytes and go on.
-            if VALUE_REPLIES.contains(&frame.name.as_str()) {
+            if VALUE_REPLIES.contains(&frame.name.as_str())
+                && self.budget.no_debt().now_or_never().is_none()
+            {
+                // Our own replies may be what is owed: out with them first.
+                self.drain(queue).await?;
                 self.budget.no_debt().await;
             }
             let message = &self.input.unread()[..frame.len];
@@ -407,107 +528,250 @@ impl Connection {
                     // its copy in the node's hands still counts.
                     self.input.consume(frame.len);
                     self.share.settle(self.in_use(frame.len));
-                    // A read of a value this node holds: its size is known
-                    // before the reply is made, so the room for the copy and
-                    // its encoding is taken from the budget first (waiting,
-                    // like a request being read), not charged after.
-                    if let Call::Read { key, .. } = &request.call {
-                        let room = reply_room(&self.node, key);
-                        self.share.reserve(self.in_use(frame.len) + room).await;
-                    }
-                    let outcome = serve_hot(&self.node, request.method, request.call).await;
-                    codec::encode_reply(
-                        request.method,
-                        request.seq,
-                        frame.strict,
-                        outcome,
-                        &mut self.reply,
-                    );
+                    self.start_hot(queue, request, &frame, handling).await?;
                 }
                 None => {
+                    // The generated processor answers in place: after every
+                    // earlier reply.
+                    self.drain(queue).await?;
                     // A range read's or a batch's memory is known only as a
                     // bound: that much comes first.
                     if let Some(room) = room_bound(&self.node, &frame.name) {
                         self.share.reserve(self.in_use(frame.len) + room).await;
                     }
                     let message = &self.input.unread()[..frame.len];
-                    process(&processor, message, &frame, &self.limits, &mut self.reply);
+                    process(processor, message, &frame, &self.limits, &mut self.reply);
                     self.input.consume(frame.len);
-                }
-            }
-            self.node
-                .metrics()
-                .method(&frame.name)
-                .observe(handling.elapsed());
-            // The reply exists already: count it, in debt if need be.
-            self.share.charge(self.in_use(0));
-            self.share.settle(self.in_use(0));
-            if answers(&frame) && !self.reply.is_empty() {
-                self.write_reply().await?;
-            }
-            if self.session.lock().failed() {
-                return Err(Closed::Unauthorized);
-            }
-            if self.reply.capacity() > KEEP_CAPACITY {
-                self.reply = Vec::with_capacity(READ_CHUNK);
-            }
-            self.reply.clear();
-            self.share.settle(self.in_use(0));
-        }
-    }
-
-    /// Reads until the unread bytes start with a whole message, and returns
-    /// its frame (the message is `input.unread()[..frame.len]`).
-    async fn next_frame(&mut self) -> Result<Frame, Closed> {
-        // The deadline of the message at the front, once its first byte is in.
-        let mut deadline = None;
-        loop {
-            if !self.input.is_empty() {
-                deadline.get_or_insert_with(|| Instant::now() + self.timeouts.message);
-                match self.scanner.scan(self.input.unread(), &self.limits) {
-                    Ok(Some(frame)) => return Ok(frame),
-                    Ok(None) => {}
-                    Err(e) => {
-                        if let Some(over) = self.scanner.take_oversize() {
-                            self.refuse_oversize(over).await;
-                        }
-                        return Err(e.into());
+                    self.node
+                        .metrics()
+                        .method(&frame.name)
+                        .observe(handling.elapsed());
+                    // The reply exists already: count it, in debt if need be.
+                    self.share.charge(self.in_use(0));
+                    self.share.settle(self.in_use(0));
+                    if answers(&frame) {
+                        self.flush_replies().await?;
+                    } else {
+                        self.reply.clear();
+                    }
+                    if self.session.lock().failed() {
+                        return Err(Closed::Unauthorized);
                     }
                 }
             }
-            let idle = self.input.is_empty();
-            if *self.shutdown.borrow() && idle {
-                return Err(Closed::Shutdown);
-            }
-            let whole = deadline.map(|at| (at, Closed::MessageTimeout(self.timeouts.message)));
+        }
+    }
 
-            // Room for the rest of the message, taken from the budget first.
-            // Waiting for it is waiting on other connections, so only the
-            // message's deadline applies.
-            let capacity = self
-                .input
-                .capacity_for(self.scanner.wanted(), self.limits.max_message);
-            let reserve = self.share.reserve(capacity + self.reply.capacity());
-            match deadline {
-                Some(at) => tokio::time::timeout_at(at, reserve)
-                    .await
-                    .map_err(|_| Closed::MessageTimeout(self.timeouts.message))?,
-                None => reserve.await,
-            }
-            self.input.make_room(capacity);
-            self.share.settle(self.in_use(0));
+    /// Starts serving a hot request: at once when the node can answer
+    /// without waiting, else in a task of its own while the connection reads
+    /// on. Its reply is made, in order, by [`Connection::finish`].
+    async fn start_hot(
+        &mut self,
+        queue: &mut Queue,
+        request: codec::Decoded,
+        frame: &Frame,
+        started: Instant,
+    ) -> Result<(), Closed> {
+        let key = match &request.call {
+            Call::Read { key, .. } | Call::Write { key, .. } => Some(key_hash(key)),
+            Call::Probe(_) => None,
+        };
+        if key.is_some() && queue.iter().any(|earlier| earlier.key == key) {
+            // An earlier request of this key is in flight: it goes first.
+            self.drain(queue).await?;
+        }
+        // A read of a value this node holds: its size is known before the
+        // reply is made, so the room for the copy and its encoding is taken
+        // from the budget first (waiting, like a request being read), not
+        // charged after.
+        let mut held = frame.len;
+        if let Call::Read { key, .. } = &request.call {
+            held += reply_room(&self.node, key);
+        }
+        let want = self.in_use(self.serving + held);
+        if self.share.reserve(want).now_or_never().is_none() {
+            // What we hold ourselves may be what is missing: answer what is
+            // in flight first, then wait.
+            self.drain(queue).await?;
+            self.share.reserve(self.in_use(self.serving + held)).await;
+        }
+        self.serving += held;
+        let mut serving = Box::pin(serve_hot(self.node.clone(), request.method, request.call));
+        let outcome = match (&mut serving).now_or_never() {
+            Some(outcome) => Pending::Ready(outcome),
+            None => Pending::Running(tokio::spawn(serving)),
+        };
+        queue.push_back(InFlight {
+            method: request.method,
+            seq: request.seq,
+            strict: frame.strict,
+            answers: answers(frame),
+            started,
+            held,
+            key,
+            outcome,
+        });
+        Ok(())
+    }
 
-            let (until, why) = self.timeouts.next(whole);
-            let read = tokio::select! {
-                read = tokio::time::timeout_at(until, self.socket.read_buf(&mut self.input.buf)) => read,
-                _ = self.shutdown.wait_for(|stop| *stop), if idle => return Err(Closed::Shutdown),
-            };
-            match read {
-                Err(_) => return Err(why),
-                Ok(Ok(0)) => return Err(Closed::Eof),
-                Ok(Ok(n)) => self.node.metrics().read(n),
-                Ok(Err(e)) => return Err(e.into()),
+    /// Makes the reply of the oldest request in flight, once it is served.
+    async fn finish_front(&mut self, queue: &mut Queue) {
+        if let Some(front) = queue.front_mut() {
+            front.served().await;
+            let front = queue.pop_front().expect("the front was just seen");
+            self.finish(front);
+        }
+    }
+
+    /// Makes the replies of the oldest requests already served, in order,
+    /// stopping at the first still being served.
+    fn finish_ready(&mut self, queue: &mut Queue) {
+        while queue.front_mut().is_some_and(InFlight::is_served) {
+            let front = queue.pop_front().expect("the front was just seen");
+            self.finish(front);
+        }
+    }
+
+    /// Appends a served request's reply to those to write, and lets go of
+    /// what it held.
+    fn finish(&mut self, served: InFlight) {
+        let (method, started, held) = (served.method, served.started, served.held);
+        let (seq, strict, answers) = (served.seq, served.strict, served.answers);
+        let outcome = served.outcome();
+        if answers {
+            codec::encode_reply(method, seq, strict, outcome, &mut self.reply);
+        } else if let Err(e) = outcome {
+            // Oneway: nobody hears an error, so log it rather than return it.
+            log::warn!("oneway {} failed: {e}", method.name());
+        }
+        self.node
+            .metrics()
+            .method(method.name())
+            .observe(started.elapsed());
+        self.serving -= held;
+        // The reply exists already: count it, in debt if need be.
+        self.share.charge(self.in_use(self.serving));
+        self.share.settle(self.in_use(self.serving));
+    }
+
+    /// Answers every request in flight, in order, and writes the replies.
+    async fn drain(&mut self, queue: &mut Queue) -> Result<(), Closed> {
+        while !queue.is_empty() {
+            self.finish_front(queue).await;
+        }
+        self.flush_replies().await
+    }
+
+    /// Writes the replies made so far, if any, and lets their buffer go.
+    async fn flush_replies(&mut self) -> Result<(), Closed> {
+        if self.reply.is_empty() {
+            return Ok(());
+        }
+        self.write_reply().await?;
+        if self.reply.capacity() > KEEP_CAPACITY {
+            self.reply = Vec::with_capacity(READ_CHUNK);
+        }
+        self.reply.clear();
+        self.share.settle(self.in_use(self.serving));
+        Ok(())
+    }
+
+    /// Reads until the unread bytes start with a whole message, and returns
+    /// its frame (the message is `input.unread()[..frame.len]`). Before it
+    /// waits for bytes, the replies of requests served so far are written;
+    /// while it waits, the oldest request in flight is answered as soon as
+    /// it is served. With [`PIPELINE`] requests in flight it reads nothing
+    /// until the oldest is answered.
+    async fn next_frame(&mut self, queue: &mut Queue) -> Result<Frame, Closed> {
+        loop {
+            if queue.len() < PIPELINE
+                && let Some(frame) = self.buffered_frame()?
+            {
+                self.deadline = None;
+                return Ok(frame);
             }
+            self.finish_ready(queue);
+            self.flush_replies().await?;
+            if queue.len() >= PIPELINE {
+                self.finish_front(queue).await;
+                continue;
+            }
+            if queue.is_empty() {
+                self.read_some().await?;
+                continue;
+            }
+            let front = queue.front_mut().expect("not empty");
+            tokio::select! {
+                biased;
+                () = front.served() => self.finish_ready(queue),
+                read = self.read_some() => read?,
+            }
+        }
+    }
+
+    /// The frame of the whole message at the front of the unread bytes, if
+    /// one is there (no socket read).
+    fn buffered_frame(&mut self) -> Result<Option<Frame>, Closed> {
+        if self.input.is_empty() {
+            return Ok(None);
+        }
+        self.deadline
+            .get_or_insert_with(|| Instant::now() + self.timeouts.message);
+        match self.scanner.scan(self.input.unread(), &self.limits) {
+            Ok(found) => Ok(found),
+            Err(e) => {
+                // Answered once the earlier requests are (see `run`).
+                self.oversize = self.scanner.take_oversize();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Reads what the socket has (at least one byte), within the idle and
+    /// message timeouts and the budget. Cancel-safe: the bytes read are kept.
+    async fn read_some(&mut self) -> Result<(), Closed> {
+        let idle = self.input.is_empty();
+        if *self.shutdown.borrow() && idle {
+            return Err(Closed::Shutdown);
+        }
+        if !idle {
+            self.deadline
+                .get_or_insert_with(|| Instant::now() + self.timeouts.message);
+        }
+        let deadline = self.deadline;
+        let whole = deadline.map(|at| (at, Closed::MessageTimeout(self.timeouts.message)));
+
+        // Room for the rest of the message, taken from the budget first.
+        // Waiting for it is waiting on other connections, so only the
+        // message's deadline applies.
+        let capacity = self
+            .input
+            .capacity_for(self.scanner.wanted(), self.limits.max_message);
+        let reserve = self
+            .share
+            .reserve(capacity + self.reply.capacity() + self.serving);
+        match deadline {
+            Some(at) => tokio::time::timeout_at(at, reserve)
+                .await
+                .map_err(|_| Closed::MessageTimeout(self.timeouts.message))?,
+            None => reserve.await,
+        }
+        self.input.make_room(capacity);
+        self.share.settle(self.in_use(self.serving));
+
+        let (until, why) = self.timeouts.next(whole);
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(until, self.socket.read_buf(&mut self.input.buf)) => read,
+            _ = self.shutdown.wait_for(|stop| *stop), if idle => return Err(Closed::Shutdown),
+        };
+        match read {
+            Err(_) => Err(why),
+            Ok(Ok(0)) => Err(Closed::Eof),
+            Ok(Ok(n)) => {
+                self.node.metrics().read(n);
+                Ok(())
+            }
+            Ok(Err(e)) => Err(e.into()),
         }
     }
 
@@ -582,7 +846,7 @@ impl Connection {
 
 /// Serves a hot request: at once when the node can (a read it owns, a write
 /// it can take without waiting), otherwise waiting on the other nodes.
-async fn serve_hot(node: &Arc<Node>, method: Method, call: Call) -> Result<Answer, Error> {
+async fn serve_hot(node: Arc<Node>, method: Method, call: Call) -> Result<Answer, Error> {
     match call {
         Call::Read { key, hops } => {
             // A relayed read answers with the copy's version, which only the
