@@ -49,6 +49,7 @@ pub fn store_error(error: &Error) -> StoreError {
         ErrorKind::Streamed => WireKind::STREAMED,
         ErrorKind::Changed => WireKind::CHANGED,
         ErrorKind::NoSuchUpload => WireKind::NO_SUCH_UPLOAD,
+        ErrorKind::Exists => WireKind::EXISTS,
         _ => WireKind::OTHER,
     };
     // A remote error passed on keeps its text; ours is the whole message.
@@ -80,6 +81,7 @@ pub fn remote_error(peer: &NodeAddr, error: StoreError) -> Error {
         Some(WireKind::STREAMED) => ErrorKind::Streamed,
         Some(WireKind::CHANGED) => ErrorKind::Changed,
         Some(WireKind::NO_SUCH_UPLOAD) => ErrorKind::NoSuchUpload,
+        Some(WireKind::EXISTS) => ErrorKind::Exists,
         Some(_) => ErrorKind::Other,
     };
     Error::Remote {
@@ -99,6 +101,9 @@ pub fn value_info(info: &ValueInfo) -> WireInfo {
         info.parts as i64,
         info.id as i64,
         info.manifest.as_ref().map(Manifest::encode),
+        None,
+        None,
+        None,
     )
 }
 

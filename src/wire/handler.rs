@@ -10,7 +10,7 @@ use thrift::{ApplicationError, ApplicationErrorKind};
 
 use super::convert;
 use super::idl::diststore::{
-    Entry, KeyPage, Lookup, PeerSyncHandler, Replica, StoreSyncHandler, ValueInfo,
+    Entry, KeyPage, Lookup, PeerSyncHandler, Replica, StoreSyncHandler, ValueInfo, WriteOptions,
 };
 use super::idl::locator::{BaseSyncHandler, Location, LocatorSyncHandler, Member};
 use crate::addr::NodeAddr;
@@ -227,6 +227,28 @@ impl StoreSyncHandler for Handler {
 
     fn handle_erase(&self, _key: Vec<u8>) -> thrift::Result<()> {
         Err(store_error(malformed()))
+    }
+
+    fn handle_store_with(
+        &self,
+        _key: Vec<u8>,
+        _value: Vec<u8>,
+        _options: WriteOptions,
+    ) -> thrift::Result<()> {
+        Err(store_error(Error::refused_here(
+            "store_with is not served by this build yet",
+        )))
+    }
+
+    fn handle_append(
+        &self,
+        _key: Vec<u8>,
+        _value: Vec<u8>,
+        _options: WriteOptions,
+    ) -> thrift::Result<i64> {
+        Err(store_error(Error::refused_here(
+            "append is not served by this build yet",
+        )))
     }
 
     fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>> {
