@@ -45,6 +45,7 @@
 //!   compression of the whole value.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The envelope's first bytes.
 pub const MAGIC: [u8; 8] = *b"\0tp-val\0";
@@ -95,6 +96,41 @@ impl Meta {
         };
         over("content type", &self.content_type, MAX_CONTENT_TYPE)?;
         over("description", &self.description, MAX_DESCRIPTION)
+    }
+}
+
+/// How a write is made beyond its key and value (the IDL's `WriteOptions`;
+/// [`crate::Client::put_with`]). The default writes as a plain `put`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteOptions {
+    /// Write only if the key holds no value (a tombstone does not count);
+    /// otherwise fail with [`crate::Error::Exists`], changing nothing.
+    pub create_only: bool,
+    /// The metadata to store with the value (an append keeps the value's
+    /// own, and uses these only when it creates the key).
+    pub meta: Meta,
+    /// A lease token (`lock`): the write is refused if a newer lease on the
+    /// key was granted. Nodes without leases refuse fenced writes.
+    pub fence: Option<i64>,
+}
+
+impl WriteOptions {
+    /// Create-only: fail with [`crate::Error::Exists`] if the key holds a value.
+    pub fn create_only(mut self) -> Self {
+        self.create_only = true;
+        self
+    }
+
+    /// With this content type stored with the value.
+    pub fn content_type(mut self, content_type: impl Into<String>) -> Self {
+        self.meta.content_type = Some(content_type.into());
+        self
+    }
+
+    /// With this description stored with the value.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.meta.description = Some(description.into());
+        self
     }
 }
 
@@ -224,7 +260,7 @@ pub fn header(stored: &[u8]) -> Result<Option<Header>, String> {
     } else {
         None
     };
-    let mut text = |at: &mut usize, present: bool| -> Result<Option<String>, String> {
+    let text = |at: &mut usize, present: bool| -> Result<Option<String>, String> {
         if !present {
             return Ok(None);
         }
@@ -312,6 +348,35 @@ pub fn open(stored: Vec<u8>, limit: usize) -> Result<Opened, String> {
         meta: header.meta,
         stored_bytes,
     })
+}
+
+/// What a node compressed since it started, for `stats`: the writes it
+/// sealed compressed, their raw bytes and their stored bytes (the ratio is
+/// stored / raw). Counted by the node that sealed a write (the node its
+/// client called), once per write, not per replica.
+#[derive(Debug, Default)]
+pub struct Compression {
+    writes: AtomicU64,
+    raw: AtomicU64,
+    stored: AtomicU64,
+}
+
+impl Compression {
+    /// Counts one value of `raw` bytes stored as `stored` bytes.
+    pub fn note(&self, raw: usize, stored: usize) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.raw.fetch_add(raw as u64, Ordering::Relaxed);
+        self.stored.fetch_add(stored as u64, Ordering::Relaxed);
+    }
+
+    /// `(writes, raw bytes, stored bytes)` so far.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        (
+            self.writes.load(Ordering::Relaxed),
+            self.raw.load(Ordering::Relaxed),
+            self.stored.load(Ordering::Relaxed),
+        )
+    }
 }
 
 #[cfg(test)]

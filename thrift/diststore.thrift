@@ -381,6 +381,13 @@ service Peer extends Store {
    * arrives late can never bury a later one.
    */
   void relay_store(1: binary key, 2: binary value, 3: i8 hops, 4: i64 expires, 5: i64 stamp, 6: i32 origin) throws (1: StoreError err),
+  /**
+   * A create-only `store_with` (`append` false) or an `append`, forwarded
+   * toward the key's owner, which serialises them per key; `value` is the
+   * client's (the suffix for an append). Answers what `append` answers (0
+   * for a create-only write).
+   */
+  i64 relay_write_with(1: binary key, 2: binary value, 3: WriteOptions options, 4: bool append, 5: i8 hops) throws (1: StoreError err),
   /** `erase` forwarded by a node; the other fields as for `relay_store`. */
   void relay_erase(1: binary key, 2: i8 hops, 3: i64 expires, 4: i64 stamp, 5: i32 origin) throws (1: StoreError err),
   /** This node's own copies of `keys`, with versions; absent keys are left out. */

@@ -32,7 +32,7 @@ pub const ONEWAY_METHODS: [&str; 6] = ["debug", "die", "join", "remove", "add", 
 
 /// Methods only nodes call on each other (and `ping`, which failure detection
 /// uses): what an isolated node drops, to simulate a partition.
-pub const PEER_METHODS: [&str; 16] = [
+pub const PEER_METHODS: [&str; 17] = [
     "ping",
     "heartbeat",
     "replica_read",
@@ -46,6 +46,7 @@ pub const PEER_METHODS: [&str; 16] = [
     "relay_fetch",
     "relay_store",
     "relay_erase",
+    "relay_write_with",
     "peek",
     "diff_buckets",
     "reconcile",
@@ -231,24 +232,24 @@ impl StoreSyncHandler for Handler {
 
     fn handle_store_with(
         &self,
-        _key: Vec<u8>,
-        _value: Vec<u8>,
-        _options: WriteOptions,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        options: WriteOptions,
     ) -> thrift::Result<()> {
-        Err(store_error(Error::refused_here(
-            "store_with is not served by this build yet",
-        )))
+        let options = convert::write_options_in(options);
+        wait(self.node.store_with(&key, &value, &options)).map_err(store_error)
     }
 
     fn handle_append(
         &self,
-        _key: Vec<u8>,
-        _value: Vec<u8>,
-        _options: WriteOptions,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        options: WriteOptions,
     ) -> thrift::Result<i64> {
-        Err(store_error(Error::refused_here(
-            "append is not served by this build yet",
-        )))
+        let options = convert::write_options_in(options);
+        wait(self.node.append(&key, &value, &options))
+            .map(|size| size as i64)
+            .map_err(store_error)
     }
 
     fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>> {
@@ -357,6 +358,23 @@ impl PeerSyncHandler for Handler {
         _origin: i32,
     ) -> thrift::Result<()> {
         Err(store_error(malformed()))
+    }
+
+    fn handle_relay_write_with(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        options: WriteOptions,
+        append: bool,
+        hops: i8,
+    ) -> thrift::Result<i64> {
+        let options = convert::write_options_in(options);
+        wait(
+            self.node
+                .relay_conditional(&key, &value, &options, append, hops),
+        )
+        .map(|size| size as i64)
+        .map_err(store_error)
     }
 
     fn handle_relay_erase(

@@ -360,6 +360,16 @@ impl PeerSyncHandler for Stub {
     ) -> thrift::Result<()> {
         self.store_error()
     }
+    fn handle_relay_write_with(
+        &self,
+        _: Vec<u8>,
+        _: Vec<u8>,
+        _: WriteOptions,
+        _: bool,
+        _: i8,
+    ) -> thrift::Result<i64> {
+        self.store_error().map(|()| 0)
+    }
     fn handle_relay_erase(&self, _: Vec<u8>, _: i8, _: i64, _: i64, _: i32) -> thrift::Result<()> {
         self.store_error()
     }

@@ -4990,6 +4990,11 @@ pub trait TPeerSyncClient : TStoreSyncClient {
   /// every retry and every replica stores that same version, so a write that
   /// arrives late can never bury a later one.
   fn relay_store(&mut self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
+  /// A create-only `store_with` (`append` false) or an `append`, forwarded
+  /// toward the key's owner, which serialises them per key; `value` is the
+  /// client's (the suffix for an append). Answers what `append` answers (0
+  /// for a create-only write).
+  fn relay_write_with(&mut self, key: Vec<u8>, value: Vec<u8>, options: WriteOptions, append: bool, hops: i8) -> thrift::Result<i64>;
   /// `erase` forwarded by a node; the other fields as for `relay_store`.
   fn relay_erase(&mut self, key: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
   /// This node's own copies of `keys`, with versions; absent keys are left out.
@@ -5204,6 +5209,33 @@ impl <C: TThriftClient + TPeerSyncClientMarker + TStoreSyncClientMarker + locato
       }
       verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
       let result = PeerRelayStoreResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn relay_write_with(&mut self, key: Vec<u8>, value: Vec<u8>, options: WriteOptions, append: bool, hops: i8) -> thrift::Result<i64> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("relay_write_with", TMessageType::Call, self.sequence_number());
+        let call_args = PeerRelayWriteWithArgs { key, value, options, append, hops };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("relay_write_with", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = PeerRelayWriteWithResult::read_from_in_protocol(self.i_prot_mut())?;
       self.i_prot_mut().read_message_end()?;
       result.ok_or()
     }
@@ -5457,6 +5489,11 @@ pub trait PeerSyncHandler : StoreSyncHandler {
   /// every retry and every replica stores that same version, so a write that
   /// arrives late can never bury a later one.
   fn handle_relay_store(&self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
+  /// A create-only `store_with` (`append` false) or an `append`, forwarded
+  /// toward the key's owner, which serialises them per key; `value` is the
+  /// client's (the suffix for an append). Answers what `append` answers (0
+  /// for a create-only write).
+  fn handle_relay_write_with(&self, key: Vec<u8>, value: Vec<u8>, options: WriteOptions, append: bool, hops: i8) -> thrift::Result<i64>;
   /// `erase` forwarded by a node; the other fields as for `relay_store`.
   fn handle_relay_erase(&self, key: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
   /// This node's own copies of `keys`, with versions; absent keys are left out.
@@ -5513,6 +5550,9 @@ impl <H: PeerSyncHandler> PeerSyncProcessor<H> {
   }
   fn process_relay_store(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TPeerProcessFunctions::process_relay_store(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_relay_write_with(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TPeerProcessFunctions::process_relay_write_with(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_relay_erase(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TPeerProcessFunctions::process_relay_erase(&self.handler, incoming_sequence_number, i_prot, o_prot)
@@ -5889,6 +5929,66 @@ impl TPeerProcessFunctions {
               )
             };
             let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_relay_write_with<H: PeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = PeerRelayWriteWithArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_relay_write_with(args.key, args.value, args.options, args.append, args.hops) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("relay_write_with", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = PeerRelayWriteWithResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = PeerRelayWriteWithResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("relay_write_with", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("relay_write_with", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("relay_write_with", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("relay_write_with", TMessageType::Exception, incoming_sequence_number);
             o_prot.write_message_begin(&message_ident)?;
             thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
             o_prot.write_message_end()?;
@@ -6378,6 +6478,9 @@ impl <H: PeerSyncHandler> TProcessor for PeerSyncProcessor<H> {
       },
       "relay_store" => {
         self.process_relay_store(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "relay_write_with" => {
+        self.process_relay_write_with(message_ident.sequence_number, i_prot, o_prot)
       },
       "relay_erase" => {
         self.process_relay_erase(message_ident.sequence_number, i_prot, o_prot)
@@ -7240,6 +7343,175 @@ impl PeerRelayStoreResult {
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let struct_ident = TStructIdentifier::new("PeerRelayStoreResult");
     o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// PeerRelayWriteWithArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct PeerRelayWriteWithArgs {
+  key: Vec<u8>,
+  value: Vec<u8>,
+  options: WriteOptions,
+  append: bool,
+  hops: i8,
+}
+
+impl PeerRelayWriteWithArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerRelayWriteWithArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    let mut f_2: Option<Vec<u8>> = None;
+    let mut f_3: Option<WriteOptions> = None;
+    let mut f_4: Option<bool> = None;
+    let mut f_5: Option<i8> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_bytes()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = WriteOptions::read_from_in_protocol(i_prot)?;
+          f_3 = Some(val);
+        },
+        4 => {
+          let val = i_prot.read_bool()?;
+          f_4 = Some(val);
+        },
+        5 => {
+          let val = i_prot.read_i8()?;
+          f_5 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("PeerRelayWriteWithArgs.key", &f_1)?;
+    verify_required_field_exists("PeerRelayWriteWithArgs.value", &f_2)?;
+    verify_required_field_exists("PeerRelayWriteWithArgs.options", &f_3)?;
+    verify_required_field_exists("PeerRelayWriteWithArgs.append", &f_4)?;
+    verify_required_field_exists("PeerRelayWriteWithArgs.hops", &f_5)?;
+    let ret = PeerRelayWriteWithArgs {
+      key: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      value: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      options: f_3.expect("auto-generated code should have checked for presence of required fields"),
+      append: f_4.expect("auto-generated code should have checked for presence of required fields"),
+      hops: f_5.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("relay_write_with_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+    o_prot.write_bytes(&self.key)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("value", TType::String, 2))?;
+    o_prot.write_bytes(&self.value)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("options", TType::Struct, 3))?;
+    self.options.write_to_out_protocol(o_prot)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("append", TType::Bool, 4))?;
+    o_prot.write_bool(self.append)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("hops", TType::I08, 5))?;
+    o_prot.write_i8(self.hops)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// PeerRelayWriteWithResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct PeerRelayWriteWithResult {
+  result_value: Option<i64>,
+  err: Option<StoreError>,
+}
+
+impl PeerRelayWriteWithResult {
+  fn ok_or(self) -> thrift::Result<i64> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for PeerRelayWriteWith"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerRelayWriteWithResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<i64> = None;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_i64()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = PeerRelayWriteWithResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("PeerRelayWriteWithResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::I64, 0))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
     if let Some(ref fld_var) = self.err {
       o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
       fld_var.write_to_out_protocol(o_prot)?;

@@ -325,6 +325,16 @@ impl PeerSyncHandler for Recorder {
             key, value, hops, expires, stamp, origin,
         ))
     }
+    fn handle_relay_write_with(
+        &self,
+        _: Vec<u8>,
+        _: Vec<u8>,
+        _: WriteOptions,
+        _: bool,
+        _: i8,
+    ) -> thrift::Result<i64> {
+        self.saw(Generated::Other("relay_write_with"))
+    }
     fn handle_relay_erase(
         &self,
         key: Vec<u8>,
