@@ -124,3 +124,4 @@ pub use client::{Client, ClientOptions};
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
 pub use membership::{MemberState, Status as MemberStatus};
+pub use value::{Meta, WriteOptions};
