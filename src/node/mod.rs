@@ -25,6 +25,12 @@
 //! - [`collect`]: erasing chunks no value points at any more.
 //! - [`large`]: large values for any Thrift client: `describe`,
 //!   `read_range`, and uploads in parts committed at once.
+//! - [`conditional`]: `store_with` (metadata, create-only) and `append`,
+//!   forwarded to the owner and serialised there per key by [`exclusive`].
+//!
+//! A client's value is sealed ([`crate::value`]) by the node it called
+//! (`write`), stored and moved sealed, and opened on every path that
+//! answers a client (`read`, `large`, the server's `fetch`/`get`).
 //!
 //! # What keeps the guarantee (README, "Consistency model")
 //!
