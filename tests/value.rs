@@ -191,13 +191,13 @@ fn concurrent_appends_through_every_node_each_land_exactly_once() {
         .map(|t| t.join().unwrap())
         .collect();
     let value = String::from_utf8(through(&nodes[1]).get("log").unwrap().unwrap()).unwrap();
-    for t in 0..threads {
+    for (t, sizes) in sizes.iter().enumerate() {
         for i in 0..each {
             let piece = format!("<{t}:{i}>");
             assert_eq!(value.matches(&piece).count(), 1, "{piece} in {value}");
         }
         // A thread's appends land in its order, each making the value longer.
-        assert!(sizes[t].windows(2).all(|w| w[0] < w[1]), "{:?}", sizes[t]);
+        assert!(sizes.windows(2).all(|w| w[0] < w[1]), "{sizes:?}");
     }
     let total: usize = (0..threads)
         .flat_map(|t| (0..each).map(move |i| format!("<{t}:{i}>").len()))
