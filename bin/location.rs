@@ -47,6 +47,13 @@ struct Args {
     #[arg(long, default_value_t = Config::default().max_value_bytes)]
     max_value_bytes: usize,
 
+    /// Values of at least this many bytes are stored LZ4-compressed when a
+    /// sample of them, and then the whole, compress by at least an eighth
+    /// (stored bytes and the ratio: `stats`, `storestat`); 0 turns
+    /// compression off. Reads return the value as written either way.
+    #[arg(long, value_name = "BYTES", default_value_t = Config::default().compress_above)]
+    compress_above: usize,
+
     /// Most client connections served at once.
     #[arg(long, default_value_t = Config::default().max_connections)]
     max_connections: usize,
@@ -174,6 +181,7 @@ fn config(args: Args) -> Result<Config, String> {
         bind: args.bind,
         advertise: args.advertise,
         max_value_bytes: args.max_value_bytes,
+        compress_above: args.compress_above,
         max_connections: args.max_connections.max(1),
         idle_timeout: Duration::from_secs(args.idle_timeout),
         message_timeout: Duration::from_secs(args.message_timeout.max(1)),

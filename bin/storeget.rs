@@ -24,6 +24,9 @@ use ring::RingArgs;
 /// (a bar amid the value's bytes on one screen would garble both).
 /// With --out the value goes to a file instead, which appears only once the
 /// whole value arrived and was checked.
+/// With --info it prints what KEY holds instead of its bytes: size, whether
+/// streamed, the content type and description stored with it, and its
+/// stored size when the nodes keep it compressed.
 /// Exit code 1 when the key is not stored, 2 on any other error.
 #[derive(Parser, Debug)]
 #[command(version)]
@@ -35,6 +38,10 @@ struct Args {
     /// holds half a value (nor is created for a key that is not stored).
     #[arg(long, value_name = "PATH")]
     out: Option<PathBuf>,
+    /// Print what KEY holds (size, streamed, content type, description,
+    /// stored size) as `name: value` lines, not the value itself.
+    #[arg(long, conflicts_with = "out")]
+    info: bool,
     #[command(flatten)]
     ring: RingArgs,
 }
@@ -43,6 +50,9 @@ fn main() -> ExitCode {
     let args = Args::parse();
     // Warnings by default; RUST_LOG=debug shows each call and retry.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    if args.info {
+        return info(args);
+    }
     if let Some(path) = args.out.clone() {
         return to_file(args, &path);
     }
@@ -64,6 +74,32 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         failed => failure(failed, &args.key),
+    }
+}
+
+/// `storeget KEY --info`: what `describe` says of KEY.
+fn info(args: Args) -> ExitCode {
+    match args
+        .ring
+        .open()
+        .and_then(|mut ring| ring.describe(&args.key))
+    {
+        Ok(info) if info.exists => {
+            println!("size: {}", info.size);
+            println!("streamed: {}", info.streamed_value());
+            if let Some(content_type) = &info.meta.content_type {
+                println!("content-type: {content_type}");
+            }
+            if let Some(description) = &info.meta.description {
+                println!("description: {description}");
+            }
+            if let Some(stored) = info.stored_bytes {
+                println!("stored-bytes: {stored}");
+            }
+            ExitCode::SUCCESS
+        }
+        Ok(_) => failure(Ok(None), &args.key),
+        Err(e) => failure(Err(e), &args.key),
     }
 }
 

@@ -16,7 +16,7 @@ use clap::builder::RangedU64ValueParser;
 use progress::Bar;
 use secret::SecretArgs;
 use thrifty_p2p::stream::{DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, Options};
-use thrifty_p2p::{Client, ClientOptions, NodeAddr};
+use thrifty_p2p::{Client, ClientOptions, ErrorKind, Meta, NodeAddr, WriteOptions};
 
 /// Store VALUE at KEY in a thrifty-p2p ring. Returns once a write quorum of
 /// the key's replicas has it (2 of 3 with the nodes' defaults).
@@ -28,7 +28,13 @@ use thrifty_p2p::{Client, ClientOptions, NodeAddr};
 /// progress bar is drawn on standard error if it is a terminal (never
 /// otherwise).
 ///
-/// Exit code 0 once stored; 2 on any error, which says what failed (a write
+/// With --content-type or --description the value is stored with that
+/// metadata (`storeget --info` and `describe` show it); with --create-only
+/// it is stored only if KEY holds no value. A value with any of these must
+/// fit one chunk.
+///
+/// Exit code 0 once stored; 1 when --create-only found a value at KEY
+/// (nothing changed); 2 on any other error, which says what failed (a write
 /// that was not acknowledged may still have been stored: storing again is
 /// safe).
 #[derive(Parser, Debug)]
@@ -55,6 +61,17 @@ struct Args {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_CHUNK_BYTES,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=MAX_CHUNK_BYTES as u64))]
     chunk_bytes: usize,
+    /// Store only if KEY holds no value (never written, or deleted); exit 1
+    /// if it does, changing nothing. Of concurrent create-only writes of one
+    /// key, exactly one succeeds.
+    #[arg(long)]
+    create_only: bool,
+    /// A content type stored with the value (at most 256 bytes).
+    #[arg(long, value_name = "TYPE")]
+    content_type: Option<String>,
+    /// A short description stored with the value (at most 1,024 bytes).
+    #[arg(long, value_name = "TEXT")]
+    description: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -99,6 +116,17 @@ fn main() -> ExitCode {
         }
         (None, None) => unreachable!("clap requires VALUE unless --file is given"),
     };
+    let write = WriteOptions {
+        create_only: args.create_only,
+        meta: Meta {
+            content_type: args.content_type,
+            description: args.description,
+        },
+        fence: None,
+    };
+    if write != WriteOptions::default() {
+        return put_with(args.peer, options, &args.key, input, &write);
+    }
     let bar = Bar::on_stderr(true);
     let result = Client::open(args.peer, options).and_then(|mut ring| {
         ring.put_from_with_progress(&args.key, input, |p| bar.update(p, size))
@@ -106,6 +134,40 @@ fn main() -> ExitCode {
     bar.finish();
     match result {
         Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("storeput: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// A value with options: read whole (it must fit one chunk), then one
+/// `store_with`.
+fn put_with(
+    peer: Option<NodeAddr>,
+    options: ClientOptions,
+    key: &str,
+    input: Box<dyn Read>,
+    write: &WriteOptions,
+) -> ExitCode {
+    let most = options.stream.chunk_bytes;
+    let mut value = Vec::new();
+    if let Err(e) = input.take(most as u64 + 1).read_to_end(&mut value) {
+        eprintln!("storeput: cannot read the value: {e}");
+        return ExitCode::from(2);
+    }
+    if value.len() > most {
+        eprintln!(
+            "storeput: with --create-only, --content-type or --description the value must fit one chunk ({most} bytes, --chunk-bytes); it is longer"
+        );
+        return ExitCode::from(2);
+    }
+    match Client::open(peer, options).and_then(|mut ring| ring.put_with(key, &value, write)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == ErrorKind::Exists => {
+            eprintln!("storeput: {e}");
+            ExitCode::from(1)
+        }
         Err(e) => {
             eprintln!("storeput: {e}");
             ExitCode::from(2)

@@ -74,6 +74,7 @@ use crate::membership::Status as MemberStatus;
 use crate::membership::{MemberState, Status};
 use crate::ring::Ring;
 use crate::stream::{self, Manifest, Progress, ValueInfo, Written};
+use crate::value::WriteOptions;
 use crate::wire::{Conn, Limits};
 
 /// How a [`Client`] connects and calls.
@@ -248,6 +249,90 @@ impl Client {
         self.on_owner(key, |c| c.store(key, value))
     }
 
+    /// Stores `value` at `key` as [`Client::put`] does, with options: a
+    /// content type and description stored with the value (returned by
+    /// [`Client::describe`]), and create-only, which fails with
+    /// [`Error::Exists`] (kind [`ErrorKind::Exists`]) if the key holds a
+    /// value, changing nothing: of concurrent create-only writes of a key,
+    /// exactly one succeeds. A value with options must fit one message
+    /// (at most a chunk, [`stream::Options::chunk_bytes`]).
+    ///
+    /// ```no_run
+    /// use thrifty_p2p::{Client, ErrorKind, WriteOptions};
+    /// let mut ring = Client::connect("127.0.0.1:9900")?;
+    /// let options = WriteOptions::default()
+    ///     .create_only()
+    ///     .content_type("text/plain")
+    ///     .description("the greeting");
+    /// match ring.put_with("greeting", "hello", &options) {
+    ///     Err(e) if e.kind() == ErrorKind::Exists => println!("already there"),
+    ///     other => other?,
+    /// }
+    /// let info = ring.describe("greeting")?;
+    /// assert_eq!(info.meta.content_type.as_deref(), Some("text/plain"));
+    /// # Ok::<(), thrifty_p2p::Error>(())
+    /// ```
+    pub fn put_with(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        options: &WriteOptions,
+    ) -> Result<()> {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        if *options == WriteOptions::default() {
+            return self.put(key, value);
+        }
+        if value.len() > self.options.stream.chunk_bytes {
+            return Err(Error::Refused {
+                peer: "this client".into(),
+                message: format!(
+                    "a value of {} bytes is streamed in chunks of {}, and streamed values take no options (metadata, create-only); store it with put",
+                    value.len(),
+                    self.options.stream.chunk_bytes
+                ),
+            });
+        }
+        self.on_owner(key, |c| c.store_with(key, value, options))
+    }
+
+    /// Appends `suffix` to the value at `key`, atomically at the key's
+    /// owner (concurrent appends through any nodes each land once), and
+    /// returns the value's new size. A missing key is created; the value's
+    /// metadata is kept. A streamed value fails with [`ErrorKind::Streamed`],
+    /// a result over the nodes' `--max-value-bytes` with
+    /// [`ErrorKind::TooLarge`]. Unlike a put, an append is not repeated
+    /// after a call that broke midway ([`ErrorKind::Rpc`]): it may have been
+    /// applied, so read the value before appending again.
+    ///
+    /// ```no_run
+    /// let mut ring = thrifty_p2p::Client::connect("127.0.0.1:9900")?;
+    /// ring.append("log", "first line\n")?;
+    /// let size = ring.append("log", "second line\n")?;
+    /// assert!(size >= 23);
+    /// # Ok::<(), thrifty_p2p::Error>(())
+    /// ```
+    pub fn append(&mut self, key: impl AsRef<[u8]>, suffix: impl AsRef<[u8]>) -> Result<u64> {
+        let (key, suffix) = (key.as_ref(), suffix.as_ref());
+        let options = WriteOptions::default();
+        // Set once a call broke after it was sent: its outcome is unknown.
+        let mut unknown: Option<(String, String)> = None;
+        self.on_owner(key, |c| {
+            if let Some((peer, reason)) = unknown.take() {
+                return Err(Error::Rpc {
+                    peer,
+                    reason: format!(
+                        "{reason}; the append may have been applied, so it was not repeated"
+                    ),
+                });
+            }
+            let result = c.append(key, suffix, &options);
+            if let Err(Error::Rpc { peer, reason }) = &result {
+                unknown = Some((peer.clone(), reason.clone()));
+            }
+            result
+        })
+    }
+
     /// Deletes `key`: a tombstone keeps older copies from coming back.
     pub fn delete(&mut self, key: impl AsRef<[u8]>) -> Result<()> {
         let key = key.as_ref();
@@ -264,8 +349,10 @@ impl Client {
     }
 
     /// What `key` holds: whether it exists, its size, whether it is streamed
-    /// (stored in parts behind a manifest), its part size and count, and
-    /// its identity for [`Client::read_range`].
+    /// (stored in parts behind a manifest), its part size and count, its
+    /// identity for [`Client::read_range`], the metadata stored with it
+    /// ([`Client::put_with`]) and, when the node stored it compressed, its
+    /// stored size.
     ///
     /// ```no_run
     /// let mut ring = thrifty_p2p::Client::connect("127.0.0.1:9900")?;

@@ -54,8 +54,13 @@ pub struct Config {
     /// [`Config::inflight_budget`]). Each connection's first 64 KiB are
     /// outside it, so small calls never wait on it.
     pub inflight_bytes: usize,
-    /// Largest value accepted, in bytes. Default 64 MiB.
+    /// Largest value accepted, in bytes (the size a client sees, however
+    /// it is stored). Default 64 MiB.
     pub max_value_bytes: usize,
+    /// Values of at least this many bytes are stored LZ4-compressed when
+    /// that saves an eighth (see [`crate::value`]); 0 turns compression off.
+    /// Default [`crate::value::DEFAULT_COMPRESS_ABOVE`] (4 KiB).
+    pub compress_above: usize,
     /// Most elements in one list, set or map of a message. Default 1,000,000.
     pub max_list_len: usize,
     /// Connect timeout for calls to peers. Default 1 s.
@@ -122,6 +127,7 @@ impl Default for Config {
             reply_timeout: Duration::from_secs(60),
             inflight_bytes: 1 << 30,
             max_value_bytes: 64 << 20,
+            compress_above: crate::value::DEFAULT_COMPRESS_ABOVE,
             max_list_len: 1_000_000,
             connect_timeout: Duration::from_secs(1),
             rpc_timeout: Duration::from_secs(10),

@@ -379,6 +379,15 @@ pub enum Error {
         /// Why: never begun here, committed, or expired.
         reason: String,
     },
+    /// A create-only write found a value at the key (a tombstone does not
+    /// count). Nothing changed.
+    #[error(
+        "`{key}` already holds a value, and the write was create-only; nothing changed: read it, or write without create-only to replace it"
+    )]
+    Exists {
+        /// The key, lossy UTF-8.
+        key: String,
+    },
     /// The node asked reports no ring members. Nothing changed.
     #[error("{peer} reports no ring members; check that it is a running node")]
     NoMembers {
@@ -444,6 +453,8 @@ pub enum ErrorKind {
     /// The upload named is not open on that node (never begun there,
     /// committed, or expired). The key is unchanged.
     NoSuchUpload,
+    /// A create-only write found a value at the key. Nothing changed.
+    Exists,
     /// A kind this build does not know (sent by a newer node).
     Other,
 }
@@ -495,6 +506,7 @@ impl Error {
             Error::Streamed { .. } => ErrorKind::Streamed,
             Error::Changed { .. } => ErrorKind::Changed,
             Error::NoSuchUpload { .. } => ErrorKind::NoSuchUpload,
+            Error::Exists { .. } => ErrorKind::Exists,
             Error::Remote { kind, .. } => *kind,
         }
     }

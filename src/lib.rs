@@ -34,6 +34,8 @@
 //!   batch may be deleted here.
 //! - [`upload`]: the uploads in parts a node holds open (`begin_upload`,
 //!   `upload_part`, `commit_upload`), bounded, and the commit's checks.
+//! - [`value`]: the envelope of a stored value: its metadata (content type,
+//!   description) and LZ4 compression, in band, bounded when decoded.
 //! - [`addr`], [`config`], [`error`]: names, settings and errors.
 //!
 //! Node:
@@ -108,6 +110,7 @@ pub(crate) mod tasks;
 pub mod tls;
 pub(crate) mod transport;
 pub(crate) mod upload;
+pub mod value;
 pub(crate) mod version;
 pub(crate) mod web;
 pub mod wire;
@@ -121,3 +124,4 @@ pub use client::{Client, ClientOptions};
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
 pub use membership::{MemberState, Status as MemberStatus};
+pub use value::{Meta, WriteOptions};

@@ -146,6 +146,20 @@ pub enum Request {
         /// When the forwarding node stops waiting (wall microseconds).
         expires: i64,
     },
+    /// A create-only write or an append forwarded toward the key's owner,
+    /// which serialises them per key (`node::conditional`).
+    Conditional {
+        /// The key.
+        key: Vec<u8>,
+        /// The client's value, or the suffix to append (raw, not sealed).
+        value: Vec<u8>,
+        /// The client's options.
+        options: crate::value::WriteOptions,
+        /// An append (else a create-only write).
+        append: bool,
+        /// Forwards so far, this one included.
+        hops: i8,
+    },
     /// View agreement: our ring id (and who we are); the answer is theirs.
     Heartbeat {
         /// The caller's ring id.
@@ -199,6 +213,7 @@ impl Request {
             Request::Read { .. } => "relay_fetch",
             Request::Write { value: Some(_), .. } => "relay_store",
             Request::Write { value: None, .. } => "relay_erase",
+            Request::Conditional { .. } => "relay_write_with",
             Request::Heartbeat { .. } => "heartbeat",
             Request::ReplicaRead { .. } => "replica_read",
             Request::Replicate { .. } => "replicate",
@@ -227,6 +242,8 @@ pub enum Reply {
     Buckets(Vec<i32>),
     /// A ring id (heartbeat).
     Ring(u64),
+    /// A value's size after an append (0 after a create-only write).
+    Size(u64),
     /// A replica's copy for a quorum read.
     Replica {
         /// Its copy (`None`: never seen).

@@ -298,6 +298,12 @@ pub struct ValueInfo {
     pub id: u64,
     /// The manifest of a streamed value; `None` for a plain one.
     pub manifest: Option<Manifest>,
+    /// The content type and description stored with the value
+    /// ([`crate::Client::put_with`]).
+    pub meta: crate::value::Meta,
+    /// The bytes the value occupies in each replica's store when the node
+    /// stored it compressed; `None` when stored as it is.
+    pub stored_bytes: Option<u64>,
 }
 
 impl ValueInfo {
@@ -310,6 +316,8 @@ impl ValueInfo {
             parts: 0,
             id: 0,
             manifest: None,
+            meta: crate::value::Meta::default(),
+            stored_bytes: None,
         }
     }
 
@@ -322,6 +330,8 @@ impl ValueInfo {
             parts: u64::from(size > 0),
             id: stamp.max(1),
             manifest: None,
+            meta: crate::value::Meta::default(),
+            stored_bytes: None,
         }
     }
 
@@ -334,6 +344,8 @@ impl ValueInfo {
             parts: manifest.chunks(),
             id: manifest.upload.max(1),
             manifest: Some(manifest),
+            meta: crate::value::Meta::default(),
+            stored_bytes: None,
         }
     }
 

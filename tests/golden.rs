@@ -574,6 +574,12 @@ fn store_node_cases() -> Vec<Case> {
                     ("bytes", bytes as i64),
                     // The default --chunk-grace of 600 s.
                     ("chunk_grace_ms", 600_000),
+                    // The default --compress-above; the golden values are
+                    // too short to be compressed.
+                    ("compress_above", 4096),
+                    ("compressed_raw_bytes", 0),
+                    ("compressed_stored_bytes", 0),
+                    ("compressed_writes", 0),
                     ("handoff_pending", 0),
                     ("hints", 0),
                     // golden-key and the absorbed key: tombstones do not count.

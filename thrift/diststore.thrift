@@ -57,6 +57,12 @@ enum ErrorKind {
    * Begin a new upload. The key is unchanged.
    */
   NO_SUCH_UPLOAD = 17,
+  /**
+   * A create-only write (`store_with` with `create_only`) found a value at
+   * the key (a tombstone does not count): nothing changed. Read the value,
+   * or write without `create_only` to replace it.
+   */
+  EXISTS = 18,
 }
 
 /**
@@ -166,6 +172,44 @@ struct ValueInfo {
    * a time. Other clients ignore it.
    */
   7: optional binary manifest,
+  /** The content type stored with the value (`store_with`), if any. */
+  8: optional string content_type,
+  /** The short description stored with the value (`store_with`), if any. */
+  9: optional string description,
+  /**
+   * The bytes the value occupies in each replica's store, when the node
+   * stored it compressed (README, Limits); unset for a value stored as is.
+   */
+  10: optional i64 stored_bytes,
+}
+
+/**
+ * How `store_with` and `append` write. Every field is optional; none set
+ * writes as `store` does.
+ */
+struct WriteOptions {
+  /**
+   * Write only if the key holds no value (never written, or erased);
+   * otherwise fail with EXISTS and change nothing. Of concurrent create-only
+   * writes of one key, through any nodes, exactly one succeeds.
+   */
+  1: optional bool create_only,
+  /**
+   * A content type (e.g. "text/plain", at most 256 bytes) stored with the
+   * value and returned by `describe`. `append` keeps the value's own.
+   */
+  2: optional string content_type,
+  /**
+   * A short description (at most 1,024 bytes) stored with the value and
+   * returned by `describe`. `append` keeps the value's own.
+   */
+  3: optional string description,
+  /**
+   * A token from `lock`: the write is refused STALE_TOKEN if a newer lease
+   * on the key was granted. A node without leases refuses a fenced write
+   * (REFUSED).
+   */
+  4: optional i64 fence,
 }
 
 /**
@@ -204,6 +248,21 @@ service Store extends locator.Locator {
    * quorum of them stored it.
    */
   void store(1: binary key, 2: binary value) throws (1: StoreError err),
+  /**
+   * `store` with options (see `WriteOptions`): create-only, and a content
+   * type and description stored with the value (`describe` returns them).
+   * A plain `store` replaces the value and drops its metadata.
+   */
+  void store_with(1: binary key, 2: binary value, 3: WriteOptions options) throws (1: StoreError err),
+  /**
+   * Appends `value` to the value at `key`, atomically at the key's owner
+   * (concurrent appends through any nodes are each applied exactly once, in
+   * some order), and returns the value's new size. A missing key is created;
+   * the value's metadata is kept. A streamed value answers STREAMED; a result
+   * over `--max-value-bytes`, TOO_LARGE. `options` may carry `create_only`
+   * (append only to a missing key) and `fence`.
+   */
+  i64 append(1: binary key, 2: binary value, 3: WriteOptions options) throws (1: StoreError err),
   /** Delete a key (it leaves a versioned tombstone, so no old copy comes back). */
   void erase(1: binary key) throws (1: StoreError err),
   /** Counters describing this node (keys, bytes, replication backlog, hints, ...). */
@@ -364,6 +423,13 @@ service Peer extends Store {
    * arrives late can never bury a later one.
    */
   void relay_store(1: binary key, 2: binary value, 3: i8 hops, 4: i64 expires, 5: i64 stamp, 6: i32 origin) throws (1: StoreError err),
+  /**
+   * A create-only `store_with` (`append` false) or an `append`, forwarded
+   * toward the key's owner, which serialises them per key; `value` is the
+   * client's (the suffix for an append). Answers what `append` answers (0
+   * for a create-only write).
+   */
+  i64 relay_write_with(1: binary key, 2: binary value, 3: WriteOptions options, 4: bool append, 5: i8 hops) throws (1: StoreError err),
   /** `erase` forwarded by a node; the other fields as for `relay_store`. */
   void relay_erase(1: binary key, 2: i8 hops, 3: i64 expires, 4: i64 stamp, 5: i32 origin) throws (1: StoreError err),
   /** This node's own copies of `keys`, with versions; absent keys are left out. */

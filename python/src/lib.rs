@@ -27,7 +27,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString};
 use thrifty_p2p::listing::KeyPage;
-use thrifty_p2p::{Client, ClientOptions, Error, NodeAddr};
+use thrifty_p2p::{Client, ClientOptions, Error, Meta, NodeAddr, WriteOptions};
 
 /// `thrifty_p2p.StoreError`, defined in Python (`thrifty_p2p/_errors.py`) so
 /// its constructor and attributes read as Python; looked up once.
@@ -124,8 +124,18 @@ impl Ring {
     }
 }
 
-/// `Ring.info`'s answer: size, streamed, part_bytes, parts, id.
-type InfoTuple = (u64, bool, u64, u64, u64);
+/// `Ring.info`'s answer: size, streamed, part_bytes, parts, id,
+/// content_type, description, stored_bytes.
+type InfoTuple = (
+    u64,
+    bool,
+    u64,
+    u64,
+    u64,
+    Option<String>,
+    Option<String>,
+    Option<u64>,
+);
 
 /// `Ring.placement`'s answer: the key's holders, and each part's.
 type PlacementTuple = (Vec<String>, Vec<Vec<String>>);
@@ -243,6 +253,45 @@ impl Ring {
                 Err(e) => store_error(py, e).into_value(py).into_bound(py).into_any(),
             })
             .collect())
+    /// Stores `value` at `key` with options: create-only (a `StoreError`
+    /// of kind "Exists" if the key holds a value, nothing changed), and a
+    /// content type and description stored with the value.
+    #[pyo3(signature = (key, value, create_only=false, content_type=None, description=None))]
+    fn put_with(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+        create_only: bool,
+        content_type: Option<String>,
+        description: Option<String>,
+    ) -> PyResult<()> {
+        let key = key_bytes(key)?;
+        let value = Value::of(value)?;
+        let bytes = value.bytes();
+        let options = WriteOptions {
+            create_only,
+            meta: Meta {
+                content_type,
+                description,
+            },
+            fence: None,
+        };
+        self.call(py, |c| c.put_with(key, bytes, &options))
+    }
+
+    /// Appends `value` to the value at `key`, atomically at its owner;
+    /// returns the value's new size.
+    fn append(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        let key = key_bytes(key)?;
+        let value = Value::of(value)?;
+        let bytes = value.bytes();
+        self.call(py, |c| c.append(key, bytes))
     }
 
     /// Deletes `key` if it holds a value; returns whether it did (the
@@ -279,14 +328,24 @@ impl Ring {
         Ok(replicas.iter().map(ToString::to_string).collect())
     }
 
-    /// What the key holds: (size, streamed, part_bytes, parts, id), or
-    /// None when nothing is stored.
+    /// What the key holds: (size, streamed, part_bytes, parts, id,
+    /// content_type, description, stored_bytes), or None when nothing is
+    /// stored.
     fn info(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<InfoTuple>> {
         let key = key_bytes(key)?;
         let info = self.call(py, |c| c.describe(key))?;
         Ok(info.exists.then(|| {
             let streamed = info.manifest.is_some();
-            (info.size, streamed, info.part_bytes, info.parts, info.id)
+            (
+                info.size,
+                streamed,
+                info.part_bytes,
+                info.parts,
+                info.id,
+                info.meta.content_type,
+                info.meta.description,
+                info.stored_bytes,
+            )
         }))
     }
 

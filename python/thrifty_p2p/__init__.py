@@ -45,6 +45,13 @@ class Info(NamedTuple):
     parts: int
     #: The value's identity: it changes whenever the value is replaced.
     id: int
+    #: The content type stored with the value (``Dict.put``), or None.
+    content_type: Optional[str] = None
+    #: The description stored with the value (``Dict.put``), or None.
+    description: Optional[str] = None
+    #: The bytes each replica stores when the nodes keep the value
+    #: LZ4-compressed; None when it is stored as it is.
+    stored_bytes: Optional[int] = None
 
 
 class Placement(NamedTuple):
@@ -172,6 +179,38 @@ class Dict(MutableMapping):
             value = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         self._ring.put(key, value)
 
+    def put(
+        self,
+        key: Key,
+        value: Any,
+        *,
+        create_only: bool = False,
+        content_type: Optional[str] = None,
+        description: Optional[str] = None,
+    ) -> None:
+        """``d[key] = value`` with options. ``create_only``: store only if
+        ``key`` holds no value, else raise ``StoreError`` of kind
+        ``"Exists"`` and change nothing (of concurrent create-only puts of
+        a key, through any nodes, exactly one succeeds). ``content_type``
+        (at most 256 bytes) and ``description`` (at most 1024) are stored
+        with the value; ``info`` returns them, and a plain ``d[key] = ...``
+        drops them. A value with options must fit one message (8 MiB)."""
+        if self._pickle:
+            value = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        self._ring.put_with(key, value, create_only, content_type, description)
+
+    def append(self, key: Key, value: Any) -> int:
+        """Appends the bytes ``value`` to the value at ``key``, atomically at
+        the key's owner (concurrent appends through any nodes each land
+        once), and returns the value's new size; a missing key is created,
+        and the value's metadata is kept. Raises ``StoreError`` of kind
+        ``"Streamed"`` for a large (streamed) value and ``"TooLarge"`` past
+        the nodes' ``--max-value-bytes``. Not for a ``serializer="pickle"``
+        Dict (pickles do not concatenate): that raises ``TypeError``."""
+        if self._pickle:
+            raise TypeError("append needs bytes values: this Dict pickles them (serializer=\"pickle\"), and pickles do not concatenate")
+        return self._ring.append(key, value)
+
     def __delitem__(self, key: Key) -> None:
         if not self._ring.delete(key):
             raise KeyError(key)
@@ -264,8 +303,9 @@ class Dict(MutableMapping):
         return self._ring.replicas(key)
 
     def info(self, key: Key) -> Optional[Info]:
-        """What ``key`` holds (size, whether streamed, parts, identity)
-        without reading the value; None when nothing is stored."""
+        """What ``key`` holds (size, whether streamed, parts, identity,
+        content type, description, stored size) without reading the
+        value; None when nothing is stored."""
         found = self._ring.info(key)
         return None if found is None else Info(*found)
 

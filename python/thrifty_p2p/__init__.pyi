@@ -14,6 +14,9 @@ class Info(NamedTuple):
     part_bytes: int
     parts: int
     id: int
+    content_type: Optional[str] = None
+    description: Optional[str] = None
+    stored_bytes: Optional[int] = None
 
 class Placement(NamedTuple):
     replicas: list[str]
@@ -60,6 +63,16 @@ class Dict(MutableMapping[Key, Any]):
     @overload
     def get(self, key: Key, default: Any) -> Any: ...
     def __setitem__(self, key: Key, value: Any) -> None: ...
+    def put(
+        self,
+        key: Key,
+        value: Any,
+        *,
+        create_only: bool = False,
+        content_type: Optional[str] = None,
+        description: Optional[str] = None,
+    ) -> None: ...
+    def append(self, key: Key, value: Any) -> int: ...
     def __delitem__(self, key: Key) -> None: ...
     def __contains__(self, key: object) -> bool: ...
     def get_many(self, keys: Iterable[Key]) -> dict[Key, Any]: ...

@@ -76,7 +76,9 @@ impl Node {
                 plain: None,
             });
         };
-        Ok(match streamed_manifest(key, &value) {
+        let opened = self.open(key, value)?;
+        let value = opened.value;
+        let mut held = match streamed_manifest(key, &value) {
             Some(manifest) => Held {
                 info: ValueInfo::streamed(manifest),
                 plain: None,
@@ -85,7 +87,10 @@ impl Node {
                 info: ValueInfo::plain(value.len() as u64, version.stamp),
                 plain: Some(value),
             },
-        })
+        };
+        held.info.meta = opened.meta;
+        held.info.stored_bytes = opened.stored_bytes.map(|n| n as u64);
+        Ok(held)
     }
 
     /// Up to `length` bytes of the value at `key` from `offset` on (fewer

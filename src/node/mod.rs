@@ -25,6 +25,12 @@
 //! - [`collect`]: erasing chunks no value points at any more.
 //! - [`large`]: large values for any Thrift client: `describe`,
 //!   `read_range`, and uploads in parts committed at once.
+//! - [`conditional`]: `store_with` (metadata, create-only) and `append`,
+//!   forwarded to the owner and serialised there per key by [`exclusive`].
+//!
+//! A client's value is sealed ([`crate::value`]) by the node it called
+//! (`write`), stored and moved sealed, and opened on every path that
+//! answers a client (`read`, `large`, the server's `fetch`/`get`).
 //!
 //! # What keeps the guarantee (README, "Consistency model")
 //!
@@ -72,6 +78,8 @@ use crate::version::{Clock, WallClock};
 mod collect;
 pub use collect::GRACE_STAT;
 mod batch;
+mod conditional;
+pub mod exclusive;
 mod handoff;
 mod large;
 mod leave;
@@ -196,6 +204,11 @@ pub struct Node {
     handoff_pending: AtomicUsize,
     /// Uploads in parts open on this node (see [`large`]).
     uploads: parking_lot::Mutex<Uploads>,
+    /// What this node compressed, for `stats` (see [`crate::value`]).
+    compression: crate::value::Compression,
+    /// Serialises conditional writes (create-only, append) per key at the
+    /// owner (see [`exclusive`]).
+    exclusive: exclusive::Exclusive,
 }
 
 /// The parts a node is built from.
@@ -281,6 +294,8 @@ impl Node {
             views: parking_lot::Mutex::new(BTreeMap::new()),
             metrics: Metrics::new(),
             uploads: parking_lot::Mutex::new(Uploads::new(config.chunk_grace / 2)),
+            compression: crate::value::Compression::default(),
+            exclusive: exclusive::Exclusive::new(),
             config,
             me,
         })
@@ -478,10 +493,20 @@ impl Node {
                 version,
                 expires,
             } => {
-                self.write(&key, value.as_deref(), hops, Some(version), Some(expires))
+                self.write_stored(&key, value.as_deref(), hops, Some(version), Some(expires))
                     .await?;
                 Reply::Done
             }
+            Request::Conditional {
+                key,
+                value,
+                options,
+                append,
+                hops,
+            } => Reply::Size(
+                self.conditional(&key, &value, &options, append, hops)
+                    .await?,
+            ),
             Request::Heartbeat { ring, caller } => Reply::Ring(self.heartbeat(&caller, ring)),
             Request::ReplicaRead { key, ring } => {
                 let (copy, trusted, ring) = self.replica_read(&key, ring)?;
@@ -544,6 +569,11 @@ impl Node {
         );
         put("ready", usize::from(self.ready()));
         put("pauses", self.pauses.load(Ordering::Relaxed) as usize);
+        let (writes, raw, stored) = self.compression.totals();
+        put("compressed_writes", writes as usize);
+        put("compressed_raw_bytes", raw as usize);
+        put("compressed_stored_bytes", stored as usize);
+        put("compress_above", self.config.compress_above);
         stats.insert(
             "incarnation".to_string(),
             view.swim.membership().my_state().incarnation,

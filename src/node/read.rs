@@ -17,9 +17,11 @@ use crate::store::Stored;
 use crate::transport::unexpected;
 
 impl Node {
-    /// Serves a read at once if nothing needs waiting for: this node owns the
-    /// key, trusts its copy, and holds one (a tombstone counts). `None` means
-    /// the read needs [`Node::fetch`].
+    /// Serves a client's read at once if nothing needs waiting for: this
+    /// node owns the key, trusts its copy, and holds one (a tombstone
+    /// counts). `None` means the read needs [`Node::fetch`]. The value is
+    /// the client's (opened, [`Node::open`]), except for a [`PEEK`], which
+    /// answers the stored bytes.
     pub fn fetch_now(&self, key: &[u8], hops: i8) -> Option<Result<Option<Vec<u8>>>> {
         if hops == PEEK {
             return Some(self.store.get(key).map(|s| s.and_then(|s| s.value)));
@@ -33,7 +35,10 @@ impl Node {
             return None;
         }
         match self.store.get(key) {
-            Ok(Some(stored)) => Some(Ok(stored.value)),
+            Ok(Some(stored)) => Some(match stored.value {
+                Some(value) => self.open(key, value).map(|o| Some(o.value)),
+                None => Ok(None),
+            }),
             // A miss asks the other replicas.
             Ok(None) => None,
             Err(e) => Some(Err(e)),
@@ -52,12 +57,29 @@ impl Node {
 
     /// Reads `key` for a client: coordinated by its owner (or, when the owner
     /// cannot be reached, the next replica). `hops` counts forwards so far.
+    /// The value is the client's ([`Node::open`]).
     pub async fn fetch(self: &Arc<Self>, key: &[u8], hops: i8) -> Result<Option<Vec<u8>>> {
-        Ok(self.fetch_copy(key, hops).await?.and_then(|s| s.value))
+        match self.fetch_copy(key, hops).await?.and_then(|s| s.value) {
+            Some(value) => Ok(Some(self.open(key, value)?.value)),
+            None => Ok(None),
+        }
+    }
+
+    /// A stored value opened for a client ([`crate::value::open`]): its
+    /// bytes as written, its metadata. Damaged stored bytes are a
+    /// [`Error::Storage`] naming the key.
+    pub fn open(&self, key: &[u8], stored: Vec<u8>) -> Result<crate::value::Opened> {
+        crate::value::open(stored, self.config.max_value_bytes).map_err(|reason| {
+            Error::Storage(format!(
+                "the stored value of `{}` cannot be read: {reason}",
+                String::from_utf8_lossy(key)
+            ))
+        })
     }
 
     /// Reads `key`'s newest copy, tombstone included, as a forwarded read
-    /// answers it: `None` when no replica asked has ever seen the key.
+    /// answers it: `None` when no replica asked has ever seen the key. The
+    /// value is as stored (sealed).
     pub async fn fetch_copy(self: &Arc<Self>, key: &[u8], hops: i8) -> Result<Option<Stored>> {
         if hops == PEEK {
             return self.store.get(key);

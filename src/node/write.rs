@@ -2,6 +2,10 @@
 //! to the key's owner (or the next replica) and coordinated there: stored,
 //! sent to the other replicas ([`crate::replicate`]), acknowledged once a
 //! write quorum holds it.
+//!
+//! A client's value is sealed ([`crate::value`]: compressed, enveloped with
+//! its metadata) once, by the node the client called; from there on, every
+//! forward, replica and repair moves the stored bytes as they are.
 
 use std::sync::Arc;
 
@@ -15,6 +19,8 @@ use crate::store::Stored;
 use crate::version::Version;
 
 impl Node {
+    /// Refuses a key or a stored value over the limits; a value's size is
+    /// the one its client sees (the envelope's raw size).
     pub(super) fn check_sizes(&self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
         if key.len() > MAX_KEY_BYTES {
             return Err(Error::TooLarge {
@@ -22,7 +28,15 @@ impl Node {
                 limit: MAX_KEY_BYTES,
             });
         }
-        let size = value.map_or(0, <[u8]>::len);
+        let size = match value {
+            None => 0,
+            Some(value) => crate::value::raw_len(value).map_err(|reason| {
+                Error::refused_here(format!(
+                    "the value of `{}` is a damaged envelope: {reason}",
+                    String::from_utf8_lossy(key)
+                ))
+            })?,
+        };
         if size > self.config.max_value_bytes {
             return Err(Error::TooLarge {
                 size,
@@ -59,9 +73,9 @@ impl Node {
         self.check_sizes(key, value)
     }
 
-    /// Serves a write at once if nothing needs waiting for: this node
-    /// coordinates it and no other replica must acknowledge it (one replica).
-    /// `None` means the write needs [`Node::write`].
+    /// Serves a client's write at once if nothing needs waiting for: this
+    /// node coordinates it and no other replica must acknowledge it (one
+    /// replica). `None` means the write needs [`Node::write`].
     pub fn write_now(
         &self,
         key: &[u8],
@@ -69,6 +83,11 @@ impl Node {
         hops: i8,
         expires: Option<i64>,
     ) -> Option<Result<()>> {
+        if hops == 0
+            && let Err(e) = self.check_raw(key, value)
+        {
+            return Some(Err(e));
+        }
         if let Err(e) = self.admit_write(key, value, expires, hops != 0) {
             return Some(Err(e));
         }
@@ -85,16 +104,86 @@ impl Node {
             return None;
         }
         let version = self.clock.tick();
-        Some(self.store.merge(key, value, version).map(drop))
+        let sealed = value.map(|v| self.seal(v, &crate::value::Meta::default()));
+        Some(
+            self.store
+                .merge(key, sealed.as_ref().map(|s| &s[..]), version)
+                .map(drop),
+        )
     }
 
-    /// Writes `key` (a value, or `None` to erase it): coordinated by its owner
+    /// A client's value as the store keeps it ([`crate::value::seal`]),
+    /// counted for `stats` when compressed.
+    pub(super) fn seal<'a>(
+        &self,
+        value: &'a [u8],
+        meta: &crate::value::Meta,
+    ) -> std::borrow::Cow<'a, [u8]> {
+        let sealed = crate::value::seal(value, meta, self.config.compress_above);
+        if let Some(raw) = sealed.compressed {
+            self.compression.note(raw, sealed.bytes.len());
+        }
+        sealed.bytes
+    }
+
+    /// Refuses a client's (raw) value over `--max-value-bytes` before it is
+    /// sealed: the limit is the size a client sees.
+    pub(super) fn check_raw(&self, key: &[u8], value: Option<&[u8]>) -> Result<()> {
+        let size = value.map_or(0, <[u8]>::len);
+        if size > self.config.max_value_bytes {
+            return Err(Error::TooLarge {
+                size,
+                limit: self.config.max_value_bytes,
+            });
+        }
+        self.check_sizes(key, None)
+    }
+
+    /// Writes a client's `value` at `key` (`None`: erases it): sealed here,
+    /// then as [`Node::write_stored`].
+    pub async fn write(
+        self: &Arc<Self>,
+        key: &[u8],
+        value: Option<&[u8]>,
+        hops: i8,
+        version: Option<Version>,
+        expires: Option<i64>,
+    ) -> Result<()> {
+        self.write_with_meta(
+            key,
+            value,
+            &crate::value::Meta::default(),
+            hops,
+            version,
+            expires,
+        )
+        .await
+    }
+
+    /// [`Node::write`] with the metadata to store with the value.
+    pub(super) async fn write_with_meta(
+        self: &Arc<Self>,
+        key: &[u8],
+        value: Option<&[u8]>,
+        meta: &crate::value::Meta,
+        hops: i8,
+        version: Option<Version>,
+        expires: Option<i64>,
+    ) -> Result<()> {
+        self.check_raw(key, value)?;
+        let sealed = value.map(|v| self.seal(v, meta));
+        self.write_stored(key, sealed.as_deref(), hops, version, expires)
+            .await
+    }
+
+    /// Writes `key` (a stored value, sealed by the node the client called,
+    /// or `None` to erase it): coordinated by its owner
     /// (or, when the owner cannot be reached, the next replica), acknowledged
     /// once a write quorum of replicas stored it. `hops` counts forwards so
     /// far. `version` is the write's version when relayed (a client's own call
     /// gets one here, once, whatever path it then takes); `expires` is when
     /// the node that relayed it stops waiting (wall microseconds).
-    pub async fn write(
+    pub async fn write_stored(
         self: &Arc<Self>,
         key: &[u8],
         value: Option<&[u8]>,

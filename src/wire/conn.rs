@@ -377,6 +377,32 @@ impl Conn {
         }
     }
 
+    /// `store_with`: `store` with options (metadata, create-only).
+    pub fn store_with(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        options: &crate::value::WriteOptions,
+    ) -> Result<()> {
+        let options = convert::write_options_out(options);
+        let result = self
+            .client
+            .store_with(key.to_vec(), value.to_vec(), options);
+        self.done(result)
+    }
+
+    /// `append`: appends `suffix` at the key's owner; the value's new size.
+    pub fn append(
+        &mut self,
+        key: &[u8],
+        suffix: &[u8],
+        options: &crate::value::WriteOptions,
+    ) -> Result<u64> {
+        let options = convert::write_options_out(options);
+        let result = self.client.append(key.to_vec(), suffix.to_vec(), options);
+        Ok(self.done(result)?.max(0) as u64)
+    }
+
     /// `describe`: what `key` holds (size, parts, identity, a streamed
     /// value's manifest).
     pub fn describe(&mut self, key: &[u8]) -> Result<crate::stream::ValueInfo> {

@@ -2,7 +2,7 @@
 
 use super::idl::diststore::{
     Entry, ErrorKind as WireKind, KeyPage, ListedKey, Lookup, Replica, StoreError,
-    ValueInfo as WireInfo,
+    ValueInfo as WireInfo, WriteOptions as WireOptions,
 };
 use super::idl::locator::{Location, Member, MemberStatus};
 use crate::addr::NodeAddr;
@@ -49,6 +49,7 @@ pub fn store_error(error: &Error) -> StoreError {
         ErrorKind::Streamed => WireKind::STREAMED,
         ErrorKind::Changed => WireKind::CHANGED,
         ErrorKind::NoSuchUpload => WireKind::NO_SUCH_UPLOAD,
+        ErrorKind::Exists => WireKind::EXISTS,
         _ => WireKind::OTHER,
     };
     // A remote error passed on keeps its text; ours is the whole message.
@@ -80,12 +81,35 @@ pub fn remote_error(peer: &NodeAddr, error: StoreError) -> Error {
         Some(WireKind::STREAMED) => ErrorKind::Streamed,
         Some(WireKind::CHANGED) => ErrorKind::Changed,
         Some(WireKind::NO_SUCH_UPLOAD) => ErrorKind::NoSuchUpload,
+        Some(WireKind::EXISTS) => ErrorKind::Exists,
         Some(_) => ErrorKind::Other,
     };
     Error::Remote {
         peer: peer.to_string(),
         kind,
         message: error.message.unwrap_or_default(),
+    }
+}
+
+/// Write options as the wire carries them.
+pub fn write_options_out(options: &crate::value::WriteOptions) -> WireOptions {
+    WireOptions::new(
+        options.create_only.then_some(true),
+        options.meta.content_type.clone(),
+        options.meta.description.clone(),
+        options.fence,
+    )
+}
+
+/// Write options from the wire (every field optional).
+pub fn write_options_in(options: WireOptions) -> crate::value::WriteOptions {
+    crate::value::WriteOptions {
+        create_only: options.create_only.unwrap_or(false),
+        meta: crate::value::Meta {
+            content_type: options.content_type,
+            description: options.description,
+        },
+        fence: options.fence,
     }
 }
 
@@ -99,6 +123,9 @@ pub fn value_info(info: &ValueInfo) -> WireInfo {
         info.parts as i64,
         info.id as i64,
         info.manifest.as_ref().map(Manifest::encode),
+        info.meta.content_type.clone(),
+        info.meta.description.clone(),
+        info.stored_bytes.map(|n| n as i64),
     )
 }
 
@@ -126,6 +153,11 @@ pub fn value_info_from(key: &[u8], info: WireInfo) -> Result<ValueInfo, Error> {
         parts: number(info.parts),
         id: number(info.id),
         manifest,
+        meta: crate::value::Meta {
+            content_type: info.content_type,
+            description: info.description,
+        },
+        stored_bytes: info.stored_bytes.map(|n| n.max(0) as u64),
     })
 }
 

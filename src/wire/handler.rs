@@ -11,7 +11,7 @@ use thrift::{ApplicationError, ApplicationErrorKind};
 use super::convert;
 use super::idl::diststore::{
     Entry, Fetched, Item, KeyPage, Lookup, Outcome, PeerSyncHandler, Replica, StoreSyncHandler,
-    ValueInfo,
+    ValueInfo, WriteOptions,
 };
 use super::idl::locator::{BaseSyncHandler, Location, LocatorSyncHandler, Member};
 use crate::addr::NodeAddr;
@@ -33,7 +33,7 @@ pub const ONEWAY_METHODS: [&str; 6] = ["debug", "die", "join", "remove", "add", 
 
 /// Methods only nodes call on each other (and `ping`, which failure detection
 /// uses): what an isolated node drops, to simulate a partition.
-pub const PEER_METHODS: [&str; 16] = [
+pub const PEER_METHODS: [&str; 17] = [
     "ping",
     "heartbeat",
     "replica_read",
@@ -47,6 +47,7 @@ pub const PEER_METHODS: [&str; 16] = [
     "relay_fetch",
     "relay_store",
     "relay_erase",
+    "relay_write_with",
     "peek",
     "diff_buckets",
     "reconcile",
@@ -230,6 +231,28 @@ impl StoreSyncHandler for Handler {
         Err(store_error(malformed()))
     }
 
+    fn handle_store_with(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        options: WriteOptions,
+    ) -> thrift::Result<()> {
+        let options = convert::write_options_in(options);
+        wait(self.node.store_with(&key, &value, &options)).map_err(store_error)
+    }
+
+    fn handle_append(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        options: WriteOptions,
+    ) -> thrift::Result<i64> {
+        let options = convert::write_options_in(options);
+        wait(self.node.append(&key, &value, &options))
+            .map(|size| size as i64)
+            .map_err(store_error)
+    }
+
     fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>> {
         Ok(self.node.stats())
     }
@@ -360,6 +383,23 @@ impl PeerSyncHandler for Handler {
         _origin: i32,
     ) -> thrift::Result<()> {
         Err(store_error(malformed()))
+    }
+
+    fn handle_relay_write_with(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        options: WriteOptions,
+        append: bool,
+        hops: i8,
+    ) -> thrift::Result<i64> {
+        let options = convert::write_options_in(options);
+        wait(
+            self.node
+                .relay_conditional(&key, &value, &options, append, hops),
+        )
+        .map(|size| size as i64)
+        .map_err(store_error)
     }
 
     fn handle_relay_erase(

@@ -411,6 +411,25 @@ impl Transport for ThriftTransport {
                     .await?;
                     Ok(Reply::Done)
                 }
+                Request::Conditional {
+                    key,
+                    value,
+                    options,
+                    append,
+                    hops,
+                } => {
+                    let options = convert::write_options_out(&options);
+                    let bytes = encode(|c| {
+                        c.relay_write_with(key, value, options, append, hops)
+                            .map(drop)
+                    });
+                    let size = pool
+                        .call_within(peer, &bytes, timeout, |c| {
+                            c.relay_write_with(Vec::new(), Vec::new(), Default::default(), false, 0)
+                        })
+                        .await?;
+                    Ok(Reply::Size(size.max(0) as u64))
+                }
                 Request::Heartbeat { ring, caller } => {
                     let bytes = encode(|c| {
                         c.heartbeat(ring as i64, convert::location(&caller))

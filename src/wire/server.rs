@@ -860,8 +860,15 @@ async fn serve_hot(node: Arc<Node>, method: Method, call: Call) -> Result<Answer
                     version: Version::default(),
                 })));
             }
-            let copy = node.fetch_copy(&key, hops).await?;
+            let mut copy = node.fetch_copy(&key, hops).await?;
             if client {
+                // What a client reads is the value it wrote: opened here
+                // (relays carry the stored bytes).
+                if let Some(stored) = copy.as_mut()
+                    && let Some(value) = stored.value.take()
+                {
+                    stored.value = Some(node.open(&key, value)?.value);
+                }
                 crate::node::refuse_streamed(&key, copy.as_ref().and_then(|c| c.value.as_deref()))?;
             }
             Ok(Answer::Copy(copy))
@@ -878,9 +885,15 @@ async fn serve_hot(node: Arc<Node>, method: Method, call: Call) -> Result<Answer
             {
                 return now.map(|()| Answer::Done);
             }
-            node.write(&key, value.as_deref(), hops, version, expires)
-                .await
-                .map(|()| Answer::Done)
+            // A relayed write carries the stored bytes its entry node sealed.
+            if version.is_some() {
+                node.write_stored(&key, value.as_deref(), hops, version, expires)
+                    .await
+            } else {
+                node.write(&key, value.as_deref(), hops, version, expires)
+                    .await
+            }
+            .map(|()| Answer::Done)
         }
         Call::Probe(Some(target)) => Ok(Answer::Probed(node.probe_for_peer(&target).await)),
         Call::Probe(None) => Ok(Answer::Probed(false)),

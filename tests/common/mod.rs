@@ -250,6 +250,7 @@ pub fn run_tool_in(
     let path = match tool {
         "storeput" => env!("CARGO_BIN_EXE_storeput"),
         "storeget" => env!("CARGO_BIN_EXE_storeget"),
+        "storeappend" => env!("CARGO_BIN_EXE_storeappend"),
         "storedel" => env!("CARGO_BIN_EXE_storedel"),
         "storelist" => env!("CARGO_BIN_EXE_storelist"),
         "storeprimer" => env!("CARGO_BIN_EXE_storeprimer"),

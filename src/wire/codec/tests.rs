@@ -11,7 +11,7 @@ use thrift::server::TProcessor;
 use super::*;
 use crate::wire::idl::diststore::{
     Entry, Fetched, Item, KeyPage, Outcome, PeerSyncClient, PeerSyncHandler, PeerSyncProcessor,
-    Replica, StoreSyncHandler, TPeerSyncClient, TStoreSyncClient, ValueInfo,
+    Replica, StoreSyncHandler, TPeerSyncClient, TStoreSyncClient, ValueInfo, WriteOptions,
 };
 use crate::wire::idl::locator::{
     BaseSyncHandler, Location, LocatorSyncHandler, Member, TBaseSyncClient,
@@ -290,6 +290,12 @@ impl StoreSyncHandler for Stub {
     fn handle_erase(&self, _: Vec<u8>) -> thrift::Result<()> {
         self.store_error()
     }
+    fn handle_store_with(&self, _: Vec<u8>, _: Vec<u8>, _: WriteOptions) -> thrift::Result<()> {
+        self.store_error()
+    }
+    fn handle_append(&self, _: Vec<u8>, _: Vec<u8>, _: WriteOptions) -> thrift::Result<i64> {
+        self.store_error().map(|()| 0)
+    }
     fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>> {
         unreachable!()
     }
@@ -359,6 +365,16 @@ impl PeerSyncHandler for Stub {
         _: i32,
     ) -> thrift::Result<()> {
         self.store_error()
+    }
+    fn handle_relay_write_with(
+        &self,
+        _: Vec<u8>,
+        _: Vec<u8>,
+        _: WriteOptions,
+        _: bool,
+        _: i8,
+    ) -> thrift::Result<i64> {
+        self.store_error().map(|()| 0)
     }
     fn handle_relay_erase(&self, _: Vec<u8>, _: i8, _: i64, _: i64, _: i32) -> thrift::Result<()> {
         self.store_error()

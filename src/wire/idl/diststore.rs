@@ -69,6 +69,10 @@ impl ErrorKind {
   /// committed, or expired (older than half the node's `--chunk-grace`).
   /// Begin a new upload. The key is unchanged.
   pub const NO_SUCH_UPLOAD: ErrorKind = ErrorKind(17);
+  /// A create-only write (`store_with` with `create_only`) found a value at
+  /// the key (a tombstone does not count): nothing changed. Read the value,
+  /// or write without `create_only` to replace it.
+  pub const EXISTS: ErrorKind = ErrorKind(18);
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::OTHER,
     Self::REFUSED,
@@ -88,6 +92,7 @@ impl ErrorKind {
     Self::STREAMED,
     Self::CHANGED,
     Self::NO_SUCH_UPLOAD,
+    Self::EXISTS,
   ];
 }
 
@@ -123,6 +128,7 @@ impl From<i32> for ErrorKind {
       15 => ErrorKind::STREAMED,
       16 => ErrorKind::CHANGED,
       17 => ErrorKind::NO_SUCH_UPLOAD,
+      18 => ErrorKind::EXISTS,
       _ => ErrorKind(i)
     }
   }
@@ -808,10 +814,17 @@ pub struct ValueInfo {
   /// that knows it may fetch the parts straight from their owners, several at
   /// a time. Other clients ignore it.
   pub manifest: Option<Vec<u8>>,
+  /// The content type stored with the value (`store_with`), if any.
+  pub content_type: Option<String>,
+  /// The short description stored with the value (`store_with`), if any.
+  pub description: Option<String>,
+  /// The bytes the value occupies in each replica's store, when the node
+  /// stored it compressed (README, Limits); unset for a value stored as is.
+  pub stored_bytes: Option<i64>,
 }
 
 impl ValueInfo {
-  pub fn new<F1, F2, F3, F4, F5, F6, F7>(exists: F1, size: F2, streamed: F3, part_bytes: F4, parts: F5, id: F6, manifest: F7) -> ValueInfo where F1: Into<Option<bool>>, F2: Into<Option<i64>>, F3: Into<Option<bool>>, F4: Into<Option<i64>>, F5: Into<Option<i64>>, F6: Into<Option<i64>>, F7: Into<Option<Vec<u8>>> {
+  pub fn new<F1, F2, F3, F4, F5, F6, F7, F8, F9, F10>(exists: F1, size: F2, streamed: F3, part_bytes: F4, parts: F5, id: F6, manifest: F7, content_type: F8, description: F9, stored_bytes: F10) -> ValueInfo where F1: Into<Option<bool>>, F2: Into<Option<i64>>, F3: Into<Option<bool>>, F4: Into<Option<i64>>, F5: Into<Option<i64>>, F6: Into<Option<i64>>, F7: Into<Option<Vec<u8>>>, F8: Into<Option<String>>, F9: Into<Option<String>>, F10: Into<Option<i64>> {
     ValueInfo {
       exists: exists.into(),
       size: size.into(),
@@ -820,6 +833,9 @@ impl ValueInfo {
       parts: parts.into(),
       id: id.into(),
       manifest: manifest.into(),
+      content_type: content_type.into(),
+      description: description.into(),
+      stored_bytes: stored_bytes.into(),
     }
   }
 }
@@ -834,6 +850,9 @@ impl TSerializable for ValueInfo {
     let mut f_5: Option<i64> = Some(0);
     let mut f_6: Option<i64> = Some(0);
     let mut f_7: Option<Vec<u8>> = None;
+    let mut f_8: Option<String> = None;
+    let mut f_9: Option<String> = None;
+    let mut f_10: Option<i64> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -869,6 +888,18 @@ impl TSerializable for ValueInfo {
           let val = i_prot.read_bytes()?;
           f_7 = Some(val);
         },
+        8 => {
+          let val = i_prot.read_string()?;
+          f_8 = Some(val);
+        },
+        9 => {
+          let val = i_prot.read_string()?;
+          f_9 = Some(val);
+        },
+        10 => {
+          let val = i_prot.read_i64()?;
+          f_10 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -884,6 +915,9 @@ impl TSerializable for ValueInfo {
       parts: f_5,
       id: f_6,
       manifest: f_7,
+      content_type: f_8,
+      description: f_9,
+      stored_bytes: f_10,
     };
     Ok(ret)
   }
@@ -925,6 +959,21 @@ impl TSerializable for ValueInfo {
       o_prot.write_bytes(fld_var)?;
       o_prot.write_field_end()?
     }
+    if let Some(ref fld_var) = self.content_type {
+      o_prot.write_field_begin(&TFieldIdentifier::new("content_type", TType::String, 8))?;
+      o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.description {
+      o_prot.write_field_begin(&TFieldIdentifier::new("description", TType::String, 9))?;
+      o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.stored_bytes {
+      o_prot.write_field_begin(&TFieldIdentifier::new("stored_bytes", TType::I64, 10))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }
@@ -940,6 +989,128 @@ impl Default for ValueInfo {
       parts: Some(0),
       id: Some(0),
       manifest: Some(Vec::new()),
+      content_type: Some("".to_owned()),
+      description: Some("".to_owned()),
+      stored_bytes: Some(0),
+    }
+  }
+}
+
+//
+// WriteOptions
+//
+
+/// How `store_with` and `append` write. Every field is optional; none set
+/// writes as `store` does.
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct WriteOptions {
+  /// Write only if the key holds no value (never written, or erased);
+  /// otherwise fail with EXISTS and change nothing. Of concurrent create-only
+  /// writes of one key, through any nodes, exactly one succeeds.
+  pub create_only: Option<bool>,
+  /// A content type (e.g. "text/plain", at most 256 bytes) stored with the
+  /// value and returned by `describe`. `append` keeps the value's own.
+  pub content_type: Option<String>,
+  /// A short description (at most 1,024 bytes) stored with the value and
+  /// returned by `describe`. `append` keeps the value's own.
+  pub description: Option<String>,
+  /// A token from `lock`: the write is refused STALE_TOKEN if a newer lease
+  /// on the key was granted. A node without leases refuses a fenced write
+  /// (REFUSED).
+  pub fence: Option<i64>,
+}
+
+impl WriteOptions {
+  pub fn new<F1, F2, F3, F4>(create_only: F1, content_type: F2, description: F3, fence: F4) -> WriteOptions where F1: Into<Option<bool>>, F2: Into<Option<String>>, F3: Into<Option<String>>, F4: Into<Option<i64>> {
+    WriteOptions {
+      create_only: create_only.into(),
+      content_type: content_type.into(),
+      description: description.into(),
+      fence: fence.into(),
+    }
+  }
+}
+
+impl TSerializable for WriteOptions {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<WriteOptions> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<bool> = None;
+    let mut f_2: Option<String> = None;
+    let mut f_3: Option<String> = None;
+    let mut f_4: Option<i64> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bool()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_string()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_string()?;
+          f_3 = Some(val);
+        },
+        4 => {
+          let val = i_prot.read_i64()?;
+          f_4 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = WriteOptions {
+      create_only: f_1,
+      content_type: f_2,
+      description: f_3,
+      fence: f_4,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("WriteOptions");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(fld_var) = self.create_only {
+      o_prot.write_field_begin(&TFieldIdentifier::new("create_only", TType::Bool, 1))?;
+      o_prot.write_bool(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.content_type {
+      o_prot.write_field_begin(&TFieldIdentifier::new("content_type", TType::String, 2))?;
+      o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.description {
+      o_prot.write_field_begin(&TFieldIdentifier::new("description", TType::String, 3))?;
+      o_prot.write_string(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.fence {
+      o_prot.write_field_begin(&TFieldIdentifier::new("fence", TType::I64, 4))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+impl Default for WriteOptions {
+  fn default() -> Self {
+    WriteOptions{
+      create_only: Some(false),
+      content_type: Some("".to_owned()),
+      description: Some("".to_owned()),
+      fence: Some(0),
     }
   }
 }
@@ -1186,6 +1357,17 @@ pub trait TStoreSyncClient : locator::TLocatorSyncClient {
   /// Write any bytes value, routed to the key's replicas; returns once a write
   /// quorum of them stored it.
   fn store(&mut self, key: Vec<u8>, value: Vec<u8>) -> thrift::Result<()>;
+  /// `store` with options (see `WriteOptions`): create-only, and a content
+  /// type and description stored with the value (`describe` returns them).
+  /// A plain `store` replaces the value and drops its metadata.
+  fn store_with(&mut self, key: Vec<u8>, value: Vec<u8>, options: WriteOptions) -> thrift::Result<()>;
+  /// Appends `value` to the value at `key`, atomically at the key's owner
+  /// (concurrent appends through any nodes are each applied exactly once, in
+  /// some order), and returns the value's new size. A missing key is created;
+  /// the value's metadata is kept. A streamed value answers STREAMED; a result
+  /// over `--max-value-bytes`, TOO_LARGE. `options` may carry `create_only`
+  /// (append only to a missing key) and `fence`.
+  fn append(&mut self, key: Vec<u8>, value: Vec<u8>, options: WriteOptions) -> thrift::Result<i64>;
   /// Delete a key (it leaves a versioned tombstone, so no old copy comes back).
   fn erase(&mut self, key: Vec<u8>) -> thrift::Result<()>;
   /// Counters describing this node (keys, bytes, replication backlog, hints, ...).
@@ -1388,6 +1570,60 @@ impl <C: TThriftClient + TStoreSyncClientMarker + locator::TLocatorSyncClientMar
       }
       verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
       let result = StoreStoreResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn store_with(&mut self, key: Vec<u8>, value: Vec<u8>, options: WriteOptions) -> thrift::Result<()> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("store_with", TMessageType::Call, self.sequence_number());
+        let call_args = StoreStoreWithArgs { key, value, options };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("store_with", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreStoreWithResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn append(&mut self, key: Vec<u8>, value: Vec<u8>, options: WriteOptions) -> thrift::Result<i64> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("append", TMessageType::Call, self.sequence_number());
+        let call_args = StoreAppendArgs { key, value, options };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("append", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreAppendResult::read_from_in_protocol(self.i_prot_mut())?;
       self.i_prot_mut().read_message_end()?;
       result.ok_or()
     }
@@ -1759,6 +1995,17 @@ pub trait StoreSyncHandler : locator::LocatorSyncHandler {
   /// Write any bytes value, routed to the key's replicas; returns once a write
   /// quorum of them stored it.
   fn handle_store(&self, key: Vec<u8>, value: Vec<u8>) -> thrift::Result<()>;
+  /// `store` with options (see `WriteOptions`): create-only, and a content
+  /// type and description stored with the value (`describe` returns them).
+  /// A plain `store` replaces the value and drops its metadata.
+  fn handle_store_with(&self, key: Vec<u8>, value: Vec<u8>, options: WriteOptions) -> thrift::Result<()>;
+  /// Appends `value` to the value at `key`, atomically at the key's owner
+  /// (concurrent appends through any nodes are each applied exactly once, in
+  /// some order), and returns the value's new size. A missing key is created;
+  /// the value's metadata is kept. A streamed value answers STREAMED; a result
+  /// over `--max-value-bytes`, TOO_LARGE. `options` may carry `create_only`
+  /// (append only to a missing key) and `fence`.
+  fn handle_append(&self, key: Vec<u8>, value: Vec<u8>, options: WriteOptions) -> thrift::Result<i64>;
   /// Delete a key (it leaves a versioned tombstone, so no old copy comes back).
   fn handle_erase(&self, key: Vec<u8>) -> thrift::Result<()>;
   /// Counters describing this node (keys, bytes, replication backlog, hints, ...).
@@ -1865,6 +2112,12 @@ impl <H: StoreSyncHandler> StoreSyncProcessor<H> {
   }
   fn process_store(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_store(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_store_with(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_store_with(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_append(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_append(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_erase(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_erase(&self.handler, incoming_sequence_number, i_prot, o_prot)
@@ -2118,6 +2371,126 @@ impl TStoreProcessFunctions {
               )
             };
             let message_ident = TMessageIdentifier::new("store", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_store_with<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreStoreWithArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_store_with(args.key, args.value, args.options) {
+      Ok(_) => {
+        let message_ident = TMessageIdentifier::new("store_with", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreStoreWithResult { err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreStoreWithResult{ err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("store_with", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("store_with", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("store_with", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("store_with", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_append<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreAppendArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_append(args.key, args.value, args.options) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("append", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreAppendResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreAppendResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("append", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("append", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("append", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("append", TMessageType::Exception, incoming_sequence_number);
             o_prot.write_message_begin(&message_ident)?;
             thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
             o_prot.write_message_end()?;
@@ -2856,6 +3229,12 @@ impl <H: StoreSyncHandler> TProcessor for StoreSyncProcessor<H> {
       "store" => {
         self.process_store(message_ident.sequence_number, i_prot, o_prot)
       },
+      "store_with" => {
+        self.process_store_with(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "append" => {
+        self.process_append(message_ident.sequence_number, i_prot, o_prot)
+      },
       "erase" => {
         self.process_erase(message_ident.sequence_number, i_prot, o_prot)
       },
@@ -3346,6 +3725,279 @@ impl StoreStoreResult {
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let struct_ident = TStructIdentifier::new("StoreStoreResult");
     o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreStoreWithArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreStoreWithArgs {
+  key: Vec<u8>,
+  value: Vec<u8>,
+  options: WriteOptions,
+}
+
+impl StoreStoreWithArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreStoreWithArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    let mut f_2: Option<Vec<u8>> = None;
+    let mut f_3: Option<WriteOptions> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_bytes()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = WriteOptions::read_from_in_protocol(i_prot)?;
+          f_3 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreStoreWithArgs.key", &f_1)?;
+    verify_required_field_exists("StoreStoreWithArgs.value", &f_2)?;
+    verify_required_field_exists("StoreStoreWithArgs.options", &f_3)?;
+    let ret = StoreStoreWithArgs {
+      key: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      value: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      options: f_3.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("store_with_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+    o_prot.write_bytes(&self.key)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("value", TType::String, 2))?;
+    o_prot.write_bytes(&self.value)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("options", TType::Struct, 3))?;
+    self.options.write_to_out_protocol(o_prot)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreStoreWithResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreStoreWithResult {
+  err: Option<StoreError>,
+}
+
+impl StoreStoreWithResult {
+  fn ok_or(self) -> thrift::Result<()> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else {
+      Ok(())
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreStoreWithResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreStoreWithResult {
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreStoreWithResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreAppendArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreAppendArgs {
+  key: Vec<u8>,
+  value: Vec<u8>,
+  options: WriteOptions,
+}
+
+impl StoreAppendArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreAppendArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    let mut f_2: Option<Vec<u8>> = None;
+    let mut f_3: Option<WriteOptions> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_bytes()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = WriteOptions::read_from_in_protocol(i_prot)?;
+          f_3 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreAppendArgs.key", &f_1)?;
+    verify_required_field_exists("StoreAppendArgs.value", &f_2)?;
+    verify_required_field_exists("StoreAppendArgs.options", &f_3)?;
+    let ret = StoreAppendArgs {
+      key: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      value: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      options: f_3.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("append_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+    o_prot.write_bytes(&self.key)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("value", TType::String, 2))?;
+    o_prot.write_bytes(&self.value)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("options", TType::Struct, 3))?;
+    self.options.write_to_out_protocol(o_prot)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreAppendResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreAppendResult {
+  result_value: Option<i64>,
+  err: Option<StoreError>,
+}
+
+impl StoreAppendResult {
+  fn ok_or(self) -> thrift::Result<i64> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreAppend"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreAppendResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<i64> = None;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_i64()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreAppendResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreAppendResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::I64, 0))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
     if let Some(ref fld_var) = self.err {
       o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
       fld_var.write_to_out_protocol(o_prot)?;
@@ -5076,6 +5728,11 @@ pub trait TPeerSyncClient : TStoreSyncClient {
   /// every retry and every replica stores that same version, so a write that
   /// arrives late can never bury a later one.
   fn relay_store(&mut self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
+  /// A create-only `store_with` (`append` false) or an `append`, forwarded
+  /// toward the key's owner, which serialises them per key; `value` is the
+  /// client's (the suffix for an append). Answers what `append` answers (0
+  /// for a create-only write).
+  fn relay_write_with(&mut self, key: Vec<u8>, value: Vec<u8>, options: WriteOptions, append: bool, hops: i8) -> thrift::Result<i64>;
   /// `erase` forwarded by a node; the other fields as for `relay_store`.
   fn relay_erase(&mut self, key: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
   /// This node's own copies of `keys`, with versions; absent keys are left out.
@@ -5290,6 +5947,33 @@ impl <C: TThriftClient + TPeerSyncClientMarker + TStoreSyncClientMarker + locato
       }
       verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
       let result = PeerRelayStoreResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn relay_write_with(&mut self, key: Vec<u8>, value: Vec<u8>, options: WriteOptions, append: bool, hops: i8) -> thrift::Result<i64> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("relay_write_with", TMessageType::Call, self.sequence_number());
+        let call_args = PeerRelayWriteWithArgs { key, value, options, append, hops };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("relay_write_with", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = PeerRelayWriteWithResult::read_from_in_protocol(self.i_prot_mut())?;
       self.i_prot_mut().read_message_end()?;
       result.ok_or()
     }
@@ -5543,6 +6227,11 @@ pub trait PeerSyncHandler : StoreSyncHandler {
   /// every retry and every replica stores that same version, so a write that
   /// arrives late can never bury a later one.
   fn handle_relay_store(&self, key: Vec<u8>, value: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
+  /// A create-only `store_with` (`append` false) or an `append`, forwarded
+  /// toward the key's owner, which serialises them per key; `value` is the
+  /// client's (the suffix for an append). Answers what `append` answers (0
+  /// for a create-only write).
+  fn handle_relay_write_with(&self, key: Vec<u8>, value: Vec<u8>, options: WriteOptions, append: bool, hops: i8) -> thrift::Result<i64>;
   /// `erase` forwarded by a node; the other fields as for `relay_store`.
   fn handle_relay_erase(&self, key: Vec<u8>, hops: i8, expires: i64, stamp: i64, origin: i32) -> thrift::Result<()>;
   /// This node's own copies of `keys`, with versions; absent keys are left out.
@@ -5600,6 +6289,9 @@ impl <H: PeerSyncHandler> PeerSyncProcessor<H> {
   fn process_relay_store(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TPeerProcessFunctions::process_relay_store(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
+  fn process_relay_write_with(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TPeerProcessFunctions::process_relay_write_with(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
   fn process_relay_erase(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TPeerProcessFunctions::process_relay_erase(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
@@ -5635,6 +6327,12 @@ impl <H: PeerSyncHandler> PeerSyncProcessor<H> {
   }
   fn process_store(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_store(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_store_with(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_store_with(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_append(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_append(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_erase(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_erase(&self.handler, incoming_sequence_number, i_prot, o_prot)
@@ -5975,6 +6673,66 @@ impl TPeerProcessFunctions {
               )
             };
             let message_ident = TMessageIdentifier::new("relay_store", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_relay_write_with<H: PeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = PeerRelayWriteWithArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_relay_write_with(args.key, args.value, args.options, args.append, args.hops) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("relay_write_with", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = PeerRelayWriteWithResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = PeerRelayWriteWithResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("relay_write_with", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("relay_write_with", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("relay_write_with", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("relay_write_with", TMessageType::Exception, incoming_sequence_number);
             o_prot.write_message_begin(&message_ident)?;
             thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
             o_prot.write_message_end()?;
@@ -6465,6 +7223,9 @@ impl <H: PeerSyncHandler> TProcessor for PeerSyncProcessor<H> {
       "relay_store" => {
         self.process_relay_store(message_ident.sequence_number, i_prot, o_prot)
       },
+      "relay_write_with" => {
+        self.process_relay_write_with(message_ident.sequence_number, i_prot, o_prot)
+      },
       "relay_erase" => {
         self.process_relay_erase(message_ident.sequence_number, i_prot, o_prot)
       },
@@ -6500,6 +7261,12 @@ impl <H: PeerSyncHandler> TProcessor for PeerSyncProcessor<H> {
       },
       "store" => {
         self.process_store(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "store_with" => {
+        self.process_store_with(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "append" => {
+        self.process_append(message_ident.sequence_number, i_prot, o_prot)
       },
       "erase" => {
         self.process_erase(message_ident.sequence_number, i_prot, o_prot)
@@ -7326,6 +8093,175 @@ impl PeerRelayStoreResult {
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let struct_ident = TStructIdentifier::new("PeerRelayStoreResult");
     o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// PeerRelayWriteWithArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct PeerRelayWriteWithArgs {
+  key: Vec<u8>,
+  value: Vec<u8>,
+  options: WriteOptions,
+  append: bool,
+  hops: i8,
+}
+
+impl PeerRelayWriteWithArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerRelayWriteWithArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    let mut f_2: Option<Vec<u8>> = None;
+    let mut f_3: Option<WriteOptions> = None;
+    let mut f_4: Option<bool> = None;
+    let mut f_5: Option<i8> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_bytes()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = WriteOptions::read_from_in_protocol(i_prot)?;
+          f_3 = Some(val);
+        },
+        4 => {
+          let val = i_prot.read_bool()?;
+          f_4 = Some(val);
+        },
+        5 => {
+          let val = i_prot.read_i8()?;
+          f_5 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("PeerRelayWriteWithArgs.key", &f_1)?;
+    verify_required_field_exists("PeerRelayWriteWithArgs.value", &f_2)?;
+    verify_required_field_exists("PeerRelayWriteWithArgs.options", &f_3)?;
+    verify_required_field_exists("PeerRelayWriteWithArgs.append", &f_4)?;
+    verify_required_field_exists("PeerRelayWriteWithArgs.hops", &f_5)?;
+    let ret = PeerRelayWriteWithArgs {
+      key: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      value: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      options: f_3.expect("auto-generated code should have checked for presence of required fields"),
+      append: f_4.expect("auto-generated code should have checked for presence of required fields"),
+      hops: f_5.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("relay_write_with_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+    o_prot.write_bytes(&self.key)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("value", TType::String, 2))?;
+    o_prot.write_bytes(&self.value)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("options", TType::Struct, 3))?;
+    self.options.write_to_out_protocol(o_prot)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("append", TType::Bool, 4))?;
+    o_prot.write_bool(self.append)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("hops", TType::I08, 5))?;
+    o_prot.write_i8(self.hops)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// PeerRelayWriteWithResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct PeerRelayWriteWithResult {
+  result_value: Option<i64>,
+  err: Option<StoreError>,
+}
+
+impl PeerRelayWriteWithResult {
+  fn ok_or(self) -> thrift::Result<i64> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for PeerRelayWriteWith"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerRelayWriteWithResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<i64> = None;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = i_prot.read_i64()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = PeerRelayWriteWithResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("PeerRelayWriteWithResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::I64, 0))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
     if let Some(ref fld_var) = self.err {
       o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
       fld_var.write_to_out_protocol(o_prot)?;

@@ -33,8 +33,7 @@ use thrifty_p2p::wire::conn::protocol_config;
 use thrifty_p2p::wire::convert;
 use thrifty_p2p::wire::frame::{self, Frame, Limits, MessageKind};
 use thrifty_p2p::wire::idl::diststore::{
-    Entry, Fetched, Item, KeyPage, Lookup, Outcome, PeerSyncHandler, PeerSyncProcessor, Replica, StoreSyncHandler,
-    ValueInfo,
+    Entry, Fetched, Item, KeyPage, Lookup, Outcome, PeerSyncHandler, PeerSyncProcessor, Replica, StoreSyncHandler, ValueInfo, WriteOptions,
 };
 use thrifty_p2p::wire::idl::locator::{BaseSyncHandler, Location, LocatorSyncHandler, Member};
 
@@ -258,6 +257,12 @@ impl StoreSyncHandler for Recorder {
     fn handle_erase(&self, key: Vec<u8>) -> thrift::Result<()> {
         self.saw(Generated::Erase(key))
     }
+    fn handle_store_with(&self, _: Vec<u8>, _: Vec<u8>, _: WriteOptions) -> thrift::Result<()> {
+        self.saw(Generated::Other("store_with"))
+    }
+    fn handle_append(&self, _: Vec<u8>, _: Vec<u8>, _: WriteOptions) -> thrift::Result<i64> {
+        self.saw(Generated::Other("append"))
+    }
     fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>> {
         self.saw(Generated::Other("stats"))
     }
@@ -324,6 +329,16 @@ impl PeerSyncHandler for Recorder {
         self.saw(Generated::RelayStore(
             key, value, hops, expires, stamp, origin,
         ))
+    }
+    fn handle_relay_write_with(
+        &self,
+        _: Vec<u8>,
+        _: Vec<u8>,
+        _: WriteOptions,
+        _: bool,
+        _: i8,
+    ) -> thrift::Result<i64> {
+        self.saw(Generated::Other("relay_write_with"))
     }
     fn handle_relay_erase(
         &self,
