@@ -367,6 +367,24 @@ pub enum Error {
         /// Why: never begun here, committed, or expired.
         reason: String,
     },
+    /// The write would take this node over its `--max-memory`
+    /// ([`crate::Config::max_memory`]). Nothing was stored here and nothing
+    /// was evicted; erases are always taken.
+    #[error(
+        "{node} is full: it holds {used} bytes of keys and values, and this write needs {needed} more, \
+         over its --max-memory of {limit} bytes; nothing was stored there and nothing is evicted: \
+         erase keys, raise --max-memory, or add nodes"
+    )]
+    Full {
+        /// The node that refused.
+        node: String,
+        /// Key and value bytes it holds (and has admitted, being written).
+        used: u64,
+        /// What the write would add.
+        needed: u64,
+        /// Its cap.
+        limit: u64,
+    },
     /// The node asked reports no ring members. Nothing changed.
     #[error("{peer} reports no ring members; check that it is a running node")]
     NoMembers {
@@ -432,6 +450,11 @@ pub enum ErrorKind {
     /// The upload named is not open on that node (never begun there,
     /// committed, or expired). The key is unchanged.
     NoSuchUpload,
+    /// A node's `--max-memory` would be exceeded. Nothing is evicted: erase
+    /// keys, raise the cap or add nodes. If the coordinator was full nothing
+    /// was stored; if a replica was, the write may stay on the others, as for
+    /// [`ErrorKind::Quorum`].
+    Full,
     /// A kind this build does not know (sent by a newer node).
     Other,
 }
@@ -483,6 +506,7 @@ impl Error {
             Error::Streamed { .. } => ErrorKind::Streamed,
             Error::Changed { .. } => ErrorKind::Changed,
             Error::NoSuchUpload { .. } => ErrorKind::NoSuchUpload,
+            Error::Full { .. } => ErrorKind::Full,
             Error::Remote { kind, .. } => *kind,
         }
     }

@@ -34,6 +34,8 @@
 //!   batch may be deleted here.
 //! - [`upload`]: the uploads in parts a node holds open (`begin_upload`,
 //!   `upload_part`, `commit_upload`), bounded, and the commit's checks.
+//! - [`capacity`]: the cap on stored bytes (`--max-memory`): whether a
+//!   write fits.
 //! - [`addr`], [`config`], [`error`]: names, settings and errors.
 //!
 //! Node:
@@ -85,6 +87,7 @@
 pub mod addr;
 pub(crate) mod antientropy;
 pub mod auth;
+pub mod capacity;
 pub mod client;
 pub mod config;
 pub mod discover;

@@ -389,6 +389,7 @@ mod tests {
             addr: NodeAddr::new("127.0.0.1", port),
             incarnation: 1_700_000_000_000 + i64::from(port),
             status,
+            weight: 1,
         }
     }
 

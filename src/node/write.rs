@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::Node;
 use crate::addr::NodeAddr;
+use crate::capacity;
 use crate::config::MAX_KEY_BYTES;
 use crate::error::{Error, Result};
 use crate::peer::{Entry, Request};
@@ -85,7 +86,26 @@ impl Node {
             return None;
         }
         let version = self.clock.tick();
-        Some(self.store.merge(key, value, version).map(drop))
+        Some(self.store_capped(key, value, version).map(drop))
+    }
+
+    /// Stores a client's write here (see [`crate::store::Store::merge`]) if it fits under
+    /// the node's `--max-memory` ([`crate::capacity`]); otherwise
+    /// [`Error::Full`], and nothing changes. Returns whether applied.
+    pub(super) fn store_capped(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        version: Version,
+    ) -> Result<bool> {
+        if value.is_none() || self.capacity.limit().is_none() {
+            return self.store.merge(key, value, version);
+        }
+        let growth = capacity::growth(key, value, self.store.value_len(key)?);
+        let _room = self
+            .capacity
+            .admit(&self.me.to_string(), self.store.usage().bytes, growth)?;
+        self.store.merge(key, value, version)
     }
 
     /// Writes `key` (a value, or `None` to erase it): coordinated by its owner
@@ -159,7 +179,7 @@ impl Node {
         }
         let here = replicas.contains(&&self.me);
         if here {
-            self.store.merge(key, value, version)?;
+            self.store_capped(key, value, version)?;
         }
         let here = usize::from(here);
         let others: Vec<&NodeAddr> = replicas
@@ -202,6 +222,10 @@ impl Node {
         );
         if acked >= needed {
             Ok(())
+        } else if let Some(full) = ack.refusal() {
+            // A replica is over its --max-memory: say so rather than blame
+            // the ring's health.
+            Err(full)
         } else {
             Err(Error::Quorum {
                 stored: acked + here,

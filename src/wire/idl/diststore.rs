@@ -69,6 +69,15 @@ impl ErrorKind {
   /// committed, or expired (older than half the node's `--chunk-grace`).
   /// Begin a new upload. The key is unchanged.
   pub const NO_SUCH_UPLOAD: ErrorKind = ErrorKind(17);
+  /// The write would take a node over its `--max-memory`: the key and value
+  /// bytes it holds plus the write's growth would exceed its cap. The message
+  /// names the node, its usage and its cap. Nothing is evicted to make room:
+  /// erase keys (erases are always taken), raise `--max-memory`, or add nodes.
+  /// When the coordinator itself is full nothing was stored; when it passes on
+  /// a replica's refusal, the write stays on the replicas that took it and may
+  /// still spread, as with QUORUM. Retrying is safe but fails until there is
+  /// room.
+  pub const FULL: ErrorKind = ErrorKind(21);
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::OTHER,
     Self::REFUSED,
@@ -88,6 +97,7 @@ impl ErrorKind {
     Self::STREAMED,
     Self::CHANGED,
     Self::NO_SUCH_UPLOAD,
+    Self::FULL,
   ];
 }
 
@@ -123,6 +133,7 @@ impl From<i32> for ErrorKind {
       15 => ErrorKind::STREAMED,
       16 => ErrorKind::CHANGED,
       17 => ErrorKind::NO_SUCH_UPLOAD,
+      21 => ErrorKind::FULL,
       _ => ErrorKind(i)
     }
   }
