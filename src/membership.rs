@@ -515,6 +515,51 @@ mod tests {
     }
 
     #[test]
+    fn a_weight_travels_with_its_row_and_survives_suspicion_and_refutation() {
+        let mut view = Membership::new(addr(1), 10);
+        view.set_my_weight(3);
+        assert_eq!(view.my_state().weight, 3);
+        let heavy = MemberState {
+            weight: 2,
+            ..state(2, 5, Status::Alive)
+        };
+        view.apply(heavy);
+        view.confirm(&addr(2));
+        let weighted: Vec<(NodeAddr, u32)> =
+            view.alive_weighted().map(|(a, w)| (a.clone(), w)).collect();
+        assert_eq!(weighted, vec![(addr(1), 3), (addr(2), 2)]);
+        // Someone's suspicion keeps the member's weight; so does our
+        // refutation of news about us that carries another weight.
+        view.suspect(&addr(2));
+        assert_eq!(view.state(&addr(2)).unwrap().weight, 2);
+        let forged = MemberState {
+            weight: 1,
+            ..state(1, 11, Status::Dead)
+        };
+        assert!(matches!(view.apply(forged), Change::Refuted(_)));
+        assert_eq!(view.my_state().weight, 3);
+        // Same incarnation and status, another weight: not news.
+        let same = MemberState {
+            weight: 7,
+            ..state(2, 5, Status::Suspect)
+        };
+        assert_eq!(view.apply(same), Change::None);
+        assert_eq!(view.state(&addr(2)).unwrap().weight, 2);
+        // A restart (new incarnation) may bring a new weight.
+        let restarted = MemberState {
+            weight: 4,
+            ..state(2, 6, Status::Alive)
+        };
+        view.apply(restarted);
+        assert_eq!(view.state(&addr(2)).unwrap().weight, 4);
+        // Our own weight is clamped to the bounds.
+        view.set_my_weight(0);
+        assert_eq!(view.my_state().weight, 1);
+        view.set_my_weight(1000);
+        assert_eq!(view.my_state().weight, crate::config::MAX_WEIGHT);
+    }
+
+    #[test]
     fn a_new_member_is_added_and_reported() {
         let mut view = Membership::new(addr(1), 10);
         let update = state(2, 5, Status::Alive);

@@ -592,6 +592,84 @@ mod tests {
     // ---- Unit tests ----------------------------------------------------
 
     #[test]
+    fn a_members_share_grows_in_proportion_to_its_weight() {
+        let members = addresses(4);
+        let weights = [1u32, 1, 2, 4];
+        let ring = Ring::weighted(members.iter().cloned().zip(weights));
+        assert_eq!(ring.weights(), &weights);
+        let total: u32 = weights.iter().sum();
+        for (member, weight) in members.iter().zip(weights) {
+            let share = f64::from(ring.share_ppm(member)) / 1e6;
+            let ideal = f64::from(weight) / f64::from(total);
+            // 4096 points per unit of weight: within 5% of the ideal share.
+            assert!(
+                (share / ideal - 1.0).abs() < 0.05,
+                "{member} of weight {weight}: {share} vs {ideal}"
+            );
+        }
+        // And the keys follow the shares.
+        let mut counts = vec![0usize; ring.len()];
+        for &p in sample_positions() {
+            counts[ring.owner_index_at(p).unwrap()] += 1;
+        }
+        let heaviest = counts[3] as f64 / KEY_COUNT as f64;
+        assert!((heaviest - 0.5).abs() < 0.03, "{heaviest}");
+    }
+
+    #[test]
+    fn the_same_weighted_table_in_any_order_makes_the_same_ring() {
+        let rows: Vec<(String, u32)> = addresses(5).into_iter().zip([3, 1, 2, 1, 64]).collect();
+        let forward = Ring::weighted(rows.clone());
+        let mut backward = rows.clone();
+        backward.reverse();
+        assert_eq!(Ring::weighted(backward), forward);
+        // Built one member at a time, in another order, and with a weight
+        // changed on the way: still the same ring.
+        let mut grown = Ring::weighted([(rows[4].0.clone(), 1)]);
+        for (member, weight) in rows.iter().rev() {
+            grown = grown.with_weight(member.clone(), *weight);
+        }
+        assert_eq!(grown, forward);
+        // A member named twice counts once, at its larger weight.
+        let mut twice = rows.clone();
+        twice.push((rows[1].0.clone(), 2));
+        let ring = Ring::weighted(twice);
+        assert_eq!(ring.weight(&rows[1].0), 2);
+        assert_eq!(ring.len(), 5);
+        // Weight 1 everywhere is the unweighted ring.
+        assert_eq!(
+            Ring::weighted(addresses(3).into_iter().map(|m| (m, 1))),
+            Ring::new(addresses(3))
+        );
+    }
+
+    #[test]
+    fn weights_outside_one_to_the_maximum_are_clamped() {
+        let ring = Ring::weighted_with_points([("a".to_string(), 0), ("b".to_string(), 1000)], 2);
+        assert_eq!(ring.weights(), &[1, MAX_WEIGHT]);
+        assert_eq!(ring.points.len(), 2 + 2 * MAX_WEIGHT as usize);
+        assert_eq!(ring.weight(&"c".to_string()), 0);
+    }
+
+    #[test]
+    fn raising_a_weight_moves_keys_only_to_that_member() {
+        let before = Ring::new(addresses(4));
+        let heavy = addresses(4)[2].clone();
+        let after = before.with_weight(heavy.clone(), 2);
+        let mut moved = 0;
+        for &p in sample_positions() {
+            let old = &before.members[before.owner_index_at(p).unwrap()];
+            let new = &after.members[after.owner_index_at(p).unwrap()];
+            if old != new {
+                assert_eq!(new, &heavy);
+                moved += 1;
+            }
+        }
+        // From a quarter to two fifths: about 15% of the keys move.
+        assert!((12_000..18_000).contains(&moved), "{moved}");
+    }
+
+    #[test]
     fn key_position_is_the_big_endian_head_of_the_md5_digest() {
         // MD5("") = d41d8cd98f00b204e9800998ecf8427e
         assert_eq!(key_position(b""), 0xd41d_8cd9_8f00_b204);
