@@ -25,6 +25,19 @@ fn store_error<T: std::fmt::Debug>(result: thrift::Result<T>) -> StoreError {
 #[test]
 fn one_node_takes_writes_up_to_its_cap_to_the_byte_and_refuses_the_next() {
     let node = NodeProc::start_with(None, &["--max-memory", "1000"]);
+    exact_boundary(&node);
+}
+
+#[test]
+fn the_cap_counts_alike_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let node = NodeProc::start_with(None, &["--max-memory", "1000", "--data-dir", data]);
+    exact_boundary(&node);
+}
+
+/// The boundary of a 1000-byte cap on a fresh node, to the byte.
+fn exact_boundary(node: &NodeProc) {
     let mut raw = node.client();
     assert_eq!(stat(&node.addr, "max_memory_bytes"), Some(1000));
 
@@ -71,6 +84,14 @@ fn one_node_takes_writes_up_to_its_cap_to_the_byte_and_refuses_the_next() {
     raw.store(b"k2".to_vec(), b"x".to_vec())
         .expect("room again");
     assert_eq!(stat(&node.addr, "bytes"), Some(3));
+    // A key that holds a tombstone holds no bytes: writing it again counts
+    // its key too (3 + 2 + 995 is the cap, 996 one over).
+    let full = store_error(raw.store(b"k1".to_vec(), vec![b'd'; 996]));
+    assert_eq!(full.kind, Some(WireKind::FULL), "{full:?}");
+    raw.store(b"k1".to_vec(), vec![b'd'; 995])
+        .expect("exactly the cap");
+    assert_eq!(stat(&node.addr, "bytes"), Some(1000));
+    raw.erase(b"k1".to_vec()).unwrap();
 
     // The Rust library names the kind.
     let mut client = Client::through(node.addr.clone()).unwrap();

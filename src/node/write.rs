@@ -101,7 +101,14 @@ impl Node {
         if value.is_none() || self.capacity.limit().is_none() {
             return self.store.merge(key, value, version);
         }
-        let growth = capacity::growth(key, value, self.store.value_len(key)?);
+        let old = match self.store.value_len(key)? {
+            // The disk engine reports a tombstone as 0 bytes; a tombstone
+            // holds no bytes, its key included, so look (an empty value or
+            // a tombstone: nothing to copy).
+            Some(0) => self.store.get(key)?.and_then(|s| s.value).map(|v| v.len()),
+            other => other,
+        };
+        let growth = capacity::growth(key, value, old);
         let _room = self
             .capacity
             .admit(&self.me.to_string(), self.store.usage().bytes, growth)?;
