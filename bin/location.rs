@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use thrifty_p2p::auth::{Secret, Secrets};
+use thrifty_p2p::config::{MAX_WEIGHT, parse_size};
 use thrifty_p2p::tls::Tls;
 use thrifty_p2p::{Config, NodeAddr, discover, launch};
 
@@ -109,6 +110,23 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = Config::default().chunk_grace.as_secs())]
     chunk_grace: u64,
 
+    /// The most key and value bytes this node holds, e.g. 512M, 4G or
+    /// 1048576 (K, M, G, T are powers of 1024). A write that would take it
+    /// over fails with FULL (erases always work; nothing is evicted).
+    /// Counted as the engine counts its keys and values (stats `bytes`),
+    /// not the process's memory: the engine's overhead (about 0.3x in
+    /// memory), tombstones and buffers come on top. Handoff and repair are
+    /// never refused, so they may go over it. [default: no cap]
+    #[arg(long, value_name = "BYTES", value_parser = parse_max_memory)]
+    max_memory: Option<u64>,
+
+    /// This node's weight on the ring, 1 to 64: its share of the keys is
+    /// its weight over the sum of all members' weights (give a node with
+    /// twice the room weight 2).
+    #[arg(long, value_name = "N", default_value_t = Config::default().weight,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WEIGHT)))]
+    weight: u32,
+
     /// Keep data on disk in DIR (crash-safe); without it, data lives in memory.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<std::path::PathBuf>,
@@ -158,6 +176,16 @@ struct Args {
     fault_injection: bool,
 }
 
+/// `--max-memory`: a size (see [`parse_size`]) of at least one byte.
+fn parse_max_memory(text: &str) -> Result<u64, String> {
+    match parse_size(text)? {
+        0 => Err(
+            "a cap of 0 bytes would refuse every write; leave --max-memory out for no cap".into(),
+        ),
+        bytes => Ok(bytes),
+    }
+}
+
 fn config(args: Args) -> Result<Config, String> {
     let secret = |path: &Option<std::path::PathBuf>| {
         path.as_deref()
@@ -196,6 +224,8 @@ fn config(args: Args) -> Result<Config, String> {
             .filter(|t| *t >= Duration::from_millis(100))
             .ok_or("--failure-timeout must be at least 0.1 seconds")?,
         chunk_grace: Duration::from_secs(args.chunk_grace.max(1)),
+        max_memory: args.max_memory,
+        weight: args.weight,
         data_dir: args.data_dir,
         fsync: args.fsync,
         fault_injection: args.fault_injection,

@@ -638,7 +638,8 @@ impl Client {
         let replicas = self.replicas(key)?;
         let parts = match &info.manifest {
             Some(manifest) => {
-                let ring = Ring::new(self.members()?);
+                let entry = self.entry.clone();
+                let ring = self.call(&entry, Conn::ring)?;
                 (0..manifest.chunks())
                     .map(|i| {
                         let part = manifest.chunk_key(key, i);
@@ -673,8 +674,9 @@ impl Client {
     /// # }
     /// ```
     pub fn spread_keys(&mut self, prefix: &str, count: usize) -> Result<Vec<String>> {
-        let members = self.members()?;
-        let ring = Ring::new(members.clone());
+        let entry = self.entry.clone();
+        let ring = self.call(&entry, Conn::ring)?;
+        let members = ring.members().to_vec();
         let mut keys = Vec::with_capacity(count);
         for target in members.iter().cycle().take(count) {
             // A member owns about 1/members of the circle: drawing that many
@@ -772,8 +774,8 @@ impl Client {
         }
         if refresh || self.ring.is_none() {
             let entry = self.entry.clone();
-            match self.call(&entry, Conn::members) {
-                Ok(members) => self.ring = Some(Ring::new(members)),
+            match self.call(&entry, Conn::ring) {
+                Ok(ring) => self.ring = Some(ring),
                 Err(e) => log::debug!("cannot learn the ring: {e}"),
             }
         }

@@ -11,6 +11,61 @@ use crate::wire::Limits;
 /// in memory twice over during a handoff, so they are kept far smaller than values.
 pub const MAX_KEY_BYTES: usize = 64 * 1024;
 
+/// The largest weight a member may have (see [`Config::weight`]): 64 times
+/// the points of a weight-1 member, so a ring's points (64 KiB per weight
+/// unit) stay bounded whatever the member table says.
+pub const MAX_WEIGHT: u32 = 64;
+
+/// A size in bytes as people write it: a number, optionally followed by a
+/// unit `K`, `M`, `G` or `T` (powers of 1024; `KiB`, `MB`, `kb`... are
+/// taken alike), e.g. `1048576`, `512M`, `4G`, `1.5G`.
+///
+/// ```
+/// use thrifty_p2p::config::parse_size;
+/// assert_eq!(parse_size("512M"), Ok(512 << 20));
+/// assert_eq!(parse_size("1.5k"), Ok(1536));
+/// assert!(parse_size("12 parsecs").is_err());
+/// ```
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let bad = |why: &str| {
+        format!(
+            "`{text}` is not a size: {why}; write bytes as a number with an optional unit \
+             K, M, G or T (powers of 1024), e.g. 1048576, 512M or 4G"
+        )
+    };
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let unit = unit.trim().to_ascii_lowercase();
+    let shift = match unit.trim_end_matches("ib").trim_end_matches('b') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return Err(bad(&format!("unknown unit `{}`", unit.trim()))),
+    };
+    if number.is_empty() {
+        return Err(bad("no number"));
+    }
+    let scale = (1u64 << shift) as f64;
+    let bytes = if number.contains('.') {
+        let value: f64 = number.parse().map_err(|_| bad("not a number"))?;
+        value * scale
+    } else {
+        let value: u64 = number.parse().map_err(|_| bad("too large"))?;
+        return value
+            .checked_mul(1 << shift)
+            .ok_or_else(|| bad("too large"));
+    };
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(bad("too large"));
+    }
+    Ok(bytes as u64)
+}
+
 /// How a node runs.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -99,6 +154,21 @@ pub struct Config {
     /// `begin_upload`, which expires then; see `upload`), so it must exceed
     /// twice the longest upload. Default 10 minutes.
     pub chunk_grace: Duration,
+    /// The most key and value bytes this node holds (`location
+    /// --max-memory`), as the engine counts them exactly
+    /// ([`crate::store::Usage::bytes`]): a client write that would take it
+    /// over fails with [`crate::Error::Full`], and nothing is evicted.
+    /// Handoff, anti-entropy repair and hints are never refused (refusing
+    /// them could lose acknowledged data), so they may take it over; writes
+    /// are then refused until erases make room. Not the process's memory:
+    /// on top come the engine's overhead (about 0.3x the bytes in memory),
+    /// tombstones, buffers in flight (`inflight_bytes`) and the ring.
+    /// `None` (the default): no cap.
+    pub max_memory: Option<u64>,
+    /// This node's weight on the ring (`location --weight`, 1 to
+    /// [`MAX_WEIGHT`]): its share of the keys grows in proportion (it gets
+    /// weight x [`crate::ring::Ring::DEFAULT_POINTS`] points). Default 1.
+    pub weight: u32,
     /// Where to keep data on disk; `None` keeps it in memory.
     pub data_dir: Option<std::path::PathBuf>,
     /// With `data_dir`: fsync every write (survives power loss, slower).
@@ -141,6 +211,8 @@ impl Default for Config {
             failure_timeout: Duration::from_secs(5),
             anti_entropy_interval: Duration::from_secs(2),
             chunk_grace: Duration::from_secs(600),
+            max_memory: None,
+            weight: 1,
             data_dir: None,
             fsync: false,
             fault_injection: false,
@@ -187,6 +259,41 @@ impl Config {
                 .saturating_add(64 * 1024),
             max_container: self.max_list_len,
             ..Limits::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_plain_bytes_and_binary_units_in_any_spelling() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("4G"), Ok(4 << 30));
+        assert_eq!(parse_size("4gib"), Ok(4 << 30));
+        assert_eq!(parse_size("64 KiB"), Ok(64 << 10));
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+        assert_eq!(parse_size("100b"), Ok(100));
+        assert_eq!(parse_size("1.5k"), Ok(1536));
+    }
+
+    #[test]
+    fn a_bad_size_is_refused_with_what_to_write_instead() {
+        for bad in [
+            "",
+            "M",
+            "12x",
+            "-5",
+            "1..5G",
+            "99999999999999999999",
+            "16777216T",
+        ] {
+            let error = parse_size(bad).expect_err(bad);
+            assert!(error.contains("is not a size"), "{error}");
+            assert!(error.contains("e.g. 1048576, 512M or 4G"), "{error}");
         }
     }
 }

@@ -388,6 +388,24 @@ pub enum Error {
         /// The key, lossy UTF-8.
         key: String,
     },
+    /// The write would take this node over its `--max-memory`
+    /// ([`crate::Config::max_memory`]). Nothing was stored here and nothing
+    /// was evicted; erases are always taken.
+    #[error(
+        "{node} is full: it holds {used} bytes of keys and values, and this write needs {needed} more, \
+         over its --max-memory of {limit} bytes; nothing was stored there and nothing is evicted: \
+         erase keys, raise --max-memory, or add nodes"
+    )]
+    Full {
+        /// The node that refused.
+        node: String,
+        /// Key and value bytes it holds (and has admitted, being written).
+        used: u64,
+        /// What the write would add.
+        needed: u64,
+        /// Its cap.
+        limit: u64,
+    },
     /// The node asked reports no ring members. Nothing changed.
     #[error("{peer} reports no ring members; check that it is a running node")]
     NoMembers {
@@ -455,6 +473,11 @@ pub enum ErrorKind {
     NoSuchUpload,
     /// A create-only write found a value at the key. Nothing changed.
     Exists,
+    /// A node's `--max-memory` would be exceeded. Nothing is evicted: erase
+    /// keys, raise the cap or add nodes. If the coordinator was full nothing
+    /// was stored; if a replica was, the write may stay on the others, as for
+    /// [`ErrorKind::Quorum`].
+    Full,
     /// A kind this build does not know (sent by a newer node).
     Other,
 }
@@ -507,6 +530,7 @@ impl Error {
             Error::Changed { .. } => ErrorKind::Changed,
             Error::NoSuchUpload { .. } => ErrorKind::NoSuchUpload,
             Error::Exists { .. } => ErrorKind::Exists,
+            Error::Full { .. } => ErrorKind::Full,
             Error::Remote { kind, .. } => *kind,
         }
     }

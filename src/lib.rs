@@ -36,6 +36,8 @@
 //!   `upload_part`, `commit_upload`), bounded, and the commit's checks.
 //! - [`value`]: the envelope of a stored value: its metadata (content type,
 //!   description) and LZ4 compression, in band, bounded when decoded.
+//! - [`capacity`]: the cap on stored bytes (`--max-memory`): whether a
+//!   write fits.
 //! - [`addr`], [`config`], [`error`]: names, settings and errors.
 //!
 //! Node:
@@ -87,6 +89,7 @@
 pub mod addr;
 pub(crate) mod antientropy;
 pub mod auth;
+pub mod capacity;
 pub mod client;
 pub mod config;
 pub mod discover;

@@ -151,6 +151,11 @@ pub struct MemberState {
     pub incarnation: i64,
     /// Its status.
     pub status: Status,
+    /// Its weight on the ring, 1 to [`crate::config::MAX_WEIGHT`]: the
+    /// member's own setting (`--weight`), carried with its row. A member
+    /// sets it when it starts, so it changes only with a new incarnation,
+    /// and every node that merged the same rows builds the same ring.
+    pub weight: u32,
 }
 
 impl MemberState {
@@ -176,6 +181,7 @@ pub enum Change {
 struct Row {
     incarnation: i64,
     status: Status,
+    weight: u32,
     contact: Contact,
 }
 
@@ -201,6 +207,7 @@ impl Membership {
             Row {
                 incarnation,
                 status: Status::Alive,
+                weight: 1,
                 contact: Contact::Confirmed,
             },
         );
@@ -209,6 +216,14 @@ impl Membership {
             table,
             wall: incarnation,
         }
+    }
+
+    /// Sets our own weight (clamped to 1..=[`crate::config::MAX_WEIGHT`]).
+    /// Only before our row is first sent: a weight travels with an
+    /// incarnation, so a change under the same one would not spread.
+    pub fn set_my_weight(&mut self, weight: u32) {
+        let row = self.table.get_mut(&self.me).expect("own row");
+        row.weight = weight.clamp(1, crate::config::MAX_WEIGHT);
     }
 
     /// Tells the view our wall clock (milliseconds since the epoch), which
@@ -241,6 +256,7 @@ impl Membership {
             addr: addr.clone(),
             incarnation: row.incarnation,
             status: row.status,
+            weight: row.weight,
         })
     }
 
@@ -305,6 +321,7 @@ impl Membership {
                     Row {
                         incarnation: update.incarnation,
                         status: update.status,
+                        weight: update.weight.clamp(1, crate::config::MAX_WEIGHT),
                         contact,
                     },
                 );
@@ -369,15 +386,16 @@ impl Membership {
     /// Adds `addr` as alive on the word of the 2009 protocol, which carries no
     /// incarnation: a new member starts at 0, a departed one comes back one higher.
     pub fn admit_legacy(&mut self, addr: &NodeAddr) -> Change {
-        let incarnation = match self.state(addr) {
+        let (incarnation, weight) = match self.state(addr) {
             Some(state) if state.status.is_up() => return Change::None,
-            Some(state) => state.incarnation.saturating_add(1),
-            None => 0,
+            Some(state) => (state.incarnation.saturating_add(1), state.weight),
+            None => (0, 1),
         };
         self.apply(MemberState {
             addr: addr.clone(),
             incarnation,
             status: Status::Alive,
+            weight,
         })
     }
 
@@ -412,10 +430,16 @@ impl Membership {
     /// confirmed: see the module doc), ourselves included if we do, sorted.
     /// Leaving members are not among them.
     pub fn alive(&self) -> impl Iterator<Item = &NodeAddr> {
+        self.alive_weighted().map(|(addr, _)| addr)
+    }
+
+    /// [`Membership::alive`] with each member's weight: what the ring is
+    /// built from.
+    pub fn alive_weighted(&self) -> impl Iterator<Item = (&NodeAddr, u32)> {
         self.table
             .iter()
             .filter(|(_, row)| row.status.serves() && row.contact == Contact::Confirmed)
-            .map(|(addr, _)| addr)
+            .map(|(addr, row)| (addr, row.weight))
     }
 
     /// Members in [`Membership::alive`] other than ourselves.
@@ -466,6 +490,7 @@ impl Membership {
                 addr: addr.clone(),
                 incarnation: row.incarnation,
                 status: row.status,
+                weight: row.weight,
             })
             .collect()
     }
@@ -485,7 +510,53 @@ mod tests {
             addr: addr(port),
             incarnation,
             status,
+            weight: 1,
         }
+    }
+
+    #[test]
+    fn a_weight_travels_with_its_row_and_survives_suspicion_and_refutation() {
+        let mut view = Membership::new(addr(1), 10);
+        view.set_my_weight(3);
+        assert_eq!(view.my_state().weight, 3);
+        let heavy = MemberState {
+            weight: 2,
+            ..state(2, 5, Status::Alive)
+        };
+        view.apply(heavy);
+        view.confirm(&addr(2));
+        let weighted: Vec<(NodeAddr, u32)> =
+            view.alive_weighted().map(|(a, w)| (a.clone(), w)).collect();
+        assert_eq!(weighted, vec![(addr(1), 3), (addr(2), 2)]);
+        // Someone's suspicion keeps the member's weight; so does our
+        // refutation of news about us that carries another weight.
+        view.suspect(&addr(2));
+        assert_eq!(view.state(&addr(2)).unwrap().weight, 2);
+        let forged = MemberState {
+            weight: 1,
+            ..state(1, 11, Status::Dead)
+        };
+        assert!(matches!(view.apply(forged), Change::Refuted(_)));
+        assert_eq!(view.my_state().weight, 3);
+        // Same incarnation and status, another weight: not news.
+        let same = MemberState {
+            weight: 7,
+            ..state(2, 5, Status::Suspect)
+        };
+        assert_eq!(view.apply(same), Change::None);
+        assert_eq!(view.state(&addr(2)).unwrap().weight, 2);
+        // A restart (new incarnation) may bring a new weight.
+        let restarted = MemberState {
+            weight: 4,
+            ..state(2, 6, Status::Alive)
+        };
+        view.apply(restarted);
+        assert_eq!(view.state(&addr(2)).unwrap().weight, 4);
+        // Our own weight is clamped to the bounds.
+        view.set_my_weight(0);
+        assert_eq!(view.my_state().weight, 1);
+        view.set_my_weight(1000);
+        assert_eq!(view.my_state().weight, crate::config::MAX_WEIGHT);
     }
 
     #[test]
@@ -703,6 +774,7 @@ mod tests {
                 addr: fake,
                 incarnation: 1,
                 status: Status::Dead,
+                weight: 1,
             });
         }
         assert_eq!(view.size(), MAX_ROWS);

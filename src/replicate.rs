@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 
 use crate::addr::NodeAddr;
+use crate::error::{Error, ErrorKind};
 use crate::peer::{Entry, Request};
 use crate::tasks::Tasks;
 use crate::transport::Transport;
@@ -30,6 +31,9 @@ const MAX_HINTS_PER_PEER: usize = 1_000_000;
 pub struct Ack {
     /// (acknowledged, failed)
     state: Mutex<(usize, usize)>,
+    /// The first replica that refused the write as full (its address and
+    /// message), so the coordinator can pass that on.
+    full: Mutex<Option<(String, String)>>,
     changed: tokio::sync::Notify,
     /// Set once the coordinator stopped waiting: the write's copies still
     /// queued are repairs from then on.
@@ -40,6 +44,25 @@ impl Ack {
     /// A fresh counter.
     pub fn new() -> Arc<Self> {
         Arc::new(Ack::default())
+    }
+
+    /// A replica refused the write because it is full (`--max-memory`):
+    /// counted as a failure, and kept for [`Ack::refusal`].
+    fn refuse_full(&self, peer: &NodeAddr, message: String) {
+        self.full
+            .lock()
+            .get_or_insert_with(|| (peer.to_string(), message));
+        self.settle(false);
+    }
+
+    /// The error of the first replica that refused the write as full, if one did.
+    pub fn refusal(&self) -> Option<Error> {
+        let (peer, message) = self.full.lock().clone()?;
+        Some(Error::Remote {
+            peer,
+            kind: ErrorKind::Full,
+            message,
+        })
     }
 
     fn settle(&self, ok: bool) {
@@ -187,13 +210,29 @@ impl Replicator {
                 None => Request::Absorb(entries),
             };
             let result = self.transport.call(&peer, request, self.timeout).await;
+            // A full replica answered and refused what did not fit: no hint,
+            // which would be replayed past its cap at once (anti-entropy
+            // still brings it any copy stored elsewhere; see `capacity`).
+            let full = match &result {
+                Err(Error::Remote {
+                    kind: ErrorKind::Full,
+                    message,
+                    ..
+                }) => Some(message.clone()),
+                _ => None,
+            };
             if let Err(e) = &result {
                 log::debug!("replicating {} entries failed: {e}", batch.len());
-                self.add_hints(&peer, batch.iter().map(|o| o.entry.key.clone()));
+                if full.is_none() {
+                    self.add_hints(&peer, batch.iter().map(|o| o.entry.key.clone()));
+                }
             }
             for item in &batch {
                 if let Some((ack, _)) = &item.ack {
-                    ack.settle(result.is_ok());
+                    match &full {
+                        Some(message) => ack.refuse_full(&peer, message.clone()),
+                        None => ack.settle(result.is_ok()),
+                    }
                 }
             }
             self.pending.fetch_sub(batch.len(), Ordering::Relaxed);

@@ -6,13 +6,20 @@
 //! clockwise of its position (wrapping past `u64::MAX` back to 0), and the
 //! member that contributed that point owns the key.
 //!
-//! Everything here is a pure function of the member *set* and the point count:
-//! no I/O, clocks or randomness, so every node that agrees on membership agrees
-//! on every owner.
+//! A member's weight (`location --weight`, 1 by default) multiplies its points:
+//! a member of weight `w` contributes the first `w × points` of its sequence,
+//! so it owns about `w / total weight` of the circle, and raising its weight
+//! only adds points (keys move only to it).
+//!
+//! Everything here is a pure function of the member *set* (with weights) and
+//! the point count: no I/O, clocks or randomness, so every node that agrees on
+//! membership agrees on every owner.
 
 use std::fmt::{self, Write as _};
 
 use md5::{Digest, Md5};
+
+use crate::config::MAX_WEIGHT;
 
 /// Where a key sits on the circle.
 ///
@@ -46,13 +53,15 @@ pub fn key_position(key: &[u8]) -> u64 {
 pub struct Ring<M> {
     /// Sorted and deduplicated; indices into this vector appear in `points`.
     members: Vec<M>,
+    /// Each member's weight, 1 to [`MAX_WEIGHT`], in `members` order.
+    weights: Vec<u32>,
     /// `(position, member index)`, sorted by position then member index.
     ///
     /// Sorting ties by member index (members are sorted) is what makes the
     /// tie-break deterministic: the first point strictly after a key's position
     /// is the one from the smallest member among equal positions.
     points: Vec<(u64, usize)>,
-    /// How many points each member contributes.
+    /// How many points each member contributes per unit of weight.
     points_per_member: usize,
 }
 
@@ -63,6 +72,7 @@ impl<M: fmt::Display> fmt::Debug for Ring<M> {
         let names: Vec<String> = self.members.iter().map(ToString::to_string).collect();
         f.debug_struct("Ring")
             .field("members", &names)
+            .field("weights", &self.weights)
             .field("points_per_member", &self.points_per_member)
             .finish_non_exhaustive()
     }
@@ -97,21 +107,52 @@ impl<M: Clone + Ord + fmt::Display> Ring<M> {
     /// A count of 0 is treated as 1, so a non-empty ring always has an owner
     /// for every key.
     pub fn with_points(members: impl IntoIterator<Item = M>, points_per_member: usize) -> Self {
+        Self::weighted_with_points(members.into_iter().map(|m| (m, 1)), points_per_member)
+    }
+
+    /// A ring of members with weights, [`Self::DEFAULT_POINTS`] points per
+    /// unit of weight. Weights are clamped to 1..=[`MAX_WEIGHT`]; a member
+    /// named twice counts once, with the larger weight. The order of the
+    /// members does not matter.
+    ///
+    /// ```
+    /// use thrifty_p2p::ring::Ring;
+    /// let ring = Ring::weighted([("a", 1), ("b", 3)]);
+    /// let shares = ring.shares();
+    /// assert!((shares[1] - 0.75).abs() < 0.02, "{shares:?}");
+    /// assert_eq!(ring.weight(&"b"), 3);
+    /// ```
+    pub fn weighted(members: impl IntoIterator<Item = (M, u32)>) -> Self {
+        Self::weighted_with_points(members, Self::DEFAULT_POINTS)
+    }
+
+    /// [`Ring::weighted`] with `points_per_member` points per unit of weight.
+    pub fn weighted_with_points(
+        members: impl IntoIterator<Item = (M, u32)>,
+        points_per_member: usize,
+    ) -> Self {
         let points_per_member = points_per_member.max(1);
-        let mut members: Vec<M> = members.into_iter().collect();
-        members.sort();
-        members.dedup();
-        let mut points = Vec::with_capacity(members.len() * points_per_member);
-        for (index, member) in members.iter().enumerate() {
+        let mut members: Vec<(M, u32)> = members
+            .into_iter()
+            .map(|(m, w)| (m, w.clamp(1, MAX_WEIGHT)))
+            .collect();
+        // The larger weight first, so that it is the one `dedup_by` keeps.
+        members.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        members.dedup_by(|later, kept| later.0 == kept.0);
+        let total: usize = members.iter().map(|(_, w)| *w as usize).sum();
+        let mut points = Vec::with_capacity(total * points_per_member);
+        for (index, (member, weight)) in members.iter().enumerate() {
             points.extend(
-                member_points(member, points_per_member)
+                member_points(member, points_per_member * *weight as usize)
                     .into_iter()
                     .map(|p| (p, index)),
             );
         }
         points.sort_unstable();
+        let (members, weights) = members.into_iter().unzip();
         Ring {
             members,
+            weights,
             points,
             points_per_member,
         }
@@ -120,6 +161,23 @@ impl<M: Clone + Ord + fmt::Display> Ring<M> {
     /// The members, sorted and deduplicated.
     pub fn members(&self) -> &[M] {
         &self.members
+    }
+
+    /// The members' weights, in [`Ring::members`] order.
+    pub fn weights(&self) -> &[u32] {
+        &self.weights
+    }
+
+    /// The weight of `m`; 0 for a non-member.
+    pub fn weight(&self, m: &M) -> u32 {
+        self.members
+            .binary_search(m)
+            .map_or(0, |index| self.weights[index])
+    }
+
+    /// The members with their weights, in order.
+    pub fn weighted_members(&self) -> impl Iterator<Item = (&M, u32)> {
+        self.members.iter().zip(self.weights.iter().copied())
     }
 
     /// How many distinct members the ring has.
@@ -137,7 +195,8 @@ impl<M: Clone + Ord + fmt::Display> Ring<M> {
         self.members.binary_search(m).is_ok()
     }
 
-    /// How many points each member contributes to this ring.
+    /// How many points each member contributes to this ring per unit of
+    /// weight.
     pub fn points_per_member(&self) -> usize {
         self.points_per_member
     }
@@ -183,6 +242,8 @@ impl<M: Clone + Ord + fmt::Display> Ring<M> {
         };
         let mut members = self.members.clone();
         members.remove(gone);
+        let mut weights = self.weights.clone();
+        weights.remove(gone);
         // Shifting the later indices down by one is monotonic, so the
         // (position, index) order of the surviving points is unchanged.
         let points = self
@@ -193,27 +254,40 @@ impl<M: Clone + Ord + fmt::Display> Ring<M> {
             .collect();
         Ring {
             members,
+            weights,
             points,
             points_per_member: self.points_per_member,
         }
     }
 
-    /// Same ring plus one member.
+    /// Same ring plus one member (of weight 1).
     ///
     /// Hashes only the new member's points and merges them into the existing
     /// sorted points; the result equals a ring built from scratch with `m`.
     pub fn with(&self, m: M) -> Self {
+        self.with_weight(m, 1)
+    }
+
+    /// Same ring plus one member of weight `weight` (clamped to
+    /// 1..=[`MAX_WEIGHT`]); a member already in it takes that weight. Equals
+    /// a ring built from scratch with `m` at that weight.
+    pub fn with_weight(&self, m: M, weight: u32) -> Self {
+        let weight = weight.clamp(1, MAX_WEIGHT);
         let slot = match self.members.binary_search(&m) {
-            Ok(_) => return self.clone(),
+            Ok(index) if self.weights[index] == weight => return self.clone(),
+            Ok(_) => return self.without(&m).with_weight(m, weight),
             Err(slot) => slot,
         };
-        let mut fresh: Vec<(u64, usize)> = member_points(&m, self.points_per_member)
-            .into_iter()
-            .map(|p| (p, slot))
-            .collect();
+        let mut fresh: Vec<(u64, usize)> =
+            member_points(&m, self.points_per_member * weight as usize)
+                .into_iter()
+                .map(|p| (p, slot))
+                .collect();
         fresh.sort_unstable();
         let mut members = self.members.clone();
         members.insert(slot, m);
+        let mut weights = self.weights.clone();
+        weights.insert(slot, weight);
 
         // Shifting indices at or after `slot` up by one is monotonic, so the
         // old points stay sorted; then a linear merge with the new ones.
@@ -237,6 +311,7 @@ impl<M: Clone + Ord + fmt::Display> Ring<M> {
         points.extend(fresh);
         Ring {
             members,
+            weights,
             points,
             points_per_member: self.points_per_member,
         }
@@ -515,6 +590,84 @@ mod tests {
     }
 
     // ---- Unit tests ----------------------------------------------------
+
+    #[test]
+    fn a_members_share_grows_in_proportion_to_its_weight() {
+        let members = addresses(4);
+        let weights = [1u32, 1, 2, 4];
+        let ring = Ring::weighted(members.iter().cloned().zip(weights));
+        assert_eq!(ring.weights(), &weights);
+        let total: u32 = weights.iter().sum();
+        for (member, weight) in members.iter().zip(weights) {
+            let share = f64::from(ring.share_ppm(member)) / 1e6;
+            let ideal = f64::from(weight) / f64::from(total);
+            // 4096 points per unit of weight: within 5% of the ideal share.
+            assert!(
+                (share / ideal - 1.0).abs() < 0.05,
+                "{member} of weight {weight}: {share} vs {ideal}"
+            );
+        }
+        // And the keys follow the shares.
+        let mut counts = vec![0usize; ring.len()];
+        for &p in sample_positions() {
+            counts[ring.owner_index_at(p).unwrap()] += 1;
+        }
+        let heaviest = counts[3] as f64 / KEY_COUNT as f64;
+        assert!((heaviest - 0.5).abs() < 0.03, "{heaviest}");
+    }
+
+    #[test]
+    fn the_same_weighted_table_in_any_order_makes_the_same_ring() {
+        let rows: Vec<(String, u32)> = addresses(5).into_iter().zip([3, 1, 2, 1, 64]).collect();
+        let forward = Ring::weighted(rows.clone());
+        let mut backward = rows.clone();
+        backward.reverse();
+        assert_eq!(Ring::weighted(backward), forward);
+        // Built one member at a time, in another order, and with a weight
+        // changed on the way: still the same ring.
+        let mut grown = Ring::weighted([(rows[4].0.clone(), 1)]);
+        for (member, weight) in rows.iter().rev() {
+            grown = grown.with_weight(member.clone(), *weight);
+        }
+        assert_eq!(grown, forward);
+        // A member named twice counts once, at its larger weight.
+        let mut twice = rows.clone();
+        twice.push((rows[1].0.clone(), 2));
+        let ring = Ring::weighted(twice);
+        assert_eq!(ring.weight(&rows[1].0), 2);
+        assert_eq!(ring.len(), 5);
+        // Weight 1 everywhere is the unweighted ring.
+        assert_eq!(
+            Ring::weighted(addresses(3).into_iter().map(|m| (m, 1))),
+            Ring::new(addresses(3))
+        );
+    }
+
+    #[test]
+    fn weights_outside_one_to_the_maximum_are_clamped() {
+        let ring = Ring::weighted_with_points([("a".to_string(), 0), ("b".to_string(), 1000)], 2);
+        assert_eq!(ring.weights(), &[1, MAX_WEIGHT]);
+        assert_eq!(ring.points.len(), 2 + 2 * MAX_WEIGHT as usize);
+        assert_eq!(ring.weight(&"c".to_string()), 0);
+    }
+
+    #[test]
+    fn raising_a_weight_moves_keys_only_to_that_member() {
+        let before = Ring::new(addresses(4));
+        let heavy = addresses(4)[2].clone();
+        let after = before.with_weight(heavy.clone(), 2);
+        let mut moved = 0;
+        for &p in sample_positions() {
+            let old = &before.members[before.owner_index_at(p).unwrap()];
+            let new = &after.members[after.owner_index_at(p).unwrap()];
+            if old != new {
+                assert_eq!(new, &heavy);
+                moved += 1;
+            }
+        }
+        // From a quarter to two fifths: about 15% of the keys move.
+        assert!((12_000..18_000).contains(&moved), "{moved}");
+    }
 
     #[test]
     fn key_position_is_the_big_endian_head_of_the_md5_digest() {

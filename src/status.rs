@@ -42,6 +42,11 @@ pub struct NodeStatus {
     pub error: Option<String>,
     /// Its share of the ring in its own view, parts per million.
     pub share_ppm: Option<i64>,
+    /// Its weight on the ring (`--weight`), as the entry's table has it.
+    pub weight: u32,
+    /// Its cap on key and value bytes (`--max-memory`); `None` when it has
+    /// none (or did not answer).
+    pub max_memory: Option<i64>,
     /// Keys holding a value.
     pub keys: Option<i64>,
     /// Their key and value bytes.
@@ -121,6 +126,8 @@ impl NodeStatus {
             reachable: stats.is_some(),
             error: error.filter(|_| row.status.is_up()),
             share_ppm: stat("share_ppm"),
+            weight: row.weight,
+            max_memory: stat("max_memory_bytes").filter(|&cap| cap > 0),
             keys: stat("keys"),
             bytes: stat("bytes"),
             tombstones: stat("tombstones"),
@@ -237,6 +244,14 @@ impl RingStatus {
             if node.ready == Some(false) {
                 problems.push(format!("{addr} is still joining"));
             }
+            if let (Some(cap), Some(bytes)) = (node.max_memory, node.bytes)
+                && bytes >= cap
+            {
+                problems.push(format!(
+                    "{addr} is full: it holds {bytes} bytes, its --max-memory is {cap}; \
+                     writes it would store fail (erase keys, raise the cap or add nodes)"
+                ));
+            }
             for (what, value) in [
                 ("writes queued for other replicas", node.replication_pending),
                 ("hinted keys for replicas it could not reach", node.hints),
@@ -302,6 +317,7 @@ impl fmt::Display for RingStatus {
             "STATUS",
             "INCARNATION",
             "SHARE",
+            "WEIGHT",
             "KEYS",
             "BYTES",
             "BACKLOG",
@@ -322,8 +338,14 @@ impl fmt::Display for RingStatus {
                 status,
                 node.incarnation.to_string(),
                 node.share_ppm.map_or_else(|| "-".into(), percent),
+                node.weight.to_string(),
                 shown(node.keys),
-                node.bytes.map_or_else(|| "-".into(), human_bytes),
+                match (node.bytes, node.max_memory) {
+                    (Some(bytes), Some(cap)) => {
+                        format!("{} of {}", human_bytes(bytes), human_bytes(cap))
+                    }
+                    (bytes, _) => bytes.map_or_else(|| "-".into(), human_bytes),
+                },
                 shown(node.replication_pending),
                 shown(node.hints),
                 shown(node.handoff_pending),
@@ -338,6 +360,7 @@ impl fmt::Display for RingStatus {
             format!("{}/{} serving", t.serving, t.members),
             String::new(),
             percent(t.share_ppm),
+            String::new(),
             t.keys.to_string(),
             human_bytes(t.bytes),
             t.replication_pending.to_string(),
@@ -389,6 +412,7 @@ mod tests {
             addr: NodeAddr::new("127.0.0.1", port),
             incarnation: 1_700_000_000_000 + i64::from(port),
             status,
+            weight: 1,
         }
     }
 
@@ -431,6 +455,41 @@ mod tests {
         let text = status.to_string();
         assert!(text.contains("healthy: 3 members serving"), "{text}");
         assert_eq!(text.lines().count(), 1 + 3 + 1 + 1, "{text}");
+    }
+
+    #[test]
+    fn weights_and_caps_are_shown_and_a_full_member_is_a_problem() {
+        let mut nodes = healthy_nodes();
+        let heavy = MemberState {
+            weight: 2,
+            ..row(2, Status::Alive)
+        };
+        nodes[1] = NodeStatus::new(&heavy, Ok(stats(100, &[("max_memory_bytes", 4096)])));
+        nodes[2] = NodeStatus::new(
+            &row(3, Status::Alive),
+            Ok(stats(100, &[("max_memory_bytes", 1000)])),
+        );
+        let status = RingStatus::assess("127.0.0.1:1".into(), nodes);
+        assert_eq!(status.nodes[1].weight, 2);
+        assert_eq!(status.nodes[0].max_memory, None);
+        assert_eq!(status.nodes[1].max_memory, Some(4096));
+        assert_eq!(
+            status.problems,
+            vec![
+                "127.0.0.1:3 is full: it holds 1000 bytes, its --max-memory is 1000; writes it \
+                 would store fail (erase keys, raise the cap or add nodes)"
+                    .to_string()
+            ]
+        );
+        let text = status.to_string();
+        assert!(
+            text.lines().next().unwrap().contains("SHARE  WEIGHT"),
+            "{text}"
+        );
+        let line = |port: &str| text.lines().find(|l| l.contains(port)).unwrap().to_string();
+        assert!(line("127.0.0.1:2 ").contains("1000 B of 4.0 KiB"), "{text}");
+        assert!(line("127.0.0.1:1 ").contains(" 1000 B"), "{text}");
+        assert!(line("127.0.0.1:2 ").contains("33.3%       2"), "{text}");
     }
 
     #[test]

@@ -465,7 +465,7 @@ pub fn put_large_with_progress(
         });
     }
     let mut control = Conn::open(source, &options.client())?;
-    let ring = Ring::new(members(&mut control)?);
+    let ring = ring_of(&mut control)?;
     let old = previous_manifest(&mut control, key)?;
     let window = commit_window(&mut control)?;
     let started = std::time::Instant::now();
@@ -538,7 +538,7 @@ pub fn get_with_progress(
             return Ok(Some(value.len() as u64));
         }
     };
-    let ring = Ring::new(members(&mut control)?);
+    let ring = ring_of(&mut control)?;
     receive_chunks(&ring, key, &manifest, &mut writer, options, progress)?;
     writer.flush().map_err(Error::Output)?;
     Ok(Some(manifest.size))
@@ -1022,14 +1022,15 @@ impl Conns {
 }
 
 /// The ring's members as `source` sees them.
-fn members(control: &mut Conn) -> Result<Vec<NodeAddr>> {
-    let members = control.members()?;
-    if members.is_empty() {
+/// The ring `control` routes with (weights included), refused if empty.
+fn ring_of(control: &mut Conn) -> Result<Ring<NodeAddr>> {
+    let ring = control.ring()?;
+    if ring.is_empty() {
         return Err(Error::NoMembers {
             peer: control.peer().to_string(),
         });
     }
-    Ok(members)
+    Ok(ring)
 }
 
 /// A random 64-bit id. `RandomState` is seeded from the OS's randomness;

@@ -350,6 +350,12 @@ impl Swim {
         &self.members
     }
 
+    /// Sets our own weight on the ring, before our row is first sent (see
+    /// [`Membership::set_my_weight`]).
+    pub fn set_my_weight(&mut self, weight: u32) {
+        self.members.set_my_weight(weight);
+    }
+
     /// The configuration.
     #[cfg(test)]
     pub fn config(&self) -> &Config {

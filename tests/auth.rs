@@ -64,7 +64,12 @@ fn a_cluster_secret_refuses_every_peer_and_ring_call_without_proof_and_changes_n
     let node = NodeProc::start_with(None, &["--cluster-secret-file", path(&secret)]);
     let me = location(&node);
     let stranger = Location::new("127.0.0.1".to_string(), 1);
-    let row = Member::new(stranger.clone(), 1_700_000_000_000, MemberStatus::ALIVE);
+    let row = Member::new(
+        stranger.clone(),
+        1_700_000_000_000,
+        MemberStatus::ALIVE,
+        None,
+    );
     let entry = Entry::new(b"k".to_vec(), b"forged".to_vec(), 1, 1);
     let mut c = node.client();
 

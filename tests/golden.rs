@@ -175,8 +175,13 @@ fn absorbed_entries() -> Vec<Entry> {
 /// written: the reply would depend on a race.
 fn known_dead() -> Vec<Member> {
     vec![
-        Member::new(loc(ENTERING), ENTERING_INCARNATION, MemberStatus::DEAD),
-        Member::new(loc(CALLER), CALLER_INCARNATION, MemberStatus::DEAD),
+        Member::new(
+            loc(ENTERING),
+            ENTERING_INCARNATION,
+            MemberStatus::DEAD,
+            None,
+        ),
+        Member::new(loc(CALLER), CALLER_INCARNATION, MemberStatus::DEAD, None),
     ]
 }
 
@@ -585,6 +590,8 @@ fn store_node_cases() -> Vec<Case> {
                     // golden-key and the absorbed key: tombstones do not count.
                     ("keys", 2),
                     ("leaving", 0),
+                    // No --max-memory: no cap.
+                    ("max_memory_bytes", 0),
                     ("members", 1),
                     ("pauses", 0),
                     ("ready", 1),
@@ -595,6 +602,7 @@ fn store_node_cases() -> Vec<Case> {
                     ("share_ppm", 1_000_000),
                     ("syncing", 0),
                     ("tombstones", 3),
+                    ("weight", 1),
                     // Alone: every write has its one copy.
                     ("write_quorum", 1),
                 ];
@@ -640,6 +648,7 @@ fn membership_node_cases() -> Vec<Case> {
                     loc(ENTERING),
                     ENTERING_INCARNATION,
                     MemberStatus::ALIVE,
+                    None,
                 ))
                 .map(drop)
             }),
@@ -647,7 +656,7 @@ fn membership_node_cases() -> Vec<Case> {
                 let mut expected = vec![run.member()];
                 expected.extend(known_dead());
                 assert_eq!(
-                    expect_reply(r, |c| c.enter(Member::new(None, None, None))),
+                    expect_reply(r, |c| c.enter(Member::new(None, None, None, None))),
                     expected
                 );
             }),
@@ -711,9 +720,19 @@ fn membership_node_cases() -> Vec<Case> {
 /// and one it holds dead.
 fn caller_table() -> Vec<Member> {
     vec![
-        Member::new(loc(CALLER), CALLER_INCARNATION, MemberStatus::ALIVE),
-        Member::new(loc(DEPARTED), DEPARTED_INCARNATION, MemberStatus::LEFT),
-        Member::new(loc(ENTERING), ENTERING_INCARNATION, MemberStatus::DEAD),
+        Member::new(loc(CALLER), CALLER_INCARNATION, MemberStatus::ALIVE, None),
+        Member::new(
+            loc(DEPARTED),
+            DEPARTED_INCARNATION,
+            MemberStatus::LEFT,
+            None,
+        ),
+        Member::new(
+            loc(ENTERING),
+            ENTERING_INCARNATION,
+            MemberStatus::DEAD,
+            None,
+        ),
     ]
 }
 
@@ -742,7 +761,7 @@ impl Run {
 
     fn member(&self) -> Member {
         let incarnation = self.incarnation.expect("the node's incarnation is known");
-        Member::new(self.location(), incarnation, MemberStatus::ALIVE)
+        Member::new(self.location(), incarnation, MemberStatus::ALIVE, None)
     }
 }
 

@@ -110,7 +110,7 @@ fn forged_versions_minus_one_and_i64_max_are_refused_and_never_poison_a_key() {
 }
 
 fn member(addr: &NodeAddr, incarnation: i64, status: MemberStatus) -> Member {
-    Member::new(convert::location(addr), incarnation, status)
+    Member::new(convert::location(addr), incarnation, status, None)
 }
 
 /// `of`'s row in `at`'s table.

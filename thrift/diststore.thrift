@@ -63,6 +63,17 @@ enum ErrorKind {
    * or write without `create_only` to replace it.
    */
   EXISTS = 18,
+  /**
+   * The write would take a node over its `--max-memory`: the key and value
+   * bytes it holds plus the write's growth would exceed its cap. The message
+   * names the node, its usage and its cap. Nothing is evicted to make room:
+   * erase keys (erases are always taken), raise `--max-memory`, or add nodes.
+   * When the coordinator itself is full nothing was stored; when it passes on
+   * a replica's refusal, the write stays on the replicas that took it and may
+   * still spread, as with QUORUM. Retrying is safe but fails until there is
+   * room.
+   */
+  FULL = 21,
 }
 
 /**

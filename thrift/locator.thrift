@@ -36,6 +36,12 @@ struct Member {
   1: Location location,
   2: i64 incarnation,
   3: MemberStatus status,
+  /**
+   * The member's weight (`location --weight`, 1 to 64): its share of the ring
+   * grows with it. Absent means 1, which is what older nodes send; sent only
+   * when above 1. A row with a weight outside 1 to 64 is ignored.
+   */
+  4: optional i32 weight,
 }
 
 service Base {

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use thrifty_p2p::ClientOptions;
-use thrifty_p2p::ring::Ring;
 use thrifty_p2p::{NodeAddr, Result};
 
 use crate::wire::{Conn, key};
@@ -31,7 +30,7 @@ impl Target {
     /// up front, like the prebuilt keys, to keep the client cheap).
     pub fn ring_aware(seed: &NodeAddr, keys: usize) -> Result<Target> {
         let mut conn = thrifty_p2p::wire::Conn::open(seed, &ClientOptions::default())?;
-        let ring = Ring::new(conn.members()?);
+        let ring = conn.ring()?;
         let members = ring.members();
         let nodes = members
             .iter()

@@ -170,27 +170,37 @@ impl Node {
 
     /// Recomputes the ring from the table; returns whether it changed.
     pub(super) fn rebuild_ring(view: &mut View) -> bool {
-        let alive: Vec<NodeAddr> = view.swim.membership().alive().cloned().collect();
-        if alive.as_slice() == view.ring.members() {
+        let alive: Vec<(NodeAddr, u32)> = view
+            .swim
+            .membership()
+            .alive_weighted()
+            .map(|(m, w)| (m.clone(), w))
+            .collect();
+        let old: Vec<(NodeAddr, u32)> = view
+            .ring
+            .weighted_members()
+            .map(|(m, w)| (m.clone(), w))
+            .collect();
+        if alive == old {
             return false;
         }
-        view.ring_id = ring_id_of(&alive);
-        let old = view.ring.members();
-        let added: Vec<&NodeAddr> = alive.iter().filter(|m| !old.contains(m)).collect();
-        let removed: Vec<&NodeAddr> = old.iter().filter(|m| !alive.contains(m)).collect();
+        // A member whose weight changed is removed and added again.
+        let added: Vec<&(NodeAddr, u32)> = alive.iter().filter(|m| !old.contains(m)).collect();
+        let removed: Vec<&(NodeAddr, u32)> = old.iter().filter(|m| !alive.contains(m)).collect();
         // A member or two more or less: hash only theirs (a ring of 64 has
         // a quarter million points, and a ring forms one member at a time).
         view.ring = Arc::new(if added.len() + removed.len() <= 4 {
             let mut ring = removed
                 .iter()
-                .fold(Ring::clone(&view.ring), |ring, m| ring.without(m));
-            for m in added {
-                ring = ring.with(m.clone());
+                .fold(Ring::clone(&view.ring), |ring, (m, _)| ring.without(m));
+            for (m, weight) in added {
+                ring = ring.with_weight(m.clone(), *weight);
             }
             ring
         } else {
-            Ring::new(alive)
+            Ring::weighted(alive)
         });
+        view.ring_id = ring_id_of(&view.ring);
         true
     }
 

@@ -61,7 +61,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::addr::NodeAddr;
-use crate::config::Config;
+use crate::capacity::Capacity;
+use crate::config::{Config, MAX_WEIGHT};
 use crate::error::{Error, Result};
 use crate::membership::{MemberState, Status};
 use crate::metrics::Metrics;
@@ -107,16 +108,21 @@ struct View {
     /// Alive members: where requests go (a leaving member is not in it, not
     /// even in its own view).
     ring: Arc<Ring<NodeAddr>>,
-    /// A digest of `ring`'s members: two nodes with the same id place every
-    /// key alike.
+    /// A digest of `ring`'s members and their weights: two nodes with the
+    /// same id place every key alike.
     ring_id: u64,
 }
 
-/// The id of a ring with these members (see [`View::ring_id`]).
-fn ring_id_of(members: &[NodeAddr]) -> u64 {
+/// The id of a ring (see [`View::ring_id`]): its members in order, each with
+/// its weight when above 1 (so a ring of weight-1 members has the id it had
+/// before weights, and nodes that disagree on a weight disagree on the id).
+fn ring_id_of(ring: &Ring<NodeAddr>) -> u64 {
     let mut md5 = Md5::new();
-    for member in members {
+    for (member, weight) in ring.weighted_members() {
         md5.update(member.to_string().as_bytes());
+        if weight > 1 {
+            md5.update(format!("*{weight}").as_bytes());
+        }
         md5.update(b"\n");
     }
     let digest = md5.finalize();
@@ -209,6 +215,9 @@ pub struct Node {
     /// Serialises conditional writes (create-only, append) per key at the
     /// owner (see [`exclusive`]).
     exclusive: exclusive::Exclusive,
+    /// The cap on stored bytes (`--max-memory`) and the room reserved for
+    /// writes being stored (see [`crate::capacity`]).
+    capacity: Capacity,
 }
 
 /// The parts a node is built from.
@@ -245,15 +254,16 @@ impl Node {
         let incarnation = (clock.wall_micros() / 1000) as i64;
         let swim_config = SwimConfig::from_failure_timeout(config.failure_timeout);
         let seed = u64::from(origin) ^ incarnation as u64;
-        let swim = Swim::new(
+        let mut swim = Swim::new(
             me.clone(),
             incarnation,
             swim_config.clone(),
             seed,
             Duration::ZERO,
         );
-        let ring = Arc::new(Ring::new([me.clone()]));
-        let ring_id = ring_id_of(ring.members());
+        swim.set_my_weight(config.weight);
+        let ring = Arc::new(Ring::weighted([(me.clone(), config.weight)]));
+        let ring_id = ring_id_of(&ring);
         let out = Arc::new(Outbound {
             inner: transport,
             isolated: AtomicBool::new(false),
@@ -296,6 +306,7 @@ impl Node {
             uploads: parking_lot::Mutex::new(Uploads::new(config.chunk_grace / 2)),
             compression: crate::value::Compression::default(),
             exclusive: exclusive::Exclusive::new(),
+            capacity: Capacity::new(config.max_memory),
             config,
             me,
         })
@@ -546,6 +557,10 @@ impl Node {
         };
         put("keys", usage.values);
         put("bytes", usage.bytes as usize);
+        put(
+            "max_memory_bytes",
+            self.capacity.limit().unwrap_or(0) as usize,
+        );
         put("tombstones", usage.tombstones);
         put("members", view.ring.len());
         put("replicas", self.config.replicas.min(view.ring.len()));
@@ -556,6 +571,7 @@ impl Node {
             self.config.chunk_grace.as_millis() as usize,
         );
         put("share_ppm", view.ring.share_ppm(&self.me) as usize);
+        put("weight", self.config.weight.clamp(1, MAX_WEIGHT) as usize);
         put(
             "handoff_pending",
             self.handoff_pending.load(Ordering::Relaxed),

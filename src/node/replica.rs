@@ -62,10 +62,30 @@ impl Node {
     }
 
     /// Takes a coordinator's writes (the newer copy wins, as for `absorb`),
-    /// and acknowledges them only if we route as the coordinator did.
+    /// and acknowledges them only if we route as the coordinator did. They
+    /// are clients' writes, so each must fit under our `--max-memory`: those
+    /// that do not are left out and the batch is refused as
+    /// [`Error::Full`] (after the others were stored; see
+    /// [`crate::capacity`]).
     pub fn replicate(&self, entries: Vec<Entry>, ring: u64) -> Result<()> {
         self.admit_batch("replicate", &entries)?;
-        self.absorb(entries)?;
+        let mut full = None;
+        for entry in entries {
+            self.clock.observe(entry.stored.version)?;
+            match self.store_capped(
+                &entry.key,
+                entry.stored.value.as_deref(),
+                entry.stored.version,
+            ) {
+                Err(e @ Error::Full { .. }) => {
+                    full.get_or_insert(e);
+                }
+                other => drop(other?),
+            }
+        }
+        if let Some(full) = full {
+            return Err(full);
+        }
         if ring == self.ring_id() {
             Ok(())
         } else {

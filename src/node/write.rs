@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use super::Node;
 use crate::addr::NodeAddr;
+use crate::capacity;
 use crate::config::MAX_KEY_BYTES;
 use crate::error::{Error, Result};
 use crate::peer::{Entry, Request};
@@ -105,11 +106,33 @@ impl Node {
         }
         let version = self.clock.tick();
         let sealed = value.map(|v| self.seal(v, &crate::value::Meta::default()));
-        Some(
-            self.store
-                .merge(key, sealed.as_ref().map(|s| &s[..]), version)
-                .map(drop),
-        )
+        Some(self.store_capped(key, sealed.as_deref(), version).map(drop))
+    }
+
+    /// Stores a client's write here (see [`crate::store::Store::merge`]) if it fits under
+    /// the node's `--max-memory` ([`crate::capacity`]); otherwise
+    /// [`Error::Full`], and nothing changes. Returns whether applied.
+    pub(super) fn store_capped(
+        &self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        version: Version,
+    ) -> Result<bool> {
+        if value.is_none() || self.capacity.limit().is_none() {
+            return self.store.merge(key, value, version);
+        }
+        let old = match self.store.value_len(key)? {
+            // The disk engine reports a tombstone as 0 bytes; a tombstone
+            // holds no bytes, its key included, so look (an empty value or
+            // a tombstone: nothing to copy).
+            Some(0) => self.store.get(key)?.and_then(|s| s.value).map(|v| v.len()),
+            other => other,
+        };
+        let growth = capacity::growth(key, value, old);
+        let _room = self
+            .capacity
+            .admit(&self.me.to_string(), self.store.usage().bytes, growth)?;
+        self.store.merge(key, value, version)
     }
 
     /// A client's value as the store keeps it ([`crate::value::seal`]),
@@ -248,7 +271,7 @@ impl Node {
         }
         let here = replicas.contains(&&self.me);
         if here {
-            self.store.merge(key, value, version)?;
+            self.store_capped(key, value, version)?;
         }
         let here = usize::from(here);
         let others: Vec<&NodeAddr> = replicas
@@ -291,6 +314,10 @@ impl Node {
         );
         if acked >= needed {
             Ok(())
+        } else if let Some(full) = ack.refusal() {
+            // A replica is over its --max-memory: say so rather than blame
+            // the ring's health.
+            Err(full)
         } else {
             Err(Error::Quorum {
                 stored: acked + here,

@@ -202,6 +202,8 @@ pub struct Cluster {
     config: Config,
     /// Every store ever used, by node, kept across crashes ("the disk").
     stores: Mutex<BTreeMap<NodeAddr, Store>>,
+    /// Nodes that run with another `--weight` than `config`'s.
+    weights: Mutex<BTreeMap<NodeAddr, u32>>,
 }
 
 impl Cluster {
@@ -219,7 +221,14 @@ impl Cluster {
             }),
             config,
             stores: Mutex::new(BTreeMap::new()),
+            weights: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Runs `addr` with `--weight weight` from its next start on (it keeps
+    /// it across restarts).
+    pub fn set_weight(&self, addr: &NodeAddr, weight: u32) {
+        self.weights.lock().insert(addr.clone(), weight);
     }
 
     /// The address of simulated node number `i`.
@@ -272,6 +281,7 @@ impl Cluster {
         let tasks = Tasks::new(Some(gate.clone())).named(&addr.port.to_string());
         let config = Config {
             seed: seed.cloned(),
+            weight: (self.weights.lock().get(addr).copied()).unwrap_or(self.config.weight),
             ..self.config.clone()
         };
         let node = Node::new(Parts {

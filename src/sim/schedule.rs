@@ -59,6 +59,8 @@ pub struct Plan {
     pub drop_rate: f64,
     /// The faults, in order, one at a time.
     pub faults: Vec<Fault>,
+    /// Each node's `--weight` (1 to 3), by index.
+    pub weights: Vec<u32>,
 }
 
 /// Draws the schedule for `seed`.
@@ -86,12 +88,23 @@ pub fn plan(seed: u64) -> Plan {
         at += lasts + Duration::from_millis(rng.random_range(1000..3000));
     }
     let drop_rate = if rng.random_bool(0.25) { 0.002 } else { 0.0 };
+    // Drawn last, so the faults of a seed are what they were before weights.
+    let weights = (0..nodes)
+        .map(|_| {
+            if rng.random_bool(0.6) {
+                1
+            } else {
+                rng.random_range(2..=3)
+            }
+        })
+        .collect();
     Plan {
         seed,
         nodes,
         workload,
         drop_rate,
         faults,
+        weights,
     }
 }
 
@@ -121,9 +134,14 @@ impl fmt::Display for Report {
         let (writes, acked, reads) = self.counts;
         writeln!(
             f,
-            "seed {}: {} nodes, drop rate {}, {writes} writes ({acked} acknowledged), {reads} reads, \
-             settled: {}, history {}",
-            self.plan.seed, self.plan.nodes, self.plan.drop_rate, self.settled, self.fingerprint
+            "seed {}: {} nodes (weights {:?}), drop rate {}, {writes} writes ({acked} acknowledged), \
+             {reads} reads, settled: {}, history {}",
+            self.plan.seed,
+            self.plan.nodes,
+            self.plan.weights,
+            self.plan.drop_rate,
+            self.settled,
+            self.fingerprint
         )?;
         for fault in &self.plan.faults {
             writeln!(
@@ -178,6 +196,9 @@ async fn run(plan: Plan) -> Report {
     };
     let cluster = Arc::new(Cluster::new(plan.seed, sim_config(), net));
     let addrs: Vec<NodeAddr> = (0..plan.nodes).map(Cluster::addr).collect();
+    for (addr, weight) in addrs.iter().zip(&plan.weights) {
+        cluster.set_weight(addr, *weight);
+    }
     cluster
         .start(&addrs[0], None)
         .await

@@ -540,6 +540,7 @@ fn machine(peers: usize, failure_timeout: Duration) -> Swim {
             addr: addr(i),
             incarnation: 1,
             status: Status::Alive,
+            weight: 1,
         })
         .collect();
     // Each answered us itself, so each serves at once.
@@ -688,6 +689,7 @@ fn news_of_our_suspicion_is_refuted_in_the_reply() {
         addr: addr(0),
         incarnation: 1,
         status: Status::Suspect,
+        weight: 1,
     };
     let push = vec![swim.membership().state(&addr(2)).unwrap(), accusation];
     let (reply, effects) = swim.on_gossip(&addr(2), push, ms(5));
@@ -695,6 +697,7 @@ fn news_of_our_suspicion_is_refuted_in_the_reply() {
         addr: addr(0),
         incarnation: 2,
         status: Status::Alive,
+        weight: 1,
     };
     assert_eq!(reply[0], mine);
     assert_eq!(effects, vec![Effect::Changed(mine)]);
@@ -1007,6 +1010,7 @@ fn a_gossiped_member_serves_only_once_it_answered_a_call_of_ours() {
         addr: addr(9),
         incarnation: 1,
         status: Status::Alive,
+        weight: 1,
     };
     // Member 1 tells us about 9: we push to 9 at once, but 9 does not serve.
     let mine = swim.membership().state(&addr(1)).unwrap();
@@ -1038,6 +1042,7 @@ fn a_message_naming_a_thousand_fake_members_costs_a_bounded_number_of_calls() {
             addr: addr(i),
             incarnation: 1,
             status: Status::Alive,
+            weight: 1,
         })
         .collect();
     let (_, effects) = swim.on_gossip(&addr(100), fakes, ms(1));
@@ -1083,6 +1088,7 @@ fn gossiped_members_that_never_answer_never_serve_and_are_declared_dead() {
             addr: addr(i),
             incarnation: 5_000,
             status: Status::Alive,
+            weight: 1,
         })
         .collect();
     sim.act(0, |swim, now| swim.on_gossip(&addr(5), fakes, now).1);
@@ -1110,6 +1116,7 @@ fn a_death_forged_at_i64_max_is_refused_and_one_at_the_horizon_is_refuted() {
         addr: addr(victim),
         incarnation,
         status: Status::Dead,
+        weight: 1,
     };
     // i64::MAX: refused outright; nothing changes anywhere.
     sim.act(0, |swim, now| {

@@ -74,11 +74,11 @@ pub(crate) struct MemberRow {
 /// leaving member's (blue) while it hands its keys over. The routing ring
 /// holds only serving members; their `share` is taken from it.
 pub(crate) fn drawn_ring(table: &[MemberState]) -> Ring<NodeAddr> {
-    Ring::new(
+    Ring::weighted(
         table
             .iter()
             .filter(|row| row.status != Status::Left)
-            .map(|row| row.addr.clone()),
+            .map(|row| (row.addr.clone(), row.weight)),
     )
 }
 
@@ -308,6 +308,7 @@ mod tests {
             addr: addrs[i].clone(),
             incarnation: 1,
             status,
+            weight: 1,
         };
         let table = [
             row(0, Status::Alive),

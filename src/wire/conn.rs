@@ -23,9 +23,10 @@ use super::idl::locator::{TBaseSyncClient, TLocatorSyncClient};
 use crate::addr::NodeAddr;
 use crate::auth::{Caller, Role, Secret};
 use crate::client::ClientOptions;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::membership::MemberState;
 use crate::peer::Entry;
+use crate::ring::Ring;
 use crate::store::Listed;
 use crate::tls::SyncStream;
 use rustls::StreamOwned;
@@ -476,6 +477,29 @@ impl Conn {
             .iter()
             .filter_map(convert::addr)
             .collect())
+    }
+
+    /// The ring the node routes with, as a client builds it: the members of
+    /// `get_all`, each at the weight its row in `members` gives (1 where the
+    /// node is older than weights and has no `members`), so a ring-aware
+    /// client places keys exactly as the node does.
+    pub fn ring(&mut self) -> Result<Ring<NodeAddr>> {
+        let members = self.members()?;
+        let weights: BTreeMap<NodeAddr, u32> = match self.member_table() {
+            Ok(table) => table
+                .into_iter()
+                .map(|row| (row.addr, row.weight))
+                .collect(),
+            Err(e) if e.kind() == ErrorKind::Rpc || e.kind() == ErrorKind::Unreachable => {
+                return Err(e);
+            }
+            // A 2009 node: no `members`, no weights.
+            Err(_) => BTreeMap::new(),
+        };
+        Ok(Ring::weighted(members.into_iter().map(|m| {
+            let weight = weights.get(&m).copied().unwrap_or(1);
+            (m, weight)
+        })))
     }
 
     /// The node's member table, every status included (`members`, the

@@ -6,6 +6,7 @@ use super::idl::diststore::{
 };
 use super::idl::locator::{Location, Member, MemberStatus};
 use crate::addr::NodeAddr;
+use crate::config::MAX_WEIGHT;
 use crate::error::{Error, ErrorKind};
 use crate::membership::{MemberState, Status};
 use crate::store::{Listed, Stored};
@@ -50,6 +51,7 @@ pub fn store_error(error: &Error) -> StoreError {
         ErrorKind::Changed => WireKind::CHANGED,
         ErrorKind::NoSuchUpload => WireKind::NO_SUCH_UPLOAD,
         ErrorKind::Exists => WireKind::EXISTS,
+        ErrorKind::Full => WireKind::FULL,
         _ => WireKind::OTHER,
     };
     // A remote error passed on keeps its text; ours is the whole message.
@@ -82,6 +84,7 @@ pub fn remote_error(peer: &NodeAddr, error: StoreError) -> Error {
         Some(WireKind::CHANGED) => ErrorKind::Changed,
         Some(WireKind::NO_SUCH_UPLOAD) => ErrorKind::NoSuchUpload,
         Some(WireKind::EXISTS) => ErrorKind::Exists,
+        Some(WireKind::FULL) => ErrorKind::Full,
         Some(_) => ErrorKind::Other,
     };
     Error::Remote {
@@ -170,11 +173,22 @@ pub fn member(state: &MemberState) -> Member {
         Status::Dead => MemberStatus::DEAD,
         Status::Left => MemberStatus::LEFT,
     };
-    Member::new(location(&state.addr), state.incarnation, status)
+    // Weight 1 travels as no weight, as older nodes send it.
+    let weight = (state.weight > 1).then_some(state.weight as i32);
+    Member::new(location(&state.addr), state.incarnation, status, weight)
 }
 
-/// A member row from the wire; `None` when a field is missing or unknown.
+/// A member row from the wire; `None` when a field is missing or unknown,
+/// or the weight is outside 1 to [`MAX_WEIGHT`] (a row that would make every
+/// node build a ring of billions of points is ignored, not clamped, so no
+/// node builds a ring from a weight its member did not set).
 pub fn member_state(member: &Member) -> Option<MemberState> {
+    let weight = match member.weight {
+        None => 1,
+        Some(w) => u32::try_from(w)
+            .ok()
+            .filter(|w| (1..=MAX_WEIGHT).contains(w))?,
+    };
     let status = match member.status? {
         MemberStatus::ALIVE => Status::Alive,
         MemberStatus::SUSPECT => Status::Suspect,
@@ -187,6 +201,7 @@ pub fn member_state(member: &Member) -> Option<MemberState> {
         addr: addr(member.location.as_ref()?)?,
         incarnation: member.incarnation?,
         status,
+        weight,
     })
 }
 
@@ -342,8 +357,21 @@ mod tests {
             addr: NodeAddr::new("h", 65535),
             incarnation: 42,
             status: Status::Left,
+            weight: 1,
         };
-        assert_eq!(member_state(&member(&state)), Some(state));
+        assert_eq!(member(&state).weight, None, "weight 1 travels as none");
+        assert_eq!(member_state(&member(&state)), Some(state.clone()));
+        let heavy = MemberState {
+            weight: 64,
+            ..state
+        };
+        assert_eq!(member(&heavy).weight, Some(64));
+        assert_eq!(member_state(&member(&heavy)), Some(heavy.clone()));
+        for bad in [0, -1, 65, i32::MAX] {
+            let mut row = member(&heavy);
+            row.weight = Some(bad);
+            assert_eq!(member_state(&row), None, "weight {bad} is refused");
+        }
     }
 
     #[test]
@@ -388,6 +416,12 @@ mod tests {
                 key: "k".into(),
                 upload: 7,
                 reason: "expired".into(),
+            },
+            Error::Full {
+                node: "n:1".into(),
+                used: 10,
+                needed: 5,
+                limit: 12,
             },
         ] {
             let back = remote_error(&peer, store_error(&error));

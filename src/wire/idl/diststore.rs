@@ -73,6 +73,15 @@ impl ErrorKind {
   /// the key (a tombstone does not count): nothing changed. Read the value,
   /// or write without `create_only` to replace it.
   pub const EXISTS: ErrorKind = ErrorKind(18);
+  /// The write would take a node over its `--max-memory`: the key and value
+  /// bytes it holds plus the write's growth would exceed its cap. The message
+  /// names the node, its usage and its cap. Nothing is evicted to make room:
+  /// erase keys (erases are always taken), raise `--max-memory`, or add nodes.
+  /// When the coordinator itself is full nothing was stored; when it passes on
+  /// a replica's refusal, the write stays on the replicas that took it and may
+  /// still spread, as with QUORUM. Retrying is safe but fails until there is
+  /// room.
+  pub const FULL: ErrorKind = ErrorKind(21);
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::OTHER,
     Self::REFUSED,
@@ -93,6 +102,7 @@ impl ErrorKind {
     Self::CHANGED,
     Self::NO_SUCH_UPLOAD,
     Self::EXISTS,
+    Self::FULL,
   ];
 }
 
@@ -129,6 +139,7 @@ impl From<i32> for ErrorKind {
       16 => ErrorKind::CHANGED,
       17 => ErrorKind::NO_SUCH_UPLOAD,
       18 => ErrorKind::EXISTS,
+      21 => ErrorKind::FULL,
       _ => ErrorKind(i)
     }
   }

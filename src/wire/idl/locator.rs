@@ -183,14 +183,19 @@ pub struct Member {
   pub location: Option<Location>,
   pub incarnation: Option<i64>,
   pub status: Option<MemberStatus>,
+  /// The member's weight (`location --weight`, 1 to 64): its share of the ring
+  /// grows with it. Absent means 1, which is what older nodes send; sent only
+  /// when above 1. A row with a weight outside 1 to 64 is ignored.
+  pub weight: Option<i32>,
 }
 
 impl Member {
-  pub fn new<F1, F2, F3>(location: F1, incarnation: F2, status: F3) -> Member where F1: Into<Option<Location>>, F2: Into<Option<i64>>, F3: Into<Option<MemberStatus>> {
+  pub fn new<F1, F2, F3, F4>(location: F1, incarnation: F2, status: F3, weight: F4) -> Member where F1: Into<Option<Location>>, F2: Into<Option<i64>>, F3: Into<Option<MemberStatus>>, F4: Into<Option<i32>> {
     Member {
       location: location.into(),
       incarnation: incarnation.into(),
       status: status.into(),
+      weight: weight.into(),
     }
   }
 }
@@ -201,6 +206,7 @@ impl TSerializable for Member {
     let mut f_1: Option<Location> = None;
     let mut f_2: Option<i64> = Some(0);
     let mut f_3: Option<MemberStatus> = None;
+    let mut f_4: Option<i32> = None;
     loop {
       let field_ident = i_prot.read_field_begin()?;
       if field_ident.field_type == TType::Stop {
@@ -220,6 +226,10 @@ impl TSerializable for Member {
           let val = MemberStatus::read_from_in_protocol(i_prot)?;
           f_3 = Some(val);
         },
+        4 => {
+          let val = i_prot.read_i32()?;
+          f_4 = Some(val);
+        },
         _ => {
           i_prot.skip(field_ident.field_type)?;
         },
@@ -231,6 +241,7 @@ impl TSerializable for Member {
       location: f_1,
       incarnation: f_2,
       status: f_3,
+      weight: f_4,
     };
     Ok(ret)
   }
@@ -252,6 +263,11 @@ impl TSerializable for Member {
       fld_var.write_to_out_protocol(o_prot)?;
       o_prot.write_field_end()?
     }
+    if let Some(fld_var) = self.weight {
+      o_prot.write_field_begin(&TFieldIdentifier::new("weight", TType::I32, 4))?;
+      o_prot.write_i32(fld_var)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }
@@ -263,6 +279,7 @@ impl Default for Member {
       location: None,
       incarnation: Some(0),
       status: None,
+      weight: Some(0),
     }
   }
 }

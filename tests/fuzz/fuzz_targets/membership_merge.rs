@@ -157,6 +157,7 @@ fn state(row: Row, wall: i64, ceiling: i64) -> MemberState {
         addr: addr(row.who),
         incarnation: row.inc.resolve(wall, ceiling),
         status: row.status.into(),
+        weight: 1,
     }
 }
 
