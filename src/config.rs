@@ -94,6 +94,15 @@ pub struct Config {
     /// `begin_upload`, which expires then; see `upload`), so it must exceed
     /// twice the longest upload. Default 10 minutes.
     pub chunk_grace: Duration,
+    /// A tombstone (what an erase leaves, so that an older copy offered
+    /// later loses to it) is removed once it is this old and every replica
+    /// has been seen to hold it (see `node::tombstones`). It must exceed the
+    /// longest time a member may stay away and come back with its data, or a
+    /// handoff may stay pending: an older copy that comes back after its
+    /// tombstone is gone would be taken as new. A disk node whose data was
+    /// last written longer ago than this refuses to start with it. Default
+    /// 1 day.
+    pub tombstone_grace: Duration,
     /// Where to keep data on disk; `None` keeps it in memory.
     pub data_dir: Option<std::path::PathBuf>,
     /// With `data_dir`: fsync every write (survives power loss, slower).
@@ -135,6 +144,7 @@ impl Default for Config {
             failure_timeout: Duration::from_secs(5),
             anti_entropy_interval: Duration::from_secs(2),
             chunk_grace: Duration::from_secs(600),
+            tombstone_grace: Duration::from_secs(24 * 3600),
             data_dir: None,
             fsync: false,
             fault_injection: false,

@@ -23,6 +23,8 @@
 //! - [`handoff`]: keys that moved away go to their new replicas.
 //! - [`leave`]: stopping, and the graceful leave.
 //! - [`collect`]: erasing chunks no value points at any more.
+//! - [`tombstones`]: removing tombstones once no replica can offer an older
+//!   copy.
 //! - [`large`]: large values for any Thrift client: `describe`,
 //!   `read_range`, and uploads in parts committed at once.
 //!
@@ -80,6 +82,8 @@ mod members;
 mod read;
 mod repair;
 mod replica;
+mod tombstones;
+pub use tombstones::check_downtime;
 mod write;
 
 /// Forwards a request may take before the node holding it serves it itself.
@@ -194,6 +198,14 @@ pub struct Node {
     handoff_pending: AtomicUsize,
     /// Uploads in parts open on this node (see [`large`]).
     uploads: parking_lot::Mutex<Uploads>,
+    /// When ([`Node::now_ms`]) the latest anti-entropy exchange with each
+    /// peer that succeeded had started (see [`tombstones`]).
+    synced_at: parking_lot::Mutex<BTreeMap<NodeAddr, u64>>,
+    /// Tombstones picked for removal, waiting for every peer to be synced
+    /// with (see [`tombstones`]).
+    picked: parking_lot::Mutex<Option<tombstones::Picked>>,
+    /// Tombstones removed since the node started.
+    tombstones_collected: AtomicU64,
 }
 
 /// The parts a node is built from.
@@ -279,13 +291,16 @@ impl Node {
             views: parking_lot::Mutex::new(BTreeMap::new()),
             metrics: Metrics::new(),
             uploads: parking_lot::Mutex::new(Uploads::new(config.chunk_grace / 2)),
+            synced_at: parking_lot::Mutex::new(BTreeMap::new()),
+            picked: parking_lot::Mutex::new(None),
+            tombstones_collected: AtomicU64::new(0),
             config,
             me,
         })
     }
 
     /// Starts the background workers: membership (SWIM), view agreement, the
-    /// pause watch, anti-entropy, handoff and chunk collection.
+    /// pause watch, anti-entropy, handoff, chunk and tombstone collection.
     pub fn start(self: &Arc<Self>) {
         // The pause watch measures from here, not from its first run: a
         // node frozen before that run (paused right after it joined) must
@@ -307,6 +322,9 @@ impl Node {
         let node = self.clone();
         self.tasks
             .spawn(async move { node.chunk_collector().await });
+        let node = self.clone();
+        self.tasks
+            .spawn(async move { node.tombstone_collector().await });
     }
 
     /// This node's address (its name on the ring).
@@ -527,6 +545,14 @@ impl Node {
         put(
             collect::GRACE_STAT,
             self.config.chunk_grace.as_millis() as usize,
+        );
+        put(
+            tombstones::GRACE_STAT,
+            self.config.tombstone_grace.as_millis() as usize,
+        );
+        put(
+            tombstones::COLLECTED_STAT,
+            self.tombstones_collected.load(Ordering::Relaxed) as usize,
         );
         put("share_ppm", view.ring.share_ppm(&self.me) as usize);
         put(

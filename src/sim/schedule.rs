@@ -145,11 +145,14 @@ impl fmt::Display for Report {
     }
 }
 
-/// The settings every simulated node runs with.
+/// The settings every simulated node runs with: tombstones are removed
+/// after 3 s, shorter than most faults last, so schedules check that a
+/// member away longer than the grace brings no erased value back.
 pub fn sim_config() -> Config {
     Config {
         failure_timeout: Duration::from_secs(2),
         leave_timeout: Duration::from_secs(20),
+        tombstone_grace: Duration::from_secs(3),
         ..Config::default()
     }
 }
