@@ -261,6 +261,7 @@ impl Node {
             config.handoff_batch_entries,
             config.handoff_batch_bytes,
             config.rpc_timeout,
+            config.tombstone_grace / 4,
         );
         Arc::new(Node {
             clock,

@@ -245,3 +245,38 @@ impl Node {
         removed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disk_store_last_used_longer_ago_than_the_grace_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), false).unwrap();
+        let grace = Duration::from_secs(3600);
+        let hour = grace.as_micros() as u64;
+        let t0 = 1_800_000_000_000_000;
+        // Never recorded (a new directory): taken.
+        check_downtime(&store, grace, t0, "DIR").unwrap();
+        store.mark_alive(t0).unwrap();
+        check_downtime(&store, grace, t0 + hour, "DIR").unwrap();
+        let error = check_downtime(&store, grace, t0 + hour + 1, "DIR")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("last used 60 min ago")
+                && error.contains("tombstone grace of 60 min")
+                && error.contains("Move DIR aside"),
+            "{error}"
+        );
+        let error = check_downtime(&store, grace, t0 + 50 * hour, "DIR")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("last used 2 days ago"), "{error}");
+        // The memory engine records nothing, so it is never refused.
+        let memory = Store::memory();
+        memory.mark_alive(t0).unwrap();
+        check_downtime(&memory, grace, t0 + 50 * hour, "-").unwrap();
+    }
+}
