@@ -39,8 +39,9 @@
 //! # Pacing
 //!
 //! A pass runs every quarter of the grace (at most a minute apart, at least
-//! 100 ms). It picks at most [`MAX_PICKED`] tombstones (the scan copies one
-//! shard at a time, so writers are never held up), and the pass after it
+//! 100 ms). It picks at most [`MAX_PICKED`] tombstones and
+//! [`MAX_PICKED_BYTES`] of their keys (the scan copies one shard at a time,
+//! so writers are never held up), and the pass after it
 //! removes them [`BATCH`] at a time, yielding to other tasks between
 //! batches, so requests are never stalled behind it.
 
@@ -62,6 +63,9 @@ pub const COLLECTED_STAT: &str = "tombstones_collected";
 
 /// Most tombstones picked by one pass; the rest wait for a later one.
 const MAX_PICKED: usize = 100_000;
+
+/// Most key bytes picked by one pass (keys may be up to 64 KiB each).
+const MAX_PICKED_BYTES: usize = 16 << 20;
 
 /// Tombstones removed between two yields to other tasks.
 const BATCH: usize = 1_000;
@@ -198,17 +202,20 @@ impl Node {
         swept
     }
 
-    /// The tombstones older than the grace, at most [`MAX_PICKED`].
+    /// The tombstones older than the grace, at most [`MAX_PICKED`] of them
+    /// and [`MAX_PICKED_BYTES`] of keys.
     fn pick_tombstones(&self, epoch: u64) -> Picked {
         let at = self.now_ms();
         let now = self.clock.wall_micros();
         let grace = self.config.tombstone_grace.as_micros() as u64;
         let mut keys = Vec::new();
+        let mut bytes = 0;
         let scanned = self.store.scan(|key, version, tombstone| {
             if tombstone && now.saturating_sub(version.wall_micros()) > grace {
                 keys.push((key.to_vec(), version));
+                bytes += key.len();
             }
-            keys.len() < MAX_PICKED
+            keys.len() < MAX_PICKED && bytes < MAX_PICKED_BYTES
         });
         if let Err(e) = scanned {
             log::warn!("collecting tombstones: scanning the store failed: {e}");
