@@ -127,6 +127,15 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WEIGHT)))]
     weight: u32,
 
+    /// How old a tombstone (what an erase leaves behind) must be before it
+    /// is removed, once every replica holds it: a number with a unit, s, m,
+    /// h or d (e.g. 90s, 30m, 12h, 2d; a bare number is seconds). It must
+    /// exceed the longest time a member may be away and come back with its
+    /// data; a --data-dir node whose data was last used longer ago than this
+    /// refuses to start with it.
+    #[arg(long, value_name = "DURATION", default_value = "1d", value_parser = duration)]
+    tombstone_grace: Duration,
+
     /// Keep data on disk in DIR (crash-safe); without it, data lives in memory.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<std::path::PathBuf>,
@@ -186,6 +195,36 @@ fn parse_max_memory(text: &str) -> Result<u64, String> {
     }
 }
 
+/// A duration as `--tombstone-grace` takes it: a number (decimals allowed)
+/// and a unit, s, m, h or d; a bare number is seconds. At least 0.1 s.
+fn duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let scale = match unit {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => {
+            return Err(format!(
+                "`{text}`: the unit must be s, m, h or d (e.g. 90s, 30m, 12h, 2d)"
+            ));
+        }
+    };
+    number
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|n| Duration::try_from_secs_f64(n * scale).ok())
+        .filter(|d| *d >= Duration::from_millis(100))
+        .ok_or_else(|| {
+            format!("`{text}` is not a duration of at least 0.1 s (e.g. 90s, 30m, 12h, 2d)")
+        })
+}
+
 fn config(args: Args) -> Result<Config, String> {
     let secret = |path: &Option<std::path::PathBuf>| {
         path.as_deref()
@@ -226,6 +265,7 @@ fn config(args: Args) -> Result<Config, String> {
         chunk_grace: Duration::from_secs(args.chunk_grace.max(1)),
         max_memory: args.max_memory,
         weight: args.weight,
+        tombstone_grace: args.tombstone_grace,
         data_dir: args.data_dir,
         fsync: args.fsync,
         fault_injection: args.fault_injection,

@@ -169,6 +169,15 @@ pub struct Config {
     /// [`MAX_WEIGHT`]): its share of the keys grows in proportion (it gets
     /// weight x [`crate::ring::Ring::DEFAULT_POINTS`] points). Default 1.
     pub weight: u32,
+    /// A tombstone (what an erase leaves, so that an older copy offered
+    /// later loses to it) is removed once it is this old and every replica
+    /// has been seen to hold it (see `node::tombstones`). It must exceed the
+    /// longest time a member may stay away and come back with its data, or a
+    /// handoff may stay pending: an older copy that comes back after its
+    /// tombstone is gone would be taken as new. A disk node whose data was
+    /// last written longer ago than this refuses to start with it. Default
+    /// 1 day.
+    pub tombstone_grace: Duration,
     /// Where to keep data on disk; `None` keeps it in memory.
     pub data_dir: Option<std::path::PathBuf>,
     /// With `data_dir`: fsync every write (survives power loss, slower).
@@ -213,6 +222,7 @@ impl Default for Config {
             chunk_grace: Duration::from_secs(600),
             max_memory: None,
             weight: 1,
+            tombstone_grace: Duration::from_secs(24 * 3600),
             data_dir: None,
             fsync: false,
             fault_injection: false,

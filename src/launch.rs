@@ -101,7 +101,17 @@ pub fn start(config: Config) -> Result<Running> {
         });
     }
     let store = match &config.data_dir {
-        Some(dir) => Store::open(dir, config.fsync)?,
+        Some(dir) => {
+            let store = Store::open(dir, config.fsync)?;
+            // Before the node records that it runs with it again.
+            crate::node::check_downtime(
+                &store,
+                config.tombstone_grace,
+                crate::version::wall_micros(),
+                &dir.display().to_string(),
+            )?;
+            store
+        }
         None => Store::memory(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -7,6 +7,12 @@
 //! A write's coordinator waits on an [`Ack`] until a quorum of replicas stored
 //! it. Entries a peer could not take become hints: the keys are remembered per
 //! peer and sent again (with their current value) once it answers again.
+//!
+//! An entry queued longer than the replicator's `max_age` (a quarter of the
+//! tombstone grace) is not sent as it was queued: it becomes a hint too, so
+//! the peer gets the key's value as it is when the hint is delivered. A copy
+//! that waited behind a slow peer could otherwise arrive after the key was
+//! erased and its tombstone collected, and bring the erased value back.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -115,6 +121,8 @@ struct Outgoing {
     /// The write's quorum counter and the coordinator's ring id; `None` for
     /// repairs, which nobody waits for.
     ack: Option<(Arc<Ack>, u64)>,
+    /// When it was queued.
+    queued: tokio::time::Instant,
 }
 
 /// Sends entries to peers in batches, and keeps hints for those that failed.
@@ -127,18 +135,22 @@ pub struct Replicator {
     batch_entries: usize,
     batch_bytes: usize,
     timeout: Duration,
+    /// Entries queued longer than this go as hints (see the module doc).
+    max_age: Duration,
 }
 
 impl Replicator {
     /// A replicator sending through `transport` from tasks spawned with
     /// `tasks`, in batches of at most `batch_entries` entries or `batch_bytes`
-    /// bytes, waiting at most `timeout` for each batch's reply.
+    /// bytes, waiting at most `timeout` for each batch's reply; an entry
+    /// queued longer than `max_age` is sent as a hint instead (module doc).
     pub fn new(
         transport: Arc<dyn Transport>,
         tasks: Tasks,
         batch_entries: usize,
         batch_bytes: usize,
         timeout: Duration,
+        max_age: Duration,
     ) -> Arc<Self> {
         Arc::new(Replicator {
             transport,
@@ -149,6 +161,7 @@ impl Replicator {
             batch_entries: batch_entries.max(1),
             batch_bytes,
             timeout,
+            max_age,
         })
     }
 
@@ -165,7 +178,8 @@ impl Replicator {
             self.tasks.spawn(async move { me.sender(peer, rx).await });
             tx
         });
-        if let Err(mpsc::error::SendError(lost)) = queue.send(Outgoing { entry, ack }) {
+        let queued = tokio::time::Instant::now();
+        if let Err(mpsc::error::SendError(lost)) = queue.send(Outgoing { entry, ack, queued }) {
             // The runtime is shutting down; nothing will carry it.
             self.pending.fetch_sub(1, Ordering::Relaxed);
             if let Some((ack, _)) = lost.ack {
@@ -203,6 +217,26 @@ impl Replicator {
                 }
                 bytes += item.entry.bytes();
                 batch.push(item);
+            }
+            let (batch, stale): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .partition(|item| item.queued.elapsed() <= self.max_age);
+            if !stale.is_empty() {
+                log::debug!(
+                    "{} entries for {peer} waited longer than {:?}; sent as hints",
+                    stale.len(),
+                    self.max_age
+                );
+                self.add_hints(&peer, stale.iter().map(|o| o.entry.key.clone()));
+                for item in &stale {
+                    if let Some((ack, _)) = &item.ack {
+                        ack.settle(false);
+                    }
+                }
+                self.pending.fetch_sub(stale.len(), Ordering::Relaxed);
+            }
+            if batch.is_empty() {
+                continue;
             }
             let entries = newest_per_key(&batch);
             let request = match ring {
@@ -320,6 +354,7 @@ mod tests {
         Outgoing {
             entry: Entry::new(key.as_bytes().to_vec(), stored),
             ack,
+            queued: tokio::time::Instant::now(),
         }
     }
 

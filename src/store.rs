@@ -5,7 +5,10 @@
 //! tombstone is kept: a replica that was down may later offer an older copy of
 //! the key, and [`Engine::merge`] must see that the delete is newer and refuse it.
 //! Only [`Engine::remove_if`] forgets an entry, and only the exact version it was
-//! told about.
+//! told about: a handoff's sender once the new owner has the copy, and the
+//! node's tombstone collector once no replica can offer an older copy any
+//! more (`node::tombstones`). Both engines give the entry's memory or disk
+//! space back and keep [`Usage`] exact.
 //!
 //! # Engines
 //!
@@ -226,6 +229,21 @@ pub trait Engine: Send + Sync + 'static {
     /// store. A `from` in the middle of a group that no longer holds the key
     /// it names simply resumes at the next key.
     fn list(&self, from: &[u8], prefix: &[u8], limit: usize, budget: usize) -> Result<Listed>;
+
+    /// Records that the node runs with this store at `wall_micros` (wall
+    /// time, microseconds since the epoch), for [`Engine::last_alive`]. Kept
+    /// apart from the entries. The memory engine, whose entries do not
+    /// outlive the process, records nothing.
+    fn mark_alive(&self, wall_micros: u64) -> Result<()> {
+        let _ = wall_micros;
+        Ok(())
+    }
+
+    /// When a node last ran with this store, as [`Engine::mark_alive`]
+    /// recorded it; `None` if never (or for the memory engine).
+    fn last_alive(&self) -> Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// The node's store: an engine plus conveniences. Clones share the engine
@@ -355,6 +373,16 @@ impl Store {
     /// false. See [`Engine::scan`].
     pub fn scan(&self, mut visit: impl FnMut(&[u8], Version, bool) -> bool) -> Result<()> {
         self.engine.scan(&mut visit)
+    }
+
+    /// Records that a node runs with this store now. See [`Engine::mark_alive`].
+    pub fn mark_alive(&self, wall_micros: u64) -> Result<()> {
+        self.engine.mark_alive(wall_micros)
+    }
+
+    /// When a node last ran with this store. See [`Engine::last_alive`].
+    pub fn last_alive(&self) -> Result<Option<u64>> {
+        self.engine.last_alive()
     }
 
     /// See [`Engine::list`].

@@ -601,8 +601,12 @@ fn store_node_cases() -> Vec<Case> {
                     // Alone: the whole ring.
                     ("share_ppm", 1_000_000),
                     ("syncing", 0),
+                    // The default --tombstone-grace of a day; none collected
+                    // yet (they are younger than that).
+                    ("tombstone_grace_ms", 86_400_000),
                     ("tombstones", 3),
                     ("weight", 1),
+                    ("tombstones_collected", 0),
                     // Alone: every write has its one copy.
                     ("write_quorum", 1),
                 ];

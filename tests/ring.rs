@@ -381,6 +381,39 @@ fn the_last_member_with_a_data_dir_leaves_with_exit_code_0_and_says_where_its_ke
 }
 
 #[test]
+fn a_data_dir_last_used_longer_ago_than_the_tombstone_grace_is_refused_saying_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_str().unwrap();
+    let grace = ["--tombstone-grace", "1s", "--data-dir", path];
+    let mut node = NodeProc::start_with(None, &grace);
+    let addr = peer(&node);
+    assert_eq!(
+        run_tool("storeput", &["kept", "yes", "--peer", &addr], None).0,
+        0
+    );
+    node.signal("INT");
+    let status = node.wait_exit(Duration::from_secs(30)).expect("node exits");
+    assert!(status.success(), "{status:?}: {}", node.log());
+    // The data is now older than the grace: wait for wall time to pass it
+    // (measured, not assumed).
+    let stopped = std::time::Instant::now();
+    while stopped.elapsed() < Duration::from_millis(1500) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused = NodeProc::try_start_with(None, &grace)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        refused.contains("longer than the tombstone grace") && refused.contains("Move"),
+        "{refused}"
+    );
+    // Within a longer grace the same directory is taken, keys and all.
+    let node = NodeProc::start_with(None, &["--tombstone-grace", "1h", "--data-dir", path]);
+    let (code, out, err) = run_tool("storeget", &["kept", "--peer", &peer(&node)], None);
+    assert_eq!((code, out.as_slice()), (0, b"yes".as_slice()), "{err}");
+}
+
+#[test]
 fn storeput_reads_any_bytes_from_stdin_and_storeget_writes_them_raw() {
     let node = NodeProc::start(None);
     let addr = peer(&node);

@@ -408,3 +408,96 @@ fn a_node_paused_right_after_it_joined_refuses_the_writes_that_waited_in_it() {
         }
     });
 }
+
+/// Tombstones held over the running nodes (`stats`).
+fn tombstones_held(cluster: &Cluster) -> i64 {
+    (cluster.running().iter())
+        .filter_map(|addr| cluster.node(addr))
+        .map(|node| node.stats()["tombstones"])
+        .sum()
+}
+
+#[test]
+fn tombstones_older_than_the_grace_are_removed_from_every_replica() {
+    sim::run(async {
+        let (cluster, addrs) = ring(5).await;
+        for i in 0..20 {
+            let key = format!("gone-{i}");
+            write(&cluster, &addrs[i % 5], key.as_bytes(), Some(b"value")).await;
+            write(&cluster, &addrs[(i + 1) % 5], key.as_bytes(), None).await;
+        }
+        assert!(cluster.wait_until(10 * SECOND, Cluster::settled).await);
+        assert_eq!(tombstones_held(&cluster), 20 * 3, "three replicas each");
+        // The grace is 3 s; then every peer must be synced with once more.
+        assert!(
+            (cluster.wait_until(60 * SECOND, |c| tombstones_held(c) == 0)).await,
+            "{} tombstones left",
+            tombstones_held(&cluster)
+        );
+        let collected: i64 = (addrs.iter())
+            .map(|addr| cluster.node(addr).unwrap().stats()["tombstones_collected"])
+            .sum();
+        assert_eq!(collected, 20 * 3);
+        for i in 0..20 {
+            let key = format!("gone-{i}");
+            for via in &addrs {
+                assert_eq!(read(&cluster, via, key.as_bytes()).await, None, "{key}");
+            }
+        }
+    });
+}
+
+/// Erases a key while one of its replicas is away (cut off, or killed and
+/// later restarted with its store) for
+/// several times the tombstone grace, brings it back, and checks that its
+/// older copy does not come back once the tombstones are collected. Three
+/// nodes, each a replica of every key, so no stand-in holds the tombstone
+/// while the replica is away.
+fn an_erase_survives_a_replica_away_longer_than_the_grace(crash: bool) {
+    sim::run(async {
+        let (cluster, addrs) = ring(3).await;
+        let key = b"erased-while-away";
+        write(&cluster, &addrs[0], key, Some(b"old")).await;
+        assert!(cluster.wait_until(10 * SECOND, Cluster::settled).await);
+        let replicas = replicas_of(&cluster, &addrs[0], key);
+        let (gone, others) = replicas.split_first().unwrap();
+        if crash {
+            cluster.kill(gone);
+        } else {
+            cluster.isolate(gone);
+        }
+        write(&cluster, &others[0], key, None).await;
+        // Five graces: long past the grace, and the member is declared dead.
+        tokio::time::sleep(15 * SECOND).await;
+        if crash {
+            cluster.start(gone, Some(&others[0])).await.unwrap();
+        } else {
+            cluster.heal();
+        }
+        assert!(cluster.wait_until(60 * SECOND, Cluster::settled).await);
+        assert!(
+            (cluster.wait_until(60 * SECOND, |c| tombstones_held(c) == 0)).await,
+            "{} tombstones left",
+            tombstones_held(&cluster)
+        );
+        for via in &addrs {
+            assert_eq!(read(&cluster, via, key).await, None, "via {via}");
+            let copy = cluster.node(via).unwrap().store().get(key).unwrap();
+            assert!(
+                copy.as_ref().is_none_or(|copy| copy.value.is_none()),
+                "{via} holds {copy:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_replica_cut_off_longer_than_the_tombstone_grace_brings_no_erased_value_back() {
+    an_erase_survives_a_replica_away_longer_than_the_grace(false);
+}
+
+#[test]
+fn a_replica_restarted_from_its_store_after_longer_than_the_tombstone_grace_brings_no_erased_value_back()
+ {
+    an_erase_survives_a_replica_away_longer_than_the_grace(true);
+}

@@ -12,9 +12,14 @@ const CI_SEEDS: std::ops::Range<u64> = 0..200;
 
 /// Seeds that once found a bug (with the code of their day), kept as
 /// regression schedules.
-const FOUND: [u64; 15] = [
-    1359, 2300, 3676, 4010, 4113, 5146, 10218, 10869, 11615, 11720, 11999, 30754, 30935, 31780,
-    33210,
+///
+/// 176: an erase's tombstone was collected while an older copy of the key
+/// still waited in a replication queue behind a slow peer; the copy then
+/// brought the erased value back. Entries queued longer than a quarter of the
+/// tombstone grace now go as hints (`replicate`).
+const FOUND: [u64; 16] = [
+    176, 1359, 2300, 3676, 4010, 4113, 5146, 10218, 10869, 11615, 11720, 11999, 30754, 30935,
+    31780, 33210,
 ];
 
 #[test]
@@ -39,18 +44,25 @@ fn every_seeded_fault_schedule_keeps_the_guarantee() {
     init_log();
     let started = Instant::now();
     let mut failed = Vec::new();
+    let mut collected = 0;
     for seed in first..first + count {
         let report = run_seed(seed);
+        collected += report.tombstones_collected;
         if !report.passed() {
             eprintln!("{report}");
             failed.push(seed);
         }
     }
     eprintln!(
-        "{count} schedules in {:.1} s; failing seeds: {failed:?}",
+        "{count} schedules in {:.1} s, {collected} tombstones collected; failing seeds: {failed:?}",
         started.elapsed().as_secs_f64()
     );
     assert!(failed.is_empty(), "failing seeds: {failed:?}");
+    // The checker sees erases outlive their tombstones (a 3 s grace).
+    assert!(
+        count < 20 || collected > 0,
+        "{count} schedules collected no tombstone"
+    );
 }
 
 #[test]

@@ -837,3 +837,73 @@ fn an_upload_not_committed_within_half_the_chunk_grace_expires_and_the_key_keeps
     assert_eq!(error.kind(), ErrorKind::NoSuchUpload, "{error}");
     assert_eq!(ring.get("doc").unwrap().as_deref(), Some(&b"before"[..]));
 }
+
+#[test]
+fn a_256_mib_value_replaced_with_small_leaves_every_node_near_its_memory_at_rest() {
+    // Tombstones go 2 s after the erase; the chunk grace stays above twice
+    // the upload (slow in a debug build).
+    let nodes = start_ring(3, &["--chunk-grace", "120", "--tombstone-grace", "2s"]);
+    let peer = nodes[0].addr.to_string();
+    let rss = |nodes: &[NodeProc]| -> Vec<u64> {
+        nodes.iter().map(|node| node.memory("VmRSS")).collect()
+    };
+    let shown = |figures: &[u64]| -> String {
+        let mib: Vec<String> = (figures.iter())
+            .map(|&b| format!("{:.0}", b as f64 / MIB as f64))
+            .collect();
+        format!("[{}] MiB", mib.join(", "))
+    };
+    let at_rest = rss(&nodes);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("large");
+    std::fs::write(&file, pseudo_random(256 * MIB, 21)).unwrap();
+    let file = file.to_str().unwrap();
+    let (code, _, err) = run_tool(
+        "storeput",
+        &["large", "--file", file, "--peer", &peer],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let written = rss(&nodes);
+    let (code, _, err) = run_tool("storeput", &["large", "small", "--peer", &peer], None);
+    assert_eq!(code, 0, "{err}");
+    // Each node holds a copy of every chunk (three replicas on three nodes).
+    for (node, (&rest, &full)) in nodes.iter().zip(at_rest.iter().zip(&written)) {
+        assert!(
+            full > rest + 200 * MIB as u64,
+            "{}: {}",
+            node.addr,
+            shown(&written)
+        );
+    }
+    // Given back: the old chunks erased, their tombstones collected, and
+    // every node's RSS within 32 MiB of where it was before the write.
+    let margin = 32 * MIB as u64;
+    let back = common::wait_until(Duration::from_secs(120), || {
+        let now = rss(&nodes);
+        nodes
+            .iter()
+            .zip(at_rest.iter().zip(&now))
+            .all(|(node, (&rest, &now))| {
+                common::stat(&node.addr, "tombstones") == Some(0) && now < rest + margin
+            })
+    });
+    let after = rss(&nodes);
+    eprintln!(
+        "RSS at rest {}, after the 256 MiB write {}, after the replacement was collected {}",
+        shown(&at_rest),
+        shown(&written),
+        shown(&after)
+    );
+    let tombstones: Vec<_> = (nodes.iter())
+        .map(|node| common::stat(&node.addr, "tombstones"))
+        .collect();
+    assert!(back, "tombstones {tombstones:?}, RSS {}", shown(&after));
+    let collected: i64 = (nodes.iter())
+        .map(|node| common::stat(&node.addr, "tombstones_collected").unwrap())
+        .sum();
+    // The chunks' tombstones, on each of their three replicas.
+    assert!(collected >= 3 * 32, "{collected} tombstones collected");
+    let (code, out, err) = run_tool("storeget", &["large", "--peer", &peer], None);
+    assert_eq!((code, out.as_slice()), (0, &b"small"[..]), "{err}");
+}

@@ -24,7 +24,8 @@
 //! younger than half the grace (the node tells it the grace in `stats`,
 //! [`GRACE_STAT`]), so every chunk older than the grace either belongs to a
 //! manifest already written, which rule 1 sees, or to one that will never be.
-//! The erased chunks leave tombstones, like any erase.
+//! The erased chunks leave tombstones, like any erase, removed in turn after
+//! the tombstone grace (see `node::tombstones`).
 //!
 //! The work per pass is bounded ([`MAX_UPLOADS_PER_PASS`] uploads read back),
 //! and the scan copies one shard at a time, so writers are never held up.

@@ -23,6 +23,8 @@
 //! - [`handoff`]: keys that moved away go to their new replicas.
 //! - [`leave`]: stopping, and the graceful leave.
 //! - [`collect`]: erasing chunks no value points at any more.
+//! - [`tombstones`]: removing tombstones once no replica can offer an older
+//!   copy.
 //! - [`large`]: large values for any Thrift client: `describe`,
 //!   `read_range`, and uploads in parts committed at once.
 //! - [`conditional`]: `store_with` (metadata, create-only) and `append`,
@@ -91,6 +93,8 @@ mod read;
 pub(crate) use read::refuse_streamed;
 mod repair;
 mod replica;
+mod tombstones;
+pub use tombstones::check_downtime;
 mod write;
 
 /// Forwards a request may take before the node holding it serves it itself.
@@ -218,6 +222,14 @@ pub struct Node {
     /// The cap on stored bytes (`--max-memory`) and the room reserved for
     /// writes being stored (see [`crate::capacity`]).
     capacity: Capacity,
+    /// When ([`Node::now_ms`]) the latest anti-entropy exchange with each
+    /// peer that succeeded had started (see [`tombstones`]).
+    synced_at: parking_lot::Mutex<BTreeMap<NodeAddr, u64>>,
+    /// Tombstones picked for removal, waiting for every peer to be synced
+    /// with (see [`tombstones`]).
+    picked: parking_lot::Mutex<Option<tombstones::Picked>>,
+    /// Tombstones removed since the node started.
+    tombstones_collected: AtomicU64,
 }
 
 /// The parts a node is built from.
@@ -274,6 +286,7 @@ impl Node {
             config.handoff_batch_entries,
             config.handoff_batch_bytes,
             config.rpc_timeout,
+            config.tombstone_grace / 4,
         );
         Arc::new(Node {
             clock,
@@ -307,13 +320,16 @@ impl Node {
             compression: crate::value::Compression::default(),
             exclusive: exclusive::Exclusive::new(),
             capacity: Capacity::new(config.max_memory),
+            synced_at: parking_lot::Mutex::new(BTreeMap::new()),
+            picked: parking_lot::Mutex::new(None),
+            tombstones_collected: AtomicU64::new(0),
             config,
             me,
         })
     }
 
     /// Starts the background workers: membership (SWIM), view agreement, the
-    /// pause watch, anti-entropy, handoff and chunk collection.
+    /// pause watch, anti-entropy, handoff, chunk and tombstone collection.
     pub fn start(self: &Arc<Self>) {
         // The pause watch measures from here, not from its first run: a
         // node frozen before that run (paused right after it joined) must
@@ -335,6 +351,9 @@ impl Node {
         let node = self.clone();
         self.tasks
             .spawn(async move { node.chunk_collector().await });
+        let node = self.clone();
+        self.tasks
+            .spawn(async move { node.tombstone_collector().await });
     }
 
     /// This node's address (its name on the ring).
@@ -569,6 +588,14 @@ impl Node {
         put(
             collect::GRACE_STAT,
             self.config.chunk_grace.as_millis() as usize,
+        );
+        put(
+            tombstones::GRACE_STAT,
+            self.config.tombstone_grace.as_millis() as usize,
+        );
+        put(
+            tombstones::COLLECTED_STAT,
+            self.tombstones_collected.load(Ordering::Relaxed) as usize,
         );
         put("share_ppm", view.ring.share_ppm(&self.me) as usize);
         put("weight", self.config.weight.clamp(1, MAX_WEIGHT) as usize);

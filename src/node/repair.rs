@@ -131,6 +131,15 @@ impl Node {
     /// that differ, in bounded batches. Returns how many entries we sent and
     /// how many of ours the peer's answers repaired.
     pub async fn sync_with(self: &Arc<Self>, peer: &NodeAddr) -> Result<Synced> {
+        let started = self.now_ms();
+        let synced = self.exchange_with(peer).await?;
+        // What tombstone collection waits for (see `tombstones`).
+        self.synced_at.lock().insert(peer.clone(), started);
+        Ok(synced)
+    }
+
+    /// [`Node::sync_with`], without noting that it succeeded.
+    async fn exchange_with(self: &Arc<Self>, peer: &NodeAddr) -> Result<Synced> {
         let ring = self.placement();
         let digests = self.digests_with(&ring, peer)?.to_wire();
         let request = Request::DiffBuckets {

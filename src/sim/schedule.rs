@@ -116,6 +116,9 @@ pub struct Report {
     pub counts: (usize, usize, usize),
     /// Whether the ring settled after the faults.
     pub settled: bool,
+    /// Tombstones the nodes running at the end had removed (a restarted
+    /// node counts from its restart).
+    pub tombstones_collected: i64,
     /// Broken promises.
     pub violations: Vec<Violation>,
     /// A digest of the history (the same seed gives the same one).
@@ -135,12 +138,13 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "seed {}: {} nodes (weights {:?}), drop rate {}, {writes} writes ({acked} acknowledged), \
-             {reads} reads, settled: {}, history {}",
+             {reads} reads, settled: {}, {} tombstones collected, history {}",
             self.plan.seed,
             self.plan.nodes,
             self.plan.weights,
             self.plan.drop_rate,
             self.settled,
+            self.tombstones_collected,
             self.fingerprint
         )?;
         for fault in &self.plan.faults {
@@ -163,11 +167,14 @@ impl fmt::Display for Report {
     }
 }
 
-/// The settings every simulated node runs with.
+/// The settings every simulated node runs with: tombstones are removed
+/// after 3 s, shorter than most faults last, so schedules check that a
+/// member away longer than the grace brings no erased value back.
 pub fn sim_config() -> Config {
     Config {
         failure_timeout: Duration::from_secs(2),
         leave_timeout: Duration::from_secs(20),
+        tombstone_grace: Duration::from_secs(3),
         ..Config::default()
     }
 }
@@ -261,6 +268,54 @@ async fn run(plan: Plan) -> Report {
             }
         }));
     }
+    // Keys written once and erased a second or two later, whose tombstones
+    // outlive the grace (the other keys are written again too soon), so a
+    // fault between the write and the erase leaves a replica with an older
+    // copy to bring back: one client of its own, each key read at the end.
+    let erased_keys = Arc::new(parking_lot::Mutex::new(Vec::new()));
+    {
+        let (cluster, history, erased_keys) =
+            (cluster.clone(), history.clone(), erased_keys.clone());
+        let mut rng = ChaCha8Rng::seed_from_u64(plan.seed.wrapping_mul(41).wrapping_add(7));
+        clients.push(tokio::spawn(async move {
+            const LAG: usize = 8;
+            let mut n = 0;
+            while cluster.now() < stop_at {
+                n += 1;
+                let key = format!("once-{n}");
+                erased_keys.lock().push(key.clone());
+                let mut steps = vec![(key, 1, false)];
+                if n > LAG {
+                    steps.push((format!("once-{}", n - LAG), 2, true));
+                }
+                for (key, index, erase) in steps {
+                    let Some(via) = pick(&mut rng, &cluster.running()) else {
+                        break;
+                    };
+                    let value = value_of(&key, index);
+                    let start = cluster.now();
+                    let outcome = cluster
+                        .put(
+                            &via,
+                            key.as_bytes(),
+                            (!erase).then_some(&value[..]),
+                            PATIENCE,
+                        )
+                        .await;
+                    history.write(Write {
+                        key,
+                        index,
+                        erase,
+                        start,
+                        end: cluster.now(),
+                        acked: matches!(outcome, Outcome::Ok(())),
+                    });
+                }
+                let pause = rng.random_range(100..400);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+        }));
+    }
     let all_keys: Vec<String> = keys.iter().flatten().cloned().collect();
     for r in 0..2 {
         let (cluster, history, all_keys) = (cluster.clone(), history.clone(), all_keys.clone());
@@ -316,6 +371,22 @@ async fn run(plan: Plan) -> Report {
     let settled = cluster
         .wait_until(Duration::from_secs(60), Cluster::settled)
         .await;
+    // Let the tombstones go, so the reads below check that no erased value
+    // came back once they were gone (not waited for when the ring did not
+    // settle: that already fails the schedule).
+    if settled {
+        cluster
+            .wait_until(Duration::from_secs(30), |cluster| {
+                (cluster.running().iter())
+                    .filter_map(|addr| cluster.node(addr))
+                    .all(|node| node.stats()["tombstones"] == 0)
+            })
+            .await;
+    }
+    let all_keys: Vec<String> = all_keys
+        .into_iter()
+        .chain(erased_keys.lock().iter().cloned())
+        .collect();
     for key in &all_keys {
         for via in cluster.running() {
             let start = cluster.now();
@@ -333,10 +404,15 @@ async fn run(plan: Plan) -> Report {
             }
         }
     }
+    let tombstones_collected = (cluster.running().iter())
+        .filter_map(|addr| cluster.node(addr))
+        .map(|node| node.stats()["tombstones_collected"])
+        .sum();
     for addr in cluster.running() {
         cluster.kill(&addr);
     }
     Report {
+        tombstones_collected,
         counts: history.counts(),
         violations: history.check(),
         fingerprint: history.fingerprint(),

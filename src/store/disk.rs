@@ -54,6 +54,10 @@ const KEYSPACE: &str = "entries";
 /// First byte of every fjall key that holds an entry (see [`stored_key`]).
 /// Other first bytes are free for other kinds of record later.
 const KEY_PREFIX: u8 = 0;
+/// The fjall key of the record saying when a node last ran with this
+/// directory ([`Engine::mark_alive`]): wall microseconds, 8 bytes BE. Its
+/// first byte is not [`KEY_PREFIX`], so scans and listings never see it.
+const ALIVE_KEY: &[u8] = &[1, b'a'];
 /// fjall's key limit, less the prefix byte.
 const MAX_KEY: usize = u16::MAX as usize - 1;
 /// fjall's value limit, less the header.
@@ -275,6 +279,27 @@ impl Engine for Disk {
 
     fn len(&self) -> usize {
         self.values.load(Ordering::Relaxed)
+    }
+
+    fn mark_alive(&self, wall_micros: u64) -> Result<()> {
+        self.entries
+            .insert(ALIVE_KEY, wall_micros.to_be_bytes())
+            .map_err(storage)?;
+        // Not flushed even with `sync`: a mark a few seconds old is as good.
+        Ok(())
+    }
+
+    fn last_alive(&self) -> Result<Option<u64>> {
+        let Some(bytes) = self.entries.get(ALIVE_KEY).map_err(storage)? else {
+            return Ok(None);
+        };
+        let micros: [u8; 8] = bytes[..].try_into().map_err(|_| {
+            Error::Storage(
+                "the record of when this directory was last used is not in this program's format"
+                    .into(),
+            )
+        })?;
+        Ok(Some(u64::from_be_bytes(micros)))
     }
 
     fn usage(&self) -> Usage {
@@ -516,6 +541,26 @@ mod tests {
         assert_eq!(store.get(b"empty").unwrap().unwrap().value, Some(vec![]));
         assert!(!store.merge(&0u32.to_be_bytes(), Some(b"x"), v(1)).unwrap());
         assert_eq!(store.keys_where(|_| true).unwrap().len(), 100);
+    }
+
+    #[test]
+    fn when_a_node_last_ran_is_kept_apart_from_the_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path(), false).unwrap();
+            assert_eq!(store.last_alive().unwrap(), None);
+            store.merge(b"k", Some(b"x"), v(1)).unwrap();
+            store.mark_alive(1_000).unwrap();
+            store.mark_alive(2_000).unwrap();
+        }
+        let store = Store::open(dir.path(), false).unwrap();
+        assert_eq!(store.last_alive().unwrap(), Some(2_000));
+        // Not an entry: not counted, scanned or listed.
+        assert_eq!(store.len(), 1);
+        assert_eq!(store.usage().tombstones, 0);
+        assert_eq!(store.keys_where(|_| true).unwrap(), vec![b"k".to_vec()]);
+        let listed = store.list(&[], &[], 100, 1000).unwrap();
+        assert_eq!(listed.entries.len(), 1);
     }
 
     #[test]
