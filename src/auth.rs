@@ -210,7 +210,7 @@ const OPEN: [&str; 5] = [
 ];
 
 /// The data methods: what a client of the store calls.
-const DATA: [&str; 17] = [
+const DATA: [&str; 20] = [
     "get",
     "put",
     "fetch",
@@ -228,6 +228,9 @@ const DATA: [&str; 17] = [
     "begin_upload",
     "upload_part",
     "commit_upload",
+    "lock",
+    "unlock",
+    "renew",
 ];
 
 /// What calling `method` needs. Every method not open and not a data method

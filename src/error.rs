@@ -376,6 +376,32 @@ pub enum Error {
         /// The key, lossy UTF-8.
         key: String,
     },
+    /// `lock` of a key whose lease another holder has, not yet expired.
+    /// Nothing changed.
+    #[error(
+        "`{key}` is leased by another holder until {until_ms} (wall-clock ms since the epoch, {left_ms} ms from now); nothing changed: retry after that, or lock with a wait"
+    )]
+    Held {
+        /// The key, lossy UTF-8.
+        key: String,
+        /// When the current lease expires (wall-clock milliseconds).
+        until_ms: i64,
+        /// How long that is from when the owner decided.
+        left_ms: i64,
+    },
+    /// A token (`unlock`, `renew`, a write's fence) that is not the key's
+    /// current lease. Nothing changed.
+    #[error(
+        "token {token} is not the current lease on `{key}` ({reason}); nothing changed: the lease is lost, lock again if you still need the key"
+    )]
+    StaleToken {
+        /// The key, lossy UTF-8.
+        key: String,
+        /// The token given.
+        token: i64,
+        /// Why: superseded by a newer lease, unlocked, or never granted.
+        reason: String,
+    },
     /// The node asked reports no ring members. Nothing changed.
     #[error("{peer} reports no ring members; check that it is a running node")]
     NoMembers {
@@ -443,6 +469,11 @@ pub enum ErrorKind {
     NoSuchUpload,
     /// A create-only write found a value at the key. Nothing changed.
     Exists,
+    /// `lock` found another holder's lease not yet expired. Nothing changed.
+    Held,
+    /// A token that is not the key's current lease (superseded, unlocked,
+    /// never granted). Nothing changed.
+    StaleToken,
     /// A kind this build does not know (sent by a newer node).
     Other,
 }
@@ -495,6 +526,8 @@ impl Error {
             Error::Changed { .. } => ErrorKind::Changed,
             Error::NoSuchUpload { .. } => ErrorKind::NoSuchUpload,
             Error::Exists { .. } => ErrorKind::Exists,
+            Error::Held { .. } => ErrorKind::Held,
+            Error::StaleToken { .. } => ErrorKind::StaleToken,
             Error::Remote { kind, .. } => *kind,
         }
     }

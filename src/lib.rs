@@ -36,6 +36,8 @@
 //!   `upload_part`, `commit_upload`), bounded, and the commit's checks.
 //! - [`value`]: the envelope of a stored value: its metadata (content type,
 //!   description) and LZ4 compression, in band, bounded when decoded.
+//! - [`lease`]: leases with fencing tokens, the pure part: the record a
+//!   lease is stored as, and the decisions on it.
 //! - [`addr`], [`config`], [`error`]: names, settings and errors.
 //!
 //! Node:
@@ -93,6 +95,7 @@ pub mod discover;
 pub mod error;
 pub(crate) mod handoff;
 pub mod launch;
+pub mod lease;
 pub mod listing;
 pub(crate) mod membership;
 pub(crate) mod metrics;
@@ -123,4 +126,5 @@ pub use addr::NodeAddr;
 pub use client::{Client, ClientOptions};
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
+pub use lease::Lease;
 pub use membership::{MemberState, Status as MemberStatus};

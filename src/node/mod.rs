@@ -25,6 +25,8 @@
 //! - [`collect`]: erasing chunks no value points at any more.
 //! - [`large`]: large values for any Thrift client: `describe`,
 //!   `read_range`, and uploads in parts committed at once.
+//! - [`lease`]: `lock`, `unlock`, `renew` and the fence check of fenced
+//!   writes, decided at the key's owner ([`crate::lease`] explains why).
 //!
 //! # What keeps the guarantee (README, "Consistency model")
 //!
@@ -75,6 +77,7 @@ mod conditional;
 pub mod exclusive;
 mod handoff;
 mod large;
+mod lease;
 mod leave;
 mod listing;
 mod liveness;
@@ -499,6 +502,7 @@ impl Node {
                 self.conditional(&key, &value, &options, append, hops)
                     .await?,
             ),
+            Request::Lease { key, op, hops } => Reply::Lease(self.lease_op(&key, op, hops).await?),
             Request::Heartbeat { ring, caller } => Reply::Ring(self.heartbeat(&caller, ring)),
             Request::ReplicaRead { key, ring } => {
                 let (copy, trusted, ring) = self.replica_read(&key, ring)?;
