@@ -348,7 +348,10 @@ mod tests {
         let again = decide(KEY, Some(released), Op::Unlock { token: 50 }, 1_061, 63).unwrap_err();
         assert!(again.to_string().contains("unlocked"), "{again}");
         let error = decide(KEY, None, Op::Unlock { token: 1 }, 1, 1).unwrap_err();
-        assert!(error.to_string().contains("no lease was ever granted"), "{error}");
+        assert!(
+            error.to_string().contains("no lease was ever granted"),
+            "{error}"
+        );
     }
 
     #[test]
