@@ -289,7 +289,7 @@ service Store extends locator.Locator {
   map<string, i64> stats(),
   /**
    * A page of the keys this node holds copies of (tombstones included,
-   * internal chunk keys left out), in the listing order every node shares:
+   * internal keys (chunks, lease records) left out), in the listing order every node shares:
    * by the top six bits of the key's ring position (MD5, as `locate` uses),
    * then by the key's bytes. A position in that order is one byte (those six
    * bits) followed by a key; `start` is where the page starts (the first key

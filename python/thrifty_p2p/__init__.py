@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Optional, Union
 from ._errors import StoreError
 from ._native import Ring
 
-__all__ = ["Dict", "Info", "Placement", "StoreError", "Ring"]
+__all__ = ["Dict", "Info", "Lease", "Placement", "StoreError", "Ring"]
 
 # Shown and pickled as thrifty_p2p.StoreError, where users import it from.
 StoreError.__module__ = __name__
@@ -54,6 +54,52 @@ class Placement(NamedTuple):
     #: For a large (streamed) value, the members holding each part, in
     #: order; empty for a value stored whole.
     parts: list[list[str]]
+
+
+class Lease:
+    """A lease on a key (``Dict.lock``), with its fencing token.
+
+    As a context manager it gives the token and unlocks on exit::
+
+        with d.lock("job", ttl=10.0) as token:
+            d.put("job", b"done", fence=token)
+
+    or by hand: ``lease = d.lock(...)``; ``lease.token``; ``lease.unlock()``.
+    The lease also ends by itself at ``expires_ms`` (wall-clock milliseconds
+    since the epoch), and it survives the node that granted it.
+    """
+
+    def __init__(self, ring: Ring, key: Key, token: int, expires_ms: int) -> None:
+        self._ring = ring
+        #: The key the lease is on.
+        self.key = key
+        #: The fencing token: larger than every earlier lease's on the key.
+        self.token = token
+        #: When the lease expires by itself (ms since the epoch).
+        self.expires_ms = expires_ms
+
+    def unlock(self) -> None:
+        """Gives the lease back at once (StoreError kind "StaleToken" if it was lost)."""
+        self._ring.unlock(self.key, self.token)
+
+    def renew(self, ttl: float) -> None:
+        """Extends the lease to ``ttl`` seconds from now, keeping its token."""
+        self.token, self.expires_ms = self._ring.renew(self.key, self.token, ttl)
+
+    def __enter__(self) -> int:
+        return self.token
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        try:
+            self.unlock()
+        except StoreError as lost:
+            # A body that failed already says what went wrong; a lease lost
+            # meanwhile (expired and taken) is raised only when it succeeded.
+            if error is None or lost.kind != "StaleToken":
+                raise
+
+    def __repr__(self) -> str:
+        return f"thrifty_p2p.Lease({self.key!r}, token={self.token}, expires_ms={self.expires_ms})"
 
 
 _SERIALIZERS = (None, "bytes", "pickle")
@@ -170,6 +216,28 @@ class Dict(MutableMapping):
         if self._pickle:
             value = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         self._ring.put(key, value)
+
+    def put(self, key: Key, value: Any, *, fence: Optional[int] = None) -> None:
+        """Stores ``value`` at ``key``, like ``d[key] = value``; with ``fence``
+        (a token from ``lock``) the write is refused (StoreError kind
+        "StaleToken", nothing stored) unless that lease is the key's current
+        one."""
+        if self._pickle:
+            value = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        if fence is None:
+            self._ring.put(key, value)
+        else:
+            self._ring.put_fenced(key, value, fence)
+
+    def lock(self, key: Key, ttl: float = 10.0, wait: Optional[float] = None) -> Lease:
+        """Takes the lease on ``key`` for ``ttl`` seconds (up to a day) and
+        returns it (a context manager giving its token). With ``wait`` None
+        it fails at once with StoreError kind "Held" when another holder has
+        it (the message says until when); else it retries for up to ``wait``
+        seconds. Only writes fenced with the token (``put(..., fence=)``)
+        are guarded by the lease."""
+        token, expires_ms = self._ring.lock(key, ttl, wait)
+        return Lease(self._ring, key, token, expires_ms)
 
     def __delitem__(self, key: Key) -> None:
         if not self._ring.delete(key):

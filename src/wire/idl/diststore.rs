@@ -1304,7 +1304,7 @@ pub trait TStoreSyncClient : locator::TLocatorSyncClient {
   /// Counters describing this node (keys, bytes, replication backlog, hints, ...).
   fn stats(&mut self) -> thrift::Result<BTreeMap<String, i64>>;
   /// A page of the keys this node holds copies of (tombstones included,
-  /// internal chunk keys left out), in the listing order every node shares:
+  /// internal keys (chunks, lease records) left out), in the listing order every node shares:
   /// by the top six bits of the key's ring position (MD5, as `locate` uses),
   /// then by the key's bytes. A position in that order is one byte (those six
   /// bits) followed by a key; `start` is where the page starts (the first key
@@ -1969,7 +1969,7 @@ pub trait StoreSyncHandler : locator::LocatorSyncHandler {
   /// Counters describing this node (keys, bytes, replication backlog, hints, ...).
   fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>>;
   /// A page of the keys this node holds copies of (tombstones included,
-  /// internal chunk keys left out), in the listing order every node shares:
+  /// internal keys (chunks, lease records) left out), in the listing order every node shares:
   /// by the top six bits of the key's ring position (MD5, as `locate` uses),
   /// then by the key's bytes. A position in that order is one byte (those six
   /// bits) followed by a key; `start` is where the page starts (the first key
