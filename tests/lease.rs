@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{NodeProc, start_ring, wait_until};
+use common::{NodeProc, run_tool, start_ring, wait_until};
 use thrifty_p2p::wire::idl::diststore::{
     ErrorKind as WireKind, LeaseOp, StoreError, TPeerSyncClient, TStoreSyncClient,
 };
@@ -208,4 +208,32 @@ fn hostile_lease_requests_get_clear_errors_and_leave_the_node_serving() {
     let mut ring = node.session();
     ring.put("k", "v").unwrap();
     assert_eq!(ring.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+}
+
+#[test]
+fn storelock_prints_a_token_and_storeunlock_gives_it_back() {
+    let node = NodeProc::start(None);
+    let peer = node.addr.to_string();
+    let (code, out, err) = run_tool("storelock", &["job", "--ttl", "60", "--peer", &peer], None);
+    assert_eq!(code, 0, "{err}");
+    let out = String::from_utf8(out).unwrap();
+    let mut lines = out.lines();
+    let token: i64 = lines.next().unwrap().parse().unwrap();
+    let expires: i64 = lines.next().unwrap().parse().unwrap();
+    assert!(expires > now_ms());
+    let (code, _, err) = run_tool("storelock", &["job", "--ttl", "60", "--peer", &peer], None);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("leased by another holder until"), "{err}");
+    let wrong = (token + 1).to_string();
+    let (code, _, err) = run_tool("storeunlock", &["job", &wrong, "--peer", &peer], None);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = run_tool(
+        "storeunlock",
+        &["job", &token.to_string(), "--peer", &peer],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run_tool("storelock", &["job", "--ttl", "0", "--peer", &peer], None);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("1 to 86400000 ms"), "{err}");
 }
