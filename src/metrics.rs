@@ -28,7 +28,7 @@ use crate::membership::Status;
 
 /// Every method of the IDL (`thrift/*.thrift`), sorted, so a name is found
 /// by binary search; anything else counts as [`OTHER`].
-const METHODS: [&str; 37] = [
+const METHODS: [&str; 42] = [
     "absorb",
     "add",
     "begin_upload",
@@ -48,6 +48,7 @@ const METHODS: [&str; 37] = [
     "isolate",
     "join",
     "locate",
+    "lock",
     "peek",
     "ping",
     "probe",
@@ -56,8 +57,11 @@ const METHODS: [&str; 37] = [
     "reconcile",
     "relay_erase",
     "relay_fetch",
+    "relay_lease",
     "relay_store",
+    "relay_write_with",
     "remove",
+    "renew",
     "replica_read",
     "replicas",
     "replicate",
@@ -65,6 +69,7 @@ const METHODS: [&str; 37] = [
     "service_types",
     "stats",
     "store",
+    "unlock",
     "upload_part",
 ];
 
