@@ -50,8 +50,9 @@ struct Args {
 
     /// Values of at least this many bytes are stored LZ4-compressed when a
     /// sample of them, and then the whole, compress by at least an eighth
-    /// (stored bytes and the ratio: `stats`, `storestat`); 0 turns
-    /// compression off. Reads return the value as written either way.
+    /// (stored bytes and the ratio: `stats`, `storestat`); 0, the default,
+    /// turns compression off (4096 is a good threshold for text-like
+    /// values). Reads return the value as written either way.
     #[arg(long, value_name = "BYTES", default_value_t = Config::default().compress_above)]
     compress_above: usize,
 

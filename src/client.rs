@@ -67,6 +67,7 @@ use crate::addr::NodeAddr;
 use crate::auth::{Role, Secret};
 use crate::discover;
 use crate::error::{Error, ErrorKind, Result};
+use crate::lease::Lease;
 pub use crate::listing::KeyPage;
 use crate::listing::{self, MAX_PAGE_KEYS};
 #[cfg(doc)]
@@ -337,6 +338,119 @@ impl Client {
     pub fn delete(&mut self, key: impl AsRef<[u8]>) -> Result<()> {
         let key = key.as_ref();
         self.on_owner(key, |c| c.erase(key))
+    }
+
+    /// Takes the lease on `key` for `ttl` (1 ms to one day, counted in whole
+    /// milliseconds, rounded up) and returns it with its fencing token
+    /// (README, Leases). When another holder's lease has not expired: with
+    /// `wait` `None`, fails at once with [`ErrorKind::Held`] (the message
+    /// says until when); otherwise tries again, backing off from 10 ms to
+    /// at most 500 ms, until it gets the lease or `wait` has passed (then
+    /// the last error). Transient errors (a node down, a ring changing) are
+    /// retried the same way while `wait` lasts.
+    ///
+    /// The lease is decided at the key's owner and stored replicated, so it
+    /// outlives that node; it ends with [`Client::unlock`] or by expiring.
+    /// A lease does not stop anyone writing the key by itself: write with
+    /// [`Client::put_fenced`], which is refused once a newer lease exists.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use thrifty_p2p::{Client, Config, ErrorKind, launch};
+    ///
+    /// # fn main() -> thrifty_p2p::Result<()> {
+    /// let node = launch::start(Config { port: 0, ..Config::default() })?;
+    /// let mut ring = Client::connect(&node.addr().to_string())?;
+    /// let lease = ring.lock("job", Duration::from_secs(10), None)?;
+    /// ring.put_fenced("job", "step 1", lease.token)?;
+    /// // Held: a second lock fails at once.
+    /// let held = ring.lock("job", Duration::from_secs(10), None).unwrap_err();
+    /// assert_eq!(held.kind(), ErrorKind::Held);
+    /// ring.unlock("job", lease.token)?;
+    /// let next = ring.lock("job", Duration::from_secs(10), Some(Duration::from_secs(5)))?;
+    /// assert!(next.token > lease.token);
+    /// // The old token no longer fences.
+    /// let stale = ring.put_fenced("job", "late", lease.token).unwrap_err();
+    /// assert_eq!(stale.kind(), ErrorKind::StaleToken);
+    /// node.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn lock(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        ttl: Duration,
+        wait: Option<Duration>,
+    ) -> Result<Lease> {
+        let key = key.as_ref();
+        let ttl_ms = ttl_millis(ttl);
+        let deadline = wait.map(|wait| std::time::Instant::now() + wait);
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let error = match self.on_owner(key, |c| c.lock(key, ttl_ms)) {
+                Ok(lease) => return Ok(lease),
+                Err(e) => e,
+            };
+            let retry = error.kind() == ErrorKind::Held || error.is_transient();
+            let left = deadline.and_then(|d| d.checked_duration_since(std::time::Instant::now()));
+            match left {
+                // Backing off is what waiting for a lease is: the holder
+                // is not told about waiters, so they ask again.
+                Some(left) if retry && !left.is_zero() => {
+                    std::thread::sleep(backoff.min(left));
+                    backoff = (backoff * 2).min(Duration::from_millis(500));
+                }
+                _ => return Err(error),
+            }
+        }
+    }
+
+    /// Gives the lease `token` on `key` back, at once: the next
+    /// [`Client::lock`] gets it. Fails with [`ErrorKind::StaleToken`] when
+    /// `token` is not the key's current lease (a newer one was granted, or
+    /// it was unlocked already); nothing changes then.
+    pub fn unlock(&mut self, key: impl AsRef<[u8]>, token: i64) -> Result<()> {
+        let key = key.as_ref();
+        self.on_owner(key, |c| c.unlock(key, token))
+    }
+
+    /// Extends the lease `token` on `key` to expire `ttl` from now, keeping
+    /// its token; [`ErrorKind::StaleToken`] as for [`Client::unlock`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// # fn main() -> thrifty_p2p::Result<()> {
+    /// # let node = thrifty_p2p::launch::start(thrifty_p2p::Config { port: 0, ..Default::default() })?;
+    /// # let mut ring = thrifty_p2p::Client::connect(&node.addr().to_string())?;
+    /// let lease = ring.lock("job", Duration::from_secs(1), None)?;
+    /// let longer = ring.renew("job", lease.token, Duration::from_secs(60))?;
+    /// assert_eq!(longer.token, lease.token);
+    /// assert!(longer.expires_ms > lease.expires_ms);
+    /// # node.stop();
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn renew(&mut self, key: impl AsRef<[u8]>, token: i64, ttl: Duration) -> Result<Lease> {
+        let key = key.as_ref();
+        let ttl_ms = ttl_millis(ttl);
+        self.on_owner(key, |c| c.renew(key, token, ttl_ms))
+    }
+
+    /// Stores `value` at `key` fenced with the lease `token` (from
+    /// [`Client::lock`]): the key's owner checks the token and writes under
+    /// the key's lease lock, and refuses with [`ErrorKind::StaleToken`]
+    /// (storing nothing) unless `token` is the newest lease granted on the
+    /// key and was not unlocked. A lease that expired but that nobody took
+    /// since still fences. Values up to one message (`--max-value-bytes`);
+    /// a fenced write is never streamed.
+    pub fn put_fenced(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        token: i64,
+    ) -> Result<()> {
+        let (key, value) = (key.as_ref(), value.as_ref());
+        self.on_owner(key, |c| c.store_fenced(key, value, token))
     }
 
     /// Whether `key` holds a value.
@@ -881,6 +995,13 @@ impl Iterator for Keys<'_> {
 
 /// Whether a failure at one node is worth trying at another: it could not be
 /// reached, the call broke, or it is joining or leaving.
+/// A lease's TTL in whole milliseconds, rounded up (so 1 ns is 1 ms, and
+/// only a zero TTL reaches the node as 0, which refuses it).
+fn ttl_millis(ttl: Duration) -> i64 {
+    let ms = ttl.as_nanos().div_ceil(1_000_000);
+    i64::try_from(ms).unwrap_or(i64::MAX)
+}
+
 fn moves_on(error: &Error) -> bool {
     match error {
         // The node answered: it is joining or leaving. (Its own failure to

@@ -114,7 +114,7 @@ pub struct Config {
     pub max_value_bytes: usize,
     /// Values of at least this many bytes are stored LZ4-compressed when
     /// that saves an eighth (see [`crate::value`]); 0 turns compression off.
-    /// Default [`crate::value::DEFAULT_COMPRESS_ABOVE`] (4 KiB).
+    /// Default [`crate::value::DEFAULT_COMPRESS_ABOVE`] (0: off).
     pub compress_above: usize,
     /// Most elements in one list, set or map of a message. Default 1,000,000.
     pub max_list_len: usize,

@@ -388,6 +388,32 @@ pub enum Error {
         /// The key, lossy UTF-8.
         key: String,
     },
+    /// `lock` of a key whose lease another holder has, not yet expired.
+    /// Nothing changed.
+    #[error(
+        "`{key}` is leased by another holder until {until_ms} (wall-clock ms since the epoch, {left_ms} ms from now); nothing changed: retry after that, or lock with a wait"
+    )]
+    Held {
+        /// The key, lossy UTF-8.
+        key: String,
+        /// When the current lease expires (wall-clock milliseconds).
+        until_ms: i64,
+        /// How long that is from when the owner decided.
+        left_ms: i64,
+    },
+    /// A token (`unlock`, `renew`, a write's fence) that is not the key's
+    /// current lease. Nothing changed.
+    #[error(
+        "token {token} is not the current lease on `{key}` ({reason}); nothing changed: the lease is lost, lock again if you still need the key"
+    )]
+    StaleToken {
+        /// The key, lossy UTF-8.
+        key: String,
+        /// The token given.
+        token: i64,
+        /// Why: superseded by a newer lease, unlocked, or never granted.
+        reason: String,
+    },
     /// The write would take this node over its `--max-memory`
     /// ([`crate::Config::max_memory`]). Nothing was stored here and nothing
     /// was evicted; erases are always taken.
@@ -473,6 +499,11 @@ pub enum ErrorKind {
     NoSuchUpload,
     /// A create-only write found a value at the key. Nothing changed.
     Exists,
+    /// `lock` found another holder's lease not yet expired. Nothing changed.
+    Held,
+    /// A token that is not the key's current lease (superseded, unlocked,
+    /// never granted). Nothing changed.
+    StaleToken,
     /// A node's `--max-memory` would be exceeded. Nothing is evicted: erase
     /// keys, raise the cap or add nodes. If the coordinator was full nothing
     /// was stored; if a replica was, the write may stay on the others, as for
@@ -530,6 +561,8 @@ impl Error {
             Error::Changed { .. } => ErrorKind::Changed,
             Error::NoSuchUpload { .. } => ErrorKind::NoSuchUpload,
             Error::Exists { .. } => ErrorKind::Exists,
+            Error::Held { .. } => ErrorKind::Held,
+            Error::StaleToken { .. } => ErrorKind::StaleToken,
             Error::Full { .. } => ErrorKind::Full,
             Error::Remote { kind, .. } => *kind,
         }

@@ -38,6 +38,8 @@
 //!   description) and LZ4 compression, in band, bounded when decoded.
 //! - [`capacity`]: the cap on stored bytes (`--max-memory`): whether a
 //!   write fits.
+//! - [`lease`]: leases with fencing tokens, the pure part: the record a
+//!   lease is stored as, and the decisions on it.
 //! - [`addr`], [`config`], [`error`]: names, settings and errors.
 //!
 //! Node:
@@ -96,6 +98,7 @@ pub mod discover;
 pub mod error;
 pub(crate) mod handoff;
 pub mod launch;
+pub mod lease;
 pub mod listing;
 pub(crate) mod membership;
 pub(crate) mod metrics;
@@ -126,5 +129,6 @@ pub use addr::NodeAddr;
 pub use client::{Client, ClientOptions};
 pub use config::Config;
 pub use error::{Error, ErrorKind, Result};
+pub use lease::Lease;
 pub use membership::{MemberState, Status as MemberStatus};
 pub use value::{Meta, WriteOptions};

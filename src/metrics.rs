@@ -28,9 +28,11 @@ use crate::membership::Status;
 
 /// Every method of the IDL (`thrift/*.thrift`), sorted, so a name is found
 /// by binary search; anything else counts as [`OTHER`].
-const METHODS: [&str; 37] = [
+const METHODS: [&str; 50] = [
     "absorb",
     "add",
+    "append",
+    "authenticate",
     "begin_upload",
     "commit_upload",
     "debug",
@@ -40,14 +42,19 @@ const METHODS: [&str; 37] = [
     "enter",
     "erase",
     "fetch",
+    "fetch_many",
     "get",
     "get_all",
     "get_node",
     "gossip",
     "heartbeat",
+    "hello",
     "isolate",
     "join",
+    "list_keys",
     "locate",
+    "lock",
+    "members",
     "peek",
     "ping",
     "probe",
@@ -56,8 +63,11 @@ const METHODS: [&str; 37] = [
     "reconcile",
     "relay_erase",
     "relay_fetch",
+    "relay_lease",
     "relay_store",
+    "relay_write_with",
     "remove",
+    "renew",
     "replica_read",
     "replicas",
     "replicate",
@@ -65,6 +75,9 @@ const METHODS: [&str; 37] = [
     "service_types",
     "stats",
     "store",
+    "store_many",
+    "store_with",
+    "unlock",
     "upload_part",
 ];
 

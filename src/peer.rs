@@ -160,6 +160,16 @@ pub enum Request {
         /// Forwards so far, this one included.
         hops: i8,
     },
+    /// `lock`, `unlock` or `renew` forwarded toward the key's owner, which
+    /// decides them one at a time per key (`node::lease`).
+    Lease {
+        /// The key (not its lease record's key).
+        key: Vec<u8>,
+        /// What is asked.
+        op: crate::lease::Op,
+        /// Forwards so far, this one included.
+        hops: i8,
+    },
     /// View agreement: our ring id (and who we are); the answer is theirs.
     Heartbeat {
         /// The caller's ring id.
@@ -214,6 +224,7 @@ impl Request {
             Request::Write { value: Some(_), .. } => "relay_store",
             Request::Write { value: None, .. } => "relay_erase",
             Request::Conditional { .. } => "relay_write_with",
+            Request::Lease { .. } => "relay_lease",
             Request::Heartbeat { .. } => "heartbeat",
             Request::ReplicaRead { .. } => "replica_read",
             Request::Replicate { .. } => "replicate",
@@ -244,6 +255,8 @@ pub enum Reply {
     Ring(u64),
     /// A value's size after an append (0 after a create-only write).
     Size(u64),
+    /// A lease as granted, renewed or released.
+    Lease(crate::lease::Lease),
     /// A replica's copy for a quorum read.
     Replica {
         /// Its copy (`None`: never seen).

@@ -60,10 +60,19 @@ pub const MAX_DESCRIPTION: usize = 1024;
 pub const SAMPLE_BYTES: usize = 4096;
 
 /// The compression threshold a node uses unless told otherwise
-/// (`location --compress-above`): 4 KiB. Below it a value is a few network
-/// packets whatever its compression, LZ4's fixed cost (its hash table) is a
-/// visible share of the work, and the envelope's 17 bytes are not worth it.
-pub const DEFAULT_COMPRESS_ABOVE: usize = 4096;
+/// (`location --compress-above`): 0, off.
+///
+/// Off by default because it is a trade a user should choose: the node the
+/// client called spends CPU compressing (a 64 KiB compressible value's
+/// `put` ran at under half the rate in `storebench` on this project's
+/// 2-core machines, and its `get` at two thirds), the blobs this store is
+/// for (NumPy arrays of floats, pickles) rarely compress by an eighth, and
+/// the in-flight budget charges a read by its stored size, so compressed
+/// replies are undercounted by their ratio. For text-like values 4096 is a
+/// good threshold: below 4 KiB a value is a few network packets whatever
+/// its compression, LZ4's fixed cost (its hash table) is a visible share of
+/// the work, and the envelope's 17 bytes are not worth it.
+pub const DEFAULT_COMPRESS_ABOVE: usize = 0;
 
 const LZ4: u8 = 1;
 const CONTENT_TYPE: u8 = 2;

@@ -579,9 +579,8 @@ fn store_node_cases() -> Vec<Case> {
                     ("bytes", bytes as i64),
                     // The default --chunk-grace of 600 s.
                     ("chunk_grace_ms", 600_000),
-                    // The default --compress-above; the golden values are
-                    // too short to be compressed.
-                    ("compress_above", 4096),
+                    // The default --compress-above: off.
+                    ("compress_above", 0),
                     ("compressed_raw_bytes", 0),
                     ("compressed_stored_bytes", 0),
                     ("compressed_writes", 0),

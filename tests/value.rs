@@ -247,7 +247,7 @@ fn concurrent_appends_through_every_node_each_land_exactly_once() {
 
 #[test]
 fn compression_is_transparent_and_only_for_values_that_compress() {
-    let nodes = start_ring(3, &["--replicas", "3"]);
+    let nodes = start_ring(3, &["--replicas", "3", "--compress-above", "4096"]);
     let text: Vec<u8> = (0..1 << 20)
         .map(|i| b"abcdefghij\n"[i % 11])
         .collect::<Vec<_>>();

@@ -64,6 +64,20 @@ enum ErrorKind {
    */
   EXISTS = 18,
   /**
+   * `lock` of a key whose lease another holder has and that has not
+   * expired: nothing changed. The message says until when (wall-clock
+   * milliseconds since the epoch); retry after that, or wait for `unlock`.
+   */
+  HELD = 19,
+  /**
+   * The token given (`unlock`, `renew`, or a write's `fence`) is not the
+   * key's current lease: a newer lease was granted since, the lease was
+   * unlocked, or no lease with that token was ever granted. Nothing
+   * changed. A holder that sees it has lost the lease: stop writing, and
+   * `lock` again if it still needs the key.
+   */
+  STALE_TOKEN = 20,
+  /**
    * The write would take a node over its `--max-memory`: the key and value
    * bytes it holds plus the write's growth would exceed its cap. The message
    * names the node, its usage and its cap. Nothing is evicted to make room:
@@ -216,9 +230,11 @@ struct WriteOptions {
    */
   3: optional string description,
   /**
-   * A token from `lock`: the write is refused STALE_TOKEN if a newer lease
-   * on the key was granted. A node without leases refuses a fenced write
-   * (REFUSED).
+   * A token from `lock`: the write is decided at the key's owner, one at
+   * a time with the key's lease requests, and refused STALE_TOKEN (nothing
+   * changed) unless `fence` is the newest lease granted on the key and
+   * that lease was not unlocked. A lease that expired but that nobody took
+   * since still fences with its token: only a newer lease supersedes it.
    */
   4: optional i64 fence,
 }
@@ -242,6 +258,31 @@ struct Item {
 /** One write's outcome in `store_many`: `error` unset when it was stored. */
 struct Outcome {
   1: optional StoreError error,
+}
+
+/**
+ * A lease on a key (README, Leases), as `lock` and `renew` grant it.
+ */
+struct Lease {
+  /**
+   * The fencing token: it grows with every lease granted on the key and is
+   * never given twice (unlock and expiry keep the count). Pass it as
+   * `WriteOptions.fence` so a write is refused once a newer lease exists,
+   * and to `unlock` and `renew`.
+   */
+  1: i64 token,
+  /** When the lease expires by itself: wall-clock milliseconds since the epoch. */
+  2: i64 expires_ms,
+}
+
+/** What a forwarded lease request (`relay_lease`) asks the key's owner to do. */
+enum LeaseOp {
+  /** `lock(key, ttl_ms)`. */
+  LOCK = 1,
+  /** `unlock(key, token)`. */
+  UNLOCK = 2,
+  /** `renew(key, token, ttl_ms)`. */
+  RENEW = 3,
 }
 
 service Store extends locator.Locator {
@@ -280,7 +321,7 @@ service Store extends locator.Locator {
   map<string, i64> stats(),
   /**
    * A page of the keys this node holds copies of (tombstones included,
-   * internal chunk keys left out), in the listing order every node shares:
+   * internal keys (chunks, lease records) left out), in the listing order every node shares:
    * by the top six bits of the key's ring position (MD5, as `locate` uses),
    * then by the key's bytes. A position in that order is one byte (those six
    * bits) followed by a key; `start` is where the page starts (the first key
@@ -392,6 +433,31 @@ service Store extends locator.Locator {
    * proof is refused (UNAUTHORIZED) and closes the connection.
    */
   binary authenticate(1: string role, 2: binary proof) throws (1: StoreError err),
+
+  // ---- leases (README, Leases) ----
+  /**
+   * Takes the lease on `key` for `ttl_ms` milliseconds (1 to 86,400,000,
+   * one day), decided at the key's owner and stored replicated like a
+   * value, so it outlives the node that granted it. Fails at once with
+   * HELD when another lease on the key has not expired (the message says
+   * until when); this call never waits (the Rust and Python clients retry
+   * for as long as asked). A lease is free again when its holder unlocks
+   * it or when it expires. The key's value is not touched: a lease only
+   * guards writes that carry its token as their `fence`.
+   */
+  Lease lock(1: binary key, 2: i64 ttl_ms) throws (1: StoreError err),
+  /**
+   * Gives the lease back at once. STALE_TOKEN when `token` is not the
+   * key's current lease (a newer one was granted, or it was unlocked
+   * already): nothing changed. An expired lease not yet taken by anyone
+   * else may still be unlocked by its token.
+   */
+  void unlock(1: binary key, 2: i64 token) throws (1: StoreError err),
+  /**
+   * Extends the lease `token` to expire `ttl_ms` from now (same bounds as
+   * `lock`), keeping its token. STALE_TOKEN as for `unlock`.
+   */
+  Lease renew(1: binary key, 2: i64 token, 3: i64 ttl_ms) throws (1: StoreError err),
 }
 
 /**
@@ -478,4 +544,11 @@ service Peer extends Store {
    * may then delete its copies.
    */
   void absorb(1: list<Entry> entries) throws (1: StoreError err),
+  /**
+   * `lock`, `unlock` or `renew` forwarded toward the key's owner, which
+   * decides them one at a time per key; `hops` counts the forwards so far.
+   * `ttl_ms` is unused by UNLOCK, `token` by LOCK. UNLOCK answers a Lease
+   * with the token it released.
+   */
+  Lease relay_lease(1: binary key, 2: LeaseOp op, 3: i64 ttl_ms, 4: i64 token, 5: i8 hops) throws (1: StoreError err),
 }

@@ -67,6 +67,16 @@ fn key_bytes<'a>(key: &'a Bound<'_, PyAny>) -> PyResult<&'a [u8]> {
     )))
 }
 
+/// A duration in seconds from Python; a negative, NaN or infinite one is a
+/// ValueError naming `what` (0 reaches the node, which refuses it).
+fn seconds(what: &str, value: f64) -> PyResult<std::time::Duration> {
+    std::time::Duration::try_from_secs_f64(value).map_err(|_| {
+        pyo3::exceptions::PyValueError::new_err(format!(
+            "{what} is a number of seconds, 0 or more and finite, not {value}"
+        ))
+    })
+}
+
 /// A value exported through the buffer protocol, held (and so kept alive
 /// and unresizable) until dropped.
 struct Value(PyUntypedBuffer);
@@ -253,10 +263,16 @@ impl Ring {
                 Err(e) => store_error(py, e).into_value(py).into_bound(py).into_any(),
             })
             .collect())
+    }
+
     /// Stores `value` at `key` with options: create-only (a `StoreError`
-    /// of kind "Exists" if the key holds a value, nothing changed), and a
-    /// content type and description stored with the value.
-    #[pyo3(signature = (key, value, create_only=false, content_type=None, description=None))]
+    /// of kind "Exists" if the key holds a value, nothing changed), a
+    /// content type and description stored with the value, and `fence`, a
+    /// lease token (refused with kind "StaleToken" unless it is the key's
+    /// current lease).
+    #[pyo3(signature = (key, value, create_only=false, content_type=None, description=None, fence=None))]
+    // The arguments are Python's keyword arguments, one each.
+    #[allow(clippy::too_many_arguments)]
     fn put_with(
         &self,
         py: Python<'_>,
@@ -265,6 +281,7 @@ impl Ring {
         create_only: bool,
         content_type: Option<String>,
         description: Option<String>,
+        fence: Option<i64>,
     ) -> PyResult<()> {
         let key = key_bytes(key)?;
         let value = Value::of(value)?;
@@ -275,7 +292,7 @@ impl Ring {
                 content_type,
                 description,
             },
-            fence: None,
+            fence,
         };
         self.call(py, |c| c.put_with(key, bytes, &options))
     }
@@ -292,6 +309,46 @@ impl Ring {
         let value = Value::of(value)?;
         let bytes = value.bytes();
         self.call(py, |c| c.append(key, bytes))
+    }
+
+    /// Takes the lease on `key` for `ttl` seconds: (token, expires_ms).
+    /// With `wait` None fails at once (kind "Held") when another holder
+    /// has it; else retries for up to `wait` seconds.
+    #[pyo3(signature = (key, ttl, wait=None))]
+    fn lock(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        ttl: f64,
+        wait: Option<f64>,
+    ) -> PyResult<(i64, i64)> {
+        let key = key_bytes(key)?;
+        let ttl = seconds("ttl", ttl)?;
+        let wait = wait.map(|w| seconds("wait", w)).transpose()?;
+        let lease = self.call(py, |c| c.lock(key, ttl, wait))?;
+        Ok((lease.token, lease.expires_ms))
+    }
+
+    /// Gives the lease `token` on `key` back (kind "StaleToken" if it is
+    /// not the current lease).
+    fn unlock(&self, py: Python<'_>, key: &Bound<'_, PyAny>, token: i64) -> PyResult<()> {
+        let key = key_bytes(key)?;
+        self.call(py, |c| c.unlock(key, token))
+    }
+
+    /// Extends the lease `token` on `key` to `ttl` seconds from now:
+    /// (token, expires_ms).
+    fn renew(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        token: i64,
+        ttl: f64,
+    ) -> PyResult<(i64, i64)> {
+        let key = key_bytes(key)?;
+        let ttl = seconds("ttl", ttl)?;
+        let lease = self.call(py, |c| c.renew(key, token, ttl))?;
+        Ok((lease.token, lease.expires_ms))
     }
 
     /// Deletes `key` if it holds a value; returns whether it did (the

@@ -9,6 +9,8 @@ import pytest
 
 import thrifty_p2p
 
+from conftest import start_ring
+
 
 def test_put_stores_metadata_that_info_returns_and_a_plain_set_drops(d):
     d.put("page", b"<p>hi</p>", content_type="text/html", description="the front page")
@@ -63,7 +65,17 @@ def test_append_creates_grows_and_keeps_metadata(d, ring):
     assert d.append("new-journal", b"xyz") == 3
 
 
-def test_a_compressible_value_reports_its_stored_size(d):
+def test_a_compressible_value_reports_its_stored_size():
+    """Compression is off by default: this ring turns it on."""
+    nodes = start_ring(1, "--compress-above", "4096")
+    try:
+        check_stored_size(thrifty_p2p.Dict(nodes[0].addr))
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+def check_stored_size(d):
     value = b"compress me, compress me! " * 40_000
     d["squeezed"] = value
     info = d.info("squeezed")

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, Optional, Union
 from ._errors import BatchError, StoreError
 from ._native import Ring
 
-__all__ = ["BatchError", "Dict", "Info", "Placement", "StoreError", "Ring"]
+__all__ = ["BatchError", "Dict", "Info", "Lease", "Placement", "StoreError", "Ring"]
 
 # Shown and pickled as thrifty_p2p.StoreError, where users import it from.
 StoreError.__module__ = __name__
@@ -62,6 +62,52 @@ class Placement(NamedTuple):
     #: For a large (streamed) value, the members holding each part, in
     #: order; empty for a value stored whole.
     parts: list[list[str]]
+
+
+class Lease:
+    """A lease on a key (``Dict.lock``), with its fencing token.
+
+    As a context manager it gives the token and unlocks on exit::
+
+        with d.lock("job", ttl=10.0) as token:
+            d.put("job", b"done", fence=token)
+
+    or by hand: ``lease = d.lock(...)``; ``lease.token``; ``lease.unlock()``.
+    The lease also ends by itself at ``expires_ms`` (wall-clock milliseconds
+    since the epoch), and it survives the node that granted it.
+    """
+
+    def __init__(self, ring: Ring, key: Key, token: int, expires_ms: int) -> None:
+        self._ring = ring
+        #: The key the lease is on.
+        self.key = key
+        #: The fencing token: larger than every earlier lease's on the key.
+        self.token = token
+        #: When the lease expires by itself (ms since the epoch).
+        self.expires_ms = expires_ms
+
+    def unlock(self) -> None:
+        """Gives the lease back at once (StoreError kind "StaleToken" if it was lost)."""
+        self._ring.unlock(self.key, self.token)
+
+    def renew(self, ttl: float) -> None:
+        """Extends the lease to ``ttl`` seconds from now, keeping its token."""
+        self.token, self.expires_ms = self._ring.renew(self.key, self.token, ttl)
+
+    def __enter__(self) -> int:
+        return self.token
+
+    def __exit__(self, kind: object, error: object, traceback: object) -> None:
+        try:
+            self.unlock()
+        except StoreError as lost:
+            # A body that failed already says what went wrong; a lease lost
+            # meanwhile (expired and taken) is raised only when it succeeded.
+            if error is None or lost.kind != "StaleToken":
+                raise
+
+    def __repr__(self) -> str:
+        return f"thrifty_p2p.Lease({self.key!r}, token={self.token}, expires_ms={self.expires_ms})"
 
 
 _SERIALIZERS = (None, "bytes", "pickle")
@@ -187,6 +233,7 @@ class Dict(MutableMapping):
         create_only: bool = False,
         content_type: Optional[str] = None,
         description: Optional[str] = None,
+        fence: Optional[int] = None,
     ) -> None:
         """``d[key] = value`` with options. ``create_only``: store only if
         ``key`` holds no value, else raise ``StoreError`` of kind
@@ -194,10 +241,16 @@ class Dict(MutableMapping):
         a key, through any nodes, exactly one succeeds). ``content_type``
         (at most 256 bytes) and ``description`` (at most 1024) are stored
         with the value; ``info`` returns them, and a plain ``d[key] = ...``
-        drops them. A value with options must fit one message (8 MiB)."""
+        drops them. ``fence`` (a token from ``lock``): the write is refused
+        (``StoreError`` of kind ``"StaleToken"``, nothing stored) unless that
+        lease is the key's current one. A value with options must fit one
+        message (8 MiB); without any, ``put`` is ``d[key] = value``."""
         if self._pickle:
             value = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-        self._ring.put_with(key, value, create_only, content_type, description)
+        if not create_only and content_type is None and description is None and fence is None:
+            self._ring.put(key, value)
+        else:
+            self._ring.put_with(key, value, create_only, content_type, description, fence)
 
     def append(self, key: Key, value: Any) -> int:
         """Appends the bytes ``value`` to the value at ``key``, atomically at
@@ -210,6 +263,16 @@ class Dict(MutableMapping):
         if self._pickle:
             raise TypeError("append needs bytes values: this Dict pickles them (serializer=\"pickle\"), and pickles do not concatenate")
         return self._ring.append(key, value)
+
+    def lock(self, key: Key, ttl: float = 10.0, wait: Optional[float] = None) -> Lease:
+        """Takes the lease on ``key`` for ``ttl`` seconds (up to a day) and
+        returns it (a context manager giving its token). With ``wait`` None
+        it fails at once with StoreError kind "Held" when another holder has
+        it (the message says until when); else it retries for up to ``wait``
+        seconds. Only writes fenced with the token (``put(..., fence=)``)
+        are guarded by the lease."""
+        token, expires_ms = self._ring.lock(key, ttl, wait)
+        return Lease(self._ring, key, token, expires_ms)
 
     def __delitem__(self, key: Key) -> None:
         if not self._ring.delete(key):

@@ -5,7 +5,9 @@
 //! the normal write path under a new version. So of concurrent create-only
 //! writes of one key exactly one succeeds, and concurrent appends are each
 //! applied once, in some order. A plain `store_with` (metadata only) needs
-//! no read and takes the ordinary write path.
+//! no read and takes the ordinary write path. A fenced write (`fence`,
+//! a lease's token) is conditional too: its token is checked against the
+//! key's lease under the same lock (`node::lease`).
 //!
 //! What a ring change can do: the lock is the owner's. If the owner dies or
 //! leaves between its read and its write, the request fails (the client
@@ -38,7 +40,7 @@ impl Node {
         options: &WriteOptions,
     ) -> Result<()> {
         self.admit_options(key, value, options)?;
-        if !options.create_only {
+        if !options.create_only && options.fence.is_none() {
             return self
                 .write_with_meta(key, Some(value), &options.meta, 0, None, None)
                 .await;
@@ -72,11 +74,6 @@ impl Node {
     }
 
     fn admit_options(&self, key: &[u8], value: &[u8], options: &WriteOptions) -> Result<()> {
-        if options.fence.is_some() {
-            return Err(Error::refused_here(
-                "fenced writes need leases, which this node does not serve; write without a fence",
-            ));
-        }
         options.meta.check().map_err(Error::refused_here)?;
         self.check_raw(key, Some(value))
     }
@@ -140,6 +137,10 @@ impl Node {
     ) -> Result<u64> {
         self.admit_options(key, value, options)?;
         let _held = self.exclusive.lock(key).await;
+        if let Some(fence) = options.fence {
+            // Under the lock lease requests take too (`node::lease`).
+            self.check_fence(key, fence).await?;
+        }
         let current = match self.fetch_copy(key, hops.max(super::MAX_HOPS)).await? {
             Some(stored) => match stored.value {
                 Some(bytes) => Some(self.open(key, bytes)?),

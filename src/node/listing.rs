@@ -7,6 +7,7 @@
 use super::Node;
 use crate::config::MAX_KEY_BYTES;
 use crate::error::{Error, Result};
+use crate::lease::is_record_key;
 use crate::listing::MAX_PAGE_KEYS;
 use crate::store::{Listed, list_position_after};
 use crate::stream::CHUNK_PREFIX;
@@ -53,7 +54,7 @@ impl Node {
         }
         listed
             .entries
-            .retain(|(key, _, _)| !key.starts_with(CHUNK_PREFIX));
+            .retain(|(key, _, _)| !key.starts_with(CHUNK_PREFIX) && !is_record_key(key));
         Ok(listed)
     }
 }

@@ -29,6 +29,8 @@
 //!   `read_range`, and uploads in parts committed at once.
 //! - [`conditional`]: `store_with` (metadata, create-only) and `append`,
 //!   forwarded to the owner and serialised there per key by [`exclusive`].
+//! - [`lease`]: `lock`, `unlock`, `renew` and the fence check of fenced
+//!   writes, decided at the key's owner ([`crate::lease`] explains why).
 //!
 //! A client's value is sealed ([`crate::value`]) by the node it called
 //! (`write`), stored and moved sealed, and opened on every path that
@@ -85,6 +87,7 @@ mod conditional;
 pub mod exclusive;
 mod handoff;
 mod large;
+mod lease;
 mod leave;
 mod listing;
 mod liveness;
@@ -537,6 +540,7 @@ impl Node {
                 self.conditional(&key, &value, &options, append, hops)
                     .await?,
             ),
+            Request::Lease { key, op, hops } => Reply::Lease(self.lease_op(&key, op, hops).await?),
             Request::Heartbeat { ring, caller } => Reply::Ring(self.heartbeat(&caller, ring)),
             Request::ReplicaRead { key, ring } => {
                 let (copy, trusted, ring) = self.replica_read(&key, ring)?;

@@ -59,6 +59,14 @@ impl Node {
         if !self.ready() {
             return Err(Error::Joining);
         }
+        if !relayed && crate::lease::is_record_key(key) {
+            // Only the key's owner writes a lease record (`node::lease`), and
+            // it gives the write its version itself: a client's write here
+            // could forge or erase a lease.
+            return Err(Error::refused_here(
+                "keys starting with \"\\0thrifty-lease\\0\" hold leases and are written only by lock, unlock and renew; use another key (nothing was stored)",
+            ));
+        }
         if !relayed && (self.noticed_pause() || self.just_resumed()) {
             // A client's write that waited in a paused node: a version taken
             // now could bury a later write the client made elsewhere.

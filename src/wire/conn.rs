@@ -404,6 +404,39 @@ impl Conn {
         Ok(self.done(result)?.max(0) as u64)
     }
 
+    /// `lock`: the lease on `key` for `ttl_ms`, or `ErrorKind::Held` at once.
+    pub fn lock(&mut self, key: &[u8], ttl_ms: i64) -> Result<crate::lease::Lease> {
+        let result = self.client.lock(key.to_vec(), ttl_ms);
+        Ok(convert::lease_in(self.done(result)?))
+    }
+
+    /// `unlock`: gives lease `token` on `key` back.
+    pub fn unlock(&mut self, key: &[u8], token: i64) -> Result<()> {
+        let result = self.client.unlock(key.to_vec(), token);
+        self.done(result)
+    }
+
+    /// `renew`: lease `token` on `key` now expires `ttl_ms` from now.
+    pub fn renew(&mut self, key: &[u8], token: i64, ttl_ms: i64) -> Result<crate::lease::Lease> {
+        let result = self.client.renew(key.to_vec(), token, ttl_ms);
+        Ok(convert::lease_in(self.done(result)?))
+    }
+
+    /// `store_with` fenced with lease `token` (no other option): refused
+    /// with `ErrorKind::StaleToken` unless `token` is the key's current lease.
+    pub fn store_fenced(&mut self, key: &[u8], value: &[u8], token: i64) -> Result<()> {
+        let options = crate::value::WriteOptions {
+            fence: Some(token),
+            ..Default::default()
+        };
+        let result = self.client.store_with(
+            key.to_vec(),
+            value.to_vec(),
+            convert::write_options_out(&options),
+        );
+        self.done(result)
+    }
+
     /// `describe`: what `key` holds (size, parts, identity, a streamed
     /// value's manifest).
     pub fn describe(&mut self, key: &[u8]) -> Result<crate::stream::ValueInfo> {

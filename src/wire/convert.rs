@@ -1,8 +1,8 @@
 //! Conversions between the generated Thrift types and the crate's domain types.
 
 use super::idl::diststore::{
-    Entry, ErrorKind as WireKind, KeyPage, ListedKey, Lookup, Replica, StoreError,
-    ValueInfo as WireInfo, WriteOptions as WireOptions,
+    Entry, ErrorKind as WireKind, KeyPage, Lease as WireLease, LeaseOp, ListedKey, Lookup, Replica,
+    StoreError, ValueInfo as WireInfo, WriteOptions as WireOptions,
 };
 use super::idl::locator::{Location, Member, MemberStatus};
 use crate::addr::NodeAddr;
@@ -51,6 +51,8 @@ pub fn store_error(error: &Error) -> StoreError {
         ErrorKind::Changed => WireKind::CHANGED,
         ErrorKind::NoSuchUpload => WireKind::NO_SUCH_UPLOAD,
         ErrorKind::Exists => WireKind::EXISTS,
+        ErrorKind::Held => WireKind::HELD,
+        ErrorKind::StaleToken => WireKind::STALE_TOKEN,
         ErrorKind::Full => WireKind::FULL,
         _ => WireKind::OTHER,
     };
@@ -84,6 +86,8 @@ pub fn remote_error(peer: &NodeAddr, error: StoreError) -> Error {
         Some(WireKind::CHANGED) => ErrorKind::Changed,
         Some(WireKind::NO_SUCH_UPLOAD) => ErrorKind::NoSuchUpload,
         Some(WireKind::EXISTS) => ErrorKind::Exists,
+        Some(WireKind::HELD) => ErrorKind::Held,
+        Some(WireKind::STALE_TOKEN) => ErrorKind::StaleToken,
         Some(WireKind::FULL) => ErrorKind::Full,
         Some(_) => ErrorKind::Other,
     };
@@ -102,6 +106,41 @@ pub fn write_options_out(options: &crate::value::WriteOptions) -> WireOptions {
         options.meta.description.clone(),
         options.fence,
     )
+}
+
+/// A lease for the wire.
+pub fn lease_out(lease: crate::lease::Lease) -> WireLease {
+    WireLease::new(lease.token, lease.expires_ms)
+}
+
+/// A lease from the wire; a missing field reads as 0 (no lease has token 0).
+pub fn lease_in(lease: WireLease) -> crate::lease::Lease {
+    crate::lease::Lease {
+        token: lease.token.unwrap_or(0),
+        expires_ms: lease.expires_ms.unwrap_or(0),
+    }
+}
+
+/// A lease request's fields for `relay_lease`: the op, `ttl_ms`, `token`.
+pub fn lease_op_out(op: crate::lease::Op) -> (LeaseOp, i64, i64) {
+    use crate::lease::Op;
+    match op {
+        Op::Lock { ttl_ms } => (LeaseOp::LOCK, ttl_ms, 0),
+        Op::Unlock { token } => (LeaseOp::UNLOCK, 0, token),
+        Op::Renew { token, ttl_ms } => (LeaseOp::RENEW, ttl_ms, token),
+    }
+}
+
+/// A lease request from `relay_lease`'s fields; `None` for an op this build
+/// does not know.
+pub fn lease_op_in(op: LeaseOp, ttl_ms: i64, token: i64) -> Option<crate::lease::Op> {
+    use crate::lease::Op;
+    match op {
+        LeaseOp::LOCK => Some(Op::Lock { ttl_ms }),
+        LeaseOp::UNLOCK => Some(Op::Unlock { token }),
+        LeaseOp::RENEW => Some(Op::Renew { token, ttl_ms }),
+        _ => None,
+    }
 }
 
 /// Write options from the wire (every field optional).

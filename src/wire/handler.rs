@@ -10,8 +10,8 @@ use thrift::{ApplicationError, ApplicationErrorKind};
 
 use super::convert;
 use super::idl::diststore::{
-    Entry, Fetched, Item, KeyPage, Lookup, Outcome, PeerSyncHandler, Replica, StoreSyncHandler,
-    ValueInfo, WriteOptions,
+    Entry, Fetched, Item, KeyPage, Lease, LeaseOp, Lookup, Outcome, PeerSyncHandler, Replica,
+    StoreSyncHandler, ValueInfo, WriteOptions,
 };
 use super::idl::locator::{BaseSyncHandler, Location, LocatorSyncHandler, Member};
 use crate::addr::NodeAddr;
@@ -33,7 +33,7 @@ pub const ONEWAY_METHODS: [&str; 6] = ["debug", "die", "join", "remove", "add", 
 
 /// Methods only nodes call on each other (and `ping`, which failure detection
 /// uses): what an isolated node drops, to simulate a partition.
-pub const PEER_METHODS: [&str; 17] = [
+pub const PEER_METHODS: [&str; 18] = [
     "ping",
     "heartbeat",
     "replica_read",
@@ -48,6 +48,7 @@ pub const PEER_METHODS: [&str; 17] = [
     "relay_store",
     "relay_erase",
     "relay_write_with",
+    "relay_lease",
     "peek",
     "diff_buckets",
     "reconcile",
@@ -332,6 +333,25 @@ impl StoreSyncHandler for Handler {
         Ok(convert::value_info(&info))
     }
 
+    fn handle_lock(&self, key: Vec<u8>, ttl_ms: i64) -> thrift::Result<Lease> {
+        let op = crate::lease::Op::Lock { ttl_ms };
+        let lease = wait(self.node.lease_op(&key, op, 0)).map_err(store_error)?;
+        Ok(convert::lease_out(lease))
+    }
+
+    fn handle_unlock(&self, key: Vec<u8>, token: i64) -> thrift::Result<()> {
+        let op = crate::lease::Op::Unlock { token };
+        wait(self.node.lease_op(&key, op, 0))
+            .map(drop)
+            .map_err(store_error)
+    }
+
+    fn handle_renew(&self, key: Vec<u8>, token: i64, ttl_ms: i64) -> thrift::Result<Lease> {
+        let op = crate::lease::Op::Renew { token, ttl_ms };
+        let lease = wait(self.node.lease_op(&key, op, 0)).map_err(store_error)?;
+        Ok(convert::lease_out(lease))
+    }
+
     fn handle_hello(&self, nonce: Vec<u8>) -> thrift::Result<Vec<u8>> {
         self.session.lock().hello(nonce).map_err(app_error)
     }
@@ -400,6 +420,24 @@ impl PeerSyncHandler for Handler {
         )
         .map(|size| size as i64)
         .map_err(store_error)
+    }
+
+    fn handle_relay_lease(
+        &self,
+        key: Vec<u8>,
+        op: LeaseOp,
+        ttl_ms: i64,
+        token: i64,
+        hops: i8,
+    ) -> thrift::Result<Lease> {
+        let op = convert::lease_op_in(op, ttl_ms, token).ok_or_else(|| {
+            store_error(Error::refused_here(format!(
+                "relay_lease: unknown op {}; this node knows LOCK, UNLOCK and RENEW",
+                op.0
+            )))
+        })?;
+        let lease = wait(self.node.lease_op(&key, op, hops)).map_err(store_error)?;
+        Ok(convert::lease_out(lease))
     }
 
     fn handle_relay_erase(

@@ -430,6 +430,16 @@ impl Transport for ThriftTransport {
                         .await?;
                     Ok(Reply::Size(size.max(0) as u64))
                 }
+                Request::Lease { key, op, hops } => {
+                    let (op, ttl_ms, token) = convert::lease_op_out(op);
+                    let bytes = encode(|c| c.relay_lease(key, op, ttl_ms, token, hops).map(drop));
+                    let lease = pool
+                        .call_within(peer, &bytes, timeout, |c| {
+                            c.relay_lease(Vec::new(), op, 0, 0, 0)
+                        })
+                        .await?;
+                    Ok(Reply::Lease(convert::lease_in(lease)))
+                }
                 Request::Heartbeat { ring, caller } => {
                     let bytes = encode(|c| {
                         c.heartbeat(ring as i64, convert::location(&caller))

@@ -252,6 +252,8 @@ pub fn run_tool_in(
         "storeget" => env!("CARGO_BIN_EXE_storeget"),
         "storeappend" => env!("CARGO_BIN_EXE_storeappend"),
         "storedel" => env!("CARGO_BIN_EXE_storedel"),
+        "storelock" => env!("CARGO_BIN_EXE_storelock"),
+        "storeunlock" => env!("CARGO_BIN_EXE_storeunlock"),
         "storelist" => env!("CARGO_BIN_EXE_storelist"),
         "storeprimer" => env!("CARGO_BIN_EXE_storeprimer"),
         "storetest" => env!("CARGO_BIN_EXE_storetest"),

@@ -10,8 +10,9 @@ use thrift::server::TProcessor;
 
 use super::*;
 use crate::wire::idl::diststore::{
-    Entry, Fetched, Item, KeyPage, Outcome, PeerSyncClient, PeerSyncHandler, PeerSyncProcessor,
-    Replica, StoreSyncHandler, TPeerSyncClient, TStoreSyncClient, ValueInfo, WriteOptions,
+    Entry, Fetched, Item, KeyPage, Lease, LeaseOp, Outcome, PeerSyncClient, PeerSyncHandler,
+    PeerSyncProcessor, Replica, StoreSyncHandler, TPeerSyncClient, TStoreSyncClient, ValueInfo,
+    WriteOptions,
 };
 use crate::wire::idl::locator::{
     BaseSyncHandler, Location, LocatorSyncHandler, Member, TBaseSyncClient,
@@ -296,6 +297,15 @@ impl StoreSyncHandler for Stub {
     fn handle_append(&self, _: Vec<u8>, _: Vec<u8>, _: WriteOptions) -> thrift::Result<i64> {
         self.store_error().map(|()| 0)
     }
+    fn handle_lock(&self, _: Vec<u8>, _: i64) -> thrift::Result<Lease> {
+        self.store_error().map(|()| Lease::default())
+    }
+    fn handle_unlock(&self, _: Vec<u8>, _: i64) -> thrift::Result<()> {
+        self.store_error()
+    }
+    fn handle_renew(&self, _: Vec<u8>, _: i64, _: i64) -> thrift::Result<Lease> {
+        self.store_error().map(|()| Lease::default())
+    }
     fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>> {
         unreachable!()
     }
@@ -365,6 +375,16 @@ impl PeerSyncHandler for Stub {
         _: i32,
     ) -> thrift::Result<()> {
         self.store_error()
+    }
+    fn handle_relay_lease(
+        &self,
+        _: Vec<u8>,
+        _: LeaseOp,
+        _: i64,
+        _: i64,
+        _: i8,
+    ) -> thrift::Result<Lease> {
+        self.store_error().map(|()| Lease::default())
     }
     fn handle_relay_write_with(
         &self,

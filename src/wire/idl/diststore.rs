@@ -73,6 +73,16 @@ impl ErrorKind {
   /// the key (a tombstone does not count): nothing changed. Read the value,
   /// or write without `create_only` to replace it.
   pub const EXISTS: ErrorKind = ErrorKind(18);
+  /// `lock` of a key whose lease another holder has and that has not
+  /// expired: nothing changed. The message says until when (wall-clock
+  /// milliseconds since the epoch); retry after that, or wait for `unlock`.
+  pub const HELD: ErrorKind = ErrorKind(19);
+  /// The token given (`unlock`, `renew`, or a write's `fence`) is not the
+  /// key's current lease: a newer lease was granted since, the lease was
+  /// unlocked, or no lease with that token was ever granted. Nothing
+  /// changed. A holder that sees it has lost the lease: stop writing, and
+  /// `lock` again if it still needs the key.
+  pub const STALE_TOKEN: ErrorKind = ErrorKind(20);
   /// The write would take a node over its `--max-memory`: the key and value
   /// bytes it holds plus the write's growth would exceed its cap. The message
   /// names the node, its usage and its cap. Nothing is evicted to make room:
@@ -102,6 +112,8 @@ impl ErrorKind {
     Self::CHANGED,
     Self::NO_SUCH_UPLOAD,
     Self::EXISTS,
+    Self::HELD,
+    Self::STALE_TOKEN,
     Self::FULL,
   ];
 }
@@ -139,6 +151,8 @@ impl From<i32> for ErrorKind {
       16 => ErrorKind::CHANGED,
       17 => ErrorKind::NO_SUCH_UPLOAD,
       18 => ErrorKind::EXISTS,
+      19 => ErrorKind::HELD,
+      20 => ErrorKind::STALE_TOKEN,
       21 => ErrorKind::FULL,
       _ => ErrorKind(i)
     }
@@ -159,6 +173,64 @@ impl From<ErrorKind> for i32 {
 
 impl From<&ErrorKind> for i32 {
   fn from(e: &ErrorKind) -> i32 {
+    e.0
+  }
+}
+
+/// What a forwarded lease request (`relay_lease`) asks the key's owner to do.
+#[derive(Copy, Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct LeaseOp(pub i32);
+
+impl LeaseOp {
+  /// `lock(key, ttl_ms)`.
+  pub const LOCK: LeaseOp = LeaseOp(1);
+  /// `unlock(key, token)`.
+  pub const UNLOCK: LeaseOp = LeaseOp(2);
+  /// `renew(key, token, ttl_ms)`.
+  pub const RENEW: LeaseOp = LeaseOp(3);
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::LOCK,
+    Self::UNLOCK,
+    Self::RENEW,
+  ];
+}
+
+impl TSerializable for LeaseOp {
+  #[allow(clippy::trivially_copy_pass_by_ref)]
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    o_prot.write_i32(self.0)
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<LeaseOp> {
+    let enum_value = i_prot.read_i32()?;
+    Ok(LeaseOp::from(enum_value))
+  }
+}
+
+impl From<i32> for LeaseOp {
+  fn from(i: i32) -> Self {
+    match i {
+      1 => LeaseOp::LOCK,
+      2 => LeaseOp::UNLOCK,
+      3 => LeaseOp::RENEW,
+      _ => LeaseOp(i)
+    }
+  }
+}
+
+impl From<&i32> for LeaseOp {
+  fn from(i: &i32) -> Self {
+    LeaseOp::from(*i)
+  }
+}
+
+impl From<LeaseOp> for i32 {
+  fn from(e: LeaseOp) -> i32 {
+    e.0
+  }
+}
+
+impl From<&LeaseOp> for i32 {
+  fn from(e: &LeaseOp) -> i32 {
     e.0
   }
 }
@@ -1025,9 +1097,11 @@ pub struct WriteOptions {
   /// A short description (at most 1,024 bytes) stored with the value and
   /// returned by `describe`. `append` keeps the value's own.
   pub description: Option<String>,
-  /// A token from `lock`: the write is refused STALE_TOKEN if a newer lease
-  /// on the key was granted. A node without leases refuses a fenced write
-  /// (REFUSED).
+  /// A token from `lock`: the write is decided at the key's owner, one at
+  /// a time with the key's lease requests, and refused STALE_TOKEN (nothing
+  /// changed) unless `fence` is the newest lease granted on the key and
+  /// that lease was not unlocked. A lease that expired but that nobody took
+  /// since still fences with its token: only a newer lease supersedes it.
   pub fence: Option<i64>,
 }
 
@@ -1355,6 +1429,91 @@ impl Default for Outcome {
 }
 
 //
+// Lease
+//
+
+/// A lease on a key (README, Leases), as `lock` and `renew` grant it.
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct Lease {
+  /// The fencing token: it grows with every lease granted on the key and is
+  /// never given twice (unlock and expiry keep the count). Pass it as
+  /// `WriteOptions.fence` so a write is refused once a newer lease exists,
+  /// and to `unlock` and `renew`.
+  pub token: Option<i64>,
+  /// When the lease expires by itself: wall-clock milliseconds since the epoch.
+  pub expires_ms: Option<i64>,
+}
+
+impl Lease {
+  pub fn new<F1, F2>(token: F1, expires_ms: F2) -> Lease where F1: Into<Option<i64>>, F2: Into<Option<i64>> {
+    Lease {
+      token: token.into(),
+      expires_ms: expires_ms.into(),
+    }
+  }
+}
+
+impl TSerializable for Lease {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<Lease> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<i64> = Some(0);
+    let mut f_2: Option<i64> = Some(0);
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_i64()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = Lease {
+      token: f_1,
+      expires_ms: f_2,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("Lease");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(fld_var) = self.token {
+      o_prot.write_field_begin(&TFieldIdentifier::new("token", TType::I64, 1))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(fld_var) = self.expires_ms {
+      o_prot.write_field_begin(&TFieldIdentifier::new("expires_ms", TType::I64, 2))?;
+      o_prot.write_i64(fld_var)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+impl Default for Lease {
+  fn default() -> Self {
+    Lease{
+      token: Some(0),
+      expires_ms: Some(0),
+    }
+  }
+}
+
+//
 // Store service client
 //
 
@@ -1384,7 +1543,7 @@ pub trait TStoreSyncClient : locator::TLocatorSyncClient {
   /// Counters describing this node (keys, bytes, replication backlog, hints, ...).
   fn stats(&mut self) -> thrift::Result<BTreeMap<String, i64>>;
   /// A page of the keys this node holds copies of (tombstones included,
-  /// internal chunk keys left out), in the listing order every node shares:
+  /// internal keys (chunks, lease records) left out), in the listing order every node shares:
   /// by the top six bits of the key's ring position (MD5, as `locate` uses),
   /// then by the key's bytes. A position in that order is one byte (those six
   /// bits) followed by a key; `start` is where the page starts (the first key
@@ -1462,6 +1621,23 @@ pub trait TStoreSyncClient : locator::TLocatorSyncClient {
   /// node nonce), so the caller knows the node holds the secret too. A wrong
   /// proof is refused (UNAUTHORIZED) and closes the connection.
   fn authenticate(&mut self, role: String, proof: Vec<u8>) -> thrift::Result<Vec<u8>>;
+  /// Takes the lease on `key` for `ttl_ms` milliseconds (1 to 86,400,000,
+  /// one day), decided at the key's owner and stored replicated like a
+  /// value, so it outlives the node that granted it. Fails at once with
+  /// HELD when another lease on the key has not expired (the message says
+  /// until when); this call never waits (the Rust and Python clients retry
+  /// for as long as asked). A lease is free again when its holder unlocks
+  /// it or when it expires. The key's value is not touched: a lease only
+  /// guards writes that carry its token as their `fence`.
+  fn lock(&mut self, key: Vec<u8>, ttl_ms: i64) -> thrift::Result<Lease>;
+  /// Gives the lease back at once. STALE_TOKEN when `token` is not the
+  /// key's current lease (a newer one was granted, or it was unlocked
+  /// already): nothing changed. An expired lease not yet taken by anyone
+  /// else may still be unlocked by its token.
+  fn unlock(&mut self, key: Vec<u8>, token: i64) -> thrift::Result<()>;
+  /// Extends the lease `token` to expire `ttl_ms` from now (same bounds as
+  /// `lock`), keeping its token. STALE_TOKEN as for `unlock`.
+  fn renew(&mut self, key: Vec<u8>, token: i64, ttl_ms: i64) -> thrift::Result<Lease>;
 }
 
 pub trait TStoreSyncClientMarker {}
@@ -1990,6 +2166,87 @@ impl <C: TThriftClient + TStoreSyncClientMarker + locator::TLocatorSyncClientMar
       result.ok_or()
     }
   }
+  fn lock(&mut self, key: Vec<u8>, ttl_ms: i64) -> thrift::Result<Lease> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("lock", TMessageType::Call, self.sequence_number());
+        let call_args = StoreLockArgs { key, ttl_ms };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("lock", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreLockResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn unlock(&mut self, key: Vec<u8>, token: i64) -> thrift::Result<()> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("unlock", TMessageType::Call, self.sequence_number());
+        let call_args = StoreUnlockArgs { key, token };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("unlock", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreUnlockResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
+  fn renew(&mut self, key: Vec<u8>, token: i64, ttl_ms: i64) -> thrift::Result<Lease> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("renew", TMessageType::Call, self.sequence_number());
+        let call_args = StoreRenewArgs { key, token, ttl_ms };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("renew", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = StoreRenewResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
 }
 
 //
@@ -2022,7 +2279,7 @@ pub trait StoreSyncHandler : locator::LocatorSyncHandler {
   /// Counters describing this node (keys, bytes, replication backlog, hints, ...).
   fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>>;
   /// A page of the keys this node holds copies of (tombstones included,
-  /// internal chunk keys left out), in the listing order every node shares:
+  /// internal keys (chunks, lease records) left out), in the listing order every node shares:
   /// by the top six bits of the key's ring position (MD5, as `locate` uses),
   /// then by the key's bytes. A position in that order is one byte (those six
   /// bits) followed by a key; `start` is where the page starts (the first key
@@ -2100,6 +2357,23 @@ pub trait StoreSyncHandler : locator::LocatorSyncHandler {
   /// node nonce), so the caller knows the node holds the secret too. A wrong
   /// proof is refused (UNAUTHORIZED) and closes the connection.
   fn handle_authenticate(&self, role: String, proof: Vec<u8>) -> thrift::Result<Vec<u8>>;
+  /// Takes the lease on `key` for `ttl_ms` milliseconds (1 to 86,400,000,
+  /// one day), decided at the key's owner and stored replicated like a
+  /// value, so it outlives the node that granted it. Fails at once with
+  /// HELD when another lease on the key has not expired (the message says
+  /// until when); this call never waits (the Rust and Python clients retry
+  /// for as long as asked). A lease is free again when its holder unlocks
+  /// it or when it expires. The key's value is not touched: a lease only
+  /// guards writes that carry its token as their `fence`.
+  fn handle_lock(&self, key: Vec<u8>, ttl_ms: i64) -> thrift::Result<Lease>;
+  /// Gives the lease back at once. STALE_TOKEN when `token` is not the
+  /// key's current lease (a newer one was granted, or it was unlocked
+  /// already): nothing changed. An expired lease not yet taken by anyone
+  /// else may still be unlocked by its token.
+  fn handle_unlock(&self, key: Vec<u8>, token: i64) -> thrift::Result<()>;
+  /// Extends the lease `token` to expire `ttl_ms` from now (same bounds as
+  /// `lock`), keeping its token. STALE_TOKEN as for `unlock`.
+  fn handle_renew(&self, key: Vec<u8>, token: i64, ttl_ms: i64) -> thrift::Result<Lease>;
 }
 
 pub struct StoreSyncProcessor<H: StoreSyncHandler> {
@@ -2168,6 +2442,15 @@ impl <H: StoreSyncHandler> StoreSyncProcessor<H> {
   }
   fn process_authenticate(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_authenticate(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_lock(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_lock(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_unlock(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_unlock(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_renew(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_renew(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_join(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     locator::TLocatorProcessFunctions::process_join(&self.handler, incoming_sequence_number, i_prot, o_prot)
@@ -3222,6 +3505,186 @@ impl TStoreProcessFunctions {
       },
     }
   }
+  pub fn process_lock<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreLockArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_lock(args.key, args.ttl_ms) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("lock", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreLockResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreLockResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("lock", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("lock", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("lock", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("lock", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_unlock<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreUnlockArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_unlock(args.key, args.token) {
+      Ok(_) => {
+        let message_ident = TMessageIdentifier::new("unlock", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreUnlockResult { err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreUnlockResult{ err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("unlock", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("unlock", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("unlock", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("unlock", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
+  pub fn process_renew<H: StoreSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = StoreRenewArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_renew(args.key, args.token, args.ttl_ms) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("renew", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = StoreRenewResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = StoreRenewResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("renew", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("renew", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("renew", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("renew", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
 }
 
 impl <H: StoreSyncHandler> TProcessor for StoreSyncProcessor<H> {
@@ -3284,6 +3747,15 @@ impl <H: StoreSyncHandler> TProcessor for StoreSyncProcessor<H> {
       },
       "authenticate" => {
         self.process_authenticate(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "lock" => {
+        self.process_lock(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "unlock" => {
+        self.process_unlock(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "renew" => {
+        self.process_renew(message_ident.sequence_number, i_prot, o_prot)
       },
       "join" => {
         self.process_join(message_ident.sequence_number, i_prot, o_prot)
@@ -5709,6 +6181,404 @@ impl StoreAuthenticateResult {
 }
 
 //
+// StoreLockArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreLockArgs {
+  key: Vec<u8>,
+  ttl_ms: i64,
+}
+
+impl StoreLockArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreLockArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    let mut f_2: Option<i64> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreLockArgs.key", &f_1)?;
+    verify_required_field_exists("StoreLockArgs.ttl_ms", &f_2)?;
+    let ret = StoreLockArgs {
+      key: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      ttl_ms: f_2.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("lock_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+    o_prot.write_bytes(&self.key)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("ttl_ms", TType::I64, 2))?;
+    o_prot.write_i64(self.ttl_ms)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreLockResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreLockResult {
+  result_value: Option<Lease>,
+  err: Option<StoreError>,
+}
+
+impl StoreLockResult {
+  fn ok_or(self) -> thrift::Result<Lease> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreLock"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreLockResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Lease> = None;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = Lease::read_from_in_protocol(i_prot)?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreLockResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreLockResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreUnlockArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreUnlockArgs {
+  key: Vec<u8>,
+  token: i64,
+}
+
+impl StoreUnlockArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreUnlockArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    let mut f_2: Option<i64> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreUnlockArgs.key", &f_1)?;
+    verify_required_field_exists("StoreUnlockArgs.token", &f_2)?;
+    let ret = StoreUnlockArgs {
+      key: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      token: f_2.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("unlock_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+    o_prot.write_bytes(&self.key)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("token", TType::I64, 2))?;
+    o_prot.write_i64(self.token)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreUnlockResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreUnlockResult {
+  err: Option<StoreError>,
+}
+
+impl StoreUnlockResult {
+  fn ok_or(self) -> thrift::Result<()> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else {
+      Ok(())
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreUnlockResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreUnlockResult {
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreUnlockResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreRenewArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreRenewArgs {
+  key: Vec<u8>,
+  token: i64,
+  ttl_ms: i64,
+}
+
+impl StoreRenewArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreRenewArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    let mut f_2: Option<i64> = None;
+    let mut f_3: Option<i64> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = i_prot.read_i64()?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_i64()?;
+          f_3 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("StoreRenewArgs.key", &f_1)?;
+    verify_required_field_exists("StoreRenewArgs.token", &f_2)?;
+    verify_required_field_exists("StoreRenewArgs.ttl_ms", &f_3)?;
+    let ret = StoreRenewArgs {
+      key: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      token: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      ttl_ms: f_3.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("renew_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+    o_prot.write_bytes(&self.key)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("token", TType::I64, 2))?;
+    o_prot.write_i64(self.token)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("ttl_ms", TType::I64, 3))?;
+    o_prot.write_i64(self.ttl_ms)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// StoreRenewResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct StoreRenewResult {
+  result_value: Option<Lease>,
+  err: Option<StoreError>,
+}
+
+impl StoreRenewResult {
+  fn ok_or(self) -> thrift::Result<Lease> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for StoreRenew"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<StoreRenewResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Lease> = None;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = Lease::read_from_in_protocol(i_prot)?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = StoreRenewResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("StoreRenewResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
 // Peer service client
 //
 
@@ -5771,6 +6641,11 @@ pub trait TPeerSyncClient : TStoreSyncClient {
   /// key the newer version wins. Returns once every entry is applied, so the sender
   /// may then delete its copies.
   fn absorb(&mut self, entries: Vec<Entry>) -> thrift::Result<()>;
+  /// `lock`, `unlock` or `renew` forwarded toward the key's owner, which
+  /// decides them one at a time per key; `hops` counts the forwards so far.
+  /// `ttl_ms` is unused by UNLOCK, `token` by LOCK. UNLOCK answers a Lease
+  /// with the token it released.
+  fn relay_lease(&mut self, key: Vec<u8>, op: LeaseOp, ttl_ms: i64, token: i64, hops: i8) -> thrift::Result<Lease>;
 }
 
 pub trait TPeerSyncClientMarker {}
@@ -6205,6 +7080,33 @@ impl <C: TThriftClient + TPeerSyncClientMarker + TStoreSyncClientMarker + locato
       result.ok_or()
     }
   }
+  fn relay_lease(&mut self, key: Vec<u8>, op: LeaseOp, ttl_ms: i64, token: i64, hops: i8) -> thrift::Result<Lease> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("relay_lease", TMessageType::Call, self.sequence_number());
+        let call_args = PeerRelayLeaseArgs { key, op, ttl_ms, token, hops };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("relay_lease", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = PeerRelayLeaseResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
 }
 
 //
@@ -6270,6 +7172,11 @@ pub trait PeerSyncHandler : StoreSyncHandler {
   /// key the newer version wins. Returns once every entry is applied, so the sender
   /// may then delete its copies.
   fn handle_absorb(&self, entries: Vec<Entry>) -> thrift::Result<()>;
+  /// `lock`, `unlock` or `renew` forwarded toward the key's owner, which
+  /// decides them one at a time per key; `hops` counts the forwards so far.
+  /// `ttl_ms` is unused by UNLOCK, `token` by LOCK. UNLOCK answers a Lease
+  /// with the token it released.
+  fn handle_relay_lease(&self, key: Vec<u8>, op: LeaseOp, ttl_ms: i64, token: i64, hops: i8) -> thrift::Result<Lease>;
 }
 
 pub struct PeerSyncProcessor<H: PeerSyncHandler> {
@@ -6327,6 +7234,9 @@ impl <H: PeerSyncHandler> PeerSyncProcessor<H> {
   fn process_absorb(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TPeerProcessFunctions::process_absorb(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
+  fn process_relay_lease(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TPeerProcessFunctions::process_relay_lease(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
   fn process_get(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_get(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
@@ -6383,6 +7293,15 @@ impl <H: PeerSyncHandler> PeerSyncProcessor<H> {
   }
   fn process_authenticate(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TStoreProcessFunctions::process_authenticate(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_lock(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_lock(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_unlock(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_unlock(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_renew(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TStoreProcessFunctions::process_renew(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
   fn process_join(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     locator::TLocatorProcessFunctions::process_join(&self.handler, incoming_sequence_number, i_prot, o_prot)
@@ -7210,6 +8129,66 @@ impl TPeerProcessFunctions {
       },
     }
   }
+  pub fn process_relay_lease<H: PeerSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = PeerRelayLeaseArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_relay_lease(args.key, args.op, args.ttl_ms, args.token, args.hops) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("relay_lease", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = PeerRelayLeaseResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<StoreError>().is_some() {
+              let err = usr_err.downcast::<StoreError>().expect("downcast already checked");
+              let ret_err = PeerRelayLeaseResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("relay_lease", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("relay_lease", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("relay_lease", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("relay_lease", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
 }
 
 impl <H: PeerSyncHandler> TProcessor for PeerSyncProcessor<H> {
@@ -7260,6 +8239,9 @@ impl <H: PeerSyncHandler> TProcessor for PeerSyncProcessor<H> {
       },
       "absorb" => {
         self.process_absorb(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "relay_lease" => {
+        self.process_relay_lease(message_ident.sequence_number, i_prot, o_prot)
       },
       "get" => {
         self.process_get(message_ident.sequence_number, i_prot, o_prot)
@@ -7317,6 +8299,15 @@ impl <H: PeerSyncHandler> TProcessor for PeerSyncProcessor<H> {
       },
       "authenticate" => {
         self.process_authenticate(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "lock" => {
+        self.process_lock(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "unlock" => {
+        self.process_unlock(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "renew" => {
+        self.process_renew(message_ident.sequence_number, i_prot, o_prot)
       },
       "join" => {
         self.process_join(message_ident.sequence_number, i_prot, o_prot)
@@ -9396,6 +10387,175 @@ impl PeerAbsorbResult {
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let struct_ident = TStructIdentifier::new("PeerAbsorbResult");
     o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// PeerRelayLeaseArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct PeerRelayLeaseArgs {
+  key: Vec<u8>,
+  op: LeaseOp,
+  ttl_ms: i64,
+  token: i64,
+  hops: i8,
+}
+
+impl PeerRelayLeaseArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerRelayLeaseArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<Vec<u8>> = None;
+    let mut f_2: Option<LeaseOp> = None;
+    let mut f_3: Option<i64> = None;
+    let mut f_4: Option<i64> = None;
+    let mut f_5: Option<i8> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_bytes()?;
+          f_1 = Some(val);
+        },
+        2 => {
+          let val = LeaseOp::read_from_in_protocol(i_prot)?;
+          f_2 = Some(val);
+        },
+        3 => {
+          let val = i_prot.read_i64()?;
+          f_3 = Some(val);
+        },
+        4 => {
+          let val = i_prot.read_i64()?;
+          f_4 = Some(val);
+        },
+        5 => {
+          let val = i_prot.read_i8()?;
+          f_5 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("PeerRelayLeaseArgs.key", &f_1)?;
+    verify_required_field_exists("PeerRelayLeaseArgs.op", &f_2)?;
+    verify_required_field_exists("PeerRelayLeaseArgs.ttl_ms", &f_3)?;
+    verify_required_field_exists("PeerRelayLeaseArgs.token", &f_4)?;
+    verify_required_field_exists("PeerRelayLeaseArgs.hops", &f_5)?;
+    let ret = PeerRelayLeaseArgs {
+      key: f_1.expect("auto-generated code should have checked for presence of required fields"),
+      op: f_2.expect("auto-generated code should have checked for presence of required fields"),
+      ttl_ms: f_3.expect("auto-generated code should have checked for presence of required fields"),
+      token: f_4.expect("auto-generated code should have checked for presence of required fields"),
+      hops: f_5.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("relay_lease_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("key", TType::String, 1))?;
+    o_prot.write_bytes(&self.key)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("op", TType::I32, 2))?;
+    self.op.write_to_out_protocol(o_prot)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("ttl_ms", TType::I64, 3))?;
+    o_prot.write_i64(self.ttl_ms)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("token", TType::I64, 4))?;
+    o_prot.write_i64(self.token)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("hops", TType::I08, 5))?;
+    o_prot.write_i8(self.hops)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// PeerRelayLeaseResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct PeerRelayLeaseResult {
+  result_value: Option<Lease>,
+  err: Option<StoreError>,
+}
+
+impl PeerRelayLeaseResult {
+  fn ok_or(self) -> thrift::Result<Lease> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for PeerRelayLease"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<PeerRelayLeaseResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Lease> = None;
+    let mut f_1: Option<StoreError> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let val = Lease::read_from_in_protocol(i_prot)?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = StoreError::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = PeerRelayLeaseResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("PeerRelayLeaseResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::Struct, 0))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
     if let Some(ref fld_var) = self.err {
       o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
       fld_var.write_to_out_protocol(o_prot)?;

@@ -33,7 +33,8 @@ use thrifty_p2p::wire::conn::protocol_config;
 use thrifty_p2p::wire::convert;
 use thrifty_p2p::wire::frame::{self, Frame, Limits, MessageKind};
 use thrifty_p2p::wire::idl::diststore::{
-    Entry, Fetched, Item, KeyPage, Lookup, Outcome, PeerSyncHandler, PeerSyncProcessor, Replica, StoreSyncHandler, ValueInfo, WriteOptions,
+    Entry, Fetched, Item, KeyPage, Lease, LeaseOp, Lookup, Outcome, PeerSyncHandler,
+    PeerSyncProcessor, Replica, StoreSyncHandler, ValueInfo, WriteOptions,
 };
 use thrifty_p2p::wire::idl::locator::{BaseSyncHandler, Location, LocatorSyncHandler, Member};
 
@@ -263,6 +264,15 @@ impl StoreSyncHandler for Recorder {
     fn handle_append(&self, _: Vec<u8>, _: Vec<u8>, _: WriteOptions) -> thrift::Result<i64> {
         self.saw(Generated::Other("append"))
     }
+    fn handle_lock(&self, _: Vec<u8>, _: i64) -> thrift::Result<Lease> {
+        self.saw(Generated::Other("lock"))
+    }
+    fn handle_unlock(&self, _: Vec<u8>, _: i64) -> thrift::Result<()> {
+        self.saw(Generated::Other("unlock"))
+    }
+    fn handle_renew(&self, _: Vec<u8>, _: i64, _: i64) -> thrift::Result<Lease> {
+        self.saw(Generated::Other("renew"))
+    }
     fn handle_stats(&self) -> thrift::Result<BTreeMap<String, i64>> {
         self.saw(Generated::Other("stats"))
     }
@@ -329,6 +339,16 @@ impl PeerSyncHandler for Recorder {
         self.saw(Generated::RelayStore(
             key, value, hops, expires, stamp, origin,
         ))
+    }
+    fn handle_relay_lease(
+        &self,
+        _: Vec<u8>,
+        _: LeaseOp,
+        _: i64,
+        _: i64,
+        _: i8,
+    ) -> thrift::Result<Lease> {
+        self.saw(Generated::Other("relay_lease"))
     }
     fn handle_relay_write_with(
         &self,
