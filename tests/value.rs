@@ -82,13 +82,15 @@ fn metadata_is_stored_with_the_value_and_a_plain_put_drops_it() {
         "{error}"
     );
     assert_eq!(through(&nodes[0]).get("long").unwrap(), None);
-    // A fenced write needs leases.
+    // A write fenced with a token no lease was granted with is refused as
+    // stale; nothing is stored (tests/lease.rs covers leases).
     let fenced = Wire::new(None::<bool>, None::<String>, None::<String>, 7i64);
     let error = nodes[0]
         .client()
         .store_with(b"fenced".to_vec(), b"v".to_vec(), fenced)
         .unwrap_err();
-    assert_eq!(wire_kind(error), Some(WireKind::REFUSED));
+    assert_eq!(wire_kind(error), Some(WireKind::STALE_TOKEN));
+    assert_eq!(through(&nodes[0]).get("fenced").unwrap(), None);
 
     // The command line: storeput with metadata, storeget --info.
     let peer = nodes[1].addr.to_string();
