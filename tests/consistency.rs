@@ -1044,3 +1044,72 @@ fn a_stopped_member_of_twenty_four_is_dropped_within_the_failure_timeout() {
         "dropped everywhere after {detected:?}, more than {bound:?}"
     );
 }
+
+/// The 64-bit version a peer sends for wall time `wall_ms` (counter 0).
+fn version_at(wall_ms: u64) -> i64 {
+    ((wall_ms * 1000) << 10) as i64
+}
+
+/// A tombstone older than the tombstone grace, sent by a peer (absorb:
+/// replication, handoff; reconcile: anti-entropy) for a key this node holds
+/// nothing at, is not stored: replicas that collect a tombstone at
+/// different moments would otherwise hand it back to each other by repair
+/// forever (found by the 256 MiB RSS test in tests/stream.rs, where 21
+/// chunk tombstones were collected every pass and came back). A key that
+/// holds an older copy still takes it, so that copy loses.
+#[test]
+fn a_tombstone_past_the_grace_is_not_stored_where_nothing_is_held_but_still_beats_an_older_copy() {
+    use thrifty_p2p::wire::convert;
+    use thrifty_p2p::wire::idl::diststore::{Entry, TPeerSyncClient};
+    let _turn = one_at_a_time();
+    let nodes = start_ring(1, &["--tombstone-grace", "10m"]);
+    let node = &nodes[0];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let hour = 3_600_000;
+    let tombstone = |key: &str| {
+        Entry::new(
+            key.as_bytes().to_vec(),
+            None::<Vec<u8>>,
+            version_at(now - hour),
+            7,
+        )
+    };
+    let mut c = node.client();
+    // Nothing held: not stored, by either path.
+    c.absorb(vec![tombstone("absorbed")]).unwrap();
+    let me = convert::location(&node.addr);
+    c.reconcile(me, vec![0], vec![tombstone("reconciled")])
+        .unwrap();
+    for key in ["absorbed", "reconciled"] {
+        assert_eq!(local_copy(&node.addr, key.as_bytes()), Some(None), "{key}");
+    }
+    // An older copy held: the tombstone wins.
+    let old = Entry::new(
+        b"held".to_vec(),
+        b"old".to_vec(),
+        version_at(now - 2 * hour),
+        7,
+    );
+    c.absorb(vec![old]).unwrap();
+    c.absorb(vec![tombstone("held")]).unwrap();
+    let copy = local_copy(&node.addr, b"held")
+        .unwrap()
+        .expect("the tombstone");
+    assert_eq!(
+        (copy.value, copy.version),
+        (None, Some(version_at(now - hour)))
+    );
+    assert_eq!(read_via(&node.addr, b"held").unwrap(), None);
+    // A recent tombstone is stored as always.
+    let recent = Entry::new(
+        b"recent".to_vec(),
+        None::<Vec<u8>>,
+        version_at(now - 1000),
+        7,
+    );
+    c.absorb(vec![recent]).unwrap();
+    assert!(local_copy(&node.addr, b"recent").unwrap().is_some());
+}

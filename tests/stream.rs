@@ -838,9 +838,11 @@ fn an_upload_not_committed_within_half_the_chunk_grace_expires_and_the_key_keeps
     assert_eq!(ring.get("doc").unwrap().as_deref(), Some(&b"before"[..]));
 }
 
+/// (Once ignored: replicas collecting at different moments handed the
+/// chunks' tombstones back to each other by repair, forever; see
+/// `a_tombstone_past_the_grace_is_not_stored_where_nothing_is_held_...` in
+/// tests/consistency.rs.)
 #[test]
-#[ignore = "passed alone once (RSS 9 -> 266-274 -> 10 MiB), but on a loaded machine the chunks' \
-            tombstones were not collected within 120 s / 300 s (RSS was back): under investigation"]
 fn a_256_mib_value_replaced_with_small_leaves_every_node_near_its_memory_at_rest() {
     // Tombstones go 2 s after the erase; the chunk grace stays above twice
     // the upload (slow in a debug build).
@@ -883,7 +885,7 @@ fn a_256_mib_value_replaced_with_small_leaves_every_node_near_its_memory_at_rest
     let margin = 32 * MIB as u64;
     // Generous: on a loaded machine the pause watch and anti-entropy may
     // hold collection up for a while (it waits for a quiet ring).
-    let back = common::wait_until(Duration::from_secs(300), || {
+    let back = common::wait_until(Duration::from_secs(120), || {
         let now = rss(&nodes);
         nodes
             .iter()

@@ -208,7 +208,7 @@ impl Node {
         if let Some(best) = &verdict.newest {
             self.clock.observe(best.version)?;
             if verdict.repair_here {
-                self.store.merge(key, best.value.as_deref(), best.version)?;
+                self.merge_copy(key, best.value.as_deref(), best.version)?;
             }
             self.metrics
                 .repaired_by_read(usize::from(verdict.repair_here) + verdict.repair.len());

@@ -99,7 +99,7 @@ impl Node {
         let mut repaired = 0;
         for entry in entries {
             self.clock.observe(entry.stored.version)?;
-            repaired += usize::from(self.store.merge(
+            repaired += usize::from(self.merge_copy(
                 &entry.key,
                 entry.stored.value.as_deref(),
                 entry.stored.version,

@@ -15,7 +15,7 @@ impl Node {
         let mut applied = 0;
         for entry in entries {
             self.clock.observe(entry.stored.version)?;
-            if self.store.merge(
+            if self.merge_copy(
                 &entry.key,
                 entry.stored.value.as_deref(),
                 entry.stored.version,

@@ -126,7 +126,12 @@ impl Node {
         value: Option<&[u8]>,
         version: Version,
     ) -> Result<bool> {
-        if value.is_none() || self.capacity.limit().is_none() {
+        if value.is_none() {
+            // A coordinator's erase, or a repair's tombstone (see
+            // `merge_copy`).
+            return self.merge_copy(key, value, version);
+        }
+        if self.capacity.limit().is_none() {
             return self.store.merge(key, value, version);
         }
         let old = match self.store.value_len(key)? {
