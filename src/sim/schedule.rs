@@ -119,6 +119,10 @@ pub struct Report {
     /// Tombstones the nodes running at the end had removed (a restarted
     /// node counts from its restart).
     pub tombstones_collected: i64,
+    /// Tombstones still held by the running nodes at the end, after the
+    /// ring settled and 30 s more: collection must converge (0) on a ring
+    /// that settled with every member alive.
+    pub tombstones_left: i64,
     /// Broken promises.
     pub violations: Vec<Violation>,
     /// A digest of the history (the same seed gives the same one).
@@ -126,9 +130,10 @@ pub struct Report {
 }
 
 impl Report {
-    /// Whether the history kept every promise and the ring settled.
+    /// Whether the history kept every promise, the ring settled and its
+    /// tombstones were collected.
     pub fn passed(&self) -> bool {
-        self.violations.is_empty() && self.settled
+        self.violations.is_empty() && self.settled && self.tombstones_left == 0
     }
 }
 
@@ -138,13 +143,14 @@ impl fmt::Display for Report {
         writeln!(
             f,
             "seed {}: {} nodes (weights {:?}), drop rate {}, {writes} writes ({acked} acknowledged), \
-             {reads} reads, settled: {}, {} tombstones collected, history {}",
+             {reads} reads, settled: {}, {} tombstones collected, {} left, history {}",
             self.plan.seed,
             self.plan.nodes,
             self.plan.weights,
             self.plan.drop_rate,
             self.settled,
             self.tombstones_collected,
+            self.tombstones_left,
             self.fingerprint
         )?;
         for fault in &self.plan.faults {
@@ -408,11 +414,16 @@ async fn run(plan: Plan) -> Report {
         .filter_map(|addr| cluster.node(addr))
         .map(|node| node.stats()["tombstones_collected"])
         .sum();
+    let tombstones_left = (cluster.running().iter())
+        .filter_map(|addr| cluster.node(addr))
+        .map(|node| node.stats()["tombstones"])
+        .sum();
     for addr in cluster.running() {
         cluster.kill(&addr);
     }
     Report {
         tombstones_collected,
+        tombstones_left,
         counts: history.counts(),
         violations: history.check(),
         fingerprint: history.fingerprint(),
