@@ -232,6 +232,14 @@ impl Default for Config {
 }
 
 impl Config {
+    /// How long after its version was taken a copy may still be delivered
+    /// (the replication queue) or a write coordinated: a quarter of the
+    /// tombstone grace, so it cannot land after the tombstone that should
+    /// beat it was collected (README, "Consistency model").
+    pub fn max_copy_age(&self) -> Duration {
+        self.tombstone_grace / 4
+    }
+
     /// The write quorum for a key with `n` replicas.
     pub fn write_quorum_of(&self, n: usize) -> usize {
         self.write_quorum.unwrap_or(n / 2 + 1).clamp(1, n.max(1))

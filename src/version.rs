@@ -70,6 +70,12 @@ impl Version {
     pub fn wall_micros(self) -> u64 {
         self.stamp >> LOGICAL_BITS
     }
+
+    /// How long before `now_micros` (wall microseconds since the epoch) the
+    /// version was taken; zero for one taken later.
+    pub fn age(self, now_micros: u64) -> std::time::Duration {
+        std::time::Duration::from_micros(now_micros.saturating_sub(self.wall_micros()))
+    }
 }
 
 /// A node's hybrid logical clock.

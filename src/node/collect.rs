@@ -96,7 +96,6 @@ impl Node {
     /// One pass (see the module docs).
     pub(crate) async fn collect_chunks(self: &Arc<Self>) -> Collected {
         let now = self.clock.wall_micros();
-        let grace = self.config.chunk_grace.as_micros() as u64;
         let ring = self.placement();
         // Old enough chunks this node owns, grouped by (key, upload).
         let mut uploads: BTreeMap<Upload, Vec<(Vec<u8>, Version)>> = BTreeMap::new();
@@ -107,7 +106,7 @@ impl Node {
             let Some((key, upload)) = parse_chunk_key(chunk) else {
                 return true;
             };
-            let old = now.saturating_sub(version.wall_micros()) > grace;
+            let old = version.age(now) > self.config.chunk_grace;
             let owned = ring.owner(chunk) == Some(&self.me);
             if old && owned {
                 let group = (key.to_vec(), upload);

@@ -289,7 +289,7 @@ impl Node {
             config.handoff_batch_entries,
             config.handoff_batch_bytes,
             config.rpc_timeout,
-            config.tombstone_grace / 4,
+            config.max_copy_age(),
         );
         Arc::new(Node {
             clock,

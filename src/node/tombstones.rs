@@ -211,8 +211,7 @@ impl Node {
     /// Whether a tombstone of `version` is older than the grace (rule 1 of
     /// the module doc), by this node's wall clock.
     fn past_grace(&self, version: Version, now_micros: u64) -> bool {
-        let grace = self.config.tombstone_grace.as_micros() as u64;
-        now_micros.saturating_sub(version.wall_micros()) > grace
+        version.age(now_micros) > self.config.tombstone_grace
     }
 
     /// Merges a copy from a peer (replication, handoff, repair, read

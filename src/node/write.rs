@@ -281,11 +281,7 @@ impl Node {
         // deliver such copies (found by the simulation, seed 294507475012:
         // a write taken by a node while it was cut off was coordinated at
         // 27 s, after its key's erase of 11.2 s had been collected).
-        let age = self
-            .clock
-            .wall_micros()
-            .saturating_sub(version.wall_micros());
-        if age > (self.config.tombstone_grace / 4).as_micros() as u64 {
+        if version.age(self.clock.wall_micros()) > self.config.max_copy_age() {
             return Err(Error::Expired);
         }
         // However few replicas this ring has, never fewer acknowledgements
