@@ -210,12 +210,17 @@ impl<M: Clone + Ord + fmt::Display> Ring<M> {
     /// Up to `n` distinct members, walking clockwise from the key's position, owner first
     /// (the preference list for replication).
     pub fn owners(&self, key: &[u8], n: usize) -> Vec<&M> {
+        self.owners_at(key_position(key), n)
+    }
+
+    /// [`Ring::owners`] of every key at `position`.
+    pub fn owners_at(&self, position: u64, n: usize) -> Vec<&M> {
         let want = n.min(self.members.len());
         let mut found: Vec<&M> = Vec::with_capacity(want);
         if want == 0 {
             return found;
         }
-        let start = self.first_point_after(key_position(key));
+        let start = self.first_point_after(position);
         let mut seen = vec![false; self.members.len()];
         // Walk at most one full turn; every member has a point, so `want`
         // distinct members are always found within it.
@@ -343,6 +348,16 @@ impl<M: Clone + Ord + fmt::Display> Ring<M> {
         // From the last point to the top of the circle: the first point's.
         arcs.push((last, (1u128 << 64) - u128::from(last), first_member));
         arcs
+    }
+
+    /// The positions of the ring's points, in order (a position shared by
+    /// several points comes once): the preference list of a key changes only
+    /// where its position crosses one of them.
+    pub fn point_positions(&self) -> impl Iterator<Item = u64> + '_ {
+        let mut last = None;
+        self.points.iter().filter_map(move |&(position, _)| {
+            (last.replace(position) != Some(position)).then_some(position)
+        })
     }
 
     /// The share of the circle (so of all keys, on average) each member
