@@ -46,10 +46,26 @@ pub fn group_of_bucket(bucket: usize) -> usize {
 /// Where the store's digest ranges are cut for `ring`: every bucket start and
 /// every point of the ring, sorted and deduplicated.
 pub fn cuts<M: Clone + Ord + std::fmt::Display>(ring: &Ring<M>) -> Vec<u64> {
-    let buckets = (0..BUCKETS as u64).map(|b| b << (64 - BUCKETS.trailing_zeros()));
-    let mut cuts: Vec<u64> = buckets.chain(ring.point_positions()).collect();
-    cuts.sort_unstable();
-    cuts.dedup();
+    // Both lists are sorted already: merged in one pass (a ring of 64 members
+    // has 262,144 points, and every node makes its cuts at every ring change).
+    let mut buckets = (0..BUCKETS as u64)
+        .map(|b| b << (64 - BUCKETS.trailing_zeros()))
+        .peekable();
+    let mut points = ring.point_positions().peekable();
+    let mut cuts = Vec::with_capacity(BUCKETS + ring.len() * ring.points_per_member());
+    loop {
+        let next = match (buckets.peek(), points.peek()) {
+            (Some(&b), Some(&p)) if b <= p => buckets.next(),
+            (_, Some(_)) => points.next(),
+            (Some(_), None) => buckets.next(),
+            (None, None) => break,
+        };
+        if let Some(cut) = next
+            && cuts.last() != Some(&cut)
+        {
+            cuts.push(cut);
+        }
+    }
     cuts
 }
 
@@ -67,9 +83,7 @@ impl CutCache {
     pub fn of(&self, ring: &Arc<Ring<NodeAddr>>) -> Arc<Vec<u64>> {
         let mut cached = self.0.lock();
         match &*cached {
-            Some((made_for, cuts)) if Arc::ptr_eq(made_for, ring) || **made_for == **ring => {
-                cuts.clone()
-            }
+            Some((made_for, cuts)) if Arc::ptr_eq(made_for, ring) => cuts.clone(),
             _ => {
                 let cuts = Arc::new(cuts(ring));
                 *cached = Some((ring.clone(), cuts.clone()));
@@ -301,6 +315,19 @@ mod tests {
             a.differing(&Digests::new().to_wire()),
             vec![bucket_of(b"k") as i32]
         );
+    }
+
+    #[test]
+    fn cuts_are_every_bucket_start_and_ring_point_sorted_once() {
+        let ring = Ring::with_points(["a", "b", "c"].map(String::from), 300);
+        let mut expected: Vec<u64> = (0..BUCKETS as u64)
+            .map(|b| b << (64 - BUCKETS.trailing_zeros()))
+            .chain(ring.point_positions())
+            .collect();
+        expected.sort_unstable();
+        expected.dedup();
+        assert_eq!(cuts(&ring), expected);
+        assert_eq!(cuts(&Ring::<String>::new([])).len(), BUCKETS);
     }
 
     #[test]
