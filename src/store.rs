@@ -63,6 +63,7 @@ mod tests;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::Result;
 use crate::ring::key_position;
@@ -277,6 +278,8 @@ pub trait Engine: Send + Sync + 'static {
 pub struct Store {
     engine: Arc<dyn Engine>,
     ranges: Arc<ranges::Ranges>,
+    /// Writes applied (see [`Store::writes`]).
+    writes: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -299,6 +302,7 @@ impl Store {
         Store {
             engine,
             ranges: Arc::default(),
+            writes: Arc::default(),
         }
     }
 
@@ -342,6 +346,7 @@ impl Store {
             return Ok(false);
         };
         gate.record(held, Some((version, value.is_none())));
+        self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -362,6 +367,7 @@ impl Store {
             next(old)
         })?;
         gate.record(held, Some((version, value.is_none())));
+        self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(version)
     }
 
@@ -373,7 +379,15 @@ impl Store {
             return Ok(false);
         };
         gate.record(Some((version, tombstone)), None);
+        self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(true)
+    }
+
+    /// How many writes (merges and overwrites applied, entries removed) the
+    /// store has taken: a background pass that found nothing to do need not
+    /// look again while this and the ring stay the same.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 
     /// Number of keys holding a value (tombstones not counted).

@@ -16,6 +16,7 @@ use crate::addr::NodeAddr;
 use crate::error::Error;
 use crate::handoff::{self, BatchTally, Group};
 use crate::peer::{BatchLimit, Entry, Request};
+use crate::ring::Ring;
 use crate::version::Version;
 
 /// Handoff batches in flight at once: enough to keep the link and the
@@ -29,6 +30,8 @@ type Sent = (BatchTally, Vec<(Vec<u8>, Version)>, Vec<(NodeAddr, Error)>);
 /// What one handoff pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HandoffReport {
+    /// Keys found held here that should move.
+    pub found: usize,
     /// Keys acknowledged by a write quorum of their replicas and deleted here.
     pub moved: usize,
     /// Keys that should move but did not (too few replicas took them).
@@ -122,6 +125,7 @@ impl Node {
             }
         };
         self.handoff_pending.store(keys.len(), Ordering::Relaxed);
+        report.found = keys.len();
         let groups = handoff::plan(&routing, n, self.write_quorum(), &self.me, keys);
         let limit = BatchLimit {
             bytes: self.config.handoff_batch_bytes,
@@ -238,18 +242,31 @@ impl Node {
     }
 
     /// Background worker: runs a handoff pass whenever the ring changes, and
-    /// every few seconds anyway (to pick up keys that were stored off-owner).
+    /// every few seconds anyway (to pick up keys that were stored off-owner),
+    /// unless the last pass found nothing to move and neither the ring nor
+    /// the store changed since it began: a quiet node reads no key.
     pub(super) async fn handoff_worker(self: Arc<Self>) {
         let mut seen = u64::MAX;
+        // The ring and the store's write count at the start of the last pass,
+        // if it found nothing to move.
+        let mut nothing_at: Option<(Arc<Ring<NodeAddr>>, u64)> = None;
         while !self.stop_requested() {
             seen = self.wait_past(seen, Duration::from_secs(2)).await;
             if self.stop_requested() {
                 break;
             }
+            let (ring, writes) = (self.placement(), self.store.writes());
+            if nothing_at
+                .as_ref()
+                .is_some_and(|(was, w)| Arc::ptr_eq(was, &ring) && *w == writes)
+            {
+                continue;
+            }
             let mut report = self.handoff_pass(None).await;
             while report.restarted && report.stuck == 0 && !self.stop_requested() {
                 report = self.handoff_pass(None).await;
             }
+            nothing_at = (report.found == 0 && !report.restarted).then_some((ring, writes));
         }
     }
 }
