@@ -78,7 +78,7 @@ impl Bench<'_> {
         let keys = (2 * c.join_bytes / value).max(2);
         let first = self.start_node_alone(None, 0)?;
         progress(&format!("join: preloading {keys} keys of {}", size(value)));
-        self.fill(&Target::single(first.socket), keys, value, 50)?;
+        self.fill::<Conn>(&Target::single(first.socket), keys, value, 50)?;
         progress("join: starting a second node");
 
         let before = CpuSnapshot::take(&[first.pid()]);
@@ -158,7 +158,7 @@ impl Bench<'_> {
         let node = self.start_node(None)?;
         std::thread::sleep(Duration::from_millis(200));
         let rss_empty = rss_bytes(node.pid())?;
-        self.fill(
+        self.fill::<Conn>(
             &Target::single(node.socket),
             c.memory_keys,
             c.memory_value,

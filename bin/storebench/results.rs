@@ -1,6 +1,6 @@
 //! What a run measured, as data: the request-reply cells (our figures beside
-//! Redis's) and the bulk, join, handoff and memory rows. [`crate::report`]
-//! renders them.
+//! Redis's, from storebench's own RESP client and from redis-benchmark) and
+//! the bulk, join, handoff and memory rows. [`crate::report`] renders them.
 
 use std::time::Duration;
 
@@ -16,6 +16,9 @@ pub enum Setup {
     RingAware,
     /// Three nodes; every request goes to one of them, which forwards.
     Forwarding,
+    /// A Redis Cluster of three masters (no replicas); the client computes
+    /// each key's slot and asks its master directly.
+    RedisCluster,
 }
 
 impl Setup {
@@ -24,6 +27,7 @@ impl Setup {
             Setup::OneNode => "1 node",
             Setup::RingAware => "3 nodes, ring-aware client",
             Setup::Forwarding => "3 nodes, all via 1 (forwarding)",
+            Setup::RedisCluster => "Redis Cluster, 3 masters, cluster-aware client",
         }
     }
 }
@@ -75,9 +79,27 @@ pub struct Cell {
     pub setup: Setup,
     pub op: Op,
     pub conns: usize,
+    /// Requests each connection keeps in flight: 1 is request-reply, more
+    /// is pipelined.
+    pub depth: usize,
     pub value: usize,
+    /// The setup's own figures (for [`Setup::RedisCluster`], Redis Cluster's).
     pub ours: Figures,
+    /// One `redis-server` driven by storebench's own RESP client, the same
+    /// load loop as `ours` (1-node rows only).
     pub redis: Option<Figures>,
+    /// The same `redis-server` driven by redis-benchmark (1-node rows only).
+    pub redis_benchmark: Option<Figures>,
+}
+
+impl Cell {
+    /// Whether `other` is the same load: op, connections, depth, value size.
+    pub fn same_load(&self, other: &Cell) -> bool {
+        self.op == other.op
+            && self.conns == other.conns
+            && self.depth == other.depth
+            && self.value == other.value
+    }
 }
 
 /// The bulk, join, handoff and memory rows.

@@ -1,8 +1,9 @@
-//! One run: starts its own `location` nodes and a `redis-server` beside
-//! them, runs each part asked for in order (the request-reply cells of
-//! [`crate::cells`], the bulk rows of [`crate::bulk`]) and collects every
-//! figure into a [`Report`]. [`Bench`] holds what the parts share and starts
-//! their processes; every one is killed when the run ends.
+//! One run: starts its own `location` nodes, and a `redis-server` and a
+//! 3-master Redis Cluster beside them, runs each part asked for in order (the
+//! request-reply cells of [`crate::cells`], the bulk rows of [`crate::bulk`])
+//! and collects every figure into a [`Report`]. [`Bench`] holds what the
+//! parts share and starts their processes; every one is killed when its part
+//! ends, also on an error (their handles kill them on drop).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,10 +12,11 @@ use std::time::Duration;
 use thrifty_p2p::{NodeAddr, Result};
 use tokio::runtime::Runtime;
 
+use crate::cluster::RedisCluster;
 use crate::facts::facts;
 use crate::failed;
 use crate::nodes::{NodeProc, Placement, wait_for_ring};
-use crate::redis::{RedisProc, redis_missing};
+use crate::redis::{RedisProc, redis_missing, redis_version};
 use crate::results::{Bulk, Report};
 use crate::settings::{BenchConfig, Part};
 
@@ -68,19 +70,31 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Repor
         notes: Vec::new(),
     };
     let runs = |part| config.parts.contains(&part);
-    if runs(Part::OneNode) {
-        bench.one_node_cells(&mut report, progress)?;
-        match (config.redis, redis_missing()) {
-            (false, _) => {}
-            (true, None) => bench.redis_cells(&mut report, progress)?,
-            (true, Some(why)) => report.notes.push(format!(
+    let with_redis = match (config.redis, redis_missing()) {
+        (false, _) => false,
+        (true, None) => true,
+        (true, Some(why)) => {
+            report.notes.push(format!(
                 "Redis was not run: {why}. `scripts/bench.sh` installs it \
                  (apt-get install redis-server redis-tools)."
-            )),
+            ));
+            false
+        }
+    };
+    if with_redis {
+        report.facts.redis = redis_version();
+    }
+    if runs(Part::OneNode) {
+        bench.one_node_cells(&mut report, progress)?;
+        if with_redis {
+            bench.redis_cells(&mut report, progress)?;
         }
     }
     if runs(Part::Ring) {
         bench.ring_cells(&mut report, progress)?;
+        if with_redis {
+            bench.redis_cluster_cells(&mut report, progress)?;
+        }
     }
     if runs(Part::Bulk) {
         progress("bulk transfer");
@@ -93,15 +107,15 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Repor
     }
     if runs(Part::Memory) {
         progress("memory");
-        report.bulk.memory = Some(bench.memory(config.redis && redis_missing().is_none())?);
+        report.bulk.memory = Some(bench.memory(with_redis)?);
     }
     report.notes.push(if bench.placement.is_some() {
-        "client and servers share one machine, on separate cores; redis-benchmark and \
-         Redis are placed the same way, which is why both run side by side."
+        "client and servers share one machine, on separate cores; Redis, Redis Cluster \
+         and redis-benchmark are placed the same way, which is why they run side by side."
             .into()
     } else {
-        "the client competes with the servers for the same cores, as redis-benchmark \
-         competes with Redis; that is why both run side by side on one machine."
+        "the client competes with the servers for the same cores, for Redis as for us; \
+         that is why both run side by side on one machine."
             .into()
     });
     Ok(report)
@@ -151,6 +165,14 @@ impl Bench<'_> {
     pub fn start_redis(&self) -> Result<RedisProc> {
         let cpus = self.placement.as_ref().map(|p| p.servers.as_str());
         RedisProc::start(cpus, &self.log_path("redis"))
+    }
+
+    /// Starts a Redis Cluster of three masters on the servers' cores, its
+    /// logs and config files in a directory of the log directory.
+    pub fn start_redis_cluster(&self) -> Result<RedisCluster> {
+        let cpus = self.placement.as_ref().map(|p| p.servers.as_str());
+        let dir = self.log_path("redis-cluster").with_extension("");
+        RedisCluster::start(3, cpus, &dir)
     }
 
     /// Starts three nodes on the servers' cores and waits until they agree.

@@ -22,6 +22,11 @@ pub struct BenchConfig {
     pub connections: Vec<usize>,
     /// Value sizes each cell runs at, in bytes. Default 100 and 65,536.
     pub value_sizes: Vec<usize>,
+    /// Requests kept in flight on one pipelined connection: besides the
+    /// request-reply cells at each of `connections`, every setup runs a
+    /// cell of 1 connection with this many in flight. Default 32; 0 or 1
+    /// for none.
+    pub pipeline: usize,
     /// Keys in the keyspace of values up to 1 KiB, all preloaded so every get
     /// hits. Default 100,000 (redis-benchmark `-r 100000`).
     pub keys: usize,
@@ -48,13 +53,14 @@ pub struct BenchConfig {
     /// (scale-out, forwarding, join, handoff) are about moving single copies;
     /// with more, every put also goes to the other replicas.
     pub replicas: usize,
-    /// Run Redis beside us (needs `redis-server` and `redis-benchmark` on the
-    /// path). Default true.
+    /// Run Redis beside us (needs `redis-server`, `redis-cli` and
+    /// `redis-benchmark` on the path): one server beside one node, a Redis
+    /// Cluster of three masters beside the 3-node ring. Default true.
     pub redis: bool,
     /// The parts to run, for profiling one of them. Default all.
     pub parts: Vec<Part>,
     /// Pin servers and client to separate cores (with `taskset`): the servers
-    /// (nodes, redis-server) to the first half, the client (this program,
+    /// (nodes, every redis-server) to the first half, the client (this program,
     /// redis-benchmark) to the rest; for the join and handoff, each node to
     /// a core of its own. Default true.
     ///
@@ -83,6 +89,7 @@ impl Default for BenchConfig {
             repeat: 3,
             connections: vec![1, 50],
             value_sizes: vec![100, 64 << 10],
+            pipeline: 32,
             keys: 100_000,
             large_keys: 4_096,
             client_threads: 1,
@@ -134,7 +141,8 @@ impl BenchConfig {
 pub enum Part {
     /// Request-reply cells on one node (and Redis beside them).
     OneNode,
-    /// Request-reply cells on a 3-node ring, ring-aware and forwarding.
+    /// Request-reply cells on a 3-node ring, ring-aware and forwarding (and
+    /// a 3-master Redis Cluster beside it).
     Ring,
     /// 1 GiB in and out of one node.
     Bulk,

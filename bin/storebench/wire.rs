@@ -18,6 +18,7 @@ use thrifty_p2p::{Error, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::engine::{self, Expect};
 use crate::results::Op;
 
 /// Key length: `key:` and 12 digits, as redis-benchmark names its `-r` keys.
@@ -56,10 +57,11 @@ pub fn value_bytes(len: usize) -> Vec<u8> {
     (0..len).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
-/// A whole call message whose key can be swapped in place.
+/// A whole call message whose key and sequence number can be swapped in place.
 pub struct Request {
     pub bytes: Vec<u8>,
     key_at: usize,
+    seq_at: usize,
 }
 
 impl Request {
@@ -69,6 +71,7 @@ impl Request {
         bytes.extend_from_slice(&(STRICT_VERSION | CALL).to_be_bytes());
         bytes.extend_from_slice(&(method.len() as i32).to_be_bytes());
         bytes.extend_from_slice(method.as_bytes());
+        let seq_at = bytes.len();
         bytes.extend_from_slice(&0i32.to_be_bytes());
         bytes.push(T_STRING);
         bytes.extend_from_slice(&1i16.to_be_bytes());
@@ -77,7 +80,11 @@ impl Request {
         bytes.extend_from_slice(&key(0));
         rest(&mut bytes);
         bytes.push(T_STOP);
-        Request { bytes, key_at }
+        Request {
+            bytes,
+            key_at,
+            seq_at,
+        }
     }
 
     pub fn fetch() -> Request {
@@ -104,6 +111,17 @@ impl Request {
 
     pub fn set_key(&mut self, index: usize) {
         write_key(&mut self.bytes[self.key_at..self.key_at + KEY_LEN], index);
+    }
+}
+
+impl engine::Request for Request {
+    fn set(&mut self, index: usize, seq: i32) {
+        self.set_key(index);
+        self.bytes[self.seq_at..self.seq_at + 4].copy_from_slice(&seq.to_be_bytes());
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
@@ -161,10 +179,13 @@ macro_rules! more {
     };
 }
 
+/// A whole reply: its length in bytes, its sequence number and its answer.
+type Parsed = (usize, i32, Answer);
+
 /// Reads the reply at the start of `buf`: `Ok(None)` while incomplete, else
-/// its length and answer. Only the shapes `fetch`, `store` and `relay_fetch`
-/// answer with are understood; anything else is an error.
-fn parse_reply(buf: &[u8]) -> std::result::Result<Option<(usize, Answer)>, String> {
+/// its length, sequence number and answer. Only the shapes `fetch`, `store`
+/// and `relay_fetch` answer with are understood; anything else is an error.
+fn parse_reply(buf: &[u8]) -> std::result::Result<Option<Parsed>, String> {
     let mut c = Cursor { buf, pos: 0 };
     let head = more!(c.i32()) as u32;
     if head & 0xffff_0000 != STRICT_VERSION {
@@ -174,18 +195,18 @@ fn parse_reply(buf: &[u8]) -> std::result::Result<Option<(usize, Answer)>, Strin
     }
     let name = more!(c.len())?;
     more!(c.take(name));
-    more!(c.i32());
+    let seq = more!(c.i32());
     match head & 0xff {
         REPLY => {}
         EXCEPTION => {
             let message = more!(struct_message(&mut c))?;
-            return Ok(Some((c.pos, Answer::Failed(message))));
+            return Ok(Some((c.pos, seq, Answer::Failed(message))));
         }
         other => return Err(format!("unexpected message type {other} in a reply")),
     }
     let field = more!(c.u8());
     if field == T_STOP {
-        return Ok(Some((c.pos, Answer::Stored)));
+        return Ok(Some((c.pos, seq, Answer::Stored)));
     }
     let id = more!(c.i16());
     let answer = match (field, id) {
@@ -221,7 +242,7 @@ fn parse_reply(buf: &[u8]) -> std::result::Result<Option<(usize, Answer)>, Strin
     if more!(c.u8()) != T_STOP {
         return Err("unexpected field after the result".into());
     }
-    Ok(Some((c.pos, answer)))
+    Ok(Some((c.pos, seq, answer)))
 }
 
 /// Reads a flat struct (an exception) and returns its field 1 string.
@@ -260,7 +281,9 @@ fn struct_message(c: &mut Cursor) -> Option<std::result::Result<String, String>>
 /// One client connection to a node, with its reply buffer.
 pub struct Conn {
     stream: TcpStream,
+    /// Replies read and not yet taken start at `at`.
     buf: Vec<u8>,
+    at: usize,
     peer: SocketAddr,
 }
 
@@ -277,6 +300,7 @@ impl Conn {
         Ok(Conn {
             stream,
             buf: Vec::with_capacity(128 << 10),
+            at: 0,
             peer,
         })
     }
@@ -288,25 +312,53 @@ impl Conn {
         }
     }
 
-    /// Sends one whole call and reads its whole reply.
+    /// The oldest reply not yet taken, if it is whole: its sequence number
+    /// and answer (a value's offset is into the reply).
+    fn next_reply(&mut self) -> Result<Option<(i32, Answer)>> {
+        if self.at == self.buf.len() {
+            return Ok(None);
+        }
+        match parse_reply(&self.buf[self.at..]).map_err(|e| self.error(e))? {
+            Some((len, seq, answer)) => {
+                self.at += len;
+                if self.at == self.buf.len() {
+                    self.buf.clear();
+                    self.at = 0;
+                }
+                Ok(Some((seq, answer)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Reads more of the replies, first moving the unread part of the buffer
+    /// to its start (a partial reply, at most one value long).
+    async fn fill_buf(&mut self) -> Result<()> {
+        if self.at > 0 {
+            self.buf.drain(..self.at);
+            self.at = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < 32 << 10 {
+            self.buf.reserve(self.buf.len().max(64 << 10));
+        }
+        if self.stream.read_buf(&mut self.buf).await? == 0 {
+            return Err(self.error("the node closed the connection"));
+        }
+        Ok(())
+    }
+
+    /// Sends one whole call and reads its whole reply (no other call may be
+    /// in flight on this connection).
     pub async fn call(&mut self, request: &[u8]) -> Result<Answer> {
         self.stream.write_all(request).await?;
-        self.buf.clear();
         loop {
-            if !self.buf.is_empty()
-                && let Some((len, answer)) = parse_reply(&self.buf).map_err(|e| self.error(e))?
-            {
-                if len != self.buf.len() {
+            if let Some((_, answer)) = self.next_reply()? {
+                if !self.buf.is_empty() {
                     return Err(self.error("bytes after the reply (the call was answered twice?)"));
                 }
                 return Ok(answer);
             }
-            if self.buf.capacity() - self.buf.len() < 32 << 10 {
-                self.buf.reserve(self.buf.len().max(64 << 10));
-            }
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
-                return Err(self.error("the node closed the connection"));
-            }
+            self.fill_buf().await?;
         }
     }
 
@@ -325,6 +377,46 @@ impl Conn {
                 String::from_utf8_lossy(&key(index))
             ))),
         }
+    }
+}
+
+impl engine::Connection for Conn {
+    type Request = Request;
+
+    fn request(op: Op, value: &[u8]) -> Request {
+        match op {
+            Op::Get => Request::fetch(),
+            Op::Put => Request::store(value),
+        }
+    }
+
+    async fn open(peer: SocketAddr) -> Result<Conn> {
+        Conn::open(peer).await
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        Ok(self.stream.write_all(bytes).await?)
+    }
+
+    /// Replies come back in the order of the calls (the node promises it),
+    /// each carrying its call's sequence number: a reply with another one is
+    /// an error.
+    fn take_reply(&mut self, expect: &Expect) -> Result<bool> {
+        let Some((seq, answer)) = self.next_reply()? else {
+            return Ok(false);
+        };
+        if seq != expect.seq {
+            return Err(self.error(format!(
+                "reply with sequence number {seq} where call {} was next (out of order)",
+                expect.seq
+            )));
+        }
+        self.expect(answer, expect.op, expect.value, expect.index)?;
+        Ok(true)
+    }
+
+    async fn read_more(&mut self) -> Result<()> {
+        self.fill_buf().await
     }
 }
 
@@ -360,7 +452,7 @@ mod tests {
         let mut bytes = (STRICT_VERSION | REPLY).to_be_bytes().to_vec();
         bytes.extend_from_slice(&5i32.to_be_bytes());
         bytes.extend_from_slice(b"fetch");
-        bytes.extend_from_slice(&0i32.to_be_bytes());
+        bytes.extend_from_slice(&7i32.to_be_bytes());
         bytes.extend_from_slice(result);
         bytes
     }
@@ -374,8 +466,8 @@ mod tests {
         for cut in 0..whole.len() {
             assert_eq!(parse_reply(&whole[..cut]), Ok(None), "cut at {cut}");
         }
-        let (len, answer) = parse_reply(&whole).unwrap().unwrap();
-        assert_eq!(len, whole.len());
+        let (len, seq, answer) = parse_reply(&whole).unwrap().unwrap();
+        assert_eq!((len, seq), (whole.len(), 7));
         let Answer::Value { at, len } = answer else {
             panic!("not a value: {answer:?}");
         };
@@ -384,11 +476,11 @@ mod tests {
             parse_reply(&reply(&[T_STRUCT, 0, 0, T_STOP, T_STOP]))
                 .unwrap()
                 .unwrap()
-                .1,
+                .2,
             Answer::Absent
         );
         assert_eq!(
-            parse_reply(&reply(&[T_STOP])).unwrap().unwrap().1,
+            parse_reply(&reply(&[T_STOP])).unwrap().unwrap().2,
             Answer::Stored
         );
     }
@@ -401,7 +493,7 @@ mod tests {
         let whole = reply(&err);
         assert_eq!(
             parse_reply(&whole).unwrap().unwrap(),
-            (whole.len(), Answer::Failed("full".into()))
+            (whole.len(), 7, Answer::Failed("full".into()))
         );
     }
 }
