@@ -57,7 +57,7 @@ use crate::settings::{BenchConfig, Part};
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Smoke test in about 30 s: short windows, one run, small data. Rough
+    /// Smoke test in one to two minutes: short windows, one run, small data. Rough
     /// figures; BENCHMARKS.md is left alone unless --results is given.
     #[arg(long)]
     quick: bool,

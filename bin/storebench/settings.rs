@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// What to measure and for how long. `Default` is the full run (about four
-/// minutes on two cores); [`BenchConfig::quick`] is a smoke test of about 30 s.
+/// What to measure and for how long. `Default` is the full run (about ten
+/// minutes on two cores); [`BenchConfig::quick`] is a smoke test of one to
+/// two minutes.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
     /// The `location` binary nodes are started from. Default: the one next to
@@ -109,7 +110,7 @@ impl Default for BenchConfig {
 }
 
 impl BenchConfig {
-    /// A smoke test of the whole program in about 30 s: short windows, one
+    /// A smoke test of the whole program in one to two minutes: short windows, one
     /// run each, small keyspaces, 128 MiB bulk, a 64 MiB join, 100,000 keys
     /// for memory. Figures from it are rough.
     pub fn quick() -> Self {
