@@ -6,7 +6,7 @@
 # into BENCHMARKS.md. Installs redis-server and redis-tools (redis-cli,
 # redis-benchmark) from Debian first when missing.
 #
-#   scripts/bench.sh             the full run (about ten minutes on two cores)
+#   scripts/bench.sh             the full run (about thirteen minutes on two cores)
 #   scripts/bench.sh --quick     a smoke test (1-2 minutes; BENCHMARKS.md untouched)
 #   scripts/bench.sh --help      every option (durations, sizes, --only PART, ...)
 #

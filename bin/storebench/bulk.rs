@@ -24,7 +24,7 @@ impl Bench<'_> {
     /// client and each chunk's owner, in parallel); median seconds each way.
     pub fn transfer(&self) -> Result<Transfer> {
         let c = self.config;
-        let nodes = self.start_ring()?;
+        let nodes = self.start_ring(c.replicas)?;
         let first = &nodes[0];
         let value = value_bytes(c.bulk_bytes);
         let options = stream::Options {

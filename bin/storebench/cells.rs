@@ -58,9 +58,10 @@ impl Load {
         )
     }
 
-    fn cell(&self, setup: Setup, ours: Figures) -> Cell {
+    fn cell(&self, setup: Setup, replicas: usize, ours: Figures) -> Cell {
         Cell {
             setup,
+            replicas,
             op: self.op,
             conns: self.conns,
             depth: self.depth,
@@ -133,13 +134,27 @@ impl Bench<'_> {
             self.preload::<wire::Conn>("1 node", &target, load.value, &mut loaded, progress)?;
             progress(&format!("1 node: {}", load.label()));
             let ours = least_disturbed(|| self.cell::<wire::Conn>(&target, load, &pids))?;
-            report.cells.push(load.cell(Setup::OneNode, ours));
+            report
+                .cells
+                .push(load.cell(Setup::OneNode, self.config.replicas, ours));
         }
         Ok(())
     }
 
-    pub fn ring_cells(&self, report: &mut Report, progress: &mut dyn FnMut(&str)) -> Result<()> {
-        let nodes = self.start_ring()?;
+    /// The 3-node ring keeping `replicas` copies of each key, ring-aware
+    /// and forwarding.
+    pub fn ring_cells(
+        &self,
+        report: &mut Report,
+        progress: &mut dyn FnMut(&str),
+        replicas: usize,
+    ) -> Result<()> {
+        let nodes = self.start_ring(replicas)?;
+        let copies = if replicas == 1 {
+            String::new()
+        } else {
+            format!(", {replicas} copies")
+        };
         let first = &nodes[0];
         let pids: Vec<u32> = nodes.iter().map(|n| n.pid()).collect();
         let most_keys = self.config.keys.max(self.config.large_keys);
@@ -147,14 +162,15 @@ impl Bench<'_> {
         let forwarding = Target::single(first.socket);
         let mut loaded = None;
         for load in self.loads() {
-            self.preload::<wire::Conn>("3 nodes", &ring_aware, load.value, &mut loaded, progress)?;
+            let what = format!("3 nodes{copies}");
+            self.preload::<wire::Conn>(&what, &ring_aware, load.value, &mut loaded, progress)?;
             for (setup, target) in [
                 (Setup::RingAware, &ring_aware),
                 (Setup::Forwarding, &forwarding),
             ] {
-                progress(&format!("{}: {}", setup.label(), load.label()));
+                progress(&format!("{}{copies}: {}", setup.label(), load.label()));
                 let ours = least_disturbed(|| self.cell::<wire::Conn>(target, load, &pids))?;
-                report.cells.push(load.cell(setup, ours));
+                report.cells.push(load.cell(setup, replicas, ours));
             }
         }
         Ok(())
@@ -192,7 +208,7 @@ impl Bench<'_> {
                 ))
             })
             .ok();
-            let ours = load.cell(Setup::OneNode, Figures::default());
+            let ours = load.cell(Setup::OneNode, 1, Figures::default());
             if let Some(cell) = report
                 .cells
                 .iter_mut()
@@ -232,7 +248,9 @@ impl Bench<'_> {
                 load.label()
             ));
             let figures = least_disturbed(|| self.cell::<resp::Conn>(&target, load, &pids))?;
-            report.cells.push(load.cell(Setup::RedisCluster, figures));
+            report
+                .cells
+                .push(load.cell(Setup::RedisCluster, 1, figures));
         }
         Ok(())
     }

@@ -106,6 +106,10 @@ struct Args {
     /// Redis beside them; the targets are about single copies].
     #[arg(long, value_name = "N")]
     replicas: Option<usize>,
+    /// Copies of each key in a second set of ring cells, reported but not
+    /// held to the targets; 0 for none [default: 3].
+    #[arg(long, value_name = "N")]
+    ring_replicas: Option<usize>,
     /// Skip Redis (and Redis Cluster).
     #[arg(long)]
     no_redis: bool,
@@ -145,6 +149,7 @@ fn config(args: &Args) -> BenchConfig {
     config.redis = !args.no_redis;
     config.pipeline = args.pipeline.unwrap_or(config.pipeline);
     config.replicas = args.replicas.unwrap_or(config.replicas).max(1);
+    config.ring_replicas = args.ring_replicas.unwrap_or(config.ring_replicas);
     config.pin = !args.no_pin;
     if !args.conns.is_empty() {
         config.connections = args.conns.clone();

@@ -63,11 +63,13 @@ fn conns_label(cell: &Cell) -> String {
 }
 
 impl Report {
-    /// The cell of `setup` at the load of `like`.
+    /// The cell of `setup` at the load of `like` (for our ring, also with
+    /// as many copies per key).
     fn find(&self, setup: Setup, like: &Cell) -> Option<&Cell> {
-        self.cells
-            .iter()
-            .find(|c| c.setup == setup && c.same_load(like))
+        let ring = matches!(setup, Setup::RingAware | Setup::Forwarding);
+        self.cells.iter().find(|c| {
+            c.setup == setup && c.same_load(like) && (!ring || c.replicas == like.replicas)
+        })
     }
 
     /// The targets that apply to `cell`.
@@ -75,7 +77,7 @@ impl Report {
         let mut checks = Vec::new();
         let name = format!(
             "{}, {} {}, {}",
-            cell.setup.label(),
+            cell.label(self.config.replicas),
             cell.op.label(),
             size(cell.value),
             conns_label(cell)
@@ -101,7 +103,7 @@ impl Report {
             }
             // Redis Cluster keeps one copy of each key: with more, our ring
             // is reported beside it, not held to it.
-            Setup::RingAware if self.config.replicas == 1 => {
+            Setup::RingAware if cell.replicas == 1 => {
                 if let Some(cluster) = self.find(Setup::RedisCluster, cell) {
                     checks.push(Check::ratio(
                         &name,
@@ -112,7 +114,8 @@ impl Report {
                     ));
                 }
             }
-            Setup::Forwarding => {
+            // The second set of ring cells (`ring_replicas`) is reported only.
+            Setup::Forwarding if cell.replicas == self.config.replicas => {
                 if let Some(direct) = self.find(Setup::RingAware, cell) {
                     checks.push(Check::ratio(
                         &name,
@@ -212,11 +215,23 @@ impl Report {
         } else {
             "request-reply (no pipelining)".into()
         };
+        let other_copies = self
+            .cells
+            .iter()
+            .find(|cell| cell.label(c.replicas) != cell.setup.label())
+            .map(|cell| {
+                format!(
+                    ", {0} in the rows marked \"{0} copies\" (reported beside Redis Cluster, \
+                     not held to the targets)",
+                    cell.replicas
+                )
+            })
+            .unwrap_or_default();
         let _ = writeln!(
             out,
             "Each cell: {} warm-up, then {} window{} of {} on the same connections; \
              the median window is shown. Keyspaces: {} keys for values up to 1 KiB, \
-             {} keys for larger ones, all preloaded. Nodes keep {} cop{} of each key. \
+             {} keys for larger ones, all preloaded. Nodes keep {} cop{} of each key{other_copies}. \
              Client: {} thread{}, one task per connection, {pipelined}; the same client \
              drives Redis and Redis Cluster over RESP (the Redis columns), redis-benchmark \
              beside it for reference. MB and GB are 10^6 and 10^9 bytes.",
@@ -277,7 +292,7 @@ impl Report {
             let _ = writeln!(
                 out,
                 "| {} | {} | {conns} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {b_ops} | {b_p99} | {} | {} | {} |",
-                cell.setup.label(),
+                cell.label(c.replicas),
                 cell.op.label(),
                 size(cell.value),
                 thousands(o.ops),

@@ -83,6 +83,8 @@ pub struct Cell {
     /// is pipelined.
     pub depth: usize,
     pub value: usize,
+    /// Copies of each key the nodes kept (1 for Redis).
+    pub replicas: usize,
     /// The setup's own figures (for [`Setup::RedisCluster`], Redis Cluster's).
     pub ours: Figures,
     /// One `redis-server` driven by storebench's own RESP client, the same
@@ -93,6 +95,16 @@ pub struct Cell {
 }
 
 impl Cell {
+    /// The setup, and the copies per key when they are not `usual`.
+    pub fn label(&self, usual: usize) -> String {
+        match self.setup {
+            Setup::RingAware | Setup::Forwarding if self.replicas != usual => {
+                format!("{}, {} copies", self.setup.label(), self.replicas)
+            }
+            _ => self.setup.label().to_string(),
+        }
+    }
+
     /// Whether `other` is the same load: op, connections, depth, value size.
     pub fn same_load(&self, other: &Cell) -> bool {
         self.op == other.op

@@ -91,9 +91,12 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Repor
         }
     }
     if runs(Part::Ring) {
-        bench.ring_cells(&mut report, progress)?;
+        bench.ring_cells(&mut report, progress, config.replicas)?;
         if with_redis {
             bench.redis_cluster_cells(&mut report, progress)?;
+        }
+        if let Some(replicas) = config.replicated_ring() {
+            bench.ring_cells(&mut report, progress, replicas)?;
         }
     }
     if runs(Part::Bulk) {
@@ -139,11 +142,17 @@ impl Bench<'_> {
 
     /// Starts a node on the servers' cores.
     pub fn start_node(&self, seed: Option<&NodeAddr>) -> Result<NodeProc> {
+        self.start_node_keeping(seed, self.config.replicas)
+    }
+
+    /// Starts a node keeping `replicas` copies of each key, on the servers'
+    /// cores.
+    fn start_node_keeping(&self, seed: Option<&NodeAddr>, replicas: usize) -> Result<NodeProc> {
         let cpus = self.placement.as_ref().map(|p| p.servers.as_str());
         NodeProc::start(
             &self.config.location,
             seed,
-            self.config.replicas,
+            replicas,
             cpus,
             &self.log_path("node"),
         )
@@ -175,12 +184,13 @@ impl Bench<'_> {
         RedisCluster::start(3, cpus, &dir)
     }
 
-    /// Starts three nodes on the servers' cores and waits until they agree.
-    pub fn start_ring(&self) -> Result<Vec<NodeProc>> {
-        let first = self.start_node(None)?;
+    /// Starts three nodes keeping `replicas` copies of each key on the
+    /// servers' cores, and waits until they agree.
+    pub fn start_ring(&self, replicas: usize) -> Result<Vec<NodeProc>> {
+        let first = self.start_node_keeping(None, replicas)?;
         let mut nodes = vec![
-            self.start_node(Some(&first.addr))?,
-            self.start_node(Some(&first.addr))?,
+            self.start_node_keeping(Some(&first.addr), replicas)?,
+            self.start_node_keeping(Some(&first.addr), replicas)?,
         ];
         nodes.insert(0, first);
         wait_for_ring(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(30))?;

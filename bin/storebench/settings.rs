@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// What to measure and for how long. `Default` is the full run (about ten
-/// minutes on two cores); [`BenchConfig::quick`] is a smoke test of one to
+/// What to measure and for how long. `Default` is the full run (about
+/// thirteen minutes on two cores); [`BenchConfig::quick`] is a smoke test of one to
 /// two minutes.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
@@ -54,6 +54,10 @@ pub struct BenchConfig {
     /// (scale-out, forwarding, join, handoff) are about moving single copies;
     /// with more, every put also goes to the other replicas.
     pub replicas: usize,
+    /// Copies of each key in a second set of ring cells, reported beside
+    /// Redis Cluster but not held to the targets (Redis Cluster keeps one
+    /// copy). Default 3; 0, 1 or `replicas` for none.
+    pub ring_replicas: usize,
     /// Run Redis beside us (needs `redis-server`, `redis-cli` and
     /// `redis-benchmark` on the path): one server beside one node, a Redis
     /// Cluster of three masters beside the 3-node ring. Default true.
@@ -101,6 +105,7 @@ impl Default for BenchConfig {
             memory_keys: 1_000_000,
             memory_value: 100,
             replicas: 1,
+            ring_replicas: 3,
             redis: true,
             parts: Part::ALL.to_vec(),
             pin: true,
@@ -125,6 +130,12 @@ impl BenchConfig {
             memory_keys: 100_000,
             ..BenchConfig::default()
         }
+    }
+
+    /// The copies per key of the second set of ring cells, if there is one.
+    pub fn replicated_ring(&self) -> Option<usize> {
+        (self.ring_replicas > 1 && self.ring_replicas != self.replicas)
+            .then_some(self.ring_replicas)
     }
 
     /// The keyspace used with values of `value` bytes.
