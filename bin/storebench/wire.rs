@@ -448,6 +448,17 @@ mod tests {
         assert_eq!(frame.len, request.bytes.len());
     }
 
+    #[test]
+    fn a_prebuilt_call_carries_the_key_and_sequence_number_set_in_place() {
+        use crate::engine::Request as _;
+        use thrifty_p2p::wire::frame::{Limits, scan};
+        let mut request = Request::fetch();
+        request.set(99, 123_456);
+        let frame = scan(&request.bytes, &Limits::default()).unwrap().unwrap();
+        assert_eq!((frame.name.as_ref(), frame.seq), ("fetch", 123_456));
+        assert!(request.bytes.windows(KEY_LEN).any(|w| w == key(99)));
+    }
+
     fn reply(result: &[u8]) -> Vec<u8> {
         let mut bytes = (STRICT_VERSION | REPLY).to_be_bytes().to_vec();
         bytes.extend_from_slice(&5i32.to_be_bytes());
