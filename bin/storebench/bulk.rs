@@ -78,7 +78,7 @@ impl Bench<'_> {
         let keys = (2 * c.join_bytes / value).max(2);
         let first = self.start_node_alone(None, 0)?;
         progress(&format!("join: preloading {keys} keys of {}", size(value)));
-        self.fill::<Conn>(&Target::single(first.socket), keys, value, 50)?;
+        self.fill::<Conn>(&Target::single(first.socket), keys, value, 50, 1)?;
         progress("join: starting a second node");
 
         let before = CpuSnapshot::take(&[first.pid()]);
@@ -163,6 +163,7 @@ impl Bench<'_> {
             c.memory_keys,
             c.memory_value,
             50,
+            1,
         )?;
         std::thread::sleep(Duration::from_millis(200));
         let rss = rss_bytes(node.pid())?;

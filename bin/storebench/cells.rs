@@ -115,7 +115,7 @@ impl Bench<'_> {
                 "{what}: preloading {keys} keys of {}",
                 size(value)
             ));
-            self.fill::<C>(target, keys, value, 50)?;
+            self.fill::<C>(target, keys, value, 50, 1)?;
             *loaded = Some(value);
         }
         Ok(())
@@ -255,14 +255,16 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Stores keys `0..keys` once each, over `conns` request-reply
-    /// connections of engine `C`.
+    /// Stores keys `0..keys` once each, over `conns` connections of engine
+    /// `C` that each keep `depth` stores in flight (1: request-reply);
+    /// every store's reply is checked. Returns how long it took.
     pub fn fill<C: Connection>(
         &self,
         target: &Target,
         keys: usize,
         value: usize,
         conns: usize,
+        depth: usize,
     ) -> Result<Duration> {
         let value_bytes = value_bytes(value);
         self.runtime.block_on(async {
@@ -270,29 +272,16 @@ impl Bench<'_> {
             let mut tasks = Vec::new();
             let started = Instant::now();
             for _ in 0..conns.min(keys.max(1)) {
-                let mut connections = target.connect::<C>().await?;
-                let mut request = C::request(Op::Put, &value_bytes);
-                let next = next.clone();
-                let target = target.clone();
-                tasks.push(tokio::spawn(async move {
-                    for seq in 1.. {
-                        let index = next.fetch_add(1, Ordering::Relaxed);
-                        if index >= keys {
-                            break;
-                        }
-                        request.set(index, seq);
-                        let conn = &mut connections[target.conn_for(index)];
-                        conn.send(request.bytes()).await?;
-                        let expect = Expect {
-                            op: Op::Put,
-                            value,
-                            index,
-                            seq,
-                        };
-                        engine::reply(conn, &expect).await?;
-                    }
-                    Ok::<(), Error>(())
-                }));
+                let connections = target.connect::<C>().await?;
+                let request = C::request(Op::Put, &value_bytes);
+                let fill = Fill {
+                    next: next.clone(),
+                    keys,
+                    value,
+                    depth: depth.max(1),
+                    target: target.clone(),
+                };
+                tasks.push(tokio::spawn(fill.run(connections, request)));
             }
             for task in tasks {
                 task.await.map_err(failed)??;
@@ -405,6 +394,72 @@ struct Pending {
     conn: usize,
     seq: i32,
     started: Instant,
+}
+
+/// What one connection of [`Bench::fill`] stores: the keys it takes from
+/// `next` (shared by every connection) until `keys`.
+struct Fill {
+    next: Arc<AtomicUsize>,
+    keys: usize,
+    value: usize,
+    depth: usize,
+    target: Target,
+}
+
+impl Fill {
+    /// Keeps `depth` stores in flight (written together, per socket) until
+    /// every key is taken and every reply is in, each reply checked as the
+    /// answer to the oldest store not yet answered (as in [`worker`]).
+    async fn run<C: Connection>(
+        self,
+        mut connections: Vec<C>,
+        mut request: C::Request,
+    ) -> Result<()> {
+        let mut pending: VecDeque<(usize, usize, i32)> = VecDeque::with_capacity(self.depth);
+        let mut out: Vec<Vec<u8>> = connections.iter().map(|_| Vec::new()).collect();
+        let mut seq: i32 = 0;
+        let mut ended = false;
+        loop {
+            while !ended && pending.len() < self.depth {
+                let index = self.next.fetch_add(1, Ordering::Relaxed);
+                if index >= self.keys {
+                    ended = true;
+                    break;
+                }
+                let conn = self.target.conn_for(index);
+                seq = seq.wrapping_add(1);
+                request.set(index, seq);
+                out[conn].extend_from_slice(request.bytes());
+                pending.push_back((index, conn, seq));
+            }
+            for (conn, bytes) in connections.iter_mut().zip(&mut out) {
+                if !bytes.is_empty() {
+                    conn.send(bytes).await?;
+                    bytes.clear();
+                }
+            }
+            let mut first = true;
+            while let Some(&(index, conn, seq)) = pending.front() {
+                let expect = Expect {
+                    op: Op::Put,
+                    value: self.value,
+                    index,
+                    seq,
+                };
+                let conn = &mut connections[conn];
+                if first {
+                    engine::reply(conn, &expect).await?;
+                    first = false;
+                } else if !conn.take_reply(&expect)? {
+                    break;
+                }
+                pending.pop_front();
+            }
+            if ended && pending.is_empty() {
+                return Ok(());
+            }
+        }
+    }
 }
 
 /// One connection's loop: random keys, `plan.depth` requests in flight (one
