@@ -9,6 +9,7 @@
 //! - [`cells`]: the request-reply cells and their load loop, on our nodes and
 //!   on Redis.
 //! - [`bulk`]: the bulk transfer, join, handoff and memory rows.
+//! - [`idle`]: a loaded, settled ring's CPU and memory while left alone.
 //! - [`target`]: which server gets each key.
 //! - [`engine`]: what the load loop asks of a client engine.
 //! - [`wire`]: the raw Thrift engine: prebuilt calls, replies read just far enough.
@@ -26,6 +27,7 @@ mod cells;
 mod cluster;
 mod engine;
 mod facts;
+mod idle;
 mod nodes;
 mod procfs;
 mod redis;
@@ -52,7 +54,8 @@ use crate::settings::{BenchConfig, Part};
 /// on one node (beside one redis-server) and a 3-node ring through a
 /// ring-aware client and through one forwarding node (beside a 3-master
 /// Redis Cluster); a 1 GiB transfer; a join and a SIGINT handoff; a node's
-/// memory. Starts and stops its own nodes (the `location` binary next to
+/// memory; a 3-node ring's idle CPU at 3 copies per key, and the load
+/// before. Starts and stops its own nodes (the `location` binary next to
 /// this one) and its own redis-servers.
 #[derive(Parser, Debug)]
 #[command(version)]
@@ -88,6 +91,16 @@ struct Args {
     /// Keys held by the node whose memory is measured.
     #[arg(long, value_name = "N")]
     memory_keys: Option<usize>,
+    /// Key counts of the idle part, comma-separated: a fresh 3-node ring at
+    /// 3 copies per key is loaded with each, settled and measured (add
+    /// 10000000 if about 5 GiB of memory is free) [default: 100000,1000000;
+    /// 10000,100000 with --quick].
+    #[arg(long, value_name = "N,..", value_delimiter = ',')]
+    idle_keys: Vec<usize>,
+    /// Seconds of the idle part's measured window [default: 20; 5 with
+    /// --quick].
+    #[arg(long, value_name = "SECS")]
+    idle_secs: Option<f64>,
     /// Connection counts, comma-separated [default: 1,50].
     #[arg(long, value_name = "N,..", value_delimiter = ',')]
     conns: Vec<usize>,
@@ -99,7 +112,8 @@ struct Args {
     #[arg(long, value_name = "N")]
     pipeline: Option<usize>,
     /// Run only these parts, comma-separated: one-node (with Redis beside it),
-    /// ring (with Redis Cluster beside it), bulk, join, memory [default: all].
+    /// ring (with Redis Cluster beside it), bulk, join, memory, idle (a
+    /// loaded 3-node ring's CPU while nothing is asked of it) [default: all].
     #[arg(long, value_name = "PART,..", value_delimiter = ',')]
     only: Vec<Part>,
     /// Copies of each key the nodes keep (their --replicas) [default: 1, as
@@ -146,6 +160,10 @@ fn config(args: &Args) -> BenchConfig {
     config.bulk_chunk = config.bulk_chunk.min(config.bulk_bytes.max(1));
     config.join_bytes = args.join_mib.map_or(config.join_bytes, |m| m << 20);
     config.memory_keys = args.memory_keys.unwrap_or(config.memory_keys);
+    if !args.idle_keys.is_empty() {
+        config.idle_keys = args.idle_keys.iter().map(|&k| k.max(1)).collect();
+    }
+    config.idle_window = args.idle_secs.map_or(config.idle_window, secs);
     config.redis = !args.no_redis;
     config.pipeline = args.pipeline.unwrap_or(config.pipeline);
     config.replicas = args.replicas.unwrap_or(config.replicas).max(1);

@@ -9,7 +9,8 @@ use std::time::Duration;
 use thrifty_p2p::Result;
 
 use crate::bulk::JOIN_SAMPLE;
-use crate::results::{Cell, Figures, Report, Setup, Transfer};
+use crate::idle::resolution;
+use crate::results::{Cell, Figures, Idle, Report, Setup, Transfer};
 
 /// One target of issue 10, checked.
 struct Check {
@@ -48,6 +49,16 @@ const BULK_TARGET: f64 = 1e9;
 const MOVE_TARGET: f64 = 200e6;
 /// Target for resident memory over the raw bytes of keys and values.
 const MEMORY_TARGET: f64 = 1.25;
+/// Target for each idle node's CPU, as a share of one core.
+const IDLE_TARGET: f64 = 0.01;
+/// Idle CPU independent of the key count: the busiest node's at a key count
+/// at most this times the first (smallest) key count's, or within two
+/// clock ticks over the window of it (below that the figures are noise).
+const IDLE_GROWTH: f64 = 2.0;
+/// The load target: this many keys through one connection in under
+/// `LOAD_TARGET` seconds.
+const LOAD_KEYS: usize = 1_000_000;
+const LOAD_TARGET: f64 = 10.0;
 
 /// `1 conn`, `50 conns`, `1 conn, 32 in flight`.
 fn conns_label(cell: &Cell) -> String {
@@ -188,6 +199,39 @@ impl Report {
                 pass: ratio <= MEMORY_TARGET,
             });
         }
+        for idle in &self.bulk.idle {
+            if idle.keys == LOAD_KEYS {
+                checks.push(Check {
+                    what: format!("{}: < {LOAD_TARGET} s", load_label(idle)),
+                    got: format!("{:.2} s", idle.load_secs),
+                    pass: idle.load_secs < LOAD_TARGET,
+                });
+            }
+            checks.push(Check {
+                what: format!(
+                    "{}: < {} of a core per node",
+                    idle_label(idle),
+                    core_percent(IDLE_TARGET)
+                ),
+                got: core_percent(idle.max_cpu()),
+                pass: idle.max_cpu() < IDLE_TARGET,
+            });
+        }
+        if let Some((first, rest)) = self.bulk.idle.split_first() {
+            for idle in rest {
+                let floor = 2.0 * resolution(first.window).max(resolution(idle.window));
+                let (ratio, got) = growth(first, idle);
+                checks.push(Check {
+                    what: format!(
+                        "{}: <= {IDLE_GROWTH}x, or within {} of a core",
+                        growth_label(first, idle),
+                        core_percent(floor)
+                    ),
+                    got,
+                    pass: ratio <= IDLE_GROWTH || idle.max_cpu() - first.max_cpu() <= floor,
+                });
+            }
+        }
         checks
     }
 
@@ -227,34 +271,37 @@ impl Report {
                 )
             })
             .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "Each cell: {} warm-up, then {} window{} of {} on the same connections; \
-             the median window is shown. Keyspaces: {} keys for values up to 1 KiB, \
-             {} keys for larger ones, all preloaded. Nodes keep {} cop{} of each key{other_copies}. \
-             Client: {} thread{}, one task per connection, {pipelined}; the same client \
-             drives Redis and Redis Cluster over RESP (the Redis columns), redis-benchmark \
-             beside it for reference. MB and GB are 10^6 and 10^9 bytes.",
-            secs(c.warmup),
-            c.repeat,
-            if c.repeat == 1 { "" } else { "s" },
-            secs(c.duration),
-            thousands(c.keys as f64),
-            thousands(c.large_keys as f64),
-            c.replicas,
-            if c.replicas == 1 { "y" } else { "ies" },
-            c.client_threads,
-            if c.client_threads == 1 { "" } else { "s" },
-        );
-        out.push('\n');
-        out.push_str(
-            "| setup | op | conns | value | ops/s | p50 ms | p99 ms | p99.9 ms | CPU µs/op server+client \
-             | Redis ops/s | Redis p50 | Redis p99 | Redis p99.9 | Redis CPU µs/op server+client \
-             | redis-benchmark ops/s | redis-benchmark p99 | ratio | other procs' CPU | targets |\n",
-        );
-        out.push_str(
-            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
-        );
+        // Only the parts run are described (`--only idle` has no cells).
+        if !self.cells.is_empty() {
+            let _ = writeln!(
+                out,
+                "Each cell: {} warm-up, then {} window{} of {} on the same connections; \
+                 the median window is shown. Keyspaces: {} keys for values up to 1 KiB, \
+                 {} keys for larger ones, all preloaded. Nodes keep {} cop{} of each key{other_copies}. \
+                 Client: {} thread{}, one task per connection, {pipelined}; the same client \
+                 drives Redis and Redis Cluster over RESP (the Redis columns), redis-benchmark \
+                 beside it for reference. MB and GB are 10^6 and 10^9 bytes.",
+                secs(c.warmup),
+                c.repeat,
+                if c.repeat == 1 { "" } else { "s" },
+                secs(c.duration),
+                thousands(c.keys as f64),
+                thousands(c.large_keys as f64),
+                c.replicas,
+                if c.replicas == 1 { "y" } else { "ies" },
+                c.client_threads,
+                if c.client_threads == 1 { "" } else { "s" },
+            );
+            out.push('\n');
+            out.push_str(
+                "| setup | op | conns | value | ops/s | p50 ms | p99 ms | p99.9 ms | CPU µs/op server+client \
+                 | Redis ops/s | Redis p50 | Redis p99 | Redis p99.9 | Redis CPU µs/op server+client \
+                 | redis-benchmark ops/s | redis-benchmark p99 | ratio | other procs' CPU | targets |\n",
+            );
+            out.push_str(
+                "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
+            );
+        }
         for cell in &self.cells {
             let o = &cell.ours;
             let (r_ops, r_p50, r_p99, r_p999, r_cpu) = match &cell.redis {
@@ -311,7 +358,12 @@ impl Report {
             );
         }
         let b = &self.bulk;
-        if b.transfer.is_some() || b.join.is_some() || b.handoff.is_some() || b.memory.is_some() {
+        if b.transfer.is_some()
+            || b.join.is_some()
+            || b.handoff.is_some()
+            || b.memory.is_some()
+            || !b.idle.is_empty()
+        {
             out.push('\n');
             out.push_str("| bulk | figure | detail | Redis | target |\n|---|--:|---|--:|---|\n");
         }
@@ -391,6 +443,64 @@ impl Report {
                 check_for("memory"),
             );
         }
+        for idle in &self.bulk.idle {
+            let _ = writeln!(
+                out,
+                "| {} | {:.2} s | {} keys/s, every store acknowledged (a write quorum of the {} \
+                 replicas), into a fresh ring of 3 nodes; other procs' CPU {} | | {} |",
+                load_label(idle),
+                idle.load_secs,
+                thousands(idle.keys as f64 / idle.load_secs),
+                idle.replicas,
+                percent(idle.load_elsewhere),
+                check_for(&format!("{}:", load_label(idle))),
+            );
+            let each = |f: &dyn Fn(&crate::results::IdleNode) -> String| {
+                idle.nodes.iter().map(f).collect::<Vec<_>>().join(" / ")
+            };
+            let settled = if idle.settle.settled {
+                format!(
+                    "settled {:.1} s after the load (its work drained after {:.1} s)",
+                    idle.settle.secs,
+                    idle.settle.drained.unwrap_or_default()
+                )
+            } else {
+                format!(
+                    "**not settled** {:.0} s after the load ({}), measured anyway",
+                    idle.settle.secs, idle.settle.why
+                )
+            };
+            let _ = writeln!(
+                out,
+                "| {} | max {} of a core per node | {} of a core over {:.1} s, {settled}; \
+                 VmRSS {} MiB; in the window anti-entropy compared {} times and repaired {} \
+                 keys (per node); other procs' CPU {} | | {} |",
+                idle_label(idle),
+                core_percent(idle.max_cpu()),
+                each(&|n| core_percent(n.cpu)),
+                idle.window.as_secs_f64(),
+                each(&|n| (n.rss >> 20).to_string()),
+                each(&|n| n.compared.to_string()),
+                each(&|n| n.repaired.to_string()),
+                percent(idle.elsewhere),
+                check_for(&format!("{}:", idle_label(idle))),
+            );
+        }
+        if let Some((first, rest)) = self.bulk.idle.split_first() {
+            for idle in rest {
+                let (_, got) = growth(first, idle);
+                let _ = writeln!(
+                    out,
+                    "| {} | {got} | the busiest node's idle CPU: {} of a core at {} keys, {} at {} | | {} |",
+                    growth_label(first, idle),
+                    core_percent(idle.max_cpu()),
+                    thousands(idle.keys as f64),
+                    core_percent(first.max_cpu()),
+                    thousands(first.keys as f64),
+                    check_for(&format!("{}:", growth_label(first, idle))),
+                );
+            }
+        }
         out.push('\n');
         let mut checks: Vec<Check> = self
             .cells
@@ -438,6 +548,52 @@ fn transfer_label(t: &Transfer, way: &str) -> String {
     )
 }
 
+/// Names the load of an idle row.
+fn load_label(idle: &Idle) -> String {
+    format!(
+        "load: {} keys of {} at N={} over one connection, {} in flight",
+        thousands(idle.keys as f64),
+        size(idle.value),
+        idle.replicas,
+        idle.depth
+    )
+}
+
+/// Names an idle row.
+fn idle_label(idle: &Idle) -> String {
+    format!(
+        "idle, {} nodes at N={} holding {} keys of {}",
+        idle.nodes.len(),
+        idle.replicas,
+        thousands(idle.keys as f64),
+        size(idle.value)
+    )
+}
+
+fn growth_label(first: &Idle, idle: &Idle) -> String {
+    format!(
+        "idle CPU at {} keys over {} keys",
+        thousands(idle.keys as f64),
+        thousands(first.keys as f64)
+    )
+}
+
+/// The busiest node's idle CPU at `idle` over that at `first`, and as shown.
+fn growth(first: &Idle, idle: &Idle) -> (f64, String) {
+    let ratio = idle.max_cpu() / first.max_cpu();
+    let shown = if ratio.is_finite() {
+        format!("{ratio:.2}x")
+    } else {
+        format!("{} over nothing", core_percent(idle.max_cpu()))
+    };
+    (ratio, shown)
+}
+
+/// A share of one core, e.g. `0.35%`.
+fn core_percent(share: f64) -> String {
+    format!("{:.2}%", share * 100.0)
+}
+
 /// Where the results go in `BENCHMARKS.md`; everything between is replaced.
 const BEGIN: &str = "<!-- storebench results: begin (written by storebench; do not edit) -->";
 const END: &str = "<!-- storebench results: end -->";
@@ -467,7 +623,7 @@ pub fn write_results(path: &Path, report: &Report) -> Result<()> {
     Ok(())
 }
 
-fn thousands(n: f64) -> String {
+pub fn thousands(n: f64) -> String {
     let digits = format!("{:.0}", n.max(0.0));
     let mut out = String::new();
     for (i, d) in digits.chars().enumerate() {
@@ -525,6 +681,58 @@ mod tests {
         assert!(second.contains("new table") && !second.contains("old table"));
         assert!(second.contains("How to run.") && second.ends_with("After.\n"));
         assert_eq!(second.matches(BEGIN).count(), 1);
+    }
+
+    fn idle(keys: usize, cpu: [f64; 3]) -> Idle {
+        use crate::results::{IdleNode, Settle};
+        Idle {
+            keys,
+            value: 100,
+            replicas: 3,
+            depth: 64,
+            load_secs: 2.0,
+            load_elsewhere: 0.0,
+            settle: Settle {
+                drained: Some(0.5),
+                secs: 4.0,
+                settled: true,
+                why: String::new(),
+            },
+            window: Duration::from_secs(20),
+            nodes: cpu
+                .iter()
+                .map(|&cpu| IdleNode {
+                    cpu,
+                    rss: 100 << 20,
+                    repaired: 0,
+                    compared: 10,
+                })
+                .collect(),
+            elsewhere: 0.0,
+        }
+    }
+
+    #[test]
+    fn idle_rows_show_every_node_and_the_busiest_against_the_fewest_keys() {
+        let mut report = Report {
+            facts: crate::facts::facts(),
+            config: crate::settings::BenchConfig::default(),
+            cells: Vec::new(),
+            bulk: Default::default(),
+            notes: Vec::new(),
+        };
+        report.bulk.idle = vec![
+            idle(100_000, [0.002, 0.003, 0.001]),
+            idle(1_000_000, [0.004, 0.006, 0.005]),
+        ];
+        let text = report.to_markdown();
+        assert!(text.contains(
+            "| idle, 3 nodes at N=3 holding 1,000,000 keys of 100 B | max 0.60% of a core per node \
+             | 0.40% / 0.60% / 0.50% of a core over 20.0 s"
+        ));
+        assert!(text.contains("| load: 1,000,000 keys of 100 B at N=3 over one connection, 64 in flight | 2.00 s | 500,000 keys/s"));
+        assert!(text.contains("| idle CPU at 1,000,000 keys over 100,000 keys | 2.00x |"));
+        assert!(!text.contains("| setup | op |"), "no cells, no cell table");
     }
 
     #[test]

@@ -122,6 +122,8 @@ pub struct Bulk {
     pub join: Option<Moved>,
     pub handoff: Option<Moved>,
     pub memory: Option<Memory>,
+    /// One per key count of the idle part, in the order run.
+    pub idle: Vec<Idle>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -150,6 +152,61 @@ pub struct Memory {
     pub rss_empty: u64,
     pub rss: u64,
     pub redis_rss: Option<u64>,
+}
+
+/// A 3-node ring loaded, settled and left alone (see [`crate::idle`]).
+#[derive(Clone, Debug)]
+pub struct Idle {
+    pub keys: usize,
+    pub value: usize,
+    /// Copies of each key (every node's `--replicas`).
+    pub replicas: usize,
+    /// Stores in flight on the one connection that loaded the keys.
+    pub depth: usize,
+    /// Seconds the load took, every store acknowledged.
+    pub load_secs: f64,
+    /// Share of the machine other processes took during the load.
+    pub load_elsewhere: f64,
+    pub settle: Settle,
+    /// The measured window.
+    pub window: Duration,
+    pub nodes: Vec<IdleNode>,
+    /// Share of the machine other processes took during the window.
+    pub elsewhere: f64,
+}
+
+impl Idle {
+    /// The busiest node's share of one core.
+    pub fn max_cpu(&self) -> f64 {
+        self.nodes.iter().map(|n| n.cpu).fold(0.0, f64::max)
+    }
+}
+
+/// How the wait for a ring to settle ended.
+#[derive(Clone, Debug)]
+pub struct Settle {
+    /// Seconds from the end of the load until its work was done (nothing
+    /// queued or pending, every copy held), if it was.
+    pub drained: Option<f64>,
+    /// Seconds from the end of the load.
+    pub secs: f64,
+    /// Whether it settled before the deadline.
+    pub settled: bool,
+    /// What was still going on, if it did not.
+    pub why: String,
+}
+
+/// One node over the idle window.
+#[derive(Clone, Copy, Debug)]
+pub struct IdleNode {
+    /// User + system CPU over the window, as a share of one core.
+    pub cpu: f64,
+    /// `VmRSS` at the end of the window.
+    pub rss: u64,
+    /// Keys anti-entropy repaired on it during the window.
+    pub repaired: u64,
+    /// Anti-entropy comparisons (`diff_buckets`) it answered in the window.
+    pub compared: u64,
 }
 
 /// Everything one run measured. [`Report::to_markdown`] renders it.

@@ -112,6 +112,12 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Repor
         progress("memory");
         report.bulk.memory = Some(bench.memory(with_redis)?);
     }
+    if runs(Part::Idle) {
+        for &keys in &config.idle_keys {
+            let idle = bench.idle(keys, progress)?;
+            report.bulk.idle.push(idle);
+        }
+    }
     report.notes.push(if bench.placement.is_some() {
         "client and servers share one machine, on separate cores; Redis, Redis Cluster \
          and redis-benchmark are placed the same way, which is why they run side by side."
@@ -142,18 +148,24 @@ impl Bench<'_> {
 
     /// Starts a node on the servers' cores.
     pub fn start_node(&self, seed: Option<&NodeAddr>) -> Result<NodeProc> {
-        self.start_node_keeping(seed, self.config.replicas)
+        self.start_node_keeping(seed, self.config.replicas, false)
     }
 
     /// Starts a node keeping `replicas` copies of each key, on the servers'
-    /// cores.
-    fn start_node_keeping(&self, seed: Option<&NodeAddr>, replicas: usize) -> Result<NodeProc> {
+    /// cores; with `http`, serving `/metrics` too.
+    fn start_node_keeping(
+        &self,
+        seed: Option<&NodeAddr>,
+        replicas: usize,
+        http: bool,
+    ) -> Result<NodeProc> {
         let cpus = self.placement.as_ref().map(|p| p.servers.as_str());
         NodeProc::start(
             &self.config.location,
             seed,
             replicas,
             cpus,
+            http,
             &self.log_path("node"),
         )
     }
@@ -167,6 +179,7 @@ impl Bench<'_> {
             seed,
             self.config.replicas,
             cpu.as_deref(),
+            false,
             &self.log_path("node"),
         )
     }
@@ -187,10 +200,15 @@ impl Bench<'_> {
     /// Starts three nodes keeping `replicas` copies of each key on the
     /// servers' cores, and waits until they agree.
     pub fn start_ring(&self, replicas: usize) -> Result<Vec<NodeProc>> {
-        let first = self.start_node_keeping(None, replicas)?;
+        self.start_ring_with(replicas, false)
+    }
+
+    /// [`Bench::start_ring`], the nodes serving `/metrics` too with `http`.
+    pub fn start_ring_with(&self, replicas: usize, http: bool) -> Result<Vec<NodeProc>> {
+        let first = self.start_node_keeping(None, replicas, http)?;
         let mut nodes = vec![
-            self.start_node_keeping(Some(&first.addr), replicas)?,
-            self.start_node_keeping(Some(&first.addr), replicas)?,
+            self.start_node_keeping(Some(&first.addr), replicas, http)?,
+            self.start_node_keeping(Some(&first.addr), replicas, http)?,
         ];
         nodes.insert(0, first);
         wait_for_ring(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(30))?;

@@ -49,6 +49,24 @@ pub struct BenchConfig {
     pub memory_keys: usize,
     /// Value size of those keys. Default 100 bytes.
     pub memory_value: usize,
+    /// Key counts the idle part loads into a fresh 3-node ring, one ring
+    /// each, in this order. Default 100,000 and 1,000,000 (10,000,000 takes
+    /// about 5 GiB across the three nodes: only when asked).
+    pub idle_keys: Vec<usize>,
+    /// Value size of those keys. Default 100 bytes.
+    pub idle_value: usize,
+    /// Copies of each key in the idle part's ring. Default 3 (every node
+    /// holds every key, so its idle work is the most it can be).
+    pub idle_replicas: usize,
+    /// Requests in flight on the one connection the idle part loads through.
+    /// Default 64 (issue 10's load: one connection, 64 in flight, N=3).
+    pub idle_depth: usize,
+    /// Window over which each node's idle CPU is measured. Default 20 s.
+    pub idle_window: Duration,
+    /// Longest wait for the ring to settle after loading 1,000,000 keys
+    /// (scaled with the keys, never less), before the window is measured
+    /// anyway and the row says it did not settle. Default 120 s.
+    pub idle_settle: Duration,
     /// Copies of each key the nodes keep (`location --replicas`). Default 1:
     /// Redis beside us keeps one copy, and the issue's targets for the ring
     /// (scale-out, forwarding, join, handoff) are about moving single copies;
@@ -104,6 +122,12 @@ impl Default for BenchConfig {
             join_value: 64 << 10,
             memory_keys: 1_000_000,
             memory_value: 100,
+            idle_keys: vec![100_000, 1_000_000],
+            idle_value: 100,
+            idle_replicas: 3,
+            idle_depth: 64,
+            idle_window: Duration::from_secs(20),
+            idle_settle: Duration::from_secs(120),
             replicas: 1,
             ring_replicas: 3,
             redis: true,
@@ -117,7 +141,8 @@ impl Default for BenchConfig {
 impl BenchConfig {
     /// A smoke test of the whole program in one to two minutes: short windows, one
     /// run each, small keyspaces, 128 MiB bulk, a 64 MiB join, 100,000 keys
-    /// for memory. Figures from it are rough.
+    /// for memory, idle CPU at 10,000 and 100,000 keys over 5 s. Figures
+    /// from it are rough.
     pub fn quick() -> Self {
         BenchConfig {
             warmup: Duration::from_millis(100),
@@ -128,6 +153,8 @@ impl BenchConfig {
             bulk_bytes: 128 << 20,
             join_bytes: 64 << 20,
             memory_keys: 100_000,
+            idle_keys: vec![10_000, 100_000],
+            idle_window: Duration::from_secs(5),
             ..BenchConfig::default()
         }
     }
@@ -136,6 +163,11 @@ impl BenchConfig {
     pub fn replicated_ring(&self) -> Option<usize> {
         (self.ring_replicas > 1 && self.ring_replicas != self.replicas)
             .then_some(self.ring_replicas)
+    }
+
+    /// How long the idle part waits for a ring holding `keys` keys to settle.
+    pub fn idle_settle_for(&self, keys: usize) -> Duration {
+        self.idle_settle.mul_f64((keys as f64 / 1e6).max(1.0))
     }
 
     /// The keyspace used with values of `value` bytes.
@@ -162,16 +194,20 @@ pub enum Part {
     Join,
     /// A node's memory holding many small keys.
     Memory,
+    /// A settled 3-node ring's CPU and memory while nothing is asked of it,
+    /// at each of `idle_keys`, and the load before.
+    Idle,
 }
 
 impl Part {
     /// Every part, in the order they run.
-    pub const ALL: [Part; 5] = [
+    pub const ALL: [Part; 6] = [
         Part::OneNode,
         Part::Ring,
         Part::Bulk,
         Part::Join,
         Part::Memory,
+        Part::Idle,
     ];
 
     /// The part's name on the command line.
@@ -182,6 +218,7 @@ impl Part {
             Part::Bulk => "bulk",
             Part::Join => "join",
             Part::Memory => "memory",
+            Part::Idle => "idle",
         }
     }
 }
