@@ -14,7 +14,9 @@ use std::io;
 use std::net::SocketAddr;
 
 use thrifty_p2p::wire::PEEK;
-use thrifty_p2p::{Error, Result};
+use thrifty_p2p::wire::convert::remote_error;
+use thrifty_p2p::wire::idl::diststore::{ErrorKind as WireKind, StoreError};
+use thrifty_p2p::{Error, NodeAddr, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -134,8 +136,9 @@ pub enum Answer {
     Absent,
     /// `store`: stored.
     Stored,
-    /// A `StoreError` or an application exception, with its message.
-    Failed(String),
+    /// A `StoreError` (with its kind, when the node sent one) or an
+    /// application exception (no kind), with its message.
+    Failed { message: String, kind: Option<i32> },
 }
 
 /// Reads bytes of a reply in order; `None` when the buffer ends first.
@@ -199,8 +202,16 @@ fn parse_reply(buf: &[u8]) -> std::result::Result<Option<Parsed>, String> {
     match head & 0xff {
         REPLY => {}
         EXCEPTION => {
-            let message = more!(struct_message(&mut c))?;
-            return Ok(Some((c.pos, seq, Answer::Failed(message))));
+            // A TApplicationException: its field 2 is its type, not a kind.
+            let (message, _) = more!(struct_message(&mut c))?;
+            return Ok(Some((
+                c.pos,
+                seq,
+                Answer::Failed {
+                    message,
+                    kind: None,
+                },
+            )));
         }
         other => return Err(format!("unexpected message type {other} in a reply")),
     }
@@ -236,7 +247,10 @@ fn parse_reply(buf: &[u8]) -> std::result::Result<Option<Parsed>, String> {
                 }
             }
         }
-        (T_STRUCT, 1) => Answer::Failed(more!(struct_message(&mut c))?),
+        (T_STRUCT, 1) => {
+            let (message, kind) = more!(struct_message(&mut c))?;
+            Answer::Failed { message, kind }
+        }
         _ => return Err(format!("unexpected result field {id} of type {field}")),
     };
     if more!(c.u8()) != T_STOP {
@@ -245,13 +259,15 @@ fn parse_reply(buf: &[u8]) -> std::result::Result<Option<Parsed>, String> {
     Ok(Some((c.pos, seq, answer)))
 }
 
-/// Reads a flat struct (an exception) and returns its field 1 string.
-fn struct_message(c: &mut Cursor) -> Option<std::result::Result<String, String>> {
+/// Reads a flat struct (an exception) and returns its field 1 string and
+/// field 2 i32 (a `StoreError`'s kind).
+fn struct_message(c: &mut Cursor) -> Option<std::result::Result<(String, Option<i32>), String>> {
     let mut message = String::new();
+    let mut kind = None;
     loop {
         let field = c.u8()?;
         if field == T_STOP {
-            return Some(Ok(message));
+            return Some(Ok((message, kind)));
         }
         let id = c.i16()?;
         match field {
@@ -267,7 +283,12 @@ fn struct_message(c: &mut Cursor) -> Option<std::result::Result<String, String>>
             }
             T_I08 => drop(c.take(1)?),
             T_I16 => drop(c.take(2)?),
-            T_I32 => drop(c.take(4)?),
+            T_I32 => {
+                let n = c.i32()?;
+                if id == 2 {
+                    kind = Some(n);
+                }
+            }
             T_I64 => drop(c.take(8)?),
             other => {
                 return Some(Err(format!(
@@ -367,7 +388,25 @@ impl Conn {
         match (op, answer) {
             (Op::Get, Answer::Value { len, .. }) if len == value => Ok(()),
             (Op::Put, Answer::Stored) => Ok(()),
-            (_, Answer::Failed(message)) => Err(Error::Refused {
+            // With its kind, as the library's client would see it (so a
+            // caller can tell what to retry).
+            (
+                _,
+                Answer::Failed {
+                    message,
+                    kind: Some(kind),
+                },
+            ) => Err(remote_error(
+                &NodeAddr::new(self.peer.ip().to_string(), self.peer.port()),
+                StoreError::new(message, WireKind::from(kind)),
+            )),
+            (
+                _,
+                Answer::Failed {
+                    message,
+                    kind: None,
+                },
+            ) => Err(Error::Refused {
                 peer: self.peer.to_string(),
                 message,
             }),
@@ -504,7 +543,41 @@ mod tests {
         let whole = reply(&err);
         assert_eq!(
             parse_reply(&whole).unwrap().unwrap(),
-            (whole.len(), 7, Answer::Failed("full".into()))
+            (
+                whole.len(),
+                7,
+                Answer::Failed {
+                    message: "full".into(),
+                    kind: None
+                }
+            )
         );
+    }
+
+    #[test]
+    fn a_store_error_s_kind_reaches_the_caller() {
+        let mut err = vec![T_STRUCT, 0, 1, T_STRING, 0, 1, 0, 0, 0, 6];
+        err.extend_from_slice(b"paused");
+        err.extend_from_slice(&[T_I32, 0, 2, 0, 0, 0, 9, T_STOP, T_STOP]);
+        let (_, _, answer) = parse_reply(&reply(&err)).unwrap().unwrap();
+        assert_eq!(
+            answer,
+            Answer::Failed {
+                message: "paused".into(),
+                kind: Some(9)
+            }
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let conn = rt
+            .block_on(Conn::open(listener.local_addr().unwrap()))
+            .unwrap();
+        let refused = conn.expect(answer, Op::Put, 100, 1).unwrap_err();
+        assert_eq!(refused.kind(), thrifty_p2p::ErrorKind::Paused);
     }
 }
