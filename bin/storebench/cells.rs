@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use thrifty_p2p::{Error, Result};
+use thrifty_p2p::{Error, ErrorKind, Result};
 
 use crate::engine::{self, Connection, Expect, Request};
 use crate::failed;
@@ -257,7 +257,9 @@ impl Bench<'_> {
 
     /// Stores keys `0..keys` once each, over `conns` connections of engine
     /// `C` that each keep `depth` stores in flight (1: request-reply);
-    /// every store's reply is checked. Returns how long it took.
+    /// every store's reply is checked, and one refused with "retry" is sent
+    /// again (see [`Fill::run`]). Returns how long it took, and how many
+    /// were sent again.
     pub fn fill<C: Connection>(
         &self,
         target: &Target,
@@ -265,7 +267,7 @@ impl Bench<'_> {
         value: usize,
         conns: usize,
         depth: usize,
-    ) -> Result<Duration> {
+    ) -> Result<Filled> {
         let value_bytes = value_bytes(value);
         self.runtime.block_on(async {
             let next = Arc::new(AtomicUsize::new(0));
@@ -283,10 +285,14 @@ impl Bench<'_> {
                 };
                 tasks.push(tokio::spawn(fill.run(connections, request)));
             }
+            let mut retried = 0;
             for task in tasks {
-                task.await.map_err(failed)??;
+                retried += task.await.map_err(failed)??;
             }
-            Ok(started.elapsed())
+            Ok(Filled {
+                took: started.elapsed(),
+                retried,
+            })
         })
     }
 
@@ -396,6 +402,14 @@ struct Pending {
     started: Instant,
 }
 
+/// What a [`Bench::fill`] took.
+#[derive(Clone, Copy, Debug)]
+pub struct Filled {
+    pub took: Duration,
+    /// Stores refused with "retry" and sent again.
+    pub retried: usize,
+}
+
 /// What one connection of [`Bench::fill`] stores: the keys it takes from
 /// `next` (shared by every connection) until `keys`.
 struct Fill {
@@ -406,26 +420,53 @@ struct Fill {
     target: Target,
 }
 
+/// How long a connection of [`Bench::fill`] keeps retrying refused stores
+/// without one being stored before it gives up.
+const FILL_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Whether a refused store should be sent again: the node said so (it was
+/// just paused, is still joining, or too few replicas stored it; every write
+/// is versioned, so a retry is safe).
+fn retry_store(e: &Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Paused | ErrorKind::Joining | ErrorKind::Quorum
+    )
+}
+
 impl Fill {
     /// Keeps `depth` stores in flight (written together, per socket) until
-    /// every key is taken and every reply is in, each reply checked as the
-    /// answer to the oldest store not yet answered (as in [`worker`]).
+    /// every key is taken and stored, each reply checked as the answer to the
+    /// oldest store not yet answered (as in [`worker`]). A store refused
+    /// with "retry" is sent again after a pause that doubles while refusals
+    /// go on (5 ms to 200 ms); returns how many were.
     async fn run<C: Connection>(
         self,
         mut connections: Vec<C>,
         mut request: C::Request,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let mut pending: VecDeque<(usize, usize, i32)> = VecDeque::with_capacity(self.depth);
+        let mut again: VecDeque<usize> = VecDeque::new();
         let mut out: Vec<Vec<u8>> = connections.iter().map(|_| Vec::new()).collect();
         let mut seq: i32 = 0;
-        let mut ended = false;
+        let mut taken_all = false;
+        let mut retried = 0;
+        let mut backoff = RETRY_FIRST;
+        let mut stored_at = Instant::now();
         loop {
-            while !ended && pending.len() < self.depth {
-                let index = self.next.fetch_add(1, Ordering::Relaxed);
-                if index >= self.keys {
-                    ended = true;
-                    break;
-                }
+            while pending.len() < self.depth {
+                let index = match again.pop_front() {
+                    Some(index) => index,
+                    None if taken_all => break,
+                    None => {
+                        let index = self.next.fetch_add(1, Ordering::Relaxed);
+                        if index >= self.keys {
+                            taken_all = true;
+                            break;
+                        }
+                        index
+                    }
+                };
                 let conn = self.target.conn_for(index);
                 seq = seq.wrapping_add(1);
                 request.set(index, seq);
@@ -439,6 +480,7 @@ impl Fill {
                 }
             }
             let mut first = true;
+            let mut refused = None;
             while let Some(&(index, conn, seq)) = pending.front() {
                 let expect = Expect {
                     op: Op::Put,
@@ -447,20 +489,43 @@ impl Fill {
                     seq,
                 };
                 let conn = &mut connections[conn];
-                if first {
-                    engine::reply(conn, &expect).await?;
-                    first = false;
-                } else if !conn.take_reply(&expect)? {
-                    break;
+                // A reply is taken whole before it is checked, so after a
+                // refusal the connection is still in step.
+                let took = if first {
+                    engine::reply(conn, &expect).await.map(|()| true)
+                } else {
+                    conn.take_reply(&expect)
+                };
+                first = false;
+                match took {
+                    Ok(false) => break,
+                    Ok(true) => {
+                        stored_at = Instant::now();
+                        backoff = RETRY_FIRST;
+                    }
+                    Err(e) if retry_store(&e) && stored_at.elapsed() < FILL_PATIENCE => {
+                        again.push_back(index);
+                        retried += 1;
+                        refused = Some(e);
+                    }
+                    Err(e) => return Err(e),
                 }
                 pending.pop_front();
             }
-            if ended && pending.is_empty() {
-                return Ok(());
+            if refused.is_some() {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_MOST);
+            }
+            if taken_all && again.is_empty() && pending.is_empty() {
+                return Ok(retried);
             }
         }
     }
 }
+
+/// The pause before refused stores are sent again, at first and at most.
+const RETRY_FIRST: Duration = Duration::from_millis(5);
+const RETRY_MOST: Duration = Duration::from_millis(200);
 
 /// One connection's loop: random keys, `plan.depth` requests in flight (one
 /// at a time for 1), until the plan ends and every reply is in. Returns the

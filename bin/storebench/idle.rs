@@ -66,8 +66,9 @@ impl Bench<'_> {
         )?;
         let load_elsewhere = before.elsewhere(&CpuSnapshot::take(&pids));
         progress(&format!(
-            "{what}: loaded in {:.2} s; waiting for the ring to settle",
-            load.as_secs_f64()
+            "{what}: loaded in {:.2} s ({} stores refused and sent again); waiting for the ring to settle",
+            load.took.as_secs_f64(),
+            load.retried
         ));
 
         let copies = keys * c.idle_replicas.min(nodes.len());
@@ -113,7 +114,8 @@ impl Bench<'_> {
             value: c.idle_value,
             replicas: c.idle_replicas,
             depth: c.idle_depth,
-            load_secs: load.as_secs_f64(),
+            load_secs: load.took.as_secs_f64(),
+            load_retried: load.retried,
             load_elsewhere,
             settle,
             window,

@@ -447,11 +447,18 @@ impl Report {
             let _ = writeln!(
                 out,
                 "| {} | {:.2} s | {} keys/s, every store acknowledged (a write quorum of the {} \
-                 replicas), into a fresh ring of 3 nodes; other procs' CPU {} | | {} |",
+                 replicas), into a fresh ring of 3 nodes{}; other procs' CPU {} | | {} |",
                 load_label(idle),
                 idle.load_secs,
                 thousands(idle.keys as f64 / idle.load_secs),
                 idle.replicas,
+                match idle.load_retried {
+                    0 => String::new(),
+                    n => format!(
+                        "; {} stores refused (paused, joining or no quorum) and sent again",
+                        thousands(n as f64)
+                    ),
+                },
                 percent(idle.load_elsewhere),
                 check_for(&format!("{}:", load_label(idle))),
             );
@@ -691,6 +698,7 @@ mod tests {
             replicas: 3,
             depth: 64,
             load_secs: 2.0,
+            load_retried: 0,
             load_elsewhere: 0.0,
             settle: Settle {
                 drained: Some(0.5),

@@ -165,6 +165,8 @@ pub struct Idle {
     pub depth: usize,
     /// Seconds the load took, every store acknowledged.
     pub load_secs: f64,
+    /// Stores the nodes refused with "retry" during the load, sent again.
+    pub load_retried: usize,
     /// Share of the machine other processes took during the load.
     pub load_elsewhere: f64,
     pub settle: Settle,
