@@ -7,9 +7,18 @@
 //! A bucket's digest is the XOR of a 64-bit fingerprint of each (key, version,
 //! tombstone) in it, so it does not depend on scan order and two nodes holding
 //! the same copies compute the same digest. Only keys that both nodes replicate
-//! are summarised; the caller says which with a predicate.
+//! are summarised.
+//!
+//! A node does not read its keys to make them: the store keeps the XOR of the
+//! fingerprints by range of ring position as writes land
+//! ([`crate::store::Store::range_digests`]), cut at every bucket start and
+//! every point of the ring ([`cuts`]), so every key of a range has the same
+//! preference list; [`pair_digests`] adds up the ranges two nodes share.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::addr::NodeAddr;
 use crate::ring::{Ring, key_position};
@@ -20,7 +29,91 @@ pub const BUCKETS: usize = 4096;
 
 /// The bucket a key falls into.
 pub fn bucket_of(key: &[u8]) -> usize {
-    (key_position(key) >> (64 - BUCKETS.trailing_zeros())) as usize
+    bucket_at(key_position(key))
+}
+
+/// The bucket of a ring position.
+pub fn bucket_at(position: u64) -> usize {
+    (position >> (64 - BUCKETS.trailing_zeros())) as usize
+}
+
+/// The listing group ([`crate::store::list_group`]) that holds `bucket`:
+/// buckets cut the circle finer, at the same top bits.
+pub fn group_of_bucket(bucket: usize) -> usize {
+    bucket >> (BUCKETS.trailing_zeros() - crate::store::LIST_GROUPS.trailing_zeros())
+}
+
+/// Where the store's digest ranges are cut for `ring`: every bucket start and
+/// every point of the ring, sorted and deduplicated.
+pub fn cuts<M: Clone + Ord + std::fmt::Display>(ring: &Ring<M>) -> Vec<u64> {
+    // Both lists are sorted already: merged in one pass (a ring of 64 members
+    // has 262,144 points, and every node makes its cuts at every ring change).
+    let mut buckets = (0..BUCKETS as u64)
+        .map(|b| b << (64 - BUCKETS.trailing_zeros()))
+        .peekable();
+    let mut points = ring.point_positions().peekable();
+    let mut cuts = Vec::with_capacity(BUCKETS + ring.len() * ring.points_per_member());
+    loop {
+        let next = match (buckets.peek(), points.peek()) {
+            (Some(&b), Some(&p)) if b <= p => buckets.next(),
+            (_, Some(_)) => points.next(),
+            (Some(_), None) => buckets.next(),
+            (None, None) => break,
+        };
+        if let Some(cut) = next
+            && cuts.last() != Some(&cut)
+        {
+            cuts.push(cut);
+        }
+    }
+    cuts
+}
+
+/// [`cuts`] of the last ring asked for, made afresh only when the ring
+/// changes, and the same `Arc` while it does not (which the store checks
+/// nothing for: [`crate::store::Store::range_digests`]).
+#[derive(Debug, Default)]
+pub struct CutCache(Mutex<Option<CutsOf>>);
+
+/// Cuts and the ring they were made for.
+type CutsOf = (Arc<Ring<NodeAddr>>, Arc<Vec<u64>>);
+
+impl CutCache {
+    /// The cuts of `ring`.
+    pub fn of(&self, ring: &Arc<Ring<NodeAddr>>) -> Arc<Vec<u64>> {
+        let mut cached = self.0.lock();
+        match &*cached {
+            Some((made_for, cuts)) if Arc::ptr_eq(made_for, ring) => cuts.clone(),
+            _ => {
+                let cuts = Arc::new(cuts(ring));
+                *cached = Some((ring.clone(), cuts.clone()));
+                cuts
+            }
+        }
+    }
+}
+
+/// Per-bucket digests of the keys `me` and `peer` both replicate in `ring`,
+/// from the store's range digests (`(start, digest)` in position order, cut
+/// at least at [`cuts`] of `ring`).
+pub fn pair_digests(
+    ring: &Ring<NodeAddr>,
+    replicas: usize,
+    me: &NodeAddr,
+    peer: &NodeAddr,
+    ranges: &[(u64, u64)],
+) -> Digests {
+    let mut digests = Digests::new();
+    for &(start, digest) in ranges {
+        // An empty range adds nothing: skip its preference list.
+        if digest != 0 {
+            let owners = ring.owners_at(start, replicas);
+            if owners.contains(&me) && owners.contains(&peer) {
+                digests.0[bucket_at(start)] ^= digest;
+            }
+        }
+    }
+    digests
 }
 
 /// SplitMix64's finaliser: spreads every input bit over the output.
@@ -31,9 +124,15 @@ fn mix(mut x: u64) -> u64 {
 }
 
 /// A fingerprint of one copy of a key.
+#[cfg(test)]
 pub fn fingerprint(key: &[u8], version: Version, tombstone: bool) -> u64 {
+    fingerprint_at(key_position(key), version, tombstone)
+}
+
+/// [`fingerprint`] of a copy of the key at ring position `position`.
+pub fn fingerprint_at(position: u64, version: Version, tombstone: bool) -> u64 {
     let stamp = mix(version.stamp ^ (u64::from(version.origin) << 1) ^ u64::from(tombstone));
-    mix(key_position(key) ^ stamp)
+    mix(position ^ stamp)
 }
 
 /// Per-bucket digests of a set of copies.
@@ -52,7 +151,8 @@ impl Digests {
         Self::default()
     }
 
-    /// Adds one copy.
+    /// Adds one copy (the store adds up ranges instead; tests compare).
+    #[cfg(test)]
     pub fn add(&mut self, key: &[u8], version: Version, tombstone: bool) {
         self.0[bucket_of(key)] ^= fingerprint(key, version, tombstone);
     }
@@ -215,6 +315,19 @@ mod tests {
             a.differing(&Digests::new().to_wire()),
             vec![bucket_of(b"k") as i32]
         );
+    }
+
+    #[test]
+    fn cuts_are_every_bucket_start_and_ring_point_sorted_once() {
+        let ring = Ring::with_points(["a", "b", "c"].map(String::from), 300);
+        let mut expected: Vec<u64> = (0..BUCKETS as u64)
+            .map(|b| b << (64 - BUCKETS.trailing_zeros()))
+            .chain(ring.point_positions())
+            .collect();
+        expected.sort_unstable();
+        expected.dedup();
+        assert_eq!(cuts(&ring), expected);
+        assert_eq!(cuts(&Ring::<String>::new([])).len(), BUCKETS);
     }
 
     #[test]

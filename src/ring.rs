@@ -43,6 +43,10 @@ pub fn key_position(key: &[u8]) -> u64 {
     (u128::from_be_bytes(digest) >> 64) as u64
 }
 
+/// Preference lists up to this long are built without a mark per member
+/// ([`Ring::owners_at`]).
+const SHORT_LIST: usize = 8;
+
 /// A consistent-hash ring over members of type `M`.
 ///
 /// Members are identified on the circle by their `Display` string (for example
@@ -210,17 +214,38 @@ impl<M: Clone + Ord + fmt::Display> Ring<M> {
     /// Up to `n` distinct members, walking clockwise from the key's position, owner first
     /// (the preference list for replication).
     pub fn owners(&self, key: &[u8], n: usize) -> Vec<&M> {
+        self.owners_at(key_position(key), n)
+    }
+
+    /// [`Ring::owners`] of every key at `position`.
+    pub fn owners_at(&self, position: u64, n: usize) -> Vec<&M> {
         let want = n.min(self.members.len());
         let mut found: Vec<&M> = Vec::with_capacity(want);
         if want == 0 {
             return found;
         }
-        let start = self.first_point_after(key_position(key));
-        let mut seen = vec![false; self.members.len()];
+        let start = self.first_point_after(position);
         // Walk at most one full turn; every member has a point, so `want`
         // distinct members are always found within it.
         let (wrapped, clockwise) = self.points.split_at(start);
-        for &(_, index) in clockwise.iter().chain(wrapped) {
+        let walk = clockwise.iter().chain(wrapped).map(|&(_, index)| index);
+        if want <= SHORT_LIST {
+            // A few replicas (the usual case): looking through those found
+            // is cheaper than allocating a mark per member on every call.
+            let mut indices = [0usize; SHORT_LIST];
+            for index in walk {
+                if !indices[..found.len()].contains(&index) {
+                    indices[found.len()] = index;
+                    found.push(&self.members[index]);
+                    if found.len() == want {
+                        break;
+                    }
+                }
+            }
+            return found;
+        }
+        let mut seen = vec![false; self.members.len()];
+        for index in walk {
             if !seen[index] {
                 seen[index] = true;
                 found.push(&self.members[index]);
@@ -345,6 +370,16 @@ impl<M: Clone + Ord + fmt::Display> Ring<M> {
         arcs
     }
 
+    /// The positions of the ring's points, in order (a position shared by
+    /// several points comes once): the preference list of a key changes only
+    /// where its position crosses one of them.
+    pub fn point_positions(&self) -> impl Iterator<Item = u64> + '_ {
+        let mut last = None;
+        self.points.iter().filter_map(move |&(position, _)| {
+            (last.replace(position) != Some(position)).then_some(position)
+        })
+    }
+
     /// The share of the circle (so of all keys, on average) each member
     /// owns, in [`Ring::members`] order; the shares add up to 1.
     pub fn shares(&self) -> Vec<f64> {
@@ -420,6 +455,27 @@ fn member_points<M: fmt::Display>(member: &M, count: usize) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_longer_preference_list_extends_the_shorter_one_past_the_short_list_size() {
+        let ring = Ring::with_points((0..12).map(|i| format!("node-{i}")), 16);
+        for i in 0..200u32 {
+            let key = i.to_be_bytes();
+            let all = ring.owners(&key, 12);
+            let mut distinct = all.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(distinct.len(), 12, "every member once");
+            assert_eq!(all[0], ring.owner(&key).unwrap());
+            for n in 1..=13 {
+                assert_eq!(
+                    ring.owners(&key, n),
+                    all[..n.min(12)],
+                    "{n} owners of key {i}"
+                );
+            }
+        }
+    }
     use proptest::prelude::*;
     use std::sync::OnceLock;
     use std::time::Instant;

@@ -57,6 +57,7 @@
 
 mod disk;
 mod memory;
+mod ranges;
 #[cfg(test)]
 mod tests;
 
@@ -118,6 +119,10 @@ pub struct Listed {
     /// `entries`.
     pub next: Option<Vec<u8>>,
 }
+
+/// What a key held before a write changed it: the version and whether it
+/// was a tombstone, or `None` if the key was absent.
+pub type Held = Option<(Version, bool)>;
 
 /// One stored entry: a value, or a tombstone (value `None`) marking a delete.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -185,24 +190,27 @@ pub trait Engine: Send + Sync + 'static {
     fn value_len(&self, key: &[u8]) -> Result<Option<usize>>;
 
     /// Applies (value, version) unless the key holds a version >= `version`
-    /// (a value or a tombstone). Returns whether applied.
-    fn merge(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<bool>;
+    /// (a value or a tombstone). Returns what the key held if applied, `None`
+    /// if not.
+    fn merge(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<Option<Held>>;
 
     /// Atomically: reads the current version (None if absent), asks `next` for
-    /// the new version, writes. Returns it. `next` is called exactly once, while
-    /// the key is locked, so it must not call back into the store.
+    /// the new version, writes. Returns it and what the key held. `next` is
+    /// called exactly once, while the key is locked, so it must not call back
+    /// into the store.
     fn overwrite(
         &self,
         key: &[u8],
         value: Option<&[u8]>,
         next: &mut dyn FnMut(Option<Version>) -> Version,
-    ) -> Result<Version>;
+    ) -> Result<(Version, Held)>;
 
     /// Deletes the entry (tombstone or value) only if it still holds exactly
-    /// `version`. Returns whether removed. This forgets the key entirely, so
-    /// use it only once no older copy can come back (after a handoff was
-    /// acknowledged, or when a tombstone has been seen by every replica).
-    fn remove_if(&self, key: &[u8], version: Version) -> Result<bool>;
+    /// `version`. Returns whether the removed entry was a tombstone, `None`
+    /// if nothing was removed. This forgets the key entirely, so use it only
+    /// once no older copy can come back (after a handoff was acknowledged, or
+    /// when a tombstone has been seen by every replica).
+    fn remove_if(&self, key: &[u8], version: Version) -> Result<Option<bool>>;
 
     /// Number of entries holding a value (tombstones not counted).
     fn len(&self) -> usize;
@@ -211,16 +219,30 @@ pub trait Engine: Send + Sync + 'static {
     /// kept up to date by every write (the disk engine counts once at open).
     fn usage(&self) -> Usage;
 
-    /// Whether no entry holds a value (tombstones may remain).
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Visits every entry (key, version, is_tombstone) until `visit` returns
     /// false. May see a mix of before/after states for keys written
     /// concurrently, but never blocks writers for the whole scan; `visit` runs
     /// with no lock held, so it may read or write the store.
     fn scan(&self, visit: &mut dyn FnMut(&[u8], Version, bool) -> bool) -> Result<()>;
+
+    /// [`Engine::scan`] of the entries of the listing groups ([`list_group`])
+    /// whose bits are set in `groups`. The default scans everything and skips
+    /// the rest.
+    fn scan_groups(
+        &self,
+        groups: u64,
+        visit: &mut dyn FnMut(&[u8], Version, bool) -> bool,
+    ) -> Result<()> {
+        self.scan(&mut |key, version, tombstone| {
+            groups >> list_group(key) & 1 == 0 || visit(key, version, tombstone)
+        })
+    }
+
+    /// Whether [`Engine::scan_groups`] of one group costs that group's share
+    /// of a whole scan (rather than a whole scan).
+    fn scans_groups_apart(&self) -> bool {
+        false
+    }
 
     /// A page of the entries (tombstones included) whose key starts with
     /// `prefix`, in listing order (module doc) from position `from` on: at
@@ -248,9 +270,13 @@ pub trait Engine: Send + Sync + 'static {
 
 /// The node's store: an engine plus conveniences. Clones share the engine
 /// (the simulation keeps a crashed node's store to restart it with).
+///
+/// The store also keeps the digests anti-entropy compares, by range of ring
+/// position, up to date with every write (`ranges`, [`Store::range_digests`]).
 #[derive(Clone)]
 pub struct Store {
     engine: Arc<dyn Engine>,
+    ranges: Arc<ranges::Ranges>,
 }
 
 impl std::fmt::Debug for Store {
@@ -269,19 +295,22 @@ impl Default for Store {
 }
 
 impl Store {
+    fn with(engine: Arc<dyn Engine>) -> Store {
+        Store {
+            engine,
+            ranges: Arc::default(),
+        }
+    }
+
     /// An empty in-memory store (the default; lost when the process exits).
     pub fn memory() -> Store {
-        Store {
-            engine: Arc::new(memory::Memory::new()),
-        }
+        Store::with(Arc::new(memory::Memory::new()))
     }
 
     /// An empty in-memory store whose scans visit keys in the same order in
     /// every run, for the deterministic simulation ([`crate::sim`]).
     pub fn memory_deterministic() -> Store {
-        Store {
-            engine: Arc::new(memory::Memory::deterministic()),
-        }
+        Store::with(Arc::new(memory::Memory::deterministic()))
     }
 
     /// The disk engine in `dir`, created if absent, recovered if present.
@@ -292,14 +321,7 @@ impl Store {
     /// writers share flushes). Fails with [`crate::Error::Storage`] if `dir`
     /// cannot be used or another process has it open.
     pub fn open(dir: &Path, sync: bool) -> Result<Store> {
-        Ok(Store {
-            engine: Arc::new(disk::Disk::open(dir, sync)?),
-        })
-    }
-
-    /// The engine, for callers that want the trait object itself.
-    pub fn engine(&self) -> &dyn Engine {
-        &*self.engine
+        Ok(Store::with(Arc::new(disk::Disk::open(dir, sync)?)))
     }
 
     /// The entry at `key` (value or tombstone), if any. See [`Engine::get`].
@@ -315,7 +337,12 @@ impl Store {
     /// Stores `value` (`None`: a tombstone) unless the key already holds a
     /// version at least as new. Returns whether applied. See [`Engine::merge`].
     pub fn merge(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<bool> {
-        self.engine.merge(key, value, version)
+        let gate = self.ranges.gate(key_position(key));
+        let Some(held) = self.engine.merge(key, value, version)? else {
+            return Ok(false);
+        };
+        gate.record(held, Some((version, value.is_none())));
+        Ok(true)
     }
 
     /// Stores `value` (`None`: a tombstone) with a version made by `next` from
@@ -329,16 +356,24 @@ impl Store {
     ) -> Result<Version> {
         // The trait takes `FnMut` to stay object safe; engines call it once.
         let mut next = Some(next);
-        self.engine.overwrite(key, value, &mut |old| {
+        let gate = self.ranges.gate(key_position(key));
+        let (version, held) = self.engine.overwrite(key, value, &mut |old| {
             let next = next.take().expect("engines call `next` exactly once");
             next(old)
-        })
+        })?;
+        gate.record(held, Some((version, value.is_none())));
+        Ok(version)
     }
 
     /// Forgets `key` only if it still holds `version`: a handoff deletes what it
     /// sent, never a newer write that arrived meanwhile. See [`Engine::remove_if`].
     pub fn remove_if(&self, key: &[u8], version: Version) -> Result<bool> {
-        self.engine.remove_if(key, version)
+        let gate = self.ranges.gate(key_position(key));
+        let Some(tombstone) = self.engine.remove_if(key, version)? else {
+            return Ok(false);
+        };
+        gate.record(Some((version, tombstone)), None);
+        Ok(true)
     }
 
     /// Number of keys holding a value (tombstones not counted).
@@ -373,6 +408,28 @@ impl Store {
     /// false. See [`Engine::scan`].
     pub fn scan(&self, mut visit: impl FnMut(&[u8], Version, bool) -> bool) -> Result<()> {
         self.engine.scan(&mut visit)
+    }
+
+    /// [`Store::scan`] of the listing groups whose bits are set in `groups`.
+    /// See [`Engine::scan_groups`].
+    pub fn scan_groups(
+        &self,
+        groups: u64,
+        mut visit: impl FnMut(&[u8], Version, bool) -> bool,
+    ) -> Result<()> {
+        self.engine.scan_groups(groups, &mut visit)
+    }
+
+    /// `(start, digest)` of ranges of ring position, in position order, cut
+    /// at least at `cuts` (sorted and deduplicated positions, which must
+    /// include every bucket start of [`crate::antientropy`]): each digest is
+    /// the XOR of [`crate::antientropy::fingerprint_at`] of the entries from
+    /// its start to the next range's, and ranges whose digest is 0 (empty
+    /// ones) are left out. Kept up to date by every write; only cuts the
+    /// store was never asked for cost a rescan (see `ranges`), and asking
+    /// again with the same `Arc` checks nothing.
+    pub fn range_digests(&self, cuts: &Arc<Vec<u64>>) -> Result<Vec<(u64, u64)>> {
+        self.ranges.digests(&*self.engine, cuts)
     }
 
     /// Records that a node runs with this store now. See [`Engine::mark_alive`].

@@ -228,6 +228,8 @@ pub struct Node {
     /// When ([`Node::now_ms`]) the latest anti-entropy exchange with each
     /// peer that succeeded had started (see [`tombstones`]).
     synced_at: parking_lot::Mutex<BTreeMap<NodeAddr, u64>>,
+    /// Where the store's digest ranges are cut for the ring (see `repair`).
+    cuts: crate::antientropy::CutCache,
     /// Tombstones picked for removal, waiting for every peer to be synced
     /// with (see [`tombstones`]).
     picked: parking_lot::Mutex<Option<tombstones::Picked>>,
@@ -324,6 +326,7 @@ impl Node {
             exclusive: exclusive::Exclusive::new(),
             capacity: Capacity::new(config.max_memory),
             synced_at: parking_lot::Mutex::new(BTreeMap::new()),
+            cuts: crate::antientropy::CutCache::default(),
             picked: parking_lot::Mutex::new(None),
             tombstones_collected: AtomicU64::new(0),
             config,

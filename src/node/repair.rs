@@ -28,16 +28,26 @@ pub struct Synced {
 }
 
 impl Node {
-    /// Digests of our copies of the keys we share with `peer`.
-    pub(super) fn digests_with(&self, ring: &Ring<NodeAddr>, peer: &NodeAddr) -> Result<Digests> {
-        let mut digests = Digests::new();
-        self.store.scan(|key, version, tombstone| {
-            if antientropy::shares(ring, self.config.replicas, key, &self.me, peer) {
-                digests.add(key, version, tombstone);
-            }
-            true
-        })?;
-        Ok(digests)
+    /// Digests of our copies of the keys we share with `peer`, from the
+    /// store's range digests (no key is read).
+    pub(super) fn digests_with(
+        &self,
+        ring: &Arc<Ring<NodeAddr>>,
+        peer: &NodeAddr,
+    ) -> Result<Digests> {
+        if self.store.usage() == crate::store::Usage::default() {
+            // Nothing held: nothing to add up (a node that just joined a
+            // growing ring skips making cuts for every new ring).
+            return Ok(Digests::new());
+        }
+        let ranges = self.store.range_digests(&self.cuts.of(ring))?;
+        Ok(antientropy::pair_digests(
+            ring,
+            self.config.replicas,
+            &self.me,
+            peer,
+            &ranges,
+        ))
     }
 
     /// The ring to compare with `caller`, which must be a member in our view:
@@ -72,7 +82,11 @@ impl Node {
         buckets: &BTreeSet<usize>,
     ) -> Result<BTreeMap<usize, Vec<Vec<u8>>>> {
         let mut keys: BTreeMap<usize, Vec<Vec<u8>>> = BTreeMap::new();
-        self.store.scan(|key, _, _| {
+        // Only the listing groups that hold those buckets are read.
+        let groups = buckets.iter().fold(0u64, |groups, &bucket| {
+            groups | 1 << antientropy::group_of_bucket(bucket)
+        });
+        self.store.scan_groups(groups, |key, _, _| {
             let bucket = bucket_of(key);
             if buckets.contains(&bucket)
                 && antientropy::shares(ring, self.config.replicas, key, &self.me, peer)

@@ -246,6 +246,10 @@ impl Node {
         let at = self.now_ms();
         let now = self.clock.wall_micros();
         let mut keys = Vec::new();
+        if self.store.usage().tombstones == 0 {
+            // Nothing to pick: a quiet store is not read at all.
+            return Picked { at, epoch, keys };
+        }
         let mut bytes = 0;
         let scanned = self.store.scan(|key, version, tombstone| {
             if tombstone && self.past_grace(version, now) {

@@ -37,7 +37,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use parking_lot::Mutex;
 
-use super::{Engine, LIST_GROUPS, Listed, Stored, Usage, cursor, split_cursor};
+use super::{Engine, Held, LIST_GROUPS, Listed, Stored, Usage, cursor, split_cursor};
 use crate::error::{Error, Result};
 use crate::version::Version;
 
@@ -226,18 +226,19 @@ impl Engine for Disk {
         Ok(size.and_then(|size| (size as usize).checked_sub(HEADER)))
     }
 
-    fn merge(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<bool> {
+    fn merge(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<Option<Held>> {
         let stored = stored_key(key)?;
-        {
+        let held = {
             let _stripe = self.stripe(key).lock();
             let old = self.read(&stored)?;
             if old.as_ref().is_some_and(|old| old.version >= version) {
-                return Ok(false);
+                return Ok(None);
             }
             self.write(&stored, value, version, old.as_ref())?;
-        }
+            held(old.as_ref())
+        };
         self.flushed()?;
-        Ok(true)
+        Ok(Some(held))
     }
 
     fn overwrite(
@@ -245,36 +246,37 @@ impl Engine for Disk {
         key: &[u8],
         value: Option<&[u8]>,
         next: &mut dyn FnMut(Option<Version>) -> Version,
-    ) -> Result<Version> {
+    ) -> Result<(Version, Held)> {
         let stored = stored_key(key)?;
-        let version = {
+        let written = {
             let _stripe = self.stripe(key).lock();
             let old = self.read(&stored)?;
             let version = next(old.as_ref().map(|old| old.version));
             self.write(&stored, value, version, old.as_ref())?;
-            version
+            (version, held(old.as_ref()))
         };
         self.flushed()?;
-        Ok(version)
+        Ok(written)
     }
 
-    fn remove_if(&self, key: &[u8], version: Version) -> Result<bool> {
+    fn remove_if(&self, key: &[u8], version: Version) -> Result<Option<bool>> {
         let Ok(stored) = stored_key(key) else {
-            return Ok(false);
+            return Ok(None);
         };
-        {
+        let tombstone = {
             let _stripe = self.stripe(key).lock();
             let Some(old) = self.read(&stored)? else {
-                return Ok(false);
+                return Ok(None);
             };
             if old.version != version {
-                return Ok(false);
+                return Ok(None);
             }
             self.entries.remove(&stored).map_err(storage)?;
             self.count(Usage::of(&stored[1..], old.value.as_deref()), false);
-        }
+            old.value.is_none()
+        };
         self.flushed()?;
-        Ok(true)
+        Ok(Some(tombstone))
     }
 
     fn len(&self) -> usize {
@@ -421,6 +423,11 @@ impl Disk {
 /// The fjall key for `key`. fjall refuses empty keys and keys over 65535
 /// bytes (it panics), so every key gets a one-byte prefix, and longer keys
 /// are refused here.
+/// What `old` (an entry read before a write) held, as [`Held`].
+fn held(old: Option<&Stored>) -> Held {
+    old.map(|old| (old.version, old.value.is_none()))
+}
+
 fn stored_key(key: &[u8]) -> Result<Vec<u8>> {
     if key.len() > MAX_KEY {
         return Err(Error::Storage(format!(

@@ -67,7 +67,7 @@ use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 use parking_lot::RwLock;
 
-use super::{Engine, Listed, Stored, Usage, cursor, split_cursor};
+use super::{Engine, Held, Listed, Stored, Usage, cursor, split_cursor};
 use crate::error::{Error, Result};
 use crate::version::Version;
 
@@ -529,7 +529,8 @@ impl Shard {
     }
 
     /// Writes `value` at `key` with the version `decide` makes from the
-    /// current one, unless `decide` returns `None`. Returns the version written.
+    /// current one, unless `decide` returns `None`. Returns the version written
+    /// and what the key held.
     fn put(
         &mut self,
         hasher: &KeyHasher,
@@ -537,7 +538,7 @@ impl Shard {
         key: &[u8],
         value: Option<&[u8]>,
         decide: impl FnOnce(Option<Version>) -> Option<Version>,
-    ) -> Result<Option<Version>> {
+    ) -> Result<Option<(Version, Held)>> {
         // Checked before `decide` runs, so a bad key costs no version.
         let len = record_len(key, value)?;
         let arena = &self.arena;
@@ -546,54 +547,63 @@ impl Shard {
             |&handle| arena.record(handle).key() == key,
             |&handle| hash_of(hasher, arena.record(handle).key()),
         );
-        let version = match entry {
+        let (version, held) = match entry {
             Entry::Occupied(mut slot) => {
                 let handle = *slot.get();
                 let old = self.arena.record(handle);
                 let Some(version) = decide(Some(old.version())) else {
                     return Ok(None);
                 };
+                let held = Some((old.version(), old.is_tombstone()));
                 let old_usage = old.usage();
                 if !self.arena.rewrite(handle, len, key, value, version) {
                     *slot.get_mut() = self.arena.append(len, key, value, version)?;
                     self.arena.kill(handle);
                 }
                 self.usage.sub(old_usage);
-                version
+                (version, held)
             }
             Entry::Vacant(slot) => {
                 let Some(version) = decide(None) else {
                     return Ok(None);
                 };
                 slot.insert(self.arena.append(len, key, value, version)?);
-                version
+                (version, None)
             }
         };
         self.usage.add(Usage::of(key, value));
         self.compact(hasher);
-        Ok(Some(version))
+        Ok(Some((version, held)))
     }
 
-    /// Forgets `key` if it holds exactly `version`. Returns whether it did.
-    fn remove_if(&mut self, hasher: &KeyHasher, hash: u64, key: &[u8], version: Version) -> bool {
+    /// Forgets `key` if it holds exactly `version`. Returns whether what it
+    /// forgot was a tombstone, `None` if it forgot nothing.
+    fn remove_if(
+        &mut self,
+        hasher: &KeyHasher,
+        hash: u64,
+        key: &[u8],
+        version: Version,
+    ) -> Option<bool> {
         let arena = &self.arena;
         let Ok(slot) = self
             .table
             .find_entry(hash, |&handle| arena.record(handle).key() == key)
         else {
-            return false;
+            return None;
         };
         let record = self.arena.record(*slot.get());
         if record.version() != version {
-            return false;
+            return None;
         }
+        let tombstone = record.is_tombstone();
         let held = record.usage();
         let (handle, _) = slot.remove();
         self.usage.sub(held);
         if self.table.is_empty() {
             // A handoff may empty a shard: give everything back.
             *self = Shard::default();
-            return true;
+            return Some(tombstone);
         }
         self.arena.kill(handle);
         self.compact(hasher);
@@ -606,7 +616,7 @@ impl Shard {
                 hash_of(hasher, arena.record(handle).key())
             });
         }
-        true
+        Some(tombstone)
     }
 
     /// Compacts while the sealed pages are too dead ([`DEAD_SHARE`]): copies the
@@ -748,12 +758,12 @@ impl Engine for Memory {
             .and_then(|record| record.value().map(<[u8]>::len)))
     }
 
-    fn merge(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<bool> {
+    fn merge(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<Option<Held>> {
         let (hash, shard) = self.locate(key);
         let applied = shard.write().put(&self.hasher, hash, key, value, |old| {
             old.is_none_or(|old| old < version).then_some(version)
         })?;
-        Ok(applied.is_some())
+        Ok(applied.map(|(_, held)| held))
     }
 
     fn overwrite(
@@ -761,7 +771,7 @@ impl Engine for Memory {
         key: &[u8],
         value: Option<&[u8]>,
         next: &mut dyn FnMut(Option<Version>) -> Version,
-    ) -> Result<Version> {
+    ) -> Result<(Version, Held)> {
         let (hash, shard) = self.locate(key);
         let written = shard
             .write()
@@ -769,7 +779,7 @@ impl Engine for Memory {
         Ok(written.expect("an overwrite always writes"))
     }
 
-    fn remove_if(&self, key: &[u8], version: Version) -> Result<bool> {
+    fn remove_if(&self, key: &[u8], version: Version) -> Result<Option<bool>> {
         let (hash, shard) = self.locate(key);
         Ok(shard.write().remove_if(&self.hasher, hash, key, version))
     }
@@ -828,13 +838,26 @@ impl Engine for Memory {
     }
 
     fn scan(&self, visit: &mut dyn FnMut(&[u8], Version, bool) -> bool) -> Result<()> {
-        // One shard at a time, copied out under its read lock and visited with
-        // no lock held: writers wait for one copy at most, and `visit` may
-        // call back into the store. Keys are packed into one buffer to avoid an
-        // allocation per key.
+        self.scan_groups(u64::MAX, visit)
+    }
+
+    fn scans_groups_apart(&self) -> bool {
+        true
+    }
+
+    fn scan_groups(
+        &self,
+        groups: u64,
+        visit: &mut dyn FnMut(&[u8], Version, bool) -> bool,
+    ) -> Result<()> {
+        // One shard (a listing group) at a time, copied out under its read
+        // lock and visited with no lock held: writers wait for one copy at
+        // most, and `visit` may call back into the store. Keys are packed into
+        // one buffer to avoid an allocation per key.
         let mut keys = Vec::new();
         let mut entries = Vec::new();
-        for shard in &self.shards {
+        let picked = (self.shards.iter().enumerate()).filter(|(group, _)| groups >> group & 1 == 1);
+        for (_, shard) in picked {
             keys.clear();
             entries.clear();
             let shard = shard.read();
@@ -1140,7 +1163,12 @@ mod tests {
                         .overwrite(&key, value.as_deref(), &mut |_| v(round + 1))
                         .unwrap();
                 } else {
-                    assert!(memory.merge(&key, value.as_deref(), v(round + 1)).unwrap());
+                    assert!(
+                        memory
+                            .merge(&key, value.as_deref(), v(round + 1))
+                            .unwrap()
+                            .is_some()
+                    );
                 }
                 expected[i as usize] = value;
             }
@@ -1190,7 +1218,7 @@ mod tests {
         }
         assert!(memory.footprint().live > 10_000 * 100);
         for i in 0..10_000u64 {
-            assert!(memory.remove_if(&i.to_be_bytes(), v(2)).unwrap());
+            assert!(memory.remove_if(&i.to_be_bytes(), v(2)).unwrap().is_some());
         }
         let footprint = memory.footprint();
         assert_eq!(
@@ -1199,7 +1227,7 @@ mod tests {
         );
         assert_eq!(memory.len(), 0);
         // And the engine still works.
-        assert!(memory.merge(b"again", Some(b"x"), v(1)).unwrap());
+        assert!(memory.merge(b"again", Some(b"x"), v(1)).unwrap().is_some());
         assert_eq!(memory.get(b"again").unwrap().unwrap().value.unwrap(), b"x");
     }
 
@@ -1214,7 +1242,7 @@ mod tests {
                 .unwrap();
         }
         for i in (0..KEYS).filter(|i| i % 10 != 0) {
-            assert!(memory.remove_if(&i.to_be_bytes(), v(1)).unwrap());
+            assert!(memory.remove_if(&i.to_be_bytes(), v(1)).unwrap().is_some());
         }
         let footprint = memory.footprint();
         assert!(footprint.moved > 0, "{footprint:?}");
@@ -1255,7 +1283,7 @@ mod tests {
             let key = format!("large {i}");
             let stored = memory.get(key.as_bytes()).unwrap().unwrap();
             assert_eq!(stored.value, Some(vec![2; 10_000]));
-            assert!(memory.remove_if(key.as_bytes(), v(2)).unwrap());
+            assert!(memory.remove_if(key.as_bytes(), v(2)).unwrap().is_some());
         }
         let footprint = memory.footprint();
         assert!(

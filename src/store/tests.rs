@@ -1,24 +1,28 @@
-//! The engine contract, written once over `&dyn Engine` and run against every
+//! The engine contract, written once over the `Store` facade and run against every
 //! engine (the disk engine in a fresh temporary directory per test).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::{Engine, Listed, Store, Stored, Usage, list_position, list_position_after};
+use super::{Listed, Store, Stored, Usage, list_position, list_position_after};
+use crate::addr::NodeAddr;
+use crate::antientropy::{self, Digests, fingerprint_at};
+use crate::ring::{Ring, key_position};
 use crate::version::Version;
 
 fn v(stamp: u64) -> Version {
     Version { stamp, origin: 0 }
 }
 
-fn value_of(engine: &dyn Engine, key: &[u8]) -> Option<Vec<u8>> {
+fn value_of(engine: &Store, key: &[u8]) -> Option<Vec<u8>> {
     engine.get(key).unwrap().and_then(|stored| stored.value)
 }
 
 /// Every entry the scan visits, asserting none is visited twice.
-fn scanned(engine: &dyn Engine) -> HashMap<Vec<u8>, (Version, bool)> {
+fn scanned(engine: &Store) -> HashMap<Vec<u8>, (Version, bool)> {
     let mut seen = HashMap::new();
     engine
-        .scan(&mut |key, version, tombstone| {
+        .scan(|key, version, tombstone| {
             let first = seen.insert(key.to_vec(), (version, tombstone)).is_none();
             assert!(first, "scan visited {key:?} twice");
             true
@@ -29,7 +33,7 @@ fn scanned(engine: &dyn Engine) -> HashMap<Vec<u8>, (Version, bool)> {
 
 /// The usage a scan finds, values' lengths read back one by one: what the
 /// engines' own counts must always equal.
-fn recounted(engine: &dyn Engine) -> Usage {
+fn recounted(engine: &Store) -> Usage {
     let mut usage = Usage::default();
     for key in scanned(engine).into_keys() {
         let value = value_of(engine, &key);
@@ -53,7 +57,7 @@ macro_rules! for_every_engine {
             $(
                 #[test]
                 fn $name() {
-                    super::$name(Store::memory().engine());
+                    super::$name(&Store::memory());
                 }
             )*
             use super::Store;
@@ -63,7 +67,7 @@ macro_rules! for_every_engine {
                 #[test]
                 fn $name() {
                     let dir = tempfile::tempdir().unwrap();
-                    super::$name(Store::open(dir.path(), false).unwrap().engine());
+                    super::$name(&Store::open(dir.path(), false).unwrap());
                 }
             )*
             use super::Store;
@@ -89,9 +93,12 @@ for_every_engine!(
     value_len_is_the_length_of_the_value_and_nothing_for_an_absent_key,
     pages_list_every_entry_once_in_listing_order_whatever_the_limit_and_budget,
     a_prefix_lists_only_its_keys_and_a_cursor_past_a_deleted_key_resumes_after_it,
+    range_digests_equal_a_rescan_through_every_kind_of_write_and_new_cuts,
+    range_digests_stay_exact_while_writers_race_with_recuts,
+    pair_digests_from_ranges_equal_digests_of_the_shared_keys,
 );
 
-fn value_len_is_the_length_of_the_value_and_nothing_for_an_absent_key(engine: &dyn Engine) {
+fn value_len_is_the_length_of_the_value_and_nothing_for_an_absent_key(engine: &Store) {
     assert_eq!(engine.value_len(b"k").unwrap(), None);
     engine.merge(b"k", Some(&[7; 5000]), v(1)).unwrap();
     assert_eq!(engine.value_len(b"k").unwrap(), Some(5000));
@@ -104,7 +111,7 @@ fn value_len_is_the_length_of_the_value_and_nothing_for_an_absent_key(engine: &d
     assert_eq!(engine.value_len(&vec![b'x'; 1 << 20]).unwrap(), None);
 }
 
-fn a_newer_version_wins(engine: &dyn Engine) {
+fn a_newer_version_wins(engine: &Store) {
     assert!(engine.merge(b"k", Some(b"old"), v(1)).unwrap());
     assert!(engine.merge(b"k", Some(b"new"), v(2)).unwrap());
     assert_eq!(
@@ -123,7 +130,7 @@ fn a_newer_version_wins(engine: &dyn Engine) {
     assert_eq!(value_of(engine, b"k").unwrap(), b"tie");
 }
 
-fn an_equal_or_older_version_is_ignored(engine: &dyn Engine) {
+fn an_equal_or_older_version_is_ignored(engine: &Store) {
     assert!(engine.merge(b"k", Some(b"new"), v(2)).unwrap());
     assert!(!engine.merge(b"k", Some(b"same"), v(2)).unwrap());
     assert!(!engine.merge(b"k", Some(b"old"), v(1)).unwrap());
@@ -132,7 +139,7 @@ fn an_equal_or_older_version_is_ignored(engine: &dyn Engine) {
     assert_eq!(engine.get(b"k").unwrap().unwrap().version, v(2));
 }
 
-fn a_tombstone_hides_the_value_and_blocks_an_older_resurrection(engine: &dyn Engine) {
+fn a_tombstone_hides_the_value_and_blocks_an_older_resurrection(engine: &Store) {
     engine.merge(b"k", Some(b"a"), v(1)).unwrap();
     assert!(engine.merge(b"k", None, v(2)).unwrap());
     assert_eq!(
@@ -153,7 +160,7 @@ fn a_tombstone_hides_the_value_and_blocks_an_older_resurrection(engine: &dyn Eng
     assert!(!engine.merge(b"never", Some(b"x"), v(4)).unwrap());
 }
 
-fn overwrite_sees_the_previous_version_even_of_a_tombstone(engine: &dyn Engine) {
+fn overwrite_sees_the_previous_version_even_of_a_tombstone(engine: &Store) {
     let mut seen = Vec::new();
     let mut next = |old: Option<Version>| {
         seen.push(old);
@@ -178,7 +185,7 @@ fn overwrite_sees_the_previous_version_even_of_a_tombstone(engine: &dyn Engine) 
     );
 }
 
-fn remove_if_spares_a_newer_write(engine: &dyn Engine) {
+fn remove_if_spares_a_newer_write(engine: &Store) {
     engine.merge(b"k", Some(b"a"), v(1)).unwrap();
     engine.merge(b"k", Some(b"b"), v(2)).unwrap();
     assert!(!engine.remove_if(b"k", v(1)).unwrap());
@@ -190,7 +197,7 @@ fn remove_if_spares_a_newer_write(engine: &dyn Engine) {
     assert!(!engine.remove_if(b"absent", v(2)).unwrap());
 }
 
-fn remove_if_forgets_a_tombstone_too(engine: &dyn Engine) {
+fn remove_if_forgets_a_tombstone_too(engine: &Store) {
     engine.merge(b"k", None, v(4)).unwrap();
     assert!(engine.remove_if(b"k", v(4)).unwrap());
     assert_eq!(engine.get(b"k").unwrap(), None);
@@ -199,7 +206,7 @@ fn remove_if_forgets_a_tombstone_too(engine: &dyn Engine) {
     assert!(engine.merge(b"k", Some(b"a"), v(1)).unwrap());
 }
 
-fn scan_sees_every_entry_exactly_once_with_its_tombstone_flag(engine: &dyn Engine) {
+fn scan_sees_every_entry_exactly_once_with_its_tombstone_flag(engine: &Store) {
     // More keys than one scan batch of the disk engine, across every shard.
     let count = 3000u32;
     for i in 0..count {
@@ -219,13 +226,13 @@ fn scan_sees_every_entry_exactly_once_with_its_tombstone_flag(engine: &dyn Engin
     }
 }
 
-fn scan_stops_when_visit_says_so(engine: &dyn Engine) {
+fn scan_stops_when_visit_says_so(engine: &Store) {
     for i in 0..2000u32 {
         engine.merge(&i.to_be_bytes(), Some(b"x"), v(1)).unwrap();
     }
     let mut visits = 0;
     engine
-        .scan(&mut |_, _, _| {
+        .scan(|_, _, _| {
             visits += 1;
             visits < 10
         })
@@ -233,13 +240,13 @@ fn scan_stops_when_visit_says_so(engine: &dyn Engine) {
     assert_eq!(visits, 10);
 }
 
-fn scan_lets_visit_write_to_the_store(engine: &dyn Engine) {
+fn scan_lets_visit_write_to_the_store(engine: &Store) {
     for i in 0..100u32 {
         engine.merge(&i.to_be_bytes(), Some(b"x"), v(1)).unwrap();
     }
     // Anti-entropy may repair or delete what it visits: no lock may be held.
     engine
-        .scan(&mut |key, version, _| {
+        .scan(|key, version, _| {
             engine.get(key).unwrap();
             engine.merge(key, None, v(version.stamp + 1)).unwrap();
             true
@@ -249,7 +256,7 @@ fn scan_lets_visit_write_to_the_store(engine: &dyn Engine) {
     assert_eq!(engine.len(), 0);
 }
 
-fn len_ignores_tombstones(engine: &dyn Engine) {
+fn len_ignores_tombstones(engine: &Store) {
     assert_eq!(engine.len(), 0);
     engine.merge(b"a", Some(b"1"), v(1)).unwrap();
     engine.merge(b"b", Some(b"2"), v(1)).unwrap();
@@ -257,9 +264,9 @@ fn len_ignores_tombstones(engine: &dyn Engine) {
     assert_eq!(engine.len(), 2);
     engine.merge(b"a", None, v(2)).unwrap();
     assert_eq!(engine.len(), 1);
-    engine.overwrite(b"a", Some(b"3"), &mut |_| v(3)).unwrap();
+    engine.overwrite(b"a", Some(b"3"), |_| v(3)).unwrap();
     assert_eq!(engine.len(), 2);
-    engine.overwrite(b"b", Some(b"4"), &mut |_| v(3)).unwrap();
+    engine.overwrite(b"b", Some(b"4"), |_| v(3)).unwrap();
     assert_eq!(engine.len(), 2);
     engine.remove_if(b"c", v(1)).unwrap();
     assert_eq!(engine.len(), 2);
@@ -267,7 +274,7 @@ fn len_ignores_tombstones(engine: &dyn Engine) {
     assert_eq!(engine.len(), 1);
 }
 
-fn concurrent_overwrites_from_four_threads_end_with_the_max_version(engine: &dyn Engine) {
+fn concurrent_overwrites_from_four_threads_end_with_the_max_version(engine: &Store) {
     // Each overwrite adds one to the version it replaces, so the final stamp
     // counts the overwrites that were applied: any lost update shows.
     const THREADS: u64 = 4;
@@ -282,7 +289,7 @@ fn concurrent_overwrites_from_four_threads_end_with_the_max_version(engine: &dyn
                         let key = round % KEYS;
                         let value = (thread % 2 == 0).then_some(&b"v"[..]);
                         let got = engine
-                            .overwrite(&key.to_be_bytes(), value, &mut |old| {
+                            .overwrite(&key.to_be_bytes(), value, |old| {
                                 v(old.map_or(0, |old| old.stamp) + 1)
                             })
                             .unwrap();
@@ -304,7 +311,7 @@ fn concurrent_overwrites_from_four_threads_end_with_the_max_version(engine: &dyn
     assert_eq!(engine.len(), values);
 }
 
-fn binary_keys_and_values_round_trip_and_an_empty_value_is_not_a_tombstone(engine: &dyn Engine) {
+fn binary_keys_and_values_round_trip_and_an_empty_value_is_not_a_tombstone(engine: &Store) {
     let key: Vec<u8> = (0..=255).collect();
     let value: Vec<u8> = (0..=255).rev().cycle().take(1000).collect();
     engine.merge(&key, Some(&value), v(1)).unwrap();
@@ -355,9 +362,7 @@ fn store_overwrite_takes_a_one_shot_closure() {
     assert_eq!(version, v(1));
 }
 
-fn usage_counts_values_bytes_and_tombstones_exactly_through_every_kind_of_write(
-    engine: &dyn Engine,
-) {
+fn usage_counts_values_bytes_and_tombstones_exactly_through_every_kind_of_write(engine: &Store) {
     assert_eq!(engine.usage(), Usage::default());
     // New keys: 2+3, 1+0 (an empty value is a value), and a tombstone.
     engine.merge(b"ab", Some(b"123"), v(1)).unwrap();
@@ -368,14 +373,14 @@ fn usage_counts_values_bytes_and_tombstones_exactly_through_every_kind_of_write(
     engine.merge(b"ab", Some(b"123456789"), v(2)).unwrap();
     assert_eq!(engine.usage(), usage(2, 12, 1));
     engine
-        .overwrite(b"ab", Some(b"1"), &mut |old| v(old.unwrap().stamp + 1))
+        .overwrite(b"ab", Some(b"1"), |old| v(old.unwrap().stamp + 1))
         .unwrap();
     assert_eq!(engine.usage(), usage(2, 4, 1));
     // A refused (older) write changes nothing.
     assert!(!engine.merge(b"ab", Some(b"old and long"), v(1)).unwrap());
     assert_eq!(engine.usage(), usage(2, 4, 1));
     // Erase: the value's bytes go, a tombstone comes.
-    engine.overwrite(b"ab", None, &mut |_| v(10)).unwrap();
+    engine.overwrite(b"ab", None, |_| v(10)).unwrap();
     assert_eq!(engine.usage(), usage(1, 1, 2));
     // A tombstone over a tombstone is still one.
     engine.merge(b"ab", None, v(11)).unwrap();
@@ -396,7 +401,7 @@ fn usage_counts_values_bytes_and_tombstones_exactly_through_every_kind_of_write(
     assert_eq!(engine.len(), 0);
 }
 
-fn usage_stays_exact_under_concurrent_overwrites_and_removes(engine: &dyn Engine) {
+fn usage_stays_exact_under_concurrent_overwrites_and_removes(engine: &Store) {
     // Four threads overwrite, erase and remove the same keys with values of
     // varying size; whatever interleaving, the counts match a recount.
     const KEYS: u64 = 16;
@@ -409,11 +414,7 @@ fn usage_stays_exact_under_concurrent_overwrites_and_removes(engine: &dyn Engine
                     let value = vec![thread as u8; len];
                     let value = (round % 5 != 0).then_some(&value[..]);
                     let version = engine
-                        .overwrite(
-                            &key,
-                            value,
-                            &mut |old| v(old.map_or(0, |old| old.stamp) + 1),
-                        )
+                        .overwrite(&key, value, |old| v(old.map_or(0, |old| old.stamp) + 1))
                         .unwrap();
                     if round % 7 == 3 {
                         engine.remove_if(&key, version).unwrap();
@@ -452,7 +453,7 @@ fn the_disk_engine_recounts_usage_exactly_at_reopen() {
             assert!(store.remove_if(&i.to_be_bytes(), v(9)).unwrap());
         }
         let usage = store.usage();
-        assert_eq!(usage, recounted(store.engine()));
+        assert_eq!(usage, recounted(&store));
         usage
     };
     let store = Store::open(dir.path(), false).unwrap();
@@ -462,7 +463,7 @@ fn the_disk_engine_recounts_usage_exactly_at_reopen() {
 
 /// Every page from the start, following `next`, asserting each page is in
 /// listing order and starts where the previous one said.
-fn list_all(engine: &dyn Engine, prefix: &[u8], limit: usize, budget: usize) -> Vec<Vec<u8>> {
+fn list_all(engine: &Store, prefix: &[u8], limit: usize, budget: usize) -> Vec<Vec<u8>> {
     let mut keys: Vec<Vec<u8>> = Vec::new();
     let mut from = Vec::new();
     for _ in 0..100_000 {
@@ -486,7 +487,7 @@ fn list_all(engine: &dyn Engine, prefix: &[u8], limit: usize, budget: usize) -> 
     panic!("the listing never ended");
 }
 
-fn pages_list_every_entry_once_in_listing_order_whatever_the_limit_and_budget(engine: &dyn Engine) {
+fn pages_list_every_entry_once_in_listing_order_whatever_the_limit_and_budget(engine: &Store) {
     let mut expected: Vec<Vec<u8>> = (0..600u32)
         .map(|i| format!("key-{i}").into_bytes())
         .collect();
@@ -516,9 +517,7 @@ fn pages_list_every_entry_once_in_listing_order_whatever_the_limit_and_budget(en
     assert!(page.entries.iter().all(|(_, version, _)| *version == v(1)));
 }
 
-fn a_prefix_lists_only_its_keys_and_a_cursor_past_a_deleted_key_resumes_after_it(
-    engine: &dyn Engine,
-) {
+fn a_prefix_lists_only_its_keys_and_a_cursor_past_a_deleted_key_resumes_after_it(engine: &Store) {
     for i in 0..300u32 {
         let prefix = if i % 3 == 0 { "p/" } else { "q/" };
         engine
@@ -554,4 +553,144 @@ fn a_prefix_lists_only_its_keys_and_a_cursor_past_a_deleted_key_resumes_after_it
         .unwrap();
     let keys: Vec<&Vec<u8>> = page.entries.iter().map(|(key, _, _)| key).collect();
     assert_eq!(keys, expected[11..16].iter().collect::<Vec<_>>());
+}
+
+/// What [`Store::range_digests`] must equal: the fingerprints of a scan,
+/// added up per range of `cuts`. The store's ranges may be cut finer, so
+/// they are added up onto `cuts` too before comparing.
+fn assert_ranges_exact(engine: &Store, cuts: &Arc<Vec<u64>>) {
+    let onto = |ranges: &mut Vec<u64>, position: u64, digest: u64| {
+        ranges[cuts.partition_point(|&c| c <= position) - 1] ^= digest;
+    };
+    let mut expected = vec![0; cuts.len()];
+    engine
+        .scan(|key, version, tombstone| {
+            let position = key_position(key);
+            onto(
+                &mut expected,
+                position,
+                fingerprint_at(position, version, tombstone),
+            );
+            true
+        })
+        .unwrap();
+    let mut kept = vec![0; cuts.len()];
+    let ranges = engine.range_digests(cuts).unwrap();
+    assert!(ranges.is_sorted_by_key(|&(start, _)| start));
+    for (start, digest) in ranges {
+        onto(&mut kept, start, digest);
+    }
+    assert!(expected.iter().any(|&d| d != 0) || engine.usage() == Usage::default());
+    assert_eq!(kept, expected);
+}
+
+fn ring_of(members: &[&str]) -> Ring<String> {
+    Ring::with_points(members.iter().map(|m| m.to_string()), 16)
+}
+
+/// Merges, overwrites, tombstones and removes of 600 keys, `round` making
+/// each pass's versions newer.
+fn churn(engine: &Store, round: u64) {
+    for i in 0..600u64 {
+        let key = format!("key-{i}");
+        let version = v(round * 10 + 1);
+        match i % 5 {
+            0 | 1 => {
+                engine
+                    .merge(key.as_bytes(), Some(b"value"), version)
+                    .unwrap();
+            }
+            2 => {
+                engine.overwrite(key.as_bytes(), None, |_| version).unwrap();
+            }
+            3 => {
+                engine.merge(key.as_bytes(), Some(b"v"), version).unwrap();
+                engine.remove_if(key.as_bytes(), version).unwrap();
+            }
+            _ => {
+                // Older than what round - 1 wrote: refused, so nothing changes.
+                engine.merge(key.as_bytes(), Some(b"stale"), v(1)).unwrap();
+            }
+        }
+    }
+}
+
+fn range_digests_equal_a_rescan_through_every_kind_of_write_and_new_cuts(engine: &Store) {
+    let two = Arc::new(antientropy::cuts(&ring_of(&["a", "b"])));
+    let three = Arc::new(antientropy::cuts(&ring_of(&["a", "b", "c"])));
+    assert_ranges_exact(engine, &two);
+    // Written before the store was asked for ranges, then cut from a scan.
+    churn(engine, 1);
+    assert_ranges_exact(engine, &two);
+    // Kept up to date by the writes themselves.
+    churn(engine, 2);
+    assert_ranges_exact(engine, &two);
+    // A member joins: new cuts, groups rescanned.
+    assert_ranges_exact(engine, &three);
+    churn(engine, 3);
+    assert_ranges_exact(engine, &three);
+    // It leaves again: the finer cuts still serve.
+    assert_ranges_exact(engine, &two);
+    churn(engine, 4);
+    assert_ranges_exact(engine, &two);
+    assert_ranges_exact(engine, &three);
+}
+
+fn range_digests_stay_exact_while_writers_race_with_recuts(engine: &Store) {
+    let rings: Vec<Arc<Vec<u64>>> = [&["a", "b"][..], &["a", "c"], &["b", "c", "d"]]
+        .iter()
+        .map(|members| Arc::new(antientropy::cuts(&ring_of(members))))
+        .collect();
+    std::thread::scope(|scope| {
+        for writer in 0..3u64 {
+            scope.spawn(move || {
+                for i in 0..2000u64 {
+                    let key = format!("k{}", i % 500);
+                    let value = (i % 7 == 0).then_some(&b"x"[..]);
+                    engine
+                        .overwrite(key.as_bytes(), value, |old| {
+                            v(old.map_or(0, |old| old.stamp) + 1 + writer)
+                        })
+                        .unwrap();
+                    if i % 11 == 0 {
+                        let version = engine.get(key.as_bytes()).unwrap().unwrap().version;
+                        engine.remove_if(key.as_bytes(), version).unwrap();
+                    }
+                }
+            });
+        }
+        scope.spawn(|| {
+            for round in 0..30 {
+                engine.range_digests(&rings[round % rings.len()]).unwrap();
+            }
+        });
+    });
+    for cuts in &rings {
+        assert_ranges_exact(engine, cuts);
+    }
+}
+
+fn pair_digests_from_ranges_equal_digests_of_the_shared_keys(engine: &Store) {
+    let nodes: Vec<NodeAddr> = (1..=4)
+        .map(|port| NodeAddr::new("127.0.0.1", port))
+        .collect();
+    let ring = Ring::with_points(nodes.clone(), 16);
+    churn(engine, 1);
+    let ranges = engine
+        .range_digests(&Arc::new(antientropy::cuts(&ring)))
+        .unwrap();
+    for peer in &nodes[1..] {
+        let mut expected = Digests::new();
+        engine
+            .scan(|key, version, tombstone| {
+                if antientropy::shares(&ring, 2, key, &nodes[0], peer) {
+                    expected.add(key, version, tombstone);
+                }
+                true
+            })
+            .unwrap();
+        let kept = antientropy::pair_digests(&ring, 2, &nodes[0], peer, &ranges);
+        assert_eq!(kept, expected);
+        assert_ne!(kept, Digests::new(), "some keys are shared with {peer}");
+    }
 }
