@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// What to measure and for how long. `Default` is the full run (about
-/// thirteen minutes on two cores); [`BenchConfig::quick`] is a smoke test of one to
+/// fifteen minutes on two cores); [`BenchConfig::quick`] is a smoke test of one to
 /// two minutes.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
