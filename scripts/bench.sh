@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Builds in release and runs storebench: thrifty-p2p beside Redis, figures
-# against the targets of issue 4, results written into BENCHMARKS.md.
-# Installs redis-server and redis-tools from Debian first when missing.
+# Builds in release and runs storebench: thrifty-p2p beside Redis (one
+# server beside one node, a 3-master Redis Cluster beside the 3-node ring,
+# both driven by storebench's own RESP client; redis-benchmark beside them
+# for reference), a loaded 3-node ring's idle CPU, figures against the
+# targets of issue 10, results written into BENCHMARKS.md. Installs
+# redis-server and redis-tools (redis-cli, redis-benchmark) from Debian
+# first when missing.
 #
-#   scripts/bench.sh             the full run (about five minutes on two cores)
-#   scripts/bench.sh --quick     a smoke test (about 30 s; BENCHMARKS.md untouched)
+#   scripts/bench.sh             the full run (about fifteen minutes on two cores)
+#   scripts/bench.sh --quick     a smoke test (1-2 minutes; BENCHMARKS.md untouched)
+#   scripts/bench.sh --only idle the idle part alone (add --idle-keys 100000,1000000,10000000
+#                                for 10M keys, about 5 GiB)
 #   scripts/bench.sh --help      every option (durations, sizes, --only PART, ...)
 #
 # Run it on an otherwise idle machine: the client, the nodes and Redis share
@@ -12,7 +18,8 @@
 # how much CPU other processes took during each cell).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null \
+  || ! command -v redis-benchmark >/dev/null; then
   echo "bench: installing redis-server and redis-tools (apt-get)"
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

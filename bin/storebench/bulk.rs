@@ -24,7 +24,7 @@ impl Bench<'_> {
     /// client and each chunk's owner, in parallel); median seconds each way.
     pub fn transfer(&self) -> Result<Transfer> {
         let c = self.config;
-        let nodes = self.start_ring()?;
+        let nodes = self.start_ring(c.replicas)?;
         let first = &nodes[0];
         let value = value_bytes(c.bulk_bytes);
         let options = stream::Options {
@@ -78,7 +78,7 @@ impl Bench<'_> {
         let keys = (2 * c.join_bytes / value).max(2);
         let first = self.start_node_alone(None, 0)?;
         progress(&format!("join: preloading {keys} keys of {}", size(value)));
-        self.fill(&Target::single(first.socket), keys, value, 50)?;
+        self.fill::<Conn>(&Target::single(first.socket), keys, value, 50, 1)?;
         progress("join: starting a second node");
 
         let before = CpuSnapshot::take(&[first.pid()]);
@@ -158,11 +158,12 @@ impl Bench<'_> {
         let node = self.start_node(None)?;
         std::thread::sleep(Duration::from_millis(200));
         let rss_empty = rss_bytes(node.pid())?;
-        self.fill(
+        self.fill::<Conn>(
             &Target::single(node.socket),
             c.memory_keys,
             c.memory_value,
             50,
+            1,
         )?;
         std::thread::sleep(Duration::from_millis(200));
         let rss = rss_bytes(node.pid())?;

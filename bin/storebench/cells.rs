@@ -1,39 +1,124 @@
 //! The request-reply cells: get and put at each connection count and value
-//! size, on one node, on a 3-node ring (ring-aware and forwarding) and on
-//! Redis; the load loop and the statistics of its windows.
+//! size, and on one pipelined connection, on one node, on a 3-node ring
+//! (ring-aware and forwarding), on one Redis server and on a 3-master Redis
+//! Cluster; the load loop and the statistics of its windows.
 //!
 //! Each connection is one task on a small tokio runtime (one thread by
-//! default, like redis-benchmark's single event loop), sending one request and
-//! waiting for its reply before the next: no pipelining. A cell runs a warm-up,
-//! then `repeat` back-to-back windows on the same connections; each request
-//! counts in the window it started in, and the median window is reported.
+//! default, like redis-benchmark's single event loop). A request-reply
+//! connection sends one request and waits for its reply before the next; a
+//! pipelined one keeps `depth` requests in flight, writing every free slot's
+//! request in one write and taking each reply as the answer to the oldest
+//! request not yet answered (Thrift replies must carry that request's
+//! sequence number). Our nodes and Redis go through the same loop, only the
+//! engine differs ([`crate::wire`] or [`crate::resp`], see
+//! [`crate::engine`]). A cell runs a warm-up, then `repeat` back-to-back
+//! windows on the same connections; each request counts in the window it
+//! started in, and the median window is reported.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use thrifty_p2p::{Error, Result};
+use thrifty_p2p::{Error, ErrorKind, Result};
 
+use crate::engine::{self, Connection, Expect, Request};
 use crate::failed;
 use crate::procfs::{CpuSnapshot, ticks};
 use crate::report::size;
+use crate::resp;
 use crate::results::{Cell, Figures, Op, Report, Setup};
 use crate::run::Bench;
 use crate::target::Target;
-use crate::wire::{Conn, Request, value_bytes};
+use crate::wire::{self, value_bytes};
+
+/// The load of one cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Load {
+    pub value: usize,
+    pub conns: usize,
+    /// Requests in flight per connection (1: request-reply).
+    pub depth: usize,
+    pub op: Op,
+}
+
+impl Load {
+    /// `get 100 B x 50`, `put 64 KiB x 1 (32 in flight)`.
+    fn label(&self) -> String {
+        let pipelined = if self.depth > 1 {
+            format!(" ({} in flight)", self.depth)
+        } else {
+            String::new()
+        };
+        format!(
+            "{} {} x {}{pipelined}",
+            self.op.label(),
+            size(self.value),
+            self.conns
+        )
+    }
+
+    fn cell(&self, setup: Setup, replicas: usize, ours: Figures) -> Cell {
+        Cell {
+            setup,
+            replicas,
+            op: self.op,
+            conns: self.conns,
+            depth: self.depth,
+            value: self.value,
+            ours,
+            redis: None,
+            redis_benchmark: None,
+        }
+    }
+}
 
 impl Bench<'_> {
-    /// Every (value, conns, op) cell, in the order they run.
-    fn cells(&self) -> Vec<(usize, usize, Op)> {
-        let mut cells = Vec::new();
+    /// Every cell's load, in the order they run: by value size, then the
+    /// request-reply connection counts and the pipelined connection, get
+    /// before put.
+    fn loads(&self) -> Vec<Load> {
+        let mut modes: Vec<(usize, usize)> =
+            self.config.connections.iter().map(|&c| (c, 1)).collect();
+        if self.config.pipeline > 1 {
+            modes.push((1, self.config.pipeline));
+        }
+        let mut loads = Vec::new();
         for &value in &self.config.value_sizes {
-            for &conns in &self.config.connections {
+            for &(conns, depth) in &modes {
                 for op in [Op::Get, Op::Put] {
-                    cells.push((value, conns, op));
+                    loads.push(Load {
+                        value,
+                        conns,
+                        depth,
+                        op,
+                    });
                 }
             }
         }
-        cells
+        loads
+    }
+
+    /// Preloads keyspace of `value` through `target` unless `loaded` says it
+    /// is there already.
+    fn preload<C: Connection>(
+        &self,
+        what: &str,
+        target: &Target,
+        value: usize,
+        loaded: &mut Option<usize>,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        if *loaded != Some(value) {
+            let keys = self.config.keys_for(value);
+            progress(&format!(
+                "{what}: preloading {keys} keys of {}",
+                size(value)
+            ));
+            self.fill::<C>(target, keys, value, 50, 1)?;
+            *loaded = Some(value);
+        }
+        Ok(())
     }
 
     pub fn one_node_cells(
@@ -45,152 +130,181 @@ impl Bench<'_> {
         let target = Target::single(node.socket);
         let pids = [node.pid()];
         let mut loaded = None;
-        for (value, conns, op) in self.cells() {
-            if loaded != Some(value) {
-                progress(&format!(
-                    "1 node: preloading {} keys of {}",
-                    self.config.keys_for(value),
-                    size(value)
-                ));
-                self.fill(&target, self.config.keys_for(value), value, 50)?;
-                loaded = Some(value);
-            }
-            progress(&format!("1 node: {} {} x {conns}", op.label(), size(value)));
-            let ours = least_disturbed(|| self.cell(&target, op, conns, value, &pids))?;
-            report.cells.push(Cell {
-                setup: Setup::OneNode,
-                op,
-                conns,
-                value,
-                ours,
-                redis: None,
-            });
+        for load in self.loads() {
+            self.preload::<wire::Conn>("1 node", &target, load.value, &mut loaded, progress)?;
+            progress(&format!("1 node: {}", load.label()));
+            let ours = least_disturbed(|| self.cell::<wire::Conn>(&target, load, &pids))?;
+            report
+                .cells
+                .push(load.cell(Setup::OneNode, self.config.replicas, ours));
         }
         Ok(())
     }
 
-    pub fn ring_cells(&self, report: &mut Report, progress: &mut dyn FnMut(&str)) -> Result<()> {
-        let nodes = self.start_ring()?;
+    /// The 3-node ring keeping `replicas` copies of each key, ring-aware
+    /// and forwarding.
+    pub fn ring_cells(
+        &self,
+        report: &mut Report,
+        progress: &mut dyn FnMut(&str),
+        replicas: usize,
+    ) -> Result<()> {
+        let nodes = self.start_ring(replicas)?;
+        let copies = if replicas == 1 {
+            String::new()
+        } else {
+            format!(", {replicas} copies")
+        };
         let first = &nodes[0];
         let pids: Vec<u32> = nodes.iter().map(|n| n.pid()).collect();
         let most_keys = self.config.keys.max(self.config.large_keys);
         let ring_aware = Target::ring_aware(&first.addr, most_keys)?;
         let forwarding = Target::single(first.socket);
         let mut loaded = None;
-        for (value, conns, op) in self.cells() {
-            if loaded != Some(value) {
-                progress(&format!(
-                    "3 nodes: preloading {} keys of {}",
-                    self.config.keys_for(value),
-                    size(value)
-                ));
-                self.fill(&ring_aware, self.config.keys_for(value), value, 50)?;
-                loaded = Some(value);
-            }
+        for load in self.loads() {
+            let what = format!("3 nodes{copies}");
+            self.preload::<wire::Conn>(&what, &ring_aware, load.value, &mut loaded, progress)?;
             for (setup, target) in [
                 (Setup::RingAware, &ring_aware),
                 (Setup::Forwarding, &forwarding),
             ] {
-                progress(&format!(
-                    "{}: {} {} x {conns}",
-                    setup.label(),
-                    op.label(),
-                    size(value)
-                ));
-                let ours = least_disturbed(|| self.cell(target, op, conns, value, &pids))?;
-                report.cells.push(Cell {
-                    setup,
-                    op,
-                    conns,
-                    value,
-                    ours,
-                    redis: None,
-                });
+                progress(&format!("{}{copies}: {}", setup.label(), load.label()));
+                let ours = least_disturbed(|| self.cell::<wire::Conn>(target, load, &pids))?;
+                report.cells.push(load.cell(setup, replicas, ours));
             }
         }
         Ok(())
     }
 
+    /// One `redis-server`, at every load of the 1-node cells: storebench's
+    /// RESP client gives the Redis column, redis-benchmark the secondary one.
     pub fn redis_cells(&self, report: &mut Report, progress: &mut dyn FnMut(&str)) -> Result<()> {
         let redis = self.start_redis()?;
+        let target = Target::single(redis.addr());
+        let pids = [redis.pid()];
         let mut loaded = None;
-        for (value, conns, op) in self.cells() {
-            let keys = self.config.keys_for(value);
-            if loaded != Some(value) {
-                progress(&format!("Redis: preloading {keys} keys of {}", size(value)));
-                redis.fill(keys, value)?;
-                loaded = Some(value);
-            }
-            progress(&format!(
-                "Redis: {} {} x {conns}",
-                op.redis_test(),
-                size(value)
-            ));
-            let figures = least_disturbed(|| redis.cell(op, conns, value, keys, self.config))?;
-            if let Some(cell) = report.cells.iter_mut().find(|c| {
-                c.setup == Setup::OneNode && c.op == op && c.conns == conns && c.value == value
-            }) {
-                cell.redis = Some(figures);
+        for load in self.loads() {
+            self.preload::<resp::Conn>("Redis", &target, load.value, &mut loaded, progress)?;
+            progress(&format!("Redis: {}", load.label()));
+            let own = least_disturbed(|| self.cell::<resp::Conn>(&target, load, &pids))?;
+            progress(&format!("Redis: {} (redis-benchmark)", load.label()));
+            let keys = self.config.keys_for(load.value);
+            // Secondary: a failure of redis-benchmark leaves its column
+            // empty, with a note, rather than ending the run.
+            let benchmark = least_disturbed(|| {
+                redis.cell(
+                    load.op,
+                    load.conns,
+                    load.depth,
+                    load.value,
+                    keys,
+                    self.config,
+                )
+            })
+            .map_err(|e| {
+                report.notes.push(format!(
+                    "redis-benchmark failed at {}, twice: {e}; its columns are empty there.",
+                    load.label()
+                ))
+            })
+            .ok();
+            let ours = load.cell(Setup::OneNode, 1, Figures::default());
+            if let Some(cell) = report
+                .cells
+                .iter_mut()
+                .find(|c| c.setup == Setup::OneNode && c.same_load(&ours))
+            {
+                cell.redis = Some(own);
+                cell.redis_benchmark = benchmark;
             }
         }
         Ok(())
     }
 
-    /// Stores keys `0..keys` once each, over `conns` connections.
-    pub fn fill(
+    /// A Redis Cluster of three masters, at every load of the ring cells,
+    /// through a cluster-aware client of storebench's RESP engine.
+    pub fn redis_cluster_cells(
+        &self,
+        report: &mut Report,
+        progress: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        progress("Redis Cluster: starting 3 masters");
+        let cluster = self.start_redis_cluster()?;
+        let pids = cluster.pids();
+        let most_keys = self.config.keys.max(self.config.large_keys);
+        let target = cluster.target(most_keys)?;
+        let mut loaded = None;
+        for load in self.loads() {
+            self.preload::<resp::Conn>(
+                "Redis Cluster",
+                &target,
+                load.value,
+                &mut loaded,
+                progress,
+            )?;
+            progress(&format!(
+                "{}: {}",
+                Setup::RedisCluster.label(),
+                load.label()
+            ));
+            let figures = least_disturbed(|| self.cell::<resp::Conn>(&target, load, &pids))?;
+            report
+                .cells
+                .push(load.cell(Setup::RedisCluster, 1, figures));
+        }
+        Ok(())
+    }
+
+    /// Stores keys `0..keys` once each, over `conns` connections of engine
+    /// `C` that each keep `depth` stores in flight (1: request-reply);
+    /// every store's reply is checked, and one refused with "retry" is sent
+    /// again (see [`Fill::run`]). Returns how long it took, and how many
+    /// were sent again.
+    pub fn fill<C: Connection>(
         &self,
         target: &Target,
         keys: usize,
         value: usize,
         conns: usize,
-    ) -> Result<Duration> {
+        depth: usize,
+    ) -> Result<Filled> {
         let value_bytes = value_bytes(value);
         self.runtime.block_on(async {
             let next = Arc::new(AtomicUsize::new(0));
             let mut tasks = Vec::new();
             let started = Instant::now();
             for _ in 0..conns.min(keys.max(1)) {
-                let mut connections = target.connect().await?;
-                let mut request = Request::store(&value_bytes);
-                let next = next.clone();
-                let target = target.clone();
-                tasks.push(tokio::spawn(async move {
-                    loop {
-                        let index = next.fetch_add(1, Ordering::Relaxed);
-                        if index >= keys {
-                            return Ok::<(), Error>(());
-                        }
-                        request.set_key(index);
-                        let conn = &mut connections[target.conn_for(index)];
-                        let answer = conn.call(&request.bytes).await?;
-                        conn.expect(answer, Op::Put, value, index)?;
-                    }
-                }));
+                let connections = target.connect::<C>().await?;
+                let request = C::request(Op::Put, &value_bytes);
+                let fill = Fill {
+                    next: next.clone(),
+                    keys,
+                    value,
+                    depth: depth.max(1),
+                    target: target.clone(),
+                };
+                tasks.push(tokio::spawn(fill.run(connections, request)));
             }
+            let mut retried = 0;
             for task in tasks {
-                task.await.map_err(failed)??;
+                retried += task.await.map_err(failed)??;
             }
-            Ok(started.elapsed())
+            Ok(Filled {
+                took: started.elapsed(),
+                retried,
+            })
         })
     }
 
     /// One cell: warm-up, then `repeat` windows; the median window's figures.
-    fn cell(
-        &self,
-        target: &Target,
-        op: Op,
-        conns: usize,
-        value: usize,
-        pids: &[u32],
-    ) -> Result<Figures> {
+    fn cell<C: Connection>(&self, target: &Target, load: Load, pids: &[u32]) -> Result<Figures> {
         let config = self.config;
-        let keys = config.keys_for(value);
-        let value_bytes = value_bytes(value);
+        let value_bytes = value_bytes(load.value);
         let windows = config.repeat.max(1);
         self.runtime.block_on(async {
-            let mut connection_sets = Vec::with_capacity(conns);
-            for _ in 0..conns {
-                connection_sets.push(target.connect().await?);
+            let mut connection_sets = Vec::with_capacity(load.conns);
+            for _ in 0..load.conns {
+                connection_sets.push(target.connect::<C>().await?);
             }
             let start = Instant::now();
             let plan = Arc::new(Plan {
@@ -198,17 +312,15 @@ impl Bench<'_> {
                 window: config.duration,
                 windows,
                 end: start + config.warmup + config.duration * windows as u32,
-                keys,
-                value,
-                op,
+                keys: config.keys_for(load.value),
+                value: load.value,
+                op: load.op,
+                depth: load.depth.max(1),
                 target: target.clone(),
             });
-            let mut tasks = Vec::with_capacity(conns);
+            let mut tasks = Vec::with_capacity(load.conns);
             for (i, connections) in connection_sets.into_iter().enumerate() {
-                let request = match op {
-                    Op::Get => Request::fetch(),
-                    Op::Put => Request::store(&value_bytes),
-                };
+                let request = C::request(load.op, &value_bytes);
                 // Distinct, fixed seeds: every run draws the same keys.
                 let seed = 0x9e37_79b9_7f4a_7c15_u64.wrapping_mul(i as u64 + 1);
                 tasks.push(tokio::spawn(worker(
@@ -275,14 +387,157 @@ struct Plan {
     keys: usize,
     value: usize,
     op: Op,
+    /// Requests in flight per connection.
+    depth: usize,
     target: Target,
 }
 
-/// One connection's loop: random keys, one request at a time, until the plan
-/// ends. Returns the latencies (ns) of the requests started in each window.
-async fn worker(
-    mut connections: Vec<Conn>,
-    mut request: Request,
+/// A request sent and not yet answered.
+#[derive(Clone, Copy)]
+struct Pending {
+    index: usize,
+    /// Which of the worker's connections it went on.
+    conn: usize,
+    seq: i32,
+    started: Instant,
+}
+
+/// What a [`Bench::fill`] took.
+#[derive(Clone, Copy, Debug)]
+pub struct Filled {
+    pub took: Duration,
+    /// Stores refused with "retry" and sent again.
+    pub retried: usize,
+}
+
+/// What one connection of [`Bench::fill`] stores: the keys it takes from
+/// `next` (shared by every connection) until `keys`.
+struct Fill {
+    next: Arc<AtomicUsize>,
+    keys: usize,
+    value: usize,
+    depth: usize,
+    target: Target,
+}
+
+/// How long a connection of [`Bench::fill`] keeps retrying refused stores
+/// without one being stored before it gives up.
+const FILL_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Whether a refused store should be sent again: the node said so (it was
+/// just paused, is still joining, or too few replicas stored it; every write
+/// is versioned, so a retry is safe).
+fn retry_store(e: &Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::Paused | ErrorKind::Joining | ErrorKind::Quorum
+    )
+}
+
+impl Fill {
+    /// Keeps `depth` stores in flight (written together, per socket) until
+    /// every key is taken and stored, each reply checked as the answer to the
+    /// oldest store not yet answered (as in [`worker`]). A store refused
+    /// with "retry" is sent again after a pause that doubles while refusals
+    /// go on (5 ms to 200 ms); returns how many were.
+    async fn run<C: Connection>(
+        self,
+        mut connections: Vec<C>,
+        mut request: C::Request,
+    ) -> Result<usize> {
+        let mut pending: VecDeque<(usize, usize, i32)> = VecDeque::with_capacity(self.depth);
+        let mut again: VecDeque<usize> = VecDeque::new();
+        let mut out: Vec<Vec<u8>> = connections.iter().map(|_| Vec::new()).collect();
+        let mut seq: i32 = 0;
+        let mut taken_all = false;
+        let mut retried = 0;
+        let mut backoff = RETRY_FIRST;
+        let mut stored_at = Instant::now();
+        loop {
+            while pending.len() < self.depth {
+                let index = match again.pop_front() {
+                    Some(index) => index,
+                    None if taken_all => break,
+                    None => {
+                        let index = self.next.fetch_add(1, Ordering::Relaxed);
+                        if index >= self.keys {
+                            taken_all = true;
+                            break;
+                        }
+                        index
+                    }
+                };
+                let conn = self.target.conn_for(index);
+                seq = seq.wrapping_add(1);
+                request.set(index, seq);
+                out[conn].extend_from_slice(request.bytes());
+                pending.push_back((index, conn, seq));
+            }
+            for (conn, bytes) in connections.iter_mut().zip(&mut out) {
+                if !bytes.is_empty() {
+                    conn.send(bytes).await?;
+                    bytes.clear();
+                }
+            }
+            let mut first = true;
+            let mut refused = None;
+            while let Some(&(index, conn, seq)) = pending.front() {
+                let expect = Expect {
+                    op: Op::Put,
+                    value: self.value,
+                    index,
+                    seq,
+                };
+                let conn = &mut connections[conn];
+                // A reply is taken whole before it is checked, so after a
+                // refusal the connection is still in step.
+                let took = if first {
+                    engine::reply(conn, &expect).await.map(|()| true)
+                } else {
+                    conn.take_reply(&expect)
+                };
+                first = false;
+                match took {
+                    Ok(false) => break,
+                    Ok(true) => {
+                        stored_at = Instant::now();
+                        backoff = RETRY_FIRST;
+                    }
+                    Err(e) if retry_store(&e) && stored_at.elapsed() < FILL_PATIENCE => {
+                        again.push_back(index);
+                        retried += 1;
+                        refused = Some(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+                pending.pop_front();
+            }
+            if refused.is_some() {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RETRY_MOST);
+            }
+            if taken_all && again.is_empty() && pending.is_empty() {
+                return Ok(retried);
+            }
+        }
+    }
+}
+
+/// The pause before refused stores are sent again, at first and at most.
+const RETRY_FIRST: Duration = Duration::from_millis(5);
+const RETRY_MOST: Duration = Duration::from_millis(200);
+
+/// One connection's loop: random keys, `plan.depth` requests in flight (one
+/// at a time for 1), until the plan ends and every reply is in. Returns the
+/// latencies (ns) of the requests started in each window.
+///
+/// A connection of a ring-aware or cluster-aware client is one socket per
+/// server; its requests in flight may be on any of them. Replies are taken
+/// oldest request first: each socket's replies come in the order of its
+/// requests, so the oldest request's reply is the next one on its socket.
+async fn worker<C: Connection>(
+    mut connections: Vec<C>,
+    mut request: C::Request,
     plan: Arc<Plan>,
     seed: u64,
 ) -> Result<Vec<Vec<u64>>> {
@@ -291,26 +546,71 @@ async fn worker(
         .collect();
     let mut rng = seed | 1;
     let window_ns = plan.window.as_nanos().max(1);
+    let mut pending: VecDeque<Pending> = VecDeque::with_capacity(plan.depth);
+    // Pipelined requests are gathered per socket and written together.
+    let mut out: Vec<Vec<u8>> = connections.iter().map(|_| Vec::new()).collect();
+    let mut seq: i32 = 0;
+    let mut ended = false;
     loop {
-        // xorshift64*: cheap, and the same keys every run.
-        rng ^= rng >> 12;
-        rng ^= rng << 25;
-        rng ^= rng >> 27;
-        let index = (rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as usize % plan.keys;
-        request.set_key(index);
-        let conn = &mut connections[plan.target.conn_for(index)];
-        let started = Instant::now();
-        if started >= plan.end {
-            return Ok(samples);
-        }
-        let answer = conn.call(&request.bytes).await?;
-        let took = started.elapsed();
-        conn.expect(answer, plan.op, plan.value, index)?;
-        if started >= plan.measure_from {
-            let w = ((started - plan.measure_from).as_nanos() / window_ns) as usize;
-            if let Some(window) = samples.get_mut(w) {
-                window.push(took.as_nanos() as u64);
+        while !ended && pending.len() < plan.depth {
+            let started = Instant::now();
+            if started >= plan.end {
+                ended = true;
+                break;
             }
+            // xorshift64*: cheap, and the same keys every run.
+            rng ^= rng >> 12;
+            rng ^= rng << 25;
+            rng ^= rng >> 27;
+            let index = (rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) as usize % plan.keys;
+            let conn = plan.target.conn_for(index);
+            seq = seq.wrapping_add(1);
+            request.set(index, seq);
+            if plan.depth == 1 {
+                connections[conn].send(request.bytes()).await?;
+            } else {
+                out[conn].extend_from_slice(request.bytes());
+            }
+            pending.push_back(Pending {
+                index,
+                conn,
+                seq,
+                started,
+            });
+        }
+        for (conn, bytes) in connections.iter_mut().zip(&mut out) {
+            if !bytes.is_empty() {
+                conn.send(bytes).await?;
+                bytes.clear();
+            }
+        }
+        // Wait for the oldest reply, then take every later one already in.
+        let mut first = true;
+        while let Some(&p) = pending.front() {
+            let expect = Expect {
+                op: plan.op,
+                value: plan.value,
+                index: p.index,
+                seq: p.seq,
+            };
+            let conn = &mut connections[p.conn];
+            if first {
+                engine::reply(conn, &expect).await?;
+                first = false;
+            } else if !conn.take_reply(&expect)? {
+                break;
+            }
+            let took = p.started.elapsed();
+            pending.pop_front();
+            if p.started >= plan.measure_from {
+                let w = ((p.started - plan.measure_from).as_nanos() / window_ns) as usize;
+                if let Some(window) = samples.get_mut(w) {
+                    window.push(took.as_nanos() as u64);
+                }
+            }
+        }
+        if ended && pending.is_empty() {
+            return Ok(samples);
         }
     }
 }

@@ -1,4 +1,5 @@
-//! Where and when a run happened: date, cores, CPU model, commit, load average.
+//! Where and when a run happened: date, cores, CPU model, commit, load
+//! average, Redis version.
 
 use std::process::{Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,6 +13,8 @@ pub struct Facts {
     pub cpu: String,
     pub commit: String,
     pub load: String,
+    /// `redis-server`'s version, when Redis runs.
+    pub redis: String,
 }
 
 /// This machine's facts now; the run fills in `placement`.
@@ -56,6 +59,7 @@ pub fn facts() -> Facts {
         cpu,
         commit,
         load,
+        redis: String::new(),
     }
 }
 

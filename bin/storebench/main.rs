@@ -6,12 +6,17 @@
 //!
 //! - [`settings`]: what to measure and for how long ([`BenchConfig`], [`Part`]).
 //! - [`run`]: one run: the parts in order, the processes they share.
-//! - [`cells`]: the request-reply cells, on our nodes and on Redis.
+//! - [`cells`]: the request-reply cells and their load loop, on our nodes and
+//!   on Redis.
 //! - [`bulk`]: the bulk transfer, join, handoff and memory rows.
-//! - [`target`]: which node gets each key.
-//! - [`wire`]: the raw Thrift client: prebuilt calls, replies read just far enough.
+//! - [`idle`]: a loaded, settled ring's CPU and memory while left alone.
+//! - [`target`]: which server gets each key.
+//! - [`engine`]: what the load loop asks of a client engine.
+//! - [`wire`]: the raw Thrift engine: prebuilt calls, replies read just far enough.
+//! - [`resp`]: the RESP engine, the same for Redis; RESP replies parsed.
 //! - [`nodes`]: the `location` processes under test, and core pinning.
 //! - [`redis`]: `redis-server` and `redis-benchmark`.
+//! - [`cluster`]: a 3-master Redis Cluster, hash slots and the slot map.
 //! - [`procfs`]: CPU time and resident memory from `/proc`.
 //! - [`facts`]: where and when the run happened.
 //! - [`results`]: what a run measured, as data.
@@ -19,11 +24,15 @@
 
 mod bulk;
 mod cells;
+mod cluster;
+mod engine;
 mod facts;
+mod idle;
 mod nodes;
 mod procfs;
 mod redis;
 mod report;
+mod resp;
 mod results;
 mod run;
 mod settings;
@@ -40,15 +49,18 @@ use thrifty_p2p::Error;
 
 use crate::settings::{BenchConfig, Part};
 
-/// Benchmark thrifty-p2p beside Redis: get and put at 1 and 50 connections,
-/// 100 B and 64 KiB values, on one node, a 3-node ring through a ring-aware
-/// client and through one forwarding node; a 1 GiB transfer; a join and a
-/// SIGINT handoff; a node's memory. Starts and stops its own nodes (the
-/// `location` binary next to this one) and its own redis-server.
+/// Benchmark thrifty-p2p beside Redis: get and put at 1 and 50 connections
+/// and on 1 connection with 32 requests in flight, 100 B and 64 KiB values,
+/// on one node (beside one redis-server) and a 3-node ring through a
+/// ring-aware client and through one forwarding node (beside a 3-master
+/// Redis Cluster); a 1 GiB transfer; a join and a SIGINT handoff; a node's
+/// memory; a 3-node ring's idle CPU at 3 copies per key, and the load
+/// before. Starts and stops its own nodes (the `location` binary next to
+/// this one) and its own redis-servers.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Smoke test in about 30 s: short windows, one run, small data. Rough
+    /// Smoke test in one to two minutes: short windows, one run, small data. Rough
     /// figures; BENCHMARKS.md is left alone unless --results is given.
     #[arg(long)]
     quick: bool,
@@ -79,21 +91,40 @@ struct Args {
     /// Keys held by the node whose memory is measured.
     #[arg(long, value_name = "N")]
     memory_keys: Option<usize>,
+    /// Key counts of the idle part, comma-separated: a fresh 3-node ring at
+    /// 3 copies per key is loaded with each, settled and measured (add
+    /// 10000000 if about 5 GiB of memory is free) [default: 100000,1000000;
+    /// 10000,100000 with --quick].
+    #[arg(long, value_name = "N,..", value_delimiter = ',')]
+    idle_keys: Vec<usize>,
+    /// Seconds of the idle part's measured window [default: 20; 5 with
+    /// --quick].
+    #[arg(long, value_name = "SECS")]
+    idle_secs: Option<f64>,
     /// Connection counts, comma-separated [default: 1,50].
     #[arg(long, value_name = "N,..", value_delimiter = ',')]
     conns: Vec<usize>,
     /// Value sizes in bytes, comma-separated [default: 100,65536].
     #[arg(long, value_name = "BYTES,..", value_delimiter = ',')]
     values: Vec<usize>,
+    /// Requests in flight on the pipelined connection (its cells: 1
+    /// connection, N in flight); 0 for no pipelined cells [default: 32].
+    #[arg(long, value_name = "N")]
+    pipeline: Option<usize>,
     /// Run only these parts, comma-separated: one-node (with Redis beside it),
-    /// ring, bulk, join, memory [default: all].
+    /// ring (with Redis Cluster beside it), bulk, join, memory, idle (a
+    /// loaded 3-node ring's CPU while nothing is asked of it) [default: all].
     #[arg(long, value_name = "PART,..", value_delimiter = ',')]
     only: Vec<Part>,
     /// Copies of each key the nodes keep (their --replicas) [default: 1, as
     /// Redis beside them; the targets are about single copies].
     #[arg(long, value_name = "N")]
     replicas: Option<usize>,
-    /// Skip Redis.
+    /// Copies of each key in a second set of ring cells, reported but not
+    /// held to the targets; 0 for none [default: 3].
+    #[arg(long, value_name = "N")]
+    ring_replicas: Option<usize>,
+    /// Skip Redis (and Redis Cluster).
     #[arg(long)]
     no_redis: bool,
     /// Let the scheduler place client and servers (default: servers on the
@@ -129,8 +160,14 @@ fn config(args: &Args) -> BenchConfig {
     config.bulk_chunk = config.bulk_chunk.min(config.bulk_bytes.max(1));
     config.join_bytes = args.join_mib.map_or(config.join_bytes, |m| m << 20);
     config.memory_keys = args.memory_keys.unwrap_or(config.memory_keys);
+    if !args.idle_keys.is_empty() {
+        config.idle_keys = args.idle_keys.iter().map(|&k| k.max(1)).collect();
+    }
+    config.idle_window = args.idle_secs.map_or(config.idle_window, secs);
     config.redis = !args.no_redis;
+    config.pipeline = args.pipeline.unwrap_or(config.pipeline);
     config.replicas = args.replicas.unwrap_or(config.replicas).max(1);
+    config.ring_replicas = args.ring_replicas.unwrap_or(config.ring_replicas);
     config.pin = !args.no_pin;
     if !args.conns.is_empty() {
         config.connections = args.conns.clone();

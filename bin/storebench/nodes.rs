@@ -1,8 +1,8 @@
 //! The `location` processes under test (on ephemeral ports, killed on drop),
 //! the cores servers and client are pinned to, and waiting for a ring to agree.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -18,21 +18,28 @@ pub struct NodeProc {
     pub child: Child,
     pub addr: NodeAddr,
     pub socket: SocketAddr,
+    /// Its HTTP server (`/metrics`), when started with one.
+    pub http: Option<SocketAddr>,
     pub log: PathBuf,
 }
 
 impl NodeProc {
     /// Starts a node, joining `seed` if given, and reads its first stdout line,
-    /// `listening on ADDR as NAME`.
+    /// `listening on ADDR as NAME`; with `http`, it also serves HTTP on an
+    /// ephemeral port, read from the second line, `http on http://ADDR`.
     pub fn start(
         location: &Path,
         seed: Option<&NodeAddr>,
         replicas: usize,
         cpus: Option<&str>,
+        http: bool,
         log: &Path,
     ) -> Result<NodeProc> {
         let mut command = on_cpus(cpus, location.as_os_str());
         command.args(["--bind", "127.0.0.1", "--replicas", &replicas.to_string()]);
+        if http {
+            command.args(["--http", "127.0.0.1:0"]);
+        }
         if let Some(seed) = seed {
             command.arg(seed.to_string());
         }
@@ -45,22 +52,39 @@ impl NodeProc {
             .map_err(|e| failed(format!("cannot start {}: {e}", location.display())))?;
         let stdout = child.stdout.take().expect("stdout is piped");
         let (tx, rx) = mpsc::channel();
+        let lines = 1 + usize::from(http);
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
+            let mut stdout = BufReader::new(stdout);
+            for _ in 0..lines {
+                let mut line = String::new();
+                let _ = stdout.read_line(&mut line);
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
         });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        let parsed = line
+        // At EOF (the node exited) the thread sends empty lines at once.
+        let said: Vec<String> = (0..lines)
+            .map(|_| rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default())
+            .collect();
+        let listening = said[0]
             .trim()
             .strip_prefix("listening on ")
             .and_then(|rest| rest.split_once(" as "))
             .and_then(|(socket, name)| Some((socket.parse().ok()?, name.parse().ok()?)));
-        let Some((socket, addr)) = parsed else {
+        let http = match said.get(1) {
+            None => Some(None),
+            Some(line) => line
+                .trim()
+                .strip_prefix("http on http://")
+                .and_then(|a| a.parse().ok())
+                .map(Some),
+        };
+        let (Some((socket, addr)), Some(http)) = (listening, http) else {
             let _ = child.kill();
             let _ = child.wait();
             return Err(failed(format!(
-                "{} did not start: first line {line:?}; see {}",
+                "{} did not start: it printed {said:?}; see {}",
                 location.display(),
                 log.display()
             )));
@@ -69,6 +93,7 @@ impl NodeProc {
             child,
             addr,
             socket,
+            http,
             log: log.to_path_buf(),
         })
     }
@@ -90,6 +115,41 @@ impl NodeProc {
 
     pub fn wait(&mut self) -> Result<ExitStatus> {
         Ok(self.child.wait()?)
+    }
+
+    /// The node's `/metrics` (Prometheus text), over one short HTTP/1.1
+    /// connection; the node must have been started with `http`.
+    pub fn metrics(&self) -> Result<Metrics> {
+        let Some(http) = self.http else {
+            return Err(failed(format!("{} serves no HTTP", self.addr)));
+        };
+        let mut stream = TcpStream::connect_timeout(&http, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: storebench\r\nConnection: close\r\n\r\n")?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text)?;
+        if !text.starts_with("HTTP/1.1 200") {
+            let status = text.lines().next().unwrap_or_default();
+            return Err(failed(format!("{http}/metrics answered {status:?}")));
+        }
+        Ok(Metrics(text))
+    }
+}
+
+/// A node's `/metrics` as scraped.
+pub struct Metrics(String);
+
+impl Metrics {
+    /// The value of `series` (name and labels, exactly as the node writes
+    /// them, e.g. `thrifty_requests_total{method="fetch"}`); 0 when absent
+    /// (a counter not yet counted).
+    pub fn sample(&self, series: &str) -> f64 {
+        self.0
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 }
 
@@ -182,5 +242,33 @@ pub fn wait_for_ring(nodes: &[&NodeProc], timeout: Duration) -> Result<()> {
             return Err(Error::Timeout(timeout));
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_metrics_sample_is_found_by_its_whole_series_name() {
+        let metrics = Metrics(
+            "HTTP/1.1 200 OK\r\n\r\n\
+             thrifty_repaired_keys_total{by=\"read_repair\"} 2\n\
+             thrifty_repaired_keys_total{by=\"anti_entropy\"} 3\n\
+             thrifty_requests_total{method=\"diff_buckets\"} 17\n"
+                .into(),
+        );
+        assert_eq!(
+            metrics.sample(r#"thrifty_repaired_keys_total{by="anti_entropy"}"#),
+            3.0
+        );
+        assert_eq!(
+            metrics.sample(r#"thrifty_requests_total{method="diff_buckets"}"#),
+            17.0
+        );
+        assert_eq!(
+            metrics.sample(r#"thrifty_requests_total{method="reconcile"}"#),
+            0.0
+        );
     }
 }

@@ -93,6 +93,13 @@ impl CpuSnapshot {
     }
 }
 
+/// User plus system CPU ticks (see [`ticks`]) process `pid` has used so far.
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    process_ticks(pid)
+        .map(|(_, ticks)| ticks)
+        .ok_or_else(|| failed(format!("cannot read /proc/{pid}/stat")))
+}
+
 /// The parent and the user plus system CPU ticks of process `pid`.
 fn process_ticks(pid: u32) -> Option<(u32, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

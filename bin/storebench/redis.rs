@@ -1,8 +1,10 @@
-//! The Redis side: finding `redis-server` and `redis-benchmark`, starting a
-//! server, loading it over RESP, and running and reading redis-benchmark.
+//! The Redis side: finding `redis-server`, `redis-cli` and `redis-benchmark`,
+//! starting a server on a free port, loading it over RESP, and running and
+//! reading redis-benchmark (the secondary Redis column; the primary one is
+//! storebench's own RESP client, [`crate::resp`]).
 
 use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,7 +21,7 @@ use crate::wire::{KEY_LEN, key, value_bytes};
 
 /// Why Redis cannot run here, if it cannot.
 pub fn redis_missing() -> Option<String> {
-    for tool in ["redis-server", "redis-benchmark"] {
+    for tool in ["redis-server", "redis-cli", "redis-benchmark"] {
         let found = Command::new(tool)
             .arg("--version")
             .stdout(Stdio::null())
@@ -33,18 +35,57 @@ pub fn redis_missing() -> Option<String> {
     None
 }
 
-/// A `redis-server` without persistence on a free port, killed on drop.
+/// The version `redis-server --version` names, e.g. `7.0.15`.
+pub fn redis_version() -> String {
+    Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let v = text.split_whitespace().find_map(|w| w.strip_prefix("v="))?;
+            Some(v.to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `n` distinct ports of 127.0.0.1 that were free a moment ago (each bound
+/// at once, then released).
+pub fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    Ok(listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<std::io::Result<Vec<_>>>()?)
+}
+
+/// A `redis-server` without persistence on a port of 127.0.0.1, killed on
+/// drop.
 pub struct RedisProc {
     pub child: Child,
     port: u16,
 }
 
 impl RedisProc {
+    /// Starts a server on a free port.
     pub fn start(cpus: Option<&str>, log: &Path) -> Result<RedisProc> {
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        RedisProc::start_on(free_ports(1)?[0], cpus, log, &[])
+    }
+
+    /// Starts a server on `port` with the `extra` arguments, and waits until
+    /// it answers `PING`.
+    pub fn start_on(
+        port: u16,
+        cpus: Option<&str>,
+        log: &Path,
+        extra: &[String],
+    ) -> Result<RedisProc> {
         let child = on_cpus(cpus, "redis-server".as_ref())
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(log)?)
             .stderr(Stdio::null())
@@ -70,6 +111,14 @@ impl RedisProc {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// `SET key:NNNNNNNNNNNN value` for keys `0..keys`, pipelined (loading only).
@@ -104,37 +153,49 @@ impl RedisProc {
     }
 
     /// One cell with redis-benchmark: a short calibration run sizes `-n` to
-    /// last `duration`, then `repeat` runs; the median of each figure.
+    /// last `duration`, then `repeat` runs; the median of each figure. A
+    /// `depth` above 1 is its `-P`: it sends that many commands, waits for
+    /// all their replies, then sends the next batch (storebench's client
+    /// instead refills each slot as its reply comes).
     pub fn cell(
         &self,
         op: Op,
         conns: usize,
+        depth: usize,
         value: usize,
         keys: usize,
         config: &BenchConfig,
     ) -> Result<Figures> {
-        let calibration = self.benchmark(
+        let load = Load {
             op,
-            if conns == 1 { 2_000 } else { 10_000 },
             conns,
+            depth,
             value,
             keys,
-        )?;
+        };
+        let calibration = self.benchmark(&load, if conns * depth == 1 { 2_000 } else { 10_000 })?;
         let n = ((calibration.ops * config.duration.as_secs_f64()) as usize).max(1_000);
         let runs = (0..config.repeat.max(1))
-            .map(|_| self.benchmark(op, n, conns, value, keys))
+            .map(|_| self.benchmark(&load, n))
             .collect::<Result<Vec<_>>>()?;
         Ok(median_figures(&runs))
     }
 
-    fn benchmark(
-        &self,
-        op: Op,
-        n: usize,
-        conns: usize,
-        value: usize,
-        keys: usize,
-    ) -> Result<Figures> {
+    /// One redis-benchmark run, tried again once if it fails (it now and
+    /// then aborts a pipelined run with "All clients disconnected").
+    fn benchmark(&self, load: &Load, n: usize) -> Result<Figures> {
+        self.benchmark_once(load, n)
+            .or_else(|_| self.benchmark_once(load, n))
+    }
+
+    fn benchmark_once(&self, load: &Load, n: usize) -> Result<Figures> {
+        let Load {
+            op,
+            conns,
+            depth,
+            value,
+            keys,
+        } = *load;
         let pid = [self.child.id()];
         let before = CpuSnapshot::take(&pid);
         let output = Command::new("redis-benchmark")
@@ -154,6 +215,8 @@ impl RedisProc {
                 &keys.to_string(),
                 "--precision",
                 "3",
+                "-P",
+                &depth.max(1).to_string(),
             ])
             .stdin(Stdio::null())
             .output()
@@ -173,6 +236,15 @@ impl RedisProc {
         figures.elsewhere = Some(before.elsewhere(&after));
         Ok(figures)
     }
+}
+
+/// What one redis-benchmark run does.
+struct Load {
+    op: Op,
+    conns: usize,
+    depth: usize,
+    value: usize,
+    keys: usize,
 }
 
 impl Drop for RedisProc {

@@ -1,4 +1,4 @@
-//! The report: every figure against the targets of issue 4 as Markdown, and
+//! The report: every figure against the targets of issue 10 as Markdown, and
 //! the results block of `BENCHMARKS.md` it replaces.
 
 use std::fmt::Write as _;
@@ -9,9 +9,10 @@ use std::time::Duration;
 use thrifty_p2p::Result;
 
 use crate::bulk::JOIN_SAMPLE;
-use crate::results::{Cell, Figures, Op, Report, Setup, Transfer};
+use crate::idle::resolution;
+use crate::results::{Cell, Figures, Idle, Report, Setup, Transfer};
 
-/// One target of issue 4, checked.
+/// One target of issue 10, checked.
 struct Check {
     what: String,
     got: String,
@@ -22,20 +23,63 @@ impl Check {
     fn tag(&self) -> &'static str {
         if self.pass { "pass" } else { "**miss**" }
     }
+
+    /// `ours / theirs >= want`.
+    fn ratio(name: &str, ours: f64, theirs: f64, want: f64, whom: &str) -> Check {
+        let ratio = ours / theirs;
+        Check {
+            what: format!("{name}: ops/s >= {want:.1}x {whom}"),
+            got: format!("{ratio:.2}x"),
+            pass: ratio >= want,
+        }
+    }
 }
 
-/// Original 2009 program, one connection: about 2,200 gets/s. Target: 20x that.
-const ONE_CONNECTION_GETS: f64 = 20.0 * 2_200.0;
+/// One node's ops/s over one Redis server's, at every load.
+const REDIS_RATIO: f64 = 1.0;
+/// One node's p99 at values up to this size, at every load.
+const P99_TARGET: Duration = Duration::from_millis(1);
+const P99_VALUE: usize = 100;
+/// The ring-aware 3-node ring (one copy per key) over Redis Cluster.
+const CLUSTER_RATIO: f64 = 1.0;
+/// Through a forwarding node, over the ring-aware client's ops/s.
+const FORWARDING_RATIO: f64 = 0.6;
 /// Target for moving bulk data, joins and handoffs (bytes per second).
 const BULK_TARGET: f64 = 1e9;
 const MOVE_TARGET: f64 = 200e6;
 /// Target for resident memory over the raw bytes of keys and values.
-const MEMORY_TARGET: f64 = 1.5;
+const MEMORY_TARGET: f64 = 1.25;
+/// Target for each idle node's CPU, as a share of one core.
+const IDLE_TARGET: f64 = 0.01;
+/// Idle CPU independent of the key count: the busiest node's at a key count
+/// at most this times the first (smallest) key count's, or within two
+/// clock ticks over the window of it (below that the figures are noise).
+const IDLE_GROWTH: f64 = 2.0;
+/// The load target: this many keys through one connection in under
+/// `LOAD_TARGET` seconds.
+const LOAD_KEYS: usize = 1_000_000;
+const LOAD_TARGET: f64 = 10.0;
+
+/// `1 conn`, `50 conns`, `1 conn, 32 in flight`.
+fn conns_label(cell: &Cell) -> String {
+    let mut label = format!(
+        "{} conn{}",
+        cell.conns,
+        if cell.conns == 1 { "" } else { "s" }
+    );
+    if cell.depth > 1 {
+        let _ = write!(label, ", {} in flight", cell.depth);
+    }
+    label
+}
 
 impl Report {
-    fn one_node(&self, op: Op, conns: usize, value: usize) -> Option<&Cell> {
+    /// The cell of `setup` at the load of `like` (for our ring, also with
+    /// as many copies per key).
+    fn find(&self, setup: Setup, like: &Cell) -> Option<&Cell> {
+        let ring = matches!(setup, Setup::RingAware | Setup::Forwarding);
         self.cells.iter().find(|c| {
-            c.setup == Setup::OneNode && c.op == op && c.conns == conns && c.value == value
+            c.setup == setup && c.same_load(like) && (!ring || c.replicas == like.replicas)
         })
     }
 
@@ -43,57 +87,82 @@ impl Report {
     fn cell_checks(&self, cell: &Cell) -> Vec<Check> {
         let mut checks = Vec::new();
         let name = format!(
-            "{}, {} {}, {} conn{}",
-            cell.setup.label(),
+            "{}, {} {}, {}",
+            cell.label(self.config.replicas),
             cell.op.label(),
             size(cell.value),
-            cell.conns,
-            if cell.conns == 1 { "" } else { "s" }
+            conns_label(cell)
         );
         match cell.setup {
             Setup::OneNode => {
-                if cell.conns == 50 && cell.value == 100 {
-                    if let Some(redis) = cell.redis {
-                        let ratio = cell.ours.ops / redis.ops;
-                        checks.push(Check {
-                            what: format!("{name}: ops/s >= 1.0x Redis"),
-                            got: format!("{ratio:.2}x"),
-                            pass: ratio >= 1.0,
-                        });
-                    }
+                if let Some(redis) = cell.redis {
+                    checks.push(Check::ratio(
+                        &name,
+                        cell.ours.ops,
+                        redis.ops,
+                        REDIS_RATIO,
+                        "Redis",
+                    ));
+                }
+                if cell.value <= P99_VALUE {
                     checks.push(Check {
                         what: format!("{name}: p99 < 1 ms"),
                         got: format!("{} ms", ms(cell.ours.p99)),
-                        pass: cell.ours.p99 < Duration::from_millis(1),
-                    });
-                }
-                if cell.conns == 1 && cell.value == 100 && cell.op == Op::Get {
-                    let ratio = cell.ours.ops / ONE_CONNECTION_GETS;
-                    checks.push(Check {
-                        what: format!("{name}: >= 20x 2.2k gets/s (44,000/s)"),
-                        got: format!("{ratio:.2}x"),
-                        pass: ratio >= 1.0,
+                        pass: cell.ours.p99 < P99_TARGET,
                     });
                 }
             }
-            Setup::RingAware | Setup::Forwarding if cell.conns > 1 => {
-                let want = if cell.setup == Setup::RingAware {
-                    0.9
-                } else {
-                    0.6
-                };
-                if let Some(one) = self.one_node(cell.op, cell.conns, cell.value) {
-                    let ratio = cell.ours.ops / one.ours.ops;
-                    checks.push(Check {
-                        what: format!("{name}: >= {want}x one node"),
-                        got: format!("{ratio:.2}x"),
-                        pass: ratio >= want,
-                    });
+            // Redis Cluster keeps one copy of each key: with more, our ring
+            // is reported beside it, not held to it.
+            Setup::RingAware if cell.replicas == 1 => {
+                if let Some(cluster) = self.find(Setup::RedisCluster, cell) {
+                    checks.push(Check::ratio(
+                        &name,
+                        cell.ours.ops,
+                        cluster.ours.ops,
+                        CLUSTER_RATIO,
+                        "Redis Cluster",
+                    ));
+                }
+            }
+            // The second set of ring cells (`ring_replicas`) is reported only.
+            Setup::Forwarding if cell.replicas == self.config.replicas => {
+                if let Some(direct) = self.find(Setup::RingAware, cell) {
+                    checks.push(Check::ratio(
+                        &name,
+                        cell.ours.ops,
+                        direct.ours.ops,
+                        FORWARDING_RATIO,
+                        "ring-aware",
+                    ));
                 }
             }
             _ => {}
         }
         checks
+    }
+
+    /// The ratio column: what the row is compared with.
+    fn ratio(&self, cell: &Cell) -> String {
+        let over = |theirs: f64, whom: &str| format!("{:.2}x {whom}", cell.ours.ops / theirs);
+        match cell.setup {
+            Setup::OneNode => cell.redis.map(|r| over(r.ops, "Redis")),
+            Setup::RingAware => self
+                .find(Setup::RedisCluster, cell)
+                .map(|c| over(c.ours.ops, "Redis Cluster"))
+                .or_else(|| {
+                    self.find(Setup::OneNode, cell)
+                        .map(|one| over(one.ours.ops, "1 node"))
+                }),
+            Setup::Forwarding => self
+                .find(Setup::RingAware, cell)
+                .map(|direct| over(direct.ours.ops, "ring-aware")),
+            Setup::RedisCluster => self
+                .find(Setup::OneNode, cell)
+                .and_then(|one| one.redis)
+                .map(|redis| over(redis.ops, "1 Redis")),
+        }
+        .unwrap_or_default()
     }
 
     fn bulk_checks(&self) -> Vec<Check> {
@@ -122,10 +191,46 @@ impl Report {
         if let Some(m) = self.bulk.memory {
             let ratio = m.rss as f64 / m.raw as f64;
             checks.push(Check {
-                what: format!("memory of {} keys: <= 1.5x raw", thousands(m.keys as f64)),
+                what: format!(
+                    "memory of {} keys: <= {MEMORY_TARGET}x raw",
+                    thousands(m.keys as f64)
+                ),
                 got: format!("{ratio:.2}x"),
                 pass: ratio <= MEMORY_TARGET,
             });
+        }
+        for idle in &self.bulk.idle {
+            if idle.keys == LOAD_KEYS {
+                checks.push(Check {
+                    what: format!("{}: < {LOAD_TARGET} s", load_label(idle)),
+                    got: format!("{:.2} s", idle.load_secs),
+                    pass: idle.load_secs < LOAD_TARGET,
+                });
+            }
+            checks.push(Check {
+                what: format!(
+                    "{}: < {} of a core per node",
+                    idle_label(idle),
+                    core_percent(IDLE_TARGET)
+                ),
+                got: core_percent(idle.max_cpu()),
+                pass: idle.max_cpu() < IDLE_TARGET,
+            });
+        }
+        if let Some((first, rest)) = self.bulk.idle.split_first() {
+            for idle in rest {
+                let floor = 2.0 * resolution(first.window).max(resolution(idle.window));
+                let (ratio, got) = growth(first, idle);
+                checks.push(Check {
+                    what: format!(
+                        "{}: <= {IDLE_GROWTH}x, or within {} of a core",
+                        growth_label(first, idle),
+                        core_percent(floor)
+                    ),
+                    got,
+                    pass: ratio <= IDLE_GROWTH || idle.max_cpu() - first.max_cpu() <= floor,
+                });
+            }
         }
         checks
     }
@@ -136,35 +241,67 @@ impl Report {
         let c = &self.config;
         let f = &self.facts;
         let mut out = String::new();
+        let redis = if f.redis.is_empty() {
+            String::new()
+        } else {
+            format!(" Redis {}.", f.redis)
+        };
         let _ = writeln!(
             out,
-            "Measured {} on {} cores ({}), commit `{}`, load average before the run {}. {}",
+            "Measured {} on {} cores ({}), commit `{}`, load average before the run {}.{redis} {}",
             f.date, f.cores, f.cpu, f.commit, f.load, f.placement
         );
-        let _ = writeln!(
-            out,
-            "Each cell: {} warm-up, then {} window{} of {} on the same connections; \
-             the median window is shown. Keyspaces: {} keys for values up to 1 KiB, \
-             {} keys for larger ones, all preloaded. Nodes keep {} cop{} of each key. \
-             Client: {} thread{}, one task per connection, request-reply (no pipelining). \
-             MB and GB are 10^6 and 10^9 bytes.",
-            secs(c.warmup),
-            c.repeat,
-            if c.repeat == 1 { "" } else { "s" },
-            secs(c.duration),
-            thousands(c.keys as f64),
-            thousands(c.large_keys as f64),
-            c.replicas,
-            if c.replicas == 1 { "y" } else { "ies" },
-            c.client_threads,
-            if c.client_threads == 1 { "" } else { "s" },
-        );
-        out.push('\n');
-        out.push_str(
-            "| setup | op | conns | value | ops/s | p50 ms | p99 ms | p99.9 ms | CPU µs/op server+client \
-             | Redis ops/s | Redis p50 | Redis p99 | Redis p99.9 | Redis CPU µs/op server+client | ratio | other procs' CPU | targets |\n",
-        );
-        out.push_str("|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n");
+        let pipelined = if c.pipeline > 1 {
+            format!(
+                "request-reply, except the cells of 1 connection with {} requests in flight",
+                c.pipeline
+            )
+        } else {
+            "request-reply (no pipelining)".into()
+        };
+        let other_copies = self
+            .cells
+            .iter()
+            .find(|cell| cell.label(c.replicas) != cell.setup.label())
+            .map(|cell| {
+                format!(
+                    ", {0} in the rows marked \"{0} copies\" (reported beside Redis Cluster, \
+                     not held to the targets)",
+                    cell.replicas
+                )
+            })
+            .unwrap_or_default();
+        // Only the parts run are described (`--only idle` has no cells).
+        if !self.cells.is_empty() {
+            let _ = writeln!(
+                out,
+                "Each cell: {} warm-up, then {} window{} of {} on the same connections; \
+                 the median window is shown. Keyspaces: {} keys for values up to 1 KiB, \
+                 {} keys for larger ones, all preloaded. Nodes keep {} cop{} of each key{other_copies}. \
+                 Client: {} thread{}, one task per connection, {pipelined}; the same client \
+                 drives Redis and Redis Cluster over RESP (the Redis columns), redis-benchmark \
+                 beside it for reference. MB and GB are 10^6 and 10^9 bytes.",
+                secs(c.warmup),
+                c.repeat,
+                if c.repeat == 1 { "" } else { "s" },
+                secs(c.duration),
+                thousands(c.keys as f64),
+                thousands(c.large_keys as f64),
+                c.replicas,
+                if c.replicas == 1 { "y" } else { "ies" },
+                c.client_threads,
+                if c.client_threads == 1 { "" } else { "s" },
+            );
+            out.push('\n');
+            out.push_str(
+                "| setup | op | conns | value | ops/s | p50 ms | p99 ms | p99.9 ms | CPU µs/op server+client \
+                 | Redis ops/s | Redis p50 | Redis p99 | Redis p99.9 | Redis CPU µs/op server+client \
+                 | redis-benchmark ops/s | redis-benchmark p99 | ratio | other procs' CPU | targets |\n",
+            );
+            out.push_str(
+                "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n",
+            );
+        }
         for cell in &self.cells {
             let o = &cell.ours;
             let (r_ops, r_p50, r_p99, r_p999, r_cpu) = match &cell.redis {
@@ -177,13 +314,9 @@ impl Report {
                 ),
                 None => Default::default(),
             };
-            let ratio = match (cell.setup, &cell.redis) {
-                (Setup::OneNode, Some(r)) => format!("{:.2}x Redis", o.ops / r.ops),
-                (Setup::OneNode, None) => String::new(),
-                _ => self
-                    .one_node(cell.op, cell.conns, cell.value)
-                    .map(|one| format!("{:.2}x 1 node", o.ops / one.ours.ops))
-                    .unwrap_or_default(),
+            let (b_ops, b_p99) = match &cell.redis_benchmark {
+                Some(b) => (thousands(b.ops), ms(b.p99)),
+                None => Default::default(),
             };
             let elsewhere = match (o.elsewhere, cell.redis.and_then(|r| r.elsewhere)) {
                 (Some(ours), Some(redis)) => format!("{} / {}", percent(ours), percent(redis)),
@@ -198,12 +331,16 @@ impl Report {
                     format!("{short}: {} {}", check.got, check.tag())
                 })
                 .collect();
+            let conns = if cell.depth > 1 {
+                format!("{}, {} in flight", cell.conns, cell.depth)
+            } else {
+                cell.conns.to_string()
+            };
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-                cell.setup.label(),
+                "| {} | {} | {conns} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {b_ops} | {b_p99} | {} | {} | {} |",
+                cell.label(c.replicas),
                 cell.op.label(),
-                cell.conns,
                 size(cell.value),
                 thousands(o.ops),
                 ms(o.p50),
@@ -215,13 +352,21 @@ impl Report {
                 r_p99,
                 r_p999,
                 r_cpu,
-                ratio,
+                self.ratio(cell),
                 elsewhere,
                 targets.join("; "),
             );
         }
-        out.push('\n');
-        out.push_str("| bulk | figure | detail | Redis | target |\n|---|--:|---|--:|---|\n");
+        let b = &self.bulk;
+        if b.transfer.is_some()
+            || b.join.is_some()
+            || b.handoff.is_some()
+            || b.memory.is_some()
+            || !b.idle.is_empty()
+        {
+            out.push('\n');
+            out.push_str("| bulk | figure | detail | Redis | target |\n|---|--:|---|--:|---|\n");
+        }
         let bulk_checks = self.bulk_checks();
         let check_for = |prefix: &str| {
             bulk_checks
@@ -298,6 +443,71 @@ impl Report {
                 check_for("memory"),
             );
         }
+        for idle in &self.bulk.idle {
+            let _ = writeln!(
+                out,
+                "| {} | {:.2} s | {} keys/s, every store acknowledged (a write quorum of the {} \
+                 replicas), into a fresh ring of 3 nodes{}; other procs' CPU {} | | {} |",
+                load_label(idle),
+                idle.load_secs,
+                thousands(idle.keys as f64 / idle.load_secs),
+                idle.replicas,
+                match idle.load_retried {
+                    0 => String::new(),
+                    n => format!(
+                        "; {} stores refused (paused, joining or no quorum) and sent again",
+                        thousands(n as f64)
+                    ),
+                },
+                percent(idle.load_elsewhere),
+                check_for(&format!("{}:", load_label(idle))),
+            );
+            let each = |f: &dyn Fn(&crate::results::IdleNode) -> String| {
+                idle.nodes.iter().map(f).collect::<Vec<_>>().join(" / ")
+            };
+            let settled = if idle.settle.settled {
+                format!(
+                    "settled {:.1} s after the load (its work drained after {:.1} s)",
+                    idle.settle.secs,
+                    idle.settle.drained.unwrap_or_default()
+                )
+            } else {
+                format!(
+                    "**not settled** {:.0} s after the load ({}), measured anyway",
+                    idle.settle.secs, idle.settle.why
+                )
+            };
+            let _ = writeln!(
+                out,
+                "| {} | max {} of a core per node | {} of a core over {:.1} s, {settled}; \
+                 VmRSS {} MiB; in the window anti-entropy compared {} times and repaired {} \
+                 keys (per node); other procs' CPU {} | | {} |",
+                idle_label(idle),
+                core_percent(idle.max_cpu()),
+                each(&|n| core_percent(n.cpu)),
+                idle.window.as_secs_f64(),
+                each(&|n| (n.rss >> 20).to_string()),
+                each(&|n| n.compared.to_string()),
+                each(&|n| n.repaired.to_string()),
+                percent(idle.elsewhere),
+                check_for(&format!("{}:", idle_label(idle))),
+            );
+        }
+        if let Some((first, rest)) = self.bulk.idle.split_first() {
+            for idle in rest {
+                let (_, got) = growth(first, idle);
+                let _ = writeln!(
+                    out,
+                    "| {} | {got} | the busiest node's idle CPU: {} of a core at {} keys, {} at {} | | {} |",
+                    growth_label(first, idle),
+                    core_percent(idle.max_cpu()),
+                    thousands(idle.keys as f64),
+                    core_percent(first.max_cpu()),
+                    thousands(first.keys as f64),
+                    check_for(&format!("{}:", growth_label(first, idle))),
+                );
+            }
+        }
         out.push('\n');
         let mut checks: Vec<Check> = self
             .cells
@@ -313,7 +523,7 @@ impl Report {
         let busiest = self
             .cells
             .iter()
-            .flat_map(|c| [Some(c.ours), c.redis])
+            .flat_map(|c| [Some(c.ours), c.redis, c.redis_benchmark])
             .flatten()
             .filter_map(|f| f.elsewhere)
             .fold(0.0, f64::max);
@@ -345,6 +555,52 @@ fn transfer_label(t: &Transfer, way: &str) -> String {
     )
 }
 
+/// Names the load of an idle row.
+fn load_label(idle: &Idle) -> String {
+    format!(
+        "load: {} keys of {} at N={} over one connection, {} in flight",
+        thousands(idle.keys as f64),
+        size(idle.value),
+        idle.replicas,
+        idle.depth
+    )
+}
+
+/// Names an idle row.
+fn idle_label(idle: &Idle) -> String {
+    format!(
+        "idle, {} nodes at N={} holding {} keys of {}",
+        idle.nodes.len(),
+        idle.replicas,
+        thousands(idle.keys as f64),
+        size(idle.value)
+    )
+}
+
+fn growth_label(first: &Idle, idle: &Idle) -> String {
+    format!(
+        "idle CPU at {} keys over {} keys",
+        thousands(idle.keys as f64),
+        thousands(first.keys as f64)
+    )
+}
+
+/// The busiest node's idle CPU at `idle` over that at `first`, and as shown.
+fn growth(first: &Idle, idle: &Idle) -> (f64, String) {
+    let ratio = idle.max_cpu() / first.max_cpu();
+    let shown = if ratio.is_finite() {
+        format!("{ratio:.2}x")
+    } else {
+        format!("{} over nothing", core_percent(idle.max_cpu()))
+    };
+    (ratio, shown)
+}
+
+/// A share of one core, e.g. `0.35%`.
+fn core_percent(share: f64) -> String {
+    format!("{:.2}%", share * 100.0)
+}
+
 /// Where the results go in `BENCHMARKS.md`; everything between is replaced.
 const BEGIN: &str = "<!-- storebench results: begin (written by storebench; do not edit) -->";
 const END: &str = "<!-- storebench results: end -->";
@@ -374,7 +630,7 @@ pub fn write_results(path: &Path, report: &Report) -> Result<()> {
     Ok(())
 }
 
-fn thousands(n: f64) -> String {
+pub fn thousands(n: f64) -> String {
     let digits = format!("{:.0}", n.max(0.0));
     let mut out = String::new();
     for (i, d) in digits.chars().enumerate() {
@@ -432,6 +688,59 @@ mod tests {
         assert!(second.contains("new table") && !second.contains("old table"));
         assert!(second.contains("How to run.") && second.ends_with("After.\n"));
         assert_eq!(second.matches(BEGIN).count(), 1);
+    }
+
+    fn idle(keys: usize, cpu: [f64; 3]) -> Idle {
+        use crate::results::{IdleNode, Settle};
+        Idle {
+            keys,
+            value: 100,
+            replicas: 3,
+            depth: 64,
+            load_secs: 2.0,
+            load_retried: 0,
+            load_elsewhere: 0.0,
+            settle: Settle {
+                drained: Some(0.5),
+                secs: 4.0,
+                settled: true,
+                why: String::new(),
+            },
+            window: Duration::from_secs(20),
+            nodes: cpu
+                .iter()
+                .map(|&cpu| IdleNode {
+                    cpu,
+                    rss: 100 << 20,
+                    repaired: 0,
+                    compared: 10,
+                })
+                .collect(),
+            elsewhere: 0.0,
+        }
+    }
+
+    #[test]
+    fn idle_rows_show_every_node_and_the_busiest_against_the_fewest_keys() {
+        let mut report = Report {
+            facts: crate::facts::facts(),
+            config: crate::settings::BenchConfig::default(),
+            cells: Vec::new(),
+            bulk: Default::default(),
+            notes: Vec::new(),
+        };
+        report.bulk.idle = vec![
+            idle(100_000, [0.002, 0.003, 0.001]),
+            idle(1_000_000, [0.004, 0.006, 0.005]),
+        ];
+        let text = report.to_markdown();
+        assert!(text.contains(
+            "| idle, 3 nodes at N=3 holding 1,000,000 keys of 100 B | max 0.60% of a core per node \
+             | 0.40% / 0.60% / 0.50% of a core over 20.0 s"
+        ));
+        assert!(text.contains("| load: 1,000,000 keys of 100 B at N=3 over one connection, 64 in flight | 2.00 s | 500,000 keys/s"));
+        assert!(text.contains("| idle CPU at 1,000,000 keys over 100,000 keys | 2.00x |"));
+        assert!(!text.contains("| setup | op |"), "no cells, no cell table");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What a run measured, as data: the request-reply cells (our figures beside
-//! Redis's) and the bulk, join, handoff and memory rows. [`crate::report`]
-//! renders them.
+//! Redis's, from storebench's own RESP client and from redis-benchmark) and
+//! the bulk, join, handoff and memory rows. [`crate::report`] renders them.
 
 use std::time::Duration;
 
@@ -16,6 +16,9 @@ pub enum Setup {
     RingAware,
     /// Three nodes; every request goes to one of them, which forwards.
     Forwarding,
+    /// A Redis Cluster of three masters (no replicas); the client computes
+    /// each key's slot and asks its master directly.
+    RedisCluster,
 }
 
 impl Setup {
@@ -24,6 +27,7 @@ impl Setup {
             Setup::OneNode => "1 node",
             Setup::RingAware => "3 nodes, ring-aware client",
             Setup::Forwarding => "3 nodes, all via 1 (forwarding)",
+            Setup::RedisCluster => "Redis Cluster, 3 masters, cluster-aware client",
         }
     }
 }
@@ -75,9 +79,39 @@ pub struct Cell {
     pub setup: Setup,
     pub op: Op,
     pub conns: usize,
+    /// Requests each connection keeps in flight: 1 is request-reply, more
+    /// is pipelined.
+    pub depth: usize,
     pub value: usize,
+    /// Copies of each key the nodes kept (1 for Redis).
+    pub replicas: usize,
+    /// The setup's own figures (for [`Setup::RedisCluster`], Redis Cluster's).
     pub ours: Figures,
+    /// One `redis-server` driven by storebench's own RESP client, the same
+    /// load loop as `ours` (1-node rows only).
     pub redis: Option<Figures>,
+    /// The same `redis-server` driven by redis-benchmark (1-node rows only).
+    pub redis_benchmark: Option<Figures>,
+}
+
+impl Cell {
+    /// The setup, and the copies per key when they are not `usual`.
+    pub fn label(&self, usual: usize) -> String {
+        match self.setup {
+            Setup::RingAware | Setup::Forwarding if self.replicas != usual => {
+                format!("{}, {} copies", self.setup.label(), self.replicas)
+            }
+            _ => self.setup.label().to_string(),
+        }
+    }
+
+    /// Whether `other` is the same load: op, connections, depth, value size.
+    pub fn same_load(&self, other: &Cell) -> bool {
+        self.op == other.op
+            && self.conns == other.conns
+            && self.depth == other.depth
+            && self.value == other.value
+    }
 }
 
 /// The bulk, join, handoff and memory rows.
@@ -88,6 +122,8 @@ pub struct Bulk {
     pub join: Option<Moved>,
     pub handoff: Option<Moved>,
     pub memory: Option<Memory>,
+    /// One per key count of the idle part, in the order run.
+    pub idle: Vec<Idle>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -116,6 +152,63 @@ pub struct Memory {
     pub rss_empty: u64,
     pub rss: u64,
     pub redis_rss: Option<u64>,
+}
+
+/// A 3-node ring loaded, settled and left alone (see [`crate::idle`]).
+#[derive(Clone, Debug)]
+pub struct Idle {
+    pub keys: usize,
+    pub value: usize,
+    /// Copies of each key (every node's `--replicas`).
+    pub replicas: usize,
+    /// Stores in flight on the one connection that loaded the keys.
+    pub depth: usize,
+    /// Seconds the load took, every store acknowledged.
+    pub load_secs: f64,
+    /// Stores the nodes refused with "retry" during the load, sent again.
+    pub load_retried: usize,
+    /// Share of the machine other processes took during the load.
+    pub load_elsewhere: f64,
+    pub settle: Settle,
+    /// The measured window.
+    pub window: Duration,
+    pub nodes: Vec<IdleNode>,
+    /// Share of the machine other processes took during the window.
+    pub elsewhere: f64,
+}
+
+impl Idle {
+    /// The busiest node's share of one core.
+    pub fn max_cpu(&self) -> f64 {
+        self.nodes.iter().map(|n| n.cpu).fold(0.0, f64::max)
+    }
+}
+
+/// How the wait for a ring to settle ended.
+#[derive(Clone, Debug)]
+pub struct Settle {
+    /// Seconds from the end of the load until its work was done (nothing
+    /// queued or pending, every copy held), if it was.
+    pub drained: Option<f64>,
+    /// Seconds from the end of the load.
+    pub secs: f64,
+    /// Whether it settled before the deadline.
+    pub settled: bool,
+    /// What was still going on, if it did not.
+    pub why: String,
+}
+
+/// One node over the idle window.
+#[derive(Clone, Copy, Debug)]
+pub struct IdleNode {
+    /// User + system CPU over the window, as a share of one core.
+    pub cpu: f64,
+    /// `VmRSS` at the end of the window.
+    pub rss: u64,
+    /// Keys anti-entropy repaired on it during the window.
+    pub repaired: u64,
+    /// Anti-entropy comparisons (`diff_buckets`) it answered in the window.
+    pub compared: u64,
 }
 
 /// Everything one run measured. [`Report::to_markdown`] renders it.

@@ -1,8 +1,9 @@
-//! One run: starts its own `location` nodes and a `redis-server` beside
-//! them, runs each part asked for in order (the request-reply cells of
-//! [`crate::cells`], the bulk rows of [`crate::bulk`]) and collects every
-//! figure into a [`Report`]. [`Bench`] holds what the parts share and starts
-//! their processes; every one is killed when the run ends.
+//! One run: starts its own `location` nodes, and a `redis-server` and a
+//! 3-master Redis Cluster beside them, runs each part asked for in order (the
+//! request-reply cells of [`crate::cells`], the bulk rows of [`crate::bulk`])
+//! and collects every figure into a [`Report`]. [`Bench`] holds what the
+//! parts share and starts their processes; every one is killed when its part
+//! ends, also on an error (their handles kill them on drop).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -11,10 +12,11 @@ use std::time::Duration;
 use thrifty_p2p::{NodeAddr, Result};
 use tokio::runtime::Runtime;
 
+use crate::cluster::RedisCluster;
 use crate::facts::facts;
 use crate::failed;
 use crate::nodes::{NodeProc, Placement, wait_for_ring};
-use crate::redis::{RedisProc, redis_missing};
+use crate::redis::{RedisProc, redis_missing, redis_version};
 use crate::results::{Bulk, Report};
 use crate::settings::{BenchConfig, Part};
 
@@ -68,19 +70,34 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Repor
         notes: Vec::new(),
     };
     let runs = |part| config.parts.contains(&part);
-    if runs(Part::OneNode) {
-        bench.one_node_cells(&mut report, progress)?;
-        match (config.redis, redis_missing()) {
-            (false, _) => {}
-            (true, None) => bench.redis_cells(&mut report, progress)?,
-            (true, Some(why)) => report.notes.push(format!(
+    let with_redis = match (config.redis, redis_missing()) {
+        (false, _) => false,
+        (true, None) => true,
+        (true, Some(why)) => {
+            report.notes.push(format!(
                 "Redis was not run: {why}. `scripts/bench.sh` installs it \
                  (apt-get install redis-server redis-tools)."
-            )),
+            ));
+            false
+        }
+    };
+    if with_redis {
+        report.facts.redis = redis_version();
+    }
+    if runs(Part::OneNode) {
+        bench.one_node_cells(&mut report, progress)?;
+        if with_redis {
+            bench.redis_cells(&mut report, progress)?;
         }
     }
     if runs(Part::Ring) {
-        bench.ring_cells(&mut report, progress)?;
+        bench.ring_cells(&mut report, progress, config.replicas)?;
+        if with_redis {
+            bench.redis_cluster_cells(&mut report, progress)?;
+        }
+        if let Some(replicas) = config.replicated_ring() {
+            bench.ring_cells(&mut report, progress, replicas)?;
+        }
     }
     if runs(Part::Bulk) {
         progress("bulk transfer");
@@ -93,15 +110,21 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Repor
     }
     if runs(Part::Memory) {
         progress("memory");
-        report.bulk.memory = Some(bench.memory(config.redis && redis_missing().is_none())?);
+        report.bulk.memory = Some(bench.memory(with_redis)?);
+    }
+    if runs(Part::Idle) {
+        for &keys in &config.idle_keys {
+            let idle = bench.idle(keys, progress)?;
+            report.bulk.idle.push(idle);
+        }
     }
     report.notes.push(if bench.placement.is_some() {
-        "client and servers share one machine, on separate cores; redis-benchmark and \
-         Redis are placed the same way, which is why both run side by side."
+        "client and servers share one machine, on separate cores; Redis, Redis Cluster \
+         and redis-benchmark are placed the same way, which is why they run side by side."
             .into()
     } else {
-        "the client competes with the servers for the same cores, as redis-benchmark \
-         competes with Redis; that is why both run side by side on one machine."
+        "the client competes with the servers for the same cores, for Redis as for us; \
+         that is why both run side by side on one machine."
             .into()
     });
     Ok(report)
@@ -125,12 +148,24 @@ impl Bench<'_> {
 
     /// Starts a node on the servers' cores.
     pub fn start_node(&self, seed: Option<&NodeAddr>) -> Result<NodeProc> {
+        self.start_node_keeping(seed, self.config.replicas, false)
+    }
+
+    /// Starts a node keeping `replicas` copies of each key, on the servers'
+    /// cores; with `http`, serving `/metrics` too.
+    fn start_node_keeping(
+        &self,
+        seed: Option<&NodeAddr>,
+        replicas: usize,
+        http: bool,
+    ) -> Result<NodeProc> {
         let cpus = self.placement.as_ref().map(|p| p.servers.as_str());
         NodeProc::start(
             &self.config.location,
             seed,
-            self.config.replicas,
+            replicas,
             cpus,
+            http,
             &self.log_path("node"),
         )
     }
@@ -144,6 +179,7 @@ impl Bench<'_> {
             seed,
             self.config.replicas,
             cpu.as_deref(),
+            false,
             &self.log_path("node"),
         )
     }
@@ -153,12 +189,26 @@ impl Bench<'_> {
         RedisProc::start(cpus, &self.log_path("redis"))
     }
 
-    /// Starts three nodes on the servers' cores and waits until they agree.
-    pub fn start_ring(&self) -> Result<Vec<NodeProc>> {
-        let first = self.start_node(None)?;
+    /// Starts a Redis Cluster of three masters on the servers' cores, its
+    /// logs and config files in a directory of the log directory.
+    pub fn start_redis_cluster(&self) -> Result<RedisCluster> {
+        let cpus = self.placement.as_ref().map(|p| p.servers.as_str());
+        let dir = self.log_path("redis-cluster").with_extension("");
+        RedisCluster::start(3, cpus, &dir)
+    }
+
+    /// Starts three nodes keeping `replicas` copies of each key on the
+    /// servers' cores, and waits until they agree.
+    pub fn start_ring(&self, replicas: usize) -> Result<Vec<NodeProc>> {
+        self.start_ring_with(replicas, false)
+    }
+
+    /// [`Bench::start_ring`], the nodes serving `/metrics` too with `http`.
+    pub fn start_ring_with(&self, replicas: usize, http: bool) -> Result<Vec<NodeProc>> {
+        let first = self.start_node_keeping(None, replicas, http)?;
         let mut nodes = vec![
-            self.start_node(Some(&first.addr))?,
-            self.start_node(Some(&first.addr))?,
+            self.start_node_keeping(Some(&first.addr), replicas, http)?,
+            self.start_node_keeping(Some(&first.addr), replicas, http)?,
         ];
         nodes.insert(0, first);
         wait_for_ring(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(30))?;

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// What to measure and for how long. `Default` is the full run (about four
-/// minutes on two cores); [`BenchConfig::quick`] is a smoke test of about 30 s.
+/// What to measure and for how long. `Default` is the full run (about
+/// fifteen minutes on two cores); [`BenchConfig::quick`] is a smoke test of one to
+/// two minutes.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
     /// The `location` binary nodes are started from. Default: the one next to
@@ -22,6 +23,11 @@ pub struct BenchConfig {
     pub connections: Vec<usize>,
     /// Value sizes each cell runs at, in bytes. Default 100 and 65,536.
     pub value_sizes: Vec<usize>,
+    /// Requests kept in flight on one pipelined connection: besides the
+    /// request-reply cells at each of `connections`, every setup runs a
+    /// cell of 1 connection with this many in flight. Default 32; 0 or 1
+    /// for none.
+    pub pipeline: usize,
     /// Keys in the keyspace of values up to 1 KiB, all preloaded so every get
     /// hits. Default 100,000 (redis-benchmark `-r 100000`).
     pub keys: usize,
@@ -43,18 +49,41 @@ pub struct BenchConfig {
     pub memory_keys: usize,
     /// Value size of those keys. Default 100 bytes.
     pub memory_value: usize,
+    /// Key counts the idle part loads into a fresh 3-node ring, one ring
+    /// each, in this order. Default 100,000 and 1,000,000 (10,000,000 takes
+    /// about 5 GiB across the three nodes: only when asked).
+    pub idle_keys: Vec<usize>,
+    /// Value size of those keys. Default 100 bytes.
+    pub idle_value: usize,
+    /// Copies of each key in the idle part's ring. Default 3 (every node
+    /// holds every key, so its idle work is the most it can be).
+    pub idle_replicas: usize,
+    /// Requests in flight on the one connection the idle part loads through.
+    /// Default 64 (issue 10's load: one connection, 64 in flight, N=3).
+    pub idle_depth: usize,
+    /// Window over which each node's idle CPU is measured. Default 20 s.
+    pub idle_window: Duration,
+    /// Longest wait for the ring to settle after loading 1,000,000 keys
+    /// (scaled with the keys, never less), before the window is measured
+    /// anyway and the row says it did not settle. Default 120 s.
+    pub idle_settle: Duration,
     /// Copies of each key the nodes keep (`location --replicas`). Default 1:
     /// Redis beside us keeps one copy, and the issue's targets for the ring
     /// (scale-out, forwarding, join, handoff) are about moving single copies;
     /// with more, every put also goes to the other replicas.
     pub replicas: usize,
-    /// Run Redis beside us (needs `redis-server` and `redis-benchmark` on the
-    /// path). Default true.
+    /// Copies of each key in a second set of ring cells, reported beside
+    /// Redis Cluster but not held to the targets (Redis Cluster keeps one
+    /// copy). Default 3; 0, 1 or `replicas` for none.
+    pub ring_replicas: usize,
+    /// Run Redis beside us (needs `redis-server`, `redis-cli` and
+    /// `redis-benchmark` on the path): one server beside one node, a Redis
+    /// Cluster of three masters beside the 3-node ring. Default true.
     pub redis: bool,
     /// The parts to run, for profiling one of them. Default all.
     pub parts: Vec<Part>,
     /// Pin servers and client to separate cores (with `taskset`): the servers
-    /// (nodes, redis-server) to the first half, the client (this program,
+    /// (nodes, every redis-server) to the first half, the client (this program,
     /// redis-benchmark) to the rest; for the join and handoff, each node to
     /// a core of its own. Default true.
     ///
@@ -83,6 +112,7 @@ impl Default for BenchConfig {
             repeat: 3,
             connections: vec![1, 50],
             value_sizes: vec![100, 64 << 10],
+            pipeline: 32,
             keys: 100_000,
             large_keys: 4_096,
             client_threads: 1,
@@ -92,7 +122,14 @@ impl Default for BenchConfig {
             join_value: 64 << 10,
             memory_keys: 1_000_000,
             memory_value: 100,
+            idle_keys: vec![100_000, 1_000_000],
+            idle_value: 100,
+            idle_replicas: 3,
+            idle_depth: 64,
+            idle_window: Duration::from_secs(20),
+            idle_settle: Duration::from_secs(120),
             replicas: 1,
+            ring_replicas: 3,
             redis: true,
             parts: Part::ALL.to_vec(),
             pin: true,
@@ -102,9 +139,10 @@ impl Default for BenchConfig {
 }
 
 impl BenchConfig {
-    /// A smoke test of the whole program in about 30 s: short windows, one
+    /// A smoke test of the whole program in one to two minutes: short windows, one
     /// run each, small keyspaces, 128 MiB bulk, a 64 MiB join, 100,000 keys
-    /// for memory. Figures from it are rough.
+    /// for memory, idle CPU at 10,000 and 100,000 keys over 5 s. Figures
+    /// from it are rough.
     pub fn quick() -> Self {
         BenchConfig {
             warmup: Duration::from_millis(100),
@@ -115,8 +153,21 @@ impl BenchConfig {
             bulk_bytes: 128 << 20,
             join_bytes: 64 << 20,
             memory_keys: 100_000,
+            idle_keys: vec![10_000, 100_000],
+            idle_window: Duration::from_secs(5),
             ..BenchConfig::default()
         }
+    }
+
+    /// The copies per key of the second set of ring cells, if there is one.
+    pub fn replicated_ring(&self) -> Option<usize> {
+        (self.ring_replicas > 1 && self.ring_replicas != self.replicas)
+            .then_some(self.ring_replicas)
+    }
+
+    /// How long the idle part waits for a ring holding `keys` keys to settle.
+    pub fn idle_settle_for(&self, keys: usize) -> Duration {
+        self.idle_settle.mul_f64((keys as f64 / 1e6).max(1.0))
     }
 
     /// The keyspace used with values of `value` bytes.
@@ -134,7 +185,8 @@ impl BenchConfig {
 pub enum Part {
     /// Request-reply cells on one node (and Redis beside them).
     OneNode,
-    /// Request-reply cells on a 3-node ring, ring-aware and forwarding.
+    /// Request-reply cells on a 3-node ring, ring-aware and forwarding (and
+    /// a 3-master Redis Cluster beside it).
     Ring,
     /// 1 GiB in and out of one node.
     Bulk,
@@ -142,16 +194,20 @@ pub enum Part {
     Join,
     /// A node's memory holding many small keys.
     Memory,
+    /// A settled 3-node ring's CPU and memory while nothing is asked of it,
+    /// at each of `idle_keys`, and the load before.
+    Idle,
 }
 
 impl Part {
     /// Every part, in the order they run.
-    pub const ALL: [Part; 5] = [
+    pub const ALL: [Part; 6] = [
         Part::OneNode,
         Part::Ring,
         Part::Bulk,
         Part::Join,
         Part::Memory,
+        Part::Idle,
     ];
 
     /// The part's name on the command line.
@@ -162,6 +218,7 @@ impl Part {
             Part::Bulk => "bulk",
             Part::Join => "join",
             Part::Memory => "memory",
+            Part::Idle => "idle",
         }
     }
 }

@@ -1,5 +1,7 @@
-//! Where requests go: the nodes a client connects to, and which one gets each
-//! key (everything to one node, or each key straight to its owner).
+//! Where requests go: the servers a client connects to, and which one gets
+//! each key (everything to one server, or each key straight to its owner: a
+//! ring member for our nodes, a slot's master for Redis Cluster, see
+//! [`crate::cluster`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,9 +9,10 @@ use std::sync::Arc;
 use thrifty_p2p::ClientOptions;
 use thrifty_p2p::{NodeAddr, Result};
 
-use crate::wire::{Conn, key};
+use crate::engine::Connection;
+use crate::wire::key;
 
-/// The nodes a client connects to, and which one gets each key.
+/// The servers a client connects to, and which one gets each key.
 #[derive(Clone)]
 pub struct Target {
     nodes: Vec<SocketAddr>,
@@ -22,6 +25,14 @@ impl Target {
         Target {
             nodes: vec![node],
             owners: None,
+        }
+    }
+
+    /// Key `i` to `nodes[owners[i]]`.
+    pub fn routed(nodes: Vec<SocketAddr>, owners: Vec<u8>) -> Target {
+        Target {
+            nodes,
+            owners: Some(owners.into()),
         }
     }
 
@@ -42,10 +53,7 @@ impl Target {
                 members.binary_search(owner).unwrap_or(0) as u8
             })
             .collect();
-        Ok(Target {
-            nodes,
-            owners: Some(owners),
-        })
+        Ok(Target::routed(nodes, owners))
     }
 
     pub fn conn_for(&self, key: usize) -> usize {
@@ -54,11 +62,11 @@ impl Target {
             .map_or(0, |owners| usize::from(owners[key]))
     }
 
-    /// One connection to each node.
-    pub async fn connect(&self) -> Result<Vec<Conn>> {
+    /// One connection to each server.
+    pub async fn connect<C: Connection>(&self) -> Result<Vec<C>> {
         let mut connections = Vec::with_capacity(self.nodes.len());
         for &node in &self.nodes {
-            connections.push(Conn::open(node).await?);
+            connections.push(C::open(node).await?);
         }
         Ok(connections)
     }

@@ -14,10 +14,13 @@ use std::io;
 use std::net::SocketAddr;
 
 use thrifty_p2p::wire::PEEK;
-use thrifty_p2p::{Error, Result};
+use thrifty_p2p::wire::convert::remote_error;
+use thrifty_p2p::wire::idl::diststore::{ErrorKind as WireKind, StoreError};
+use thrifty_p2p::{Error, NodeAddr, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::engine::{self, Expect};
 use crate::results::Op;
 
 /// Key length: `key:` and 12 digits, as redis-benchmark names its `-r` keys.
@@ -56,10 +59,11 @@ pub fn value_bytes(len: usize) -> Vec<u8> {
     (0..len).map(|i| b'a' + (i % 26) as u8).collect()
 }
 
-/// A whole call message whose key can be swapped in place.
+/// A whole call message whose key and sequence number can be swapped in place.
 pub struct Request {
     pub bytes: Vec<u8>,
     key_at: usize,
+    seq_at: usize,
 }
 
 impl Request {
@@ -69,6 +73,7 @@ impl Request {
         bytes.extend_from_slice(&(STRICT_VERSION | CALL).to_be_bytes());
         bytes.extend_from_slice(&(method.len() as i32).to_be_bytes());
         bytes.extend_from_slice(method.as_bytes());
+        let seq_at = bytes.len();
         bytes.extend_from_slice(&0i32.to_be_bytes());
         bytes.push(T_STRING);
         bytes.extend_from_slice(&1i16.to_be_bytes());
@@ -77,7 +82,11 @@ impl Request {
         bytes.extend_from_slice(&key(0));
         rest(&mut bytes);
         bytes.push(T_STOP);
-        Request { bytes, key_at }
+        Request {
+            bytes,
+            key_at,
+            seq_at,
+        }
     }
 
     pub fn fetch() -> Request {
@@ -107,6 +116,17 @@ impl Request {
     }
 }
 
+impl engine::Request for Request {
+    fn set(&mut self, index: usize, seq: i32) {
+        self.set_key(index);
+        self.bytes[self.seq_at..self.seq_at + 4].copy_from_slice(&seq.to_be_bytes());
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
 /// What a node answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
@@ -116,8 +136,9 @@ pub enum Answer {
     Absent,
     /// `store`: stored.
     Stored,
-    /// A `StoreError` or an application exception, with its message.
-    Failed(String),
+    /// A `StoreError` (with its kind, when the node sent one) or an
+    /// application exception (no kind), with its message.
+    Failed { message: String, kind: Option<i32> },
 }
 
 /// Reads bytes of a reply in order; `None` when the buffer ends first.
@@ -161,10 +182,13 @@ macro_rules! more {
     };
 }
 
+/// A whole reply: its length in bytes, its sequence number and its answer.
+type Parsed = (usize, i32, Answer);
+
 /// Reads the reply at the start of `buf`: `Ok(None)` while incomplete, else
-/// its length and answer. Only the shapes `fetch`, `store` and `relay_fetch`
-/// answer with are understood; anything else is an error.
-fn parse_reply(buf: &[u8]) -> std::result::Result<Option<(usize, Answer)>, String> {
+/// its length, sequence number and answer. Only the shapes `fetch`, `store`
+/// and `relay_fetch` answer with are understood; anything else is an error.
+fn parse_reply(buf: &[u8]) -> std::result::Result<Option<Parsed>, String> {
     let mut c = Cursor { buf, pos: 0 };
     let head = more!(c.i32()) as u32;
     if head & 0xffff_0000 != STRICT_VERSION {
@@ -174,18 +198,26 @@ fn parse_reply(buf: &[u8]) -> std::result::Result<Option<(usize, Answer)>, Strin
     }
     let name = more!(c.len())?;
     more!(c.take(name));
-    more!(c.i32());
+    let seq = more!(c.i32());
     match head & 0xff {
         REPLY => {}
         EXCEPTION => {
-            let message = more!(struct_message(&mut c))?;
-            return Ok(Some((c.pos, Answer::Failed(message))));
+            // A TApplicationException: its field 2 is its type, not a kind.
+            let (message, _) = more!(struct_message(&mut c))?;
+            return Ok(Some((
+                c.pos,
+                seq,
+                Answer::Failed {
+                    message,
+                    kind: None,
+                },
+            )));
         }
         other => return Err(format!("unexpected message type {other} in a reply")),
     }
     let field = more!(c.u8());
     if field == T_STOP {
-        return Ok(Some((c.pos, Answer::Stored)));
+        return Ok(Some((c.pos, seq, Answer::Stored)));
     }
     let id = more!(c.i16());
     let answer = match (field, id) {
@@ -215,22 +247,27 @@ fn parse_reply(buf: &[u8]) -> std::result::Result<Option<(usize, Answer)>, Strin
                 }
             }
         }
-        (T_STRUCT, 1) => Answer::Failed(more!(struct_message(&mut c))?),
+        (T_STRUCT, 1) => {
+            let (message, kind) = more!(struct_message(&mut c))?;
+            Answer::Failed { message, kind }
+        }
         _ => return Err(format!("unexpected result field {id} of type {field}")),
     };
     if more!(c.u8()) != T_STOP {
         return Err("unexpected field after the result".into());
     }
-    Ok(Some((c.pos, answer)))
+    Ok(Some((c.pos, seq, answer)))
 }
 
-/// Reads a flat struct (an exception) and returns its field 1 string.
-fn struct_message(c: &mut Cursor) -> Option<std::result::Result<String, String>> {
+/// Reads a flat struct (an exception) and returns its field 1 string and
+/// field 2 i32 (a `StoreError`'s kind).
+fn struct_message(c: &mut Cursor) -> Option<std::result::Result<(String, Option<i32>), String>> {
     let mut message = String::new();
+    let mut kind = None;
     loop {
         let field = c.u8()?;
         if field == T_STOP {
-            return Some(Ok(message));
+            return Some(Ok((message, kind)));
         }
         let id = c.i16()?;
         match field {
@@ -246,7 +283,12 @@ fn struct_message(c: &mut Cursor) -> Option<std::result::Result<String, String>>
             }
             T_I08 => drop(c.take(1)?),
             T_I16 => drop(c.take(2)?),
-            T_I32 => drop(c.take(4)?),
+            T_I32 => {
+                let n = c.i32()?;
+                if id == 2 {
+                    kind = Some(n);
+                }
+            }
             T_I64 => drop(c.take(8)?),
             other => {
                 return Some(Err(format!(
@@ -260,7 +302,9 @@ fn struct_message(c: &mut Cursor) -> Option<std::result::Result<String, String>>
 /// One client connection to a node, with its reply buffer.
 pub struct Conn {
     stream: TcpStream,
+    /// Replies read and not yet taken start at `at`.
     buf: Vec<u8>,
+    at: usize,
     peer: SocketAddr,
 }
 
@@ -277,6 +321,7 @@ impl Conn {
         Ok(Conn {
             stream,
             buf: Vec::with_capacity(128 << 10),
+            at: 0,
             peer,
         })
     }
@@ -288,25 +333,53 @@ impl Conn {
         }
     }
 
-    /// Sends one whole call and reads its whole reply.
+    /// The oldest reply not yet taken, if it is whole: its sequence number
+    /// and answer (a value's offset is into the reply).
+    fn next_reply(&mut self) -> Result<Option<(i32, Answer)>> {
+        if self.at == self.buf.len() {
+            return Ok(None);
+        }
+        match parse_reply(&self.buf[self.at..]).map_err(|e| self.error(e))? {
+            Some((len, seq, answer)) => {
+                self.at += len;
+                if self.at == self.buf.len() {
+                    self.buf.clear();
+                    self.at = 0;
+                }
+                Ok(Some((seq, answer)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Reads more of the replies, first moving the unread part of the buffer
+    /// to its start (a partial reply, at most one value long).
+    async fn fill_buf(&mut self) -> Result<()> {
+        if self.at > 0 {
+            self.buf.drain(..self.at);
+            self.at = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < 32 << 10 {
+            self.buf.reserve(self.buf.len().max(64 << 10));
+        }
+        if self.stream.read_buf(&mut self.buf).await? == 0 {
+            return Err(self.error("the node closed the connection"));
+        }
+        Ok(())
+    }
+
+    /// Sends one whole call and reads its whole reply (no other call may be
+    /// in flight on this connection).
     pub async fn call(&mut self, request: &[u8]) -> Result<Answer> {
         self.stream.write_all(request).await?;
-        self.buf.clear();
         loop {
-            if !self.buf.is_empty()
-                && let Some((len, answer)) = parse_reply(&self.buf).map_err(|e| self.error(e))?
-            {
-                if len != self.buf.len() {
+            if let Some((_, answer)) = self.next_reply()? {
+                if !self.buf.is_empty() {
                     return Err(self.error("bytes after the reply (the call was answered twice?)"));
                 }
                 return Ok(answer);
             }
-            if self.buf.capacity() - self.buf.len() < 32 << 10 {
-                self.buf.reserve(self.buf.len().max(64 << 10));
-            }
-            if self.stream.read_buf(&mut self.buf).await? == 0 {
-                return Err(self.error("the node closed the connection"));
-            }
+            self.fill_buf().await?;
         }
     }
 
@@ -315,7 +388,25 @@ impl Conn {
         match (op, answer) {
             (Op::Get, Answer::Value { len, .. }) if len == value => Ok(()),
             (Op::Put, Answer::Stored) => Ok(()),
-            (_, Answer::Failed(message)) => Err(Error::Refused {
+            // With its kind, as the library's client would see it (so a
+            // caller can tell what to retry).
+            (
+                _,
+                Answer::Failed {
+                    message,
+                    kind: Some(kind),
+                },
+            ) => Err(remote_error(
+                &NodeAddr::new(self.peer.ip().to_string(), self.peer.port()),
+                StoreError::new(message, WireKind::from(kind)),
+            )),
+            (
+                _,
+                Answer::Failed {
+                    message,
+                    kind: None,
+                },
+            ) => Err(Error::Refused {
                 peer: self.peer.to_string(),
                 message,
             }),
@@ -325,6 +416,46 @@ impl Conn {
                 String::from_utf8_lossy(&key(index))
             ))),
         }
+    }
+}
+
+impl engine::Connection for Conn {
+    type Request = Request;
+
+    fn request(op: Op, value: &[u8]) -> Request {
+        match op {
+            Op::Get => Request::fetch(),
+            Op::Put => Request::store(value),
+        }
+    }
+
+    async fn open(peer: SocketAddr) -> Result<Conn> {
+        Conn::open(peer).await
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        Ok(self.stream.write_all(bytes).await?)
+    }
+
+    /// Replies come back in the order of the calls (the node promises it),
+    /// each carrying its call's sequence number: a reply with another one is
+    /// an error.
+    fn take_reply(&mut self, expect: &Expect) -> Result<bool> {
+        let Some((seq, answer)) = self.next_reply()? else {
+            return Ok(false);
+        };
+        if seq != expect.seq {
+            return Err(self.error(format!(
+                "reply with sequence number {seq} where call {} was next (out of order)",
+                expect.seq
+            )));
+        }
+        self.expect(answer, expect.op, expect.value, expect.index)?;
+        Ok(true)
+    }
+
+    async fn read_more(&mut self) -> Result<()> {
+        self.fill_buf().await
     }
 }
 
@@ -356,11 +487,22 @@ mod tests {
         assert_eq!(frame.len, request.bytes.len());
     }
 
+    #[test]
+    fn a_prebuilt_call_carries_the_key_and_sequence_number_set_in_place() {
+        use crate::engine::Request as _;
+        use thrifty_p2p::wire::frame::{Limits, scan};
+        let mut request = Request::fetch();
+        request.set(99, 123_456);
+        let frame = scan(&request.bytes, &Limits::default()).unwrap().unwrap();
+        assert_eq!((frame.name.as_ref(), frame.seq), ("fetch", 123_456));
+        assert!(request.bytes.windows(KEY_LEN).any(|w| w == key(99)));
+    }
+
     fn reply(result: &[u8]) -> Vec<u8> {
         let mut bytes = (STRICT_VERSION | REPLY).to_be_bytes().to_vec();
         bytes.extend_from_slice(&5i32.to_be_bytes());
         bytes.extend_from_slice(b"fetch");
-        bytes.extend_from_slice(&0i32.to_be_bytes());
+        bytes.extend_from_slice(&7i32.to_be_bytes());
         bytes.extend_from_slice(result);
         bytes
     }
@@ -374,8 +516,8 @@ mod tests {
         for cut in 0..whole.len() {
             assert_eq!(parse_reply(&whole[..cut]), Ok(None), "cut at {cut}");
         }
-        let (len, answer) = parse_reply(&whole).unwrap().unwrap();
-        assert_eq!(len, whole.len());
+        let (len, seq, answer) = parse_reply(&whole).unwrap().unwrap();
+        assert_eq!((len, seq), (whole.len(), 7));
         let Answer::Value { at, len } = answer else {
             panic!("not a value: {answer:?}");
         };
@@ -384,11 +526,11 @@ mod tests {
             parse_reply(&reply(&[T_STRUCT, 0, 0, T_STOP, T_STOP]))
                 .unwrap()
                 .unwrap()
-                .1,
+                .2,
             Answer::Absent
         );
         assert_eq!(
-            parse_reply(&reply(&[T_STOP])).unwrap().unwrap().1,
+            parse_reply(&reply(&[T_STOP])).unwrap().unwrap().2,
             Answer::Stored
         );
     }
@@ -401,7 +543,41 @@ mod tests {
         let whole = reply(&err);
         assert_eq!(
             parse_reply(&whole).unwrap().unwrap(),
-            (whole.len(), Answer::Failed("full".into()))
+            (
+                whole.len(),
+                7,
+                Answer::Failed {
+                    message: "full".into(),
+                    kind: None
+                }
+            )
         );
+    }
+
+    #[test]
+    fn a_store_error_s_kind_reaches_the_caller() {
+        let mut err = vec![T_STRUCT, 0, 1, T_STRING, 0, 1, 0, 0, 0, 6];
+        err.extend_from_slice(b"paused");
+        err.extend_from_slice(&[T_I32, 0, 2, 0, 0, 0, 9, T_STOP, T_STOP]);
+        let (_, _, answer) = parse_reply(&reply(&err)).unwrap().unwrap();
+        assert_eq!(
+            answer,
+            Answer::Failed {
+                message: "paused".into(),
+                kind: Some(9)
+            }
+        );
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let conn = rt
+            .block_on(Conn::open(listener.local_addr().unwrap()))
+            .unwrap();
+        let refused = conn.expect(answer, Op::Put, 100, 1).unwrap_err();
+        assert_eq!(refused.kind(), thrifty_p2p::ErrorKind::Paused);
     }
 }
