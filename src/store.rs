@@ -74,7 +74,20 @@ pub const LIST_GROUPS: usize = 64;
 
 /// The listing group of `key`: the top six bits of its ring position.
 pub fn list_group(key: &[u8]) -> u8 {
-    (key_position(key) >> (64 - LIST_GROUPS.trailing_zeros())) as u8
+    group_at(key_position(key)) as u8
+}
+
+/// Bits of a ring position below its listing group.
+const GROUP_SHIFT: u32 = 64 - LIST_GROUPS.trailing_zeros();
+
+/// The listing group of a ring position (see [`list_group`]).
+pub(crate) fn group_at(position: u64) -> usize {
+    (position >> GROUP_SHIFT) as usize
+}
+
+/// The first ring position of listing group `group`.
+fn group_start(group: usize) -> u64 {
+    (group as u64) << GROUP_SHIFT
 }
 
 /// Where `key` sits in the listing order: its group, then its bytes.
@@ -192,8 +205,15 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Applies (value, version) unless the key holds a version >= `version`
     /// (a value or a tombstone). Returns what the key held if applied, `None`
-    /// if not.
-    fn merge(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<Option<Held>>;
+    /// if not. `position` is the key's [`key_position`], which the store has
+    /// computed already (the writes below take it too).
+    fn merge(
+        &self,
+        key: &[u8],
+        position: u64,
+        value: Option<&[u8]>,
+        version: Version,
+    ) -> Result<Option<Held>>;
 
     /// Atomically: reads the current version (None if absent), asks `next` for
     /// the new version, writes. Returns it and what the key held. `next` is
@@ -202,6 +222,7 @@ pub trait Engine: Send + Sync + 'static {
     fn overwrite(
         &self,
         key: &[u8],
+        position: u64,
         value: Option<&[u8]>,
         next: &mut dyn FnMut(Option<Version>) -> Version,
     ) -> Result<(Version, Held)>;
@@ -211,7 +232,7 @@ pub trait Engine: Send + Sync + 'static {
     /// if nothing was removed. This forgets the key entirely, so use it only
     /// once no older copy can come back (after a handoff was acknowledged, or
     /// when a tombstone has been seen by every replica).
-    fn remove_if(&self, key: &[u8], version: Version) -> Result<Option<bool>>;
+    fn remove_if(&self, key: &[u8], position: u64, version: Version) -> Result<Option<bool>>;
 
     /// Number of entries holding a value (tombstones not counted).
     fn len(&self) -> usize;
@@ -341,8 +362,9 @@ impl Store {
     /// Stores `value` (`None`: a tombstone) unless the key already holds a
     /// version at least as new. Returns whether applied. See [`Engine::merge`].
     pub fn merge(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<bool> {
-        let gate = self.ranges.gate(key_position(key));
-        let Some(held) = self.engine.merge(key, value, version)? else {
+        let position = key_position(key);
+        let gate = self.ranges.gate(position);
+        let Some(held) = self.engine.merge(key, position, value, version)? else {
             return Ok(false);
         };
         gate.record(held, Some((version, value.is_none())));
@@ -361,8 +383,9 @@ impl Store {
     ) -> Result<Version> {
         // The trait takes `FnMut` to stay object safe; engines call it once.
         let mut next = Some(next);
-        let gate = self.ranges.gate(key_position(key));
-        let (version, held) = self.engine.overwrite(key, value, &mut |old| {
+        let position = key_position(key);
+        let gate = self.ranges.gate(position);
+        let (version, held) = self.engine.overwrite(key, position, value, &mut |old| {
             let next = next.take().expect("engines call `next` exactly once");
             next(old)
         })?;
@@ -374,8 +397,9 @@ impl Store {
     /// Forgets `key` only if it still holds `version`: a handoff deletes what it
     /// sent, never a newer write that arrived meanwhile. See [`Engine::remove_if`].
     pub fn remove_if(&self, key: &[u8], version: Version) -> Result<bool> {
-        let gate = self.ranges.gate(key_position(key));
-        let Some(tombstone) = self.engine.remove_if(key, version)? else {
+        let position = key_position(key);
+        let gate = self.ranges.gate(position);
+        let Some(tombstone) = self.engine.remove_if(key, position, version)? else {
             return Ok(false);
         };
         gate.record(Some((version, tombstone)), None);

@@ -226,7 +226,13 @@ impl Engine for Disk {
         Ok(size.and_then(|size| (size as usize).checked_sub(HEADER)))
     }
 
-    fn merge(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<Option<Held>> {
+    fn merge(
+        &self,
+        key: &[u8],
+        _position: u64,
+        value: Option<&[u8]>,
+        version: Version,
+    ) -> Result<Option<Held>> {
         let stored = stored_key(key)?;
         let held = {
             let _stripe = self.stripe(key).lock();
@@ -244,6 +250,7 @@ impl Engine for Disk {
     fn overwrite(
         &self,
         key: &[u8],
+        _position: u64,
         value: Option<&[u8]>,
         next: &mut dyn FnMut(Option<Version>) -> Version,
     ) -> Result<(Version, Held)> {
@@ -259,7 +266,7 @@ impl Engine for Disk {
         Ok(written)
     }
 
-    fn remove_if(&self, key: &[u8], version: Version) -> Result<Option<bool>> {
+    fn remove_if(&self, key: &[u8], _position: u64, version: Version) -> Result<Option<bool>> {
         let Ok(stored) = stored_key(key) else {
             return Ok(None);
         };

@@ -69,6 +69,7 @@ use parking_lot::RwLock;
 
 use super::{Engine, Held, Listed, Stored, Usage, cursor, split_cursor};
 use crate::error::{Error, Result};
+use crate::ring::key_position;
 use crate::version::Version;
 
 /// Enough shards that two cores rarely meet on one lock. Memory per entry
@@ -701,8 +702,13 @@ impl Memory {
 
     /// The key's hash and the shard that holds it (its listing group).
     fn locate(&self, key: &[u8]) -> (u64, &RwLock<Shard>) {
+        self.locate_at(key, key_position(key))
+    }
+
+    /// [`Memory::locate`] of a key whose ring position is known.
+    fn locate_at(&self, key: &[u8], position: u64) -> (u64, &RwLock<Shard>) {
         let hash = hash_of(&self.hasher, key);
-        (hash, &self.shards[usize::from(super::list_group(key))])
+        (hash, &self.shards[super::group_at(position)])
     }
 
     /// What the arenas and tables hold, for tests of the accounting.
@@ -758,8 +764,14 @@ impl Engine for Memory {
             .and_then(|record| record.value().map(<[u8]>::len)))
     }
 
-    fn merge(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<Option<Held>> {
-        let (hash, shard) = self.locate(key);
+    fn merge(
+        &self,
+        key: &[u8],
+        position: u64,
+        value: Option<&[u8]>,
+        version: Version,
+    ) -> Result<Option<Held>> {
+        let (hash, shard) = self.locate_at(key, position);
         let applied = shard.write().put(&self.hasher, hash, key, value, |old| {
             old.is_none_or(|old| old < version).then_some(version)
         })?;
@@ -769,18 +781,19 @@ impl Engine for Memory {
     fn overwrite(
         &self,
         key: &[u8],
+        position: u64,
         value: Option<&[u8]>,
         next: &mut dyn FnMut(Option<Version>) -> Version,
     ) -> Result<(Version, Held)> {
-        let (hash, shard) = self.locate(key);
+        let (hash, shard) = self.locate_at(key, position);
         let written = shard
             .write()
             .put(&self.hasher, hash, key, value, |old| Some(next(old)))?;
         Ok(written.expect("an overwrite always writes"))
     }
 
-    fn remove_if(&self, key: &[u8], version: Version) -> Result<Option<bool>> {
-        let (hash, shard) = self.locate(key);
+    fn remove_if(&self, key: &[u8], position: u64, version: Version) -> Result<Option<bool>> {
+        let (hash, shard) = self.locate_at(key, position);
         Ok(shard.write().remove_if(&self.hasher, hash, key, version))
     }
 
@@ -945,7 +958,12 @@ mod tests {
         };
         for i in 0..KEYS {
             memory
-                .merge(&decimal_key(i), Some(&value), Version::default())
+                .merge(
+                    &decimal_key(i),
+                    key_position(&decimal_key(i)),
+                    Some(&value),
+                    Version::default(),
+                )
                 .unwrap();
         }
         report("written");
@@ -956,7 +974,7 @@ mod tests {
             state ^= state << 17;
             let key = decimal_key((state % u64::from(KEYS)) as u32);
             memory
-                .overwrite(&key, Some(&value), &mut |old| {
+                .overwrite(&key, key_position(&key), Some(&value), &mut |old| {
                     v(old.map_or(0, |old| old.stamp) + 1)
                 })
                 .unwrap();
@@ -970,7 +988,7 @@ mod tests {
             let key = decimal_key((state % u64::from(KEYS)) as u32);
             let value = &sizes[..50 + (n % 101) as usize];
             memory
-                .overwrite(&key, Some(value), &mut |old| {
+                .overwrite(&key, key_position(&key), Some(value), &mut |old| {
                     v(old.map_or(0, |old| old.stamp) + 1)
                 })
                 .unwrap();
@@ -1002,22 +1020,28 @@ mod tests {
         };
         let overwrite = |key: &[u8; 10], len: usize| {
             memory
-                .overwrite(key, Some(&value[..len]), &mut |old| {
+                .overwrite(key, key_position(key), Some(&value[..len]), &mut |old| {
                     v(old.map_or(0, |old| old.stamp) + 1)
                 })
                 .unwrap();
         };
         time("merge, new key", &mut |key, _| {
-            memory.merge(key, Some(&value[..100]), v(1)).unwrap();
+            memory
+                .merge(key, key_position(key), Some(&value[..100]), v(1))
+                .unwrap();
         });
         time("get", &mut |key, _| {
             std::hint::black_box(memory.get(key).unwrap());
         });
         time("merge, newer version", &mut |key, _| {
-            memory.merge(key, Some(&value[..100]), v(2)).unwrap();
+            memory
+                .merge(key, key_position(key), Some(&value[..100]), v(2))
+                .unwrap();
         });
         time("merge, older version (refused)", &mut |key, _| {
-            memory.merge(key, Some(&value[..100]), v(1)).unwrap();
+            memory
+                .merge(key, key_position(key), Some(&value[..100]), v(1))
+                .unwrap();
         });
         for pass in 0..3 {
             time(&format!("overwrite, pass {pass}"), &mut |key, _| {
@@ -1076,11 +1100,18 @@ mod tests {
     #[test]
     fn a_value_of_the_same_size_is_written_in_place() {
         let memory = Memory::new();
-        memory.merge(b"k", Some(&[1; 100]), v(1)).unwrap();
+        memory
+            .merge(b"k", key_position(b"k"), Some(&[1; 100]), v(1))
+            .unwrap();
         let before = memory.footprint();
         for stamp in 2..1000 {
             memory
-                .merge(b"k", Some(&[stamp as u8; 100]), v(stamp))
+                .merge(
+                    b"k",
+                    key_position(b"k"),
+                    Some(&[stamp as u8; 100]),
+                    v(stamp),
+                )
                 .unwrap();
         }
         let after = memory.footprint();
@@ -1160,12 +1191,14 @@ mod tests {
                 let value = (mix % 7 != 3).then(|| value_for(&key, len));
                 if round % 2 == 0 {
                     memory
-                        .overwrite(&key, value.as_deref(), &mut |_| v(round + 1))
+                        .overwrite(&key, key_position(&key), value.as_deref(), &mut |_| {
+                            v(round + 1)
+                        })
                         .unwrap();
                 } else {
                     assert!(
                         memory
-                            .merge(&key, value.as_deref(), v(round + 1))
+                            .merge(&key, key_position(&key), value.as_deref(), v(round + 1))
                             .unwrap()
                             .is_some()
                     );
@@ -1209,16 +1242,23 @@ mod tests {
         for i in 0..10_000u64 {
             let key = i.to_be_bytes();
             let value = (i % 5 != 0).then(|| value_for(&key, (i % 300) as usize));
-            memory.merge(&key, value.as_deref(), v(1)).unwrap();
+            memory
+                .merge(&key, key_position(&key), value.as_deref(), v(1))
+                .unwrap();
             // Some garbage too, and a few large records.
             let len = if i % 1000 == 0 { 10_000 } else { 100 };
             memory
-                .merge(&key, Some(&value_for(&key, len)), v(2))
+                .merge(&key, key_position(&key), Some(&value_for(&key, len)), v(2))
                 .unwrap();
         }
         assert!(memory.footprint().live > 10_000 * 100);
         for i in 0..10_000u64 {
-            assert!(memory.remove_if(&i.to_be_bytes(), v(2)).unwrap().is_some());
+            assert!(
+                memory
+                    .remove_if(&i.to_be_bytes(), key_position(&i.to_be_bytes()), v(2))
+                    .unwrap()
+                    .is_some()
+            );
         }
         let footprint = memory.footprint();
         assert_eq!(
@@ -1227,7 +1267,12 @@ mod tests {
         );
         assert_eq!(memory.len(), 0);
         // And the engine still works.
-        assert!(memory.merge(b"again", Some(b"x"), v(1)).unwrap().is_some());
+        assert!(
+            memory
+                .merge(b"again", key_position(b"again"), Some(b"x"), v(1))
+                .unwrap()
+                .is_some()
+        );
         assert_eq!(memory.get(b"again").unwrap().unwrap().value.unwrap(), b"x");
     }
 
@@ -1238,11 +1283,21 @@ mod tests {
         let memory = Memory::new();
         for i in 0..KEYS {
             memory
-                .merge(&i.to_be_bytes(), Some(&[1; 100]), v(1))
+                .merge(
+                    &i.to_be_bytes(),
+                    key_position(&i.to_be_bytes()),
+                    Some(&[1; 100]),
+                    v(1),
+                )
                 .unwrap();
         }
         for i in (0..KEYS).filter(|i| i % 10 != 0) {
-            assert!(memory.remove_if(&i.to_be_bytes(), v(1)).unwrap().is_some());
+            assert!(
+                memory
+                    .remove_if(&i.to_be_bytes(), key_position(&i.to_be_bytes()), v(1))
+                    .unwrap()
+                    .is_some()
+            );
         }
         let footprint = memory.footprint();
         assert!(footprint.moved > 0, "{footprint:?}");
@@ -1263,18 +1318,33 @@ mod tests {
         // when the large ones go.
         for i in 0..10_000u64 {
             memory
-                .merge(&i.to_be_bytes(), Some(&[0; 10]), v(1))
+                .merge(
+                    &i.to_be_bytes(),
+                    key_position(&i.to_be_bytes()),
+                    Some(&[0; 10]),
+                    v(1),
+                )
                 .unwrap();
         }
         for i in 0..200u64 {
             let key = format!("large {i}");
             memory
-                .merge(key.as_bytes(), Some(&[1; 20_000]), v(1))
+                .merge(
+                    key.as_bytes(),
+                    key_position(key.as_bytes()),
+                    Some(&[1; 20_000]),
+                    v(1),
+                )
                 .unwrap();
             // Still large, half as long: written in place before a filler,
             // and its page, half dead, is the next compacted.
             memory
-                .merge(key.as_bytes(), Some(&[2; 10_000]), v(2))
+                .merge(
+                    key.as_bytes(),
+                    key_position(key.as_bytes()),
+                    Some(&[2; 10_000]),
+                    v(2),
+                )
                 .unwrap();
         }
         let footprint = memory.footprint();
@@ -1283,7 +1353,12 @@ mod tests {
             let key = format!("large {i}");
             let stored = memory.get(key.as_bytes()).unwrap().unwrap();
             assert_eq!(stored.value, Some(vec![2; 10_000]));
-            assert!(memory.remove_if(key.as_bytes(), v(2)).unwrap().is_some());
+            assert!(
+                memory
+                    .remove_if(key.as_bytes(), key_position(key.as_bytes()), v(2))
+                    .unwrap()
+                    .is_some()
+            );
         }
         let footprint = memory.footprint();
         assert!(
@@ -1302,7 +1377,9 @@ mod tests {
         const WRITES: u64 = 20_000;
         let memory = Memory::new();
         for i in 0..KEYS {
-            memory.merge(&i.to_be_bytes(), None, v(0)).unwrap();
+            memory
+                .merge(&i.to_be_bytes(), key_position(&i.to_be_bytes()), None, v(0))
+                .unwrap();
         }
         let done = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|scope| {
@@ -1316,7 +1393,7 @@ mod tests {
                             let len = if n % 500 == 0 { 12_000 } else { len };
                             let value = (n % 11 != 0).then(|| value_for(&key, len));
                             memory
-                                .overwrite(&key, value.as_deref(), &mut |old| {
+                                .overwrite(&key, key_position(&key), value.as_deref(), &mut |old| {
                                     v(old.unwrap().stamp + 1)
                                 })
                                 .unwrap();

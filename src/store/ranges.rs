@@ -29,18 +29,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
-use super::{Engine, Held, LIST_GROUPS};
+use super::{Engine, Held, LIST_GROUPS, group_at, group_start};
 use crate::antientropy::fingerprint_at;
 use crate::error::Result;
 use crate::ring::key_position;
-
-/// Bits of a position below its listing group.
-const GROUP_SHIFT: u32 = 64 - LIST_GROUPS.trailing_zeros();
-
-/// The listing group of a ring position.
-pub(super) fn group_at(position: u64) -> usize {
-    (position >> GROUP_SHIFT) as usize
-}
 
 /// One group's ranges: `starts[i]` begins range `i`, which ends where the
 /// next begins (the last at the group's end). `starts[0]` is the group's
@@ -149,8 +141,7 @@ impl Ranges {
     /// Cuts every group that lacks some of `cuts` afresh.
     fn cover(&self, engine: &dyn Engine, cuts: &[u64]) -> Result<()> {
         let wanted = |group: usize| {
-            let first = (group as u64) << GROUP_SHIFT;
-            let from = cuts.partition_point(|&c| c < first);
+            let from = cuts.partition_point(|&c| c < group_start(group));
             let to = from + cuts[from..].partition_point(|&c| group_at(c) == group);
             &cuts[from..to]
         };
@@ -184,7 +175,7 @@ impl Ranges {
         let mut mask = 0u64;
         for (&group, gate) in groups.iter().zip(&mut gates) {
             **gate = None;
-            let first = (group as u64) << GROUP_SHIFT;
+            let first = group_start(group);
             let mut starts = vec![first];
             starts.extend(wanted(group).iter().filter(|&&c| c != first));
             let digests = vec![0; starts.len()];
