@@ -7,9 +7,12 @@
 //! measured the same way.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
 
-use thrifty_p2p::Result;
+use thrifty_p2p::{Error, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::results::Op;
 
@@ -64,4 +67,65 @@ pub async fn reply<C: Connection>(conn: &mut C, expect: &Expect) -> Result<()> {
         conn.read_more().await?;
     }
     Ok(())
+}
+
+/// A client socket with its reply buffer: what both engines' connections
+/// are built on.
+pub struct Socket {
+    stream: TcpStream,
+    /// Replies read and not yet taken start at `at`.
+    buf: Vec<u8>,
+    at: usize,
+    pub peer: SocketAddr,
+}
+
+impl Socket {
+    pub async fn open(peer: SocketAddr) -> Result<Socket> {
+        let stream = TcpStream::connect(peer)
+            .await
+            .map_err(|e| Error::Unreachable {
+                peer: peer.to_string(),
+                reason: e.to_string(),
+                refused: e.kind() == io::ErrorKind::ConnectionRefused,
+            })?;
+        stream.set_nodelay(true)?;
+        Ok(Socket {
+            stream,
+            buf: Vec::with_capacity(128 << 10),
+            at: 0,
+            peer,
+        })
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        Ok(self.stream.write_all(bytes).await?)
+    }
+
+    /// What was read and not yet taken.
+    pub fn unread(&self) -> &[u8] {
+        &self.buf[self.at..]
+    }
+
+    /// Takes the first `len` bytes of [`Socket::unread`].
+    pub fn consume(&mut self, len: usize) {
+        self.at += len;
+        if self.at == self.buf.len() {
+            self.buf.clear();
+            self.at = 0;
+        }
+    }
+
+    /// Reads more, first moving the unread part of the buffer to its start
+    /// (a partial reply, at most one value long). `Ok(false)` when the
+    /// server closed the connection.
+    pub async fn read_more(&mut self) -> Result<bool> {
+        if self.at > 0 {
+            self.buf.drain(..self.at);
+            self.at = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < 32 << 10 {
+            self.buf.reserve(self.buf.len().max(64 << 10));
+        }
+        Ok(self.stream.read_buf(&mut self.buf).await? > 0)
+    }
 }

@@ -12,10 +12,8 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
 use thrifty_p2p::{Error, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::engine::{self, Expect};
+use crate::engine::{self, Expect, Socket};
 use crate::results::Op;
 use crate::wire::{KEY_LEN, key};
 
@@ -241,19 +239,15 @@ pub fn command(stream: &mut std::net::TcpStream, args: &[&[u8]]) -> Result<Value
     }
 }
 
-/// One client connection to a Redis server, with its reply buffer.
+/// One client connection to a Redis server.
 pub struct Conn {
-    stream: TcpStream,
-    /// Replies read and not yet taken start at `at`.
-    buf: Vec<u8>,
-    at: usize,
-    peer: SocketAddr,
+    socket: Socket,
 }
 
 impl Conn {
     fn error(&self, reason: impl Into<String>) -> Error {
         Error::Rpc {
-            peer: format!("Redis at {}", self.peer),
+            peer: format!("Redis at {}", self.socket.peer),
             reason: reason.into(),
         }
     }
@@ -305,28 +299,17 @@ impl engine::Connection for Conn {
     }
 
     async fn open(peer: SocketAddr) -> Result<Conn> {
-        let stream = TcpStream::connect(peer)
-            .await
-            .map_err(|e| Error::Unreachable {
-                peer: peer.to_string(),
-                reason: e.to_string(),
-                refused: e.kind() == io::ErrorKind::ConnectionRefused,
-            })?;
-        stream.set_nodelay(true)?;
         Ok(Conn {
-            stream,
-            buf: Vec::with_capacity(128 << 10),
-            at: 0,
-            peer,
+            socket: Socket::open(peer).await?,
         })
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        Ok(self.stream.write_all(bytes).await?)
+        self.socket.send(bytes).await
     }
 
     fn take_reply(&mut self, expect: &Expect) -> Result<bool> {
-        let (len, wrong) = match reply(&self.buf[self.at..]) {
+        let (len, wrong) = match reply(self.socket.unread()) {
             Ok(None) => return Ok(false),
             Ok(Some((len, reply))) => (len, check(reply, expect).err()),
             Err(e) => return Err(self.error(e)),
@@ -334,23 +317,12 @@ impl engine::Connection for Conn {
         if let Some(wrong) = wrong {
             return Err(self.error(wrong));
         }
-        self.at += len;
-        if self.at == self.buf.len() {
-            self.buf.clear();
-            self.at = 0;
-        }
+        self.socket.consume(len);
         Ok(true)
     }
 
     async fn read_more(&mut self) -> Result<()> {
-        if self.at > 0 {
-            self.buf.drain(..self.at);
-            self.at = 0;
-        }
-        if self.buf.capacity() - self.buf.len() < 32 << 10 {
-            self.buf.reserve(self.buf.len().max(64 << 10));
-        }
-        if self.stream.read_buf(&mut self.buf).await? == 0 {
+        if !self.socket.read_more().await? {
             return Err(self.error("Redis closed the connection"));
         }
         Ok(())

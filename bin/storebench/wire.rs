@@ -10,17 +10,14 @@
 //! enough to find its end and check the answer. So the figures weigh the
 //! server, as redis-benchmark's weigh Redis.
 
-use std::io;
 use std::net::SocketAddr;
 
 use thrifty_p2p::wire::PEEK;
 use thrifty_p2p::wire::convert::remote_error;
 use thrifty_p2p::wire::idl::diststore::{ErrorKind as WireKind, StoreError};
 use thrifty_p2p::{Error, NodeAddr, Result};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::engine::{self, Expect};
+use crate::engine::{self, Expect, Socket};
 use crate::results::Op;
 
 /// Key length: `key:` and 12 digits, as redis-benchmark names its `-r` keys.
@@ -299,36 +296,21 @@ fn struct_message(c: &mut Cursor) -> Option<std::result::Result<(String, Option<
     }
 }
 
-/// One client connection to a node, with its reply buffer.
+/// One client connection to a node.
 pub struct Conn {
-    stream: TcpStream,
-    /// Replies read and not yet taken start at `at`.
-    buf: Vec<u8>,
-    at: usize,
-    peer: SocketAddr,
+    socket: Socket,
 }
 
 impl Conn {
     pub async fn open(peer: SocketAddr) -> Result<Conn> {
-        let stream = TcpStream::connect(peer)
-            .await
-            .map_err(|e| Error::Unreachable {
-                peer: peer.to_string(),
-                reason: e.to_string(),
-                refused: e.kind() == io::ErrorKind::ConnectionRefused,
-            })?;
-        stream.set_nodelay(true)?;
         Ok(Conn {
-            stream,
-            buf: Vec::with_capacity(128 << 10),
-            at: 0,
-            peer,
+            socket: Socket::open(peer).await?,
         })
     }
 
     fn error(&self, reason: impl Into<String>) -> Error {
         Error::Rpc {
-            peer: self.peer.to_string(),
+            peer: self.socket.peer.to_string(),
             reason: reason.into(),
         }
     }
@@ -336,33 +318,21 @@ impl Conn {
     /// The oldest reply not yet taken, if it is whole: its sequence number
     /// and answer (a value's offset is into the reply).
     fn next_reply(&mut self) -> Result<Option<(i32, Answer)>> {
-        if self.at == self.buf.len() {
+        if self.socket.unread().is_empty() {
             return Ok(None);
         }
-        match parse_reply(&self.buf[self.at..]).map_err(|e| self.error(e))? {
+        match parse_reply(self.socket.unread()).map_err(|e| self.error(e))? {
             Some((len, seq, answer)) => {
-                self.at += len;
-                if self.at == self.buf.len() {
-                    self.buf.clear();
-                    self.at = 0;
-                }
+                self.socket.consume(len);
                 Ok(Some((seq, answer)))
             }
             None => Ok(None),
         }
     }
 
-    /// Reads more of the replies, first moving the unread part of the buffer
-    /// to its start (a partial reply, at most one value long).
+    /// Reads more of the replies.
     async fn fill_buf(&mut self) -> Result<()> {
-        if self.at > 0 {
-            self.buf.drain(..self.at);
-            self.at = 0;
-        }
-        if self.buf.capacity() - self.buf.len() < 32 << 10 {
-            self.buf.reserve(self.buf.len().max(64 << 10));
-        }
-        if self.stream.read_buf(&mut self.buf).await? == 0 {
+        if !self.socket.read_more().await? {
             return Err(self.error("the node closed the connection"));
         }
         Ok(())
@@ -371,10 +341,10 @@ impl Conn {
     /// Sends one whole call and reads its whole reply (no other call may be
     /// in flight on this connection).
     pub async fn call(&mut self, request: &[u8]) -> Result<Answer> {
-        self.stream.write_all(request).await?;
+        self.socket.send(request).await?;
         loop {
             if let Some((_, answer)) = self.next_reply()? {
-                if !self.buf.is_empty() {
+                if !self.socket.unread().is_empty() {
                     return Err(self.error("bytes after the reply (the call was answered twice?)"));
                 }
                 return Ok(answer);
@@ -397,7 +367,7 @@ impl Conn {
                     kind: Some(kind),
                 },
             ) => Err(remote_error(
-                &NodeAddr::new(self.peer.ip().to_string(), self.peer.port()),
+                &NodeAddr::new(self.socket.peer.ip().to_string(), self.socket.peer.port()),
                 StoreError::new(message, WireKind::from(kind)),
             )),
             (
@@ -407,7 +377,7 @@ impl Conn {
                     kind: None,
                 },
             ) => Err(Error::Refused {
-                peer: self.peer.to_string(),
+                peer: self.socket.peer.to_string(),
                 message,
             }),
             (_, other) => Err(self.error(format!(
@@ -434,7 +404,7 @@ impl engine::Connection for Conn {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        Ok(self.stream.write_all(bytes).await?)
+        self.socket.send(bytes).await
     }
 
     /// Replies come back in the order of the calls (the node promises it),
