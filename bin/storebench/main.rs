@@ -10,6 +10,8 @@
 //!   on Redis.
 //! - [`bulk`]: the bulk transfer, join, handoff and memory rows.
 //! - [`idle`]: a loaded, settled ring's CPU and memory while left alone.
+//! - [`drain`]: a burst of oneway `put`s on one connection, then a `ping`.
+//! - [`repair`]: a replica stopped while writes go on, resumed and repaired.
 //! - [`target`]: which server gets each key.
 //! - [`engine`]: what the load loop asks of a client engine.
 //! - [`wire`]: the raw Thrift engine: prebuilt calls, replies read just far enough.
@@ -25,12 +27,14 @@
 mod bulk;
 mod cells;
 mod cluster;
+mod drain;
 mod engine;
 mod facts;
 mod idle;
 mod nodes;
 mod procfs;
 mod redis;
+mod repair;
 mod report;
 mod resp;
 mod results;
@@ -55,8 +59,9 @@ use crate::settings::{BenchConfig, Part};
 /// ring-aware client and through one forwarding node (beside a 3-master
 /// Redis Cluster); a 1 GiB transfer; a join and a SIGINT handoff; a node's
 /// memory; a 3-node ring's idle CPU at 3 copies per key, and the load
-/// before. Starts and stops its own nodes (the `location` binary next to
-/// this one) and its own redis-servers.
+/// before; a burst of oneway puts drained on one connection; a stopped
+/// replica's repair. Starts and stops its own nodes (the `location` binary
+/// next to this one) and its own redis-servers.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -101,6 +106,14 @@ struct Args {
     /// --quick].
     #[arg(long, value_name = "SECS")]
     idle_secs: Option<f64>,
+    /// Oneway puts (of 100 B) in each burst of the drain part [default:
+    /// 100000; 20000 with --quick].
+    #[arg(long, value_name = "N")]
+    drain_puts: Option<usize>,
+    /// MiB written (as 64 KiB values) while the repair part's replica is
+    /// stopped [default: 256; 32 with --quick].
+    #[arg(long, value_name = "MIB")]
+    repair_mib: Option<usize>,
     /// Connection counts, comma-separated [default: 1,50].
     #[arg(long, value_name = "N,..", value_delimiter = ',')]
     conns: Vec<usize>,
@@ -113,7 +126,9 @@ struct Args {
     pipeline: Option<usize>,
     /// Run only these parts, comma-separated: one-node (with Redis beside it),
     /// ring (with Redis Cluster beside it), bulk, join, memory, idle (a
-    /// loaded 3-node ring's CPU while nothing is asked of it) [default: all].
+    /// loaded 3-node ring's CPU while nothing is asked of it), drain (oneway
+    /// puts on one connection, then a ping), repair (a stopped replica
+    /// resumed) [default: all].
     #[arg(long, value_name = "PART,..", value_delimiter = ',')]
     only: Vec<Part>,
     /// Copies of each key the nodes keep (their --replicas) [default: 1, as
@@ -164,6 +179,11 @@ fn config(args: &Args) -> BenchConfig {
         config.idle_keys = args.idle_keys.iter().map(|&k| k.max(1)).collect();
     }
     config.idle_window = args.idle_secs.map_or(config.idle_window, secs);
+    config.drain_puts = args.drain_puts.unwrap_or(config.drain_puts).max(1);
+    config.repair_bytes = args
+        .repair_mib
+        .map_or(config.repair_bytes, |m| m << 20)
+        .max(config.repair_value);
     config.redis = !args.no_redis;
     config.pipeline = args.pipeline.unwrap_or(config.pipeline);
     config.replicas = args.replicas.unwrap_or(config.replicas).max(1);

@@ -10,7 +10,7 @@ use thrifty_p2p::Result;
 
 use crate::bulk::JOIN_SAMPLE;
 use crate::idle::resolution;
-use crate::results::{Cell, Figures, Idle, Report, Setup, Transfer};
+use crate::results::{Cell, Drain, Figures, Idle, Repair, Report, Setup, Transfer};
 
 /// One target of issue 10, checked.
 struct Check {
@@ -59,6 +59,10 @@ const IDLE_GROWTH: f64 = 2.0;
 /// `LOAD_TARGET` seconds.
 const LOAD_KEYS: usize = 1_000_000;
 const LOAD_TARGET: f64 = 10.0;
+/// Oneway `put`s drained per second on one connection.
+const DRAIN_TARGET: f64 = 100_000.0;
+/// Bytes per second a replica that missed writes is repaired at.
+const REPAIR_TARGET: f64 = 200e6;
 
 /// `1 conn`, `50 conns`, `1 conn, 32 in flight`.
 fn conns_label(cell: &Cell) -> String {
@@ -232,6 +236,32 @@ impl Report {
                 });
             }
         }
+        for drain in &self.bulk.drain {
+            let lost = match drain.lost {
+                0 => String::new(),
+                n => format!(", but {} puts lost", thousands(n as f64)),
+            };
+            checks.push(Check {
+                what: format!(
+                    "{}: >= {} puts/s, none lost",
+                    drain_label(drain),
+                    thousands(DRAIN_TARGET)
+                ),
+                got: format!("{} puts/s{lost}", thousands(drain.rate())),
+                pass: drain.rate() >= DRAIN_TARGET && drain.lost == 0,
+            });
+        }
+        for repair in &self.bulk.repair {
+            let (got, pass) = match repair_rate(repair) {
+                Some(rate) => (format!("{:.0} MB/s", rate / 1e6), rate >= REPAIR_TARGET),
+                None => ("not repaired by the deadline".into(), false),
+            };
+            checks.push(Check {
+                what: format!("{}: >= 200 MB/s", repair_label(repair)),
+                got,
+                pass,
+            });
+        }
         checks
     }
 
@@ -363,6 +393,8 @@ impl Report {
             || b.handoff.is_some()
             || b.memory.is_some()
             || !b.idle.is_empty()
+            || !b.drain.is_empty()
+            || !b.repair.is_empty()
         {
             out.push('\n');
             out.push_str("| bulk | figure | detail | Redis | target |\n|---|--:|---|--:|---|\n");
@@ -508,6 +540,75 @@ impl Report {
                 );
             }
         }
+        for drain in &self.bulk.drain {
+            let rates: Vec<String> = drain
+                .secs
+                .iter()
+                .map(|secs| thousands(drain.puts as f64 / secs))
+                .collect();
+            let _ = writeln!(
+                out,
+                "| {} | {} puts/s | {:.3} s from the first byte written to the ping's reply \
+                 (the socket took the {:.1} MiB burst in {:.3} s), median of {} ({} puts/s); \
+                 every key read back: {} of {} as put; other procs' CPU {} | | {} |",
+                drain_label(drain),
+                thousands(drain.rate()),
+                drain.median_secs(),
+                (drain.puts * put_len(drain.value)) as f64 / f64::from(1 << 20),
+                crate::cells::median(&mut drain.written.clone()),
+                rounds(drain.secs.len()),
+                rates.join(" / "),
+                thousands((drain.checked - drain.lost) as f64),
+                thousands(drain.checked as f64),
+                percent(drain.elsewhere),
+                check_for(&format!("{}:", drain_label(drain))),
+            );
+        }
+        for repair in &self.bulk.repair {
+            let r = repair.median();
+            let all: Vec<String> = repair
+                .rounds
+                .iter()
+                .map(|r| r.secs.map_or("-".into(), |s| format!("{s:.2}")))
+                .collect();
+            let held = match r.secs {
+                Some(secs) => format!("held every key {secs:.2} s after SIGCONT"),
+                None => format!(
+                    "**held only {} of {} keys** by the deadline",
+                    thousands(r.held as f64),
+                    thousands(repair.keys as f64)
+                ),
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} keys ({} MiB with keys) missed; {held} (median of {}: {} s); \
+                 written through another node in {:.2} s ({} in flight{}), stopped {:.1} s in all, \
+                 {} in the writer's member table at the resume, when its peers had {} writes \
+                 queued and {} keys hinted for it; on it during the repair: {} keys repaired by \
+                 anti-entropy, {} `replicate` and {} `absorb` calls; other procs' CPU {} | | {} |",
+                repair_label(repair),
+                repair_rate(repair).map_or("-".into(), |rate| format!("{:.0} MB/s", rate / 1e6)),
+                thousands(repair.keys as f64),
+                repair.bytes() >> 20,
+                rounds(repair.rounds.len()),
+                all.join(" / "),
+                r.load_secs,
+                repair.depth,
+                match r.load_retried {
+                    0 => String::new(),
+                    n => format!(", {n} stores refused and sent again"),
+                },
+                r.stopped_secs,
+                r.status,
+                thousands(r.queued as f64),
+                thousands(r.hinted as f64),
+                thousands(r.by_anti_entropy as f64),
+                r.replicate_calls,
+                r.absorb_calls,
+                percent(r.elsewhere),
+                check_for(&format!("{}:", repair_label(repair))),
+            );
+        }
         out.push('\n');
         let mut checks: Vec<Check> = self
             .cells
@@ -575,6 +676,52 @@ fn idle_label(idle: &Idle) -> String {
         thousands(idle.keys as f64),
         size(idle.value)
     )
+}
+
+/// `1 round`, `3 rounds`.
+fn rounds(n: usize) -> String {
+    format!("{n} round{}", if n == 1 { "" } else { "s" })
+}
+
+/// Names a drain row.
+fn drain_label(drain: &Drain) -> String {
+    let at = if drain.nodes == 1 {
+        format!("1 node at N={}", drain.replicas)
+    } else {
+        format!("1 of {} nodes at N={}", drain.nodes, drain.replicas)
+    };
+    format!(
+        "drain: {} oneway puts of {} on 1 connection, then a ping; {at}",
+        thousands(drain.puts as f64),
+        size(drain.value)
+    )
+}
+
+/// Bytes of one prebuilt 2009 `put` of a `value`-byte value.
+fn put_len(value: usize) -> usize {
+    crate::wire::Request::put(&vec![b'a'; value]).bytes.len()
+}
+
+/// Names a repair row.
+fn repair_label(repair: &Repair) -> String {
+    format!(
+        "repair: a replica stopped (SIGSTOP), {} of {} values written at N=3 {}, then resumed",
+        size(repair.keys * repair.value),
+        size(repair.value),
+        if repair.after_dead {
+            "once its peers declared it dead"
+        } else {
+            "at once (keys it does not own)"
+        }
+    )
+}
+
+/// The median round's bytes repaired per second, if it was repaired.
+fn repair_rate(repair: &Repair) -> Option<f64> {
+    repair
+        .median()
+        .secs
+        .map(|secs| repair.bytes() as f64 / secs)
 }
 
 fn growth_label(first: &Idle, idle: &Idle) -> String {
@@ -741,6 +888,67 @@ mod tests {
         assert!(text.contains("| load: 1,000,000 keys of 100 B at N=3 over one connection, 64 in flight | 2.00 s | 500,000 keys/s"));
         assert!(text.contains("| idle CPU at 1,000,000 keys over 100,000 keys | 2.00x |"));
         assert!(!text.contains("| setup | op |"), "no cells, no cell table");
+    }
+
+    #[test]
+    fn a_drain_that_lost_puts_and_a_repair_that_never_ended_miss_their_targets() {
+        use crate::results::{Drain, Repair, RepairRound};
+        let mut report = Report {
+            facts: crate::facts::facts(),
+            config: crate::settings::BenchConfig::default(),
+            cells: Vec::new(),
+            bulk: Default::default(),
+            notes: Vec::new(),
+        };
+        let drain = |nodes, lost| Drain {
+            nodes,
+            replicas: nodes,
+            puts: 100_000,
+            value: 100,
+            secs: vec![0.5, 0.4, 0.9],
+            written: vec![0.3; 3],
+            checked: 300_000,
+            lost,
+            first_lost: None,
+            elsewhere: 0.0,
+        };
+        report.bulk.drain = vec![drain(1, 0), drain(3, 7)];
+        let round = |secs| RepairRound {
+            load_secs: 3.0,
+            load_retried: 0,
+            stopped_secs: 5.0,
+            status: "dead".into(),
+            queued: 0,
+            hinted: 0,
+            secs,
+            held: 2_000,
+            by_anti_entropy: 4_096,
+            replicate_calls: 0,
+            absorb_calls: 0,
+            elsewhere: 0.0,
+        };
+        let repair = |after_dead, secs: [Option<f64>; 3]| Repair {
+            after_dead,
+            keys: 4_096,
+            value: 64 << 10,
+            depth: 32,
+            rounds: secs.into_iter().map(round).collect(),
+        };
+        report.bulk.repair = vec![
+            repair(false, [Some(1.0), Some(0.5), Some(2.0)]),
+            repair(true, [None, Some(0.5), None]),
+        ];
+        let text = report.to_markdown();
+        // The median round: 0.5 s of three (200,000 puts/s).
+        assert!(text.contains(
+            "- drain: 100,000 oneway puts of 100 B on 1 connection, then a ping; 1 node at N=1: \
+             >= 100,000 puts/s, none lost: 200,000 puts/s pass"
+        ));
+        assert!(text.contains("1 of 3 nodes at N=3: >= 100,000 puts/s, none lost: 200,000 puts/s, but 7 puts lost **miss**"));
+        // 4,096 keys of 16 + 65,536 bytes in the median 1.0 s.
+        assert!(text.contains("written at N=3 at once (keys it does not own), then resumed: >= 200 MB/s: 269 MB/s pass"));
+        assert!(text.contains("once its peers declared it dead, then resumed: >= 200 MB/s: not repaired by the deadline **miss**"));
+        assert!(text.contains("Targets met: 2 of 4."));
     }
 
     #[test]

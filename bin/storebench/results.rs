@@ -124,6 +124,10 @@ pub struct Bulk {
     pub memory: Option<Memory>,
     /// One per key count of the idle part, in the order run.
     pub idle: Vec<Idle>,
+    /// The drain part: one node at 1 copy, then one node of a 3-node ring at N=3.
+    pub drain: Vec<Drain>,
+    /// The repair part: resumed at once, then resumed once declared dead.
+    pub repair: Vec<Repair>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -209,6 +213,107 @@ pub struct IdleNode {
     pub repaired: u64,
     /// Anti-entropy comparisons (`diff_buckets`) it answered in the window.
     pub compared: u64,
+}
+
+/// Bursts of oneway `put`s on one connection, each followed by a `ping`
+/// (see [`crate::drain`]).
+#[derive(Clone, Debug)]
+pub struct Drain {
+    /// Nodes in the ring (the burst goes to one of them).
+    pub nodes: usize,
+    /// Copies of each key (every node's `--replicas`).
+    pub replicas: usize,
+    /// Puts in each burst.
+    pub puts: usize,
+    pub value: usize,
+    /// Seconds from the first byte written to the `ping`'s reply, one per
+    /// round.
+    pub secs: Vec<f64>,
+    /// Seconds until the socket took the burst's last byte, one per round.
+    pub written: Vec<f64>,
+    /// Keys of every round read back, and those not holding the value put.
+    pub checked: usize,
+    pub lost: usize,
+    /// What the first lost key held instead, if any was lost.
+    pub first_lost: Option<String>,
+    /// Share of the machine other processes took over the rounds.
+    pub elsewhere: f64,
+}
+
+impl Drain {
+    /// The median round's seconds until the `ping`'s reply.
+    pub fn median_secs(&self) -> f64 {
+        crate::cells::median(&mut self.secs.clone())
+    }
+
+    /// Puts per second in the median round.
+    pub fn rate(&self) -> f64 {
+        self.puts as f64 / self.median_secs()
+    }
+}
+
+/// A replica stopped while writes went on, then resumed (see
+/// [`crate::repair`]).
+#[derive(Clone, Debug)]
+pub struct Repair {
+    /// Written only once its peers had declared it dead, every key (else
+    /// written at once, only keys it does not own).
+    pub after_dead: bool,
+    pub keys: usize,
+    pub value: usize,
+    /// Stores in flight on the connection written through.
+    pub depth: usize,
+    /// One per round, fresh ring each.
+    pub rounds: Vec<RepairRound>,
+}
+
+impl Repair {
+    /// Key and value bytes the stopped replica missed.
+    pub fn bytes(&self) -> u64 {
+        (self.keys * (crate::wire::KEY_LEN + self.value)) as u64
+    }
+
+    /// The round whose repair took the median time (one never repaired
+    /// counts as the slowest).
+    pub fn median(&self) -> &RepairRound {
+        let mut order: Vec<&RepairRound> = self.rounds.iter().collect();
+        order.sort_by(|a, b| {
+            let secs = |r: &RepairRound| r.secs.unwrap_or(f64::INFINITY);
+            secs(a).total_cmp(&secs(b))
+        });
+        order[order.len() / 2]
+    }
+}
+
+/// One round of the repair part.
+#[derive(Clone, Debug)]
+pub struct RepairRound {
+    /// Seconds the writes took, every store acknowledged.
+    pub load_secs: f64,
+    /// Stores refused with "retry" and sent again.
+    pub load_retried: usize,
+    /// Seconds the replica was stopped.
+    pub stopped_secs: f64,
+    /// Its status in the table of the node written through, at the resume.
+    pub status: String,
+    /// Writes the two running nodes still had queued for it
+    /// (`replication_pending`) and keys they had hinted for it (`hints`),
+    /// just before the resume.
+    pub queued: i64,
+    pub hinted: i64,
+    /// Seconds from the resume until it held every key; `None` if it did
+    /// not by the deadline.
+    pub secs: Option<f64>,
+    /// Keys it held at the end.
+    pub held: i64,
+    /// On it, from the resume until it held every key: keys repaired by
+    /// anti-entropy, and `replicate` and `absorb` calls served (queued
+    /// replication, hint delivery and handoff all arrive as these).
+    pub by_anti_entropy: u64,
+    pub replicate_calls: u64,
+    pub absorb_calls: u64,
+    /// Share of the machine other processes took during the repair.
+    pub elsewhere: f64,
 }
 
 /// Everything one run measured. [`Report::to_markdown`] renders it.

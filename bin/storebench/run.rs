@@ -1,6 +1,7 @@
 //! One run: starts its own `location` nodes, and a `redis-server` and a
 //! 3-master Redis Cluster beside them, runs each part asked for in order (the
-//! request-reply cells of [`crate::cells`], the bulk rows of [`crate::bulk`])
+//! request-reply cells of [`crate::cells`], the bulk rows of [`crate::bulk`],
+//! [`crate::idle`], [`crate::drain`] and [`crate::repair`])
 //! and collects every figure into a [`Report`]. [`Bench`] holds what the
 //! parts share and starts their processes; every one is killed when its part
 //! ends, also on an error (their handles kill them on drop).
@@ -118,6 +119,12 @@ pub fn run(config: &BenchConfig, progress: &mut dyn FnMut(&str)) -> Result<Repor
             report.bulk.idle.push(idle);
         }
     }
+    if runs(Part::Drain) {
+        report.bulk.drain = bench.drains(progress)?;
+    }
+    if runs(Part::Repair) {
+        report.bulk.repair = bench.repairs(progress)?;
+    }
     report.notes.push(if bench.placement.is_some() {
         "client and servers share one machine, on separate cores; Redis, Redis Cluster \
          and redis-benchmark are placed the same way, which is why they run side by side."
@@ -153,7 +160,7 @@ impl Bench<'_> {
 
     /// Starts a node keeping `replicas` copies of each key, on the servers'
     /// cores; with `http`, serving `/metrics` too.
-    fn start_node_keeping(
+    pub fn start_node_keeping(
         &self,
         seed: Option<&NodeAddr>,
         replicas: usize,

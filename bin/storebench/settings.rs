@@ -67,6 +67,20 @@ pub struct BenchConfig {
     /// (scaled with the keys, never less), before the window is measured
     /// anyway and the row says it did not settle. Default 120 s.
     pub idle_settle: Duration,
+    /// Oneway `put`s the drain part writes in one burst on one connection
+    /// before its `ping` (issue 10: at least 100,000/s must drain). Default
+    /// 100,000.
+    pub drain_puts: usize,
+    /// Value size of those puts. Default 100 bytes.
+    pub drain_value: usize,
+    /// Bytes written while the repair part's stopped replica misses them
+    /// (rounded down to whole values). Default 256 MiB.
+    pub repair_bytes: usize,
+    /// Value size of those writes. Default 64 KiB.
+    pub repair_value: usize,
+    /// Stores in flight on the one connection the repair part writes
+    /// through. Default 32.
+    pub repair_depth: usize,
     /// Copies of each key the nodes keep (`location --replicas`). Default 1:
     /// Redis beside us keeps one copy, and the issue's targets for the ring
     /// (scale-out, forwarding, join, handoff) are about moving single copies;
@@ -128,6 +142,11 @@ impl Default for BenchConfig {
             idle_depth: 64,
             idle_window: Duration::from_secs(20),
             idle_settle: Duration::from_secs(120),
+            drain_puts: 100_000,
+            drain_value: 100,
+            repair_bytes: 256 << 20,
+            repair_value: 64 << 10,
+            repair_depth: 32,
             replicas: 1,
             ring_replicas: 3,
             redis: true,
@@ -141,8 +160,9 @@ impl Default for BenchConfig {
 impl BenchConfig {
     /// A smoke test of the whole program in one to two minutes: short windows, one
     /// run each, small keyspaces, 128 MiB bulk, a 64 MiB join, 100,000 keys
-    /// for memory, idle CPU at 10,000 and 100,000 keys over 5 s. Figures
-    /// from it are rough.
+    /// for memory, idle CPU at 10,000 and 100,000 keys over 5 s, bursts of
+    /// 20,000 oneway puts, 32 MiB missed by a stopped replica. Figures from
+    /// it are rough.
     pub fn quick() -> Self {
         BenchConfig {
             warmup: Duration::from_millis(100),
@@ -155,6 +175,8 @@ impl BenchConfig {
             memory_keys: 100_000,
             idle_keys: vec![10_000, 100_000],
             idle_window: Duration::from_secs(5),
+            drain_puts: 20_000,
+            repair_bytes: 32 << 20,
             ..BenchConfig::default()
         }
     }
@@ -197,17 +219,25 @@ pub enum Part {
     /// A settled 3-node ring's CPU and memory while nothing is asked of it,
     /// at each of `idle_keys`, and the load before.
     Idle,
+    /// A burst of oneway `put`s on one connection, then a `ping`: how fast
+    /// they drain, on one node and on one node of a 3-node ring at N=3.
+    Drain,
+    /// A replica stopped while writes go on, then resumed: how fast it is
+    /// repaired.
+    Repair,
 }
 
 impl Part {
     /// Every part, in the order they run.
-    pub const ALL: [Part; 6] = [
+    pub const ALL: [Part; 8] = [
         Part::OneNode,
         Part::Ring,
         Part::Bulk,
         Part::Join,
         Part::Memory,
         Part::Idle,
+        Part::Drain,
+        Part::Repair,
     ];
 
     /// The part's name on the command line.
@@ -219,6 +249,8 @@ impl Part {
             Part::Join => "join",
             Part::Memory => "memory",
             Part::Idle => "idle",
+            Part::Drain => "drain",
+            Part::Repair => "repair",
         }
     }
 }

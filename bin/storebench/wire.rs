@@ -27,6 +27,7 @@ const STRICT_VERSION: u32 = 0x8001_0000;
 const CALL: u32 = 1;
 const REPLY: u32 = 2;
 const EXCEPTION: u32 = 3;
+const ONEWAY: u32 = 4;
 const T_STOP: u8 = 0;
 const T_I08: u8 = 3;
 const T_I16: u8 = 6;
@@ -63,15 +64,32 @@ pub struct Request {
     seq_at: usize,
 }
 
+/// Writes a strict message header of `kind` (`CALL`, `ONEWAY`) for `method`
+/// with sequence number 0, and returns where the number is.
+fn begin(bytes: &mut Vec<u8>, method: &str, kind: u32) -> usize {
+    bytes.extend_from_slice(&(STRICT_VERSION | kind).to_be_bytes());
+    bytes.extend_from_slice(&(method.len() as i32).to_be_bytes());
+    bytes.extend_from_slice(method.as_bytes());
+    let seq_at = bytes.len();
+    bytes.extend_from_slice(&0i32.to_be_bytes());
+    seq_at
+}
+
+/// A whole `ping` call (no arguments): its reply is a void one, read as
+/// [`Answer::Stored`].
+pub fn ping() -> Vec<u8> {
+    let mut bytes = Vec::new();
+    begin(&mut bytes, "ping", CALL);
+    bytes.push(T_STOP);
+    bytes
+}
+
 impl Request {
-    /// `method(1: binary key, ...)`: `rest` writes the fields after the key.
-    fn call(method: &str, rest: impl FnOnce(&mut Vec<u8>)) -> Request {
+    /// `method(1: binary key, ...)` sent as `kind`: `rest` writes the fields
+    /// after the key.
+    fn message(method: &str, kind: u32, rest: impl FnOnce(&mut Vec<u8>)) -> Request {
         let mut bytes = Vec::new();
-        bytes.extend_from_slice(&(STRICT_VERSION | CALL).to_be_bytes());
-        bytes.extend_from_slice(&(method.len() as i32).to_be_bytes());
-        bytes.extend_from_slice(method.as_bytes());
-        let seq_at = bytes.len();
-        bytes.extend_from_slice(&0i32.to_be_bytes());
+        let seq_at = begin(&mut bytes, method, kind);
         bytes.push(T_STRING);
         bytes.extend_from_slice(&1i16.to_be_bytes());
         bytes.extend_from_slice(&(KEY_LEN as i32).to_be_bytes());
@@ -86,17 +104,25 @@ impl Request {
         }
     }
 
+    /// `method(1: binary key, ...)`, a call answered with a reply.
+    fn call(method: &str, rest: impl FnOnce(&mut Vec<u8>)) -> Request {
+        Request::message(method, CALL, rest)
+    }
+
     pub fn fetch() -> Request {
         Request::call("fetch", |_| {})
     }
 
     pub fn store(value: &[u8]) -> Request {
-        Request::call("store", |bytes| {
-            bytes.push(T_STRING);
-            bytes.extend_from_slice(&2i16.to_be_bytes());
-            bytes.extend_from_slice(&(value.len() as i32).to_be_bytes());
-            bytes.extend_from_slice(value);
-        })
+        Request::call("store", |bytes| string_field(bytes, 2, value))
+    }
+
+    /// The 2009 `put(1: string key, 2: string value)`, sent oneway as the
+    /// old clients send it: the node answers nothing. Thrift writes `string`
+    /// and `binary` alike; the node takes these as text, so `value` must be
+    /// UTF-8 (as [`value_bytes`] is).
+    pub fn put(value: &[u8]) -> Request {
+        Request::message("put", ONEWAY, |bytes| string_field(bytes, 2, value))
     }
 
     /// `relay_fetch(key, PEEK)`: a read of the node's own store only.
@@ -124,6 +150,14 @@ impl engine::Request for Request {
     }
 }
 
+/// Writes field `id` of type string (or binary) holding `value`.
+fn string_field(bytes: &mut Vec<u8>, id: i16, value: &[u8]) {
+    bytes.push(T_STRING);
+    bytes.extend_from_slice(&id.to_be_bytes());
+    bytes.extend_from_slice(&(value.len() as i32).to_be_bytes());
+    bytes.extend_from_slice(value);
+}
+
 /// What a node answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
@@ -131,7 +165,7 @@ pub enum Answer {
     Value { at: usize, len: usize },
     /// `fetch`: the key is not stored.
     Absent,
-    /// `store`: stored.
+    /// `store`: stored (and any void reply, such as `ping`'s).
     Stored,
     /// A `StoreError` (with its kind, when the node sent one) or an
     /// application exception (no kind), with its message.
@@ -338,6 +372,11 @@ impl Conn {
         Ok(())
     }
 
+    /// Writes `bytes` (whole messages) to the node.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<()> {
+        self.socket.send(bytes).await
+    }
+
     /// Sends one whole call and reads its whole reply (no other call may be
     /// in flight on this connection).
     pub async fn call(&mut self, request: &[u8]) -> Result<Answer> {
@@ -404,7 +443,7 @@ impl engine::Connection for Conn {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<()> {
-        self.socket.send(bytes).await
+        Conn::send(self, bytes).await
     }
 
     /// Replies come back in the order of the calls (the node promises it),
@@ -466,6 +505,42 @@ mod tests {
         let frame = scan(&request.bytes, &Limits::default()).unwrap().unwrap();
         assert_eq!((frame.name.as_ref(), frame.seq), ("fetch", 123_456));
         assert!(request.bytes.windows(KEY_LEN).any(|w| w == key(99)));
+    }
+
+    #[test]
+    fn a_prebuilt_put_is_the_2009_oneway_put_the_node_decodes() {
+        use thrifty_p2p::wire::codec::{Call, Method, decode};
+        use thrifty_p2p::wire::frame::{Limits, MessageKind, scan};
+        let value = value_bytes(100);
+        let mut request = Request::put(&value);
+        request.set_key(5);
+        let frame = scan(&request.bytes, &Limits::default()).unwrap().unwrap();
+        assert_eq!(
+            (frame.name.as_ref(), frame.kind),
+            ("put", MessageKind::Oneway)
+        );
+        assert_eq!(frame.len, request.bytes.len());
+        let decoded = decode(&request.bytes, true, &Limits::default()).unwrap();
+        assert_eq!(decoded.method, Method::Put);
+        let Call::Write {
+            key: k, value: v, ..
+        } = decoded.call
+        else {
+            panic!("a put decodes as a write");
+        };
+        assert_eq!((k.as_slice(), v), (&key(5)[..], Some(value)));
+    }
+
+    #[test]
+    fn a_ping_is_one_whole_call_without_arguments() {
+        use thrifty_p2p::wire::frame::{Limits, MessageKind, scan};
+        let ping = ping();
+        let frame = scan(&ping, &Limits::default()).unwrap().unwrap();
+        assert_eq!(
+            (frame.name.as_ref(), frame.kind),
+            ("ping", MessageKind::Call)
+        );
+        assert_eq!(frame.len, ping.len());
     }
 
     fn reply(result: &[u8]) -> Vec<u8> {
