@@ -268,21 +268,6 @@ impl Bench<'_> {
         conns: usize,
         depth: usize,
     ) -> Result<Filled> {
-        self.fill_keys::<C>(target, None, keys, value, conns, depth)
-    }
-
-    /// [`Bench::fill`] of the keys numbered `indices` (`keys` of them), or
-    /// of keys `0..keys` when `None`.
-    pub fn fill_keys<C: Connection>(
-        &self,
-        target: &Target,
-        indices: Option<Arc<[usize]>>,
-        keys: usize,
-        value: usize,
-        conns: usize,
-        depth: usize,
-    ) -> Result<Filled> {
-        let keys = indices.as_ref().map_or(keys, |i| i.len().min(keys));
         let value_bytes = value_bytes(value);
         self.runtime.block_on(async {
             let next = Arc::new(AtomicUsize::new(0));
@@ -293,7 +278,6 @@ impl Bench<'_> {
                 let request = C::request(Op::Put, &value_bytes);
                 let fill = Fill {
                     next: next.clone(),
-                    indices: indices.clone(),
                     keys,
                     value,
                     depth: depth.max(1),
@@ -430,8 +414,6 @@ pub struct Filled {
 /// `next` (shared by every connection) until `keys`.
 struct Fill {
     next: Arc<AtomicUsize>,
-    /// The key numbers taken in turn; `None`: `0..keys`.
-    indices: Option<Arc<[usize]>>,
     keys: usize,
     value: usize,
     depth: usize,
@@ -477,12 +459,12 @@ impl Fill {
                     Some(index) => index,
                     None if taken_all => break,
                     None => {
-                        let taken = self.next.fetch_add(1, Ordering::Relaxed);
-                        if taken >= self.keys {
+                        let index = self.next.fetch_add(1, Ordering::Relaxed);
+                        if index >= self.keys {
                             taken_all = true;
                             break;
                         }
-                        self.indices.as_ref().map_or(taken, |i| i[taken])
+                        index
                     }
                 };
                 let conn = self.target.conn_for(index);

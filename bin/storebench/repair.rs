@@ -9,18 +9,15 @@
 //! (`keys` in its `stats`, polled every [`POLL`], within a deadline); rate:
 //! the key and value bytes it missed over that time.
 //!
-//! A write goes to its key's owner (the first of its replicas) to be
-//! coordinated, so while the stopped node still counts as a member, a write
-//! of a key it owns is relayed to it and waits out the RPC timeout (10 s);
-//! measured, such writes then fail (EXPIRED: the relay to the next replica
-//! carries the first one's deadline, already past). Hence two cases, each
-//! the median of `repeat` rounds on fresh rings:
-//! - *at once*: the writes start as soon as the node is stopped, and only
-//!   keys it does not own are written (it is their second or third
-//!   replica), so every write succeeds while it may still count as a
-//!   member; it is resumed as soon as they are acknowledged. What its peers
-//!   held for it then (writes still queued for it, keys hinted) comes to it,
-//!   and anti-entropy repairs whatever else differs. Its peers may have
+//! The node the load goes through replicates every key (3 copies on 3
+//! nodes), so it coordinates every write itself: a write stores there and
+//! is acknowledged by the running peer, a write quorum of 2 of 3, whether
+//! the stopped node still counts as a member or not. Two cases, each the
+//! median of `repeat` rounds on fresh rings:
+//! - *at once*: the writes start as soon as the node is stopped, and it
+//!   is resumed as soon as they are acknowledged. What its peers held for
+//!   it then (writes still queued for it, keys hinted) comes to it, and
+//!   anti-entropy repairs whatever else differs. Its peers may have
 //!   declared it dead meanwhile (the row says what its status was).
 //! - *once dead*: the writes start only once both peers have declared it
 //!   dead (SWIM, within the node's failure timeout), and cover every key;
@@ -35,10 +32,8 @@
 //! constant, 1,000,000 keys per peer), so a case where only anti-entropy can
 //! repair cannot be set up from outside; the counters say what happened.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use thrifty_p2p::ring::Ring;
 use thrifty_p2p::wire::Conn as LibConn;
 use thrifty_p2p::{ClientOptions, MemberStatus, NodeAddr, Result};
 
@@ -49,7 +44,7 @@ use crate::report::size;
 use crate::results::{Repair, RepairRound};
 use crate::run::Bench;
 use crate::target::Target;
-use crate::wire::{Conn, KEY_LEN, key};
+use crate::wire::{Conn, KEY_LEN};
 
 /// How often the resumed node's `stats` are asked.
 const POLL: Duration = Duration::from_millis(20);
@@ -117,15 +112,6 @@ impl Bench<'_> {
         let nodes = self.start_ring_with(3, true)?;
         let (entry, peer, stopped) = (&nodes[0], &nodes[1], &nodes[2]);
         let pids: Vec<u32> = nodes.iter().map(NodeProc::pid).collect();
-        // At once: keys the stopped node does not own, so no write is
-        // relayed to it.
-        let indices: Option<Arc<[usize]>> = (!after_dead).then(|| {
-            let ring = Ring::new(nodes.iter().map(|n| n.addr.clone()));
-            (0..)
-                .filter(|&i| ring.owner(&key(i)) != Some(&stopped.addr))
-                .take(keys)
-                .collect()
-        });
         let before = stopped.metrics()?;
         // Killed on drop, stopped or not, if anything below fails.
         stopped.signal("STOP")?;
@@ -133,9 +119,8 @@ impl Bench<'_> {
         if after_dead {
             wait_until_dead(&[entry, peer], &stopped.addr)?;
         }
-        let load = self.fill_keys::<Conn>(
+        let load = self.fill::<Conn>(
             &Target::single(entry.socket),
-            indices,
             keys,
             c.repair_value,
             1,
