@@ -215,6 +215,10 @@ pub struct Node {
     /// Keys this node holds but no longer replicates, as its latest handoff
     /// pass found them, less those moved since.
     handoff_pending: AtomicUsize,
+    /// Copies stored here of keys this node does not replicate in its ring
+    /// as it was then (a peer's view differed, a handoff or a repair sent
+    /// them): what the handoff worker looks for ([`Node::keep`]).
+    strays: AtomicU64,
     /// Uploads in parts open on this node (see [`large`]).
     uploads: parking_lot::Mutex<Uploads>,
     /// What this node compressed, for `stats` (see [`crate::value`]).
@@ -306,6 +310,7 @@ impl Node {
             incarnation: AtomicI64::new(incarnation),
             confirming: AtomicBool::new(false),
             handoff_pending: AtomicUsize::new(0),
+            strays: AtomicU64::new(0),
             out,
             replicator,
             tasks,
@@ -501,6 +506,18 @@ impl Node {
     /// answers, which may still turn out to be this node.
     fn coordinates(&self, replicas: &[&NodeAddr], hops: i8) -> bool {
         replicas.first().is_some_and(|o| **o == self.me) || (hops >= MAX_HOPS && !self.leaving())
+    }
+
+    /// Whether this node coordinates a write it is a replica of itself,
+    /// owner or not, rather than forwarding it to the owner (unless it is
+    /// leaving: its handoff may be done). Any replica may: the version was
+    /// taken where the client called and every copy keeps it, so the newest
+    /// write wins wherever it was coordinated, and the replicas' quorum is
+    /// counted the same way. A forward would cost another node a decode, an
+    /// encode and a round trip per write, and the coordinator's copy of a
+    /// replicated write comes back to this node anyway.
+    fn coordinates_as_replica(&self, replicas: &[&NodeAddr]) -> bool {
+        replicas.contains(&&self.me) && !self.leaving()
     }
 
     /// Whether a failed forward should move on to the key's next replica.

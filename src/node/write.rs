@@ -8,12 +8,14 @@
 //! forward, replica and repair moves the stored bytes as they are.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::Node;
 use crate::addr::NodeAddr;
 use crate::capacity;
 use crate::config::MAX_KEY_BYTES;
 use crate::error::{Error, Result};
+use crate::handoff;
 use crate::peer::{Entry, Request};
 use crate::replicate::Ack;
 use crate::store::Stored;
@@ -132,7 +134,7 @@ impl Node {
             return self.merge_copy(key, value, version);
         }
         if self.capacity.limit().is_none() {
-            return self.store.merge(key, value, version);
+            return self.keep(key, value, version);
         }
         let old = match self.store.value_len(key)? {
             // The disk engine reports a tombstone as 0 bytes; a tombstone
@@ -145,7 +147,22 @@ impl Node {
         let _room = self
             .capacity
             .admit(&self.me.to_string(), self.store.usage().bytes, growth)?;
-        self.store.merge(key, value, version)
+        self.keep(key, value, version)
+    }
+
+    /// Merges a copy into the store ([`crate::store::Store::merge`]); every
+    /// copy a node keeps comes through here. A copy of a key this node does
+    /// not replicate in its ring (a peer routed with another view, a handoff
+    /// or a repair sent it) is counted, once stored, as a stray: the handoff
+    /// worker lists the keys again only when that count or the ring changed
+    /// (a pass that reads the count before it lists finds the copy, or the
+    /// next one does), not after every write.
+    pub(super) fn keep(&self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<bool> {
+        let applied = self.store.merge(key, value, version)?;
+        if handoff::moves(&self.placement(), self.config.replicas, &self.me, key) {
+            self.strays.fetch_add(1, Ordering::Release);
+        }
+        Ok(applied)
     }
 
     /// A client's value as the store keeps it ([`crate::value::seal`]),
@@ -234,7 +251,7 @@ impl Node {
         if replicas.is_empty() {
             return Err(Error::NoOwner);
         }
-        if self.coordinates(&replicas, hops) {
+        if self.coordinates(&replicas, hops) || self.coordinates_as_replica(&replicas) {
             return self.coordinate_write(key, value, version, &replicas).await;
         }
         // Give up on the relay a little before our own call times out.

@@ -703,7 +703,14 @@ impl Connection {
             let front = queue.front_mut().expect("not empty");
             tokio::select! {
                 biased;
-                () = front.served() => self.finish_ready(queue),
+                () = front.served() => {
+                    // One acknowledgement round settles many requests at
+                    // once, and their tasks were woken with ours: let them
+                    // finish, so their replies go out in one write rather
+                    // than one each.
+                    tokio::task::yield_now().await;
+                    self.finish_ready(queue);
+                }
                 read = self.read_some() => read?,
             }
         }
