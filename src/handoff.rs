@@ -14,8 +14,12 @@ use crate::addr::NodeAddr;
 use crate::ring::Ring;
 
 /// Whether `me` holds `key` but no longer replicates it in `ring` (with
-/// `replicas` copies per key): its copy must move.
+/// `replicas` copies per key): its copy must move. Every member of a ring of
+/// at most `replicas` members holds every key, which needs no look at it.
 pub(crate) fn moves(ring: &Ring<NodeAddr>, replicas: usize, me: &NodeAddr, key: &[u8]) -> bool {
+    if ring.len() <= replicas {
+        return !ring.contains(me);
+    }
     !ring.owners(key, replicas).contains(&me)
 }
 

@@ -244,21 +244,22 @@ impl Node {
     /// Background worker: runs a handoff pass whenever the ring changes, and
     /// every few seconds anyway (to pick up keys that were stored off-owner),
     /// unless the last pass found nothing to move and neither the ring nor
-    /// the store changed since it began: a quiet node reads no key.
+    /// the count of strays ([`Node::keep`]) changed since it began: a quiet
+    /// node, or one taking only writes it replicates, reads no key.
     pub(super) async fn handoff_worker(self: Arc<Self>) {
         let mut seen = u64::MAX;
-        // The ring and the store's write count at the start of the last pass,
-        // if it found nothing to move.
+        // The ring and the count of strays at the start of the last pass, if
+        // it found nothing to move.
         let mut nothing_at: Option<(Arc<Ring<NodeAddr>>, u64)> = None;
         while !self.stop_requested() {
             seen = self.wait_past(seen, Duration::from_secs(2)).await;
             if self.stop_requested() {
                 break;
             }
-            let (ring, writes) = (self.placement(), self.store.writes());
+            let (ring, strays) = (self.placement(), self.strays.load(Ordering::Acquire));
             if nothing_at
                 .as_ref()
-                .is_some_and(|(was, w)| Arc::ptr_eq(was, &ring) && *w == writes)
+                .is_some_and(|(was, s)| Arc::ptr_eq(was, &ring) && *s == strays)
             {
                 continue;
             }
@@ -266,7 +267,7 @@ impl Node {
             while report.restarted && report.stuck == 0 && !self.stop_requested() {
                 report = self.handoff_pass(None).await;
             }
-            nothing_at = (report.found == 0 && !report.restarted).then_some((ring, writes));
+            nothing_at = (report.found == 0 && !report.restarted).then_some((ring, strays));
         }
     }
 }
@@ -274,6 +275,55 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim::schedule::sim_config;
+    use crate::sim::{Cluster, NetConfig, Outcome, replicas_of};
+
+    /// The handoff worker lists keys again only when the ring or the count
+    /// of strays changed (not after every write): a copy absorbed by a node
+    /// that does not replicate its key must count, or it would stay there.
+    #[test]
+    fn a_copy_absorbed_where_the_key_is_not_replicated_is_handed_over() {
+        crate::sim::run(async {
+            let second = Duration::from_secs(1);
+            let cluster = Cluster::new(11, sim_config(), NetConfig::default());
+            let addrs: Vec<NodeAddr> = (0..4).map(Cluster::addr).collect();
+            cluster.start(&addrs[0], None).await.unwrap();
+            for addr in &addrs[1..] {
+                cluster.start(addr, Some(&addrs[0])).await.unwrap();
+            }
+            assert!(cluster.wait_until(30 * second, Cluster::settled).await);
+            let key = b"stray".as_slice();
+            let replicas = replicas_of(&cluster, &addrs[0], key);
+            let elsewhere = addrs.iter().find(|a| !replicas.contains(a)).unwrap();
+            let owner = cluster.node(&replicas[0]).unwrap();
+            assert_eq!(
+                cluster.put(&replicas[0], key, Some(b"value"), second).await,
+                Outcome::Ok(())
+            );
+            // Every pass so far found nothing to move: the worker is idle.
+            tokio::time::sleep(5 * second).await;
+            let copy = owner.store().get(key).unwrap().expect("the owner's copy");
+            let stray = cluster.node(elsewhere).unwrap();
+            assert_eq!(
+                stray.absorb(vec![Entry::new(key.to_vec(), copy)]).unwrap(),
+                1
+            );
+            let handed = cluster
+                .wait_until(10 * second, |c| {
+                    c.node(elsewhere)
+                        .is_some_and(|n| n.store().get(key).unwrap().is_none())
+                })
+                .await;
+            assert!(
+                handed,
+                "{elsewhere} kept a copy of a key it does not replicate"
+            );
+            for replica in &replicas {
+                let node = cluster.node(replica).unwrap();
+                assert!(node.store().get(key).unwrap().is_some(), "{replica}");
+            }
+        });
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_leave_tells_its_progress_at_most_every_two_seconds() {

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::stream::{FuturesUnordered, StreamExt};
+
 use super::Node;
 use crate::addr::NodeAddr;
 use crate::antientropy::{self, Digests, Rounds, bucket_of};
@@ -17,6 +19,13 @@ use crate::peer::{BatchLimit, Entry, Reply, Request};
 use crate::ring::Ring;
 use crate::transport::unexpected;
 use crate::version::Version;
+
+/// The longest a periodic anti-entropy round waits for the store to be
+/// quiet (see [`Node::anti_entropy_worker`]).
+const MAX_DEFERRAL: Duration = Duration::from_secs(30);
+
+/// `reconcile` calls one exchange keeps in flight.
+const RECONCILE_IN_FLIGHT: usize = 4;
 
 /// What one anti-entropy exchange with a peer did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -177,6 +186,10 @@ impl Node {
         let mut batch_buckets = Vec::new();
         let mut batch = Vec::new();
         let mut bytes = 0;
+        // Batches are read here while earlier ones are in flight, as a
+        // handoff's are: a replica that missed many writes is repaired at the
+        // speed of the copies, not of one round trip per batch.
+        let mut in_flight = FuturesUnordered::new();
         let buckets: Vec<usize> = wanted.into_iter().collect();
         for (i, bucket) in buckets.iter().enumerate() {
             for key in keys.remove(bucket).unwrap_or_default() {
@@ -195,27 +208,60 @@ impl Node {
                     buckets: std::mem::take(&mut batch_buckets),
                     entries: std::mem::take(&mut batch),
                 };
-                match self.call(peer, request, self.config.rpc_timeout).await? {
-                    Reply::Entries(newer) => {
-                        let repaired = self.absorb(newer)?;
-                        self.metrics.repaired_by_anti_entropy(repaired);
-                        synced.repaired += repaired;
+                while in_flight.len() >= RECONCILE_IN_FLIGHT {
+                    if let Some(answer) = in_flight.next().await {
+                        synced.repaired += self.take_newer(peer, answer)?;
                     }
-                    other => return Err(unexpected(peer, &other)),
                 }
+                in_flight.push(self.call(peer, request, self.config.rpc_timeout));
                 bytes = 0;
             }
         }
+        while let Some(answer) = in_flight.next().await {
+            synced.repaired += self.take_newer(peer, answer)?;
+        }
         Ok(synced)
+    }
+
+    /// Keeps the newer copies a peer answered a `reconcile` with; returns how
+    /// many replaced (or added to) ours.
+    fn take_newer(&self, peer: &NodeAddr, answer: Result<Reply>) -> Result<usize> {
+        match answer? {
+            Reply::Entries(newer) => {
+                let repaired = self.absorb(newer)?;
+                self.metrics.repaired_by_anti_entropy(repaired);
+                Ok(repaired)
+            }
+            other => Err(unexpected(peer, &other)),
+        }
     }
 
     /// Background worker: after every ring change (and while catching up),
     /// a full anti-entropy round with every peer; otherwise one peer in turn
     /// every interval. Also delivers hints to peers that answer again.
+    ///
+    /// While the store takes writes, two replicas' digests differ by the
+    /// copies still in flight between them, whatever else they agree on, and
+    /// a periodic exchange would send most of their keys for nothing (under
+    /// a steady load every bucket changes between two rounds): a periodic
+    /// round waits for an interval in which this node took no write, for at
+    /// most [`MAX_DEFERRAL`], so a node under load still compares that
+    /// often. Rounds after a ring change or while catching up never wait.
     pub(super) async fn anti_entropy_worker(self: Arc<Self>) {
         let mut rounds = Rounds::new();
+        let mut writes = self.store.writes();
+        let mut deferred = Duration::ZERO;
         while !self.stop_requested() {
             let round = rounds.next(self.epoch(), self.syncing(), &self.peers());
+            let interval = self.config.anti_entropy_interval;
+            let took = std::mem::replace(&mut writes, self.store.writes());
+            if !round.full && took != writes && deferred < MAX_DEFERRAL {
+                deferred += interval;
+                self.deliver_hints();
+                self.wait_past(round.epoch, interval).await;
+                continue;
+            }
+            deferred = Duration::ZERO;
             let mut complete = self.ready();
             let mut repaired = 0;
             for peer in &round.peers {
@@ -272,8 +318,11 @@ impl Node {
             let pause = if finished.retry_soon {
                 Duration::from_millis(20).max(self.config.failure_timeout / 100)
             } else {
-                self.config.anti_entropy_interval
+                interval
             };
+            // Only writes taken from here on can defer the next round (the
+            // repairs of this one do not).
+            writes = self.store.writes();
             self.wait_past(round.epoch, pause).await;
         }
     }

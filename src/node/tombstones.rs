@@ -237,7 +237,7 @@ impl Node {
         {
             return Ok(false);
         }
-        self.store.merge(key, value, version)
+        self.keep(key, value, version)
     }
 
     /// The tombstones older than the grace, at most [`MAX_PICKED`] of them
