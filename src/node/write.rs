@@ -1,5 +1,6 @@
-//! A client's write (or erase): admitted, given its one version, forwarded
-//! to the key's owner (or the next replica) and coordinated there: stored,
+//! A client's write (or erase): admitted, given its one version, coordinated
+//! where the client called if that node is a replica, else forwarded to the
+//! key's owner (or the next replica) and coordinated there: stored,
 //! sent to the other replicas ([`crate::replicate`]), acknowledged once a
 //! write quorum holds it.
 //!
@@ -230,8 +231,9 @@ impl Node {
     }
 
     /// Writes `key` (a stored value, sealed by the node the client called,
-    /// or `None` to erase it): coordinated by its owner
-    /// (or, when the owner cannot be reached, the next replica), acknowledged
+    /// or `None` to erase it): coordinated here if this node is a replica,
+    /// else by its owner (or, when the owner cannot be reached, the next
+    /// replica), acknowledged
     /// once a write quorum of replicas stored it. `hops` counts forwards so
     /// far. `version` is the write's version when relayed (a client's own call
     /// gets one here, once, whatever path it then takes); `expires` is when
