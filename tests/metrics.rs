@@ -115,6 +115,35 @@ fn a_ring_counts_its_requests_bytes_keys_and_members_in_metrics() {
 }
 
 #[test]
+fn a_write_through_a_replica_is_coordinated_there_not_relayed_to_the_owner() {
+    use thrifty_p2p::wire::idl::diststore::TStoreSyncClient;
+    // Three nodes keeping three copies: every node replicates every key, so
+    // the node a client calls coordinates each write it takes, owner or not.
+    let nodes = start_ring(3, &HTTP);
+    let all: Vec<&NodeProc> = nodes.iter().collect();
+    let mut raw = nodes[0].client();
+    for i in 0..32 {
+        raw.store(format!("key-{i}").into_bytes(), b"value".to_vec())
+            .unwrap();
+    }
+    let relayed = r#"thrifty_requests_total{method="relay_store"}"#;
+    assert_eq!(total(&all, relayed), 0.0, "{}", scrape(&nodes[1]));
+    // Yet each key has its three copies, and reads through another node
+    // (forwarded to the owner) see it.
+    assert!(
+        wait_until(Duration::from_secs(10), || total(&all, "thrifty_keys")
+            == 96.0),
+        "keys: {}",
+        total(&all, "thrifty_keys")
+    );
+    let mut other = nodes[2].client();
+    for i in 0..32 {
+        let found = other.fetch(format!("key-{i}").into_bytes()).unwrap();
+        assert_eq!(found.value.as_deref(), Some(&b"value"[..]), "key-{i}");
+    }
+}
+
+#[test]
 fn http_answers_only_its_three_paths() {
     let node = NodeProc::start_with(None, &HTTP);
     let http = http_of(&node);
