@@ -40,13 +40,48 @@ use crate::ring::key_position;
 struct Cut {
     starts: Vec<u64>,
     digests: Vec<AtomicU64>,
+    /// `slots[s]`: how many starts lie before the `s`-th of [`SLOTS`] equal
+    /// slices of the group (one more entry: every start), so a write reads
+    /// its slice's few starts rather than binary-searching them all (which
+    /// missed the cache on every write).
+    slots: Vec<u32>,
 }
 
+/// Slices of a group that [`Cut`] indexes its starts by.
+const SLOTS: usize = 64;
+
+/// Bits of a position below its slice within its group.
+const SLOT_SHIFT: u32 = 64 - LIST_GROUPS.trailing_zeros() - SLOTS.trailing_zeros();
+
 impl Cut {
+    /// The cut of `group` with these `starts` (sorted, the first the
+    /// group's start) and `digests`.
+    fn new(group: usize, starts: Vec<u64>, digests: Vec<AtomicU64>) -> Self {
+        let first = group_start(group);
+        let mut slots = Vec::with_capacity(SLOTS + 1);
+        let mut before = 0;
+        for slot in 0..SLOTS as u64 {
+            let start = first + (slot << SLOT_SHIFT);
+            while before < starts.len() && starts[before] < start {
+                before += 1;
+            }
+            slots.push(before as u32);
+        }
+        slots.push(starts.len() as u32);
+        Cut {
+            starts,
+            digests,
+            slots,
+        }
+    }
+
+    /// The range holding `position` (of this cut's group).
     fn index(&self, position: u64) -> usize {
-        self.starts
-            .partition_point(|&start| start <= position)
-            .saturating_sub(1)
+        // Every start of an earlier slice lies at or before `position`, every
+        // start of a later one after it.
+        let slot = (position >> SLOT_SHIFT) as usize % SLOTS;
+        let (from, to) = (self.slots[slot] as usize, self.slots[slot + 1] as usize);
+        (from + self.starts[from..to].partition_point(|&start| start <= position)).saturating_sub(1)
     }
 
     /// Whether every position of `wanted` is already a cut here.
@@ -196,9 +231,60 @@ impl Ranges {
         for (&group, gate) in groups.iter().zip(&mut gates) {
             if let Some((starts, digests)) = fresh[group].take() {
                 let digests = digests.into_iter().map(AtomicU64::new).collect();
-                **gate = Some(Cut { starts, digests });
+                **gate = Some(Cut::new(group, starts, digests));
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The indexed search finds the range a search through every start does,
+    /// at slice edges, at starts and between them.
+    #[test]
+    fn a_cut_finds_the_range_of_any_position_of_its_group() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for group in [0, 1, 37, LIST_GROUPS - 1] {
+            let first = group_start(group);
+            let span = 1u64 << (64 - LIST_GROUPS.trailing_zeros());
+            for count in [0, 1, 3, 300] {
+                let mut starts = vec![first];
+                starts.extend((0..count).map(|_| first + next() % span));
+                starts.sort_unstable();
+                starts.dedup();
+                let digests = starts.iter().map(|_| AtomicU64::new(0)).collect();
+                let cut = Cut::new(group, starts.clone(), digests);
+                let mut positions: Vec<u64> = (0..SLOTS as u64)
+                    .flat_map(|s| {
+                        let edge = first + (s << SLOT_SHIFT);
+                        [edge, edge.saturating_sub(1).max(first), edge + 1]
+                    })
+                    .collect();
+                positions.extend(
+                    starts
+                        .iter()
+                        .flat_map(|&s| [s, s.saturating_sub(1).max(first)]),
+                );
+                positions.extend((0..200).map(|_| first + next() % span));
+                positions.push(first + (span - 1));
+                for position in positions {
+                    let expected = starts.partition_point(|&s| s <= position) - 1;
+                    assert_eq!(
+                        cut.index(position),
+                        expected,
+                        "group {group}, at {position:#x}"
+                    );
+                }
+            }
+        }
     }
 }
