@@ -711,7 +711,7 @@ fn repair_label(repair: &Repair) -> String {
         if repair.after_dead {
             "once its peers declared it dead"
         } else {
-            "at once (keys it does not own)"
+            "at once"
         }
     )
 }
@@ -946,7 +946,7 @@ mod tests {
         ));
         assert!(text.contains("1 of 3 nodes at N=3: >= 100,000 puts/s, none lost: 200,000 puts/s, but 7 puts lost **miss**"));
         // 4,096 keys of 16 + 65,536 bytes in the median 1.0 s.
-        assert!(text.contains("written at N=3 at once (keys it does not own), then resumed: >= 200 MB/s: 269 MB/s pass"));
+        assert!(text.contains("written at N=3 at once, then resumed: >= 200 MB/s: 269 MB/s pass"));
         assert!(text.contains("once its peers declared it dead, then resumed: >= 200 MB/s: not repaired by the deadline **miss**"));
         assert!(text.contains("Targets met: 2 of 4."));
     }

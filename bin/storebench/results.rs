@@ -256,8 +256,7 @@ impl Drain {
 /// [`crate::repair`]).
 #[derive(Clone, Debug)]
 pub struct Repair {
-    /// Written only once its peers had declared it dead, every key (else
-    /// written at once, only keys it does not own).
+    /// Written only once its peers had declared it dead (else at once).
     pub after_dead: bool,
     pub keys: usize,
     pub value: usize,

@@ -27,6 +27,14 @@ const MAX_DEFERRAL: Duration = Duration::from_secs(30);
 /// `reconcile` calls one exchange keeps in flight.
 const RECONCILE_IN_FLIGHT: usize = 4;
 
+/// The most buckets one `reconcile` names. The peer answers with its newer
+/// entries of those buckets, refusing an answer past what one reply carries:
+/// a node that holds little (one coming back empty) would otherwise name
+/// every differing bucket in one call, and its peer, holding them all, could
+/// not answer it. A 64th of the circle per call keeps answers to a 64th of
+/// what the two share.
+const BUCKETS_PER_RECONCILE: usize = antientropy::BUCKETS / 64;
+
 /// What one anti-entropy exchange with a peer did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Synced {
@@ -201,7 +209,8 @@ impl Node {
             }
             batch_buckets.push(*bucket as i32);
             let last = i + 1 == buckets.len();
-            if last || limit.full(bytes, batch.len()) {
+            let covered = batch_buckets.len() >= BUCKETS_PER_RECONCILE;
+            if last || covered || limit.full(bytes, batch.len()) {
                 synced.sent += batch.len();
                 let request = Request::Reconcile {
                     caller: self.me.clone(),
