@@ -10,7 +10,7 @@ use thrifty_p2p::Result;
 
 use crate::bulk::JOIN_SAMPLE;
 use crate::idle::resolution;
-use crate::results::{Cell, Drain, Figures, Idle, Repair, Report, Setup, Transfer};
+use crate::results::{Cell, Drain, Figures, Idle, Op, Repair, Report, Setup, Transfer};
 
 /// One target of issue 10, checked.
 struct Check {
@@ -42,6 +42,9 @@ const P99_TARGET: Duration = Duration::from_millis(1);
 const P99_VALUE: usize = 100;
 /// The ring-aware 3-node ring (one copy per key) over Redis Cluster.
 const CLUSTER_RATIO: f64 = 1.0;
+/// The 3-node ring keeping 3 copies, over one node keeping one, for puts
+/// over many connections.
+const REPLICATED_RATIO: f64 = 0.5;
 /// Through a forwarding node, over the ring-aware client's ops/s.
 const FORWARDING_RATIO: f64 = 0.6;
 /// Target for moving bulk data, joins and handoffs (bytes per second).
@@ -129,7 +132,20 @@ impl Report {
                     ));
                 }
             }
-            // The second set of ring cells (`ring_replicas`) is reported only.
+            // Replicated writes over many connections: the ring keeping more
+            // copies against one node keeping one (the second set of ring
+            // cells, `ring_replicas`, is otherwise reported only).
+            Setup::RingAware if cell.replicas > 1 && cell.op == Op::Put && cell.conns > 1 => {
+                if let Some(one) = self.find(Setup::OneNode, cell) {
+                    checks.push(Check::ratio(
+                        &name,
+                        cell.ours.ops,
+                        one.ours.ops,
+                        REPLICATED_RATIO,
+                        "1 node at 1 copy",
+                    ));
+                }
+            }
             Setup::Forwarding if cell.replicas == self.config.replicas => {
                 if let Some(direct) = self.find(Setup::RingAware, cell) {
                     checks.push(Check::ratio(
