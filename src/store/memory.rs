@@ -12,26 +12,55 @@
 //! its shard:
 //!
 //! - an arena of pages, 32 KiB each ([`PAGE`]), into which records are
-//!   appended back to back: `stamp u64 | origin u32 | key_len u32 |
-//!   value_len u32 | key | value`, little-endian. `value_len` is `u32::MAX`
-//!   for a tombstone; the top bit of `key_len` marks a dead record (replaced
-//!   or removed). A record over [`LARGE`] gets a page of its own, so no page
-//!   ends in much unused space.
-//! - a hashbrown [`HashTable`] of [`Handle`]s, each a page number and an
-//!   offset in a `u32`. It holds neither keys nor hashes: a lookup compares
-//!   the key in the record, and a resize rehashes keys read from the arena.
+//!   appended back to back: `flags u8 | origin u8 | stamp u64 | [origin
+//!   u32] | [key_len varint] | [value_len varint] | key | value`,
+//!   little-endian. The flags hold a dead bit (replaced or removed), a
+//!   tombstone bit (no value length follows) and the key's length if under
+//!   31 (else 31, and a varint follows). The origin byte numbers the origin
+//!   in the shard's list of origins ([`Arena::origins`], at most 255), or is
+//!   255 and the origin follows the stamp in full. A dead filler (the rest
+//!   of a record rewritten shorter) is a flag byte with its length, and a
+//!   `u32` of it from 31 bytes on, so any gap of a byte or more can be
+//!   filled. A record over [`LARGE`] gets a page of its own, so no page ends
+//!   in much unused space.
+//! - a [`Table`] of [`Handle`]s, each a page number and an offset in a
+//!   `u32`, with a control byte per slot as in hashbrown. It holds neither
+//!   keys nor hashes: a lookup compares the key in the record, and a resize
+//!   rehashes keys read from the arena.
 //!
 //! # Why
 //!
 //! Memory is the constraint: a node may hold millions of small values. The
 //! engine before this one gave each entry its own allocation and kept its
-//! 16-byte pointer in a std `HashSet`. For a million 10-byte keys with 100-byte
-//! values that was 171 MiB resident, 1.64x the raw bytes: a 144-byte malloc
-//! chunk for the 127 bytes of an entry, and about 32 bytes of table per entry
-//! at the 54% load the tables happened to have. Here an entry costs its 20-byte
-//! header, no allocator overhead, and 5 bytes per table bucket (handle and
-//! control byte), about 11 bytes per entry at that same load: 136 MiB
-//! resident, 1.30x (`memory_per_million_entries` below).
+//! 16-byte pointer in a std `HashSet`: 1.64x the raw bytes for a million
+//! 10-byte keys with 100-byte values. The arena and a hashbrown table of
+//! handles brought that to 1.30x, but still spent a 20-byte header on every
+//! record (17% of a 16-byte key with a 100-byte value) and a table that
+//! doubles: at a million keys each shard's 15,625 had just passed 7/8 of
+//! 16,384 buckets, so every table sat at 48% load, 10.5 bytes per entry.
+//! storebench's node held 1,000,000 such entries in 153 MiB, 1.39x.
+//!
+//! - The header is 11 bytes for such an entry: lengths under 31 and 128 fit
+//!   the flags and one varint byte; the version cannot shrink, since a
+//!   stamp is wall microseconds shifted 10 bits (61 bits today, and any
+//!   value up to `u64::MAX` must round-trip), but the origin, a hash of the
+//!   writing node's address, takes one of few values per shard, so a byte
+//!   numbers it. The header's length depends only on the lengths and on
+//!   whether the origin is numbered, never on the stamp, so an overwrite of
+//!   the same size still fits in place; a stamp stored relative to a base
+//!   would save a byte or two but grow as time passes, and turn those
+//!   overwrites into appends and garbage.
+//! - The table has any number of groups of 8 slots rather than a power of
+//!   two, and grows by a quarter once 7/8 full, so its load stays between
+//!   70% and 87.5% at every size (5.7 to 7.1 bytes per entry), where a
+//!   doubling table swings between 44% and 87.5%. The price is rehashing
+//!   each key about four times over a table's growth instead of once.
+//!
+//! Measured with storebench's node (`storebench --only memory
+//! --memory-keys N`, 16-byte keys, 100-byte values), resident bytes per
+//! entry less the empty node's: 300,000 keys 164 before, 154 after (the
+//! node's fixed costs weigh most here); 1,000,000 keys 153, 142 (1.39x to
+//! 1.28x raw in all); 3,000,000 keys 146, 139 (1.27x to 1.22x).
 //!
 //! Nor is it slower (`nanoseconds_per_operation_at_a_million_keys` below): a
 //! write copies into a page instead of allocating, an overwrite of the same
@@ -42,9 +71,8 @@
 //!
 //! # Garbage
 //!
-//! An overwrite whose record is as long as the old one, or shorter by at least
-//! a header, is written over it, the rest of the old record becoming a dead
-//! filler. Otherwise the new record is appended and the old one marked dead,
+//! An overwrite whose record is no longer than the old one is written over
+//! it, the rest of the old record becoming a dead filler. Otherwise the new record is appended and the old one marked dead,
 //! as `remove_if` marks it. Pages count their dead bytes, and a shard those of
 //! its sealed pages (all but the one taking appends). A page whose records
 //! all died is freed at once. Once more than a quarter of the sealed bytes are
@@ -63,8 +91,6 @@
 
 use std::hash::{BuildHasher, DefaultHasher, RandomState};
 
-use hashbrown::HashTable;
-use hashbrown::hash_table::Entry;
 use parking_lot::RwLock;
 
 use super::{Engine, Held, Listed, Stored, Usage, cursor, split_cursor};
@@ -73,8 +99,8 @@ use crate::ring::key_position;
 use crate::version::Version;
 
 /// Enough shards that two cores rarely meet on one lock. Memory per entry
-/// does not depend on it: the tables' load factor swings between 44% and 87%
-/// as keys are added, whatever the number of shards.
+/// does not depend on it: the tables' load factor swings between 70% and
+/// 87.5% as keys are added, whatever the number of shards.
 const SHARDS: usize = super::LIST_GROUPS;
 
 /// Bits of a [`Handle`] that hold the offset within a page.
@@ -87,6 +113,16 @@ const PAGE: usize = 1 << OFFSET_BITS;
 
 /// The most pages a shard can hold: what the handle's other bits can number.
 const MAX_PAGES: usize = 1 << (32 - OFFSET_BITS);
+
+/// The longest key: under 2 GiB, as before records had varint lengths.
+const MAX_KEY: usize = (1 << 31) - 1;
+
+/// The longest value: under 4 GiB (a varint of at most five bytes).
+const MAX_VALUE: usize = u32::MAX as usize - 1;
+
+/// Origins a shard numbers ([`Arena::origins`]); a record of any other
+/// origin carries it in full.
+const MAX_ORIGINS: usize = OWN_ORIGIN as usize;
 
 /// Records longer than this get a page of their own, so no page of small
 /// records ends in more than this much unused space.
@@ -110,14 +146,34 @@ const FIRST_PAGE: usize = 1024;
 /// overwrites, about one record copied per record appended.
 const DEAD_SHARE: usize = 4;
 
-/// Bytes before the key: stamp (8), origin (4), key length (4), value length (4).
-const HEADER: usize = 20;
+/// Bits of a record's first byte, its flags. The low five hold the key's
+/// length if under [`LONG`], else [`LONG`], and the length follows as a
+/// varint; in a filler, they hold the filler's length the same way, with a
+/// `u32` after the flags for [`LONG`] or more.
+const DEAD: u8 = 1 << 7;
 
-/// Set in the key-length word of a record that was replaced or removed.
-const DEAD: u32 = 1 << 31;
+/// Set in the flags of a tombstone, whose record has no value length.
+const TOMBSTONE: u8 = 1 << 6;
 
-/// The value-length word of a tombstone.
-const TOMBSTONE: u32 = u32::MAX;
+/// Set (with [`DEAD`]) in the flags of a dead filler: bytes left over by an
+/// in-place rewrite, with no key or version, so a page can still be walked.
+const FILLER: u8 = 1 << 5;
+
+/// The flags' length field: [`LONG`] means "the length follows".
+const SHORT: u8 = 0x1f;
+
+/// The smallest key (or filler) length not held in the flags.
+const LONG: usize = SHORT as usize;
+
+/// The origin byte of a record whose origin follows the stamp in full.
+const OWN_ORIGIN: u8 = u8::MAX;
+
+/// Bytes every record starts with: flags (1), origin code (1), stamp (8).
+const FIXED: usize = 10;
+
+/// The longest header: [`FIXED`], an origin (4), a key length (5) and a value
+/// length (5).
+const MAX_HEADER: usize = FIXED + 4 + 5 + 5;
 
 /// Where a record is: page number (high 17 bits) and byte offset in the page
 /// (low 15 bits). Four bytes, so the table costs 5 bytes per bucket.
@@ -145,50 +201,132 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(word)
 }
 
+/// Reads the LEB128 varint at `*at` (at most five bytes, a `u32`), moving
+/// `*at` past it.
+fn varint_at(bytes: &[u8], at: &mut usize) -> usize {
+    let mut value = 0;
+    let mut shift = 0;
+    loop {
+        let byte = bytes[*at];
+        *at += 1;
+        value |= usize::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return value;
+        }
+        shift += 7;
+    }
+}
+
+/// Writes `value` as a LEB128 varint at `at` in `out`, returning where it
+/// ends.
+fn put_varint(out: &mut [u8], mut at: usize, mut value: usize) -> usize {
+    while value >= 0x80 {
+        out[at] = value as u8 | 0x80;
+        value >>= 7;
+        at += 1;
+    }
+    out[at] = value as u8;
+    at + 1
+}
+
+fn varint_len(value: usize) -> usize {
+    match value {
+        0..0x80 => 1,
+        0x80..0x4000 => 2,
+        0x4000..0x20_0000 => 3,
+        0x20_0000..0x1000_0000 => 4,
+        _ => 5,
+    }
+}
+
+/// Where a record's parts are, read from its header.
+#[derive(Clone, Copy)]
+struct Layout {
+    /// Offset of the key: the header's length.
+    key: usize,
+    key_len: usize,
+    value_len: usize,
+}
+
 /// A record read in place: the bytes from its start to the end of its page.
 #[derive(Clone, Copy)]
 struct Record<'a>(&'a [u8]);
 
 impl<'a> Record<'a> {
-    fn key_len(self) -> usize {
-        (u32_at(self.0, 12) & !DEAD) as usize
+    fn flags(self) -> u8 {
+        self.0[0]
     }
 
-    fn value_len(self) -> usize {
-        match u32_at(self.0, 16) {
-            TOMBSTONE => 0,
-            len => len as usize,
+    /// The header read; a filler reads as a keyless record of its length.
+    fn layout(self) -> Layout {
+        let flags = self.flags();
+        if flags & FILLER != 0 {
+            let len = match flags & SHORT {
+                SHORT => u32_at(self.0, 1) as usize,
+                len => usize::from(len),
+            };
+            return Layout {
+                key: len,
+                key_len: 0,
+                value_len: 0,
+            };
+        }
+        let mut at = FIXED;
+        if self.0[1] == OWN_ORIGIN {
+            at += 4;
+        }
+        let key_len = match flags & SHORT {
+            SHORT => varint_at(self.0, &mut at),
+            len => usize::from(len),
+        };
+        let value_len = if flags & TOMBSTONE != 0 {
+            0
+        } else {
+            varint_at(self.0, &mut at)
+        };
+        Layout {
+            key: at,
+            key_len,
+            value_len,
         }
     }
 
     /// The record's length, header included.
     fn len(self) -> usize {
-        HEADER + self.key_len() + self.value_len()
+        let layout = self.layout();
+        layout.key + layout.key_len + layout.value_len
     }
 
     fn is_dead(self) -> bool {
-        u32_at(self.0, 12) & DEAD != 0
+        self.flags() & DEAD != 0
     }
 
     fn is_tombstone(self) -> bool {
-        u32_at(self.0, 16) == TOMBSTONE
+        self.flags() & (TOMBSTONE | FILLER) == TOMBSTONE
     }
 
     fn key(self) -> &'a [u8] {
-        &self.0[HEADER..HEADER + self.key_len()]
+        let layout = self.layout();
+        &self.0[layout.key..layout.key + layout.key_len]
     }
 
     fn value(self) -> Option<&'a [u8]> {
-        let start = HEADER + self.key_len();
-        (!self.is_tombstone()).then(|| &self.0[start..start + self.value_len()])
+        let layout = self.layout();
+        let start = layout.key + layout.key_len;
+        (!self.is_tombstone()).then(|| &self.0[start..start + layout.value_len])
     }
 
-    fn version(self) -> Version {
+    /// The record's version; `origins` is its arena's ([`Arena::origins`]).
+    fn version(self, origins: &[u32]) -> Version {
         let mut stamp = [0; 8];
-        stamp.copy_from_slice(&self.0[0..8]);
+        stamp.copy_from_slice(&self.0[2..FIXED]);
+        let origin = match self.0[1] {
+            OWN_ORIGIN => u32_at(self.0, FIXED),
+            code => origins[usize::from(code)],
+        };
         Version {
             stamp: u64::from_le_bytes(stamp),
-            origin: u32_at(self.0, 8),
+            origin,
         }
     }
 
@@ -197,47 +335,95 @@ impl<'a> Record<'a> {
         &self.0[..self.len()]
     }
 
-    fn stored(self) -> Stored {
+    fn stored(self, origins: &[u32]) -> Stored {
         Stored {
             value: self.value().map(<[u8]>::to_vec),
-            version: self.version(),
+            version: self.version(origins),
         }
+    }
+
+    /// What this record counts for in [`Usage`].
+    fn usage(self) -> Usage {
+        Usage::of(self.key(), self.value())
     }
 }
 
-/// The length of the record for `key` and `value`, or why it cannot be stored.
-fn record_len(key: &[u8], value: Option<&[u8]>) -> Result<usize> {
-    if key.len() >= DEAD as usize {
+/// Checks that `key` and `value` can be stored.
+fn check_lengths(key: &[u8], value: Option<&[u8]>) -> Result<()> {
+    if key.len() > MAX_KEY {
         return Err(Error::Storage(format!(
             "key of {} bytes is too long",
             key.len()
         )));
     }
     let value_len = value.map_or(0, <[u8]>::len);
-    if value_len >= TOMBSTONE as usize {
+    if value_len > MAX_VALUE {
         return Err(Error::Storage(format!(
             "value of {value_len} bytes is too long"
         )));
     }
-    Ok(HEADER + key.len() + value_len)
+    Ok(())
+}
+
+/// The length of the record for `key` and `value` (checked by
+/// [`check_lengths`]), its origin coded as `code`.
+fn record_len(code: u8, key: &[u8], value: Option<&[u8]>) -> usize {
+    let mut len = FIXED + key.len();
+    if code == OWN_ORIGIN {
+        len += 4;
+    }
+    if key.len() >= LONG {
+        len += varint_len(key.len());
+    }
+    if let Some(value) = value {
+        len += varint_len(value.len()) + value.len();
+    }
+    len
 }
 
 /// Sets the dead bit of the record that `record` starts with.
 fn mark_dead(record: &mut [u8]) {
-    let word = u32_at(record, 12) | DEAD;
-    record[12..16].copy_from_slice(&word.to_le_bytes());
+    record[0] |= DEAD;
 }
 
-/// The header of the record for `key` and `value`, whose lengths
-/// [`record_len`] has checked.
-fn header(key: &[u8], value: Option<&[u8]>, version: Version) -> [u8; HEADER] {
-    let mut header = [0; HEADER];
-    header[0..8].copy_from_slice(&version.stamp.to_le_bytes());
-    header[8..12].copy_from_slice(&version.origin.to_le_bytes());
-    header[12..16].copy_from_slice(&(key.len() as u32).to_le_bytes());
-    let value_len = value.map_or(TOMBSTONE, |value| value.len() as u32);
-    header[16..20].copy_from_slice(&value_len.to_le_bytes());
-    header
+/// The header of the record for `key` and `value` (checked by
+/// [`check_lengths`]), its origin coded as `code`: a buffer and how much of
+/// it is the header ([`record_len`] less the key and value).
+fn header(
+    code: u8,
+    key: &[u8],
+    value: Option<&[u8]>,
+    version: Version,
+) -> ([u8; MAX_HEADER], usize) {
+    let mut header = [0; MAX_HEADER];
+    let tombstone = if value.is_none() { TOMBSTONE } else { 0 };
+    header[0] = tombstone | key.len().min(LONG) as u8;
+    header[1] = code;
+    header[2..FIXED].copy_from_slice(&version.stamp.to_le_bytes());
+    let mut at = FIXED;
+    if code == OWN_ORIGIN {
+        header[at..at + 4].copy_from_slice(&version.origin.to_le_bytes());
+        at += 4;
+    }
+    if key.len() >= LONG {
+        at = put_varint(&mut header, at, key.len());
+    }
+    if let Some(value) = value {
+        at = put_varint(&mut header, at, value.len());
+    }
+    (header, at)
+}
+
+/// Writes a dead filler over all of `gap` (at least a byte; at most
+/// `u32::MAX`).
+fn put_filler(gap: &mut [u8]) {
+    let len = gap.len();
+    if len < LONG {
+        gap[0] = DEAD | FILLER | len as u8;
+    } else {
+        gap[0] = DEAD | FILLER | SHORT;
+        gap[1..5].copy_from_slice(&(len as u32).to_le_bytes());
+    }
 }
 
 /// One page: records back to back, and how many of its bytes are dead.
@@ -263,6 +449,10 @@ struct Arena {
     sealed_dead: usize,
     /// Bytes of live records (values and tombstones), for accounting.
     live: usize,
+    /// The origins of the shard's versions, numbered in the order first
+    /// seen, so a record names its origin in a byte ([`Record::version`]).
+    /// Never shrinks while the shard holds a key: at most [`MAX_ORIGINS`].
+    origins: Vec<u32>,
     /// Records moved by compaction, so tests can tell it ran.
     #[cfg(test)]
     moved: usize,
@@ -273,59 +463,65 @@ impl Arena {
         Record(&self.pages[handle.page()].bytes[handle.offset()..])
     }
 
-    /// Appends a record of `len` bytes (from [`record_len`]). Fails only if
-    /// the shard is full, and then stores nothing.
-    fn append(
-        &mut self,
-        len: usize,
-        key: &[u8],
-        value: Option<&[u8]>,
-        version: Version,
-    ) -> Result<Handle> {
+    /// Appends the record for `key`, `value` and `version` (whose lengths
+    /// [`check_lengths`] took). Fails only if the shard is full, and then
+    /// stores nothing.
+    fn append(&mut self, key: &[u8], value: Option<&[u8]>, version: Version) -> Result<Handle> {
+        let code = self.origin_code(version.origin);
+        let len = record_len(code, key, value);
         let handle = self.reserve(len)?;
+        let (header, header_len) = header(code, key, value, version);
         let bytes = &mut self.pages[handle.page()].bytes;
-        bytes.extend_from_slice(&header(key, value, version));
+        bytes.extend_from_slice(&header[..header_len]);
         bytes.extend_from_slice(key);
         bytes.extend_from_slice(value.unwrap_or_default());
         self.live += len;
         Ok(handle)
     }
 
-    /// Writes a record of `len` bytes over the live one at `handle`, if it
-    /// fits exactly or leaves room for a dead filler record after it. Returns
-    /// whether it did. Most overwrites keep the value's size, and then leave
-    /// no garbage and need no new handle.
+    /// How a record names `origin`: its number in [`Arena::origins`],
+    /// numbered now if new and there is room, else [`OWN_ORIGIN`].
+    fn origin_code(&mut self, origin: u32) -> u8 {
+        if let Some(code) = self.origins.iter().position(|&o| o == origin) {
+            return code as u8;
+        }
+        if self.origins.len() == MAX_ORIGINS {
+            return OWN_ORIGIN;
+        }
+        self.origins.push(origin);
+        (self.origins.len() - 1) as u8
+    }
+
+    /// Writes the record for `key`, `value` and `version` over the live one
+    /// at `handle` if it is no longer, the rest of the old record becoming a
+    /// dead filler. Returns whether it did. Most overwrites keep the value's
+    /// size, and then leave no garbage and need no new handle.
     fn rewrite(
         &mut self,
         handle: Handle,
-        len: usize,
         key: &[u8],
         value: Option<&[u8]>,
         version: Version,
     ) -> bool {
+        let code = self.origin_code(version.origin);
+        let len = record_len(code, key, value);
         let (index, offset) = (handle.page(), handle.offset());
         let page = &mut self.pages[index];
         let old_len = Record(&page.bytes[offset..]).len();
         let Some(gap) = old_len.checked_sub(len) else {
             return false;
         };
-        let Ok(filler) = u32::try_from(gap.saturating_sub(HEADER)) else {
-            return false;
-        };
-        if gap != 0 && (gap < HEADER || filler == TOMBSTONE) {
+        if u32::try_from(gap).is_err() {
             return false;
         }
+        let (header, header_len) = header(code, key, value, version);
         let bytes = &mut page.bytes[offset..offset + old_len];
-        bytes[..HEADER].copy_from_slice(&header(key, value, version));
-        bytes[HEADER..HEADER + key.len()].copy_from_slice(key);
-        bytes[HEADER + key.len()..len].copy_from_slice(value.unwrap_or_default());
+        bytes[..header_len].copy_from_slice(&header[..header_len]);
+        let value_at = header_len + key.len();
+        bytes[header_len..value_at].copy_from_slice(key);
+        bytes[value_at..len].copy_from_slice(value.unwrap_or_default());
         if gap != 0 {
-            // A dead record with no key, its value the rest of the gap, so
-            // the page can still be walked record by record.
-            let mut filler_header = [0; HEADER];
-            filler_header[12..16].copy_from_slice(&DEAD.to_le_bytes());
-            filler_header[16..20].copy_from_slice(&filler.to_le_bytes());
-            bytes[len..len + HEADER].copy_from_slice(&filler_header);
+            put_filler(&mut bytes[len..]);
             page.dead += gap;
             if self.active != Some(index) {
                 self.sealed_dead += gap;
@@ -502,10 +698,228 @@ fn hash_of(hasher: &KeyHasher, key: &[u8]) -> u64 {
     hasher.hash_one(key)
 }
 
+/// Slots in a group of the [`Table`]: as many control bytes as a `u64` reads.
+const GROUP: usize = 8;
+
+/// A [`Table`] grows once more than 7 slots in 8 are taken (by handles or
+/// by deleted marks).
+const MAX_LOAD: (usize, usize) = (7, 8);
+
+/// ...and then to where 7 slots in 10 are taken: 1.25 times larger.
+const GROWN_LOAD: (usize, usize) = (7, 10);
+
+/// A control byte: a free slot that no probe ever passed.
+const EMPTY: u8 = 0xff;
+
+/// A control byte: a slot whose handle was removed, which probes pass.
+const DELETED: u8 = 0x80;
+
+const LOW_BITS: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// A hash table of handles, open addressing with a control byte per slot
+/// as in hashbrown (7 bits of the hash, or [`EMPTY`], or [`DELETED`]), read
+/// 8 at a time, but with any number of groups of 8 slots, not a power of
+/// two: a key's first group is its hash scaled to the group count, probing
+/// goes on group by group, and growth is by a quarter, not by doubling.
+#[derive(Default)]
+struct Table {
+    ctrl: Vec<u8>,
+    slots: Vec<Handle>,
+    items: usize,
+    /// Empty slots that may still be taken before the table must grow.
+    growth_left: usize,
+}
+
+/// The bit set of the bytes of `word` that have their top bit set, one
+/// per byte, lowest first.
+struct Bits(u64);
+
+impl Iterator for Bits {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        if self.0 == 0 {
+            return None;
+        }
+        let bit = self.0.trailing_zeros() as usize / 8;
+        self.0 &= self.0 - 1;
+        Some(bit)
+    }
+}
+
+/// Bytes of `word` that may equal `tag`: every one that does, and perhaps a
+/// few above one that does (checked against the control byte after).
+fn matching(word: u64, tag: u8) -> Bits {
+    let x = word ^ (LOW_BITS * u64::from(tag));
+    Bits(x.wrapping_sub(LOW_BITS) & !x & HIGH_BITS)
+}
+
+/// Bytes of `word` that are [`EMPTY`] (the only control byte with its top
+/// two bits set).
+fn empty(word: u64) -> Bits {
+    Bits(word & (word << 1) & HIGH_BITS)
+}
+
+/// Bytes of `word` that are [`EMPTY`] or [`DELETED`].
+fn free(word: u64) -> Bits {
+    Bits(word & HIGH_BITS)
+}
+
+fn tag_of(hash: u64) -> u8 {
+    (hash & 0x7f) as u8
+}
+
+/// Slots taken at most in a table of `slots` slots.
+fn most_items(slots: usize) -> usize {
+    slots / MAX_LOAD.1 * MAX_LOAD.0
+}
+
+impl Table {
+    fn len(&self) -> usize {
+        self.items
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items == 0
+    }
+
+    fn groups(&self) -> usize {
+        self.ctrl.len() / GROUP
+    }
+
+    /// Slots, taken or not.
+    fn capacity(&self) -> usize {
+        self.ctrl.len()
+    }
+
+    #[cfg(test)]
+    fn allocation_size(&self) -> usize {
+        self.ctrl.capacity() + self.slots.capacity() * size_of::<Handle>()
+    }
+
+    fn word(&self, group: usize) -> u64 {
+        let mut word = [0; GROUP];
+        word.copy_from_slice(&self.ctrl[group * GROUP..(group + 1) * GROUP]);
+        u64::from_le_bytes(word)
+    }
+
+    /// The groups a probe for `hash` visits, in order: all of them, from
+    /// the hash scaled to the group count.
+    fn probe(&self, hash: u64) -> impl Iterator<Item = usize> {
+        let groups = self.groups();
+        let first = ((u128::from(hash) * groups as u128) >> 64) as usize;
+        (first..groups).chain(0..first)
+    }
+
+    /// The slot holding a handle of `hash` for which `eq` is true.
+    fn find(&self, hash: u64, mut eq: impl FnMut(Handle) -> bool) -> Option<usize> {
+        let tag = tag_of(hash);
+        for group in self.probe(hash) {
+            let word = self.word(group);
+            for bit in matching(word, tag) {
+                let slot = group * GROUP + bit;
+                if self.ctrl[slot] == tag && eq(self.slots[slot]) {
+                    return Some(slot);
+                }
+            }
+            if empty(word).0 != 0 {
+                return None;
+            }
+        }
+        None
+    }
+
+    fn get(&self, slot: usize) -> Handle {
+        self.slots[slot]
+    }
+
+    fn set(&mut self, slot: usize, handle: Handle) {
+        self.slots[slot] = handle;
+    }
+
+    /// The first free slot on the probe for `hash`. The table has one.
+    fn free_slot(&self, hash: u64) -> usize {
+        for group in self.probe(hash) {
+            if let Some(bit) = free(self.word(group)).next() {
+                return group * GROUP + bit;
+            }
+        }
+        unreachable!("a table always has an empty slot")
+    }
+
+    /// Adds `handle`, of `hash`, which the table lacks. `rehash` gives the
+    /// hash of a handle already in the table, should it have to grow.
+    fn insert(&mut self, hash: u64, handle: Handle, rehash: impl Fn(Handle) -> u64) {
+        let mut slot = self.free_slot_or_none(hash);
+        if slot.is_none_or(|slot| self.ctrl[slot] == EMPTY && self.growth_left == 0) {
+            self.resize(self.items + 1, rehash);
+            slot = Some(self.free_slot(hash));
+        }
+        let slot = slot.expect("a free slot");
+        if self.ctrl[slot] == EMPTY {
+            self.growth_left -= 1;
+        }
+        self.ctrl[slot] = tag_of(hash);
+        self.slots[slot] = handle;
+        self.items += 1;
+    }
+
+    fn free_slot_or_none(&self, hash: u64) -> Option<usize> {
+        (self.groups() > 0).then(|| self.free_slot(hash))
+    }
+
+    /// Removes the handle in `slot`, returning it.
+    fn remove(&mut self, slot: usize) -> Handle {
+        // No probe ever passed a group that has an empty slot (it would have
+        // stopped there), so the slot can be empty again; otherwise a probe
+        // may have passed it, and must go on passing it.
+        if empty(self.word(slot / GROUP)).0 != 0 {
+            self.ctrl[slot] = EMPTY;
+            self.growth_left += 1;
+        } else {
+            self.ctrl[slot] = DELETED;
+        }
+        self.items -= 1;
+        self.slots[slot]
+    }
+
+    /// Rebuilds the table for `items` handles at [`GROWN_LOAD`], dropping
+    /// its deleted marks.
+    fn resize(&mut self, items: usize, rehash: impl Fn(Handle) -> u64) {
+        let slots = (items * GROWN_LOAD.1).div_ceil(GROWN_LOAD.0).max(1);
+        let groups = slots.div_ceil(GROUP);
+        let old = std::mem::replace(
+            self,
+            Table {
+                ctrl: vec![EMPTY; groups * GROUP],
+                slots: vec![Handle(0); groups * GROUP],
+                items: 0,
+                growth_left: most_items(groups * GROUP),
+            },
+        );
+        for handle in old.iter() {
+            let hash = rehash(handle);
+            let slot = self.free_slot(hash);
+            self.ctrl[slot] = tag_of(hash);
+            self.slots[slot] = handle;
+        }
+        self.items = old.items;
+        self.growth_left -= old.items;
+    }
+
+    /// Every handle, in slot order.
+    fn iter(&self) -> impl Iterator<Item = Handle> + '_ {
+        (self.ctrl.iter().zip(&self.slots))
+            .filter(|(ctrl, _)| **ctrl & DELETED == 0)
+            .map(|(_, handle)| *handle)
+    }
+}
+
 /// One lock's worth of the store.
 #[derive(Default)]
 struct Shard {
-    table: HashTable<Handle>,
+    table: Table,
     arena: Arena,
     /// Values, their bytes and tombstones, so `len` and `usage` need not walk
     /// the tables. Plain counters, not atomics: every write already holds
@@ -514,19 +928,12 @@ struct Shard {
     usage: Usage,
 }
 
-impl Record<'_> {
-    /// What this record counts for in [`Usage`].
-    fn usage(self) -> Usage {
-        Usage::of(self.key(), self.value())
-    }
-}
-
 impl Shard {
     fn find(&self, hash: u64, key: &[u8]) -> Option<Record<'_>> {
-        let handle = self
+        let slot = self
             .table
-            .find(hash, |&handle| self.arena.record(handle).key() == key)?;
-        Some(self.arena.record(*handle))
+            .find(hash, |handle| self.arena.record(handle).key() == key)?;
+        Some(self.arena.record(self.table.get(slot)))
     }
 
     /// Writes `value` at `key` with the version `decide` makes from the
@@ -541,34 +948,38 @@ impl Shard {
         decide: impl FnOnce(Option<Version>) -> Option<Version>,
     ) -> Result<Option<(Version, Held)>> {
         // Checked before `decide` runs, so a bad key costs no version.
-        let len = record_len(key, value)?;
+        check_lengths(key, value)?;
         let arena = &self.arena;
-        let entry = self.table.entry(
-            hash,
-            |&handle| arena.record(handle).key() == key,
-            |&handle| hash_of(hasher, arena.record(handle).key()),
-        );
-        let (version, held) = match entry {
-            Entry::Occupied(mut slot) => {
-                let handle = *slot.get();
+        let found = self
+            .table
+            .find(hash, |handle| arena.record(handle).key() == key);
+        let (version, held) = match found {
+            Some(slot) => {
+                let handle = self.table.get(slot);
                 let old = self.arena.record(handle);
-                let Some(version) = decide(Some(old.version())) else {
+                let old_version = old.version(&self.arena.origins);
+                let Some(version) = decide(Some(old_version)) else {
                     return Ok(None);
                 };
-                let held = Some((old.version(), old.is_tombstone()));
+                let held = Some((old_version, old.is_tombstone()));
                 let old_usage = old.usage();
-                if !self.arena.rewrite(handle, len, key, value, version) {
-                    *slot.get_mut() = self.arena.append(len, key, value, version)?;
+                if !self.arena.rewrite(handle, key, value, version) {
+                    let moved = self.arena.append(key, value, version)?;
+                    self.table.set(slot, moved);
                     self.arena.kill(handle);
                 }
                 self.usage.sub(old_usage);
                 (version, held)
             }
-            Entry::Vacant(slot) => {
+            None => {
                 let Some(version) = decide(None) else {
                     return Ok(None);
                 };
-                slot.insert(self.arena.append(len, key, value, version)?);
+                let handle = self.arena.append(key, value, version)?;
+                let arena = &self.arena;
+                self.table.insert(hash, handle, |handle| {
+                    hash_of(hasher, arena.record(handle).key())
+                });
                 (version, None)
             }
         };
@@ -587,19 +998,16 @@ impl Shard {
         version: Version,
     ) -> Option<bool> {
         let arena = &self.arena;
-        let Ok(slot) = self
+        let slot = self
             .table
-            .find_entry(hash, |&handle| arena.record(handle).key() == key)
-        else {
-            return None;
-        };
-        let record = self.arena.record(*slot.get());
-        if record.version() != version {
+            .find(hash, |handle| arena.record(handle).key() == key)?;
+        let record = self.arena.record(self.table.get(slot));
+        if record.version(&self.arena.origins) != version {
             return None;
         }
         let tombstone = record.is_tombstone();
         let held = record.usage();
-        let (handle, _) = slot.remove();
+        let handle = self.table.remove(slot);
         self.usage.sub(held);
         if self.table.is_empty() {
             // A handoff may empty a shard: give everything back.
@@ -613,7 +1021,7 @@ impl Shard {
         let len = self.table.len();
         if self.table.capacity() > 1024 && len * 4 < self.table.capacity() {
             let arena = &self.arena;
-            self.table.shrink_to(len * 2, |&handle| {
+            self.table.resize(len * 2, |handle| {
                 hash_of(hasher, arena.record(handle).key())
             });
         }
@@ -647,9 +1055,9 @@ impl Shard {
                     let old = Handle::new(index, offset);
                     let slot = self
                         .table
-                        .find_mut(hash_of(hasher, record.key()), |&handle| handle == old)
+                        .find(hash_of(hasher, record.key()), |handle| handle == old)
                         .expect("every live record has a handle in the table");
-                    *slot = moved;
+                    self.table.set(slot, moved);
                     mark_dead(&mut page.bytes[offset..]);
                     page.dead += len;
                     self.arena.sealed_dead += len;
@@ -720,7 +1128,7 @@ impl Memory {
             // Every test that looks at the accounting checks it too.
             let records = shard.arena.check();
             assert_eq!(records, shard.table.len());
-            for &handle in &shard.table {
+            for handle in shard.table.iter() {
                 assert!(!shard.arena.record(handle).is_dead());
             }
             footprint.live += shard.arena.live;
@@ -753,7 +1161,10 @@ struct Footprint {
 impl Engine for Memory {
     fn get(&self, key: &[u8]) -> Result<Option<Stored>> {
         let (hash, shard) = self.locate(key);
-        Ok(shard.read().find(hash, key).map(Record::stored))
+        let shard = shard.read();
+        Ok(shard
+            .find(hash, key)
+            .map(|record| record.stored(&shard.arena.origins)))
     }
 
     fn value_len(&self, key: &[u8]) -> Result<Option<usize>> {
@@ -829,7 +1240,7 @@ impl Engine for Memory {
             let shard = self.shards[group].read();
             looked += shard.table.len();
             let mut picked: Vec<Record<'_>> = (shard.table.iter())
-                .map(|&handle| shard.arena.record(handle))
+                .map(|handle| shard.arena.record(handle))
                 .filter(|record| record.key() >= floor && record.key().starts_with(prefix))
                 .collect();
             let full = picked.len() > want;
@@ -838,9 +1249,10 @@ impl Engine for Memory {
                 picked.truncate(want);
             }
             picked.sort_unstable_by(|a, b| a.key().cmp(b.key()));
-            listed
-                .entries
-                .extend((picked.iter()).map(|r| (r.key().to_vec(), r.version(), r.is_tombstone())));
+            listed.entries.extend((picked.iter()).map(|r| {
+                let version = r.version(&shard.arena.origins);
+                (r.key().to_vec(), version, r.is_tombstone())
+            }));
             if full {
                 let last = &listed.entries.last().expect("a full page").0;
                 listed.next = Some(cursor(group, last, true));
@@ -874,10 +1286,11 @@ impl Engine for Memory {
             keys.clear();
             entries.clear();
             let shard = shard.read();
-            for &handle in &shard.table {
+            for handle in shard.table.iter() {
                 let record = shard.arena.record(handle);
                 keys.extend_from_slice(record.key());
-                entries.push((keys.len(), record.version(), record.is_tombstone()));
+                let version = record.version(&shard.arena.origins);
+                entries.push((keys.len(), version, record.is_tombstone()));
             }
             drop(shard);
             let mut start = 0;
@@ -1064,25 +1477,189 @@ mod tests {
             stamp: u64::MAX - 1,
             origin: 9,
         };
-        let len = record_len(b"key", Some(b"value")).unwrap();
-        assert_eq!(len, HEADER + 3 + 5);
-        let handle = arena.append(len, b"key", Some(b"value"), version).unwrap();
-        let tombstone = arena
-            .append(HEADER + 3, b"key", None, Version::default())
-            .unwrap();
+        let handle = arena.append(b"key", Some(b"value"), version).unwrap();
+        // Flags with the key's length, origin code, stamp, value length.
+        let len = 1 + 1 + 8 + 1 + 3 + 5;
+        assert_eq!(record_len(0, b"key", Some(b"value")), len);
+        let tombstone = arena.append(b"key", None, Version::default()).unwrap();
         let record = arena.record(handle);
         assert_eq!(
-            (record.key(), record.value(), record.version(), record.len()),
+            (
+                record.key(),
+                record.value(),
+                record.version(&arena.origins),
+                record.len()
+            ),
             (&b"key"[..], Some(&b"value"[..]), version, len)
         );
         assert_eq!(tombstone.offset(), len, "records are back to back");
         let record = arena.record(tombstone);
         assert_eq!((record.key(), record.value()), (&b"key"[..], None));
+        assert_eq!(record.len(), FIXED + 3, "a tombstone has no value length");
+        assert_eq!(record.version(&arena.origins), Version::default());
         assert!(!record.is_dead());
         arena.kill(tombstone);
         assert!(arena.record(tombstone).is_dead());
+        assert!(arena.record(tombstone).is_tombstone());
         assert_eq!(arena.record(tombstone).key(), b"key");
         assert_eq!(arena.live, len);
+        assert_eq!(arena.origins, [9, 0]);
+    }
+
+    #[test]
+    fn records_of_extreme_lengths_and_versions_read_back_exactly() {
+        let mut arena = Arena::default();
+        let lengths = [0, 1, 30, 31, 32, 127, 128, 129, 16_383, 16_384, 70_000];
+        let versions = [
+            Version::default(),
+            Version {
+                stamp: u64::MAX,
+                origin: u32::MAX,
+            },
+            Version {
+                stamp: crate::version::MAX_STAMP,
+                origin: 1,
+            },
+            Version {
+                stamp: 1 << 63,
+                origin: 0x8000_0000,
+            },
+        ];
+        let mut written = Vec::new();
+        for (n, &key_len) in lengths.iter().enumerate() {
+            for (m, &value_len) in lengths.iter().enumerate() {
+                let key = vec![n as u8; key_len];
+                let value = (m % 3 != 2).then(|| vec![m as u8; value_len]);
+                let version = versions[(n + m) % versions.len()];
+                let handle = arena.append(&key, value.as_deref(), version).unwrap();
+                written.push((handle, key, value, version));
+            }
+        }
+        for (handle, key, value, version) in &written {
+            let record = arena.record(*handle);
+            assert_eq!(record.key(), &key[..]);
+            assert_eq!(record.value(), value.as_deref());
+            assert_eq!(record.is_tombstone(), value.is_none());
+            assert_eq!(record.version(&arena.origins), *version);
+            let code = arena
+                .origins
+                .iter()
+                .position(|&o| o == version.origin)
+                .unwrap();
+            assert_eq!(record.len(), record_len(code as u8, key, value.as_deref()));
+        }
+        assert_eq!(arena.check(), written.len());
+    }
+
+    #[test]
+    fn origins_past_the_numbered_ones_are_carried_in_full() {
+        let mut arena = Arena::default();
+        let origins = MAX_ORIGINS as u32 + 10;
+        let handles: Vec<_> = (0..origins)
+            .map(|origin| {
+                let version = Version { stamp: 7, origin };
+                (arena.append(b"k", Some(b"v"), version).unwrap(), version)
+            })
+            .collect();
+        assert_eq!(arena.origins.len(), MAX_ORIGINS);
+        for (handle, version) in &handles {
+            let record = arena.record(*handle);
+            assert_eq!(record.version(&arena.origins), *version);
+            let full = version.origin as usize >= MAX_ORIGINS;
+            assert_eq!(record.len(), FIXED + 1 + 1 + 1 + if full { 4 } else { 0 });
+        }
+        // A numbered origin keeps its short form after the list filled.
+        let again = arena
+            .append(
+                b"k",
+                Some(b"v"),
+                Version {
+                    stamp: 8,
+                    origin: 3,
+                },
+            )
+            .unwrap();
+        assert_eq!(arena.record(again).len(), FIXED + 3);
+    }
+
+    #[test]
+    fn a_filler_of_any_length_walks_as_one_dead_record() {
+        for gap in (1..70).chain([255, 256, 4096, 20_000]) {
+            let mut page = Page {
+                bytes: vec![0xaa; gap],
+                dead: gap,
+            };
+            put_filler(&mut page.bytes);
+            // A live record after it.
+            let (header, header_len) = header(0, b"ab", None, v(1));
+            page.bytes.extend_from_slice(&header[..header_len]);
+            page.bytes.extend_from_slice(b"ab");
+            assert_eq!(
+                walk(&page),
+                [(Vec::new(), true, gap), (b"ab".to_vec(), false, FIXED + 2)],
+                "gap {gap}"
+            );
+            assert!(
+                !Record(&page.bytes).is_tombstone(),
+                "a filler is no tombstone"
+            );
+        }
+    }
+
+    #[test]
+    fn the_table_finds_what_it_holds_through_growth_removals_and_shrinking() {
+        // Handles stand for themselves; a poor hash (many equal tags, runs
+        // of neighbours) so probes cross groups and deleted marks pile up.
+        let hash = |handle: Handle| u64::from(handle.0 / 3).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut table = Table::default();
+        let mut model = std::collections::HashSet::new();
+        let mut state = 7u64;
+        for step in 0..200_000u32 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let handle = Handle((state % 5000) as u32);
+            // Mostly inserts at first, mostly removals at the end.
+            let insert = (state >> 32) % 200_000 > u64::from(step);
+            match table.find(hash(handle), |h| h == handle) {
+                Some(slot) if !insert => {
+                    assert_eq!(table.remove(slot), handle);
+                    assert!(model.remove(&handle.0));
+                }
+                Some(_) => assert!(model.contains(&handle.0)),
+                None => {
+                    assert!(!model.contains(&handle.0), "step {step}: {handle:?} lost");
+                    if insert {
+                        table.insert(hash(handle), handle, hash);
+                        model.insert(handle.0);
+                    }
+                }
+            }
+            if table.capacity() > 1024 && table.len() * 4 < table.capacity() {
+                table.resize(table.len() * 2, hash);
+            }
+            assert_eq!(table.len(), model.len());
+            let load = table.len() as f64 / table.capacity().max(1) as f64;
+            assert!(load <= 0.875, "step {step}: load {load}");
+        }
+        let mut held: Vec<u32> = table.iter().map(|h| h.0).collect();
+        held.sort_unstable();
+        let mut expected: Vec<u32> = model.into_iter().collect();
+        expected.sort_unstable();
+        assert_eq!(held, expected);
+    }
+
+    #[test]
+    fn a_growing_table_stays_between_seventy_and_eighty_seven_percent_full() {
+        let hash = |handle: Handle| u64::from(handle.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let mut table = Table::default();
+        for n in 0..100_000u32 {
+            table.insert(hash(Handle(n)), Handle(n), hash);
+            let load = table.len() as f64 / table.capacity() as f64;
+            if n > 1000 {
+                assert!((0.69..=0.875).contains(&load), "{n} keys: load {load}");
+            }
+        }
     }
 
     /// Every record of a page, walked as compaction walks it: (key, dead, length).
@@ -1128,39 +1705,47 @@ mod tests {
     #[test]
     fn a_shorter_value_is_written_in_place_before_a_dead_filler() {
         let mut arena = Arena::default();
-        let long = record_len(b"a", Some(&[1; 100])).unwrap();
-        let a = arena.append(long, b"a", Some(&[1; 100]), v(1)).unwrap();
-        let b = arena
-            .append(HEADER + 11, b"b", Some(&[1; 10]), v(1))
-            .unwrap();
-        // 100 bytes shorter: in place, with a 100-byte filler.
-        let short = record_len(b"a", None).unwrap();
-        assert!(arena.rewrite(a, short, b"a", None, v(2)));
+        let a = arena.append(b"a", Some(&[1; 100]), v(1)).unwrap();
+        let long = arena.record(a).len();
+        let b = arena.append(b"b", Some(&[1; 10]), v(1)).unwrap();
+        let b_len = arena.record(b).len();
+        // 100 bytes and a length shorter: in place, with a filler.
+        assert!(arena.rewrite(a, b"a", None, v(2)));
+        let short = arena.record(a).len();
+        assert_eq!(short, FIXED + 1);
         // Longer: no.
-        assert!(!arena.rewrite(a, short + 1, b"a", Some(&[2]), v(3)));
-        // Shorter by less than a header, too little for a filler: no.
-        assert!(!arena.rewrite(b, HEADER + 1, b"b", None, v(2)));
+        assert!(!arena.rewrite(a, b"a", Some(&[2]), v(3)));
+        // One byte shorter (a tombstone has no value length): in place,
+        // before a one-byte filler.
+        assert!(arena.rewrite(b, b"b", Some(&[]), v(2)));
+        assert!(arena.rewrite(b, b"b", None, v(3)));
         let record = arena.record(a);
-        assert_eq!((record.value(), record.version()), (None, v(2)));
+        assert_eq!(
+            (record.value(), record.version(&arena.origins)),
+            (None, v(2))
+        );
         assert_eq!(
             walk(&arena.pages[a.page()]),
             [
                 (b"a".to_vec(), false, short),
                 (Vec::new(), true, long - short),
-                (b"b".to_vec(), false, HEADER + 11),
+                (b"b".to_vec(), false, FIXED + 1),
+                (Vec::new(), true, 1),
+                (Vec::new(), true, b_len - FIXED - 2),
             ]
         );
-        assert_eq!(arena.live, short + HEADER + 11);
-        assert_eq!(arena.pages[a.page()].dead, long - short);
+        assert_eq!(arena.live, short + FIXED + 1);
+        assert_eq!(arena.pages[a.page()].dead, long - short + b_len - FIXED - 1);
+        arena.check();
     }
 
     #[test]
     fn a_record_larger_than_a_quarter_page_gets_a_page_of_its_own() {
         let mut arena = Arena::default();
         let value = vec![1; LARGE];
-        let len = record_len(b"k", Some(&value)).unwrap();
-        let large = arena.append(len, b"k", Some(&value), v(1)).unwrap();
-        let small = arena.append(HEADER + 1, b"k", None, v(1)).unwrap();
+        let large = arena.append(b"k", Some(&value), v(1)).unwrap();
+        let len = arena.record(large).len();
+        let small = arena.append(b"k", None, v(1)).unwrap();
         assert_eq!(
             (large.offset(), arena.pages[large.page()].bytes.len()),
             (0, len)
