@@ -83,13 +83,14 @@ fn a_50_mib_value_round_trips_through_storeput_and_storeget_spread_over_the_node
         let chunk_key = manifest.chunk_key(b"big", index);
         let owner = session.owner(&chunk_key).unwrap().expect("an owner");
         let holder = nodes.iter().find(|n| n.addr == owner).expect("a ring node");
-        // `peek` reads the node's own copy: the chunk went to its owner.
-        let copies = holder.client().peek(vec![chunk_key.clone()]).unwrap();
-        assert_eq!(
-            copies.first().and_then(|e| e.value.as_ref()).map(Vec::len),
-            Some(manifest.chunk_len(index) as usize),
-            "chunk {index} is not on its owner {owner}"
-        );
+        // `peek` reads the node's own copy: the chunk reaches its owner (a
+        // write is acknowledged by a majority, so the owner may trail).
+        let held = common::wait_until(Duration::from_secs(10), || {
+            let copies = holder.client().peek(vec![chunk_key.clone()]).unwrap();
+            copies.first().and_then(|e| e.value.as_ref()).map(Vec::len)
+                == Some(manifest.chunk_len(index) as usize)
+        });
+        assert!(held, "chunk {index} is not on its owner {owner}");
         let replicas = holder.client().replicas(chunk_key, 3).unwrap();
         assert_eq!(replicas.len(), 3, "every chunk has three replicas");
         owners.insert(owner);

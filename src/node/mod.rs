@@ -593,6 +593,9 @@ impl Node {
     /// one pass over the ring's points (`share_ppm`), never a scan of the keys.
     pub fn stats(&self) -> BTreeMap<String, i64> {
         let usage = self.store.usage();
+        // Before the view is held: it reads the view too, and a second read
+        // of a fair lock while a writer waits deadlocks (see the test).
+        let write_quorum = self.write_quorum();
         let view = self.view.read();
         let mut stats = BTreeMap::new();
         let mut put = |name: &str, value: usize| {
@@ -608,7 +611,7 @@ impl Node {
         put("members", view.ring.len());
         put("replicas", self.config.replicas.min(view.ring.len()));
         put("replicas_configured", self.config.replicas);
-        put("write_quorum", self.write_quorum());
+        put("write_quorum", write_quorum);
         put(
             collect::GRACE_STAT,
             self.config.chunk_grace.as_millis() as usize,
@@ -690,5 +693,60 @@ impl Node {
                 String::new()
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, mpsc};
+    use std::time::{Duration, Instant};
+
+    use crate::sim::schedule::sim_config;
+    use crate::sim::{Cluster, NetConfig};
+
+    /// `stats` takes the view's read lock once. The lock is fair: a read
+    /// taken again while a writer waits (a membership change) queues behind
+    /// that writer, which waits for the first read to end, so both threads
+    /// hang, and with them both of a node's workers. Seen from outside as a
+    /// node that stopped answering right after it joined, or after a ring
+    /// change, while a test polled its `stats` (`drained`).
+    #[test]
+    fn stats_are_read_while_the_view_changes_without_deadlock() {
+        let node = crate::sim::run(async {
+            let cluster = Cluster::new(1, sim_config(), NetConfig::default());
+            let addr = Cluster::addr(0);
+            cluster.start(&addr, None).await.unwrap();
+            cluster.node(&addr).unwrap()
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (node, stop) = (node.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    drop(node.view.write());
+                }
+            })
+        };
+        let (done, finished) = mpsc::channel();
+        let reader = {
+            let node = node.clone();
+            std::thread::spawn(move || {
+                let until = Instant::now() + Duration::from_millis(500);
+                let mut calls = 0u64;
+                while Instant::now() < until {
+                    std::hint::black_box(node.stats());
+                    calls += 1;
+                }
+                let _ = done.send(calls);
+            })
+        };
+        let calls = finished.recv_timeout(Duration::from_secs(10));
+        stop.store(true, Ordering::Relaxed);
+        // On a deadlock both threads stay blocked: leave them, fail.
+        let calls = calls.expect("stats and a view writer deadlocked");
+        writer.join().unwrap();
+        reader.join().unwrap();
+        assert!(calls > 0);
     }
 }
