@@ -15,10 +15,9 @@
 
 use std::time::{Duration, Instant};
 
-use thrifty_p2p::wire::Conn as LibConn;
-use thrifty_p2p::{ClientOptions, Result};
+use thrifty_p2p::Result;
 
-use crate::nodes::{Metrics, NodeProc};
+use crate::nodes::{Metrics, NodeProc, connect_all};
 use crate::procfs::{CpuSnapshot, cpu_ticks, rss_bytes, ticks};
 use crate::report::{size, thousands};
 use crate::results::{Idle, IdleNode, Settle};
@@ -186,11 +185,7 @@ fn drained(
     copies: usize,
     deadline: Instant,
 ) -> Result<std::result::Result<(), String>> {
-    let options = ClientOptions::default();
-    let mut conns = nodes
-        .iter()
-        .map(|n| LibConn::open(&n.addr, &options))
-        .collect::<Result<Vec<_>>>()?;
+    let mut conns = connect_all(nodes)?;
     loop {
         let mut held = 0;
         let mut busy = Vec::new();

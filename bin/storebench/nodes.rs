@@ -245,6 +245,14 @@ pub fn wait_for_ring(nodes: &[&NodeProc], timeout: Duration) -> Result<()> {
     }
 }
 
+/// One admin connection to each of `nodes`, in order.
+pub fn connect_all<'a>(nodes: impl IntoIterator<Item = &'a NodeProc>) -> Result<Vec<Conn>> {
+    let options = ClientOptions::default();
+    (nodes.into_iter())
+        .map(|node| Conn::open(&node.addr, &options))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -38,7 +38,7 @@ use thrifty_p2p::wire::Conn as LibConn;
 use thrifty_p2p::{ClientOptions, MemberStatus, NodeAddr, Result};
 
 use crate::failed;
-use crate::nodes::NodeProc;
+use crate::nodes::{NodeProc, connect_all};
 use crate::procfs::CpuSnapshot;
 use crate::report::size;
 use crate::results::{Repair, RepairRound};
@@ -178,11 +178,7 @@ fn status_of(node: &NodeProc, member: &NodeAddr) -> Result<String> {
 /// Waits until every one of `nodes` counts `member` dead.
 fn wait_until_dead(nodes: &[&NodeProc], member: &NodeAddr) -> Result<()> {
     let deadline = Instant::now() + DEATH_TIMEOUT;
-    let options = ClientOptions::default();
-    let mut conns = nodes
-        .iter()
-        .map(|n| LibConn::open(&n.addr, &options))
-        .collect::<Result<Vec<_>>>()?;
+    let mut conns = connect_all(nodes.iter().copied())?;
     loop {
         let mut dead = true;
         for conn in &mut conns {
