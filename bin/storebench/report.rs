@@ -100,6 +100,11 @@ impl Report {
             size(cell.value),
             conns_label(cell)
         );
+        // This cell's rate against the same cell of another setup.
+        let against = |setup: Setup, target: f64, whom: &str| {
+            (self.find(setup, cell))
+                .map(|other| Check::ratio(&name, cell.ours.ops, other.ours.ops, target, whom))
+        };
         match cell.setup {
             Setup::OneNode => {
                 if let Some(redis) = cell.redis {
@@ -122,40 +127,20 @@ impl Report {
             // Redis Cluster keeps one copy of each key: with more, our ring
             // is reported beside it, not held to it.
             Setup::RingAware if cell.replicas == 1 => {
-                if let Some(cluster) = self.find(Setup::RedisCluster, cell) {
-                    checks.push(Check::ratio(
-                        &name,
-                        cell.ours.ops,
-                        cluster.ours.ops,
-                        CLUSTER_RATIO,
-                        "Redis Cluster",
-                    ));
-                }
+                checks.extend(against(Setup::RedisCluster, CLUSTER_RATIO, "Redis Cluster"));
             }
             // Replicated writes over many connections: the ring keeping more
             // copies against one node keeping one (the second set of ring
             // cells, `ring_replicas`, is otherwise reported only).
             Setup::RingAware if cell.replicas > 1 && cell.op == Op::Put && cell.conns > 1 => {
-                if let Some(one) = self.find(Setup::OneNode, cell) {
-                    checks.push(Check::ratio(
-                        &name,
-                        cell.ours.ops,
-                        one.ours.ops,
-                        REPLICATED_RATIO,
-                        "1 node at 1 copy",
-                    ));
-                }
+                checks.extend(against(
+                    Setup::OneNode,
+                    REPLICATED_RATIO,
+                    "1 node at 1 copy",
+                ));
             }
             Setup::Forwarding if cell.replicas == self.config.replicas => {
-                if let Some(direct) = self.find(Setup::RingAware, cell) {
-                    checks.push(Check::ratio(
-                        &name,
-                        cell.ours.ops,
-                        direct.ours.ops,
-                        FORWARDING_RATIO,
-                        "ring-aware",
-                    ));
-                }
+                checks.extend(against(Setup::RingAware, FORWARDING_RATIO, "ring-aware"));
             }
             _ => {}
         }
@@ -883,15 +868,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn idle_rows_show_every_node_and_the_busiest_against_the_fewest_keys() {
-        let mut report = Report {
+    /// A report of this machine's facts and the default settings, holding
+    /// nothing yet.
+    fn empty_report() -> Report {
+        Report {
             facts: crate::facts::facts(),
             config: crate::settings::BenchConfig::default(),
             cells: Vec::new(),
             bulk: Default::default(),
             notes: Vec::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn idle_rows_show_every_node_and_the_busiest_against_the_fewest_keys() {
+        let mut report = empty_report();
         report.bulk.idle = vec![
             idle(100_000, [0.002, 0.003, 0.001]),
             idle(1_000_000, [0.004, 0.006, 0.005]),
@@ -909,13 +900,7 @@ mod tests {
     #[test]
     fn a_drain_that_lost_puts_and_a_repair_that_never_ended_miss_their_targets() {
         use crate::results::{Drain, Repair, RepairRound};
-        let mut report = Report {
-            facts: crate::facts::facts(),
-            config: crate::settings::BenchConfig::default(),
-            cells: Vec::new(),
-            bulk: Default::default(),
-            notes: Vec::new(),
-        };
+        let mut report = empty_report();
         let drain = |nodes, lost| Drain {
             nodes,
             replicas: nodes,
