@@ -9,7 +9,7 @@
 #
 #   scripts/bench.sh             the full run (about twenty minutes on two cores)
 #   scripts/bench.sh --quick     a smoke test (1-2 minutes; BENCHMARKS.md untouched)
-#   scripts/bench.sh --only idle the idle part alone (add --idle-keys 100000,1000000,10000000
+#   scripts/bench.sh --only idle the idle part alone, printed (add --idle-keys 100000,1000000,10000000
 #                                for 10M keys, about 5 GiB)
 #   scripts/bench.sh --help      every option (durations, sizes, --only PART, ...)
 #

@@ -128,7 +128,8 @@ struct Args {
     /// ring (with Redis Cluster beside it), bulk, join, memory, idle (a
     /// loaded 3-node ring's CPU while nothing is asked of it), drain (oneway
     /// puts on one connection, then a ping), repair (a stopped replica
-    /// resumed) [default: all].
+    /// resumed) [default: all]. A partial run leaves BENCHMARKS.md alone (its
+    /// figures would replace a full run's) unless --results is given.
     #[arg(long, value_name = "PART,..", value_delimiter = ',')]
     only: Vec<Part>,
     /// Copies of each key the nodes keep (their --replicas) [default: 1, as
@@ -150,7 +151,7 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     location: Option<PathBuf>,
     /// File to write the results into, replacing the previous ones
-    /// [default: BENCHMARKS.md, or none with --quick].
+    /// [default: BENCHMARKS.md, or none with --quick or --only].
     #[arg(long, value_name = "PATH")]
     results: Option<PathBuf>,
     /// Only print the results.
@@ -207,7 +208,8 @@ fn config(args: &Args) -> BenchConfig {
 fn main() -> ExitCode {
     let args = Args::parse();
     let config = config(&args);
-    let results = match (&args.results, args.no_results || args.quick) {
+    let partial = args.no_results || args.quick || !args.only.is_empty();
+    let results = match (&args.results, partial) {
         (Some(path), _) => Some(path.clone()),
         (None, false) => Some(PathBuf::from("BENCHMARKS.md")),
         (None, true) => None,
