@@ -10,7 +10,7 @@ use common::{NodeProc, run_tool, start_ring};
 use thrifty_p2p::ErrorKind;
 use thrifty_p2p::stream::{MAGIC, Manifest, Options, Written};
 use thrifty_p2p::wire::Conn;
-use thrifty_p2p::wire::idl::diststore::{TPeerSyncClient, TStoreSyncClient};
+use thrifty_p2p::wire::idl::diststore::TStoreSyncClient;
 use thrifty_p2p::wire::idl::locator::TLocatorSyncClient;
 
 const MIB: usize = 1 << 20;
@@ -85,12 +85,12 @@ fn a_50_mib_value_round_trips_through_storeput_and_storeget_spread_over_the_node
         let holder = nodes.iter().find(|n| n.addr == owner).expect("a ring node");
         // `peek` reads the node's own copy: the chunk reaches its owner (a
         // write is acknowledged by a majority, so the owner may trail).
-        let held = common::wait_until(Duration::from_secs(10), || {
-            let copies = holder.client().peek(vec![chunk_key.clone()]).unwrap();
-            copies.first().and_then(|e| e.value.as_ref()).map(Vec::len)
-                == Some(manifest.chunk_len(index) as usize)
-        });
-        assert!(held, "chunk {index} is not on its owner {owner}");
+        let copy = common::copy_on(&owner, &chunk_key);
+        assert_eq!(
+            copy.value.as_ref().map(Vec::len),
+            Some(manifest.chunk_len(index) as usize),
+            "chunk {index} is not on its owner {owner}"
+        );
         let replicas = holder.client().replicas(chunk_key, 3).unwrap();
         assert_eq!(replicas.len(), 3, "every chunk has three replicas");
         owners.insert(owner);

@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use common::{NodeProc, local_copy, run_tool, start_ring, stat, wait_until};
+use common::{NodeProc, copy_on, local_copy, run_tool, start_ring, stat, wait_until};
 use thrifty_p2p::stream::Options as StreamOptions;
 use thrifty_p2p::value::MAGIC;
 use thrifty_p2p::wire::idl::diststore::{
@@ -21,18 +21,6 @@ fn through(node: &NodeProc) -> Client {
 }
 
 /// Seed-stable bytes LZ4 cannot compress.
-/// `node`'s own stored copy of `key` once it has one (a write is acknowledged
-/// by a majority of replicas, so one may trail), within 10 s.
-fn copy_on(node: &NodeProc, key: &[u8]) -> Entry {
-    let mut copy = None;
-    let held = wait_until(Duration::from_secs(10), || {
-        copy = local_copy(&node.addr, key).flatten();
-        copy.is_some()
-    });
-    assert!(held, "{} holds no copy of {key:?}", node.addr);
-    copy.unwrap()
-}
-
 fn random(n: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
     (0..n)
@@ -316,7 +304,7 @@ fn compression_is_transparent_and_only_for_values_that_compress() {
     // The 2009 `get` of a compressed value returns the plain value.
     let words = "the quick brown fox jumps over the lazy dog\n".repeat(400);
     through(&nodes[2]).put("words", &words).unwrap();
-    let copy = copy_on(&nodes[0], b"words");
+    let copy = copy_on(&nodes[0].addr, b"words");
     assert!(copy.value.unwrap().len() < words.len() / 2);
     for node in &nodes {
         assert_eq!(node.client().get("words".into()).unwrap(), words);
@@ -346,7 +334,7 @@ fn a_value_beginning_with_the_envelope_magic_reads_back_exactly() {
         assert_eq!(range, value);
     }
     // Stored enveloped: nine bytes more.
-    let copy = copy_on(&nodes[1], b"tricky");
+    let copy = copy_on(&nodes[1].addr, b"tricky");
     assert_eq!(copy.value.unwrap().len(), value.len() + 9);
 }
 

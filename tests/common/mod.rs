@@ -481,6 +481,18 @@ pub fn local_copy(
     Some(client.peek(vec![key.to_vec()]).ok()?.into_iter().next())
 }
 
+/// `node`'s own copy of `key` once it has one, within 10 s: a write is
+/// acknowledged by a majority of its replicas, so the one asked may trail.
+pub fn copy_on(node: &NodeAddr, key: &[u8]) -> thrifty_p2p::wire::idl::diststore::Entry {
+    let mut copy = None;
+    let held = wait_until(Duration::from_secs(10), || {
+        copy = local_copy(node, key).flatten();
+        copy.is_some()
+    });
+    assert!(held, "{node} holds no copy of {key:?}");
+    copy.expect("held")
+}
+
 /// Reads `key` through `via` on a fresh connection.
 pub fn read_via(via: &NodeAddr, key: &[u8]) -> thrifty_p2p::Result<Option<Vec<u8>>> {
     Client::through(via.clone())?.get(key)
